@@ -1,0 +1,143 @@
+"""The chargeplay command line."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from chargeplay.units import format_bytes, parse_size
+from collect.cgroup import CgroupError
+from collect.collector import CaptureError, CaptureOptions, Progress, capture
+from collect.tracefs import TracefsError
+from traces.manifest import TraceError
+from traces.reader import Trace
+from traces.samples import DEFAULT_SAMPLE, sample_path
+from traces.summary import summarize
+
+app = typer.Typer(
+    help="Capture memcg kernel-memory charging, replay it under other charge policies, compare.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+USER_ERRORS = (TraceError, CaptureError, CgroupError, TracefsError, ValueError, OSError)
+
+
+def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Bad input and refused operations end with one line and exit code 2, not a traceback."""
+
+    @wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except USER_ERRORS as error:
+            message = str(error) if not isinstance(error, OSError) or not error.filename else f"{error.filename}: {error.strerror}"
+            err.print(f"error: {message}", markup=False, highlight=False)
+            raise typer.Exit(2) from None
+
+    return run
+
+
+def _size(value: Optional[str], option: str) -> Optional[int]:
+    if value is None or value == "max":
+        return None
+    try:
+        return parse_size(value)
+    except ValueError as error:
+        raise ValueError(f"{option}: {error}") from None
+
+
+@app.command()
+@user_errors
+def info(
+    trace: Annotated[Optional[Path], typer.Argument(help=f"trace directory (default: the bundled {DEFAULT_SAMPLE} sample)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+) -> None:
+    """Describe a trace: events by kind, accounted bytes, gfp classes, lost events, status."""
+    summary = summarize(Trace.open(trace or sample_path(DEFAULT_SAMPLE)))
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    _print_summary(summary)
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    out = Console()
+    target = s["target"]
+    out.print(f"[bold]{s['path']}[/]  status [bold]{s['status']}[/]" + (f" ({s['stop_reason']})" if s["stop_reason"] else ""), highlight=False)
+    out.print(
+        f"kernel {s['kernel']}, backend {s['backend']}, started {s['start']}, {s['duration_s']} s\n"
+        f"memcg {target['cgroup_path']} (cgroup v{target['cgroup_version']}), max {format_bytes(target['max'])}, "
+        f"high {format_bytes(target['high'])}, command {' '.join(target['command'] or []) or '-'}\n"
+        f"{s['events']:,} events, {format_bytes(s['accounted_bytes'])} accounted, {s['lost_events']:,} lost, "
+        f"{s['segments']} segments, {format_bytes(s['bytes_on_disk'])} on disk ({s['bytes_per_event']} bytes/event)",
+        markup=False, highlight=False,
+    )
+    kinds = Table("kind", "events", title="events by kind", title_justify="left")
+    for kind, count in s["events_by_kind"].items():
+        kinds.add_row(kind, f"{count:,}")
+    out.print(kinds)
+    classes = Table("gfp class", "allocations", "accounted", "failed", "accounted bytes", title="allocations by gfp class", title_justify="left")
+    for row in s["gfp_classes"]:
+        classes.add_row(row["gfp_class"], f"{row['allocations']:,}", f"{row['accounted']:,}", f"{row['failed']:,}", format_bytes(row["accounted_bytes"]))
+    out.print(classes)
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+@user_errors
+def collect(
+    command: Annotated[Optional[list[str]], typer.Argument(help="workload to run in a new limited memcg (after --)")] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="trace directory to create")] = ...,
+    memory_max: Annotated[Optional[str], typer.Option(help="memcg hard limit for the workload, e.g. 64M")] = None,
+    memory_high: Annotated[Optional[str], typer.Option(help="memcg high limit (cgroup v2 only), e.g. 48M")] = None,
+    duration: Annotated[Optional[float], typer.Option(help="stop after this many seconds")] = None,
+    cgroup: Annotated[Optional[str], typer.Option(help="trace an existing cgroup instead of running a command")] = None,
+    segment_events: Annotated[int, typer.Option(help="close a segment after this many events")] = 2_000_000,
+    segment_seconds: Annotated[float, typer.Option(help="close a segment after this many seconds")] = 30.0,
+) -> None:
+    """Capture a workload's kernel-memory events (root): `chargeplay collect -o T --memory-max 64M -- CMD...`."""
+    if bool(command) == bool(cgroup):
+        raise ValueError("give either a command after -- or --cgroup PATH with --duration")
+    if cgroup and duration is None:
+        raise ValueError("--cgroup needs --duration S: an existing cgroup does not end by itself")
+    options = CaptureOptions(
+        output=output, command=command or None, cgroup_path=cgroup,
+        memory_max=_size(memory_max, "--memory-max"), memory_high=_size(memory_high, "--memory-high"),
+        duration=duration, segment_events=segment_events, segment_seconds=segment_seconds,
+    )
+    if command:
+        _check_command(command[0])
+    with Live(console=err, transient=False, refresh_per_second=4) as live:
+        last = {"events": 0, "seconds": 0.0}
+
+        def report(p: Progress) -> None:
+            rate = (p.events - last["events"]) / max(p.seconds - last["seconds"], 1e-9)
+            last.update(events=p.events, seconds=p.seconds)
+            live.update(f"capturing {p.seconds:6.1f} s  {p.events:>12,} events  {rate:>10,.0f} events/s  "
+                        f"{format_bytes(p.bytes_written):>10} written  {p.lost:,} lost")
+
+        manifest = capture(options, report, lambda note: err.print(note, markup=False, highlight=False))
+    lost = manifest["lost"]["total"]
+    err.print(f"{output}: {manifest['events']:,} events, {lost:,} lost, {manifest['stop_reason']}", markup=False, highlight=False)
+
+
+def _check_command(name: str) -> None:
+    if shutil.which(name) is None:
+        raise ValueError(f"command not found: {name!r}; give a program on PATH or a path to one")
+
+
+def main() -> None:
+    app(prog_name="chargeplay")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

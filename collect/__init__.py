@@ -1,0 +1,1 @@
+"""Capture kernel-memory events of a workload into a chargeplay trace."""

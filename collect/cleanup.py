@@ -1,0 +1,77 @@
+"""Leaving nothing behind: a guardian process, and removal of what dead collectors left.
+
+The collector removes its tracefs instances and child memcg itself. If it is killed
+(SIGKILL, OOM), its guardian, a small process watching a pipe from the collector,
+does it instead. If both are killed, the next `chargeplay collect` finds the leftovers
+by name (chargeplay-PID...) and removes those whose PID is no longer a chargeplay process.
+
+Run as `python -m collect.cleanup INSTANCE_DIR... [--memcg DIR]` it is the guardian.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from collect import cgroup
+from collect.cgroup import CgroupError, Memcg
+from collect.tracefs import remove_instance
+
+OWNED_NAME = re.compile(r"^chargeplay-(\d+)(-memcg|-free)?$")
+
+
+def _collector_alive(pid: int) -> bool:
+    try:
+        return b"chargeplay" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _stale(path: Path) -> bool:
+    match = OWNED_NAME.match(path.name)
+    return match is not None and not _collector_alive(int(match.group(1)))
+
+
+def remove_stale(tracefs: Path) -> list[str]:
+    """Remove instances and child memcgs of collectors that are gone; say what went."""
+    removed = []
+    for path in sorted((tracefs / "instances").iterdir()):
+        if _stale(path):
+            remove_instance(path)
+            removed.append(f"tracefs instance {path}")
+    try:
+        version, _ = cgroup.memory_hierarchy()
+        parents = cgroup.child_parents()
+    except CgroupError:
+        return removed
+    for parent in parents:
+        for path in sorted(p for p in parent.iterdir() if p.is_dir()):
+            if _stale(path):
+                Memcg(path, version).remove()
+                removed.append(f"memcg {path} (its remaining tasks were killed)")
+    return removed
+
+
+def start_guardian(instances: list[Path], memcg: Path | None) -> subprocess.Popen:
+    """A process that cleans up after this one when its stdin pipe closes without warning.
+    Its own session keeps a terminal's Ctrl-C from killing it with the collector."""
+    args = [sys.executable, "-m", "collect.cleanup", *map(str, instances)]
+    if memcg is not None:
+        args += ["--memcg", str(memcg)]
+    return subprocess.Popen(args, stdin=subprocess.PIPE, start_new_session=True)
+
+
+def _guard(argv: list[str]) -> None:
+    memcg = Path(argv[argv.index("--memcg") + 1]) if "--memcg" in argv else None
+    instances = [Path(a) for a in argv if a != "--memcg" and Path(a) != memcg]
+    sys.stdin.buffer.read()  # returns when the collector closes the pipe or dies
+    for path in instances:
+        remove_instance(path)
+    if memcg is not None and memcg.exists():
+        version, _ = cgroup.memory_hierarchy()
+        Memcg(memcg, version).remove()
+
+
+if __name__ == "__main__":
+    _guard(sys.argv[1:])

@@ -1,0 +1,369 @@
+"""The tracefs collector: run or attach to a workload in a memcg and record its kmem events.
+
+Three private tracefs instances, so that each can be filtered in the kernel:
+
+  chargeplay-PID       kmem allocations, reclaim, syscall exits, OOM victims and task
+                       names, for the workload's tasks only (set_event_pid + event-fork)
+  chargeplay-PID-memcg memcg stat events, for the target memcg only (filter id == ID)
+  chargeplay-PID-free  frees from any task: objects are often freed by other contexts
+                       (RCU callbacks, kworkers); only frees of the workload's objects,
+                       or by its tasks, are kept
+
+Every tick the per-CPU buffers are drained, records from all CPUs and instances are
+merged by timestamp (holding back the last few milliseconds, which another CPU may
+still be writing), decoded and appended to the current segment.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+
+from collect import cgroup
+from collect.cgroup import Memcg
+from collect.cleanup import remove_stale, start_guardian
+from collect.decode import Decoder, load_formats
+from collect.ringbuf import CpuReader, RawEvents, concat, parse_pages
+from collect.slabs import slab_table
+from collect.tracefs import Instance, tracefs_root, write_setting
+from traces.atomic import make_private_dir, write_json, write_parquet
+from traces.kernel_tables import gfp_bit, read_gfp_table, read_kernel_enums
+from traces.manifest import MANIFEST, Manifest, new_manifest, wall_now
+from traces.schema import MEMCG_COLUMNS, table_schema
+from traces.segments import Segment, SegmentWriter
+
+TRACE_CLOCK = "mono"  # the trace clock that equals CLOCK_MONOTONIC, so user space can read it
+HOLD_BACK_NS = 5_000_000
+TASK_EVENTS = [
+    ("kmem", "kmalloc"), ("kmem", "kmem_cache_alloc"), ("kmem", "mm_page_alloc"),
+    ("vmscan", "mm_vmscan_memcg_reclaim_begin"), ("vmscan", "mm_vmscan_memcg_reclaim_end"),
+    ("raw_syscalls", "sys_exit"), ("oom", "mark_victim"),
+    ("sched", "sched_process_fork"), ("sched", "sched_process_exec"), ("task", "task_rename"),
+]
+MEMCG_EVENTS = [("memcg", "mod_memcg_state"), ("memcg", "mod_memcg_lruvec_state"), ("memcg", "count_memcg_events")]
+# kfree(NULL) and kfree(ZERO_SIZE_PTR) are traced but free nothing.
+FREE_EVENTS = [("kmem", "kfree", "ptr > 16"), ("kmem", "kmem_cache_free", None), ("kmem", "mm_page_free", None)]
+
+
+class CaptureError(RuntimeError):
+    """The capture cannot start or go on; the message says what to do."""
+
+
+@dataclass
+class CaptureOptions:
+    output: Path
+    command: list[str] | None = None
+    cgroup_path: str | None = None
+    memory_max: int | None = None
+    memory_high: int | None = None
+    duration: float | None = None
+    tick: float = 0.1
+    segment_events: int = 2_000_000
+    segment_seconds: float = 30.0
+    buffer_kb: int = 32 * 1024
+
+
+@dataclass
+class Progress:
+    events: int = 0
+    bytes_written: int = 0
+    lost: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+class Collector:
+    def __init__(self, options: CaptureOptions, report: Callable[[Progress], None], say: Callable[[str], None]) -> None:
+        self.options = options
+        self.report = report
+        self.say = say
+        self.progress = Progress()
+        self.instances: list[Instance] = []
+        self.readers: list[CpuReader] = []
+        self.memcg: Memcg | None = None
+        self.created_memcg = False
+        self.workload: subprocess.Popen | None = None
+        self.stop_reason: str | None = None
+        self.pending: RawEvents | None = None
+        self.samples: list[dict] = []
+
+    # -- setting up -------------------------------------------------------------------
+
+    def run(self) -> Manifest:
+        root = tracefs_root()
+        for removed in remove_stale(root):
+            self.say(f"removed stale {removed}")
+        self._prepare_output()
+        self._open_target()
+        self.guardian = start_guardian(
+            [root / "instances" / f"chargeplay-{os.getpid()}{suffix}" for suffix in ("", "-memcg", "-free")],
+            self.memcg.path if self.created_memcg else None,
+        )
+        try:
+            self._open_instances(root)
+            self._start_manifest(root)
+            self._trace()
+        finally:
+            self._tear_down()
+        return self.manifest
+
+    def _prepare_output(self) -> None:
+        out = self.options.output
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise CaptureError(f"{out} exists and is not an empty directory; choose a new -o path")
+        make_private_dir(out)
+
+    def _open_target(self) -> None:
+        if self.options.command:
+            self.memcg, self.hierarchy_root = cgroup.create_child(f"{cgroup.CHILD_PREFIX}{os.getpid()}")
+            self.created_memcg = True
+            if self.options.memory_high is not None and self.memcg.version == 1:
+                self.say("cgroup v1 has no memory.high: the kernel will not enforce --memory-high; "
+                         "it is recorded as high_requested for replay")
+            self.memcg.set_limits(self.options.memory_max, self.options.memory_high)
+        else:
+            self.memcg, self.hierarchy_root = cgroup.existing(self.options.cgroup_path or "")
+
+    def _open_instances(self, root: Path) -> None:
+        me = os.getpid()
+        task, memcg_events, frees = (Instance(root, f"chargeplay-{me}{s}") for s in ("", "-memcg", "-free"))
+        self.instances = [task, memcg_events, frees]
+        for instance in self.instances:
+            instance.write("trace_clock", TRACE_CLOCK)
+            instance.write("buffer_size_kb", str(self.options.buffer_kb))
+            instance.write("options/overwrite", "0")  # a full buffer drops new events and counts them
+        task.write("options/event-fork", "1")
+        for system, event in TASK_EVENTS:
+            if task.has_event(system, event):
+                task.enable(system, event)
+        for system, event in MEMCG_EVENTS:
+            if memcg_events.has_event(system, event):
+                memcg_events.enable(system, event, f"id == {self.memcg.id}")
+        for system, event, event_filter in FREE_EVENTS:
+            frees.enable(system, event, event_filter)
+        self.readers = [CpuReader(i.path, cpu) for i in self.instances for cpu in range(i.cpu_count())]
+        gfp_flags = read_gfp_table(root)
+        self.decoder = Decoder(
+            formats=load_formats(root / "events", TASK_EVENTS + MEMCG_EVENTS + [f[:2] for f in FREE_EVENTS]),
+            gfp_account=gfp_bit(gfp_flags, "__GFP_ACCOUNT"),
+            trace_flags=read_kernel_enums()["trace_flag_type"],
+        )
+
+    def _start_manifest(self, root: Path) -> None:
+        target = self.memcg.describe(self.hierarchy_root)
+        target["created"] = self.created_memcg
+        target["command"] = self.options.command
+        target["high_requested"] = self.options.memory_high
+        self.manifest = new_manifest(
+            backend="tracefs", clock=TRACE_CLOCK, target=target,
+            gfp_flags=read_gfp_table(root), enums=read_kernel_enums(),
+        )
+        self.manifest["sample_interval_s"] = self.options.tick
+        self._write_manifest()
+        self.writer = SegmentWriter(
+            self.options.output, self._segment_closed, self.options.segment_events, self.options.segment_seconds
+        )
+
+    # -- tracing ----------------------------------------------------------------------
+
+    def _trace(self) -> None:
+        start_ns = time.monotonic_ns()
+        self.decoder.t0 = start_ns
+        self.manifest["start"]["trace_ns"] = start_ns
+        for instance in self.instances[1:]:
+            instance.write("tracing_on", "1")
+        self._start_workload()  # turns the task instance on once its pid filter is set
+        previous = {signum: signal.signal(signum, self._on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while self.stop_reason is None:
+                time.sleep(self.options.tick)
+                self._tick(start_ns)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        for instance in self.instances:
+            instance.write("tracing_on", "0")
+        self._drain(final=True)
+        self.manifest["end"] = {"wall": wall_now(), "trace_ns": time.monotonic_ns()}
+        self.writer.close_segment()
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.stop_reason = signal.Signals(signum).name
+
+    def _start_workload(self) -> None:
+        """An empty set_event_pid traces every task, so the task instance is switched on
+        only once the workload's pids are in it."""
+        task = self.instances[0]
+        if not self.options.command:
+            self._follow_cgroup_tasks()
+            task.write("tracing_on", "1")
+            return
+        procs = self.memcg.path / "cgroup.procs"
+
+        def enter_memcg_and_trace() -> None:  # runs in the child between fork and exec
+            pid = str(os.getpid())
+            procs.write_text(pid)
+            write_setting(task.path / "set_event_pid", pid, append=True)
+            write_setting(task.path / "tracing_on", "1")
+
+        try:
+            self.workload = subprocess.Popen(self.options.command, preexec_fn=enter_memcg_and_trace)
+        except (FileNotFoundError, PermissionError) as err:
+            raise CaptureError(f"cannot run {self.options.command[0]!r}: {err.strerror}; check the command") from None
+        self.decoder.workload_pids.add(self.workload.pid)
+        self.decoder.comms[self.workload.pid] = Path(self.options.command[0]).name[:15]
+
+    def _follow_cgroup_tasks(self) -> None:
+        """Attach mode: trace every task of the cgroup, including ones that join later."""
+        tasks = self.memcg.path / ("tasks" if self.memcg.version == 1 else "cgroup.threads")
+        known = self.decoder.workload_pids
+        new = [int(t) for t in tasks.read_text().split() if int(t) not in known]
+        for tid in new:
+            self.instances[0].write("set_event_pid", str(tid), append=True)
+            comm = Path(f"/proc/{tid}/comm")
+            self.decoder.comms[tid] = comm.read_text().strip() if comm.exists() else ""
+        known.update(new)
+
+    def _tick(self, start_ns: int) -> None:
+        self._drain(final=False)
+        self._sample(start_ns)
+        if self.workload is not None and self.workload.poll() is not None:
+            self.stop_reason = f"workload exited with status {self.workload.returncode}"
+        elif self.options.duration is not None and self.progress.seconds >= self.options.duration:
+            self.stop_reason = "duration reached"
+        elif self.workload is None:
+            self._follow_cgroup_tasks()
+        self.report(self.progress)
+
+    def _drain(self, final: bool) -> None:
+        """Read every buffer, merge by time and write what no CPU can still precede."""
+        now = time.monotonic_ns()
+        parts = [parse_pages(r.read_available(), r.cpu, r.page_size) for r in self.readers]
+        if self.pending is not None:
+            parts.append(self.pending)
+        merged = concat(parts)
+        order = np.argsort(merged.ts, kind="stable")
+        ready = len(order) if final else int(np.searchsorted(merged.ts[order], np.uint64(now - HOLD_BACK_NS)))
+        self.pending = _compact(_take(merged, order[ready:]))
+        if ready:
+            self._write(self.decoder.decode(_take(merged, order[:ready])))
+        self.progress.seconds = (now - self.decoder.t0) / 1e9
+        self.progress.lost = self._lost_total()
+        self.progress.bytes_written = _bytes_in(self.options.output / "events")
+
+    def _write(self, table: pa.Table) -> None:
+        self.writer.write(table)
+        self.progress.events += table.num_rows
+
+    def _sample(self, start_ns: int) -> None:
+        try:
+            sample = self.memcg.sample()
+        except OSError:
+            return  # the memcg went away with the workload; its last sample stands
+        sample["ts_ns"] = time.monotonic_ns() - start_ns
+        self.samples.append(sample)
+
+    def _lost_total(self) -> int:
+        per_cpu = self._lost_per_cpu()
+        return sum(per_cpu.values())
+
+    def _lost_per_cpu(self) -> dict[int, int]:
+        lost: dict[int, int] = {}
+        for instance in self.instances:
+            for cpu, stats in instance.stats().items():
+                count = stats.get("overrun", 0) + stats.get("commit_overrun", 0) + stats.get("dropped_events", 0)
+                lost[cpu] = lost.get(cpu, 0) + count
+        return lost
+
+    # -- recording --------------------------------------------------------------------
+
+    def _segment_closed(self, segment: Segment) -> None:
+        self.manifest["segments"].append(segment.__dict__)
+        self.manifest["events"] += segment.events
+        self._write_samples()
+        self._write_manifest()
+
+    def _write_samples(self) -> None:
+        if self.samples:
+            write_parquet(self.options.output / "memcg.parquet", pa.Table.from_pylist(self.samples, table_schema(MEMCG_COLUMNS)))
+
+    def _write_manifest(self) -> None:
+        per_cpu = self._lost_per_cpu() if self.instances else {}
+        self.manifest["lost"] = {"per_cpu": {str(c): n for c, n in per_cpu.items()}, "total": sum(per_cpu.values())}
+        write_json(self.options.output / MANIFEST, self.manifest)
+
+    def _finish_trace(self) -> None:
+        out = self.options.output
+        self._write_samples()
+        write_parquet(out / "slabs.parquet", slab_table())
+        write_parquet(out / "symbols.parquet", self.decoder.call_sites.symbol_table())
+        self.manifest["status"] = "complete"
+        self.manifest["stop_reason"] = self.stop_reason
+        self._write_manifest()
+
+    def _tear_down(self) -> None:
+        """Finish the trace if it got going, then remove everything set up, whatever happened."""
+        try:
+            if hasattr(self, "writer") and self.stop_reason is not None:
+                self._finish_trace()
+        finally:
+            self._stop_workload()
+            for reader in self.readers:
+                reader.close()
+            for instance in self.instances:
+                instance.remove()
+            if self.created_memcg and self.memcg is not None:
+                self.memcg.remove()
+            self.guardian.stdin.close()  # nothing is left for it to clean up
+            self.guardian.wait()
+
+    def _stop_workload(self) -> None:
+        if self.workload is None or self.workload.poll() is not None:
+            return
+        self.workload.terminate()
+        try:
+            self.workload.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.workload.kill()
+            self.workload.wait()
+
+
+def _bytes_in(directory: Path) -> int:
+    total = 0
+    for path in directory.iterdir():
+        try:
+            total += path.stat().st_size
+        except FileNotFoundError:
+            pass  # a segment renamed while we looked
+    return total
+
+
+def _take(raw: RawEvents, index: np.ndarray) -> RawEvents:
+    """The events at `index`, in that order, over the same bytes."""
+    return RawEvents(
+        ts=raw.ts[index], cpu=raw.cpu[index], type_id=raw.type_id[index],
+        start=raw.start[index], length=raw.length[index], data=raw.data, missed=0,
+    )
+
+
+def _compact(raw: RawEvents) -> RawEvents:
+    """A copy holding only these events' bytes, so held-back events do not pin whole pages."""
+    total = int(raw.length.sum())
+    new_start = np.concatenate(([0], np.cumsum(raw.length[:-1], dtype=np.int64))).astype(np.int64)
+    gather = np.repeat(raw.start - new_start, raw.length) + np.arange(total)
+    return RawEvents(ts=raw.ts, cpu=raw.cpu, type_id=raw.type_id, start=new_start[: len(raw)],
+                     length=raw.length, data=raw.data[gather], missed=0)
+
+
+def capture(options: CaptureOptions, report: Callable[[Progress], None], say: Callable[[str], None]) -> Manifest:
+    if os.geteuid() != 0:
+        raise CaptureError("live capture needs root (tracefs and cgroups); run it with sudo")
+    return Collector(options, report, say).run()

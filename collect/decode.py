@@ -1,0 +1,260 @@
+"""From raw tracepoint records to rows of the trace format (traces.schema.EVENT_SCHEMA).
+
+Works on whole batches with numpy: per event type, the fields are gathered for all
+its records at once. Raw pointers and call-site addresses are replaced here, before
+anything is written: objects by pseudonyms, call sites by ids.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from collect.event_format import EventFormat, read_event_format
+from collect.pseudonyms import ALLOC, FREE, PAGE_TAG, Pseudonyms
+from collect.ringbuf import RawEvents, field_values, string_values
+from collect.symbols import CallSites
+from traces.schema import CONTEXTS, EVENT_SCHEMA, KINDS
+
+# Tracepoint -> trace kind. Events mapped to None only update task names.
+TRACEPOINT_KINDS: dict[tuple[str, str], str | None] = {
+    ("kmem", "kmalloc"): "kmalloc",
+    ("kmem", "kmem_cache_alloc"): "kmem_cache_alloc",
+    ("kmem", "kfree"): "kfree",
+    ("kmem", "kmem_cache_free"): "kmem_cache_free",
+    ("kmem", "mm_page_alloc"): "page_alloc",
+    ("kmem", "mm_page_free"): "page_free",
+    ("memcg", "mod_memcg_state"): "memcg_state",
+    ("memcg", "mod_memcg_lruvec_state"): "memcg_lruvec_state",
+    ("memcg", "count_memcg_events"): "memcg_event",
+    ("vmscan", "mm_vmscan_memcg_reclaim_begin"): "reclaim_begin",
+    ("vmscan", "mm_vmscan_memcg_reclaim_end"): "reclaim_end",
+    ("raw_syscalls", "sys_exit"): "user_return",
+    ("oom", "mark_victim"): "oom",
+    ("sched", "sched_process_fork"): None,
+    ("sched", "sched_process_exec"): None,
+    ("task", "task_rename"): None,
+}
+FREE_KINDS = ("kfree", "kmem_cache_free", "page_free")
+# Kinds recorded without a pid filter: their pids say nothing of who the workload is.
+UNFILTERED_KINDS = FREE_KINDS + ("memcg_state", "memcg_lruvec_state", "memcg_event")
+NO_PFN = np.uint64(0xFFFFFFFFFFFFFFFF)
+RAW_ADDRESS = "_address"  # a column that never leaves the decoder
+KIND_CODE = {kind: code for code, kind in enumerate(KINDS)}
+
+
+def load_formats(events_dir: Path, wanted: list[tuple[str, str]]) -> dict[int, tuple[str | None, EventFormat]]:
+    """Event id -> (kind, format) for the tracepoints this kernel has."""
+    formats = {}
+    for system, name in wanted:
+        if (events_dir / system / name / "format").exists():
+            fmt = read_event_format(events_dir, system, name)
+            formats[fmt.id] = (TRACEPOINT_KINDS[(system, name)], fmt)
+    return formats
+
+
+@dataclass
+class Columns:
+    """Full-length column arrays for one batch, filled kind by kind; `valid` marks non-nulls."""
+
+    n: int
+    values: dict[str, np.ndarray] = field(default_factory=dict)
+    valid: dict[str, np.ndarray] = field(default_factory=dict)
+    strings: dict[str, np.ndarray] = field(default_factory=dict)  # object arrays, None = null
+
+    def put(self, name: str, rows: np.ndarray, data: np.ndarray) -> None:
+        if name not in self.values:
+            dtype = np.uint64 if name == RAW_ADDRESS else EVENT_SCHEMA.field(name).type.to_pandas_dtype()
+            self.values[name] = np.zeros(self.n, dtype=dtype)
+            self.valid[name] = np.zeros(self.n, dtype=bool)
+        self.values[name][rows] = data
+        self.valid[name][rows] = True
+
+    def put_strings(self, name: str, rows: np.ndarray, data: np.ndarray) -> None:
+        self.strings.setdefault(name, np.full(self.n, None, dtype=object))[rows] = data
+
+    def array(self, name: str) -> pa.Array:
+        dtype = EVENT_SCHEMA.field(name).type
+        if name in self.strings:
+            return pa.array(self.strings[name], dtype)
+        if name not in self.values:
+            return pa.nulls(self.n, dtype)
+        return pa.array(self.values[name], type=dtype, mask=~self.valid[name])
+
+
+@dataclass
+class Decoder:
+    """Turns merged, time-ordered RawEvents batches into EVENT_SCHEMA tables.
+
+    Holds the state that spans batches: task names, object pseudonyms, call-site ids,
+    and the pids of the workload (for keeping frees seen outside the pid filter).
+    """
+
+    formats: dict[int, tuple[str | None, EventFormat]]
+    gfp_account: int
+    trace_flags: dict[str, int]
+    page_size: int = os.sysconf("SC_PAGE_SIZE")
+    t0: int | None = None
+    comms: dict[int, str] = field(default_factory=lambda: {0: "swapper"})  # pid 0: the idle task
+    workload_pids: set[int] = field(default_factory=set)
+    pseudonyms: Pseudonyms = field(default_factory=Pseudonyms)
+    call_sites: CallSites = field(default_factory=CallSites)
+
+    def decode(self, raw: RawEvents) -> pa.Table:
+        """Frees come from an instance without a pid filter: they are kept only when they
+        free a workload object or were done by a workload task."""
+        if self.t0 is None and len(raw):
+            self.t0 = int(raw.ts[0])
+        kind = np.full(len(raw), -1, dtype=np.int16)
+        cols = Columns(len(raw))
+        comm_changes: list[tuple[int, int, str]] = []
+        for type_id in np.unique(raw.type_id):
+            if int(type_id) not in self.formats:
+                continue
+            name, fmt = self.formats[int(type_id)]
+            rows = np.flatnonzero(raw.type_id == type_id)
+            if name is None:
+                comm_changes += self._comm_changes(raw, rows, fmt)
+                continue
+            kind[rows] = KIND_CODE[name]
+            self._fill(name, fmt, raw, rows, cols)
+        self._assign_objects(kind, cols)
+        is_free = np.isin(kind, [KIND_CODE[k] for k in FREE_KINDS])
+        unfiltered = np.isin(kind, [KIND_CODE[k] for k in UNFILTERED_KINDS])
+        self.workload_pids.update(np.unique(self._pids(raw)[(kind >= 0) & ~unfiltered]).tolist())
+        keep = (kind >= 0) & ~(is_free & self._unwanted(raw, cols))
+        return self._table(raw, kind, cols, comm_changes, keep)
+
+    def _pids(self, raw: RawEvents) -> np.ndarray:
+        return self._common(raw, "common_pid", np.arange(len(raw)))
+
+    def _common(self, raw: RawEvents, name: str, rows: np.ndarray) -> np.ndarray:
+        # common_* fields sit at the same offsets in every record; any format describes them.
+        any_format = next(iter(self.formats.values()))[1]
+        return field_values(raw, rows, any_format.fields[name])
+
+    def _fill(self, kind: str, fmt: EventFormat, raw: RawEvents, rows: np.ndarray, cols: Columns) -> None:
+        f = {name: field_values(raw, rows, spec) for name, spec in fmt.fields.items() if not spec.data_loc and spec.size in (1, 2, 4, 8)}
+        if "call_site" in f:
+            cols.put("call_site", rows, self.call_sites.ids_for(f["call_site"]))
+        if kind in ("kmalloc", "kmem_cache_alloc"):
+            cols.put("bytes_req", rows, f["bytes_req"])
+            cols.put("bytes_alloc", rows, f["bytes_alloc"])
+            cols.put("gfp", rows, f["gfp_flags"])
+            cols.put("node", rows, f["node"])
+            accounted = f["accounted"] != 0 if "accounted" in f else (f["gfp_flags"] & self.gfp_account) != 0
+            cols.put("accounted", rows, accounted)
+            cols.put("failed", rows, f["ptr"] == 0)
+        if kind in ("kmem_cache_alloc", "kmem_cache_free"):
+            cols.put_strings("cache", rows, string_values(raw, rows, fmt.fields["name"]))
+        if kind == "page_alloc":
+            order = f["order"].astype(np.int64)
+            cols.put("order", rows, order)
+            cols.put("gfp", rows, f["gfp_flags"])
+            cols.put("bytes_alloc", rows, self.page_size << order)
+            cols.put("accounted", rows, (f["gfp_flags"] & self.gfp_account) != 0)
+            cols.put("failed", rows, f["pfn"] == NO_PFN)
+        if kind == "page_free":
+            cols.put("order", rows, f["order"])
+            cols.put("bytes_alloc", rows, self.page_size << f["order"].astype(np.int64))
+        if kind in ("memcg_state", "memcg_lruvec_state", "memcg_event"):
+            cols.put("memcg_id", rows, f["id"])
+            cols.put("item", rows, f["item"])
+            cols.put("val", rows, f["val"].astype(np.int64))
+        if kind == "reclaim_begin":
+            cols.put("order", rows, f["order"])
+            cols.put("gfp", rows, f["gfp_flags"])
+        if kind == "reclaim_end":
+            cols.put("val", rows, f["nr_reclaimed"].astype(np.int64))
+        if kind == "user_return":
+            cols.put("item", rows, f["id"])
+        if kind == "oom":
+            cols.put("val", rows, f["pid"])
+        # Raw addresses, kept only until pseudonyms are assigned in time order.
+        if "ptr" in f:
+            cols.put(RAW_ADDRESS, rows, f["ptr"])
+        if "pfn" in f:
+            cols.put(RAW_ADDRESS, rows, np.where(f["pfn"] == NO_PFN, 0, f["pfn"] | PAGE_TAG))
+
+    def _assign_objects(self, kind: np.ndarray, cols: Columns) -> None:
+        if RAW_ADDRESS not in cols.values:
+            return
+        op = np.zeros(kind.size, dtype=np.int8)
+        op[np.isin(kind, [KIND_CODE[k] for k in ("kmalloc", "kmem_cache_alloc", "page_alloc")])] = ALLOC
+        op[np.isin(kind, [KIND_CODE[k] for k in FREE_KINDS])] = FREE
+        key = np.where(cols.valid[RAW_ADDRESS], cols.values[RAW_ADDRESS], 0).astype(np.uint64)
+        obj = self.pseudonyms.assign(key, op)
+        cols.put("obj", np.flatnonzero(obj >= 0), obj[obj >= 0])
+        del cols.values[RAW_ADDRESS], cols.valid[RAW_ADDRESS]
+
+    def _unwanted(self, raw: RawEvents, cols: Columns) -> np.ndarray:
+        """Events neither of a workload object nor by a workload task: other processes' business."""
+        matched = cols.valid["obj"] if "obj" in cols.valid else np.zeros(len(raw), dtype=bool)
+        by_workload = np.isin(self._pids(raw), np.fromiter(self.workload_pids, dtype=np.int64))
+        return ~matched & ~by_workload
+
+    def _comm_changes(self, raw: RawEvents, rows: np.ndarray, fmt: EventFormat) -> list[tuple[int, int, str]]:
+        """(ts, pid, new name) for fork, exec and rename records."""
+        ts = raw.ts[rows]
+        if fmt.name == "sched_process_fork":
+            pids = field_values(raw, rows, fmt.fields["child_pid"])
+            names = string_values(raw, rows, fmt.fields["child_comm"])
+            self.workload_pids.update(pids.tolist())
+        elif fmt.name == "sched_process_exec":
+            pids = field_values(raw, rows, fmt.fields["pid"])
+            # The kernel names the task after the file it executes (kbasename, 15 chars).
+            names = [path.rsplit("/", 1)[-1][:15] for path in string_values(raw, rows, fmt.fields["filename"])]
+        else:  # task_rename: newcomm is a fixed char[16]
+            pids = field_values(raw, rows, fmt.fields["pid"])
+            spec = fmt.fields["newcomm"]
+            names = [bytes(raw.data[s + spec.offset : s + spec.offset + spec.size]).split(b"\0", 1)[0].decode(errors="replace")
+                     for s in raw.start[rows]]
+        return list(zip(ts.tolist(), pids.tolist(), names))
+
+    def _comm_column(self, raw: RawEvents, pids: np.ndarray, changes: list[tuple[int, int, str]]) -> pa.Array:
+        """Each event's task name: the name known before the batch, then changes in time order."""
+        distinct, inverse = np.unique(pids, return_inverse=True)
+        names = [self._comm(int(pid)) for pid in distinct]
+        codes = inverse.astype(np.int32)
+        for ts, pid, name in sorted(changes):
+            later = (pids == pid) & (raw.ts >= ts)
+            names.append(name)
+            codes[later] = len(names) - 1
+            self.comms[pid] = name
+        return pa.DictionaryArray.from_arrays(codes, pa.array(names, pa.string())).cast(pa.string())
+
+    def _comm(self, pid: int) -> str:
+        """The known name of `pid`; tasks outside the workload (kworkers freeing its objects)
+        are looked up once in /proc."""
+        if pid not in self.comms:
+            try:
+                self.comms[pid] = Path(f"/proc/{pid}/comm").read_text().strip()
+            except OSError:
+                self.comms[pid] = ""  # exited before we looked
+        return self.comms[pid]
+
+    def _ctx_column(self, raw: RawEvents) -> np.ndarray:
+        flags = self._common(raw, "common_flags", np.arange(len(raw)))
+        ctx = np.zeros(len(raw), dtype=np.int32)  # task
+        for code, flag in ((1, "TRACE_FLAG_SOFTIRQ"), (2, "TRACE_FLAG_HARDIRQ"), (3, "TRACE_FLAG_NMI")):
+            ctx[(flags & self.trace_flags[flag]) != 0] = code
+        return ctx
+
+    def _table(self, raw: RawEvents, kind: np.ndarray, cols: Columns, comm_changes, keep: np.ndarray) -> pa.Table:
+        pids = self._pids(raw).astype(np.int32)
+        arrays = {
+            "ts_ns": pa.array((raw.ts - np.uint64(self.t0)).astype(np.int64)),
+            "cpu": pa.array(raw.cpu, pa.uint16()),
+            "pid": pa.array(pids),
+            "comm": self._comm_column(raw, pids, comm_changes),
+            "ctx": pa.DictionaryArray.from_arrays(self._ctx_column(raw), pa.array(CONTEXTS)).cast(pa.string()),
+            "kind": pa.DictionaryArray.from_arrays(np.maximum(kind, 0).astype(np.int32), pa.array(KINDS)).cast(pa.string()),
+        }
+        table = pa.table(
+            {name: arrays[name] if name in arrays else cols.array(name) for name in EVENT_SCHEMA.names},
+            schema=EVENT_SCHEMA,
+        )
+        return table.filter(pa.array(keep))

@@ -1,0 +1,1 @@
+"""The chargeplay trace format: schema, kernel tables, reading and writing."""
