@@ -1,0 +1,78 @@
+"""The workloads behind the bundled sample traces (run by record.sh under a tight memcg).
+
+Each first writes a file of page cache (reclaimable memory the kernel can take back), then
+runs a storm of kernel-memory allocations, so that usage reaches the memcg limit and the
+kernel reclaims while slab objects are being charged.
+
+    python3 workloads.py files|sockets|forks [--scale N]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import tempfile
+
+CACHE_MB = 24
+
+
+def fill_page_cache(directory: str) -> None:
+    with open(os.path.join(directory, "cache"), "wb") as out:
+        for _ in range(CACHE_MB):
+            out.write(os.urandom(1 << 20))
+
+
+def file_storm(directory: str, count: int) -> None:
+    """Create, write 4 KiB into and remove files: dentries, inodes, page cache, journal."""
+    block = b"x" * 4096
+    for i in range(count):
+        path = os.path.join(directory, f"f{i}")
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+        os.write(fd, block)
+        os.close(fd)
+        if i % 2:
+            os.unlink(path)
+
+
+def socket_storm(count: int) -> None:
+    """Socket pairs that each carry a message: sock inodes, skbs, accounted buffers."""
+    alive = []
+    for i in range(count):
+        left, right = socket.socketpair()
+        left.send(b"y" * 2048)
+        alive.append((left, right))
+        if len(alive) > 256:
+            for sock in alive.pop(0):
+                sock.close()
+
+
+def fork_storm(count: int) -> None:
+    """Processes that start and exit: task structs, stacks, page tables, pids."""
+    for _ in range(count):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("storm", choices=("files", "sockets", "forks"))
+    parser.add_argument("--scale", type=int, default=1)
+    args = parser.parse_args()
+    directory = tempfile.mkdtemp(prefix="chargeplay-workload-", dir="/var/tmp")
+    try:
+        fill_page_cache(directory)
+        if args.storm == "files":
+            file_storm(directory, 3000 * args.scale)
+        elif args.storm == "sockets":
+            socket_storm(6000 * args.scale)
+        else:
+            fork_storm(200 * args.scale)
+    finally:
+        shutil.rmtree(directory)
+
+
+if __name__ == "__main__":
+    main()
