@@ -28,7 +28,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one-line messages stay one line
 USER_ERRORS = (TraceError, CaptureError, CgroupError, TracefsError, ValueError, OSError)
 
 

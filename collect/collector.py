@@ -180,6 +180,7 @@ class Collector:
         self.manifest["start"]["trace_ns"] = start_ns
         for instance in self.instances[1:]:
             instance.write("tracing_on", "1")
+        self._sample(start_ns)  # the memcg as the workload finds it
         self._start_workload()  # turns the task instance on once its pid filter is set
         previous = {signum: signal.signal(signum, self._on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -191,6 +192,7 @@ class Collector:
                 signal.signal(signum, handler)
         for instance in self.instances:
             instance.write("tracing_on", "0")
+        self._sample(start_ns)  # and as it leaves it
         self._drain(final=True)
         self.manifest["end"] = {"wall": wall_now(), "trace_ns": time.monotonic_ns()}
         self.writer.close_segment()

@@ -98,7 +98,7 @@ class Decoder:
     trace_flags: dict[str, int]
     page_size: int = os.sysconf("SC_PAGE_SIZE")
     t0: int | None = None
-    comms: dict[int, str] = field(default_factory=lambda: {0: "swapper"})  # pid 0: the idle task
+    comms: dict[int, str] = field(default_factory=dict)
     workload_pids: set[int] = field(default_factory=set)
     pseudonyms: Pseudonyms = field(default_factory=Pseudonyms)
     call_sites: CallSites = field(default_factory=CallSites)
@@ -215,9 +215,11 @@ class Decoder:
         return list(zip(ts.tolist(), pids.tolist(), names))
 
     def _comm_column(self, raw: RawEvents, pids: np.ndarray, changes: list[tuple[int, int, str]]) -> pa.Array:
-        """Each event's task name: the name known before the batch, then changes in time order."""
+        """Each event's task name: the name known before the batch, then changes in time order.
+        Tasks outside the workload (a kworker or an RCU callback freeing its objects) stay
+        unnamed: their names are not the workload's business."""
         distinct, inverse = np.unique(pids, return_inverse=True)
-        names = [self._comm(int(pid)) for pid in distinct]
+        names: list[str | None] = [self.comms.get(int(pid)) if int(pid) in self.workload_pids else None for pid in distinct]
         codes = inverse.astype(np.int32)
         for ts, pid, name in sorted(changes):
             later = (pids == pid) & (raw.ts >= ts)
@@ -225,16 +227,6 @@ class Decoder:
             codes[later] = len(names) - 1
             self.comms[pid] = name
         return pa.DictionaryArray.from_arrays(codes, pa.array(names, pa.string())).cast(pa.string())
-
-    def _comm(self, pid: int) -> str:
-        """The known name of `pid`; tasks outside the workload (kworkers freeing its objects)
-        are looked up once in /proc."""
-        if pid not in self.comms:
-            try:
-                self.comms[pid] = Path(f"/proc/{pid}/comm").read_text().strip()
-            except OSError:
-                self.comms[pid] = ""  # exited before we looked
-        return self.comms[pid]
 
     def _ctx_column(self, raw: RawEvents) -> np.ndarray:
         flags = self._common(raw, "common_flags", np.arange(len(raw)))

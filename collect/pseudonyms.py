@@ -8,7 +8,7 @@ numpy arrays walked by compiled code: millions of events a second, bounded memor
 """
 from __future__ import annotations
 
-import numba
+from chargeplay.jit import njit
 import numpy as np
 
 ALLOC, FREE = 1, 2
@@ -17,7 +17,7 @@ PAGE_TAG = np.uint64(1 << 63)  # page frame numbers get their own key space
 _EMPTY = np.uint64(0)
 
 
-@numba.njit(cache=True)
+@njit
 def _slot(keys: np.ndarray, key: np.uint64) -> int:
     mask = keys.size - 1
     i = int((key * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)) & mask
@@ -26,7 +26,7 @@ def _slot(keys: np.ndarray, key: np.uint64) -> int:
     return i
 
 
-@numba.njit(cache=True)
+@njit
 def _assign(keys, values, key, op, out, next_id, used):
     """For each event in time order: allocations take a fresh id, frees look theirs up."""
     for n in range(key.size):
@@ -76,7 +76,7 @@ class Pseudonyms:
         _reinsert(self.keys, self.values, old_keys, old_values)
 
 
-@numba.njit(cache=True)
+@njit
 def _reinsert(keys, values, old_keys, old_values):
     for n in range(old_keys.size):
         i = _slot(keys, old_keys[n])

@@ -32,7 +32,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numba
+from chargeplay.jit import njit
 import numpy as np
 
 from collect.event_format import Field
@@ -84,7 +84,7 @@ _TS_SHIFT = 27
 _TS_MSB = 0xF8 << 56
 
 
-@numba.njit(cache=True, nogil=True)
+@njit
 def _fix_absolute_ts(absolute: np.uint64, running: np.uint64) -> np.uint64:
     """Give a 59-bit absolute timestamp the 5 MSBs of the running one (kernel: rb_fix_abs_ts)."""
     msb = running & np.uint64(_TS_MSB)
@@ -95,7 +95,7 @@ def _fix_absolute_ts(absolute: np.uint64, running: np.uint64) -> np.uint64:
     return absolute
 
 
-@numba.njit(cache=True, nogil=True)
+@njit
 def _walk_pages(words, page_words, cpu, ts_out, cpu_out, type_out, start_out, length_out):
     """Decode the data events of every page into the *_out arrays; returns (count, missed).
 
@@ -237,7 +237,7 @@ _FNV_OFFSET = 0xCBF29CE484222325
 _FNV_PRIME = 0x100000001B3
 
 
-@numba.njit(cache=True, nogil=True)
+@njit
 def _c_string_spans(data, start, length, end_out, digest_out):
     """End (first NUL, or start+length) and FNV-1a hash of each string."""
     for i in range(start.size):
@@ -251,7 +251,7 @@ def _c_string_spans(data, start, length, end_out, digest_out):
         digest_out[i] = digest
 
 
-@numba.njit(cache=True, nogil=True)
+@njit
 def _spans_equal(data, start, end, other):
     """Whether every string i has the same bytes as string other[i]."""
     for i in range(start.size):

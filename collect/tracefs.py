@@ -24,7 +24,8 @@ def tracefs_root() -> Path:
         ["mount", "-t", "tracefs", "nodev", str(TRACEFS_MOUNTS[0])], capture_output=True, text=True
     )
     if mount.returncode != 0 or not (TRACEFS_MOUNTS[0] / "instances").is_dir():
-        raise TracefsError(f"cannot mount tracefs at {TRACEFS_MOUNTS[0]}: {mount.stderr.strip()}; mount it as root")
+        reason = (mount.stderr.strip().splitlines() or ["mount failed"])[0]
+        raise TracefsError(f"cannot mount tracefs at {TRACEFS_MOUNTS[0]} ({reason}); mount it as root")
     return TRACEFS_MOUNTS[0]
 
 

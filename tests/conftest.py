@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,3 +28,11 @@ def tracefs() -> Path:
     if missing:
         pytest.skip(missing)
     return tracefs_root()
+
+
+CHARGEPLAY = [sys.executable, "-m", "chargeplay.cli"]
+
+
+def chargeplay(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
+    """Run the real command line, as a user would."""
+    return subprocess.run([*CHARGEPLAY, *args], capture_output=True, text=True, timeout=timeout, **kwargs)

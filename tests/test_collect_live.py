@@ -1,0 +1,188 @@
+"""Live capture on the running kernel: what the collector records, and what it leaves behind."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from collect import cgroup
+from conftest import CHARGEPLAY, chargeplay
+from traces.reader import Trace
+
+ALLOC_KINDS = ["kmalloc", "kmem_cache_alloc", "page_alloc"]
+MEMCG_KINDS = ["memcg_state", "memcg_lruvec_state", "memcg_event"]
+
+# Creates N files in DIR, writes its pid to PIDFILE, and never forks: every allocation the
+# task instance records must carry that one pid.
+FILE_MAKER = """
+import os, sys
+n, directory, pidfile = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+open(pidfile, "w").write(str(os.getpid()))
+for i in range(n):
+    os.close(os.open(os.path.join(directory, f"f{i}"), os.O_CREAT | os.O_WRONLY, 0o600))
+"""
+
+
+def leftovers(tracefs: Path) -> list[str]:
+    """chargeplay-PID tracefs instances and child memcgs that exist now (test ones aside)."""
+    names = [p.name for p in (tracefs / "instances").iterdir() if p.name.startswith("chargeplay-") and "test" not in p.name]
+    for parent in cgroup.child_parents():
+        names += [p.name for p in parent.iterdir() if p.name.startswith(cgroup.CHILD_PREFIX)]
+    return names
+
+
+def wait_until(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
+
+
+def test_file_creation_is_recorded_as_accounted_dentries_of_the_workload_only(tracefs, tmp_path):
+    files = 500
+    workdir = tmp_path / "files"
+    workdir.mkdir()
+    pidfile = tmp_path / "pid"
+    # A busy process outside the workload: none of its events may reach the trace.
+    outsider = subprocess.Popen(
+        [sys.executable, "-c", "import os\nwhile True:\n    os.close(os.open('/dev/null', os.O_RDONLY))"]
+    )
+    try:
+        result = chargeplay(
+            "collect", "-o", str(tmp_path / "trace"), "--memory-max", "256M", "--",
+            sys.executable, "-c", FILE_MAKER, str(files), str(workdir), str(pidfile),
+        )
+    finally:
+        outsider.kill()
+        outsider.wait()
+    assert result.returncode == 0, result.stderr
+    trace = Trace.open(tmp_path / "trace")
+    events = trace.events().collect()
+    workload_pid = int(pidfile.read_text())
+
+    dentries = events.filter((pl.col("kind") == "kmem_cache_alloc") & (pl.col("cache") == "dentry"))
+    assert dentries.filter(pl.col("accounted") & (pl.col("pid") == workload_pid)).height >= files
+
+    # The task instance follows the workload's pid only (the interpreter never forks).
+    assert set(events.filter(pl.col("kind").is_in(ALLOC_KINDS))["pid"].unique()) == {workload_pid}
+    # The outsider shows up only where the kernel freed workload memory while it happened to
+    # be current (RCU callbacks in softirq): frees of known objects and the target memcg's
+    # stat updates they cause, without its name.
+    by_outsider = events.filter(pl.col("pid") == outsider.pid)
+    assert set(by_outsider["kind"].unique()) <= {"kfree", "kmem_cache_free", "page_free", *MEMCG_KINDS}
+    frees = by_outsider.filter(~pl.col("kind").is_in(MEMCG_KINDS))
+    assert frees["obj"].null_count() == 0 and by_outsider["comm"].null_count() == by_outsider.height
+
+    # Memcg events are those of the target memcg, and kmem was charged to it (MEMCG_KMEM > 0).
+    target = trace.manifest["target"]
+    memcg_events = events.filter(pl.col("kind").is_in(MEMCG_KINDS))
+    assert set(memcg_events["memcg_id"].unique()) == {target["memcg_id"]}
+    memcg_kmem = trace.manifest["enums"]["memcg_stat_item"]["MEMCG_KMEM"]
+    kmem = memcg_events.filter((pl.col("kind") == "memcg_state") & (pl.col("item") == memcg_kmem))
+    assert kmem.filter(pl.col("val") > 0).height > 0
+
+    assert events["ts_ns"].is_sorted() and events["ts_ns"].min() >= 0
+    assert trace.status == "complete" and trace.manifest["lost"]["total"] == 0
+    assert leftovers(tracefs) == []
+
+
+def test_allocations_and_frees_share_a_pseudonym_and_no_address_is_stored(tracefs, tmp_path):
+    result = chargeplay("collect", "-o", str(tmp_path / "t"), "--", "sh", "-c", "mkdir -p $0/d && rm -r $0/d", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    events = Trace.open(tmp_path / "t").events().collect()
+    allocated = events.filter(pl.col("kind") == "kmem_cache_alloc").select("obj", "cache")
+    freed = events.filter(pl.col("kind") == "kmem_cache_free").select("obj", "cache").drop_nulls("obj")
+    pairs = freed.join(allocated, on="obj", suffix="_alloc")
+    assert pairs.height > 0 and (pairs["cache"] == pairs["cache_alloc"]).all()
+    # Kernel pointers are >= 0xffff800000000000; pseudonyms count from zero.
+    assert events["obj"].drop_nulls().max() < events.height
+    symbols = pl.read_parquet(tmp_path / "t" / "symbols.parquet")
+    assert symbols["symbol"].str.contains(r"^[\w.]+\+0x[0-9a-f]+/0x[0-9a-f]+").any()
+    assert not symbols["symbol"].str.contains("ffffffff").any()
+
+
+def _start_long_capture(tmp_path: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*CHARGEPLAY, "collect", "-o", str(tmp_path / "t"), "--segment-seconds", "0.3", *extra, "--",
+         "sh", "-c", f"while :; do touch {tmp_path}/x; rm {tmp_path}/x; done"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _segments(tmp_path: Path) -> list[Path]:
+    return sorted((tmp_path / "t" / "events").glob("part-*.parquet"))
+
+
+def test_sigint_ends_the_capture_cleanly(tracefs, tmp_path):
+    collector = _start_long_capture(tmp_path)
+    assert wait_until(lambda: len(_segments(tmp_path)) >= 2, timeout=30)
+    collector.send_signal(signal.SIGINT)
+    _, stderr = collector.communicate(timeout=30)
+    assert collector.returncode == 0, stderr
+    trace = Trace.open(tmp_path / "t")
+    assert trace.status == "complete" and trace.manifest["stop_reason"] == "SIGINT"
+    assert trace.events().select(pl.len()).collect().item() == trace.manifest["events"] > 0
+    assert leftovers(tracefs) == []
+
+
+def test_sigkill_leaves_readable_segments_and_the_guardian_cleans_up(tracefs, tmp_path):
+    collector = _start_long_capture(tmp_path)
+    assert wait_until(lambda: len(_segments(tmp_path)) >= 2, timeout=30)
+    collector.kill()
+    collector.communicate(timeout=30)
+    trace = Trace.open(tmp_path / "t")
+    assert trace.status == "interrupted"
+    assert trace.events().select(pl.len()).collect().item() > 0
+    info = chargeplay("info", str(tmp_path / "t"), "--json")
+    assert info.returncode == 0 and json.loads(info.stdout)["status"] == "interrupted"
+    assert wait_until(lambda: leftovers(tracefs) == [], timeout=15), leftovers(tracefs)
+
+
+def test_next_capture_removes_what_a_dead_collector_left(tracefs, tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that is certainly not a live collector
+    instance = tracefs / "instances" / f"chargeplay-{dead.pid}"
+    instance.mkdir()
+    memcg_dir = cgroup.child_parents()[0] / f"chargeplay-{dead.pid}"
+    memcg_dir.mkdir()
+    result = chargeplay("collect", "-o", str(tmp_path / "t"), "--", "true")
+    assert result.returncode == 0, result.stderr
+    assert f"removed stale tracefs instance {instance}" in result.stderr
+    assert f"removed stale memcg {memcg_dir}" in result.stderr
+    assert not instance.exists() and not memcg_dir.exists()
+
+
+def test_memory_limit_is_applied_and_sampled(tracefs, tmp_path):
+    result = chargeplay("collect", "-o", str(tmp_path / "t"), "--memory-max", "48M", "--", "sh", "-c", "sleep 0.5")
+    assert result.returncode == 0, result.stderr
+    trace = Trace.open(tmp_path / "t")
+    assert trace.manifest["target"]["max"] == 48 << 20
+    samples = trace.side_table("memcg").collect()
+    # Sampled when the workload starts, every tick, and when it ends.
+    assert samples.height >= 2 and samples["ts_ns"].is_sorted() and (samples["max"] == 48 << 20).all()
+    assert trace.side_table("slabs").filter(pl.col("name") == "dentry").collect().height == 1
+
+
+def test_attach_to_an_existing_cgroup(tracefs, tmp_path):
+    memcg, _ = cgroup.create_child(f"chargeplay-test-{os.getpid()}")
+    sleeper = subprocess.Popen(
+        ["sh", "-c", f"while :; do touch {tmp_path}/y; rm {tmp_path}/y; done"],
+        preexec_fn=lambda: (memcg.path / "cgroup.procs").write_text(str(os.getpid())),
+    )
+    try:
+        result = chargeplay("collect", "-o", str(tmp_path / "t"), "--cgroup", str(memcg.path), "--duration", "1")
+    finally:
+        memcg.remove()
+    sleeper.wait()
+    assert result.returncode == 0, result.stderr
+    events = Trace.open(tmp_path / "t").events().collect()
+    assert sleeper.pid in set(events.filter(pl.col("kind") == "user_return")["pid"].unique())
