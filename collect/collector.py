@@ -314,8 +314,11 @@ class Collector:
     def _tear_down(self) -> None:
         """Finish the trace if it got going, then remove everything set up, whatever happened."""
         try:
-            if hasattr(self, "writer") and self.stop_reason is not None:
-                self._finish_trace()
+            if hasattr(self, "writer"):
+                if self.stop_reason is not None:
+                    self._finish_trace()
+                else:
+                    self.writer.abort()  # an error stopped the capture: closed segments stand
         finally:
             self._stop_workload()
             for reader in self.readers:

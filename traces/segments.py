@@ -118,7 +118,12 @@ class SegmentWriter:
         self._reset_segment()
 
     def abort(self) -> None:
-        """Drop the open segment's temporary file (used when the disk is full, say)."""
+        """Drop the open segment and its temporary file: after an error only closed segments count."""
+        if self.writer is not None:
+            try:
+                self.writer.close()
+            except OSError:
+                pass  # a full disk, say: the file goes anyway
         if self.stack is not None:
             self.stack.__exit__(RuntimeError, RuntimeError("aborted"), None)
         self.pending, self.pending_rows = [], 0
