@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
@@ -13,7 +14,7 @@ import pytest
 from traces.atomic import write_json
 from traces.manifest import MANIFEST, new_manifest, process_start_ticks
 from traces.reader import Trace
-from traces.schema import EVENT_SCHEMA, SCHEMA_VERSION, SCHEMA_VERSION_KEY
+from traces.schema import EVENT_SCHEMA, SCHEMA_VERSION, SCHEMA_VERSION_KEY, schema_markdown
 from traces.segments import SegmentWriter
 from traces.summary import summarize
 
@@ -107,8 +108,4 @@ def test_a_segment_missing_columns_is_refused(tmp_path):
 
 
 def test_readme_summarises_the_schema_as_defined():
-    from pathlib import Path
-
-    from traces.schema import schema_markdown
-
     assert schema_markdown() in (Path(__file__).parent.parent / "README.md").read_text()
