@@ -2,12 +2,13 @@
 
 Three private tracefs instances, so that each can be filtered in the kernel:
 
-  chargeplay-PID       kmem allocations, reclaim, syscall exits, OOM victims and task
-                       names, for the workload's tasks only (set_event_pid + event-fork)
+  chargeplay-PID       kmem allocations and frees (in task context), reclaim, syscall
+                       exits, OOM victims and task names, for the workload's tasks only
+                       (set_event_pid + event-fork: other tasks cost a pid check, no more)
   chargeplay-PID-memcg memcg stat events, for the target memcg only (filter id == ID)
-  chargeplay-PID-free  frees from any task: objects are often freed by other contexts
-                       (RCU callbacks, kworkers); only frees of the workload's objects,
-                       or by its tasks, are kept
+  chargeplay-PID-irq   frees in interrupt context on any CPU: RCU callbacks free many of
+                       the workload's objects in softirq, whichever task is current; only
+                       frees of objects the workload allocated are kept
 
 Every tick the per-CPU buffers are drained, records from all CPUs and instances are
 merged by timestamp (holding back the last few milliseconds, which another CPU may
@@ -18,7 +19,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from collect import cgroup
+from collect import cgroup, pseudonyms, ringbuf
 from collect.cgroup import Memcg
 from collect.cleanup import remove_stale, start_guardian
 from collect.decode import Decoder, load_formats
@@ -42,6 +42,7 @@ from traces.segments import Segment, SegmentWriter
 
 TRACE_CLOCK = "mono"  # the trace clock that equals CLOCK_MONOTONIC, so user space can read it
 HOLD_BACK_NS = 5_000_000
+INSTANCE_SUFFIXES = ("", "-memcg", "-irq")  # task, memcg and interrupt-context instances
 TASK_EVENTS = [
     ("kmem", "kmalloc"), ("kmem", "kmem_cache_alloc"), ("kmem", "mm_page_alloc"),
     ("vmscan", "mm_vmscan_memcg_reclaim_begin"), ("vmscan", "mm_vmscan_memcg_reclaim_end"),
@@ -49,8 +50,15 @@ TASK_EVENTS = [
     ("sched", "sched_process_fork"), ("sched", "sched_process_exec"), ("task", "task_rename"),
 ]
 MEMCG_EVENTS = [("memcg", "mod_memcg_state"), ("memcg", "mod_memcg_lruvec_state"), ("memcg", "count_memcg_events")]
-# kfree(NULL) and kfree(ZERO_SIZE_PTR) are traced but free nothing.
-FREE_EVENTS = [("kmem", "kfree", "ptr > 16"), ("kmem", "kmem_cache_free", None), ("kmem", "mm_page_free", None)]
+FREE_EVENTS = [("kmem", "kfree"), ("kmem", "kmem_cache_free"), ("kmem", "mm_page_free")]
+IRQ_FLAGS = ("TRACE_FLAG_SOFTIRQ", "TRACE_FLAG_HARDIRQ", "TRACE_FLAG_NMI")
+
+
+def free_filter(event: str, irq_mask: int, in_irq: bool) -> str:
+    """Frees in task context go to the task instance, the others to the irq instance, so
+    none is recorded twice. kfree(NULL) and kfree(ZERO_SIZE_PTR) free nothing."""
+    context = f"(common_flags & {irq_mask})" if in_irq else f"!(common_flags & {irq_mask})"
+    return f"{context} && ptr > 16" if event == "kfree" else context
 
 
 class CaptureError(RuntimeError):
@@ -104,7 +112,7 @@ class Collector:
         self._prepare_output()
         self._open_target()
         self.guardian = start_guardian(
-            [root / "instances" / f"chargeplay-{os.getpid()}{suffix}" for suffix in ("", "-memcg", "-free")],
+            [root / "instances" / f"chargeplay-{os.getpid()}{suffix}" for suffix in INSTANCE_SUFFIXES],
             self.memcg.path if self.created_memcg else None,
         )
         try:
@@ -134,8 +142,8 @@ class Collector:
 
     def _open_instances(self, root: Path) -> None:
         me = os.getpid()
-        task, memcg_events, frees = (Instance(root, f"chargeplay-{me}{s}") for s in ("", "-memcg", "-free"))
-        self.instances = [task, memcg_events, frees]
+        task, memcg_events, irq = (Instance(root, f"chargeplay-{me}{s}") for s in INSTANCE_SUFFIXES)
+        self.instances = [task, memcg_events, irq]
         for instance in self.instances:
             instance.write("trace_clock", TRACE_CLOCK)
             instance.write("buffer_size_kb", str(self.options.buffer_kb))
@@ -147,14 +155,16 @@ class Collector:
         for system, event in MEMCG_EVENTS:
             if memcg_events.has_event(system, event):
                 memcg_events.enable(system, event, f"id == {self.memcg.id}")
-        for system, event, event_filter in FREE_EVENTS:
-            frees.enable(system, event, event_filter)
+        trace_flags = read_kernel_enums()["trace_flag_type"]
+        irq_mask = sum(trace_flags[flag] for flag in IRQ_FLAGS)
+        for system, event in FREE_EVENTS:
+            task.enable(system, event, free_filter(event, irq_mask, in_irq=False))
+            irq.enable(system, event, free_filter(event, irq_mask, in_irq=True))
         self.readers = [CpuReader(i.path, cpu) for i in self.instances for cpu in range(i.cpu_count())]
-        gfp_flags = read_gfp_table(root)
         self.decoder = Decoder(
-            formats=load_formats(root / "events", TASK_EVENTS + MEMCG_EVENTS + [f[:2] for f in FREE_EVENTS]),
-            gfp_account=gfp_bit(gfp_flags, "__GFP_ACCOUNT"),
-            trace_flags=read_kernel_enums()["trace_flag_type"],
+            formats=load_formats(root / "events", TASK_EVENTS + MEMCG_EVENTS + FREE_EVENTS),
+            gfp_account=gfp_bit(read_gfp_table(root), "__GFP_ACCOUNT"),
+            trace_flags=trace_flags,
         )
 
     def _start_manifest(self, root: Path) -> None:
@@ -175,6 +185,8 @@ class Collector:
     # -- tracing ----------------------------------------------------------------------
 
     def _trace(self) -> None:
+        ringbuf.warm_up()
+        pseudonyms.warm_up()
         start_ns = time.monotonic_ns()
         self.decoder.t0 = start_ns
         self.manifest["start"]["trace_ns"] = start_ns

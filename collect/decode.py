@@ -104,8 +104,8 @@ class Decoder:
     call_sites: CallSites = field(default_factory=CallSites)
 
     def decode(self, raw: RawEvents) -> pa.Table:
-        """Frees come from an instance without a pid filter: they are kept only when they
-        free a workload object or were done by a workload task."""
+        """Frees in interrupt context come from an instance without a pid filter: they are
+        kept only when they free a workload object or were done by a workload task."""
         if self.t0 is None and len(raw):
             self.t0 = int(raw.ts[0])
         kind = np.full(len(raw), -1, dtype=np.int16)

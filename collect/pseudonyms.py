@@ -4,7 +4,7 @@ Raw object addresses (and page frame numbers) reveal the kernel's memory layout,
 the trace stores `obj`, a number given in allocation order. The map from address to
 pseudonym lives only in the collector's memory, in an open-addressing hash table on
 numpy arrays walked by compiled code: millions of events a second, bounded memory
-(an entry is overwritten when its address is allocated again).
+(a free forgets its address; tombstones go when the table is rebuilt).
 """
 from __future__ import annotations
 
@@ -15,33 +15,54 @@ ALLOC, FREE = 1, 2
 NO_OBJ = -1
 PAGE_TAG = np.uint64(1 << 63)  # page frame numbers get their own key space
 _EMPTY = np.uint64(0)
+_FREED = np.uint64(1)  # tombstone: neither a kernel pointer nor a tagged pfn
 
 
 @njit
-def _slot(keys: np.ndarray, key: np.uint64) -> int:
-    mask = keys.size - 1
-    i = int((key * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)) & mask
-    while keys[i] != key and keys[i] != _EMPTY:
-        i = (i + 1) & mask
+def _home(keys: np.ndarray, key: np.uint64) -> int:
+    return int((key * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)) & (keys.size - 1)
+
+
+@njit
+def _find(keys: np.ndarray, key: np.uint64) -> int:
+    """The slot holding `key`, or -1."""
+    i = _home(keys, key)
+    while keys[i] != _EMPTY:
+        if keys[i] == key:
+            return i
+        i = (i + 1) & (keys.size - 1)
+    return -1
+
+
+@njit
+def _free_slot(keys: np.ndarray, key: np.uint64) -> int:
+    """Where a new `key` goes: the first tombstone or empty slot on its probe path."""
+    i = _home(keys, key)
+    while keys[i] != _EMPTY and keys[i] != _FREED:
+        i = (i + 1) & (keys.size - 1)
     return i
 
 
 @njit
 def _assign(keys, values, key, op, out, next_id, used):
-    """For each event in time order: allocations take a fresh id, frees look theirs up."""
+    """For each event in time order: an allocation takes a fresh id, a free takes its
+    allocation's id and forgets the address (the next object there is another object)."""
     for n in range(key.size):
-        if op[n] == 0 or key[n] == _EMPTY:
+        if op[n] == 0 or key[n] <= _FREED:  # no address (NULL), or one no object can have
             continue
-        i = _slot(keys, key[n])
+        i = _find(keys, key[n])
         if op[n] == ALLOC:
-            if keys[i] == _EMPTY:
+            if i < 0:
+                i = _free_slot(keys, key[n])
+                if keys[i] == _EMPTY:
+                    used += 1
                 keys[i] = key[n]
-                used += 1
             values[i] = next_id
             out[n] = next_id
             next_id += 1
-        elif keys[i] == key[n]:
+        elif i >= 0:
             out[n] = values[i]
+            keys[i] = _FREED
     return next_id, used
 
 
@@ -63,22 +84,29 @@ class Pseudonyms:
         return out
 
     def _reserve(self, more: int) -> None:
-        """Keep the load factor under one half so probes stay short."""
+        """Keep used slots (live and tombstones) under half the table, so probes stay short;
+        rebuilding drops the tombstones, so memory follows the live objects."""
         if 2 * (self.used + more) <= self.keys.size:
             return
+        live = self.keys > _FREED
         capacity = self.keys.size
-        while 2 * (self.used + more) > capacity:
+        while 2 * (int(live.sum()) + more) > capacity:
             capacity *= 2
-        live = self.keys != _EMPTY
         old_keys, old_values = self.keys[live], self.values[live]
         self.keys = np.zeros(capacity, dtype=np.uint64)
         self.values = np.zeros(capacity, dtype=np.int64)
+        self.used = old_keys.size
         _reinsert(self.keys, self.values, old_keys, old_values)
 
 
 @njit
 def _reinsert(keys, values, old_keys, old_values):
     for n in range(old_keys.size):
-        i = _slot(keys, old_keys[n])
+        i = _free_slot(keys, old_keys[n])
         keys[i] = old_keys[n]
         values[i] = old_values[n]
+
+
+def warm_up() -> None:
+    """Compile (or load from cache) the hash table's functions before a capture needs them."""
+    Pseudonyms(capacity=2).assign(np.array([5, 6], np.uint64), np.array([ALLOC, FREE], np.int8))

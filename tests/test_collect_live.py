@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import polars as pl
-import pytest
 
 from collect import cgroup
 from conftest import CHARGEPLAY, chargeplay

@@ -104,7 +104,7 @@ def test_a_segment_missing_columns_is_refused(tmp_path):
     table = pq.read_table(segment).drop_columns(["gfp"])
     pq.write_table(table.replace_schema_metadata(EVENT_SCHEMA.metadata), segment)
     with pytest.raises(ValueError, match="missing columns gfp"):
-        Trace.open(tmp_path).segment_paths
+        _ = Trace.open(tmp_path).segment_paths
 
 
 def test_readme_summarises_the_schema_as_defined():

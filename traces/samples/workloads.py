@@ -38,7 +38,7 @@ def file_storm(directory: str, count: int) -> None:
 def socket_storm(count: int) -> None:
     """Socket pairs that each carry a message: sock inodes, skbs, accounted buffers."""
     alive = []
-    for i in range(count):
+    for _ in range(count):
         left, right = socket.socketpair()
         left.send(b"y" * 2048)
         alive.append((left, right))
