@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from collect import cgroup
 from conftest import CHARGEPLAY, chargeplay
@@ -185,3 +186,14 @@ def test_attach_to_an_existing_cgroup(tracefs, tmp_path):
     assert result.returncode == 0, result.stderr
     events = Trace.open(tmp_path / "t").events().collect()
     assert sleeper.pid in set(events.filter(pl.col("kind") == "user_return")["pid"].unique())
+
+
+def test_memory_high_on_cgroup_v1_is_recorded_and_said_unenforced(tracefs, tmp_path):
+    version, _ = cgroup.memory_hierarchy()
+    if version != 1:
+        pytest.skip("needs a cgroup v1 memory hierarchy (this host has v2, which enforces memory.high)")
+    result = chargeplay("collect", "-o", str(tmp_path / "t"), "--memory-high", "32M", "--", "true")
+    assert result.returncode == 0, result.stderr
+    assert "cgroup v1 has no memory.high" in result.stderr
+    target = Trace.open(tmp_path / "t").manifest["target"]
+    assert target["high"] is None and target["high_requested"] == 32 << 20
