@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import resource
 import shutil
 import signal
@@ -61,6 +60,8 @@ import polars as pl
 from rich import box
 from rich.console import Console
 from rich.table import Table
+
+from collect.cleanup import OWNED_NAME, collector_alive
 
 # Argument 1: number of files; argument 2: directory to create them in. Prints one JSON
 # line: the timed window (CLOCK_MONOTONIC ns, the collector's trace clock) and CPU times.
@@ -126,7 +127,6 @@ class Results:
 
 
 INSTANCES = Path("/sys/kernel/tracing/instances")
-OWNED = re.compile(r"^chargeplay-(\d+)(?:-memcg|-free)?$")
 
 
 class CaptureWatch:
@@ -153,18 +153,11 @@ class CaptureWatch:
             except OSError:
                 names = []
             for name in names:
-                match = OWNED.match(name)
-                if match and _is_collector(int(match.group(1))):
+                match = OWNED_NAME.match(name)
+                if match and collector_alive(int(match.group(1))):
                     self.pids.add(int(match.group(1)))
             if self._stop.wait(0.02):
                 return
-
-
-def _is_collector(pid: int) -> bool:
-    try:
-        return b"chargeplay" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
 
 
 def chargeplay_command() -> list[str]:

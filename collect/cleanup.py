@@ -21,7 +21,7 @@ from collect.tracefs import remove_instance
 OWNED_NAME = re.compile(r"^chargeplay-(\d+)(-memcg|-irq)?$")
 
 
-def _collector_alive(pid: int) -> bool:
+def collector_alive(pid: int) -> bool:
     try:
         return b"chargeplay" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
@@ -30,7 +30,7 @@ def _collector_alive(pid: int) -> bool:
 
 def _stale(path: Path) -> bool:
     match = OWNED_NAME.match(path.name)
-    return match is not None and not _collector_alive(int(match.group(1)))
+    return match is not None and not collector_alive(int(match.group(1)))
 
 
 def remove_stale(tracefs: Path) -> list[str]:
