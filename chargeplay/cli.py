@@ -11,12 +11,14 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress as ProgressBar, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from chargeplay.units import format_bytes, parse_size
 from collect.cgroup import CgroupError
 from collect.collector import CaptureError, CaptureOptions, Progress, capture
 from collect.tracefs import TracefsError
+from replay import policy, run
 from traces.manifest import TraceError
 from traces.reader import Trace
 from traces.samples import DEFAULT_SAMPLE, sample_path
@@ -128,6 +130,65 @@ def collect(
         manifest = capture(options, report, lambda note: err.print(note, markup=False, highlight=False))
     lost = manifest["lost"]["total"]
     err.print(f"{output}: {manifest['events']:,} events, {lost:,} lost, {manifest['stop_reason']}", markup=False, highlight=False)
+
+
+@app.command()
+@user_errors
+def policies(
+    as_json: Annotated[bool, typer.Option("--json", help="print the policies and their knobs as JSON")] = False,
+    policies_file: Annotated[Optional[Path], typer.Option("--policies", help="also list the policies of this TOML file")] = None,
+) -> None:
+    """List the charge policies: the 2015 thread's proposals and today's mainline."""
+    chosen = [*policy.BUILTIN.values(), *(policy.load_toml(policies_file).values() if policies_file else [])]
+    if as_json:
+        print(json.dumps([{"name": p.name, "description": p.description, **p.knobs()} for p in chosen], indent=2))
+        return
+    table = Table("policy", "what it is", "knobs")
+    for p in chosen:
+        table.add_row(p.name, p.description, ", ".join(f"{k}={v}" for k, v in p.knobs().items()))
+    Console().print(table)
+
+
+@app.command()
+@user_errors
+def replay(
+    trace: Annotated[Path, typer.Argument(help="trace directory")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="result directory to create")] = ...,
+    policy_names: Annotated[Optional[list[str]], typer.Option("--policy", help="a policy to run (repeatable; default: all built-in)")] = None,
+    policies_file: Annotated[Optional[Path], typer.Option("--policies", help="TOML file of extra policies (all are run unless --policy picks)")] = None,
+    memory_max: Annotated[Optional[str], typer.Option(help="memory.max to replay with (default: the trace's)")] = None,
+    memory_high: Annotated[Optional[str], typer.Option(help="memory.high to replay with (default: the trace's)")] = None,
+    swap: Annotated[bool, typer.Option("--swap", help="let reclaim take anon pages")] = False,
+    engine: Annotated[str, typer.Option(help="fast (numba) or reference (plain Python)")] = "fast",
+) -> None:
+    """Replay a trace under charge policies; write summary.json, timeseries.parquet, outcomes.parquet."""
+    available = {**policy.BUILTIN, **(policy.load_toml(policies_file) if policies_file else {})}
+    if policy_names:
+        missing = [name for name in policy_names if name not in available]
+        if missing:
+            raise ValueError(f"no policy {missing[0]!r}; choose from {', '.join(available)}")
+        chosen = [available[name] for name in policy_names]
+    else:
+        chosen = list(available.values())
+    if engine not in run.ENGINES:
+        raise ValueError(f"--engine {engine!r}: choose one of {', '.join(run.ENGINES)}")
+    source = Trace.open(trace)
+    limits = run.limits_for(source, _size(memory_max, "--memory-max"), _size(memory_high, "--memory-high"), swap)
+    with ProgressBar(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err) as bar:
+        task = bar.add_task("reading the trace", total=len(chosen))
+
+        def step(name: str, done: int) -> None:
+            bar.update(task, description=f"replaying {name}", completed=done)
+
+        summary = run.replay(source, output, chosen, limits, run.ENGINES[engine], step)
+        bar.update(task, completed=len(chosen), description="written")
+    rows = Table("policy", "peak", "s above high", "failed", "forced", "reclaims", "stall ms", "fallbacks")
+    for name, s in summary["policies"].items():
+        rows.add_row(name, format_bytes(s["peak_bytes"]), f"{s['seconds_above_high']:.3f}", f"{s['failed']:,}", f"{s['forced']:,}",
+                     f"{sum(s['reclaim_calls'].values()):,}", f"{s['stall_ns_total'] / 1e6:.1f}", f"{s['fallbacks']:,}")
+    Console().print(rows)
+    err.print(f"{output}: summary.json, timeseries.parquet, outcomes.parquet", markup=False, highlight=False)
 
 
 def _check_command(name: str) -> None:

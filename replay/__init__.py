@@ -1,0 +1,1 @@
+"""Replay a trace under memcg charge policies and record what each policy does."""

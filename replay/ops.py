@@ -1,0 +1,76 @@
+"""The replay's vocabulary, shared by both engines: operations, outcomes, gfp bits, constants.
+
+A trace becomes a stream of operations (replay.input); each engine applies them to a
+model memcg under one policy and gives every operation an outcome.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Operations, one per replayed event.
+OBJ_ALLOC = 1  # an accounted slab object is allocated (kmalloc, kmem_cache_alloc)
+OBJ_FREE = 2  # such an object is freed
+PAGE_ALLOC = 3  # __GFP_ACCOUNT pages are allocated (kmalloc_large, page tables, stacks...)
+PAGE_FREE = 4
+LRU_CHARGE = 5  # file or anon pages join the memcg (memcg stat NR_FILE_PAGES, NR_ANON_MAPPED...)
+LRU_UNCHARGE = 6
+USER_RETURN = 7  # the task returns to user space (syscall exit)
+
+# Pools the memcg's usage is split into; reclaim takes from some of them.
+POOL_FILE, POOL_ANON, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, POOL_KMEM_PAGES, POOL_OTHER = range(6)
+POOL_NAMES = ("file", "anon", "slab_reclaimable", "slab_unreclaimable", "kmem_pages", "other")
+
+# Outcomes of an operation under a policy.
+OUTCOMES = (
+    "none",  # not a charge (a free, a return to user space)
+    "stock",  # charged from a per-CPU stock: no page counter, no limit checks
+    "no_charge",  # an object that fit in an already charged slab (slab charging)
+    "charged",  # the page counter was charged without reclaim
+    "reclaimed",  # charged after memcg reclaim
+    "fallback",  # a high-order slab charge failed; the minimum order was charged instead
+    "forced",  # charged past memory.max (__GFP_HIGH or __GFP_NOFAIL)
+    "oom",  # charged after a memcg OOM kill
+    "failed",  # the charge failed: the allocation returns NULL
+)
+OUTCOME = {name: code for code, name in enumerate(OUTCOMES)}
+
+RECLAIM_TRIGGERS = ("max", "high_sync", "user_return", "async")
+TRIGGER = {name: code for code, name in enumerate(RECLAIM_TRIGGERS)}
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+OBJ_EXT_BYTES = 8  # obj_full_size(): the object plus its obj_cgroup pointer
+SWAP_CLUSTER_MAX = 32
+PAGE_ALLOC_COSTLY_ORDER = 3
+MEMCG_CHARGE_BATCH_6X = 64  # threshold for synchronous over-high handling in 6.x
+MEMCG_DELAY_PRECISION_SHIFT = 20
+MEMCG_DELAY_SCALING_SHIFT = 14
+HZ = 1000
+MEMCG_MAX_HIGH_DELAY_JIFFIES = 2 * HZ
+UNLIMITED = 1 << 62  # pages
+
+
+@dataclass(frozen=True)
+class GfpBits:
+    """The gfp bits the charge path tests, from the capturing kernel's own table."""
+
+    direct_reclaim: int
+    noretry: int
+    retry_mayfail: int
+    nofail: int
+    high: int
+
+    @classmethod
+    def from_table(cls, table: dict[str, int]) -> "GfpBits":
+        return cls(
+            direct_reclaim=table["__GFP_DIRECT_RECLAIM"], noretry=table["__GFP_NORETRY"],
+            retry_mayfail=table["__GFP_RETRY_MAYFAIL"], nofail=table["__GFP_NOFAIL"], high=table["__GFP_HIGH"],
+        )
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_pages: int = UNLIMITED
+    high_pages: int = UNLIMITED
+    swap: bool = False  # whether reclaim may take anon pages
+    reclaim_ns_per_page: int = 1000  # cost of reclaim, charged to the reclaiming task as stall

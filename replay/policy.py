@@ -1,0 +1,106 @@
+"""Charge policies: named settings of the same few knobs (shared/KERNEL-MODEL.md §5).
+
+Every policy the 2015 thread argued about, and today's kernel, is one `Policy`. New ones
+come from a TOML file of the same keys:
+
+    [policy.my-idea]
+    description = "mainline, but stocks of 128 pages"
+    base = "mainline-6.18"      # optional: start from a built-in policy
+    stock_batch = 128
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+CHARGE_UNITS = ("slab", "object")
+SLAB_GROWTH = ("caller", "nowait-high-order")
+HIGH_MODES = ("sync", "return-to-user", "mainline", "fail-nowait", "watermark")
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    description: str
+    # What a kmem charge is for: a whole slab page (4.x per-memcg caches) or one object
+    # with byte-granular object stocks (6.x obj_cgroup).
+    charge_unit: str = "object"
+    # gfp of the charge for a new slab: the caller's, or (4.3, 6af3142bed1f) without
+    # __GFP_DIRECT_RECLAIM when SLUB tries an order above the cache's minimum.
+    slab_growth_gfp: str = "caller"
+    stock_batch: int = 64  # MEMCG_CHARGE_BATCH: 32 up to ~5.15, 64 from ~6.1
+    stock_slots: int = 7  # memcgs a CPU's page stock caches: 1 before 6.16, NR_MEMCG_STOCK = 7 after
+    # memory.high: "sync" (4.2: reclaim in the charge path, blocking charges only),
+    # "return-to-user" (4.4: reclaim the overage when the task returns to user space),
+    # "mainline" (6.x: as 4.4, plus synchronous reclaim past 64 pages, async in irq, and
+    # throttling), "fail-nowait" (4.2, and non-blocking charges fail above high),
+    # "watermark" (4.2, plus async reclaim whenever max - usage < watermark_margin).
+    high_mode: str = "mainline"
+    max_reclaim_retries: int = 16  # MAX_RECLAIM_RETRIES: 5 in 4.x, 16 in 6.x
+    watermark_margin_pages: int = 0
+
+    def validate(self) -> None:
+        for knob, allowed in (("charge_unit", CHARGE_UNITS), ("slab_growth_gfp", SLAB_GROWTH), ("high_mode", HIGH_MODES)):
+            if getattr(self, knob) not in allowed:
+                raise ValueError(f"policy {self.name}: {knob} = {getattr(self, knob)!r}; choose one of {', '.join(allowed)}")
+        for knob, low in (("stock_batch", 1), ("stock_slots", 1), ("max_reclaim_retries", 0), ("watermark_margin_pages", 0)):
+            value = getattr(self, knob)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"policy {self.name}: {knob} = {value!r}; give a whole number >= {low}")
+        if self.high_mode == "watermark" and self.watermark_margin_pages == 0:
+            raise ValueError(f"policy {self.name}: high_mode watermark needs watermark_margin_pages > 0")
+
+    def knobs(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k not in ("name", "description")}
+
+
+KERNEL_4X = dict(charge_unit="slab", slab_growth_gfp="nowait-high-order", stock_batch=32, stock_slots=1, max_reclaim_retries=5)
+
+BUILTIN = {
+    p.name: p
+    for p in (
+        Policy("nowait-slab-charge", "4.3-rc: high-order slab charges without reclaim, memory.high checked only for blocking charges (the bug in the seed thread)",
+               high_mode="sync", **KERNEL_4X),
+        Policy("caller-gfp", "Davydov's fix: slab charges take the caller's gfp, so memcg reclaim runs for high-order slabs too",
+               high_mode="sync", **{**KERNEL_4X, "slab_growth_gfp": "caller"}),
+        Policy("return-to-user", "Tejun's 4.4 change: memory.high overage is reclaimed when the task returns to user space",
+               high_mode="return-to-user", **KERNEL_4X),
+        Policy("fail-nowait-above-high", "Hocko's alternative: non-blocking charges fail while usage is above memory.high",
+               high_mode="fail-nowait", **KERNEL_4X),
+        Policy("watermark", "Davydov's memcg-internal watermarks: async reclaim whenever max - usage drops below a margin",
+               high_mode="watermark", watermark_margin_pages=256, **KERNEL_4X),
+        Policy("mainline-6.18", "today's kernel: object charging, caller's gfp, 64-page stocks in 7 slots, deferred and throttled memory.high"),
+    )
+}
+
+
+def get(name: str) -> Policy:
+    if name not in BUILTIN:
+        raise ValueError(f"no policy {name!r}; the built-in policies are {', '.join(BUILTIN)} (see chargeplay policies)")
+    return BUILTIN[name]
+
+
+def load_toml(path: Path) -> dict[str, Policy]:
+    """Policies defined in a TOML file, each validated; errors name the policy and the key."""
+    try:
+        document = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path}: not valid TOML ({err})") from None
+    tables = document.get("policy")
+    if not isinstance(tables, dict) or not tables:
+        raise ValueError(f"{path}: no [policy.NAME] tables; see chargeplay policies --help")
+    known = {f.name for f in fields(Policy)} - {"name"}
+    policies = {}
+    for name, table in tables.items():
+        if not isinstance(table, dict):
+            raise ValueError(f"{path}: policy.{name} is not a table")
+        unknown = set(table) - known - {"base"}
+        if unknown:
+            raise ValueError(f"{path}: policy {name}: unknown keys {', '.join(sorted(unknown))}; the knobs are {', '.join(sorted(known))}")
+        base = get(table["base"]) if "base" in table else Policy(name, "")
+        settings = {k: v for k, v in table.items() if k != "base"}
+        policy = replace(base, name=name, description=settings.pop("description", base.description), **settings)
+        policy.validate()
+        policies[name] = policy
+    return policies
