@@ -23,6 +23,7 @@ from traces.manifest import TraceError
 from traces.reader import Trace
 from traces.samples import DEFAULT_SAMPLE, sample_path
 from traces.summary import summarize
+from traces.synth import synthesize
 
 app = typer.Typer(
     help="Capture memcg kernel-memory charging, replay it under other charge policies, compare.",
@@ -189,6 +190,23 @@ def replay(
                      f"{sum(s['reclaim_calls'].values()):,}", f"{s['stall_ns_total'] / 1e6:.1f}", f"{s['fallbacks']:,}")
     Console().print(rows)
     err.print(f"{output}: summary.json, timeseries.parquet, outcomes.parquet", markup=False, highlight=False)
+
+
+@app.command()
+@user_errors
+def synth(
+    like: Annotated[str, typer.Option(help="a bundled sample's name or a trace directory to copy")] = DEFAULT_SAMPLE,
+    events: Annotated[int, typer.Option(help="about how many events to write")] = 1_000_000,
+    output: Annotated[Path, typer.Option("-o", "--output", help="trace directory to create")] = ...,
+) -> None:
+    """Make a large trace from a real one: its events laid end to end, shifted in time."""
+    if events <= 0:
+        raise ValueError(f"--events {events}: give a positive number of events")
+    source = Trace.open(like if Path(like).is_dir() else sample_path(like))
+    with ProgressBar(TextColumn("writing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err) as bar:
+        task = bar.add_task("synth", total=events)
+        written = synthesize(source, output, events, lambda done: bar.update(task, completed=min(done, events)))
+    err.print(f"{output}: {written:,} events", markup=False, highlight=False)
 
 
 def _check_command(name: str) -> None:

@@ -1,0 +1,184 @@
+"""Kernel charge rules, one small hand-built scenario each, worked out by hand from
+shared/KERNEL-MODEL.md and mm/memcontrol.c; every engine must give the same answers."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from replay.input import ReplayInput
+from replay.ops import (
+    LRU_CHARGE, OBJ_ALLOC, OUTCOME, PAGE_ALLOC, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER,
+    POOL_SLAB_UNRECLAIMABLE, TRIGGER, UNLIMITED, USER_RETURN, GfpBits, Limits,
+)
+from replay.policy import BUILTIN, Policy
+from replay.reference import Reference
+from replay.run import ENGINES
+
+# The 6.18 gfp bits (include/linux/gfp_types.h), as the capturing kernel's table gives them.
+GFP = GfpBits(direct_reclaim=0x400, noretry=0x10000, retry_mayfail=0x4000, nofail=0x8000, high=0x20)
+GFP_KERNEL = 0xCC0
+GFP_NOWAIT = 0x2800
+GFP_ATOMIC = 0x820
+MAINLINE, SYNC_4X, RETURN_TO_USER = BUILTIN["mainline-6.18"], BUILTIN["nowait-slab-charge"], BUILTIN["return-to-user"]
+MS = 1_000_000
+
+
+def scenario(ops: list[dict], pools: dict[int, int] | None = None, cache: tuple[int, int, int, int] = (0, 0, 1, 1)) -> ReplayInput:
+    """A ReplayInput from operations given as dicts (op, gfp, pages, bytes, obj, task, cpu, irq, pool)."""
+    n = len(ops)
+    col = lambda key, default, dtype: np.array([o.get(key, default) for o in ops], dtype=dtype)  # noqa: E731
+    initial = np.zeros(6, np.int64)
+    for pool, pages in (pools or {}).items():
+        initial[pool] = pages
+    order, min_order, objects, objects_min = cache
+    return ReplayInput(
+        ts=np.arange(n, dtype=np.int64) * MS, cpu=col("cpu", 0, np.int32), task=col("task", 0, np.int32),
+        irq=col("irq", False, bool), op=col("op", 0, np.int8), gfp=col("gfp", GFP_KERNEL, np.int64),
+        pages=col("pages", 0, np.int64), bytes=col("bytes", 0, np.int64), cache=col("cache", 0, np.int32),
+        obj=col("obj", -1, np.int64), pool=col("pool", POOL_KMEM_PAGES, np.int8), row=np.arange(n, dtype=np.int64),
+        cache_order=np.array([order]), cache_min_order=np.array([min_order]), cache_objects=np.array([objects]),
+        cache_objects_min=np.array([objects_min]), cache_names=["test-cache"], task_pids=np.arange(2, dtype=np.int32),
+        initial_pools=initial, cpus=2,
+    )
+
+
+def page(pages: int = 1, gfp: int = GFP_KERNEL, obj: int = -1, **extra) -> dict:
+    return {"op": PAGE_ALLOC, "pages": pages, "gfp": gfp, "obj": obj, **extra}
+
+
+@pytest.fixture(params=sorted(ENGINES))
+def engine(request):
+    run = ENGINES[request.param]
+    return lambda data, policy, limits: run(data, policy, limits, GFP, MS)
+
+
+def test_a_stock_hit_skips_the_high_check(engine):
+    # 4.2: the first charge takes a batch of 32 into the counter (usage 10 + 32 > high 20),
+    # so it reclaims; the second is served from the 31 stocked pages and sees no limit.
+    data = scenario([page(obj=0), page(obj=1)], pools={POOL_OTHER: 10})
+    r = engine(data, SYNC_4X, Limits(high_pages=20))
+    assert list(r.outcome) == [OUTCOME["charged"], OUTCOME["stock"]]
+    assert r.high_events == 1 and r.reclaim_calls[TRIGGER["high_sync"]] == 1
+
+
+def test_at_max_gfp_nowait_fails_while_gfp_atomic_is_forced(engine):
+    # usage 64 = max, nothing reclaimable: neither may reclaim; __GFP_HIGH forces the charge.
+    data = scenario([page(gfp=GFP_NOWAIT, obj=0), page(gfp=GFP_ATOMIC, obj=1)], pools={POOL_OTHER: 64})
+    r = engine(data, MAINLINE, Limits(max_pages=64))
+    assert list(r.outcome) == [OUTCOME["failed"], OUTCOME["forced"]]
+    assert r.forced == 1 and r.peak_pages == 65 and r.failcnt >= 2
+    assert r.reclaim_calls.sum() == 0
+
+
+def test_the_high_penalty_for_101m_over_100m_with_64_pages_is_6_ms():
+    # overage = (256 pages << 20) / 25600 = 10485; 10485^2 * 1000 >> 20 >> 14 = 6 jiffies at HZ 1000.
+    reference = Reference(scenario([]), MAINLINE, Limits(high_pages=25600), GFP, MS)
+    reference.memcg.usage = 25856
+    assert reference.calculate_high_delay(64) == 6
+
+
+def test_a_large_overage_is_slept_off_on_return_to_user(engine):
+    # usage 104M over high 100M: overage = (1024 << 20) / 25600 = 41943;
+    # 41943^2 * 1000 >> 20 >> 14 = 102 jiffies (> HZ/100, under the 2 s clamp). Nothing is
+    # reclaimable, so after 16 fruitless retries the task sleeps 102 ms.
+    data = scenario([page(obj=0), {"op": USER_RETURN}], pools={POOL_OTHER: 26624 - 64})
+    r = engine(data, MAINLINE, Limits(high_pages=25600))
+    assert r.throttle_ns == 102 * MS and r.stall_ns[0] == 102 * MS
+    assert r.reclaim_calls[TRIGGER["user_return"]] == 17
+
+
+def test_the_second_charge_over_high_reclaims_synchronously_in_mainline_only(engine):
+    # Usage starts just under high. Charge 1 misses the stock: +64 in mainline (over_high 64,
+    # not > 64), +32 in 4.4. Charge 2 asks for more than the stock holds: +64 more makes
+    # over_high 128 > 64, so mainline reclaims in the charge path; 4.4 only counts, and
+    # reclaims when the task returns to user space.
+    ops = [page(obj=0), page(pages=64, obj=1), {"op": USER_RETURN}]
+    pools = {POOL_OTHER: 1000, POOL_FILE: 1000}
+    mainline = engine(scenario(ops, pools), MAINLINE, Limits(high_pages=1999))
+    assert mainline.reclaim_calls[TRIGGER["high_sync"]] == 1
+    assert mainline.reclaim_calls[TRIGGER["user_return"]] == 0  # the sync pass used up the overage
+    deferred = engine(scenario(ops, pools), RETURN_TO_USER, Limits(high_pages=1999))
+    assert deferred.reclaim_calls[TRIGGER["high_sync"]] == 0
+    assert deferred.reclaim_calls[TRIGGER["user_return"]] == 1
+    assert deferred.reclaimed_pages[TRIGGER["user_return"]] == 96  # the overage: 32 + 64 pages
+
+
+def test_gfp_nowait_escapes_memory_high_in_4_2_while_gfp_kernel_does_not(engine):
+    # The seed thread's bug: 4.2 checks memory.high only for charges that may block.
+    pools = {POOL_OTHER: 100, POOL_FILE: 100}
+    nowait = engine(scenario([page(gfp=GFP_NOWAIT, obj=0)], pools), SYNC_4X, Limits(high_pages=150))
+    kernel = engine(scenario([page(gfp=GFP_KERNEL, obj=0)], pools), SYNC_4X, Limits(high_pages=150))
+    assert nowait.high_events == 0 and nowait.reclaim_calls.sum() == 0
+    assert kernel.high_events == 1 and kernel.reclaimed_pages[TRIGGER["high_sync"]] == 32  # SWAP_CLUSTER_MAX
+
+
+def test_fail_nowait_above_high_fails_non_blocking_charges(engine):
+    policy = BUILTIN["fail-nowait-above-high"]
+    data = scenario([page(gfp=GFP_NOWAIT, obj=0), page(gfp=GFP_ATOMIC, obj=1)], pools={POOL_OTHER: 200})
+    r = engine(data, policy, Limits(high_pages=150))
+    assert list(r.outcome) == [OUTCOME["failed"], OUTCOME["forced"]]
+
+
+def test_a_high_order_slab_falls_back_to_the_minimum_order_without_reclaim(engine):
+    # Cache of order-3 slabs (8 pages, 16 objects), minimum order 0 (1 page, 2 objects).
+    # usage 60 of max 64, 100 file pages reclaimable. The 4.3 charge of 8 pages may not
+    # reclaim: it fails, and the 1-page minimum slab is charged with the caller's gfp.
+    # Davydov's caller-gfp reclaims and gets the order-3 slab.
+    obj = {"op": OBJ_ALLOC, "obj": 0, "bytes": 2048, "cache": 0, "pool": POOL_SLAB_UNRECLAIMABLE}
+    pools = {POOL_OTHER: 0, POOL_FILE: 60}
+    limits = Limits(max_pages=64)
+    nowait = engine(scenario([obj], pools, cache=(3, 0, 16, 2)), replace(SYNC_4X, stock_batch=1), limits)
+    caller = engine(scenario([obj], pools, cache=(3, 0, 16, 2)), replace(BUILTIN["caller-gfp"], stock_batch=1), limits)
+    assert nowait.outcome[0] == OUTCOME["fallback"] and nowait.fallbacks == 1 and nowait.peak_pages == 61
+    assert caller.outcome[0] == OUTCOME["reclaimed"] and caller.fallbacks == 0
+    assert caller.reclaimed_pages[TRIGGER["max"]] == 32
+
+
+def test_object_stock_serves_the_rest_of_a_charged_page(engine):
+    # 6.x: a 100-byte object costs 108 bytes; its page charge leaves 3988 bytes in the
+    # CPU's object stock, so the next object is a stock hit; on another CPU it is not.
+    obj = lambda n, cpu: {"op": OBJ_ALLOC, "obj": n, "bytes": 100, "cpu": cpu, "pool": POOL_SLAB_UNRECLAIMABLE}  # noqa: E731
+    r = engine(scenario([obj(0, 0), obj(1, 0), obj(2, 1)]), MAINLINE, Limits(max_pages=UNLIMITED, high_pages=1000))
+    assert list(r.outcome) == [OUTCOME["charged"], OUTCOME["stock"], OUTCOME["charged"]]
+    assert r.charges == 2 and r.peak_pages == 128  # two batches of 64
+
+
+def test_oom_kill_frees_the_anon_pool_and_the_charge_goes_through(engine):
+    # usage 64 = max, nothing reclaimable. The batch of 64 does not fit, nor does 1 page:
+    # reclaim (call 1, then drain), 16 retries (calls 2-17), retries gone (call 18): OOM
+    # kill of the 32 anon pages, and the 1-page charge fits: usage 33.
+    data = scenario([page(obj=0)], pools={POOL_OTHER: 32, POOL_ANON: 32})
+    r = engine(data, MAINLINE, Limits(max_pages=64))
+    assert r.outcome[0] == OUTCOME["oom"] and r.oom_kills == 1 and r.peak_pages == 33
+    assert r.reclaim_calls[TRIGGER["max"]] == 18 and r.max_events == 18
+
+
+def test_watermark_reclaims_asynchronously_below_the_margin(engine):
+    # max 1000, margin 100: wmark_high 900, wmark_low 900 - 900 // 256 = 897.
+    policy = replace(BUILTIN["watermark"], watermark_margin_pages=100, stock_batch=1)
+    data = scenario([{"op": LRU_CHARGE, "pages": 10, "pool": POOL_FILE}], pools={POOL_FILE: 895})
+    r = engine(data, policy, Limits(max_pages=1000))
+    assert r.reclaim_calls[TRIGGER["async"]] == 1 and r.reclaimed_pages[TRIGGER["async"]] == 905 - 897
+    assert r.stall_ns.sum() == 0
+
+
+def test_toml_policies_are_validated(tmp_path):
+    from replay.policy import load_toml
+
+    good = tmp_path / "good.toml"
+    good.write_text('[policy.big-stock]\nbase = "mainline-6.18"\nstock_batch = 128\n')
+    assert load_toml(good)["big-stock"] == replace(MAINLINE, name="big-stock", stock_batch=128)
+    for text, message in (
+        ('[policy.x]\nhigh_mode = "lazy"\n', "high_mode = 'lazy'"),
+        ("[policy.x]\nstock_batch = 0\n", "stock_batch = 0"),
+        ("[policy.x]\ncolour = 1\n", "unknown keys colour"),
+        ('[policy.x]\nbase = "nope"\n', "no policy 'nope'"),
+        ("[policy.x\n", "not valid TOML"),
+    ):
+        bad = tmp_path / "bad.toml"
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+            load_toml(bad)
+    assert isinstance(MAINLINE, Policy)

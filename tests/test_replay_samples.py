@@ -1,0 +1,70 @@
+"""Replay of the bundled real traces: the thread's predictions, and the result files."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import polars as pl
+import pytest
+
+from conftest import chargeplay
+from test_cli_errors import assert_user_error
+from traces.samples import sample_path
+
+
+def replay(tmp_path, sample: str, *args: str) -> dict:
+    out = tmp_path / f"{sample}-{len(list(tmp_path.iterdir()))}"
+    result = chargeplay("replay", str(sample_path(sample)), "-o", str(out), *args)
+    assert result.returncode == 0, result.stderr
+    return json.loads((out / "summary.json").read_text())["policies"]
+
+
+@pytest.mark.parametrize("sample", ["file-storm", "socket-storm"])
+def test_nowait_slab_charges_stay_above_high_longer_than_caller_gfp(tmp_path, sample):
+    # memory.high just under max: only blocking charges trigger 4.2's high reclaim, and
+    # the 4.3 slab charges are not blocking (Davydov, 2015-08-30).
+    s = replay(tmp_path, sample, "--memory-max", "16M", "--memory-high", "15M",
+               "--policy", "nowait-slab-charge", "--policy", "caller-gfp")
+    assert s["nowait-slab-charge"]["seconds_above_high"] > s["caller-gfp"]["seconds_above_high"]
+    assert s["nowait-slab-charge"]["page_seconds_above_high"] > s["caller-gfp"]["page_seconds_above_high"]
+
+
+@pytest.mark.parametrize("sample", ["file-storm", "socket-storm"])
+def test_nowait_slab_charges_fall_back_to_min_order_more_often_than_caller_gfp(tmp_path, sample):
+    # At the hard limit a high-order slab charge that may not reclaim fails, and SLUB falls
+    # back to the cache's minimum order ("unexpected and unjustified", Davydov).
+    s = replay(tmp_path, sample, "--memory-max", "16M", "--policy", "nowait-slab-charge", "--policy", "caller-gfp")
+    assert s["nowait-slab-charge"]["fallbacks"] > s["caller-gfp"]["fallbacks"] == 0
+
+
+def test_result_files_describe_every_policy_and_charge(tmp_path):
+    out = tmp_path / "r"
+    result = chargeplay("replay", str(sample_path("fork-storm")), "-o", str(out), "--memory-high", "12M")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    policies = list(summary["policies"])
+    assert policies == ["nowait-slab-charge", "caller-gfp", "return-to-user", "fail-nowait-above-high", "watermark", "mainline-6.18"]
+    assert summary["limits"]["high_bytes"] == 12 << 20 and summary["limits"]["max_bytes"] == 28 << 20  # from the manifest
+    outcomes = pl.read_parquet(out / "outcomes.parquet")
+    assert outcomes.columns == ["row", *policies]
+    for name, s in summary["policies"].items():
+        counts = outcomes[name].value_counts()
+        assert dict(counts.iter_rows()) == {k: v for k, v in s["outcomes"].items() if k != "none"}
+    series = pl.read_parquet(out / "timeseries.parquet")
+    assert sorted(series["policy"].unique()) == sorted(policies)
+    peaks = series.group_by("policy").agg(pl.col("peak_bytes").max())
+    assert {p: b for p, b in peaks.iter_rows()} == {p: s["peak_bytes"] for p, s in summary["policies"].items()}
+
+
+def test_replay_errors_are_one_line(tmp_path):
+    copy = tmp_path / "trace"
+    shutil.copytree(sample_path("fork-storm"), copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["target"]["max"] = None
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert_user_error(chargeplay("replay", str(copy), "-o", str(tmp_path / "a")), "--memory-max")
+    assert_user_error(chargeplay("replay", str(copy), "-o", str(tmp_path / "b"), "--memory-max", "8M", "--policy", "lazy"), "lazy")
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "keep").write_text("x")
+    assert_user_error(chargeplay("replay", str(copy), "-o", str(tmp_path / "c"), "--memory-max", "8M"), "not an empty directory")
+    assert (tmp_path / "c" / "keep").read_text() == "x"
