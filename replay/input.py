@@ -14,6 +14,7 @@ What becomes an operation:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import polars as pl
@@ -50,6 +51,8 @@ class ReplayInput:
     task_pids: np.ndarray
     initial_pools: np.ndarray  # pages per pool when the trace starts
     cpus: int
+    t_first: int  # the whole trace's first and last event times: batches share one clock
+    t_last: int
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -59,58 +62,131 @@ class ReplayInput:
         return len(self.task_pids)
 
     def n_buckets(self, resolution_ns: int) -> int:
-        return int((self.ts[-1] - self.ts[0]) // resolution_ns) + 1 if len(self) else 1
+        return (self.t_last - self.t_first) // resolution_ns + 1
 
 
-def operations(trace: Trace) -> pl.DataFrame:
-    """One row per operation, time-ordered: the table behind ReplayInput."""
-    events = trace.events().with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
-    table = trace.gfp_flags
-    slabs = _slab_pools(trace)
-    allocs = (
+class InputStream:
+    """A trace's operations, segment by segment, so memory follows a segment, not the trace.
+
+    A light first scan fixes what spans segments: task ids, cache ids and geometry, the
+    time span; objects allocated in one segment and freed in a later one are carried over
+    in a table of live charged allocations.
+    """
+
+    def __init__(self, trace: Trace) -> None:
+        self.trace = trace
+        events = trace.events()
+        facts = events.select(
+            pl.col("ts_ns").min().alias("first"), pl.col("ts_ns").max().alias("last"), pl.col("cpu").max().alias("cpu"),
+        ).collect().row(0, named=True)
+        self.t_first, self.t_last = facts["first"] or 0, facts["last"] or 0
+        self.cpus = int(trace.manifest.get("kernel", {}).get("cpus") or (facts["cpu"] or 0) + 1)
+        self.task_pids = np.sort(events.select(pl.col("pid").unique()).collect()["pid"].to_numpy())
+        sizes = (
+            _object_allocations(events, _slab_pools(trace)).group_by("cache").agg(pl.col("bytes_alloc").max())
+            .collect().sort("cache")
+        )
+        self.cache_names: list[str] = sizes["cache"].to_list()
+        self.cache_ids = {name: i for i, name in enumerate(self.cache_names)}
+        self.geometry = _cache_geometry(trace, dict(sizes.iter_rows()))
+        self.initial_pools = _initial_pools(trace)
+
+    def batches(self) -> Iterator[ReplayInput]:
+        live = pl.DataFrame(schema=CHARGED_SCHEMA)
+        offset = 0
+        for path in self.trace.segment_paths:
+            events = pl.scan_parquet(path).with_row_index("row", offset=offset).with_columns(pl.col("row").cast(pl.Int64))
+            ops, live = self._segment_operations(events, live)
+            offset += pl.scan_parquet(path).select(pl.len()).collect().item()
+            yield self._arrays(ops)
+
+    def _segment_operations(self, events: pl.LazyFrame, live: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+        trace = self.trace
+        allocs = _object_allocations(events, _slab_pools(trace)).with_columns(
+            pl.lit(OBJ_ALLOC, pl.Int8).alias("op"), pl.lit(0, pl.Int64).alias("pages"),
+        )
+        pages = events.filter((pl.col("kind") == "page_alloc") & pl.col("accounted") & ~pl.col("failed")).with_columns(
+            pl.lit(PAGE_ALLOC, pl.Int8).alias("op"), pl.lit(2, pl.Int64).pow(pl.col("order").cast(pl.Int64)).alias("pages"),
+            pl.lit(POOL_KMEM_PAGES, pl.Int8).alias("pool"), pl.lit(None, pl.String).alias("cache"),
+        )
+        charged = pl.concat([live.lazy(), *(f.select(CHARGED_SCHEMA.names()).cast(CHARGED_SCHEMA) for f in (allocs, pages))])
+        frees = (
+            events.filter(pl.col("kind").is_in(["kfree", "kmem_cache_free", "page_free"]) & pl.col("obj").is_not_null())
+            .drop("cache", "bytes_alloc")
+            .join(charged, on="obj", how="inner")
+            .with_columns((pl.col("op") + 1).alias("op"))  # OBJ_FREE, PAGE_FREE follow their allocation codes
+        )
+        enums = trace.manifest.get("enums", {}).get("node_stat_item", {})
+        lru_items = {enums[name]: pool for name, pool in (("NR_FILE_PAGES", POOL_FILE), ("NR_ANON_MAPPED", POOL_ANON)) if name in enums}
+        lru = (
+            events.filter((pl.col("kind") == "memcg_lruvec_state") & pl.col("item").is_in(list(lru_items))
+                          & (pl.col("memcg_id") == trace.manifest["target"]["memcg_id"]) & (pl.col("val") != 0))
+            .with_columns(
+                pl.when(pl.col("val") > 0).then(pl.lit(LRU_CHARGE)).otherwise(pl.lit(LRU_UNCHARGE)).cast(pl.Int8).alias("op"),
+                pl.col("val").abs().alias("pages"),
+                pl.col("item").replace_strict(lru_items, return_dtype=pl.Int8).alias("pool"),
+                pl.lit(trace.gfp_flags.get("GFP_HIGHUSER_MOVABLE", 0), pl.UInt32).alias("gfp"),
+            )
+        )
+        returns = events.filter(pl.col("kind") == "user_return").with_columns(
+            pl.lit(USER_RETURN, pl.Int8).alias("op"), pl.lit(0, pl.Int64).alias("pages"), pl.lit(POOL_OTHER, pl.Int8).alias("pool"),
+        )
+        columns = ["row", "ts_ns", "cpu", "pid", "ctx", "op", "gfp", "pages", "bytes_alloc", "cache", "obj", "pool"]
+        ops = pl.concat([f.select(columns) for f in (allocs, pages, frees, lru, returns)], how="vertical_relaxed").sort("row").collect()
+        still_live = charged.join(frees.select("obj"), on="obj", how="anti").collect()
+        return ops, still_live
+
+    def _arrays(self, ops: pl.DataFrame) -> ReplayInput:
+        return ReplayInput(
+            ts=ops["ts_ns"].to_numpy().astype(np.int64),
+            cpu=ops["cpu"].to_numpy().astype(np.int32),
+            task=np.searchsorted(self.task_pids, ops["pid"].to_numpy()).astype(np.int32),
+            irq=(ops["ctx"] != "task").fill_null(False).to_numpy(),
+            op=ops["op"].to_numpy().astype(np.int8),
+            gfp=ops["gfp"].fill_null(0).to_numpy().astype(np.int64),
+            pages=ops["pages"].fill_null(0).to_numpy().astype(np.int64),
+            bytes=ops["bytes_alloc"].fill_null(0).to_numpy().astype(np.int64),
+            cache=ops["cache"].replace_strict(self.cache_ids, default=-1, return_dtype=pl.Int32).to_numpy(),
+            obj=ops["obj"].fill_null(-1).to_numpy().astype(np.int64),
+            pool=ops["pool"].to_numpy().astype(np.int8),
+            row=ops["row"].to_numpy(),
+            **self.geometry,
+            cache_names=self.cache_names,
+            task_pids=self.task_pids,
+            initial_pools=self.initial_pools,
+            cpus=self.cpus,
+            t_first=self.t_first,
+            t_last=self.t_last,
+        )
+
+
+CHARGED_SCHEMA = pl.Schema({"obj": pl.Int64, "op": pl.Int8, "cache": pl.String, "bytes_alloc": pl.Int64, "pages": pl.Int64, "pool": pl.Int8})
+
+
+def _object_allocations(events: pl.LazyFrame, slab_pools: pl.LazyFrame) -> pl.LazyFrame:
+    """Accounted, successful slab allocations, kmallocs named after their kmalloc-cg cache."""
+    return (
         events.filter(pl.col("kind").is_in(["kmalloc", "kmem_cache_alloc"]) & pl.col("accounted") & ~pl.col("failed")
                       & (pl.col("bytes_alloc") <= KMALLOC_MAX_CACHE_SIZE))
         .with_columns(
             pl.when(pl.col("kind") == "kmalloc").then(pl.format("kmalloc-cg-{}", pl.col("bytes_alloc")))
             .otherwise(pl.col("cache")).alias("cache"),
-            pl.lit(OBJ_ALLOC, pl.Int8).alias("op"), pl.lit(0, pl.Int64).alias("pages"),
         )
-        .join(slabs, on="cache", how="left")
+        .join(slab_pools, on="cache", how="left")
         .with_columns(pl.col("pool").fill_null(POOL_SLAB_UNRECLAIMABLE))
     )
-    pages = events.filter((pl.col("kind") == "page_alloc") & pl.col("accounted") & ~pl.col("failed")).with_columns(
-        pl.lit(PAGE_ALLOC, pl.Int8).alias("op"), pl.lit(2, pl.Int64).pow(pl.col("order").cast(pl.Int64)).alias("pages"),
-        pl.lit(POOL_KMEM_PAGES, pl.Int8).alias("pool"),
-    )
-    charged = pl.concat([allocs.select("obj", "op", "cache", "bytes_alloc", "pages", "pool"),
-                         pages.select("obj", "op", pl.lit(None, pl.String).alias("cache"), "bytes_alloc", "pages", "pool")])
-    frees = (
-        events.filter(pl.col("kind").is_in(["kfree", "kmem_cache_free", "page_free"]) & pl.col("obj").is_not_null())
-        .drop("cache", "bytes_alloc")
-        .join(charged, on="obj", how="inner")
-        .with_columns((pl.col("op") + 1).alias("op"))  # OBJ_FREE, PAGE_FREE follow their allocation codes
-    )
-    enums = trace.manifest.get("enums", {}).get("node_stat_item", {})
-    lru_items = {enums[name]: pool for name, pool in (("NR_FILE_PAGES", POOL_FILE), ("NR_ANON_MAPPED", POOL_ANON)) if name in enums}
-    lru = (
-        events.filter((pl.col("kind") == "memcg_lruvec_state") & pl.col("item").is_in(list(lru_items))
-                      & (pl.col("memcg_id") == trace.manifest["target"]["memcg_id"]) & (pl.col("val") != 0))
-        .with_columns(
-            pl.when(pl.col("val") > 0).then(pl.lit(LRU_CHARGE)).otherwise(pl.lit(LRU_UNCHARGE)).cast(pl.Int8).alias("op"),
-            pl.col("val").abs().alias("pages"),
-            pl.col("item").replace_strict(lru_items, return_dtype=pl.Int8).alias("pool"),
-            pl.lit(table.get("GFP_HIGHUSER_MOVABLE", 0), pl.UInt32).alias("gfp"),
-        )
-    )
-    returns = events.filter(pl.col("kind") == "user_return").with_columns(
-        pl.lit(USER_RETURN, pl.Int8).alias("op"), pl.lit(0, pl.Int64).alias("pages"), pl.lit(POOL_OTHER, pl.Int8).alias("pool"),
-    )
-    columns = ["row", "ts_ns", "cpu", "pid", "ctx", "op", "gfp", "pages", "bytes_alloc", "cache", "obj", "pool"]
-    return (
-        pl.concat([frame.select(columns) for frame in (allocs, pages, frees, lru, returns)], how="vertical_relaxed")
-        .sort("row")
-        .collect()
-    )
+
+
+def build(trace: Trace) -> ReplayInput:
+    """The whole trace's operations at once (tests and small traces; replay streams)."""
+    stream = InputStream(trace)
+    return concat(list(stream.batches()), stream)
+
+
+def concat(parts: list[ReplayInput], stream: "InputStream") -> ReplayInput:
+    joined = {name: np.concatenate([getattr(p, name) for p in parts]) if parts else np.zeros(0) for name in ARRAYS}
+    return ReplayInput(**joined, **stream.geometry, cache_names=stream.cache_names, task_pids=stream.task_pids,
+                       initial_pools=stream.initial_pools, cpus=stream.cpus, t_first=stream.t_first, t_last=stream.t_last)
 
 
 def _slab_pools(trace: Trace) -> pl.LazyFrame:
@@ -124,42 +200,14 @@ def _slab_pools(trace: Trace) -> pl.LazyFrame:
     )
 
 
-def build(trace: Trace) -> ReplayInput:
-    ops = operations(trace)
-    cache_names = sorted(ops["cache"].drop_nulls().unique().to_list())
-    geometry = _cache_geometry(trace, cache_names, ops)
-    cache_ids = {name: i for i, name in enumerate(cache_names)}
-    pids = np.unique(ops["pid"].to_numpy()) if ops.height else np.zeros(0, np.int32)
-    return ReplayInput(
-        ts=ops["ts_ns"].to_numpy().astype(np.int64),
-        cpu=ops["cpu"].to_numpy().astype(np.int32),
-        task=np.searchsorted(pids, ops["pid"].to_numpy()).astype(np.int32),
-        irq=(ops["ctx"] != "task").fill_null(False).to_numpy(),
-        op=ops["op"].to_numpy().astype(np.int8),
-        gfp=ops["gfp"].fill_null(0).to_numpy().astype(np.int64),
-        pages=ops["pages"].fill_null(0).to_numpy().astype(np.int64),
-        bytes=ops["bytes_alloc"].fill_null(0).to_numpy().astype(np.int64),
-        cache=ops["cache"].replace_strict(cache_ids, default=-1, return_dtype=pl.Int32).to_numpy(),
-        obj=ops["obj"].fill_null(-1).to_numpy().astype(np.int64),
-        pool=ops["pool"].to_numpy().astype(np.int8),
-        row=ops["row"].to_numpy(),
-        **geometry,
-        cache_names=cache_names,
-        task_pids=pids,
-        initial_pools=_initial_pools(trace),
-        cpus=int(trace.manifest.get("kernel", {}).get("cpus") or (int(ops["cpu"].max()) + 1 if ops.height else 1)),
-    )
-
-
-def _cache_geometry(trace: Trace, names: list[str], ops: pl.DataFrame) -> dict[str, np.ndarray]:
-    """Slab order, minimum order and objects per slab of each cache; a cache the capture
-    did not describe gets order 0 and its object size from the trace."""
+def _cache_geometry(trace: Trace, sizes: dict[str, int]) -> dict[str, np.ndarray]:
+    """Slab order, minimum order and objects per slab of each cache (in `sizes` order); a
+    cache the capture did not describe gets order 0 and its object size from the trace."""
     slabs = trace.side_table("slabs")
     known = {row["name"]: row for row in (slabs.collect().to_dicts() if slabs is not None else [])}
-    sizes = dict(ops.filter(pl.col("cache").is_not_null()).group_by("cache").agg(pl.col("bytes_alloc").max()).iter_rows())
     order, min_order, objects, objects_min = [], [], [], []
-    for name in names:
-        row = known.get(name, {"size": sizes[name], "order": 0, "min_order": 0})
+    for name, object_size in sizes.items():
+        row = known.get(name, {"size": object_size, "order": 0, "min_order": 0})
         size = max(int(row["size"]), 1)
         order.append(int(row["order"]))
         min_order.append(int(row["min_order"]))

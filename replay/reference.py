@@ -80,7 +80,7 @@ class Reference:
 
     def run(self) -> EngineResult:
         d = self.data
-        last_ts = int(d.ts[0]) if len(d) else 0
+        last_ts = d.t_first
         for i in range(len(d)):
             self.now = int(d.ts[i])
             self.account_time(last_ts, self.now)
@@ -448,4 +448,4 @@ class Reference:
             self.result.page_ns_above_high += (self.memcg.usage - self.memcg.high) * (end - start)
 
     def record_usage(self) -> None:
-        self.result.record(self.now - int(self.data.ts[0]), self.memcg.usage)
+        self.result.record(self.now - self.data.t_first, self.memcg.usage)

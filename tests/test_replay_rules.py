@@ -40,7 +40,7 @@ def scenario(ops: list[dict], pools: dict[int, int] | None = None, cache: tuple[
         obj=col("obj", -1, np.int64), pool=col("pool", POOL_KMEM_PAGES, np.int8), row=np.arange(n, dtype=np.int64),
         cache_order=np.array([order]), cache_min_order=np.array([min_order]), cache_objects=np.array([objects]),
         cache_objects_min=np.array([objects_min]), cache_names=["test-cache"], task_pids=np.arange(2, dtype=np.int32),
-        initial_pools=initial, cpus=2,
+        initial_pools=initial, cpus=2, t_first=0, t_last=max(n - 1, 0) * MS,
     )
 
 
