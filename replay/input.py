@@ -13,14 +13,14 @@ What becomes an operation:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 import numpy as np
 import polars as pl
 
 from replay.ops import (
-    LRU_CHARGE, LRU_UNCHARGE, OBJ_ALLOC, OBJ_FREE, PAGE_ALLOC, PAGE_FREE, PAGE_SIZE, POOL_ANON, POOL_FILE,
+    LRU_CHARGE, LRU_UNCHARGE, OBJ_ALLOC, PAGE_ALLOC, PAGE_SIZE, POOL_ANON, POOL_FILE,
     POOL_KMEM_PAGES, POOL_OTHER, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, USER_RETURN,
 )
 from traces.reader import Trace
@@ -51,6 +51,7 @@ class ReplayInput:
     task_pids: np.ndarray
     initial_pools: np.ndarray  # pages per pool when the trace starts
     cpus: int
+    objects: int  # object pseudonyms are below this: per-object state fits an array
     t_first: int  # the whole trace's first and last event times: batches share one clock
     t_last: int
 
@@ -78,7 +79,9 @@ class InputStream:
         events = trace.events()
         facts = events.select(
             pl.col("ts_ns").min().alias("first"), pl.col("ts_ns").max().alias("last"), pl.col("cpu").max().alias("cpu"),
+            pl.col("obj").max().alias("obj"),
         ).collect().row(0, named=True)
+        self.objects = (facts["obj"] or 0) + 1
         self.t_first, self.t_last = facts["first"] or 0, facts["last"] or 0
         self.cpus = int(trace.manifest.get("kernel", {}).get("cpus") or (facts["cpu"] or 0) + 1)
         self.task_pids = np.sort(events.select(pl.col("pid").unique()).collect()["pid"].to_numpy())
@@ -90,6 +93,10 @@ class InputStream:
         self.cache_ids = {name: i for i, name in enumerate(self.cache_names)}
         self.geometry = _cache_geometry(trace, dict(sizes.iter_rows()))
         self.initial_pools = _initial_pools(trace)
+
+    @property
+    def segments(self) -> int:
+        return len(self.trace.segment_paths)
 
     def batches(self) -> Iterator[ReplayInput]:
         live = pl.DataFrame(schema=CHARGED_SCHEMA)
@@ -131,7 +138,7 @@ class InputStream:
         returns = events.filter(pl.col("kind") == "user_return").with_columns(
             pl.lit(USER_RETURN, pl.Int8).alias("op"), pl.lit(0, pl.Int64).alias("pages"), pl.lit(POOL_OTHER, pl.Int8).alias("pool"),
         )
-        columns = ["row", "ts_ns", "cpu", "pid", "ctx", "op", "gfp", "pages", "bytes_alloc", "cache", "obj", "pool"]
+        columns = OPERATION_SCHEMA.names()
         ops = pl.concat([f.select(columns) for f in (allocs, pages, frees, lru, returns)], how="vertical_relaxed").sort("row").collect()
         still_live = charged.join(frees.select("obj"), on="obj", how="anti").collect()
         return ops, still_live
@@ -155,11 +162,20 @@ class InputStream:
             task_pids=self.task_pids,
             initial_pools=self.initial_pools,
             cpus=self.cpus,
+            objects=self.objects,
             t_first=self.t_first,
             t_last=self.t_last,
         )
 
+    def empty(self) -> ReplayInput:
+        """No operations, but every fact that spans the trace: what an engine starts from."""
+        return self._arrays(pl.DataFrame(schema=OPERATION_SCHEMA))
 
+
+OPERATION_SCHEMA = pl.Schema({
+    "row": pl.Int64, "ts_ns": pl.Int64, "cpu": pl.UInt16, "pid": pl.Int32, "ctx": pl.String, "op": pl.Int8, "gfp": pl.UInt32,
+    "pages": pl.Int64, "bytes_alloc": pl.Int64, "cache": pl.String, "obj": pl.Int64, "pool": pl.Int8,
+})
 CHARGED_SCHEMA = pl.Schema({"obj": pl.Int64, "op": pl.Int8, "cache": pl.String, "bytes_alloc": pl.Int64, "pages": pl.Int64, "pool": pl.Int8})
 
 
@@ -185,8 +201,8 @@ def build(trace: Trace) -> ReplayInput:
 
 def concat(parts: list[ReplayInput], stream: "InputStream") -> ReplayInput:
     joined = {name: np.concatenate([getattr(p, name) for p in parts]) if parts else np.zeros(0) for name in ARRAYS}
-    return ReplayInput(**joined, **stream.geometry, cache_names=stream.cache_names, task_pids=stream.task_pids,
-                       initial_pools=stream.initial_pools, cpus=stream.cpus, t_first=stream.t_first, t_last=stream.t_last)
+    empty = stream.empty()
+    return replace(empty, **joined)
 
 
 def _slab_pools(trace: Trace) -> pl.LazyFrame:

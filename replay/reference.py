@@ -27,8 +27,7 @@ from replay.input import ReplayInput
 from replay.ops import (
     HZ, LRU_CHARGE, LRU_UNCHARGE, MEMCG_CHARGE_BATCH_6X, MEMCG_DELAY_PRECISION_SHIFT, MEMCG_DELAY_SCALING_SHIFT,
     MEMCG_MAX_HIGH_DELAY_JIFFIES, OBJ_ALLOC, OBJ_EXT_BYTES, OBJ_FREE, OUTCOME, PAGE_ALLOC, PAGE_ALLOC_COSTLY_ORDER,
-    PAGE_FREE, PAGE_SHIFT, PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE,
-    SWAP_CLUSTER_MAX, TRIGGER, USER_RETURN, GfpBits, Limits,
+    PAGE_FREE, PAGE_SHIFT, PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_SLAB_RECLAIMABLE, SWAP_CLUSTER_MAX, TRIGGER, USER_RETURN, GfpBits, Limits,
 )
 from replay.policy import Policy
 from replay.result import EngineResult
@@ -72,46 +71,54 @@ class Reference:
         self.objects: dict[int, Slab] = {}  # slab charging: which slab an object sits in
         self.current_slab: dict[int, Slab] = {}  # the slab each cache allocates from
         self.partial: dict[int, list[Slab]] = {}  # slabs with free slots
-        self.result = EngineResult.empty(len(data), data.tasks, data.n_buckets(resolution_ns), resolution_ns)
+        self.result = EngineResult.empty(0, data.tasks, data.n_buckets(resolution_ns), resolution_ns)
         self.task = 0
-        self.now = 0
+        self.now = self.last_ts = data.t_first
 
     # -- the loop ------------------------------------------------------------------------
 
     def run(self) -> EngineResult:
-        d = self.data
-        last_ts = d.t_first
+        """Replay the whole input given at construction."""
+        outcome = self.feed(self.data)
+        result = self.finish()
+        result.outcome = outcome
+        return result
+
+    def feed(self, batch: ReplayInput) -> np.ndarray:
+        """Replay the next operations (batches of one trace, in order); their outcomes."""
+        self.data = d = batch
+        outcome = np.zeros(len(d), np.uint8)
         for i in range(len(d)):
             self.now = int(d.ts[i])
-            self.account_time(last_ts, self.now)
-            last_ts = self.now
+            self.account_time(self.last_ts, self.now)
+            self.last_ts = self.now
             self.task, cpu, irq, gfp = int(d.task[i]), int(d.cpu[i]), bool(d.irq[i]), int(d.gfp[i])
-            op = int(d.op[i])
-            obj = int(d.obj[i])
+            op, obj = int(d.op[i]), int(d.obj[i])
             if op in (OBJ_FREE, PAGE_FREE) and obj not in self.charged:
                 pass  # the replay failed its allocation: nothing to uncharge
             elif op == OBJ_ALLOC:
-                self.result.outcome[i] = self.slab_post_alloc_hook(i, cpu, irq, gfp)
+                outcome[i] = self.slab_post_alloc_hook(i, cpu, irq, gfp)
             elif op == OBJ_FREE:
                 self.slab_free_hook(i, cpu)
             elif op == PAGE_ALLOC:
-                self.result.outcome[i] = self.charge(int(d.pages[i]), gfp, cpu, irq, int(d.pool[i]))
+                outcome[i] = self.charge(int(d.pages[i]), gfp, cpu, irq, int(d.pool[i]))
             elif op == PAGE_FREE:
                 self.uncharge_kmem_pages(int(d.pages[i]), cpu, int(d.pool[i]))
             elif op == LRU_CHARGE:
-                self.result.outcome[i] = self.charge(int(d.pages[i]), gfp, cpu, irq, int(d.pool[i]))
+                outcome[i] = self.charge(int(d.pages[i]), gfp, cpu, irq, int(d.pool[i]))
             elif op == LRU_UNCHARGE:
                 self.uncharge_lru(int(d.pages[i]), int(d.pool[i]))
             elif op == USER_RETURN:
                 self.resume_user_mode_work()
-            if op in (OBJ_ALLOC, PAGE_ALLOC):
-                if self.result.outcome[i] == OUTCOME["failed"]:
-                    self.charged.discard(obj)
-                else:
-                    self.charged.add(obj)
+            if op in (OBJ_ALLOC, PAGE_ALLOC) and outcome[i] != OUTCOME["failed"]:
+                self.charged.add(obj)
             elif op in (OBJ_FREE, PAGE_FREE):
                 self.charged.discard(obj)
             self.record_usage()
+        return outcome
+
+    def finish(self) -> EngineResult:
+        """Counters, stall and time series of everything fed (outcomes came with each batch)."""
         self.result.failcnt = self.memcg.failcnt
         return self.result
 

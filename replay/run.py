@@ -8,20 +8,23 @@ RESULT/outcomes.parquet   the outcome of every charge (allocation) operation, pe
 from __future__ import annotations
 
 import math
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from replay.input import ReplayInput, build
+from replay.input import InputStream, ReplayInput
 from replay.ops import (
     LRU_CHARGE, OBJ_ALLOC, OUTCOME, OUTCOMES, PAGE_ALLOC, PAGE_SIZE, RECLAIM_TRIGGERS, UNLIMITED, GfpBits, Limits,
 )
 from replay.policy import Policy
 from replay.reference import Reference
 from replay.result import EngineResult
-from traces.atomic import make_private_dir, write_json, write_parquet
+from traces.atomic import atomic_file, make_private_dir, write_json, write_parquet
 from traces.kernel_tables import gfp_class_series
 from traces.manifest import TraceError
 from traces.reader import Trace
@@ -30,14 +33,25 @@ CHARGE_OPS = (OBJ_ALLOC, PAGE_ALLOC, LRU_CHARGE)
 DEFAULT_RECLAIM_NS_PER_PAGE = 1000
 MAX_BUCKETS = 10_000
 
-Engine = Callable[[ReplayInput, Policy, Limits, GfpBits, int], EngineResult]
+class Engine(Protocol):
+    """One policy's replay, fed the trace's operations batch by batch."""
+
+    def __init__(self, start: ReplayInput, policy: Policy, limits: Limits, gfp: GfpBits, resolution_ns: int) -> None: ...
+    def feed(self, batch: ReplayInput) -> np.ndarray: ...
+    def finish(self) -> EngineResult: ...
 
 
-def reference_engine(data: ReplayInput, policy: Policy, limits: Limits, gfp: GfpBits, resolution_ns: int) -> EngineResult:
-    return Reference(data, policy, limits, gfp, resolution_ns).run()
+ENGINES: dict[str, type[Engine]] = {"reference": Reference}
 
 
-ENGINES: dict[str, Engine] = {"reference": reference_engine}
+def replay_whole(engine: type[Engine], data: ReplayInput, policy: Policy, limits: Limits, gfp: GfpBits,
+                 resolution_ns: int) -> EngineResult:
+    """One policy over operations held at once (tests, small inputs): outcomes included."""
+    session = engine(data, policy, limits, gfp, resolution_ns)
+    outcome = session.feed(data)
+    result = session.finish()
+    result.outcome = outcome
+    return result
 
 
 def limits_for(trace: Trace, memory_max: int | None, memory_high: int | None, swap: bool) -> Limits:
@@ -72,54 +86,90 @@ def reclaim_cost(trace: Trace) -> int:
     return max(int((pairs["ts_ns"] - pairs["began"]).sum() // pages), 1)
 
 
-def resolution_for(data: ReplayInput) -> int:
-    span = int(data.ts[-1] - data.ts[0]) if len(data) else 0
-    return max(1_000_000, math.ceil((span + 1) / MAX_BUCKETS))
+def resolution_for(stream: InputStream) -> int:
+    return max(1_000_000, math.ceil((stream.t_last - stream.t_first + 1) / MAX_BUCKETS))
 
 
 def replay(
-    trace: Trace, output: Path, policies: list[Policy], limits: Limits, engine: Engine,
-    progress: Callable[[str, int], None] = lambda name, done: None,
+    trace: Trace, output: Path, policies: list[Policy], limits: Limits, engine: type[Engine],
+    progress: Callable[[str, int], None] = lambda step, done: None,
 ) -> dict:
+    """Replay every policy in one pass over the trace's segments; write the result files."""
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise ValueError(f"{output} exists and is not an empty directory; choose a new -o path")
-    data = build(trace)
+    stream = InputStream(trace)
     gfp = GfpBits.from_table(trace.gfp_flags)
-    resolution = resolution_for(data)
-    results = {}
-    for done, policy in enumerate(policies):
-        progress(policy.name, done)
-        results[policy.name] = engine(data, policy, limits, gfp, resolution)
+    start = stream.empty()
+    engines = {p.name: engine(start, p, limits, gfp, resolution_for(stream)) for p in policies}
     make_private_dir(output)
-    summary = summarize(trace, data, results, limits)
+    failed = {name: pl.DataFrame(schema={"gfp": pl.UInt64}) for name in engines}
+    outcome_counts = {name: np.zeros(len(OUTCOMES), np.int64) for name in engines}
+    done = 0
+    with OutcomeWriter(output / "outcomes.parquet", list(engines)) as outcomes:
+        for index, batch in enumerate(stream.batches()):
+            batch_outcomes = {}
+            for name, session in engines.items():
+                progress(f"segment {index + 1}/{stream.segments}: {name}", done)
+                batch_outcomes[name] = session.feed(batch)
+                outcome_counts[name] += np.bincount(batch_outcomes[name], minlength=len(OUTCOMES))
+                lost = batch_outcomes[name] == OUTCOME["failed"]
+                failed[name] = pl.concat([failed[name], pl.DataFrame({"gfp": batch.gfp[lost].astype(np.uint64)})])
+                done += 1
+            outcomes.write(batch, batch_outcomes)
+    results = {name: session.finish() for name, session in engines.items()}
+    summary = summarize(trace, stream, results, outcome_counts, failed, limits)
     write_json(output / "summary.json", summary)
-    write_parquet(output / "timeseries.parquet", timeseries(data, results, limits).to_arrow())
-    write_parquet(output / "outcomes.parquet", outcomes(data, results).to_arrow())
+    write_parquet(output / "timeseries.parquet", timeseries(results, limits).to_arrow())
     return summary
 
 
-def summarize(trace: Trace, data: ReplayInput, results: dict[str, EngineResult], limits: Limits) -> dict:
-    classes = gfp_class_series(pl.Series(data.gfp, dtype=pl.UInt64), trace.gfp_flags)
+class OutcomeWriter:
+    """outcomes.parquet, written batch by batch: the row of every charge operation and its
+    outcome under each policy."""
+
+    def __init__(self, path: Path, policies: list[str]) -> None:
+        self.policies = policies
+        self.schema = pa.schema([("row", pa.int64()), *((name, pa.dictionary(pa.int8(), pa.string())) for name in policies)])
+        self.stack = ExitStack()
+        self.writer = pq.ParquetWriter(self.stack.enter_context(atomic_file(path)), self.schema, compression="zstd")
+
+    def __enter__(self) -> "OutcomeWriter":
+        return self
+
+    def write(self, batch: ReplayInput, outcomes: dict[str, np.ndarray]) -> None:
+        charges = np.isin(batch.op, CHARGE_OPS)
+        names = pa.array(OUTCOMES)
+        columns = [pa.array(batch.row[charges])]
+        columns += [pa.DictionaryArray.from_arrays(outcomes[name][charges].astype(np.int8), names) for name in self.policies]
+        self.writer.write_table(pa.Table.from_arrays(columns, schema=self.schema))
+
+    def __exit__(self, *exc: object) -> None:
+        self.writer.close()
+        self.stack.__exit__(*exc)
+
+
+def summarize(
+    trace: Trace, stream: InputStream, results: dict[str, EngineResult], outcome_counts: dict[str, np.ndarray],
+    failed: dict[str, pl.DataFrame], limits: Limits,
+) -> dict:
     policies = {}
     for name, r in results.items():
-        failed = r.outcome == OUTCOME["failed"]
-        stall = {int(pid): int(ns) for pid, ns in zip(data.task_pids, r.stall_ns) if ns}
+        classes = gfp_class_series(failed[name]["gfp"], trace.gfp_flags)
         policies[name] = {
             **{k: v for k, v in r.counters().items() if k != "resolution_ns"},
-            "failed": int(failed.sum()),
-            "failed_by_gfp_class": dict(sorted(pl.Series(classes.to_numpy()[failed]).value_counts().iter_rows())),
-            "outcomes": {OUTCOMES[code]: int(n) for code, n in enumerate(np.bincount(r.outcome, minlength=len(OUTCOMES))) if n},
+            "failed": int(outcome_counts[name][OUTCOME["failed"]]),
+            "failed_by_gfp_class": dict(sorted(classes.value_counts().iter_rows())),
+            "outcomes": {OUTCOMES[code]: int(n) for code, n in enumerate(outcome_counts[name]) if n},
             "reclaim_calls": dict(zip(RECLAIM_TRIGGERS, r.reclaim_calls.tolist())),
             "reclaimed_pages": dict(zip(RECLAIM_TRIGGERS, r.reclaimed_pages.tolist())),
             "peak_bytes": r.peak_pages * PAGE_SIZE,
             "seconds_above_high": r.ns_above_high / 1e9,
             "page_seconds_above_high": r.page_ns_above_high / 1e9,
             "stall_ns_total": int(r.stall_ns.sum()),
-            "stall_ns_by_pid": stall,
+            "stall_ns_by_pid": {int(pid): int(ns) for pid, ns in zip(stream.task_pids, r.stall_ns) if ns},
         }
     return {
         "trace": str(trace.path),
-        "operations": len(data),
         "limits": {"max_bytes": _bytes(limits.max_pages), "high_bytes": _bytes(limits.high_pages),
                    "swap": limits.swap, "reclaim_ns_per_page": limits.reclaim_ns_per_page},
         "policies": policies,
@@ -130,7 +180,7 @@ def _bytes(pages: int) -> int | None:
     return None if pages >= UNLIMITED else pages * PAGE_SIZE
 
 
-def timeseries(data: ReplayInput, results: dict[str, EngineResult], limits: Limits) -> pl.DataFrame:
+def timeseries(results: dict[str, EngineResult], limits: Limits) -> pl.DataFrame:
     frames = []
     for name, r in results.items():
         frame = pl.DataFrame({"bucket": np.arange(r.bucket_last.size), "last": r.bucket_last, "peak": r.bucket_peak})
@@ -145,13 +195,3 @@ def timeseries(data: ReplayInput, results: dict[str, EngineResult], limits: Limi
             )
         )
     return pl.concat(frames)
-
-
-def outcomes(data: ReplayInput, results: dict[str, EngineResult]) -> pl.DataFrame:
-    charges = np.isin(data.op, CHARGE_OPS)
-    outcome_type = pl.Enum(OUTCOMES)
-    return pl.DataFrame(
-        {"row": data.row[charges], **{name: pl.Series(np.array(OUTCOMES)[r.outcome[charges]], dtype=outcome_type)
-                                     for name, r in results.items()}}
-    )
-

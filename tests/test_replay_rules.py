@@ -14,7 +14,7 @@ from replay.ops import (
 )
 from replay.policy import BUILTIN, Policy
 from replay.reference import Reference
-from replay.run import ENGINES
+from replay.run import ENGINES, replay_whole
 
 # The 6.18 gfp bits (include/linux/gfp_types.h), as the capturing kernel's table gives them.
 GFP = GfpBits(direct_reclaim=0x400, noretry=0x10000, retry_mayfail=0x4000, nofail=0x8000, high=0x20)
@@ -40,7 +40,7 @@ def scenario(ops: list[dict], pools: dict[int, int] | None = None, cache: tuple[
         obj=col("obj", -1, np.int64), pool=col("pool", POOL_KMEM_PAGES, np.int8), row=np.arange(n, dtype=np.int64),
         cache_order=np.array([order]), cache_min_order=np.array([min_order]), cache_objects=np.array([objects]),
         cache_objects_min=np.array([objects_min]), cache_names=["test-cache"], task_pids=np.arange(2, dtype=np.int32),
-        initial_pools=initial, cpus=2, t_first=0, t_last=max(n - 1, 0) * MS,
+        initial_pools=initial, cpus=2, objects=n + 1, t_first=0, t_last=max(n - 1, 0) * MS,
     )
 
 
@@ -50,8 +50,7 @@ def page(pages: int = 1, gfp: int = GFP_KERNEL, obj: int = -1, **extra) -> dict:
 
 @pytest.fixture(params=sorted(ENGINES))
 def engine(request):
-    run = ENGINES[request.param]
-    return lambda data, policy, limits: run(data, policy, limits, GFP, MS)
+    return lambda data, policy, limits: replay_whole(ENGINES[request.param], data, policy, limits, GFP, MS)
 
 
 def test_a_stock_hit_skips_the_high_check(engine):
