@@ -14,6 +14,8 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress as ProgressBar, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from analyze.report import write_report
+from analyze.results import Result
 from chargeplay.units import format_bytes, parse_size
 from collect.cgroup import CgroupError
 from collect.collector import CaptureError, CaptureOptions, Progress, capture
@@ -190,6 +192,42 @@ def replay(
                      f"{sum(s['reclaim_calls'].values()):,}", f"{s['stall_ns_total'] / 1e6:.1f}", f"{s['fallbacks']:,}")
     Console().print(rows)
     err.print(f"{output}: summary.json, timeseries.parquet, outcomes.parquet", markup=False, highlight=False)
+
+
+@app.command()
+@user_errors
+def report(
+    result: Annotated[Path, typer.Argument(help="result directory `chargeplay replay -o` wrote")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="HTML file to write")] = ...,
+    png: Annotated[Optional[Path], typer.Option(help="also write each chart as PNG into this directory")] = None,
+    metrics: Annotated[Optional[Path], typer.Option("--json", help="also write the divergence metrics as JSON")] = None,
+) -> None:
+    """Write one self-contained HTML report: where, when and for whom the policies part ways."""
+    with err.status("writing the report"):
+        write_report(Result.open(result), output, png, metrics)
+    err.print(f"report: {output}", markup=False, highlight=False)
+
+
+DEMO_LIMITS = {"memory_max": 16 << 20, "memory_high": 15 << 20}  # tight enough for file-storm to part the policies
+
+
+@app.command()
+@user_errors
+def demo(
+    output: Annotated[Path, typer.Option("-o", "--output", help="directory for the replay result and the report")] = Path("chargeplay-demo"),
+) -> None:
+    """Replay the bundled file-storm trace under every built-in policy and write the report."""
+    result_dir, page = output / "result", output / "report.html"
+    if output.exists() and set(p.name for p in output.iterdir()) - {"result", "report.html"}:
+        raise ValueError(f"{output} holds other files; give chargeplay demo -o a new or earlier demo directory")
+    shutil.rmtree(result_dir, ignore_errors=True)  # an earlier demo's result
+    source = Trace.open(sample_path(DEFAULT_SAMPLE))
+    limits = run.limits_for(source, DEMO_LIMITS["memory_max"], DEMO_LIMITS["memory_high"], swap=False)
+    with err.status(f"replaying {DEFAULT_SAMPLE} under {len(policy.BUILTIN)} policies"):
+        run.replay(source, result_dir, list(policy.BUILTIN.values()), limits, run.ENGINES["fast"])
+    with err.status("writing the report"):
+        write_report(Result.open(result_dir), page)
+    print(f"report: {page.resolve()}")
 
 
 @app.command()

@@ -1,0 +1,1 @@
+"""Compare the policies of a replay: divergence metrics, charts, one self-contained report."""

@@ -1,0 +1,112 @@
+"""The report's charts (Altair), each from data small enough to draw: series are
+downsampled keeping their peaks, the rest is aggregated before it reaches a chart."""
+from __future__ import annotations
+
+import altair as alt
+import polars as pl
+
+from analyze.results import Result
+from replay.ops import RECLAIM_TRIGGERS
+
+MAX_POINTS = 2000  # per series
+MIB = 1 << 20
+WIDTH = 720
+
+
+def downsample(series: pl.DataFrame, max_points: int = MAX_POINTS) -> pl.DataFrame:
+    """At most max_points rows per policy: buckets merged, keeping each merged bucket's peak
+    and its last usage, so no spike disappears."""
+    span = int(series["t_ns"].max() or 0) + 1
+    step = max(-(-span // max_points), 1)
+    return (
+        series.with_columns((pl.col("t_ns") // step * step).alias("t_ns"))
+        .group_by("policy", "t_ns", maintain_order=True)
+        .agg(pl.col("usage_bytes").last(), pl.col("peak_bytes").max(), pl.col("high_bytes").first(), pl.col("max_bytes").first())
+        .sort("policy", "t_ns")
+    )
+
+
+def usage_over_time(result: Result) -> alt.Chart:
+    data = downsample(result.timeseries).with_columns(
+        (pl.col("t_ns") / 1e9).alias("seconds"), (pl.col("peak_bytes") / MIB).alias("peak MiB"),
+    )
+    lines = alt.Chart(data).mark_line(interpolate="step-after").encode(
+        x=alt.X("seconds:Q", title="seconds since the trace's first event"),
+        y=alt.Y("peak MiB:Q", title="memcg usage, MiB (peak per interval)"),
+        color=alt.Color("policy:N"),
+        tooltip=["policy:N", alt.Tooltip("seconds:Q", format=".3f"), alt.Tooltip("peak MiB:Q", format=".2f")],
+    )
+    limits = result.summary["limits"]
+    rules = [
+        alt.Chart(pl.DataFrame({"limit": [name], "MiB": [limits[key] / MIB]}))
+        .mark_rule(strokeDash=[6, 3], color=colour).encode(y="MiB:Q", tooltip=["limit:N", "MiB:Q"])
+        for name, key, colour in (("memory.high", "high_bytes", "orange"), ("memory.max", "max_bytes", "red"))
+        if limits.get(key)
+    ]
+    return alt.layer(lines, *rules).properties(width=WIDTH, height=300, title="Usage over time, with memory.high and memory.max")
+
+
+def _per_policy(result: Result, field: str, scale: float = 1.0) -> pl.DataFrame:
+    return pl.DataFrame({"policy": result.policies, "value": [result.summary["policies"][p][field] / scale for p in result.policies]})
+
+
+def bar(result: Result, field: str, title: str, axis: str, scale: float = 1.0) -> alt.Chart:
+    data = _per_policy(result, field, scale)
+    return alt.Chart(data).mark_bar().encode(
+        x=alt.X("value:Q", title=axis), y=alt.Y("policy:N", sort=result.policies, title=None),
+        color=alt.Color("policy:N", legend=None), tooltip=["policy:N", "value:Q"],
+    ).properties(width=WIDTH, height=22 * len(result.policies), title=title)
+
+
+def failures_by_gfp_class(result: Result) -> alt.Chart:
+    rows = [{"policy": p, "gfp class": cls, "failed": n}
+            for p in result.policies for cls, n in result.summary["policies"][p]["failed_by_gfp_class"].items()]
+    data = pl.DataFrame(rows, schema={"policy": pl.String, "gfp class": pl.String, "failed": pl.Int64})
+    return alt.Chart(data).mark_bar().encode(
+        x=alt.X("failed:Q", title="failed charges"), y=alt.Y("policy:N", sort=result.policies, title=None),
+        color="gfp class:N", tooltip=["policy:N", "gfp class:N", "failed:Q"],
+    ).properties(width=WIDTH, height=22 * len(result.policies), title="Failed charges by gfp class")
+
+
+def reclaim_by_trigger(result: Result) -> alt.Chart:
+    rows = [{"policy": p, "trigger": t, "calls": result.summary["policies"][p]["reclaim_calls"][t]}
+            for p in result.policies for t in RECLAIM_TRIGGERS]
+    return alt.Chart(pl.DataFrame(rows)).mark_bar().encode(
+        x=alt.X("calls:Q", title="reclaim invocations"), y=alt.Y("policy:N", sort=result.policies, title=None),
+        color=alt.Color("trigger:N", sort=list(RECLAIM_TRIGGERS)), tooltip=["policy:N", "trigger:N", "calls:Q"],
+    ).properties(width=WIDTH, height=22 * len(result.policies), title="Reclaim invocations by trigger")
+
+
+def stall_by_task(result: Result, top: int = 15) -> alt.Chart:
+    rows = [{"policy": p, "pid": int(pid), "stall ms": ns / 1e6}
+            for p in result.policies for pid, ns in result.summary["policies"][p]["stall_ns_by_pid"].items()]
+    data = pl.DataFrame(rows, schema={"policy": pl.String, "pid": pl.Int64, "stall ms": pl.Float64})
+    tasks = data.group_by("pid").agg(pl.col("stall ms").sum()).sort("stall ms", descending=True).head(top)["pid"]
+    names = _task_names(result)
+    data = data.filter(pl.col("pid").is_in(tasks.implode())).with_columns(
+        pl.format("{} ({})", pl.col("pid").replace_strict(names, default="?", return_dtype=pl.String), pl.col("pid")).alias("task"))
+    return alt.Chart(data).mark_bar().encode(
+        x=alt.X("stall ms:Q", title="stall, ms (reclaim and throttling)"), y=alt.Y("task:N", title=None),
+        color="policy:N", yOffset="policy:N", tooltip=["task:N", "policy:N", alt.Tooltip("stall ms:Q", format=".2f")],
+    ).properties(width=WIDTH, title=f"Stall time per task (top {top})")
+
+
+def _task_names(result: Result) -> dict[int, str]:
+    return dict(result.trace.events().filter(pl.col("comm").is_not_null()).group_by("pid").agg(pl.col("comm").last())
+                .collect().iter_rows())
+
+
+def divergence_heatmap(ranking: pl.DataFrame, charges: pl.DataFrame, baseline: str, policies: list[str], top: int = 25) -> alt.Chart:
+    """Call site x policy: charges whose outcome differs from the baseline policy's."""
+    sites = ranking.head(top)["symbol"]
+    rows = (
+        charges.filter(pl.col("symbol").is_in(sites.implode()))
+        .group_by("symbol").agg([(pl.col(p) != pl.col(baseline)).sum().alias(p) for p in policies if p != baseline])
+        .unpivot(index="symbol", variable_name="policy", value_name="differing")
+    )
+    return alt.Chart(rows).mark_rect().encode(
+        x=alt.X("policy:N", title=f"policy (compared with {baseline})"),
+        y=alt.Y("symbol:N", sort=sites.to_list(), title="call site"),
+        color=alt.Color("differing:Q", title="charges with another outcome", scale=alt.Scale(scheme="orangered")),
+        tooltip=["symbol:N", "policy:N", "differing:Q"],
+    ).properties(width=WIDTH // 2, title="Where the policies part ways: call site by policy")

@@ -1,0 +1,63 @@
+"""Where, when and for whom two policies part ways.
+
+For each pair of policies: the first time their usage differs, the charges whose outcome
+differs (grouped by call site, cache, gfp class and task), and the differences in time
+above memory.high, failures, stall and min-order fallbacks. Across all pairs: the call
+sites a policy change affects most.
+"""
+from __future__ import annotations
+
+from itertools import combinations
+
+import polars as pl
+
+from analyze.results import Result
+
+GROUPS = ("symbol", "cache", "gfp_class", "task")
+SUMMARY_DELTAS = ("seconds_above_high", "page_seconds_above_high", "failed", "stall_ns_total", "fallbacks", "forced", "oom_kills")
+TOP = 10
+
+
+def first_usage_difference(series: pl.DataFrame, a: str, b: str) -> int | None:
+    """The first time bucket (ns from the trace's first event) where the two usages differ."""
+    usage = series.pivot(on="policy", index="t_ns", values="usage_bytes").sort("t_ns").fill_null(strategy="forward")
+    differ = usage.filter(pl.col(a) != pl.col(b))
+    return int(differ["t_ns"][0]) if differ.height else None
+
+
+def pair_divergence(result: Result, charges: pl.DataFrame, a: str, b: str) -> dict:
+    differ = charges.filter(pl.col(a) != pl.col(b))
+    sa, sb = result.summary["policies"][a], result.summary["policies"][b]
+    return {
+        "policies": [a, b],
+        "first_usage_difference_ns": first_usage_difference(result.timeseries, a, b),
+        "differing_charges": differ.height,
+        "by": {group: _top(differ, group) for group in GROUPS},
+        "delta": {key: sb[key] - sa[key] for key in SUMMARY_DELTAS},
+    }
+
+
+def _top(frame: pl.DataFrame, group: str) -> list[dict]:
+    return frame.group_by(group).agg(pl.len().alias("charges")).sort(["charges", group], descending=[True, False]).head(TOP).to_dicts()
+
+
+def call_site_ranking(charges: pl.DataFrame, policies: list[str]) -> pl.DataFrame:
+    """Call sites by how many of their charges change outcome between any two policies."""
+    pairs = [pl.col(a) != pl.col(b) for a, b in combinations(policies, 2)]
+    if not pairs:
+        return pl.DataFrame(schema={"symbol": pl.String, "changed": pl.UInt32, "charges": pl.UInt32})
+    return (
+        charges.with_columns(pl.any_horizontal(pairs).alias("changed"))
+        .group_by("symbol").agg(pl.col("changed").sum().cast(pl.UInt32), pl.len().cast(pl.UInt32).alias("charges"))
+        .filter(pl.col("changed") > 0)
+        .sort(["changed", "symbol"], descending=[True, False])
+    )
+
+
+def divergence(result: Result) -> dict:
+    charges = result.charge_events().collect()
+    policies = result.policies
+    return {
+        "pairs": [pair_divergence(result, charges, a, b) for a, b in combinations(policies, 2)],
+        "call_sites": call_site_ranking(charges, policies).head(50).to_dicts(),
+    }

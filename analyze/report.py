@@ -1,0 +1,150 @@
+"""`chargeplay report`: one self-contained HTML file (the Vega libraries inlined, so it opens
+offline), with the trace's facts, a summary table and every chart with a sentence on what
+it shows. Every string that came from a trace is escaped: task names, cache names and
+symbols are data, never markup."""
+from __future__ import annotations
+
+import json
+from html import escape
+from pathlib import Path
+
+import altair as alt
+import vl_convert as vlc
+from altair.utils._importers import vl_version_for_vl_convert
+
+from analyze import charts
+from analyze.divergence import call_site_ranking, divergence
+from analyze.results import Result
+from chargeplay import __version__
+from chargeplay.units import format_bytes
+from traces.atomic import atomic_file
+
+BASELINE = "mainline-6.18"
+STYLE = """
+body { font: 15px/1.5 system-ui, sans-serif; margin: 2em auto; max-width: 1000px; color: #222; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.2em; margin-top: 2em; }
+table { border-collapse: collapse; margin: 1em 0; } td, th { padding: 2px 10px; border-bottom: 1px solid #ddd; text-align: right; }
+td:first-child, th:first-child { text-align: left; } .facts td { text-align: left; }
+p.what { color: #444; max-width: 46em; }
+"""
+
+
+Figure = tuple[str, str, alt.TopLevelMixin]  # title, what it shows, chart
+
+
+def report_figures(result: Result) -> list[Figure]:
+    charges = result.charge_events().collect()
+    baseline = BASELINE if BASELINE in result.policies else result.policies[0]
+    ranking = call_site_ranking(charges, result.policies)
+    return [
+        ("Usage over time", "Each policy's memcg usage, at its peak in each interval, against memory.high (orange) and "
+         "memory.max (red). Where the lines part, the policies charged, reclaimed or failed differently.",
+         charts.usage_over_time(result)),
+        ("Above memory.high", "Page-seconds above memory.high: how far and how long usage stayed over the high limit.",
+         charts.bar(result, "page_seconds_above_high", "Page-seconds above memory.high", "page-seconds")),
+        ("Failed charges", "Charges each policy refused, by the gfp class of the allocation: these allocations return NULL.",
+         charts.failures_by_gfp_class(result)),
+        ("Reclaim", "How often each policy reclaimed, and why: at memory.max, synchronously over memory.high, on return "
+         "to user space, or asynchronously.", charts.reclaim_by_trigger(result)),
+        ("Stall", "Time tasks spent in reclaim or throttled by the memory.high penalty, per task.", charts.stall_by_task(result)),
+        ("Min-order fallbacks", "High-order slab charges that failed and fell back to the cache's minimum order.",
+         charts.bar(result, "fallbacks", "High-order slab charges that fell back", "fallbacks")),
+        ("Divergence by call site", f"For the call sites whose charges fare differently most often, how many charges each "
+         f"policy treats differently from {baseline}: one gets its memory without trouble, the other must reclaim, falls back "
+         "to a smaller slab, is forced over the limit, OOM-kills or fails.",
+         charts.divergence_heatmap(ranking, charges, baseline, result.policies)),
+    ]
+
+
+def build_report(result: Result, figures: list[Figure], metrics: dict) -> str:
+    """The HTML page: facts, tables, and every figure with its sentence."""
+    body = [_header(result), _summary_table(result), _pairs_table(metrics)]
+    scripts = []
+    for n, (title, sentence, chart) in enumerate(figures):
+        body.append(f'<h2>{escape(title)}</h2>\n<p class="what">{escape(sentence)}</p>\n<div id="chart{n}"></div>')
+        spec = json.dumps(chart.to_dict(format="vega-lite")).replace("</", "<\\/")  # no </script> from data
+        scripts.append(f"vegaEmbed('#chart{n}', {spec}, {{actions: false, renderer: 'svg'}}).catch(e => console.error(e));")
+    bundle = vlc.javascript_bundle(vl_version=vl_version_for_vl_convert())
+    return (
+        f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<title>chargeplay report: {escape(str(result.trace.path.name))}</title>"
+        f"<style>{STYLE}</style><script>{bundle}</script></head>\n<body>\n"
+        + "\n".join(body)
+        + f"\n<script>\n{chr(10).join(scripts)}\n</script>\n</body></html>\n"
+    )
+
+
+def _header(result: Result) -> str:
+    m = result.trace.manifest
+    target = m.get("target", {})
+    limits = result.summary["limits"]
+    facts = [
+        ("trace", str(result.trace.path)),
+        ("kernel", f"{m.get('kernel', {}).get('release')} ({m.get('kernel', {}).get('cpus')} CPUs), backend {m.get('backend')}"),
+        ("captured", f"{m.get('start', {}).get('wall')}, status {result.trace.status}, {m.get('events', 0):,} events, "
+                     f"{m.get('lost', {}).get('total', 0):,} lost"),
+        ("workload", " ".join(target.get("command") or []) or str(target.get("cgroup_path"))),
+        ("replayed with", f"memory.max {format_bytes(limits['max_bytes'])}, memory.high {format_bytes(limits['high_bytes'])}, "
+                          f"swap {'on' if limits['swap'] else 'off'}, reclaim {limits['reclaim_ns_per_page']} ns/page"),
+    ]
+    rows = "".join(f"<tr><td>{escape(k)}</td><td>{escape(v)}</td></tr>" for k, v in facts)
+    return (f"<h1>chargeplay: how the memcg charge policies part ways</h1>\n"
+            f"<table class=\"facts\">{rows}</table>\n<p class=\"what\">chargeplay {escape(__version__)}</p>")
+
+
+SUMMARY_COLUMNS = (
+    ("peak", lambda s: format_bytes(s["peak_bytes"])),
+    ("s above high", lambda s: f"{s['seconds_above_high']:.3f}"),
+    ("page-s above high", lambda s: f"{s['page_seconds_above_high']:.1f}"),
+    ("failed", lambda s: f"{s['failed']:,}"),
+    ("forced", lambda s: f"{s['forced']:,}"),
+    ("reclaims", lambda s: f"{sum(s['reclaim_calls'].values()):,}"),
+    ("pages reclaimed", lambda s: f"{sum(s['reclaimed_pages'].values()):,}"),
+    ("stall ms", lambda s: f"{s['stall_ns_total'] / 1e6:.1f}"),
+    ("OOM kills", lambda s: f"{s['oom_kills']:,}"),
+    ("fallbacks", lambda s: f"{s['fallbacks']:,}"),
+)
+
+
+def _summary_table(result: Result) -> str:
+    head = "".join(f"<th>{escape(name)}</th>" for name, _ in SUMMARY_COLUMNS)
+    rows = "".join(
+        f"<tr><td>{escape(p)}</td>" + "".join(f"<td>{escape(cell(result.summary['policies'][p]))}</td>" for _, cell in SUMMARY_COLUMNS) + "</tr>"
+        for p in result.policies
+    )
+    return f"<h2>Summary</h2>\n<table><tr><th>policy</th>{head}</tr>{rows}</table>"
+
+
+def _pairs_table(metrics: dict) -> str:
+    rows = []
+    for pair in metrics["pairs"]:
+        a, b = pair["policies"]
+        first = pair["first_usage_difference_ns"]
+        top_site = pair["by"]["symbol"][0]["symbol"] if pair["by"]["symbol"] else "-"
+        rows.append(
+            f"<tr><td>{escape(a)} / {escape(b)}</td><td>{'-' if first is None else f'{first / 1e9:.3f} s'}</td>"
+            f"<td>{pair['differing_charges']:,}</td><td>{pair['delta']['seconds_above_high']:+.3f}</td>"
+            f"<td>{pair['delta']['failed']:+,}</td><td>{pair['delta']['stall_ns_total'] / 1e6:+.1f}</td>"
+            f"<td>{pair['delta']['fallbacks']:+,}</td><td>{escape(str(top_site))}</td></tr>"
+        )
+    head = "".join(f"<th>{h}</th>" for h in ("policies A / B", "usage first differs", "charges with another outcome",
+                                             "Δ s above high", "Δ failed", "Δ stall ms", "Δ fallbacks", "call site most affected"))
+    return ("<h2>Pairs</h2>\n<p class=\"what\">For each pair of policies: when their usage first differs, how many "
+            f"charges change outcome, and B minus A for the main figures.</p>\n<table><tr>{head}</tr>{''.join(rows)}</table>")
+
+
+def write_report(result: Result, output: Path, png_dir: Path | None = None, metrics_json: Path | None = None) -> dict:
+    """Write the HTML report (and, if asked, each chart as PNG and the metrics as JSON)."""
+    metrics = divergence(result)
+    figures = report_figures(result)
+    with atomic_file(output) as out:
+        out.write(build_report(result, figures, metrics).encode())
+    if png_dir is not None:
+        png_dir.mkdir(parents=True, exist_ok=True)
+        for n, (title, _, chart) in enumerate(figures):
+            with atomic_file(png_dir / f"{n + 1:02d}-{title.lower().replace(' ', '-')}.png") as out:
+                out.write(vlc.vegalite_to_png(chart.to_dict(format="vega-lite"), vl_version=vl_version_for_vl_convert()))
+    if metrics_json is not None:
+        with atomic_file(metrics_json) as out:
+            out.write(json.dumps(metrics, indent=2).encode())
+    return metrics
