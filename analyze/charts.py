@@ -61,6 +61,7 @@ def bar(result: Result, field: str, title: str, axis: str, scale: float = 1.0) -
 def failures_by_gfp_class(result: Result) -> alt.Chart:
     rows = [{"policy": p, "gfp class": cls, "failed": n}
             for p in result.policies for cls, n in result.summary["policies"][p]["failed_by_gfp_class"].items()]
+    rows = rows or [{"policy": p, "gfp class": "(none failed)", "failed": 0} for p in result.policies]  # an empty chart warns
     data = pl.DataFrame(rows, schema={"policy": pl.String, "gfp class": pl.String, "failed": pl.Int64})
     return alt.Chart(data).mark_bar().encode(
         x=alt.X("failed:Q", title="failed charges"), y=alt.Y("policy:N", sort=result.policies, title=None),

@@ -62,7 +62,7 @@ def build_report(result: Result, figures: list[Figure], metrics: dict) -> str:
     scripts = []
     for n, (title, sentence, chart) in enumerate(figures):
         body.append(f'<h2>{escape(title)}</h2>\n<p class="what">{escape(sentence)}</p>\n<div id="chart{n}"></div>')
-        spec = json.dumps(chart.to_dict(format="vega-lite")).replace("</", "<\\/")  # no </script> from data
+        spec = script_json(chart.to_dict(format="vega-lite"))
         scripts.append(f"vegaEmbed('#chart{n}', {spec}, {{actions: false, renderer: 'svg'}}).catch(e => console.error(e));")
     bundle = vlc.javascript_bundle(vl_version=vl_version_for_vl_convert())
     return (
@@ -72,6 +72,11 @@ def build_report(result: Result, figures: list[Figure], metrics: dict) -> str:
         + "\n".join(body)
         + f"\n<script>\n{chr(10).join(scripts)}\n</script>\n</body></html>\n"
     )
+
+
+def script_json(value: object) -> str:
+    """JSON safe inside <script>: no trace string can close the element or look like markup."""
+    return json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def _header(result: Result) -> str:

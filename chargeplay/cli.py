@@ -21,6 +21,7 @@ from collect.cgroup import CgroupError
 from collect.collector import CaptureError, CaptureOptions, Progress, capture
 from collect.tracefs import TracefsError
 from replay import policy, run
+from traces.atomic import check_new_output
 from traces.manifest import TraceError
 from traces.reader import Trace
 from traces.samples import DEFAULT_SAMPLE, sample_path
@@ -175,6 +176,7 @@ def replay(
         chosen = list(available.values())
     if engine not in run.ENGINES:
         raise ValueError(f"--engine {engine!r}: choose one of {', '.join(run.ENGINES)}")
+    check_new_output(output)
     source = Trace.open(trace)
     limits = run.limits_for(source, _size(memory_max, "--memory-max"), _size(memory_high, "--memory-high"), swap)
     with ProgressBar(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -240,6 +242,7 @@ def synth(
     """Make a large trace from a real one: its events laid end to end, shifted in time."""
     if events <= 0:
         raise ValueError(f"--events {events}: give a positive number of events")
+    check_new_output(output)
     source = Trace.open(like if Path(like).is_dir() else sample_path(like))
     with ProgressBar(TextColumn("writing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err) as bar:
         task = bar.add_task("synth", total=events)

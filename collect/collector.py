@@ -34,7 +34,7 @@ from collect.decode import Decoder, load_formats
 from collect.ringbuf import CpuReader, RawEvents, concat, parse_pages
 from collect.slabs import slab_table
 from collect.tracefs import Instance, tracefs_root, write_setting
-from traces.atomic import make_private_dir, write_json, write_parquet
+from traces.atomic import check_new_output, make_private_dir, write_json, write_parquet
 from traces.kernel_tables import gfp_bit, read_gfp_table, read_kernel_enums
 from traces.manifest import MANIFEST, Manifest, new_manifest, wall_now
 from traces.schema import MEMCG_COLUMNS, table_schema
@@ -124,10 +124,8 @@ class Collector:
         return self.manifest
 
     def _prepare_output(self) -> None:
-        out = self.options.output
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise CaptureError(f"{out} exists and is not an empty directory; choose a new -o path")
-        make_private_dir(out)
+        check_new_output(self.options.output)
+        make_private_dir(self.options.output)
 
     def _open_target(self) -> None:
         if self.options.command:

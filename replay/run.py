@@ -22,9 +22,10 @@ from replay.ops import (
     LRU_CHARGE, OBJ_ALLOC, OUTCOME, OUTCOMES, PAGE_ALLOC, PAGE_SIZE, RECLAIM_TRIGGERS, UNLIMITED, GfpBits, Limits,
 )
 from replay.policy import Policy
+from replay.fast import Fast
 from replay.reference import Reference
 from replay.result import EngineResult
-from traces.atomic import atomic_file, make_private_dir, write_json, write_parquet
+from traces.atomic import atomic_file, check_new_output, make_private_dir, write_json, write_parquet
 from traces.kernel_tables import gfp_class_series
 from traces.manifest import TraceError
 from traces.reader import Trace
@@ -41,7 +42,7 @@ class Engine(Protocol):
     def finish(self) -> EngineResult: ...
 
 
-ENGINES: dict[str, type[Engine]] = {"reference": Reference}
+ENGINES: dict[str, type[Engine]] = {"fast": Fast, "reference": Reference}
 
 
 def replay_whole(engine: type[Engine], data: ReplayInput, policy: Policy, limits: Limits, gfp: GfpBits,
@@ -95,8 +96,7 @@ def replay(
     progress: Callable[[str, int], None] = lambda step, done: None,
 ) -> dict:
     """Replay every policy in one pass over the trace's segments; write the result files."""
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise ValueError(f"{output} exists and is not an empty directory; choose a new -o path")
+    check_new_output(output)
     stream = InputStream(trace)
     gfp = GfpBits.from_table(trace.gfp_flags)
     start = stream.empty()

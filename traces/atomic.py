@@ -28,6 +28,12 @@ def make_private_dir(path: Path) -> None:
     path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
 
 
+def check_new_output(path: Path) -> None:
+    """Refuse an output directory that holds anything: nothing already recorded is overwritten."""
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise ValueError(f"{path} exists and is not an empty directory; choose a new -o path")
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

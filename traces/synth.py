@@ -13,7 +13,7 @@ from typing import Callable
 
 import polars as pl
 
-from traces.atomic import atomic_file, make_private_dir, write_json
+from traces.atomic import atomic_file, check_new_output, make_private_dir, write_json
 from traces.manifest import MANIFEST
 from traces.reader import Trace
 from traces.schema import EVENT_SCHEMA
@@ -25,8 +25,7 @@ SIDE_TABLES = ("memcg.parquet", "slabs.parquet", "symbols.parquet")
 
 def synthesize(like: Trace, output: Path, events: int, progress: Callable[[int], None] = lambda written: None) -> int:
     """Write a trace of about `events` events (whole copies of `like`); returns the count."""
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise ValueError(f"{output} exists and is not an empty directory; choose a new -o path")
+    check_new_output(output)
     tile = like.events().collect()
     if tile.height == 0:
         raise ValueError(f"{like.path} has no events to copy")
