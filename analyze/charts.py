@@ -8,16 +8,17 @@ import polars as pl
 from analyze.results import Result
 from replay.ops import RECLAIM_TRIGGERS
 
-MAX_POINTS = 2000  # per series
+MAX_POINTS = 4800  # per chart, over all its series: Vega-Lite data stays under Altair's 5,000-row limit
 MIB = 1 << 20
 WIDTH = 720
 
 
 def downsample(series: pl.DataFrame, max_points: int = MAX_POINTS) -> pl.DataFrame:
-    """At most max_points rows per policy: buckets merged, keeping each merged bucket's peak
-    and its last usage, so no spike disappears."""
+    """At most max_points rows in all: buckets merged, keeping each merged bucket's peak and
+    its last usage, so no spike disappears."""
+    per_series = max(max_points // max(series["policy"].n_unique(), 1), 1)
     span = int(series["t_ns"].max() or 0) + 1
-    step = max(-(-span // max_points), 1)
+    step = max(-(-span // per_series), 1)
     return (
         series.with_columns((pl.col("t_ns") // step * step).alias("t_ns"))
         .group_by("policy", "t_ns", maintain_order=True)

@@ -15,6 +15,7 @@ policy for the engine. It prints figures; it asserts nothing.
 from __future__ import annotations
 
 import argparse
+from functools import partial
 import resource
 import tempfile
 import time
@@ -26,7 +27,7 @@ from rich.table import Table
 
 from replay import policy
 from replay.input import InputStream
-from replay.ops import GfpBits, Limits
+from replay.ops import GfpBits
 from replay.run import ENGINES, limits_for, replay, resolution_for
 from traces.reader import Trace
 from traces.samples import sample_path
@@ -41,6 +42,12 @@ def timed(work) -> tuple[float, object]:
     start = time.perf_counter()
     value = work()
     return time.perf_counter() - start, value
+
+
+def feed_all(session, batches: list) -> None:
+    for batch in batches:
+        session.feed(batch)
+    session.finish()
 
 
 def main() -> None:
@@ -71,15 +78,9 @@ def main() -> None:
     gfp = GfpBits.from_table(trace.gfp_flags)
     for p in policy.BUILTIN.values():
         session = engine(stream.empty(), p, limits, gfp, resolution_for(stream))
-
-        def feed_all() -> None:
-            for batch in batches:
-                session.feed(batch)
-            session.finish()
-
-        seconds, _ = timed(feed_all)
+        seconds, _ = timed(partial(feed_all, session, batches))
         rows.append((f"engine {args.engine}: {p.name}", seconds, events / seconds))
-    del batches
+    batches.clear()
     with tempfile.TemporaryDirectory() as scratch:
         all_s, _ = timed(lambda: replay(trace, Path(scratch) / "r", list(policy.BUILTIN.values()), limits, engine))
     rows.append(("end to end: all 6 policies in one pass", all_s, events / all_s))

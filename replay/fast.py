@@ -15,10 +15,13 @@ changes is the representation:
   rows (a head per cache, a next per slab); like the reference's lists it may hold
   discarded slabs, which take_partial skips.
 - String knobs become small integer codes; -ENOMEM is the outcome FAILED, not an exception.
-- Page counts are int64 where the reference has Python ints: the throttle penalty, which
+- The helpers are given the arrays `borrowed`, without numba's reference counting, which
+  would otherwise cost more than the model itself.
+- Numbers are int64 where the reference has Python ints: the throttle penalty, which
   squares the overage, saturates instead of growing past the clamp it is compared with,
   and page_ns_above_high carries into a second word. Results are exact while the usage
-  above high stays below 2**43 pages (32 PiB).
+  above high, shifted left by 20 or times the gap between two operations in ns, fits in
+  int64 (4 GiB above high stays exact across gaps of up to 2 hours).
 
 The operations go through the compiled loop in batches, the state carried between calls
 in those arrays, so per-batch scratch (dtype conversions) stays bounded however long the
@@ -30,7 +33,8 @@ import math
 
 import numpy as np
 
-from chargeplay.jit import njit
+from chargeplay.jit import njit  # before numba: it sets numba's cache directory
+from numba.extending import intrinsic  # isort: skip
 from replay.input import ReplayInput
 from replay.ops import (
     HZ, LRU_CHARGE, LRU_UNCHARGE, MEMCG_CHARGE_BATCH_6X, MEMCG_DELAY_PRECISION_SHIFT, MEMCG_DELAY_SCALING_SHIFT,
@@ -46,13 +50,14 @@ BATCH_SIZE = 1 << 21  # operations per call of the compiled loop
 # Outcome codes and reclaim triggers, as plain ints the compiled code can use.
 STOCK, NO_CHARGE, CHARGED, RECLAIMED = OUTCOME["stock"], OUTCOME["no_charge"], OUTCOME["charged"], OUTCOME["reclaimed"]
 FALLBACK, FORCED, OOM, FAILED = OUTCOME["fallback"], OUTCOME["forced"], OUTCOME["oom"], OUTCOME["failed"]
-BY_MAX, BY_HIGH_SYNC, BY_USER_RETURN, BY_ASYNC = TRIGGER["max"], TRIGGER["high_sync"], TRIGGER["user_return"], TRIGGER["async"]
+BY_MAX, BY_HIGH_SYNC, BY_USER_RETURN, BY_ASYNC = (TRIGGER[t] for t in ("max", "high_sync", "user_return", "async"))
 SYNC, RETURN_TO_USER, MAINLINE, FAIL_NOWAIT, WATERMARK = (HIGH_MODES.index(mode) for mode in (
     "sync", "return-to-user", "mainline", "fail-nowait", "watermark"))
 
 # knobs: the policy, limits and gfp bits, one int each.
 (OBJECT_CHARGING, NOWAIT_HIGH_ORDER, STOCK_BATCH, HIGH_MODE, MAX_RECLAIM_RETRIES, WATERMARK_MARGIN, SWAP,
  RECLAIM_NS_PER_PAGE, GFP_DIRECT_RECLAIM, GFP_NORETRY, GFP_RETRY_MAYFAIL, GFP_NOFAIL, GFP_HIGH) = range(13)
+N_KNOBS = GFP_HIGH + 1
 
 # memcg: the page counter and what its usage is made of (reference.Memcg).
 USAGE, MAX, HIGH, FAILCNT = range(4)
@@ -266,7 +271,8 @@ def mem_cgroup_handle_over_high(memcg, stats, knobs, per_task, task, trigger):
     retries = knobs[MAX_RECLAIM_RETRIES]
     in_retry = False
     while True:
-        reclaimed = reclaim_high(memcg, stats, knobs, per_task, task, SWAP_CLUSTER_MAX if in_retry else nr_pages, trigger)
+        target = SWAP_CLUSTER_MAX if in_retry else nr_pages
+        reclaimed = reclaim_high(memcg, stats, knobs, per_task, task, target, trigger)
         penalty = min(calculate_high_delay(memcg, nr_pages), MEMCG_MAX_HIGH_DELAY_JIFFIES)
         if penalty <= HZ // 100:
             return
@@ -289,7 +295,7 @@ def calculate_high_delay(memcg, nr_pages):
         return 0
     overage = ((usage - high) << 20) // max(high, 1)
     if overage > MAX_EXACT_OVERAGE:
-        penalty = SATURATED  # over 5e8 jiffies per page
+        penalty = SATURATED  # the exact one is over 5e8 jiffies: past the clamp whatever nr_pages
     else:
         penalty = (overage * overage * HZ) >> MEMCG_DELAY_PRECISION_SHIFT >> MEMCG_DELAY_SCALING_SHIFT
     if nr_pages > 0 and penalty > SATURATED // nr_pages:
@@ -413,7 +419,11 @@ def slab_alloc_object(memcg, stats, knobs, per_cpu, per_task, slabs, caches, geo
 
 @njit
 def take_partial(slabs, caches, cache):
-    """Pop the cache's partial slabs until one still has objects and free slots; -1: none."""
+    """Pop the cache's partial slabs until one still has objects and free slots; -1: none.
+
+    A slab is pushed when it stops being full while not current, and popped before it can
+    become current (and full) again, so it is on its cache's stack at most once.
+    """
     slab = caches[cache, PARTIAL_HEAD]
     while slab >= 0:
         caches[cache, PARTIAL_HEAD] = slabs[slab, SLAB_NEXT_PARTIAL]
@@ -463,6 +473,9 @@ def new_slab(slabs, cursor, cache, capacity, pages, pool):
 @njit
 def slab_free_object(memcg, knobs, per_cpu, slabs, caches, object_slab, slot):
     slab = object_slab[slot]
+    if slab < 0:
+        raise ValueError("an object is freed that no slab holds (the reference raises KeyError)")
+    object_slab[slot] = -1  # objects.pop(obj)
     slabs[slab, SLAB_USED] -= 1
     cache = slabs[slab, SLAB_CACHE]
     current = caches[cache, CURRENT_SLAB] == slab
@@ -477,9 +490,14 @@ def slab_free_object(memcg, knobs, per_cpu, slabs, caches, object_slab, slot):
 
 @njit
 def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, outcome,
-                 ts0, resolution_ns, memcg, stats, knobs, per_cpu, per_task, charged, object_slab,
+                 t_first, resolution_ns, memcg, stats, knobs, per_cpu, per_task, charged, object_slab,
                  slabs, caches, geometry, cursor, bucket_last, bucket_peak):
-    """Reference.run for one batch of operations; outcome is the batch's slice of the result's."""
+    """Reference.feed for one batch of operations; outcome is the batch's slice of the result's."""
+    memcg, stats, knobs, per_cpu, per_task = (borrowed(memcg), borrowed(stats), borrowed(knobs), borrowed(per_cpu),
+                                              borrowed(per_task))
+    charged, object_slab, slabs, caches = borrowed(charged), borrowed(object_slab), borrowed(slabs), borrowed(caches)
+    geometry, cursor = borrowed(geometry), borrowed(cursor)
+    bucket_last, bucket_peak = borrowed(bucket_last), borrowed(bucket_peak)
     no_pseudonym = charged.shape[0] - 1
     for i in range(ts.shape[0]):
         now = ts[i]
@@ -509,11 +527,28 @@ def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, o
             uncharge_lru(memcg, pages[i], pool[i])
         elif o == USER_RETURN:
             resume_user_mode_work(memcg, stats, knobs, per_task, t)
-        if o == OBJ_ALLOC or o == PAGE_ALLOC:
-            charged[slot] = outcome[i] != FAILED
+        if (o == OBJ_ALLOC or o == PAGE_ALLOC) and outcome[i] != FAILED:
+            charged[slot] = True
         elif o == OBJ_FREE or o == PAGE_FREE:
             charged[slot] = False
-        record_usage(memcg, stats, cursor, now - ts0, resolution_ns, bucket_last, bucket_peak)
+        record_usage(memcg, stats, cursor, now - t_first, resolution_ns, bucket_last, bucket_peak)
+
+
+@intrinsic
+def borrowed(typingctx, array):
+    """The same array without its reference count (meminfo), valid while the original is.
+
+    numba counts references to every array a compiled helper is given, with atomic
+    increments its pruning pass often fails to remove once the helpers are inlined: on the
+    state arrays that would cost more than the rest of an operation.
+    """
+    def codegen(context, builder, signature, args):
+        original = context.make_array(array)(context, builder, args[0])
+        view = context.make_array(array)(context, builder)
+        context.populate_array(view, data=original.data, shape=original.shape, strides=original.strides,
+                               itemsize=original.itemsize, meminfo=None)
+        return view._getvalue()
+    return array(array), codegen
 
 
 @njit
@@ -541,16 +576,88 @@ def record_usage(memcg, stats, cursor, t_ns, resolution_ns, bucket_last, bucket_
 
 # -- the Python API ----------------------------------------------------------------------------
 
-# Each input array's dtype in the compiled loop (replay.input.ReplayInput's own).
-INPUT_DTYPES = (("ts", np.int64), ("cpu", np.int64), ("task", np.int64), ("irq", np.bool_), ("op", np.int8),
-                ("gfp", np.int64), ("pages", np.int64), ("bytes", np.int64), ("cache", np.int64),
-                ("obj", np.int64), ("pool", np.int64))
+# Each input array's dtype in the compiled loop (replay.input.ReplayInput's own, so that
+# a trace's batches need no conversion and the loop is compiled once).
+INPUT_DTYPES = (("ts", np.int64), ("cpu", np.int32), ("task", np.int32), ("irq", np.bool_), ("op", np.int8),
+                ("gfp", np.int64), ("pages", np.int64), ("bytes", np.int64), ("cache", np.int32),
+                ("obj", np.int64), ("pool", np.int8))
+MAX_SLABS = np.iinfo(np.int32).max  # object_slab holds slab ids as int32: half the memory per object
+
+
+class Fast:
+    """One policy's replay, fed a trace's operations batch by batch (replay.run.Engine)."""
+
+    def __init__(self, start: ReplayInput, policy: Policy, limits: Limits, gfp: GfpBits, resolution_ns: int,
+                 batch_size: int = BATCH_SIZE) -> None:
+        self.knobs = knobs_array(policy, limits, gfp)
+        self.resolution_ns, self.t_first, self.batch_size = resolution_ns, start.t_first, batch_size
+        self.result = EngineResult.empty(0, start.tasks, start.n_buckets(resolution_ns), resolution_ns)
+        self.memcg = np.zeros(DEBT + 6, np.int64)
+        self.memcg[MAX], self.memcg[HIGH] = limits.max_pages, limits.high_pages
+        self.memcg[POOLS:POOLS + 6] = start.initial_pools
+        self.memcg[USAGE] = sum(int(p) for p in start.initial_pools)
+        self.stats = np.zeros(N_STATS, np.int64)
+        self.per_cpu = np.zeros((start.cpus, 2), np.int64)
+        self.per_task = np.zeros((start.tasks, 2), np.int64)
+        self.charged = np.zeros(start.objects + 1, np.bool_)  # pseudonyms, then -1's slot
+        self.object_slab = np.full(1 if self.knobs[OBJECT_CHARGING] else start.objects + 1, -1, np.int32)
+        self.slabs = np.zeros((0, 6), np.int64)  # grows as feed() needs
+        geometry = (start.cache_order, start.cache_min_order, start.cache_objects, start.cache_objects_min)
+        self.geometry = np.stack(geometry, axis=1).astype(np.int64).reshape(-1, 4)
+        self.caches = np.full((len(self.geometry), 2), -1, np.int64)
+        self.cursor = np.zeros(5, np.int64)
+        self.cursor[LAST_TS] = start.t_first
+        self.bounds = {"cpu": (0, start.cpus), "task": (0, start.tasks), "obj": (-1, start.objects),
+                       "cache": (-1, len(self.geometry))}
+
+    def feed(self, batch: ReplayInput) -> np.ndarray:
+        """Replay the next operations (batches of one trace, in order); their outcomes."""
+        self._check_ids(batch)
+        outcome = np.zeros(len(batch), np.uint8)
+        for start in range(0, len(batch), self.batch_size):
+            stop = min(start + self.batch_size, len(batch))
+            part = {name: np.ascontiguousarray(getattr(batch, name)[start:stop], dtype) for name, dtype in INPUT_DTYPES}
+            if not self.knobs[OBJECT_CHARGING]:
+                self._room_for_slabs(int(self.cursor[SLAB_COUNT]) + int(np.count_nonzero(part["op"] == OBJ_ALLOC)))
+            replay_batch(*part.values(), outcome[start:stop], self.t_first, self.resolution_ns, self.memcg, self.stats,
+                         self.knobs, self.per_cpu, self.per_task, self.charged, self.object_slab, self.slabs,
+                         self.caches, self.geometry, self.cursor, self.result.bucket_last, self.result.bucket_peak)
+        return outcome
+
+    def finish(self) -> EngineResult:
+        """Counters, stall and time series of everything fed (outcomes came with each batch)."""
+        result, stats = self.result, self.stats
+        for name, value in zip(STAT_FIELDS, stats):
+            setattr(result, name, int(value))
+        result.page_ns_above_high += int(stats[PAGE_NS_ABOVE_HIGH_CARRIES]) * CARRY
+        result.failcnt = int(self.memcg[FAILCNT])
+        result.stall_ns[:] = self.per_task[:, STALL]
+        result.reclaim_calls[:] = stats[RECLAIM_CALLS:RECLAIM_CALLS + len(RECLAIM_TRIGGERS)]
+        result.reclaimed_pages[:] = stats[RECLAIMED_PAGES:RECLAIMED_PAGES + len(RECLAIM_TRIGGERS)]
+        return result
+
+    def _check_ids(self, batch: ReplayInput) -> None:
+        """The compiled loop indexes its tables without bounds checks: an id out of range
+        would corrupt memory instead of raising, so it is refused here."""
+        for name, (low, high) in self.bounds.items():
+            ids = getattr(batch, name)
+            if len(ids) and (ids.min() < low or ids.max() >= high):
+                raise ValueError(f"operation {name} ids span {ids.min()}..{ids.max()}; the trace has {low}..{high - 1}")
+
+    def _room_for_slabs(self, needed: int) -> None:
+        """Grow the slab table (doubling) to at least `needed` rows."""
+        if needed > MAX_SLABS:
+            raise ValueError(f"{needed} slabs would not fit the fast engine's int32 slab ids")
+        if needed > len(self.slabs):
+            grown = np.zeros((min(max(needed, 2 * len(self.slabs)), MAX_SLABS), self.slabs.shape[1]), np.int64)
+            grown[:len(self.slabs)] = self.slabs
+            self.slabs = grown
 
 
 def knobs_array(policy: Policy, limits: Limits, gfp: GfpBits) -> np.ndarray:
     """The policy, limits and gfp bits as the compiled code reads them."""
     policy.validate()
-    knobs = np.zeros(13, np.int64)
+    knobs = np.zeros(N_KNOBS, np.int64)
     knobs[OBJECT_CHARGING] = policy.charge_unit == "object"
     knobs[NOWAIT_HIGH_ORDER] = policy.slab_growth_gfp == "nowait-high-order"
     knobs[STOCK_BATCH] = policy.stock_batch
@@ -559,56 +666,7 @@ def knobs_array(policy: Policy, limits: Limits, gfp: GfpBits) -> np.ndarray:
     knobs[WATERMARK_MARGIN] = policy.watermark_margin_pages
     knobs[SWAP] = limits.swap
     knobs[RECLAIM_NS_PER_PAGE] = limits.reclaim_ns_per_page
-    knobs[GFP_DIRECT_RECLAIM], knobs[GFP_NORETRY], knobs[GFP_RETRY_MAYFAIL] = gfp.direct_reclaim, gfp.noretry, gfp.retry_mayfail
-    knobs[GFP_NOFAIL], knobs[GFP_HIGH] = gfp.nofail, gfp.high
+    knobs[GFP_DIRECT_RECLAIM], knobs[GFP_NORETRY] = gfp.direct_reclaim, gfp.noretry
+    knobs[GFP_RETRY_MAYFAIL], knobs[GFP_NOFAIL], knobs[GFP_HIGH] = gfp.retry_mayfail, gfp.nofail, gfp.high
     return knobs
 
-
-def run_fast(data: ReplayInput, policy: Policy, limits: Limits, gfp: GfpBits, resolution_ns: int,
-             batch_size: int = BATCH_SIZE) -> EngineResult:
-    """Replay `data` under `policy`: the same result as Reference(data, policy, limits, gfp, resolution_ns).run()."""
-    knobs = knobs_array(policy, limits, gfp)
-    n = len(data)
-    result = EngineResult.empty(n, data.tasks, data.n_buckets(resolution_ns), resolution_ns)
-    memcg = np.zeros(DEBT + 6, np.int64)
-    memcg[MAX], memcg[HIGH] = limits.max_pages, limits.high_pages
-    memcg[POOLS:POOLS + 6] = data.initial_pools
-    memcg[USAGE] = int(np.sum(data.initial_pools))
-    stats = np.zeros(N_STATS, np.int64)
-    per_cpu = np.zeros((data.cpus, 2), np.int64)
-    per_task = np.zeros((data.tasks, 2), np.int64)
-    slots = int(data.obj.max()) + 2 if n else 1  # pseudonyms 0..max, then -1's slot
-    charged = np.zeros(slots, np.bool_)
-    object_charging = bool(knobs[OBJECT_CHARGING])
-    object_slab = np.full(1 if object_charging else slots, -1, np.int64)
-    slabs = np.zeros((0, 6), np.int64)
-    caches = np.full((len(data.cache_order), 2), -1, np.int64)
-    geometry = np.stack([data.cache_order, data.cache_min_order, data.cache_objects, data.cache_objects_min],
-                        axis=1).astype(np.int64).reshape(-1, 4)
-    ts0 = int(data.ts[0]) if n else 0
-    cursor = np.array([ts0, 0, 0, 0, 0], np.int64)  # LAST_TS, SLAB_COUNT, BUCKET, BUCKET_START, BUCKET_END
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        part = [np.ascontiguousarray(getattr(data, name)[start:stop], dtype) for name, dtype in INPUT_DTYPES]
-        if not object_charging:
-            slabs = _room_for_slabs(slabs, int(cursor[SLAB_COUNT]) + int(np.count_nonzero(part[4] == OBJ_ALLOC)))
-        replay_batch(*part, result.outcome[start:stop], ts0, resolution_ns, memcg, stats, knobs, per_cpu, per_task,
-                     charged, object_slab, slabs, caches, geometry, cursor, result.bucket_last, result.bucket_peak)
-    for name, value in zip(STAT_FIELDS, stats):
-        setattr(result, name, int(value))
-    result.page_ns_above_high += int(stats[PAGE_NS_ABOVE_HIGH_CARRIES]) * CARRY
-    result.failcnt = int(memcg[FAILCNT])
-    result.stall_ns[:] = per_task[:, STALL]
-    result.reclaim_calls[:] = stats[RECLAIM_CALLS:RECLAIM_CALLS + len(RECLAIM_TRIGGERS)]
-    result.reclaimed_pages[:] = stats[RECLAIMED_PAGES:RECLAIMED_PAGES + len(RECLAIM_TRIGGERS)]
-    return result
-
-
-def _room_for_slabs(slabs: np.ndarray, needed: int) -> np.ndarray:
-    """The slab table, grown (doubling) to at least `needed` rows: each object allocation
-    of a batch makes at most one slab."""
-    if needed <= len(slabs):
-        return slabs
-    grown = np.zeros((max(needed, 2 * len(slabs)), slabs.shape[1]), np.int64)
-    grown[:len(slabs)] = slabs
-    return grown

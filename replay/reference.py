@@ -77,13 +77,6 @@ class Reference:
 
     # -- the loop ------------------------------------------------------------------------
 
-    def run(self) -> EngineResult:
-        """Replay the whole input given at construction."""
-        outcome = self.feed(self.data)
-        result = self.finish()
-        result.outcome = outcome
-        return result
-
     def feed(self, batch: ReplayInput) -> np.ndarray:
         """Replay the next operations (batches of one trace, in order); their outcomes."""
         self.data = d = batch

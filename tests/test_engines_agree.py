@@ -1,0 +1,245 @@
+"""The fast engine gives exactly the reference engine's result: property-based differential
+tests on generated inputs (every built-in policy and random custom ones), and the bundled
+samples under limits tight enough to reclaim."""
+from __future__ import annotations
+
+import functools
+import operator
+from collections import Counter
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from replay.fast import Fast
+from replay.input import ARRAYS, ReplayInput, build
+from replay.ops import (
+    LRU_CHARGE, LRU_UNCHARGE, OBJ_ALLOC, OBJ_FREE, OUTCOMES, PAGE_ALLOC, PAGE_FREE, PAGE_SIZE, POOL_ANON, POOL_FILE,
+    POOL_KMEM_PAGES, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, RECLAIM_TRIGGERS, UNLIMITED, USER_RETURN,
+    GfpBits, Limits,
+)
+from replay.policy import BUILTIN, CHARGE_UNITS, HIGH_MODES, SLAB_GROWTH, Policy
+from replay.reference import Reference
+from replay.result import EngineResult
+from replay.run import replay_whole
+from traces.reader import Trace
+from traces.samples import sample_path
+
+
+class GfpLayout:
+    """A kernel's gfp bits: what the engines test (GfpBits) and realistic flag values."""
+
+    def __init__(self, table: dict[str, int], bases: tuple[str, ...], retry_mayfail: str) -> None:
+        self.bits = GfpBits(direct_reclaim=table["__GFP_DIRECT_RECLAIM"], noretry=table["__GFP_NORETRY"],
+                            retry_mayfail=table[retry_mayfail], nofail=table["__GFP_NOFAIL"], high=table["__GFP_HIGH"])
+        self.bases = [table[name] for name in bases]
+        self.modifiers = [self.bits.noretry, self.bits.retry_mayfail, self.bits.nofail, self.bits.high]
+
+
+# 6.18, from the bundled sample's own table; 4.2 from its include/linux/gfp.h, where
+# __GFP_WAIT is the direct-reclaim bit, __GFP_REPEAT stands in for __GFP_RETRY_MAYFAIL and
+# GFP_NOWAIT is 0.
+LAYOUTS = (
+    GfpLayout(Trace.open(sample_path("file-storm")).gfp_flags, retry_mayfail="__GFP_RETRY_MAYFAIL", bases=(
+        "GFP_KERNEL", "GFP_KERNEL_ACCOUNT", "GFP_NOFS", "GFP_NOIO", "GFP_NOWAIT", "GFP_ATOMIC", "GFP_HIGHUSER_MOVABLE",
+        "GFP_TRANSHUGE", "GFP_TRANSHUGE_LIGHT")),
+    GfpLayout({"__GFP_DIRECT_RECLAIM": 0x10, "__GFP_HIGH": 0x20, "__GFP_REPEAT": 0x400, "__GFP_NOFAIL": 0x800,
+               "__GFP_NORETRY": 0x1000, "GFP_KERNEL": 0xD0, "GFP_NOFS": 0x50, "GFP_NOIO": 0x10, "GFP_ATOMIC": 0x20,
+               "GFP_NOWAIT": 0x0, "GFP_HIGHUSER_MOVABLE": 0x200DA},
+              retry_mayfail="__GFP_REPEAT", bases=("GFP_KERNEL", "GFP_NOFS", "GFP_NOIO", "GFP_ATOMIC", "GFP_NOWAIT",
+                                                   "GFP_HIGHUSER_MOVABLE")),
+)
+OBJECT_SIZES = (8, 64, 192, 512, 1024, 2048, 4096, 8192)
+LRU_PAGES = (1, 2, 8, 33, 64, 150, 400)  # around the stock batches (32, 64) and SWAP_CLUSTER_MAX
+# Kinds weighted by repetition: allocations a little more often than frees.
+KINDS = ((OBJ_ALLOC,) * 4 + (OBJ_FREE,) * 3 + (PAGE_ALLOC,) * 2 + (PAGE_FREE,) + (LRU_CHARGE,) * 3 + (LRU_UNCHARGE,) * 2
+         + (USER_RETURN,) * 2)
+RESOLUTIONS = (100_000, 1_000_000, 7_000_000, 50_000_000)
+# A generated operation's values, with ReplayInput's dtypes.
+ROW_COLUMNS = (("ts", np.int64), ("cpu", np.int32), ("task", np.int32), ("irq", np.bool_), ("op", np.int8),
+               ("gfp", np.int64), ("pages", np.int64), ("bytes", np.int64), ("cache", np.int32), ("obj", np.int64),
+               ("pool", np.int8))
+
+
+@st.composite
+def caches(draw) -> tuple[int, int, int, int, int, int]:
+    """A slab cache: object size, order, minimum order, objects per slab of each, pool."""
+    size = draw(st.sampled_from(OBJECT_SIZES))
+    min_order = draw(st.integers(0, 2))
+    order = min_order + draw(st.integers(0, 2))
+    pool = draw(st.sampled_from((POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE)))
+    return size, order, min_order, max((PAGE_SIZE << order) // size, 1), max((PAGE_SIZE << min_order) // size, 1), pool
+
+
+@st.composite
+def gfp_values(draw, layout: GfpLayout) -> int:
+    modifiers = draw(st.lists(st.sampled_from(layout.modifiers), max_size=2))
+    return functools.reduce(operator.or_, modifiers, draw(st.sampled_from(layout.bases)))
+
+
+steps = st.tuples(
+    st.sampled_from(KINDS),
+    st.integers(0, 1 << 16),  # which live allocation a free takes
+    st.integers(0, len(LRU_PAGES) - 1),  # size: LRU_PAGES index, page order, cache
+    st.integers(0, 3),  # gfp: index into the scenario's palette
+    st.integers(0, 2),  # task
+    st.integers(0, 2),  # cpu
+    st.sampled_from((False, False, False, True)),  # irq
+    st.sampled_from((0, 1, 1000, 100_000, 1_000_000)),  # ns since the previous operation
+)
+
+
+@st.composite
+def scenarios(draw) -> tuple[ReplayInput, GfpBits, Limits, int]:
+    """A consistent ReplayInput (objects and pages freed only while allocated, with their own
+    size, cache and pool), the kernel's gfp bits, tight limits and a time resolution."""
+    layout = draw(st.sampled_from(LAYOUTS))
+    palette = draw(st.lists(gfp_values(layout), min_size=1, max_size=4))
+    geometry = draw(st.lists(caches(), min_size=1, max_size=3))
+    tasks, cpus = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    initial = np.array(draw(st.lists(st.integers(0, 80), min_size=6, max_size=6)), np.int64)
+    rows: list[tuple] = []  # one value per ROW_COLUMNS
+    live_objects: list[tuple[int, int]] = []  # (obj, cache)
+    live_pages: list[tuple[int, int]] = []  # (obj, pages)
+    objects = 0
+    ts = draw(st.integers(0, 10**12))
+    t_first = ts - draw(st.integers(0, 10**6))  # the trace starts before its first operation
+    for kind, pick, size, g, task, cpu, irq, dt in draw(st.lists(steps, min_size=20, max_size=200)):
+        ts += dt
+        gfp = palette[g % len(palette)]
+        common = (ts, cpu % cpus, task % tasks, irq)
+        if kind == OBJ_FREE and live_objects:
+            obj, cache = live_objects.pop(pick % len(live_objects))
+            rows.append((*common, OBJ_FREE, gfp, 0, geometry[cache][0], cache, obj, geometry[cache][5]))
+        elif kind in (OBJ_ALLOC, OBJ_FREE):
+            cache = size % len(geometry)
+            rows.append((*common, OBJ_ALLOC, gfp, 0, geometry[cache][0], cache, objects, geometry[cache][5]))
+            live_objects.append((objects, cache))
+            objects += 1
+        elif kind == PAGE_FREE and live_pages:
+            obj, pages = live_pages.pop(pick % len(live_pages))
+            rows.append((*common, PAGE_FREE, gfp, pages, 0, -1, obj, POOL_KMEM_PAGES))
+        elif kind in (PAGE_ALLOC, PAGE_FREE):
+            pages = 1 << min(size, 4)
+            rows.append((*common, PAGE_ALLOC, gfp, pages, 0, -1, objects, POOL_KMEM_PAGES))
+            live_pages.append((objects, pages))
+            objects += 1
+        elif kind in (LRU_CHARGE, LRU_UNCHARGE):
+            pool = POOL_FILE if pick % 3 else POOL_ANON
+            rows.append((*common, kind, gfp, LRU_PAGES[size], 0, -1, -1, pool))
+        else:
+            rows.append((*common, USER_RETURN, 0, 0, 0, -1, -1, 0))
+    arrays = {name: np.array(column, dtype) for (name, dtype), column in zip(ROW_COLUMNS, zip(*rows))}
+    _, order, min_order, per_slab, per_slab_min, _ = (np.array(column, np.int64) for column in zip(*geometry))
+    data = ReplayInput(
+        **arrays, row=np.arange(len(rows), dtype=np.int64), cache_order=order, cache_min_order=min_order,
+        cache_objects=per_slab, cache_objects_min=per_slab_min, cache_names=[f"c{i}" for i in range(len(geometry))],
+        task_pids=np.arange(100, 100 + tasks, dtype=np.int32), initial_pools=initial, cpus=cpus,
+        objects=objects + draw(st.integers(0, 3)), t_first=t_first, t_last=ts + draw(st.integers(0, 10**6)),
+    )
+    # Limits mostly near the initial usage: tight enough to reclaim, fail, force, kill and throttle.
+    usage = int(initial.sum())
+    max_pages = draw(st.sampled_from((UNLIMITED, max(usage + draw(st.integers(-20, 200)), 0))))
+    high_pages = draw(st.sampled_from((UNLIMITED, max(usage + draw(st.integers(-80, 150)), 0))))
+    limits = Limits(max_pages=max_pages, high_pages=high_pages, swap=draw(st.booleans()),
+                    reclaim_ns_per_page=draw(st.integers(0, 5000)))
+    return data, layout.bits, limits, draw(st.sampled_from(RESOLUTIONS))
+
+
+@st.composite
+def custom_policies(draw) -> Policy:
+    high_mode = draw(st.sampled_from(HIGH_MODES))
+    policy = Policy(
+        "custom", "drawn by hypothesis", charge_unit=draw(st.sampled_from(CHARGE_UNITS)),
+        slab_growth_gfp=draw(st.sampled_from(SLAB_GROWTH)), stock_batch=draw(st.integers(1, 130)),
+        stock_slots=draw(st.integers(1, 8)), high_mode=high_mode, max_reclaim_retries=draw(st.integers(0, 20)),
+        watermark_margin_pages=draw(st.integers(1 if high_mode == "watermark" else 0, 300)),
+    )
+    policy.validate()
+    return policy
+
+
+def explain(fast: EngineResult, reference: EngineResult) -> str:
+    """Each differing field, with the first place it differs."""
+    lines = []
+    for name in fast.differences(reference):
+        a, b = getattr(fast, name), getattr(reference, name)
+        if isinstance(a, np.ndarray) and a.shape == b.shape:
+            at = int(np.flatnonzero(a != b)[0])
+            lines.append(f"{name}[{at}]: fast {a[at]}, reference {b[at]}")
+        else:
+            lines.append(f"{name}: fast {a}, reference {b}")
+    return "; ".join(lines)
+
+
+def fed_in_pieces(data: ReplayInput, policy: Policy, gfp: GfpBits, limits: Limits, resolution_ns: int,
+                  cuts: list[int], batch_size: int) -> EngineResult:
+    """The fast engine fed `data` cut into consecutive batches, as a trace's segments are."""
+    session = Fast(replace(data, **{name: getattr(data, name)[:0] for name in ARRAYS}), policy, limits, gfp,
+                   resolution_ns, batch_size=batch_size)
+    bounds = [0, *sorted(cut % (len(data) + 1) for cut in cuts), len(data)]
+    outcomes = [session.feed(replace(data, **{name: getattr(data, name)[a:b] for name in ARRAYS}))
+                for a, b in zip(bounds, bounds[1:])]
+    result = session.finish()
+    result.outcome = np.concatenate(outcomes)
+    return result
+
+
+@settings(deadline=None, max_examples=600)
+@given(scenarios(), custom_policies(), st.lists(st.integers(0, 1000), max_size=3), st.sampled_from((1, 7, 1 << 21)))
+def test_fast_engine_equals_reference(scenario, custom, cuts, batch_size):
+    data, gfp, limits, resolution_ns = scenario
+    for policy in (*BUILTIN.values(), custom):
+        reference = replay_whole(Reference, data, policy, limits, gfp, resolution_ns)
+        fast = fed_in_pieces(data, policy, gfp, limits, resolution_ns, cuts, batch_size)
+        assert fast.differences(reference) == [], f"{policy}: {explain(fast, reference)}"
+
+
+COUNTERS = ("failcnt", "max_events", "high_events", "forced", "oom_kills", "fallbacks", "throttle_ns", "ns_above_high")
+
+
+def test_generated_scenarios_reach_every_outcome_and_reclaim_trigger():
+    """The differential test above is only as good as the paths its inputs take."""
+    seen: Counter[str] = Counter()
+
+    @settings(deadline=None, max_examples=300, derandomize=True, database=None)
+    @given(scenarios())
+    def replay_all_policies(scenario):
+        data, gfp, limits, resolution_ns = scenario
+        for policy in BUILTIN.values():
+            r = replay_whole(Reference, data, policy, limits, gfp, resolution_ns)
+            seen.update(OUTCOMES[code] for code in np.unique(r.outcome))
+            seen.update(f"reclaim by {t}" for t, calls in zip(RECLAIM_TRIGGERS, r.reclaim_calls) if calls)
+            seen.update(f"{name} > 0" for name in COUNTERS if getattr(r, name))
+
+    replay_all_policies()
+    expected = [*OUTCOMES, *(f"reclaim by {t}" for t in RECLAIM_TRIGGERS), *(f"{name} > 0" for name in COUNTERS)]
+    assert [what for what in expected if not seen[what]] == [], seen
+
+
+@pytest.mark.parametrize("sample", ["file-storm", "fork-storm", "socket-storm"])
+@pytest.mark.parametrize("swap", [False, True])
+def test_fast_engine_equals_reference_on_samples(sample, swap):
+    trace = Trace.open(sample_path(sample))
+    data = build(trace)
+    gfp = GfpBits.from_table(trace.gfp_flags)
+    limits = Limits(max_pages=(20 << 20) // PAGE_SIZE, high_pages=(14 << 20) // PAGE_SIZE, swap=swap)
+    reclaimed = 0
+    for policy in BUILTIN.values():
+        reference = replay_whole(Reference, data, policy, limits, gfp, 10_000_000)
+        fast = replay_whole(Fast, data, policy, limits, gfp, 10_000_000)
+        assert fast.differences(reference) == [], f"{policy.name}: {explain(fast, reference)}"
+        reclaimed += int(reference.reclaim_calls.sum())
+    assert reclaimed > 0  # the limits were tight enough to matter
+
+
+def test_the_fast_engine_refuses_ids_outside_the_trace():
+    # Its tables are indexed without bounds checks: a bad id must raise, not corrupt memory.
+    trace = Trace.open(sample_path("file-storm"))
+    data = build(trace)
+    session = Fast(data, BUILTIN["mainline-6.18"], Limits(), GfpBits.from_table(trace.gfp_flags), 10_000_000)
+    with pytest.raises(ValueError, match="cpu"):
+        session.feed(replace(data, cpu=np.full(len(data), data.cpus, np.int32)))
+
