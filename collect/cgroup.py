@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from collect.rmdir import rmdir_patiently
 
 UNLIMITED_V1 = 1 << 62  # v1 reports "no limit" as PAGE_COUNTER_MAX * PAGE_SIZE, just below 2**63
 CHILD_PREFIX = "chargeplay-"
@@ -154,23 +155,17 @@ class Memcg:
 
     def remove(self, timeout: float = 10.0) -> None:
         """Kill whatever still runs in this (our own) child memcg, then remove it."""
-        deadline = time.monotonic() + timeout
-        while True:
-            pids = self.pids() if self.path.exists() else []
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        try:
+            rmdir_patiently(self.path, timeout, self._kill_tasks)
+        except OSError as err:
+            raise CgroupError(f"cannot remove {self.path}: {err.strerror}; remove it by hand") from None
+
+    def _kill_tasks(self) -> None:
+        for pid in self.pids() if self.path.exists() else []:
             try:
-                self.path.rmdir()
-                return
-            except FileNotFoundError:
-                return
-            except OSError as err:
-                if time.monotonic() > deadline:
-                    raise CgroupError(f"cannot remove {self.path}: {err}; remove it by hand") from None
-                time.sleep(0.05)
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def create_child(name: str) -> tuple[Memcg, Path]:

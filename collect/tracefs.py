@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
+
+from collect.rmdir import rmdir_patiently
 
 TRACEFS_MOUNTS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 
@@ -88,19 +89,12 @@ class Instance:
 
 def remove_instance(path: Path, timeout: float = 5.0) -> None:
     """Stop and remove a tracefs instance; waits while a dying reader still holds it open."""
-    deadline = time.monotonic() + timeout
     for name, value in (("tracing_on", "0"), ("events/enable", "0"), ("set_event_pid", "")):
         try:
             (path / name).write_text(value)
         except OSError:
             pass  # removal below frees everything anyway
-    while True:
-        try:
-            path.rmdir()
-            return
-        except FileNotFoundError:
-            return
-        except OSError as err:
-            if time.monotonic() > deadline:
-                raise TracefsError(f"cannot remove {path}: {err.strerror}; remove it with rmdir") from None
-            time.sleep(0.05)
+    try:
+        rmdir_patiently(path, timeout)
+    except OSError as err:
+        raise TracefsError(f"cannot remove {path}: {err.strerror}; remove it with rmdir") from None

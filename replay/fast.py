@@ -39,7 +39,8 @@ from replay.input import ReplayInput
 from replay.ops import (
     HZ, LRU_CHARGE, LRU_UNCHARGE, MEMCG_CHARGE_BATCH_6X, MEMCG_DELAY_PRECISION_SHIFT, MEMCG_DELAY_SCALING_SHIFT,
     MEMCG_MAX_HIGH_DELAY_JIFFIES, OBJ_ALLOC, OBJ_EXT_BYTES, OBJ_FREE, OUTCOME, PAGE_ALLOC, PAGE_ALLOC_COSTLY_ORDER,
-    PAGE_FREE, PAGE_SHIFT, PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_SLAB_RECLAIMABLE, RECLAIM_TRIGGERS, SWAP_CLUSTER_MAX,
+    PAGE_FREE, PAGE_SHIFT, PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE,
+    RECLAIM_TRIGGERS, SWAP_CLUSTER_MAX,
     TRIGGER, USER_RETURN, GfpBits, Limits,
 )
 from replay.policy import HIGH_MODES, Policy
@@ -159,14 +160,14 @@ def try_charge_memcg(memcg, stats, knobs, per_cpu, per_task, gfp, nr_pages, cpu,
             stats[STOCK_HITS] += 1
             return STOCK
         if knobs[HIGH_MODE] == FAIL_NOWAIT and not gfp & knobs[GFP_DIRECT_RECLAIM] and memcg[USAGE] > memcg[HIGH]:
-            return nomem(memcg, stats, knobs, gfp, nr_pages)
+            return nomem(memcg, stats, knobs, gfp, nr_pages, reclaimed_once)
         if page_counter_try_charge(memcg, batch):
             break
         if batch > nr_pages:
             batch = nr_pages
             continue
         if not gfp & knobs[GFP_DIRECT_RECLAIM]:
-            return nomem(memcg, stats, knobs, gfp, nr_pages)
+            return nomem(memcg, stats, knobs, gfp, nr_pages, reclaimed_once)
         stats[MAX_EVENTS] += 1
         reclaimed = try_to_free_mem_cgroup_pages(memcg, stats, knobs, per_task, task, nr_pages, BY_MAX, False)
         reclaimed_once = True
@@ -177,19 +178,19 @@ def try_charge_memcg(memcg, stats, knobs, per_cpu, per_task, gfp, nr_pages, cpu,
             drained = True
             continue
         if gfp & knobs[GFP_NORETRY]:
-            return nomem(memcg, stats, knobs, gfp, nr_pages)
+            return nomem(memcg, stats, knobs, gfp, nr_pages, reclaimed_once)
         if reclaimed != 0 and nr_pages <= 1 << PAGE_ALLOC_COSTLY_ORDER:
             continue
         if retries > 0:
             retries -= 1
             continue
         if gfp & knobs[GFP_RETRY_MAYFAIL]:
-            return nomem(memcg, stats, knobs, gfp, nr_pages)
+            return nomem(memcg, stats, knobs, gfp, nr_pages, reclaimed_once)
         if nr_pages <= 1 << PAGE_ALLOC_COSTLY_ORDER and mem_cgroup_out_of_memory(memcg, stats):
             oom_killed = True
             retries = knobs[MAX_RECLAIM_RETRIES]
             continue
-        return nomem(memcg, stats, knobs, gfp, nr_pages)
+        return nomem(memcg, stats, knobs, gfp, nr_pages, reclaimed_once)
     stats[CHARGES] += 1
     if batch > nr_pages:
         refill_stock(memcg, knobs, per_cpu, batch - nr_pages, cpu)
@@ -200,13 +201,14 @@ def try_charge_memcg(memcg, stats, knobs, per_cpu, per_task, gfp, nr_pages, cpu,
 
 
 @njit
-def nomem(memcg, stats, knobs, gfp, nr_pages):
+def nomem(memcg, stats, knobs, gfp, nr_pages, raised_max_event):
     """Fail, unless __GFP_NOFAIL or __GFP_HIGH force the charge past max."""
     if not gfp & (knobs[GFP_NOFAIL] | knobs[GFP_HIGH]):
         return FAILED
     memcg[USAGE] += nr_pages  # page_counter_charge: no limit check
     stats[FORCED_CHARGES] += 1
-    stats[MAX_EVENTS] += 1
+    if not raised_max_event:
+        stats[MAX_EVENTS] += 1
     return FORCED
 
 
@@ -293,7 +295,8 @@ def calculate_high_delay(memcg, nr_pages):
     usage, high = memcg[USAGE], memcg[HIGH]
     if usage <= high:
         return 0
-    overage = ((usage - high) << 20) // max(high, 1)
+    high = max(high, 1)  # calculate_overage: a threshold of 1 page when high is 0
+    overage = ((usage - high) << 20) // high
     if overage > MAX_EXACT_OVERAGE:
         penalty = SATURATED  # the exact one is over 5e8 jiffies: past the clamp whatever nr_pages
     else:
@@ -394,7 +397,10 @@ def obj_cgroup_uncharge(memcg, knobs, per_cpu, size, cpu, pool):
     if per_cpu[cpu, OBJ_STOCK] > PAGE_SIZE:
         nr_pages = per_cpu[cpu, OBJ_STOCK] >> PAGE_SHIFT
         per_cpu[cpu, OBJ_STOCK] &= PAGE_SIZE - 1
-        uncharge_kmem_pages(memcg, knobs, per_cpu, nr_pages, cpu, pool)
+        own = min(nr_pages, memcg[POOLS + pool] + memcg[DEBT + pool])
+        uncharge_kmem_pages(memcg, knobs, per_cpu, own, cpu, pool)
+        if nr_pages > own:  # the byte stock is shared by both slab pools
+            uncharge_kmem_pages(memcg, knobs, per_cpu, nr_pages - own, cpu, POOL_SLAB_RECLAIMABLE + POOL_SLAB_UNRECLAIMABLE - pool)
 
 
 # -- slab charging (4.x per-memcg caches): slabs of each cache, charged whole --------------------

@@ -27,7 +27,8 @@ from replay.input import ReplayInput
 from replay.ops import (
     HZ, LRU_CHARGE, LRU_UNCHARGE, MEMCG_CHARGE_BATCH_6X, MEMCG_DELAY_PRECISION_SHIFT, MEMCG_DELAY_SCALING_SHIFT,
     MEMCG_MAX_HIGH_DELAY_JIFFIES, OBJ_ALLOC, OBJ_EXT_BYTES, OBJ_FREE, OUTCOME, PAGE_ALLOC, PAGE_ALLOC_COSTLY_ORDER,
-    PAGE_FREE, PAGE_SHIFT, PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_SLAB_RECLAIMABLE, SWAP_CLUSTER_MAX, TRIGGER, USER_RETURN, GfpBits, Limits,
+    PAGE_FREE, PAGE_SHIFT, PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE,
+    SWAP_CLUSTER_MAX, TRIGGER, USER_RETURN, GfpBits, Limits,
 )
 from replay.policy import Policy
 from replay.result import EngineResult
@@ -173,14 +174,14 @@ class Reference:
                 self.result.stock_hits += 1
                 return OUTCOME["stock"]
             if policy.high_mode == "fail-nowait" and not gfp & g.direct_reclaim and self.memcg.usage > self.memcg.high:
-                return self.nomem(gfp, nr_pages)
+                return self.nomem(gfp, nr_pages, reclaimed_once)
             if self.page_counter_try_charge(batch):
                 break
             if batch > nr_pages:
                 batch = nr_pages
                 continue
             if not gfp & g.direct_reclaim:
-                return self.nomem(gfp, nr_pages)
+                return self.nomem(gfp, nr_pages, reclaimed_once)
             self.result.max_events += 1
             reclaimed = self.try_to_free_mem_cgroup_pages(nr_pages, "max")
             reclaimed_once = True
@@ -191,32 +192,34 @@ class Reference:
                 drained = True
                 continue
             if gfp & g.noretry:
-                return self.nomem(gfp, nr_pages)
+                return self.nomem(gfp, nr_pages, reclaimed_once)
             if reclaimed and nr_pages <= 1 << PAGE_ALLOC_COSTLY_ORDER:
                 continue
             if retries > 0:
                 retries -= 1
                 continue
             if gfp & g.retry_mayfail:
-                return self.nomem(gfp, nr_pages)
+                return self.nomem(gfp, nr_pages, reclaimed_once)
             if nr_pages <= 1 << PAGE_ALLOC_COSTLY_ORDER and self.mem_cgroup_out_of_memory():
                 oom_killed = True
                 retries = policy.max_reclaim_retries
                 continue
-            return self.nomem(gfp, nr_pages)
+            return self.nomem(gfp, nr_pages, reclaimed_once)
         self.result.charges += 1
         if batch > nr_pages:
             self.refill_stock(batch - nr_pages, cpu)
         self.handle_high_after_charge(gfp, nr_pages, batch, irq)
         return OUTCOME["oom"] if oom_killed else OUTCOME["reclaimed"] if reclaimed_once else OUTCOME["charged"]
 
-    def nomem(self, gfp: int, nr_pages: int) -> int:
-        """Fail, unless __GFP_NOFAIL or __GFP_HIGH force the charge past max."""
+    def nomem(self, gfp: int, nr_pages: int, raised_max_event: bool) -> int:
+        """Fail, unless __GFP_NOFAIL or __GFP_HIGH force the charge past max (raising the MAX
+        event if reclaim has not already)."""
         if not gfp & (self.gfp.nofail | self.gfp.high):
             raise ChargeFailed
         self.memcg.usage += nr_pages  # page_counter_charge: no limit check
         self.result.forced += 1
-        self.result.max_events += 1
+        if not raised_max_event:
+            self.result.max_events += 1
         return OUTCOME["forced"]
 
     def handle_high_after_charge(self, gfp: int, nr_pages: int, batch: int, irq: bool) -> None:
@@ -288,7 +291,8 @@ class Reference:
         usage, high = self.memcg.usage, self.memcg.high
         if usage <= high:
             return 0
-        overage = ((usage - high) << 20) // max(high, 1)
+        high = max(high, 1)  # calculate_overage: a threshold of 1 page when high is 0
+        overage = ((usage - high) << 20) // high
         penalty = (overage * overage * HZ) >> MEMCG_DELAY_PRECISION_SHIFT >> MEMCG_DELAY_SCALING_SHIFT
         return penalty * nr_pages // MEMCG_CHARGE_BATCH_6X
 
@@ -368,7 +372,10 @@ class Reference:
         if self.obj_stock[cpu] > PAGE_SIZE:
             nr_pages = self.obj_stock[cpu] >> PAGE_SHIFT
             self.obj_stock[cpu] &= PAGE_SIZE - 1
-            self.uncharge_kmem_pages(nr_pages, cpu, pool)
+            own = min(nr_pages, self.memcg.pools[pool] + self.memcg.debt[pool])
+            self.uncharge_kmem_pages(own, cpu, pool)
+            if nr_pages > own:  # the byte stock is shared by both slab pools
+                self.uncharge_kmem_pages(nr_pages - own, cpu, POOL_SLAB_RECLAIMABLE + POOL_SLAB_UNRECLAIMABLE - pool)
 
     # -- slab hooks -----------------------------------------------------------------------------
 
