@@ -25,8 +25,8 @@ def first_usage_difference(series: pl.DataFrame, a: str, b: str) -> int | None:
     return int(differ["t_ns"][0]) if differ.height else None
 
 
-def pair_divergence(result: Result, charges: pl.DataFrame, a: str, b: str) -> dict:
-    differ = charges.filter(pl.col(a) != pl.col(b))
+def pair_divergence(result: Result, divergent: pl.DataFrame, a: str, b: str) -> dict:
+    differ = divergent.filter(pl.col(a) != pl.col(b))
     sa, sb = result.summary["policies"][a], result.summary["policies"][b]
     return {
         "policies": [a, b],
@@ -41,23 +41,20 @@ def _top(frame: pl.DataFrame, group: str) -> list[dict]:
     return frame.group_by(group).agg(pl.len().alias("charges")).sort(["charges", group], descending=[True, False]).head(TOP).to_dicts()
 
 
-def call_site_ranking(charges: pl.DataFrame, policies: list[str]) -> pl.DataFrame:
-    """Call sites by how many of their charges change outcome between any two policies."""
-    pairs = [pl.col(a) != pl.col(b) for a, b in combinations(policies, 2)]
-    if not pairs:
-        return pl.DataFrame(schema={"symbol": pl.String, "changed": pl.UInt32, "charges": pl.UInt32})
+def call_site_ranking(divergent: pl.DataFrame, per_site: pl.DataFrame) -> pl.DataFrame:
+    """Call sites by how many of their charges fare differently under some two policies."""
     return (
-        charges.with_columns(pl.any_horizontal(pairs).alias("changed"))
-        .group_by("symbol").agg(pl.col("changed").sum().cast(pl.UInt32), pl.len().cast(pl.UInt32).alias("charges"))
-        .filter(pl.col("changed") > 0)
+        divergent.group_by("symbol").agg(pl.len().cast(pl.UInt32).alias("changed"))
+        .join(per_site.with_columns(pl.col("charges").cast(pl.UInt32)), on="symbol", how="left")
         .sort(["changed", "symbol"], descending=[True, False])
     )
 
 
 def divergence(result: Result) -> dict:
-    charges = result.charge_events().collect()
-    policies = result.policies
+    """Every pair's divergence and the call-site ranking (charges that fare the same under all
+    policies cannot tell any two apart, so only the divergent ones are looked at)."""
+    divergent = result.divergent_charges
     return {
-        "pairs": [pair_divergence(result, charges, a, b) for a, b in combinations(policies, 2)],
-        "call_sites": call_site_ranking(charges, policies).head(50).to_dicts(),
+        "pairs": [pair_divergence(result, divergent, a, b) for a, b in combinations(result.policies, 2)],
+        "call_sites": call_site_ranking(divergent, result.charges_per_call_site()).head(50).to_dicts(),
     }

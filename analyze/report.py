@@ -9,11 +9,12 @@ from html import escape
 from pathlib import Path
 
 import altair as alt
+import polars as pl
 import vl_convert as vlc
 from altair.utils._importers import vl_version_for_vl_convert
 
 from analyze import charts
-from analyze.divergence import call_site_ranking, divergence
+from analyze.divergence import divergence
 from analyze.results import Result
 from chargeplay import __version__
 from chargeplay.units import format_bytes
@@ -32,10 +33,10 @@ p.what { color: #444; max-width: 46em; }
 Figure = tuple[str, str, alt.TopLevelMixin]  # title, what it shows, chart
 
 
-def report_figures(result: Result) -> list[Figure]:
-    charges = result.charge_events().collect()
+def report_figures(result: Result, metrics: dict) -> list[Figure]:
+    divergent = result.divergent_charges
     baseline = BASELINE if BASELINE in result.policies else result.policies[0]
-    ranking = call_site_ranking(charges, result.policies)
+    ranking = pl.DataFrame(metrics["call_sites"], schema={"symbol": pl.String, "changed": pl.UInt32, "charges": pl.UInt32})
     return [
         ("Usage over time", "Each policy's memcg usage, at its peak in each interval, against memory.high (orange) and "
          "memory.max (red). Where the lines part, the policies charged, reclaimed or failed differently.",
@@ -52,7 +53,7 @@ def report_figures(result: Result) -> list[Figure]:
         ("Divergence by call site", f"For the call sites whose charges fare differently most often, how many charges each "
          f"policy treats differently from {baseline}: one gets its memory without trouble, the other must reclaim, falls back "
          "to a smaller slab, is forced over the limit, OOM-kills or fails.",
-         charts.divergence_heatmap(ranking, charges, baseline, result.policies)),
+         charts.divergence_heatmap(ranking, divergent, baseline, result.policies)),
     ]
 
 
@@ -141,7 +142,7 @@ def _pairs_table(metrics: dict) -> str:
 def write_report(result: Result, output: Path, png_dir: Path | None = None, metrics_json: Path | None = None) -> dict:
     """Write the HTML report (and, if asked, each chart as PNG and the metrics as JSON)."""
     metrics = divergence(result)
-    figures = report_figures(result)
+    figures = report_figures(result, metrics)
     with atomic_file(output) as out:
         out.write(build_report(result, figures, metrics).encode())
     if png_dir is not None:

@@ -6,16 +6,27 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from replay.ops import OUTCOMES
 from traces.kernel_tables import gfp_class_expr
 from traces.manifest import TraceError
 from traces.reader import Trace
 
 FILES = ("summary.json", "timeseries.parquet", "outcomes.parquet")
 # Outcomes that differ only by bookkeeping (which stock or slab paid) are the same
-# experience for the allocating task: it got its memory without trouble.
-EXPERIENCE = {"stock": "ok", "no_charge": "ok", "charged": "ok"}
+# experience for the allocating task: it got its memory without trouble ("charged").
+EXPERIENCE = {"stock": "charged", "no_charge": "charged"}
+
+
+def _codes(column: pa.DictionaryArray) -> np.ndarray:
+    """Outcome codes (indices into OUTCOMES) of a dictionary-encoded outcome column; Parquet
+    keeps only the values a row group uses, so its own dictionary is translated."""
+    translate = np.array([OUTCOMES.index(name) for name in column.dictionary.to_pylist()], dtype=np.int64)
+    return translate[column.indices.to_numpy(zero_copy_only=False)]
 
 
 @dataclass(frozen=True)
@@ -48,26 +59,42 @@ class Result:
         return pl.read_parquet(self.path / "timeseries.parquet")
 
     def outcomes(self) -> pl.LazyFrame:
-        return pl.scan_parquet(self.path / "outcomes.parquet").with_columns(pl.col(self.policies).cast(pl.String))
+        return pl.scan_parquet(self.path / "outcomes.parquet")
 
-    def charge_events(self) -> pl.LazyFrame:
-        """Every replayed charge with what the trace says of it (call site, cache, gfp class,
-        task) and, per policy, what the task experienced: ok, reclaimed, fallback, forced,
-        oom or failed."""
+    @cached_property
+    def divergent_charges(self) -> pl.DataFrame:
+        """The charges some two policies treat differently (by what the task experienced: ok,
+        reclaimed, fallback, forced, oom or failed), with what the trace says of them: call
+        site, cache, gfp class, task. Read batch by batch on dictionary codes, so memory
+        follows the divergent charges, usually few, not the trace."""
+        experience = np.array([OUTCOMES.index(EXPERIENCE.get(name, name)) for name in OUTCOMES])
+        parts = []
+        for batch in pq.ParquetFile(self.path / "outcomes.parquet").iter_batches(batch_size=1 << 20):
+            codes = np.stack([experience[_codes(batch.column(p))] for p in self.policies])
+            divergent = (codes != codes[0]).any(axis=0)
+            if divergent.any():
+                rows = batch.column("row").to_numpy()[divergent]
+                parts.append(pl.DataFrame({"row": rows, **{p: np.array(OUTCOMES)[codes[i, divergent]] for i, p in enumerate(self.policies)}}))
+        charges = pl.concat(parts) if parts else pl.DataFrame(schema={"row": pl.Int64, **{p: pl.String for p in self.policies}})
+        return self._describe(charges.lazy()).collect(engine="streaming")
+
+    def charges_per_call_site(self) -> pl.DataFrame:
+        """How many charges each call site made (streamed: the trace may be large)."""
+        return self._describe(self.outcomes().select("row")).group_by("symbol").agg(pl.len().alias("charges")).collect(engine="streaming")
+
+    def _describe(self, charges: pl.LazyFrame) -> pl.LazyFrame:
         events = self.trace.events().with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
-        symbols = self.trace.side_table("symbols")
-        events = events.select(
-            "row", "call_site", "cache", "pid", "comm", "kind",
-            gfp_class_expr("gfp", self.trace.gfp_flags).alias("gfp_class"),
+        events = events.join(charges.select("row"), on="row", how="semi").select(
+            "row", "call_site", "cache", "pid", "comm", "kind", "gfp",
         )
+        symbols = self.trace.side_table("symbols")
         if symbols is not None:
             events = events.join(symbols.rename({"id": "call_site"}), on="call_site", how="left")
         else:
             events = events.with_columns(pl.lit(None, pl.String).alias("symbol"))
-        experience = [pl.col(p).replace(EXPERIENCE) for p in self.policies]
-        return self.outcomes().with_columns(experience).join(events, on="row", how="left").with_columns(
+        return charges.join(events, on="row", how="left").with_columns(
+            gfp_class_expr("gfp", self.trace.gfp_flags).fill_null("GFP_HIGHUSER_MOVABLE").alias("gfp_class"),  # LRU charges'
             pl.col("symbol").fill_null("[file and anon pages]"),  # LRU charges have no call site
             pl.col("cache").fill_null("-"),
-            pl.col("gfp_class").fill_null("GFP_HIGHUSER_MOVABLE"),  # what the replay charges LRU pages with
             pl.format("{} ({})", pl.col("comm").fill_null("?"), pl.col("pid")).alias("task"),
         )
