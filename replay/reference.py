@@ -15,7 +15,11 @@ rules are from shared/KERNEL-MODEL.md; the approximations are said where they ar
   uncharging twice.
 - An OOM kill frees the anon pool (the victim's memory); with nothing to free, the
   charge fails.
-- Page stocks serve only this memcg, so their slot count never runs out.
+- Page stocks serve only this memcg, so their slot count never runs out. drain_all_stock
+  empties the page stocks only; the object stocks keep their bytes.
+- The charge path is 6.x's for every policy: a __GFP_HIGH charge at max is forced (4.2
+  failed it) and an OOM kill happens in the charge (4.2 deferred it to the end of the page
+  fault and failed the charge meanwhile).
 """
 from __future__ import annotations
 
