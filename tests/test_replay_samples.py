@@ -68,3 +68,19 @@ def test_replay_errors_are_one_line(tmp_path):
     (tmp_path / "c" / "keep").write_text("x")
     assert_user_error(chargeplay("replay", str(copy), "-o", str(tmp_path / "c"), "--memory-max", "8M"), "not an empty directory")
     assert (tmp_path / "c" / "keep").read_text() == "x"
+
+
+def test_policies_from_a_toml_file_are_listed_and_replayed(tmp_path):
+    toml = tmp_path / "mine.toml"
+    toml.write_text('[policy.big-stock]\nbase = "mainline-6.18"\ndescription = "mainline, 512-page stocks"\nstock_batch = 512\n')
+    listed = chargeplay("policies", "--json", "--policies", str(toml))
+    assert listed.returncode == 0, listed.stderr
+    policies = {p["name"]: p for p in json.loads(listed.stdout)}
+    assert len(policies) == 7 and policies["big-stock"]["stock_batch"] == 512
+    assert policies["big-stock"]["high_mode"] == policies["mainline-6.18"]["high_mode"] == "mainline"
+    s = replay(tmp_path, "file-storm", "--memory-max", "16M", "--policies", str(toml),
+               "--policy", "mainline-6.18", "--policy", "big-stock")
+    # A bigger stock serves more charges without touching the page counter.
+    assert s["big-stock"]["charges"] < s["mainline-6.18"]["charges"]
+    toml.write_text("[policy.broken]\nstock_batch = -1\n")
+    assert_user_error(chargeplay("policies", "--policies", str(toml)), "stock_batch = -1")
