@@ -1,7 +1,10 @@
 # The two commands a new machine needs:  make demo  and  make test
 VENV := .venv
 BIN := $(VENV)/bin
-DEBIAN_TEST_PACKAGES := chromium  # opens the HTML report in the report tests
+# chromium opens the HTML report in the report tests; python3-bpfcc (bcc) and Debian's
+# kernel headers (linux-headers-amd64: the 6.1 ones, which bcc compiles against) run the eBPF tests.
+DEBIAN_TEST_PACKAGES := chromium python3-bpfcc linux-headers-amd64
+KERNEL_MODULES := /lib/modules/$(shell uname -r)
 
 .PHONY: setup demo test test-packages bench
 
@@ -21,6 +24,16 @@ test-packages:
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages for the tests: $$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@# bcc looks for headers at /lib/modules/$$(uname -r)/{build,source}: link the Debian ones
+	@# there unless the running kernel has its own (idempotent).
+	@headers=$$(dpkg -L linux-headers-amd64 >/dev/null 2>&1 && \
+		dpkg-query -W -f='$${Depends}' linux-headers-amd64 | grep -o 'linux-headers-[^ ,]*-amd64' | head -1); \
+	if [ -n "$$headers" ] && [ -d /usr/src/$$headers ] && [ ! -e $(KERNEL_MODULES)/build/include ]; then \
+		mkdir -p $(KERNEL_MODULES) && \
+		ln -sfn /usr/src/$$headers $(KERNEL_MODULES)/build && \
+		ln -sfn /usr/src/$$(echo $$headers | sed 's/-amd64$$/-common/') $(KERNEL_MODULES)/source && \
+		echo "linked $(KERNEL_MODULES)/build and source to /usr/src/$$headers (for bcc)"; \
 	fi
 
 test: setup test-packages

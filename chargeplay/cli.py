@@ -109,6 +109,7 @@ def collect(
     cgroup: Annotated[Optional[str], typer.Option(help="trace an existing cgroup instead of running a command")] = None,
     segment_events: Annotated[int, typer.Option(help="close a segment after this many events")] = 2_000_000,
     segment_seconds: Annotated[float, typer.Option(help="close a segment after this many seconds")] = 30.0,
+    backend: Annotated[str, typer.Option(envvar="CHARGEPLAY_BACKEND", help="tracefs, ebpf, or auto (eBPF when bcc loads, else tracefs; says which)")] = "tracefs",
 ) -> None:
     """Capture a workload's kernel-memory events (root): `chargeplay collect -o T --memory-max 64M -- CMD...`."""
     if bool(command) == bool(cgroup):
@@ -118,7 +119,7 @@ def collect(
     options = CaptureOptions(
         output=output, command=command or None, cgroup_path=cgroup,
         memory_max=_size(memory_max, "--memory-max"), memory_high=_size(memory_high, "--memory-high"),
-        duration=duration, segment_events=segment_events, segment_seconds=segment_seconds,
+        duration=duration, segment_events=segment_events, segment_seconds=segment_seconds, backend=backend,
     )
     if command:
         _check_command(command[0])

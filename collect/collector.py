@@ -51,6 +51,7 @@ TASK_EVENTS = [
 ]
 MEMCG_EVENTS = [("memcg", "mod_memcg_state"), ("memcg", "mod_memcg_lruvec_state"), ("memcg", "count_memcg_events")]
 FREE_EVENTS = [("kmem", "kfree"), ("kmem", "kmem_cache_free"), ("kmem", "mm_page_free")]
+BACKENDS = ("tracefs", "ebpf", "auto")
 IRQ_FLAGS = ("TRACE_FLAG_SOFTIRQ", "TRACE_FLAG_HARDIRQ", "TRACE_FLAG_NMI")
 
 
@@ -77,6 +78,7 @@ class CaptureOptions:
     segment_events: int = 2_000_000
     segment_seconds: float = 30.0
     buffer_kb: int = 32 * 1024
+    backend: str = "tracefs"  # tracefs, ebpf, or auto (eBPF when bcc loads, else tracefs)
 
 
 @dataclass
@@ -89,6 +91,13 @@ class Progress:
 
 
 class Collector:
+    """The tracefs backend; collect.ebpf.EbpfCollector overrides the event-source hooks
+    (_owned_paths, _open_sources, _start_sources, _admit*, _read_parts, _lost_per_cpu,
+    _stop_sources, _close_sources) and shares the rest: target, workload, merge, decode,
+    segments, manifest and clean-up."""
+
+    backend = "tracefs"
+
     def __init__(self, options: CaptureOptions, report: Callable[[Progress], None], say: Callable[[str], None]) -> None:
         self.options = options
         self.report = report
@@ -111,12 +120,9 @@ class Collector:
             self.say(f"removed stale {removed}")
         self._prepare_output()
         self._open_target()
-        self.guardian = start_guardian(
-            [root / "instances" / f"chargeplay-{os.getpid()}{suffix}" for suffix in INSTANCE_SUFFIXES],
-            self.memcg.path if self.created_memcg else None,
-        )
+        self.guardian = start_guardian(self._owned_paths(root), self.memcg.path if self.created_memcg else None)
         try:
-            self._open_instances(root)
+            self._open_sources(root)
             self._start_manifest(root)
             self._trace()
         finally:
@@ -138,7 +144,11 @@ class Collector:
         else:
             self.memcg, self.hierarchy_root = cgroup.existing(self.options.cgroup_path or "")
 
-    def _open_instances(self, root: Path) -> None:
+    def _owned_paths(self, root: Path) -> list[Path]:
+        """What the guardian removes if this process dies without cleaning up."""
+        return [root / "instances" / f"chargeplay-{os.getpid()}{suffix}" for suffix in INSTANCE_SUFFIXES]
+
+    def _open_sources(self, root: Path) -> None:
         me = os.getpid()
         task, memcg_events, irq = (Instance(root, f"chargeplay-{me}{s}") for s in INSTANCE_SUFFIXES)
         self.instances = [task, memcg_events, irq]
@@ -171,7 +181,7 @@ class Collector:
         target["command"] = self.options.command
         target["high_requested"] = self.options.memory_high
         self.manifest = new_manifest(
-            backend="tracefs", clock=TRACE_CLOCK, target=target,
+            backend=self.backend, clock=TRACE_CLOCK, target=target,
             gfp_flags=read_gfp_table(root), enums=read_kernel_enums(),
         )
         self.manifest["sample_interval_s"] = self.options.tick
@@ -188,8 +198,7 @@ class Collector:
         start_ns = time.monotonic_ns()
         self.decoder.t0 = start_ns
         self.manifest["start"]["trace_ns"] = start_ns
-        for instance in self.instances[1:]:
-            instance.write("tracing_on", "1")
+        self._start_sources()
         self._sample(start_ns)  # the memcg as the workload finds it
         self._start_workload()  # turns the task instance on once its pid filter is set
         previous = {signum: signal.signal(signum, self._on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
@@ -200,12 +209,19 @@ class Collector:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-        for instance in self.instances:
-            instance.write("tracing_on", "0")
+        self._stop_sources()
         self._sample(start_ns)  # and as it leaves it
         self._drain(final=True)
         self.manifest["end"] = {"wall": wall_now(), "trace_ns": time.monotonic_ns()}
         self.writer.close_segment()
+
+    def _start_sources(self) -> None:
+        for instance in self.instances[1:]:  # the task instance waits for the workload's pid
+            instance.write("tracing_on", "1")
+
+    def _stop_sources(self) -> None:
+        for instance in self.instances:
+            instance.write("tracing_on", "0")
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.stop_reason = signal.Signals(signum).name
@@ -213,18 +229,16 @@ class Collector:
     def _start_workload(self) -> None:
         """An empty set_event_pid traces every task, so the task instance is switched on
         only once the workload's pids are in it."""
-        task = self.instances[0]
         if not self.options.command:
             self._follow_cgroup_tasks()
-            task.write("tracing_on", "1")
+            self._admit_done()
             return
         procs = self.memcg.path / "cgroup.procs"
 
         def enter_memcg_and_trace() -> None:  # runs in the child between fork and exec
-            pid = str(os.getpid())
-            procs.write_text(pid)
-            write_setting(task.path / "set_event_pid", pid, append=True)
-            write_setting(task.path / "tracing_on", "1")
+            pid = os.getpid()
+            procs.write_text(str(pid))
+            self._admit_in_child(pid)
 
         try:
             self.workload = subprocess.Popen(self.options.command, preexec_fn=enter_memcg_and_trace)
@@ -233,13 +247,27 @@ class Collector:
         self.decoder.workload_pids.add(self.workload.pid)
         self.decoder.comms[self.workload.pid] = Path(self.options.command[0]).name[:15]
 
+    def _admit_in_child(self, pid: int) -> None:
+        """Trace the workload's first task: called in it, between fork and exec."""
+        task = self.instances[0]
+        write_setting(task.path / "set_event_pid", str(pid), append=True)
+        write_setting(task.path / "tracing_on", "1")
+
+    def _admit(self, tid: int) -> None:
+        """Trace one more task (attach mode)."""
+        self.instances[0].write("set_event_pid", str(tid), append=True)
+
+    def _admit_done(self) -> None:
+        """The tasks found at start are admitted: tracing may begin (attach mode)."""
+        self.instances[0].write("tracing_on", "1")
+
     def _follow_cgroup_tasks(self) -> None:
         """Attach mode: trace every task of the cgroup, including ones that join later."""
         tasks = self.memcg.path / ("tasks" if self.memcg.version == 1 else "cgroup.threads")
         known = self.decoder.workload_pids
         new = [int(t) for t in tasks.read_text().split() if int(t) not in known]
         for tid in new:
-            self.instances[0].write("set_event_pid", str(tid), append=True)
+            self._admit(tid)
             comm = Path(f"/proc/{tid}/comm")
             self.decoder.comms[tid] = comm.read_text().strip() if comm.exists() else ""
         known.update(new)
@@ -258,7 +286,7 @@ class Collector:
     def _drain(self, final: bool) -> None:
         """Read every buffer, merge by time and write what no CPU can still precede."""
         now = time.monotonic_ns()
-        parts = [parse_pages(r.read_available(), r.cpu, r.page_size) for r in self.readers]
+        parts = self._read_parts()
         if self.pending is not None:
             parts.append(self.pending)
         merged = concat(parts)
@@ -270,6 +298,9 @@ class Collector:
         self.progress.seconds = (now - self.decoder.t0) / 1e9
         self.progress.lost = self._lost_total()
         self.progress.bytes_written = _bytes_in(self.options.output / "events")
+
+    def _read_parts(self) -> list[RawEvents]:
+        return [parse_pages(r.read_available(), r.cpu, r.page_size) for r in self.readers]
 
     def _write(self, table: pa.Table) -> None:
         self.writer.write(table)
@@ -286,6 +317,9 @@ class Collector:
     def _lost_total(self) -> int:
         per_cpu = self._lost_per_cpu()
         return sum(per_cpu.values())
+
+    def _sources_open(self) -> bool:
+        return bool(self.instances)
 
     def _lost_per_cpu(self) -> dict[int, int]:
         lost: dict[int, int] = {}
@@ -308,7 +342,7 @@ class Collector:
             write_parquet(self.options.output / "memcg.parquet", pa.Table.from_pylist(self.samples, table_schema(MEMCG_COLUMNS)))
 
     def _write_manifest(self) -> None:
-        per_cpu = self._lost_per_cpu() if self.instances else {}
+        per_cpu = self._lost_per_cpu() if self._sources_open() else {}
         self.manifest["lost"] = {"per_cpu": {str(c): n for c, n in per_cpu.items()}, "total": sum(per_cpu.values())}
         write_json(self.options.output / MANIFEST, self.manifest)
 
@@ -331,14 +365,17 @@ class Collector:
                     self.writer.abort()  # an error stopped the capture: closed segments stand
         finally:
             self._stop_workload()
-            for reader in self.readers:
-                reader.close()
-            for instance in self.instances:
-                instance.remove()
+            self._close_sources()
             if self.created_memcg and self.memcg is not None:
                 self.memcg.remove()
             self.guardian.stdin.close()  # nothing is left for it to clean up
             self.guardian.wait()
+
+    def _close_sources(self) -> None:
+        for reader in self.readers:
+            reader.close()
+        for instance in self.instances:
+            instance.remove()
 
     def _stop_workload(self) -> None:
         if self.workload is None or self.workload.poll() is not None:
@@ -381,4 +418,22 @@ def _compact(raw: RawEvents) -> RawEvents:
 def capture(options: CaptureOptions, report: Callable[[Progress], None], say: Callable[[str], None]) -> Manifest:
     if os.geteuid() != 0:
         raise CaptureError("live capture needs root (tracefs and cgroups); run it with sudo")
+    if options.backend not in BACKENDS:
+        raise CaptureError(f"--backend {options.backend}: choose one of {', '.join(BACKENDS)}")
+    if options.backend != "tracefs":
+        from collect import ebpf  # bcc is optional: imported only when asked for
+
+        try:
+            loader = ebpf.Loader(options)  # compiles and attaches the BPF program, in its own process
+        except ebpf.Unavailable as why:
+            if options.backend == "ebpf":
+                raise CaptureError(f"eBPF backend unavailable: {why}") from None
+            say(f"backend: tracefs (eBPF unavailable: {why})")
+        else:
+            if options.backend == "auto":
+                say("backend: ebpf (bcc loaded and the BPF program attached)")
+            try:
+                return ebpf.EbpfCollector(options, report, say, loader).run()
+            finally:
+                loader.close()
     return Collector(options, report, say).run()

@@ -228,12 +228,15 @@ class Decoder:
             self.comms[pid] = name
         return pa.DictionaryArray.from_arrays(codes, pa.array(names, pa.string())).cast(pa.string())
 
-    def _ctx_column(self, raw: RawEvents) -> np.ndarray:
+    def _ctx_column(self, raw: RawEvents) -> pa.Array:
+        """task, softirq, hardirq or nmi from common_flags; null where records have none (eBPF)."""
+        if "common_flags" not in next(iter(self.formats.values()))[1].fields:
+            return pa.nulls(len(raw), pa.string())
         flags = self._common(raw, "common_flags", np.arange(len(raw)))
         ctx = np.zeros(len(raw), dtype=np.int32)  # task
         for code, flag in ((1, "TRACE_FLAG_SOFTIRQ"), (2, "TRACE_FLAG_HARDIRQ"), (3, "TRACE_FLAG_NMI")):
             ctx[(flags & self.trace_flags[flag]) != 0] = code
-        return ctx
+        return pa.DictionaryArray.from_arrays(ctx, pa.array(CONTEXTS)).cast(pa.string())
 
     def _table(self, raw: RawEvents, kind: np.ndarray, cols: Columns, comm_changes, keep: np.ndarray) -> pa.Table:
         pids = self._pids(raw).astype(np.int32)
@@ -242,7 +245,7 @@ class Decoder:
             "cpu": pa.array(raw.cpu, pa.uint16()),
             "pid": pa.array(pids),
             "comm": self._comm_column(raw, pids, comm_changes),
-            "ctx": pa.DictionaryArray.from_arrays(self._ctx_column(raw), pa.array(CONTEXTS)).cast(pa.string()),
+            "ctx": self._ctx_column(raw),
             "kind": pa.DictionaryArray.from_arrays(np.maximum(kind, 0).astype(np.int32), pa.array(KINDS)).cast(pa.string()),
         }
         table = pa.table(

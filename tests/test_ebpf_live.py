@@ -1,0 +1,123 @@
+"""Live capture with the eBPF backend: the same trace as tracefs, and nothing left behind.
+
+Skips with a reason naming what is missing: root, tracefs, bcc (Debian's python3-bpfcc),
+the kernel headers bcc compiles against (`make test-packages` installs and links both).
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from conftest import CHARGEPLAY, chargeplay
+from test_collect_live import ALLOC_KINDS, FILE_MAKER, leftovers, wait_until
+from traces.reader import Trace
+
+KINDS_COMPARED = ["kmalloc", "kmem_cache_alloc", "page_alloc", "user_return"]
+
+
+@pytest.fixture
+def ebpf(tracefs) -> Path:
+    """Skips unless the eBPF backend can load here (root and tracefs come from `tracefs`)."""
+    from collect import ebpf as backend
+
+    try:
+        backend.check_available()
+    except backend.Unavailable as why:
+        pytest.skip(f"eBPF backend unavailable: {why}")
+    return tracefs
+
+
+def _bpf_program_names() -> list[str]:
+    """Names of the BPF programs loaded in the kernel (libbpf: next id, fd by id, info by fd)."""
+    libbpf = ctypes.CDLL(ctypes.util.find_library("bpf") or "libbpf.so.1", use_errno=True)
+    names, prog_id = [], ctypes.c_uint32(0)
+    while libbpf.bpf_prog_get_next_id(prog_id, ctypes.byref(prog_id)) == 0:
+        fd = libbpf.bpf_prog_get_fd_by_id(prog_id)
+        if fd < 0:
+            continue
+        info = (ctypes.c_uint8 * 256)()  # struct bpf_prog_info: char name[16] at offset 64
+        size = ctypes.c_uint32(256)
+        if libbpf.bpf_obj_get_info_by_fd(fd, info, ctypes.byref(size)) == 0:
+            names.append(bytes(info[64:80]).split(b"\0", 1)[0].decode())
+        ctypes.CDLL(None).close(fd)
+    return names
+
+
+def _ours() -> int:
+    """kmem_bpf.c's programs: bcc names a tracepoint program SYSTEM__EVENT (15 chars kept)."""
+    return sum(name.startswith(("kmem__", "memcg__")) for name in _bpf_program_names())
+
+
+def _capture_files(tmp_path: Path, backend: str, files: int, name: str) -> tuple[subprocess.CompletedProcess, int]:
+    workdir, pidfile = tmp_path / f"{name}-files", tmp_path / f"{name}-pid"
+    workdir.mkdir()
+    result = chargeplay(
+        "collect", "-o", str(tmp_path / name), "--backend", backend, "--memory-max", "256M", "--",
+        sys.executable, "-c", FILE_MAKER, str(files), str(workdir), str(pidfile),
+    )
+    assert result.returncode == 0, result.stderr
+    return result, int(pidfile.read_text())
+
+
+def test_both_backends_record_the_same_workload_alike(ebpf, tmp_path):
+    files = 500
+    outsider = subprocess.Popen(
+        [sys.executable, "-c", "import os\nwhile True:\n    os.close(os.open('/dev/null', os.O_RDONLY))"]
+    )
+    try:
+        _, ebpf_pid = _capture_files(tmp_path, "ebpf", files, "e")
+        _, tracefs_pid = _capture_files(tmp_path, "tracefs", files, "t")
+    finally:
+        outsider.kill()
+        outsider.wait()
+    traces = {"ebpf": (Trace.open(tmp_path / "e"), ebpf_pid), "tracefs": (Trace.open(tmp_path / "t"), tracefs_pid)}
+    counts = {}
+    for backend, (trace, pid) in traces.items():
+        assert trace.manifest["backend"] == backend and trace.status == "complete"
+        assert trace.manifest["lost"]["total"] == 0
+        events = trace.events().collect()
+        dentries = events.filter((pl.col("kind") == "kmem_cache_alloc") & (pl.col("cache") == "dentry"))
+        assert dentries.filter(pl.col("accounted") & (pl.col("pid") == pid)).height >= files, backend
+        # The pid filter holds: no allocation by another process (the interpreter never forks).
+        assert set(events.filter(pl.col("kind").is_in(ALLOC_KINDS))["pid"].unique()) == {pid}, backend
+        assert outsider.pid not in set(events.filter(~pl.col("kind").is_in(["kfree", "kmem_cache_free", "page_free", "memcg_state", "memcg_lruvec_state", "memcg_event"]))["pid"])
+        assert set(events.filter(pl.col("kind").str.starts_with("memcg"))["memcg_id"].unique()) == {trace.manifest["target"]["memcg_id"]}
+        assert events["ts_ns"].is_sorted() and events["ts_ns"].min() >= 0
+        counts[backend] = dict(events.group_by("kind").len().iter_rows())
+    for kind in KINDS_COMPARED:
+        e, t = counts["ebpf"].get(kind, 0), counts["tracefs"].get(kind, 0)
+        assert abs(e - t) <= max(0.05 * t, 20), (kind, counts)
+    assert leftovers(ebpf) == []
+
+
+def test_auto_says_which_backend_it_chose(ebpf, tmp_path):
+    result = chargeplay("collect", "-o", str(tmp_path / "t"), "--backend", "auto", "--", "true")
+    assert result.returncode == 0, result.stderr
+    assert "backend: ebpf" in result.stderr
+    assert "charge probes unavailable:" in result.stderr or "charge" not in result.stderr
+    assert Trace.open(tmp_path / "t").manifest["backend"] == "ebpf"
+
+
+def test_sigkill_of_the_collector_leaves_no_bpf_program(ebpf, tmp_path):
+    before = _ours()
+    collector = subprocess.Popen(
+        [*CHARGEPLAY, "collect", "-o", str(tmp_path / "t"), "--backend", "ebpf", "--segment-seconds", "0.3", "--",
+         "sh", "-c", f"while :; do touch {tmp_path}/x; rm {tmp_path}/x; done"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert wait_until(lambda: len(list((tmp_path / "t" / "events").glob("part-*.parquet"))) >= 2, timeout=60)
+        assert _ours() > before
+    finally:
+        collector.send_signal(signal.SIGKILL)
+        collector.communicate(timeout=30)
+    assert wait_until(lambda: _ours() == before, timeout=15)
+    assert wait_until(lambda: leftovers(ebpf) == [], timeout=15), leftovers(ebpf)
+    assert Trace.open(tmp_path / "t").status == "interrupted"
