@@ -53,6 +53,15 @@ def remove_stale(tracefs: Path) -> list[str]:
     return removed
 
 
+def wait_or_kill(process: subprocess.Popen, timeout: float) -> None:
+    """Give a process `timeout` seconds to exit, then SIGKILL it."""
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def start_guardian(instances: list[Path], memcg: Path | None) -> subprocess.Popen:
     """A process that cleans up after this one when its stdin pipe closes without warning.
     Its own session keeps a terminal's Ctrl-C from killing it with the collector."""

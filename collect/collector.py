@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from collect import cgroup, pseudonyms, ringbuf
 from collect.cgroup import Memcg
-from collect.cleanup import remove_stale, start_guardian
+from collect.cleanup import remove_stale, start_guardian, wait_or_kill
 from collect.decode import Decoder, load_formats
 from collect.ringbuf import CpuReader, RawEvents, concat, parse_pages
 from collect.slabs import slab_table
@@ -381,11 +381,7 @@ class Collector:
         if self.workload is None or self.workload.poll() is not None:
             return
         self.workload.terminate()
-        try:
-            self.workload.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.workload.kill()
-            self.workload.wait()
+        wait_or_kill(self.workload, timeout=5)
 
 
 def _bytes_in(directory: Path) -> int:

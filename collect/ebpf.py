@@ -40,6 +40,7 @@ from collect.decode import TRACEPOINT_KINDS, Decoder
 from collect.event_format import EventFormat, Field
 from collect.ringbuf import RawEvents
 from collect.bpf_loader import MAPS, Unavailable
+from collect.cleanup import wait_or_kill
 from traces.kernel_tables import gfp_bit, read_gfp_table, read_kernel_enums
 
 LOADER = [sys.executable, "-m", "collect.bpf_loader"]
@@ -209,11 +210,7 @@ class Loader:
         if hasattr(self, "records_fd"):
             os.close(self.records_fd)
         self.socket.close()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        wait_or_kill(self.process, timeout=10)
         self.process.stderr.close()
 
 
