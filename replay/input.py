@@ -85,8 +85,9 @@ class InputStream:
         self.t_first, self.t_last = facts["first"] or 0, facts["last"] or 0
         self.cpus = int(trace.manifest.get("kernel", {}).get("cpus") or (facts["cpu"] or 0) + 1)
         self.task_pids = np.sort(events.select(pl.col("pid").unique()).collect()["pid"].to_numpy())
+        self.slab_pools = _slab_pools(trace).collect().lazy()  # read once, joined in every segment
         sizes = (
-            _object_allocations(events, _slab_pools(trace)).group_by("cache").agg(pl.col("bytes_alloc").max())
+            _object_allocations(events, self.slab_pools).group_by("cache").agg(pl.col("bytes_alloc").max())
             .collect().sort("cache")
         )
         self.cache_names: list[str] = sizes["cache"].to_list()
@@ -109,7 +110,7 @@ class InputStream:
 
     def _segment_operations(self, events: pl.LazyFrame, live: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         trace = self.trace
-        allocs = _object_allocations(events, _slab_pools(trace)).with_columns(
+        allocs = _object_allocations(events, self.slab_pools).with_columns(
             pl.lit(OBJ_ALLOC, pl.Int8).alias("op"), pl.lit(0, pl.Int64).alias("pages"),
         )
         pages = events.filter((pl.col("kind") == "page_alloc") & pl.col("accounted") & ~pl.col("failed")).with_columns(

@@ -8,6 +8,7 @@ RESULT/outcomes.parquet   the outcome of every charge (allocation) operation, pe
 from __future__ import annotations
 
 import math
+from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable, Protocol
@@ -26,7 +27,7 @@ from replay.fast import Fast
 from replay.reference import Reference
 from replay.result import EngineResult
 from traces.atomic import atomic_file, check_new_output, make_private_dir, write_json, write_parquet
-from traces.kernel_tables import gfp_class_series
+from traces.kernel_tables import gfp_class
 from traces.manifest import TraceError
 from traces.reader import Trace
 
@@ -102,7 +103,7 @@ def replay(
     start = stream.empty()
     engines = {p.name: engine(start, p, limits, gfp, resolution_for(stream)) for p in policies}
     make_private_dir(output)
-    failed = {name: pl.DataFrame(schema={"gfp": pl.UInt64}) for name in engines}
+    failed_gfp: dict[str, Counter[int]] = {name: Counter() for name in engines}  # failed charges per gfp value
     outcome_counts = {name: np.zeros(len(OUTCOMES), np.int64) for name in engines}
     done = 0
     with OutcomeWriter(output / "outcomes.parquet", list(engines)) as outcomes:
@@ -112,12 +113,12 @@ def replay(
                 progress(f"segment {index + 1}/{stream.segments}: {name}", done)
                 batch_outcomes[name] = session.feed(batch)
                 outcome_counts[name] += np.bincount(batch_outcomes[name], minlength=len(OUTCOMES))
-                lost = batch_outcomes[name] == OUTCOME["failed"]
-                failed[name] = pl.concat([failed[name], pl.DataFrame({"gfp": batch.gfp[lost].astype(np.uint64)})])
+                values, counts = np.unique(batch.gfp[batch_outcomes[name] == OUTCOME["failed"]], return_counts=True)
+                failed_gfp[name].update(dict(zip(values.tolist(), counts.tolist())))
                 done += 1
             outcomes.write(batch, batch_outcomes)
     results = {name: session.finish() for name, session in engines.items()}
-    summary = summarize(trace, stream, results, outcome_counts, failed, limits)
+    summary = summarize(trace, stream, results, outcome_counts, failed_gfp, limits)
     write_json(output / "summary.json", summary)
     write_parquet(output / "timeseries.parquet", timeseries(results, limits).to_arrow())
     return summary
@@ -150,15 +151,17 @@ class OutcomeWriter:
 
 def summarize(
     trace: Trace, stream: InputStream, results: dict[str, EngineResult], outcome_counts: dict[str, np.ndarray],
-    failed: dict[str, pl.DataFrame], limits: Limits,
+    failed_gfp: dict[str, Counter[int]], limits: Limits,
 ) -> dict:
     policies = {}
     for name, r in results.items():
-        classes = gfp_class_series(failed[name]["gfp"], trace.gfp_flags)
+        classes = Counter()
+        for bits, count in failed_gfp[name].items():
+            classes[gfp_class(bits, trace.gfp_flags)] += count
         policies[name] = {
             **{k: v for k, v in r.counters().items() if k != "resolution_ns"},
             "failed": int(outcome_counts[name][OUTCOME["failed"]]),
-            "failed_by_gfp_class": dict(sorted(classes.value_counts().iter_rows())),
+            "failed_by_gfp_class": dict(sorted(classes.items())),
             "outcomes": {OUTCOMES[code]: int(n) for code, n in enumerate(outcome_counts[name]) if n},
             "reclaim_calls": dict(zip(RECLAIM_TRIGGERS, r.reclaim_calls.tolist())),
             "reclaimed_pages": dict(zip(RECLAIM_TRIGGERS, r.reclaimed_pages.tolist())),
