@@ -76,13 +76,14 @@ class Columns:
     def put_strings(self, name: str, rows: np.ndarray, data: np.ndarray) -> None:
         self.strings.setdefault(name, np.full(self.n, None, dtype=object))[rows] = data
 
-    def array(self, name: str) -> pa.Array:
+    def array(self, name: str, keep: np.ndarray) -> pa.Array:
+        """The column's kept rows (filtering numpy arrays is cheaper than filtering the table)."""
         dtype = EVENT_SCHEMA.field(name).type
         if name in self.strings:
-            return pa.array(self.strings[name], dtype)
+            return pa.array(self.strings[name][keep], dtype)
         if name not in self.values:
-            return pa.nulls(self.n, dtype)
-        return pa.array(self.values[name], type=dtype, mask=~self.valid[name])
+            return pa.nulls(int(np.count_nonzero(keep)), dtype)
+        return pa.array(self.values[name][keep], type=dtype, mask=~self.valid[name][keep])
 
 
 @dataclass
@@ -214,7 +215,7 @@ class Decoder:
                      for s in raw.start[rows]]
         return list(zip(ts.tolist(), pids.tolist(), names))
 
-    def _comm_column(self, raw: RawEvents, pids: np.ndarray, changes: list[tuple[int, int, str]]) -> pa.Array:
+    def _comm_column(self, raw: RawEvents, pids: np.ndarray, changes: list[tuple[int, int, str]], keep: np.ndarray) -> pa.Array:
         """Each event's task name: the name known before the batch, then changes in time order.
         Tasks outside the workload (a kworker or an RCU callback freeing its objects) stay
         unnamed: their names are not the workload's business."""
@@ -226,14 +227,14 @@ class Decoder:
             names.append(name)
             codes[later] = len(names) - 1
             self.comms[pid] = name
-        return pa.DictionaryArray.from_arrays(codes, pa.array(names, pa.string())).cast(pa.string())
+        return pa.DictionaryArray.from_arrays(codes[keep], pa.array(names, pa.string())).cast(pa.string())
 
-    def _ctx_column(self, raw: RawEvents) -> pa.Array:
+    def _ctx_column(self, raw: RawEvents, keep: np.ndarray) -> pa.Array:
         """task, softirq, hardirq or nmi from common_flags; null where records have none (eBPF)."""
         if "common_flags" not in next(iter(self.formats.values()))[1].fields:
-            return pa.nulls(len(raw), pa.string())
-        flags = self._common(raw, "common_flags", np.arange(len(raw)))
-        ctx = np.zeros(len(raw), dtype=np.int32)  # task
+            return pa.nulls(int(np.count_nonzero(keep)), pa.string())
+        flags = self._common(raw, "common_flags", keep)
+        ctx = np.zeros(len(flags), dtype=np.int32)  # task
         for code, flag in ((1, "TRACE_FLAG_SOFTIRQ"), (2, "TRACE_FLAG_HARDIRQ"), (3, "TRACE_FLAG_NMI")):
             ctx[(flags & self.trace_flags[flag]) != 0] = code
         return pa.DictionaryArray.from_arrays(ctx, pa.array(CONTEXTS)).cast(pa.string())
@@ -241,15 +242,14 @@ class Decoder:
     def _table(self, raw: RawEvents, kind: np.ndarray, cols: Columns, comm_changes, keep: np.ndarray) -> pa.Table:
         pids = self._pids(raw).astype(np.int32)
         arrays = {
-            "ts_ns": pa.array((raw.ts - np.uint64(self.t0)).astype(np.int64)),
-            "cpu": pa.array(raw.cpu, pa.uint16()),
-            "pid": pa.array(pids),
-            "comm": self._comm_column(raw, pids, comm_changes),
-            "ctx": self._ctx_column(raw),
-            "kind": pa.DictionaryArray.from_arrays(np.maximum(kind, 0).astype(np.int32), pa.array(KINDS)).cast(pa.string()),
+            "ts_ns": pa.array((raw.ts[keep] - np.uint64(self.t0)).astype(np.int64)),
+            "cpu": pa.array(raw.cpu[keep], pa.uint16()),
+            "pid": pa.array(pids[keep]),
+            "comm": self._comm_column(raw, pids, comm_changes, keep),
+            "ctx": self._ctx_column(raw, keep),
+            "kind": pa.DictionaryArray.from_arrays(kind[keep].astype(np.int32), pa.array(KINDS)).cast(pa.string()),
         }
-        table = pa.table(
-            {name: arrays[name] if name in arrays else cols.array(name) for name in EVENT_SCHEMA.names},
+        return pa.table(
+            {name: arrays[name] if name in arrays else cols.array(name, keep) for name in EVENT_SCHEMA.names},
             schema=EVENT_SCHEMA,
         )
-        return table.filter(pa.array(keep))

@@ -23,11 +23,12 @@ ROW_GROUP_ROWS = 256 * 1024
 
 # Dictionary pages for the low-cardinality columns; delta encoding for the monotone
 # ones (timestamps, sequential object pseudonyms). Measured: about 2x smaller than
-# the defaults on kmem traces.
+# the defaults on kmem traces. zstd level 3, not 9: 5% larger files, written 40% faster
+# (measured on a 1.9 M-event storm trace), and writing is the collector's largest cost.
 DELTA_COLUMNS = ("ts_ns", "obj")
 WRITER_OPTIONS = dict(
     compression="zstd",
-    compression_level=9,
+    compression_level=3,
     use_dictionary=[name for name in EVENT_SCHEMA.names if name not in DELTA_COLUMNS],
     column_encoding={name: "DELTA_BINARY_PACKED" for name in DELTA_COLUMNS},
     write_statistics=["ts_ns"],
