@@ -30,7 +30,7 @@ from typing import Any
 BPF_SOURCE = Path(__file__).with_name("kmem_bpf.c")
 DEBIAN_BCC = Path("/usr/lib/python3/dist-packages/bcc")
 DEBIAN_PYTHON = "/usr/bin/python3"
-MAPS = ("records", "tracked", "config", "counters")  # handed over in this order
+MAPS = ("records", "named", "tracked", "config", "counters")  # handed over in this order
 
 
 class Unavailable(RuntimeError):

@@ -52,6 +52,8 @@ TASK_EVENTS = [
 MEMCG_EVENTS = [("memcg", "mod_memcg_state"), ("memcg", "mod_memcg_lruvec_state"), ("memcg", "count_memcg_events")]
 FREE_EVENTS = [("kmem", "kfree"), ("kmem", "kmem_cache_free"), ("kmem", "mm_page_free")]
 BACKENDS = ("tracefs", "ebpf", "auto")
+BPF_OUTPUTS = ("auto", "ringbuf", "perf")
+COLLECTOR_PRIORITY_BOOST = 10  # nice levels: about 9x the workload's CPU share where they compete
 IRQ_FLAGS = ("TRACE_FLAG_SOFTIRQ", "TRACE_FLAG_HARDIRQ", "TRACE_FLAG_NMI")
 
 
@@ -79,6 +81,7 @@ class CaptureOptions:
     segment_seconds: float = 30.0
     buffer_kb: int = 32 * 1024
     backend: str = "tracefs"  # tracefs, ebpf, or auto (eBPF when bcc loads, else tracefs)
+    bpf_output: str = "auto"  # eBPF: ringbuf, perf (buffers), or auto (the ring buffer where the kernel has one)
 
 
 @dataclass
@@ -195,6 +198,7 @@ class Collector:
     def _trace(self) -> None:
         ringbuf.warm_up()
         pseudonyms.warm_up()
+        self._raise_priority()
         start_ns = time.monotonic_ns()
         self.decoder.t0 = start_ns
         self.manifest["start"]["trace_ns"] = start_ns
@@ -214,6 +218,12 @@ class Collector:
         self._drain(final=True)
         self.manifest["end"] = {"wall": wall_now(), "trace_ns": time.monotonic_ns()}
         self.writer.close_segment()
+
+    def _raise_priority(self) -> None:
+        """Run at a higher CPU priority than the workload (which keeps ours as we found it):
+        when the two share a CPU, the workload waits rather than events being dropped."""
+        self.workload_nice = os.getpriority(os.PRIO_PROCESS, 0)
+        os.setpriority(os.PRIO_PROCESS, 0, max(self.workload_nice - COLLECTOR_PRIORITY_BOOST, -20))
 
     def _start_sources(self) -> None:
         for instance in self.instances[1:]:  # the task instance waits for the workload's pid
@@ -237,6 +247,7 @@ class Collector:
 
         def enter_memcg_and_trace() -> None:  # runs in the child between fork and exec
             pid = os.getpid()
+            os.setpriority(os.PRIO_PROCESS, 0, self.workload_nice)
             procs.write_text(str(pid))
             self._admit_in_child(pid)
 
@@ -416,6 +427,8 @@ def capture(options: CaptureOptions, report: Callable[[Progress], None], say: Ca
         raise CaptureError("live capture needs root (tracefs and cgroups); run it with sudo")
     if options.backend not in BACKENDS:
         raise CaptureError(f"--backend {options.backend}: choose one of {', '.join(BACKENDS)}")
+    if options.bpf_output not in BPF_OUTPUTS:
+        raise CaptureError(f"--bpf-output {options.bpf_output}: choose one of {', '.join(BPF_OUTPUTS)}")
     if options.backend != "tracefs":
         from collect import ebpf  # bcc is optional: imported only when asked for
 

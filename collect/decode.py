@@ -86,6 +86,16 @@ class Columns:
         return pa.array(self.values[name][keep], type=dtype, mask=~self.valid[name][keep])
 
 
+@dataclass(frozen=True)
+class SlabCache:
+    """What a slab cache key stands for (the eBPF backend names caches by key, not by string)."""
+
+    name: str
+    object_size: int  # bytes_req of its allocations
+    size: int  # bytes_alloc
+    account: bool  # SLAB_ACCOUNT: all its allocations are charged
+
+
 @dataclass
 class Decoder:
     """Turns merged, time-ordered RawEvents batches into EVENT_SCHEMA tables.
@@ -103,6 +113,7 @@ class Decoder:
     workload_pids: set[int] = field(default_factory=set)
     pseudonyms: Pseudonyms = field(default_factory=Pseudonyms)
     call_sites: CallSites = field(default_factory=CallSites)
+    slab_caches: dict[int, SlabCache] = field(default_factory=dict)  # by key, for records with a "cache" field
 
     def decode(self, raw: RawEvents) -> pa.Table:
         """Frees in interrupt context come from an instance without a pid filter: they are
@@ -139,6 +150,7 @@ class Decoder:
 
     def _fill(self, kind: str, fmt: EventFormat, raw: RawEvents, rows: np.ndarray, cols: Columns) -> None:
         f = {name: field_values(raw, rows, spec) for name, spec in fmt.fields.items() if not spec.data_loc and spec.size in (1, 2, 4, 8)}
+        cache_names = self._from_slab_caches(f) if "cache" in f else None
         if "call_site" in f:
             cols.put("call_site", rows, self.call_sites.ids_for(f["call_site"]))
         if kind in ("kmalloc", "kmem_cache_alloc"):
@@ -150,7 +162,7 @@ class Decoder:
             cols.put("accounted", rows, accounted)
             cols.put("failed", rows, f["ptr"] == 0)
         if kind in ("kmem_cache_alloc", "kmem_cache_free"):
-            cols.put_strings("cache", rows, string_values(raw, rows, fmt.fields["name"]))
+            cols.put_strings("cache", rows, string_values(raw, rows, fmt.fields["name"]) if cache_names is None else cache_names)
         if kind == "page_alloc":
             order = f["order"].astype(np.int64)
             cols.put("order", rows, order)
@@ -179,6 +191,20 @@ class Decoder:
             cols.put(RAW_ADDRESS, rows, f["ptr"])
         if "pfn" in f:
             cols.put(RAW_ADDRESS, rows, np.where(f["pfn"] == NO_PFN, 0, f["pfn"] | PAGE_TAG))
+
+    def _from_slab_caches(self, f: dict[str, np.ndarray]) -> np.ndarray:
+        """Records that name their cache by key: the cache's sizes and SLAB_ACCOUNT stand in
+        for the tracepoint's bytes_req, bytes_alloc and accounted fields (as the kernel
+        fills them in); returns the cache names (None for a key no record described)."""
+        keys, inverse = np.unique(f.pop("cache"), return_inverse=True)
+        caches = [self.slab_caches.get(int(key)) for key in keys.tolist()]
+        inverse = inverse.reshape(-1)
+        f["bytes_req"] = np.array([c.object_size if c else 0 for c in caches], np.uint64)[inverse]
+        f["bytes_alloc"] = np.array([c.size if c else 0 for c in caches], np.uint64)[inverse]
+        if "gfp_flags" in f:
+            account = np.array([c is not None and c.account for c in caches], bool)[inverse]
+            f["accounted"] = account | ((f["gfp_flags"] & self.gfp_account) != 0)
+        return np.array([c.name if c else None for c in caches], object)[inverse]
 
     def _assign_objects(self, kind: np.ndarray, cols: Columns) -> None:
         if RAW_ADDRESS not in cols.values:

@@ -1,23 +1,22 @@
-"""The eBPF backend: collect/kmem_bpf.c, loaded with bcc, read through a mapped ring buffer.
+"""The eBPF backend: collect/kmem_bpf.c, loaded with bcc, read through mapped buffers.
 
 The program is compiled and attached by a loader process (collect/bpf_loader.py: bcc
 stays out of this process, see there) that hands over the maps' file descriptors and
 holds the programs attached until this process closes their socket or dies (the loader
 dies with it: PR_SET_PDEATHSIG). The programs detach when the loader exits; nothing is
-pinned or left in tracefs. This process works the maps with the bpf() system call.
+pinned or left in tracefs. This process works the maps with the bpf() system call and
+reads the records in batches (collect/bpf_outputs.py): from a BPF ring buffer, or from
+per-CPU perf buffers where the kernel has no ring buffer (before 5.8) or when asked
+(`bpf_output="perf"`).
 
-Records are fixed-size (`struct record` in kmem_bpf.c). The ring buffer map is mapped
-into this process (consumer page read-write, producer page and data read-only, the data
-mapped twice by the kernel so a batch is one contiguous slice) and drained in batches:
-one copy, a structured numpy view, and the consumer position advanced past the last
-committed record. bcc's own ring_buffer_poll (a Python callback per record) is not used.
+Compile-time facts come from the running kernel: struct kmem_cache's member offsets and
+the slab tracepoints' argument types from its BTF (the program reads the cache's name and
+sizes itself), SLAB_ACCOUNT from BTF's enum _slab_flag_bits, pid_max from /proc.
 
-The records are then described to collect.decode.Decoder with synthetic EventFormats
-(field name -> offset in `struct record`), so pseudonyms, call-site ids, task names and
-the kind mapping are the tracefs backend's. What differs: the BPF program cannot read a
-record's common_flags (bcc overwrites them), so `ctx` is null; and frees are filtered in
-the kernel (by a workload task, or of an object a workload task allocated, whoever frees
-it, in any context).
+The records are described to collect.decode.Decoder (collect/ebpf_records.py). What
+differs from tracefs: the BPF program cannot read a record's common_flags, so `ctx` is
+null; and frees are filtered in the kernel (by a workload task, or of an object a
+workload task allocated, whoever frees it, in any context).
 """
 from __future__ import annotations
 
@@ -25,7 +24,6 @@ import ctypes as ct
 import json
 import mmap
 import os
-import platform
 import signal
 import socket
 import subprocess
@@ -33,79 +31,49 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
-from collect.collector import INSTANCE_SUFFIXES, Collector, CaptureOptions, Progress
-from collect.decode import TRACEPOINT_KINDS, Decoder
-from collect.event_format import EventFormat, Field
-from collect.ringbuf import RawEvents
+from collect import bpf_outputs
 from collect.bpf_loader import MAPS, Unavailable
+from collect.bpf_outputs import BpfMap, PerfReader, RingReader
 from collect.cleanup import wait_or_kill
-from traces.kernel_tables import gfp_bit, read_gfp_table, read_kernel_enums
+from collect.collector import INSTANCE_SUFFIXES, Collector, CaptureOptions, Progress
+from collect.decode import Decoder
+from collect.ebpf_records import NAMED_RECORD_SIZE, RECORD_SIZE, raw_events, record_formats, slab_caches
+from collect.ringbuf import RawEvents
+from traces.kernel_tables import gfp_bit, read_btf, read_btf_enums, read_gfp_table, read_kernel_enums
 
 LOADER = [sys.executable, "-m", "collect.bpf_loader"]
+LOST_SLOT, OBJECTS_EVICTED_SLOT = 0, 1  # counters[] in kmem_bpf.c
+OBJECT_SLOTS_LOG2 = 20  # `objects`: 1 M slots, 8 MiB; 0.4% of allocations evicted a live object on the overhead benchmark
 
-HEADER_SIZE = 8  # the ring buffer's record header: u32 len (bit 31 busy, bit 30 discard), u32 page offset
-PAYLOAD_SIZE = 96  # sizeof(struct record)
-RECORD_SIZE = HEADER_SIZE + PAYLOAD_SIZE  # already a multiple of 8
-BUSY_BIT = 1 << 31
-DISCARD_BIT = 1 << 30
-LOST_SLOT, OBJECTS_FULL_SLOT = 0, 1  # counters[] in kmem_bpf.c
-
-# struct record, after the ring buffer's header.
-RECORD_DTYPE = np.dtype({
-    "names": ["len", "pg_off", "ts", "a", "p", "b", "c", "gfp", "pid", "type", "cpu", "s", "accounted", "pad", "name_loc", "name"],
-    "formats": ["<u4", "<u4", "<u8", "<u8", "<u8", "<u8", "<u8", "<u4", "<i4", "<u2", "<u2", "<i2", "u1", "u1", "<u4", "S36"],
-    "offsets": [0, 4, 8, 16, 24, 32, 40, 48, 52, 56, 58, 60, 62, 63, 64, 68],
-    "itemsize": RECORD_SIZE,
-})
-
-# Field offsets inside the payload (struct record), by slot.
-_SLOTS = {"a": (8, 8), "p": (16, 8), "b": (24, 8), "c": (32, 8), "gfp": (40, 4), "s": (52, 2), "accounted": (54, 1)}
-NAME_LOC_OFFSET, NAME_OFFSET, NAME_LEN = 56, 60, 36
-_COMMON = {"common_pid": Field("common_pid", 44, 4, True, False)}
-
-# Record type id (T_* in kmem_bpf.c) -> tracepoint, and the tracepoint field each slot holds.
-RECORD_TYPES: dict[int, tuple[str, str, dict[str, str | tuple[str, bool]]]] = {
-    1: ("kmem", "kmalloc", {"call_site": "a", "ptr": "p", "bytes_req": "b", "bytes_alloc": "c", "gfp_flags": "gfp", "node": ("s", True)}),
-    2: ("kmem", "kmem_cache_alloc", {"call_site": "a", "ptr": "p", "bytes_req": "b", "bytes_alloc": "c", "gfp_flags": "gfp",
-                                     "node": ("s", True), "accounted": "accounted", "name": "name"}),
-    3: ("kmem", "kfree", {"call_site": "a", "ptr": "p"}),
-    4: ("kmem", "kmem_cache_free", {"call_site": "a", "ptr": "p", "name": "name"}),
-    5: ("kmem", "mm_page_alloc", {"pfn": "p", "order": ("s", False), "gfp_flags": "gfp"}),
-    6: ("kmem", "mm_page_free", {"pfn": "p", "order": ("s", False)}),
-    7: ("memcg", "mod_memcg_state", {"id": "a", "item": ("gfp", True), "val": ("b", True)}),
-    8: ("memcg", "mod_memcg_lruvec_state", {"id": "a", "item": ("gfp", True), "val": ("b", True)}),
-    9: ("memcg", "count_memcg_events", {"id": "a", "item": ("gfp", True), "val": ("b", True)}),
-    10: ("vmscan", "mm_vmscan_memcg_reclaim_begin", {"order": ("s", True), "gfp_flags": "gfp"}),
-    11: ("vmscan", "mm_vmscan_memcg_reclaim_end", {"nr_reclaimed": "b"}),
-    12: ("raw_syscalls", "sys_exit", {"id": ("a", True)}),
-    13: ("oom", "mark_victim", {"pid": ("a4", True)}),
-    14: ("sched", "sched_process_fork", {"child_pid": ("a4", True), "child_comm": "name"}),
-    15: ("sched", "sched_process_exec", {"pid": ("a4", True), "filename": "name"}),
-    16: ("task", "task_rename", {"pid": ("a4", True), "newcomm": "comm"}),
+# The raw tracepoints kmem_bpf.c reads, with the argument types it expects (TP_PROTO since 6.1).
+SLAB_TRACEPOINT_ARGS = {
+    "kmalloc": ["long unsigned int", "const void *", "size_t", "size_t", "gfp_t", "int"],
+    "kmem_cache_alloc": ["long unsigned int", "const void *", "struct kmem_cache *", "gfp_t", "int"],
+    "kfree": ["long unsigned int", "const void *"],
+    "kmem_cache_free": ["long unsigned int", "const void *", "const struct kmem_cache *"],
 }
+KMEM_CACHE_MEMBERS = ("name", "object_size", "size", "flags")
+SLAB_ACCOUNT_BEFORE_6_9 = 0x04000000  # include/linux/slab.h, before the flags became enum _slab_flag_bits
 
 
-def record_formats() -> dict[int, tuple[str | None, EventFormat]]:
-    """Record type id -> (trace kind, an EventFormat describing where struct record keeps its fields)."""
-    formats = {}
-    for type_id, (system, name, slots) in RECORD_TYPES.items():
-        fields = dict(_COMMON)
-        for field_name, slot in slots.items():
-            slot, signed = slot if isinstance(slot, tuple) else (slot, False)
-            if slot == "name":
-                spec = Field(field_name, NAME_LOC_OFFSET, 4, False, True)
-            elif slot == "comm":
-                spec = Field(field_name, NAME_OFFSET, 16, False, False)
-            elif slot == "a4":
-                spec = Field(field_name, 8, 4, signed, False)
-            else:
-                offset, size = _SLOTS[slot]
-                spec = Field(field_name, offset, size, signed, False)
-            fields[field_name] = spec
-        formats[type_id] = (TRACEPOINT_KINDS[(system, name)], EventFormat(system, name, type_id, fields, ""))
-    return formats
+def kernel_layout() -> tuple[list[str], int]:
+    """The cflags describing the running kernel to kmem_bpf.c, and SLAB_ACCOUNT's value;
+    Unavailable if its slab tracepoints are not the ones the program reads."""
+    try:
+        btf = read_btf()
+        for event, expected in SLAB_TRACEPOINT_ARGS.items():
+            if (found := btf.tracepoint_args(event)) != expected:
+                raise Unavailable(f"tracepoint {event} passes ({', '.join(found)}), not ({', '.join(expected)}) as since Linux 6.1")
+        offsets = btf.member_offsets("kmem_cache", KMEM_CACHE_MEMBERS)
+    except (OSError, KeyError, ValueError) as error:
+        raise Unavailable(f"cannot read the kernel's slab layout from BTF: {error}") from None
+    try:
+        slab_account = 1 << read_btf_enums(["_slab_flag_bits"])["_slab_flag_bits"]["_SLAB_ACCOUNT"]
+    except KeyError:
+        slab_account = SLAB_ACCOUNT_BEFORE_6_9
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    cflags = [f"-DKMEM_CACHE_{member.upper()}={offset}" for member, offset in offsets.items()]
+    return cflags + [f"-DPID_MAX={pid_max}", f"-DOBJECT_SLOTS_LOG2={OBJECT_SLOTS_LOG2}"], slab_account
 
 
 def check_available() -> None:
@@ -117,68 +85,51 @@ def check_available() -> None:
         raise Unavailable(result.stdout.strip() or result.stderr.strip().splitlines()[-1])
 
 
-def _ring_pages(buffer_kb: int) -> int:
-    """Ring buffer pages: what the tracefs backend allocates in all (buffer_kb for each CPU
-    of each of its INSTANCE_SUFFIXES), rounded down to a power of two; one ring buffer
-    serves every CPU, and the kernel allocates it whole when the map is created."""
-    total_kb = buffer_kb * len(INSTANCE_SUFFIXES) * (os.cpu_count() or 1)
-    pages = max(total_kb * 1024 // mmap.PAGESIZE, 1)
-    return 1 << (pages.bit_length() - 1)
+def _power_of_two(n: int) -> int:
+    """The largest power of two <= n (1 for n < 1)."""
+    return 1 << (max(n, 1).bit_length() - 1)
 
 
-_SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine(), 321)
-_MAP_LOOKUP_ELEM, _MAP_UPDATE_ELEM = 1, 2
-_libc = ct.CDLL(None, use_errno=True)
+def _output_pages(buffer_kb: int) -> tuple[int, int]:
+    """Pages for the `records` and `named` ring buffers: what the tracefs backend allocates
+    in all (buffer_kb for each CPU of each of its INSTANCE_SUFFIXES), rounded down to a
+    power of two, and a sixteenth of that for the rare named records. The kernel
+    allocates a ring buffer whole when the map is created."""
+    records = _power_of_two(buffer_kb * 1024 * len(INSTANCE_SUFFIXES) * (os.cpu_count() or 1) // mmap.PAGESIZE)
+    return records, max(records // 16, 16)
 
 
-class _MapAttr(ct.Structure):
-    _fields_ = [("map_fd", ct.c_uint32), ("pad", ct.c_uint32), ("key", ct.c_uint64), ("value", ct.c_uint64), ("flags", ct.c_uint64)]
+def _output_cflags(bpf_output: str, buffer_kb: int) -> list[str]:
+    if bpf_output == "perf":
+        return ["-DPERF_OUTPUT"]
+    records, named = _output_pages(buffer_kb)
+    return [f"-DRINGBUF_PAGES={records}", f"-DNAMED_RINGBUF_PAGES={named}"]
 
 
-class BpfMap:
-    """A BPF map by file descriptor, worked with the bpf() system call (fixed key/value types)."""
-
-    def __init__(self, fd: int, key: type, value: type, per_cpu: bool = False) -> None:
-        self.fd, self.key, self.value = fd, key, value
-        self.cpus = _possible_cpus() if per_cpu else 1
-
-    def _call(self, cmd: int, key: ct._SimpleCData, value: ct.Array | ct._SimpleCData) -> None:
-        attr = _MapAttr(self.fd, 0, ct.addressof(key), ct.addressof(value), 0)
-        if _libc.syscall(_SYS_BPF, cmd, ct.byref(attr), ct.sizeof(attr)) < 0:
-            error = ct.get_errno()
-            raise OSError(error, f"bpf map {'lookup' if cmd == _MAP_LOOKUP_ELEM else 'update'}: {os.strerror(error)}")
-
-    def __setitem__(self, key: int, value: int) -> None:
-        self._call(_MAP_UPDATE_ELEM, self.key(key), self.value(value))
-
-    def per_cpu(self, key: int) -> list[int]:
-        values = (self.value * self.cpus)()  # per-CPU values are 8-byte aligned: u64 here
-        self._call(_MAP_LOOKUP_ELEM, self.key(key), values)
-        return list(values)
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
-def _possible_cpus() -> int:
-    """How many values a per-CPU map holds: one per possible CPU (0-N ranges)."""
-    text = Path("/sys/devices/system/cpu/possible").read_text().strip()
-    return max(int(part.split("-")[-1]) for part in text.split(",")) + 1
+def choose_output(requested: str) -> tuple[str, str | None]:
+    """The output kmem_bpf.c writes to, and a note when that is not what was asked."""
+    if bpf_outputs.ring_buffer_supported():
+        return ("ringbuf", None) if requested != "perf" else ("perf", None)
+    if requested == "ringbuf":
+        raise Unavailable("this kernel has no BPF ring buffer (Linux 5.8+); use --bpf-output perf or auto")
+    return "perf", None if requested == "perf" else "no BPF ring buffer in this kernel (before 5.8): using perf buffers"
 
 
 def _die_with_parent() -> None:
     PR_SET_PDEATHSIG = 1
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    ct.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 class Loader:
     """The loader process and what it handed over: map fds, and whether charge probes attached."""
 
     def __init__(self, options: CaptureOptions) -> None:
+        self.output, self.output_note = choose_output(options.bpf_output)
+        layout, self.slab_account = kernel_layout()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.socket = ours
         self.process = subprocess.Popen(
-            [*LOADER, str(theirs.fileno()), f"-DRINGBUF_PAGES={_ring_pages(options.buffer_kb)}"],
+            [*LOADER, str(theirs.fileno()), *layout, *_output_cflags(self.output, options.buffer_kb)],
             pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             preexec_fn=_die_with_parent,
         )
@@ -194,7 +145,7 @@ class Loader:
             self.process.stderr.close()
             raise Unavailable(reply.get("error") or (stderr[-1] if stderr else f"the BPF loader exited with {self.process.returncode}"))
         fd = dict(zip(MAPS, fds))
-        self.records_fd = fd["records"]
+        self.output_fds = (fd["records"], fd["named"])
         self.tracked = BpfMap(fd["tracked"], ct.c_uint32, ct.c_uint8)
         self.config = BpfMap(fd["config"], ct.c_int32, ct.c_uint64)
         self.counters = BpfMap(fd["counters"], ct.c_int32, ct.c_uint64, per_cpu=True)
@@ -207,54 +158,11 @@ class Loader:
         for name in ("tracked", "config", "counters"):
             if hasattr(self, name):
                 getattr(self, name).close()
-        if hasattr(self, "records_fd"):
-            os.close(self.records_fd)
+        for fd in getattr(self, "output_fds", ()):
+            os.close(fd)
         self.socket.close()
         wait_or_kill(self.process, timeout=10)
         self.process.stderr.close()
-
-
-class RingReader:
-    """Batch consumer of a BPF ring buffer map of fixed-size records, through mmap."""
-
-    def __init__(self, map_fd: int, size: int) -> None:
-        page = mmap.PAGESIZE
-        self.size = size
-        self._consumer = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
-        self._producer = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
-        self.consumer_pos = np.frombuffer(self._consumer, np.uint64, 1)
-        self.producer_pos = np.frombuffer(self._producer, np.uint64, 1)
-        self.data = np.frombuffer(self._producer, np.uint8, offset=page)
-
-    def read(self) -> np.ndarray:
-        """The committed records since the last read, as RECORD_DTYPE (consumed)."""
-        consumer, producer = int(self.consumer_pos[0]), int(self.producer_pos[0])
-        start = consumer & (self.size - 1)
-        chunk = self.data[start : start + (producer - consumer)].copy()  # the data is mapped twice: no wrap
-        if chunk.size % RECORD_SIZE:
-            raise RuntimeError(f"BPF ring buffer holds {chunk.size} bytes, not whole {RECORD_SIZE}-byte records")
-        records = chunk.view(RECORD_DTYPE)
-        busy = (records["len"] & BUSY_BIT) != 0
-        ready = int(np.argmax(busy)) if busy.any() else len(records)
-        self.consumer_pos[0] = consumer + ready * RECORD_SIZE  # the kernel may reuse the space now
-        records = records[:ready]
-        return records[(records["len"] & DISCARD_BIT) == 0]
-
-    def close(self) -> None:
-        del self.consumer_pos, self.producer_pos, self.data
-        self._consumer.close()
-        self._producer.close()
-
-
-def raw_events(records: np.ndarray) -> RawEvents:
-    """The records as RawEvents over their own bytes (payloads at HEADER_SIZE + i*RECORD_SIZE)."""
-    n = len(records)
-    return RawEvents(
-        ts=records["ts"].copy(), cpu=records["cpu"].copy(), type_id=records["type"].copy(),
-        start=np.arange(n, dtype=np.int64) * RECORD_SIZE + HEADER_SIZE,
-        length=np.full(n, PAYLOAD_SIZE, dtype=np.int32),
-        data=records.view(np.uint8).reshape(-1), missed=0,
-    )
 
 
 class EbpfCollector(Collector):
@@ -263,16 +171,26 @@ class EbpfCollector(Collector):
     def __init__(self, options: CaptureOptions, report: Callable[[Progress], None], say: Callable[[str], None], loader: Loader) -> None:
         super().__init__(options, report, say)
         self.loader = loader
-        self.ring: RingReader | None = None
+        self.outputs: list[RingReader | PerfReader] = []  # records, then named records
 
     def _owned_paths(self, root: Path) -> list[Path]:
         return []  # the BPF programs go with the loader, which dies with this process
 
     def _open_sources(self, root: Path) -> None:
-        self.ring = RingReader(self.loader.records_fd, _ring_pages(self.options.buffer_kb) * mmap.PAGESIZE)
-        self.tracked, self.config, self.counters = self.loader.tracked, self.loader.config, self.loader.counters
-        if self.loader.charge_problem:
-            self.say(f"charge probes unavailable: {self.loader.charge_problem}; recording tracepoints only")
+        loader = self.loader
+        pages = _output_pages(self.options.buffer_kb)
+        if loader.output == "perf":  # the same pages, split between the CPUs
+            cpus = len(bpf_outputs.online_cpus())
+            self.outputs = [PerfReader(BpfMap(fd, ct.c_uint32, ct.c_uint32), _power_of_two(n // cpus))
+                            for fd, n in zip(loader.output_fds, pages)]
+        else:
+            self.outputs = [RingReader(fd, n * mmap.PAGESIZE, size)
+                            for fd, n, size in zip(loader.output_fds, pages, (RECORD_SIZE, NAMED_RECORD_SIZE))]
+        bpf_outputs.warm_up()
+        self.tracked, self.config, self.counters = loader.tracked, loader.config, loader.counters
+        for note in (loader.output_note, loader.charge_problem and f"charge probes unavailable: {loader.charge_problem}; recording tracepoints only"):
+            if note:
+                self.say(note)
         self.decoder = Decoder(
             formats=record_formats(),
             gfp_account=gfp_bit(read_gfp_table(root), "__GFP_ACCOUNT"),
@@ -295,10 +213,16 @@ class EbpfCollector(Collector):
         pass
 
     def _read_parts(self) -> list[RawEvents]:
-        return [raw_events(self.ring.read())]
+        """Records first, then named records: a slab record's T_CACHE was written before
+        the record, so it is among the named records read after it."""
+        records_output, named_output = self.outputs
+        records = raw_events(*records_output.read(), RECORD_SIZE)
+        named = raw_events(*named_output.read(), NAMED_RECORD_SIZE)
+        self.decoder.slab_caches.update(slab_caches(named, self.loader.slab_account))
+        return [records, named]
 
     def _sources_open(self) -> bool:
-        return self.ring is not None
+        return bool(self.outputs)
 
     def _counter(self, slot: int) -> list[int]:
         return self.counters.per_cpu(slot)
@@ -307,13 +231,13 @@ class EbpfCollector(Collector):
         return dict(enumerate(self._counter(LOST_SLOT)))
 
     def _write_manifest(self) -> None:
-        if self.ring is not None:
-            self.manifest["ebpf"] = {"objects_not_followed": sum(self._counter(OBJECTS_FULL_SLOT)),
+        if self.outputs:
+            self.manifest["ebpf"] = {"output": self.loader.output, "objects_evicted": sum(self._counter(OBJECTS_EVICTED_SLOT)),
                                      "record_bytes": RECORD_SIZE, "ctx": "not recorded (null)"}
         super()._write_manifest()
 
     def _close_sources(self) -> None:
-        if self.ring is not None:
-            self.ring.close()
-            self.ring = None
+        for output in self.outputs:
+            output.close()
+        self.outputs = []
         self.loader.close()

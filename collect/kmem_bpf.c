@@ -1,26 +1,49 @@
 // chargeplay's eBPF capture program (compiled and attached with bcc by collect/bpf_loader.py,
 // read by collect/ebpf.py).
 //
-// Uses only tracepoint arguments (args->field) and BPF helpers: no kernel struct layout,
-// so one build of it works on any kernel with these tracepoints.
+// The slab events (kmalloc, kmem_cache_alloc, kfree, kmem_cache_free: three quarters of a
+// kmem trace) are raw tracepoints: their programs get the tracepoint's arguments as they
+// are, at about half the cost of a classic tracepoint program, which first builds the
+// tracefs record. Everything else is a classic tracepoint (args->field). The one kernel
+// struct read is `struct kmem_cache`, at offsets the loader takes from the running
+// kernel's BTF (KMEM_CACHE_*): no kernel header layout is compiled in.
 //
-// Every event is one fixed-size `struct record` in a BPF ring buffer; collect/ebpf.py
-// maps the ring buffer and reads whole batches with numpy. Filtering happens here:
+// Output: fixed-size records, in a BPF ring buffer (or per-CPU perf buffers, PERF_OUTPUT,
+// on kernels before 5.8), drained in batches with numpy by polling (no wakeups: a wakeup
+// per record costs more than the record). Two outputs, so the frequent records stay one
+// cache line: `records` (struct record, 56 bytes) and `named` (struct named_record, a
+// record with a name: slab caches, forks, execs, renames). A record that finds its output
+// full is counted in counters[LOST] (per CPU).
+//
+// A slab cache is named once: the first event of a cache (per slot of the direct-mapped
+// `caches`) sends a T_CACHE named record with the cache's name, sizes and flags, keyed by
+// its address; slab records carry that key, which collect/ebpf.py turns into the cache
+// name in memory (it is never stored).
+//
+// Filtering happens here:
 //   - allocations, reclaim, syscall exits, OOM victims, renames: tasks in `tracked` only
-//     (the workload's pids; a fork of a tracked task adds the child, its end removes it);
+//     (the workload's thread ids; a fork of a tracked task adds the child, its end removes it);
 //   - frees: by a tracked task, or of an object a tracked task allocated (`objects`),
 //     whoever frees it (RCU callbacks free the workload's objects from softirq);
 //   - memcg stat events: the target memcg only (`config[0]`, its cgroup id, set by the
-//     loader; 0 while the capture is off: then nothing is recorded).
-// A record that finds the ring buffer full is counted in `counters[LOST]` (per CPU).
+//     collector; 0 while the capture is off: then nothing is recorded).
+// Both filters are arrays, not hash maps: an array lookup is a few instructions, while a
+// hash map update cost about 300 ns per allocation here (a quarter of the capture's cost).
+//   - `tracked` has a slot per possible thread id (PID_MAX, /proc/sys/kernel/pid_max);
+//   - `objects` works like a 2-way set-associative CPU cache: an object's address picks a
+//     pair of slots, and an allocation whose pair holds two other live objects evicts the
+//     older (counted in counters[OBJECTS_EVICTED]): a later free of the evicted object by
+//     another task (only frees by other tasks need the table) is then not recorded.
 //
-// Compile-time setting (cflags from collect/ebpf.py): RINGBUF_PAGES.
+// Compile-time settings (cflags from collect/ebpf.py): PERF_OUTPUT or RINGBUF_PAGES and
+// NAMED_RINGBUF_PAGES, PID_MAX, OBJECT_SLOTS_LOG2, KMEM_CACHE_{NAME,OBJECT_SIZE,SIZE,FLAGS}.
 
 #define NAME_LEN 36
 #ifndef TASK_COMM_LEN
 #define TASK_COMM_LEN 16
 #endif
 #define PAGE_TAG (1ULL << 63)  // page frame numbers get their own key space in `objects`
+#define CACHE_SLOTS 1024
 
 // Record type ids (collect/ebpf.py: RECORD_TYPES).
 #define T_KMALLOC 1
@@ -39,32 +62,46 @@
 #define T_FORK 14
 #define T_EXEC 15
 #define T_RENAME 16
+#define T_CACHE 17
 
 // Counter slots (per CPU).
-#define LOST 0             // records dropped: ring buffer full
-#define OBJECTS_FULL 1     // workload objects not remembered: `objects` full
+#define LOST 0             // records dropped: output full
+#define OBJECTS_EVICTED 1  // workload objects forgotten: their `objects` slots were taken
 
-// 96 bytes; the ring buffer adds an 8-byte header. Field use per type: collect/ebpf.py.
+// 56 bytes; the ring buffer adds an 8-byte header: one 64-byte cache line. Field use per
+// type: RECORD_TYPES in collect/ebpf.py.
 struct record {
     u64 ts;        // bpf_ktime_get_ns(): CLOCK_MONOTONIC
-    u64 a;         // call_site | memcg id | syscall id | pid (victim, child, exec, rename)
+    u64 a;         // call_site | memcg id | syscall id | pid (victim, child, exec, rename) | cache key
     u64 p;         // object pointer | pfn
-    u64 b;         // bytes_req | val | nr_reclaimed
-    u64 c;         // bytes_alloc
-    u32 gfp;       // gfp flags | memcg item
+    u64 k;         // slab cache key (its address, never stored)
+    u32 b;         // bytes_req | val | nr_reclaimed | object_size
+    u32 c;         // bytes_alloc | size
+    u32 gfp;       // gfp flags | memcg item | cache flags
     s32 pid;       // current thread id
     u16 type;      // T_*
     u16 cpu;
     s16 s;         // node | order
-    u8 accounted;
-    u8 pad;
+    u16 pad;
+};
+
+struct named_record {
+    struct record r;
     u32 name_loc;  // data_loc of `name`: (NAME_LEN << 16) | offset from the record start
     char name[NAME_LEN];  // slab cache | task name
 };
 
+#ifdef PERF_OUTPUT
+BPF_PERF_OUTPUT(records);
+BPF_PERF_OUTPUT(named);
+#else
 BPF_RINGBUF_OUTPUT(records, RINGBUF_PAGES);
-BPF_HASH(tracked, u32, u8, 65536);
-BPF_HASH(objects, u64, u8, 262144);  // preallocated: updates and deletes stay cheap
+BPF_RINGBUF_OUTPUT(named, NAMED_RINGBUF_PAGES);
+#endif
+
+BPF_ARRAY(tracked, u8, PID_MAX);
+BPF_ARRAY(objects, u64, 1 << OBJECT_SLOTS_LOG2);
+BPF_ARRAY(caches, u64, CACHE_SLOTS);
 BPF_PERCPU_ARRAY(counters, u64, 2);
 BPF_ARRAY(config, u64, 1);
 
@@ -80,7 +117,14 @@ static __always_inline u32 current_tid(void) {
 }
 
 static __always_inline int is_tracked(u32 tid) {
-    return target_memcg() != 0 && tracked.lookup(&tid) != NULL;
+    u8 *yes = tracked.lookup(&tid);
+    return yes && *yes && target_memcg() != 0;
+}
+
+static __always_inline void set_tracked(u32 tid, u8 yes) {
+    u8 *slot = tracked.lookup(&tid);
+    if (slot)
+        *slot = yes;
 }
 
 static __always_inline void count(int slot) {
@@ -89,130 +133,182 @@ static __always_inline void count(int slot) {
         (*n)++;
 }
 
-// A record in the ring buffer, or NULL (counted as lost) when it is full. Not zeroed (that
-// costs a fifth of the capture's overhead): each probe sets every field its type uses
-// (RECORD_TYPES in collect/ebpf.py), and unused bytes hold only earlier records' data.
-static __always_inline struct record *reserve(u16 type) {
-    struct record *r = records.ringbuf_reserve(sizeof(struct record));
-    if (!r) {
-        count(LOST);
-        return NULL;
-    }
+static __always_inline void stamp(struct record *r, u16 type) {
     r->ts = bpf_ktime_get_ns();
     r->pid = current_tid();
     r->type = type;
     r->cpu = bpf_get_smp_processor_id();
-    r->name_loc = (NAME_LEN << 16) | offsetof(struct record, name);
-    return r;
 }
 
-static __always_inline void emit(struct record *r) {
-    records.ringbuf_submit(r, 0);
+// (bcc allows map calls in functions only, not in macros.)
+static __always_inline void emit(void *ctx, struct record *r) {
+#ifdef PERF_OUTPUT
+    int failed = records.perf_submit(ctx, r, sizeof(*r));
+#else
+    int failed = records.ringbuf_output(r, sizeof(*r), BPF_RB_NO_WAKEUP);
+#endif
+    if (failed)
+        count(LOST);
+}
+
+static __always_inline void emit_named(void *ctx, struct named_record *n) {
+    n->name_loc = (NAME_LEN << 16) | offsetof(struct named_record, name);
+#ifdef PERF_OUTPUT
+    int failed = named.perf_submit(ctx, n, sizeof(*n));
+#else
+    int failed = named.ringbuf_output(n, sizeof(*n), BPF_RB_NO_WAKEUP);
+#endif
+    if (failed)
+        count(LOST);
+}
+
+// The pair of `objects` slots an address may occupy (Fibonacci hashing: the top bits of
+// key * 2^64/phi pick the pair).
+static __always_inline u32 object_set(u64 key) {
+    return ((key * 0x9E3779B97F4A7C15ULL) >> (64 - OBJECT_SLOTS_LOG2)) & ~1U;
 }
 
 static __always_inline void remember(u64 key) {
-    u8 one = 1;
-    if (key && objects.update(&key, &one) != 0)
-        count(OBJECTS_FULL);
+    u32 index = object_set(key), other = index + 1;
+    u64 *first = objects.lookup(&index), *second = objects.lookup(&other);
+    if (!first || !second || !key)
+        return;
+    if (*first == 0 || *first == key) {
+        *first = key;
+    } else if (*second == 0 || *second == key) {
+        *second = key;
+    } else {
+        count(OBJECTS_EVICTED);
+        *second = *first;  // the older one goes: the pair keeps the newest two
+        *first = key;
+    }
 }
 
-// A free is kept if a tracked task frees or the object is the workload's (then forgotten).
+// Whether the workload allocated this object (and it is not freed yet); forgets it.
+static __always_inline int forget(u64 key) {
+    u32 index = object_set(key), other = index + 1;
+    u64 *first = objects.lookup(&index), *second = objects.lookup(&other);
+    if (first && *first == key) {
+        *first = 0;
+        return 1;
+    }
+    if (second && *second == key) {
+        *second = 0;
+        return 1;
+    }
+    return 0;
+}
+
+// A free is kept if a tracked task frees or the object is the workload's.
 static __always_inline int wanted_free(u64 key) {
     if (target_memcg() == 0)
         return 0;
-    int ours = objects.lookup(&key) != NULL;
-    if (ours)
-        objects.delete(&key);
-    return ours || is_tracked(current_tid());
+    return forget(key) || is_tracked(current_tid());
 }
 
-TRACEPOINT_PROBE(kmem, kmalloc) {
+// Sends the cache's T_CACHE record unless its slot in `caches` says it was sent.
+static __always_inline void name_cache(void *ctx, u64 cache) {
+    u32 index = (cache * 0x9E3779B97F4A7C15ULL) >> 54;  // 10 bits: CACHE_SLOTS
+    u64 *slot = caches.lookup(&index);
+    if (!slot || *slot == cache)
+        return;
+    struct named_record n = {};
+    const char *name = NULL;
+    stamp(&n.r, T_CACHE);
+    n.r.a = cache;
+    bpf_probe_read_kernel(&n.r.b, 4, (void *)(cache + KMEM_CACHE_OBJECT_SIZE));
+    bpf_probe_read_kernel(&n.r.c, 4, (void *)(cache + KMEM_CACHE_SIZE));
+    bpf_probe_read_kernel(&n.r.gfp, 4, (void *)(cache + KMEM_CACHE_FLAGS));
+    bpf_probe_read_kernel(&name, sizeof(name), (void *)(cache + KMEM_CACHE_NAME));
+    bpf_probe_read_kernel_str(n.name, NAME_LEN, name);
+    emit_named(ctx, &n);
+    *slot = cache;  // after the record: a record that finds the slot set comes later
+}
+
+// kmalloc(call_site, ptr, bytes_req, bytes_alloc, gfp_flags, node)
+RAW_TRACEPOINT_PROBE(kmalloc) {
     if (!is_tracked(current_tid()))
         return 0;
-    struct record *r = reserve(T_KMALLOC);
-    if (!r)
-        return 0;
-    r->a = args->call_site;
-    r->p = (u64)args->ptr;
-    r->b = args->bytes_req;
-    r->c = args->bytes_alloc;
-    r->gfp = args->gfp_flags;
-    r->s = args->node;
-    remember(r->p);
-    emit(r);
+    struct record r = {};
+    stamp(&r, T_KMALLOC);
+    r.a = ctx->args[0];
+    r.p = ctx->args[1];
+    r.b = ctx->args[2];
+    r.c = ctx->args[3];
+    r.gfp = ctx->args[4];
+    r.s = ctx->args[5];
+    remember(r.p);
+    emit(ctx, &r);
     return 0;
 }
 
-TRACEPOINT_PROBE(kmem, kmem_cache_alloc) {
+// kmem_cache_alloc(call_site, ptr, struct kmem_cache *s, gfp_flags, node)
+RAW_TRACEPOINT_PROBE(kmem_cache_alloc) {
     if (!is_tracked(current_tid()))
         return 0;
-    struct record *r = reserve(T_KMEM_CACHE_ALLOC);
-    if (!r)
-        return 0;
-    r->a = args->call_site;
-    r->p = (u64)args->ptr;
-    r->b = args->bytes_req;
-    r->c = args->bytes_alloc;
-    r->gfp = args->gfp_flags;
-    r->s = args->node;
-    r->accounted = args->accounted;
-    TP_DATA_LOC_READ_STR(r->name, name, NAME_LEN);
-    remember(r->p);
-    emit(r);
+    struct record r = {};
+    stamp(&r, T_KMEM_CACHE_ALLOC);
+    r.a = ctx->args[0];
+    r.p = ctx->args[1];
+    r.k = ctx->args[2];
+    r.gfp = ctx->args[3];
+    r.s = ctx->args[4];
+    name_cache(ctx, r.k);
+    remember(r.p);
+    emit(ctx, &r);
     return 0;
 }
 
-TRACEPOINT_PROBE(kmem, kfree) {
-    u64 ptr = (u64)args->ptr;
+// kfree(call_site, ptr)
+RAW_TRACEPOINT_PROBE(kfree) {
+    u64 ptr = ctx->args[1];
     if (ptr <= 16 || !wanted_free(ptr))  // kfree(NULL), kfree(ZERO_SIZE_PTR) free nothing
         return 0;
-    struct record *r = reserve(T_KFREE);
-    if (!r)
-        return 0;
-    r->a = args->call_site;
-    r->p = ptr;
-    emit(r);
+    struct record r = {};
+    stamp(&r, T_KFREE);
+    r.a = ctx->args[0];
+    r.p = ptr;
+    emit(ctx, &r);
     return 0;
 }
 
-TRACEPOINT_PROBE(kmem, kmem_cache_free) {
-    u64 ptr = (u64)args->ptr;
+// kmem_cache_free(call_site, ptr, const struct kmem_cache *s)
+RAW_TRACEPOINT_PROBE(kmem_cache_free) {
+    u64 ptr = ctx->args[1];
     if (!wanted_free(ptr))
         return 0;
-    struct record *r = reserve(T_KMEM_CACHE_FREE);
-    if (!r)
-        return 0;
-    r->a = args->call_site;
-    r->p = ptr;
-    TP_DATA_LOC_READ_STR(r->name, name, NAME_LEN);
-    emit(r);
+    struct record r = {};
+    stamp(&r, T_KMEM_CACHE_FREE);
+    r.a = ctx->args[0];
+    r.p = ptr;
+    r.k = ctx->args[2];
+    name_cache(ctx, r.k);
+    emit(ctx, &r);
     return 0;
 }
 
 TRACEPOINT_PROBE(kmem, mm_page_alloc) {
     if (!is_tracked(current_tid()))
         return 0;
-    struct record *r = reserve(T_PAGE_ALLOC);
-    if (!r)
-        return 0;
-    r->p = args->pfn;
-    r->s = args->order;
-    r->gfp = args->gfp_flags;
-    if (r->p != ~0ULL)
-        remember(r->p | PAGE_TAG);
-    emit(r);
+    struct record r = {};
+    stamp(&r, T_PAGE_ALLOC);
+    r.p = args->pfn;
+    r.s = args->order;
+    r.gfp = args->gfp_flags;
+    if (r.p != ~0ULL)
+        remember(r.p | PAGE_TAG);
+    emit(args, &r);
     return 0;
 }
 
 TRACEPOINT_PROBE(kmem, mm_page_free) {
     if (!wanted_free(args->pfn | PAGE_TAG))
         return 0;
-    struct record *r = reserve(T_PAGE_FREE);
-    if (!r)
-        return 0;
-    r->p = args->pfn;
-    r->s = args->order;
-    emit(r);
+    struct record r = {};
+    stamp(&r, T_PAGE_FREE);
+    r.p = args->pfn;
+    r.s = args->order;
+    emit(args, &r);
     return 0;
 }
 
@@ -220,13 +316,12 @@ TRACEPOINT_PROBE(kmem, mm_page_free) {
 TRACEPOINT_PROBE(memcg, event) {       \
     if (args->id != target_memcg())    \
         return 0;                      \
-    struct record *r = reserve(type);  \
-    if (!r)                            \
-        return 0;                      \
-    r->a = args->id;                   \
-    r->gfp = args->item;               \
-    r->b = (s64)args->val;             \
-    emit(r);                           \
+    struct record r = {};              \
+    stamp(&r, type);                   \
+    r.a = args->id;                    \
+    r.gfp = args->item;                \
+    r.b = args->val;                   \
+    emit(args, &r);                    \
     return 0;                          \
 }
 
@@ -237,97 +332,88 @@ MEMCG_PROBE(count_memcg_events, T_MEMCG_EVENT)
 TRACEPOINT_PROBE(vmscan, mm_vmscan_memcg_reclaim_begin) {
     if (!is_tracked(current_tid()))
         return 0;
-    struct record *r = reserve(T_RECLAIM_BEGIN);
-    if (!r)
-        return 0;
-    r->s = args->order;
-    r->gfp = args->gfp_flags;
-    emit(r);
+    struct record r = {};
+    stamp(&r, T_RECLAIM_BEGIN);
+    r.s = args->order;
+    r.gfp = args->gfp_flags;
+    emit(args, &r);
     return 0;
 }
 
 TRACEPOINT_PROBE(vmscan, mm_vmscan_memcg_reclaim_end) {
     if (!is_tracked(current_tid()))
         return 0;
-    struct record *r = reserve(T_RECLAIM_END);
-    if (!r)
-        return 0;
-    r->b = args->nr_reclaimed;
-    emit(r);
+    struct record r = {};
+    stamp(&r, T_RECLAIM_END);
+    r.b = args->nr_reclaimed;
+    emit(args, &r);
     return 0;
 }
 
 TRACEPOINT_PROBE(raw_syscalls, sys_exit) {
     if (!is_tracked(current_tid()))
         return 0;
-    struct record *r = reserve(T_SYS_EXIT);
-    if (!r)
-        return 0;
-    r->a = args->id;
-    emit(r);
+    struct record r = {};
+    stamp(&r, T_SYS_EXIT);
+    r.a = args->id;
+    emit(args, &r);
     return 0;
 }
 
 TRACEPOINT_PROBE(oom, mark_victim) {
     if (!is_tracked(current_tid()))
         return 0;
-    struct record *r = reserve(T_MARK_VICTIM);
-    if (!r)
-        return 0;
-    r->a = args->pid;
-    emit(r);
+    struct record r = {};
+    stamp(&r, T_MARK_VICTIM);
+    r.a = args->pid;
+    emit(args, &r);
     return 0;
 }
 
 TRACEPOINT_PROBE(sched, sched_process_fork) {
     u32 parent = args->parent_pid, child = args->child_pid;
-    u8 one = 1;
     if (!is_tracked(parent))
         return 0;
-    tracked.update(&child, &one);
-    struct record *r = reserve(T_FORK);
-    if (!r)
-        return 0;
-    r->a = child;
-    TP_DATA_LOC_READ_STR(r->name, child_comm, NAME_LEN);
-    emit(r);
+    set_tracked(child, 1);
+    struct named_record n = {};
+    stamp(&n.r, T_FORK);
+    n.r.a = child;
+    TP_DATA_LOC_READ_STR(n.name, child_comm, NAME_LEN);
+    emit_named(args, &n);
     return 0;
 }
 
 TRACEPOINT_PROBE(sched, sched_process_exec) {
     if (!is_tracked(current_tid()))
         return 0;
-    struct record *r = reserve(T_EXEC);
-    if (!r)
-        return 0;
-    r->a = args->pid;
-    bpf_get_current_comm(r->name, TASK_COMM_LEN);  // exec has named the task already
-    emit(r);
+    struct named_record n = {};
+    stamp(&n.r, T_EXEC);
+    n.r.a = args->pid;
+    bpf_get_current_comm(n.name, TASK_COMM_LEN);  // exec has named the task already
+    emit_named(args, &n);
     return 0;
 }
 
 TRACEPOINT_PROBE(task, task_rename) {
     if (!is_tracked(current_tid()))
         return 0;
-    struct record *r = reserve(T_RENAME);
-    if (!r)
-        return 0;
-    r->a = args->pid;
-    bpf_probe_read_kernel(r->name, TASK_COMM_LEN, args->newcomm);
-    emit(r);
+    struct named_record n = {};
+    stamp(&n.r, T_RENAME);
+    n.r.a = args->pid;
+    bpf_probe_read_kernel(n.name, TASK_COMM_LEN, args->newcomm);
+    emit_named(args, &n);
     return 0;
 }
 
 // A task is followed until its task_struct goes (like tracefs's event-fork pid list): the
 // exiting task still frees its files, mm and the like after sched_process_exit.
 TRACEPOINT_PROBE(sched, sched_process_free) {
-    u32 tid = args->pid;
-    tracked.delete(&tid);
+    set_tracked(args->pid, 0);
     return 0;
 }
 
 // Charge attempts, where the kernel allows a kprobe on try_charge_memcg (attached by
-// collect/ebpf.py only if it can; refused on kernels without kprobes).
+// collect/bpf_loader.py only if it can; refused on kernels without kprobes).
 int on_try_charge(struct pt_regs *ctx) {
     return 0;
 }

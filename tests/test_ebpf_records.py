@@ -1,44 +1,90 @@
 """The eBPF backend's fixed-size records decode to the same rows as tracefs records would
-(no kernel needed: records are built here as kmem_bpf.c lays them out)."""
+(no kernel needed: records are built here byte by byte as kmem_bpf.c lays them out, and
+perf buffer records as the kernel frames them)."""
 from __future__ import annotations
+
+import struct
 
 import numpy as np
 
-from collect.ebpf import RECORD_DTYPE, RECORD_SIZE, record_formats, raw_events
+from collect.bpf_outputs import PERF_RECORD_SAMPLE, _perf_samples
 from collect.decode import Decoder
+from collect.ebpf_records import NAMED_RECORD_SIZE, RECORD_SIZE, raw_events, record_formats, slab_caches
+from collect.ringbuf import concat
 
-T_KMEM_CACHE_ALLOC, T_KMEM_CACHE_FREE, T_PAGE_ALLOC, T_MEMCG_STATE, T_FORK = 2, 4, 5, 7, 14
-GFP_ACCOUNT = 1 << 22
+T_KMEM_CACHE_ALLOC, T_KMEM_CACHE_FREE, T_PAGE_ALLOC, T_MEMCG_STATE, T_FORK, T_CACHE = 2, 4, 5, 7, 14, 17
+GFP_ACCOUNT, SLAB_ACCOUNT = 1 << 22, 1 << 13
+DENTRY, NAMES = 0xFFFF888000A00000, 0xFFFF888000B00000  # cache keys (their addresses)
 
 
-def _records(rows: list[dict]) -> np.ndarray:
-    records = np.zeros(len(rows), RECORD_DTYPE)
-    for i, row in enumerate(rows):
-        records[i]["len"] = RECORD_SIZE - 8
-        records[i]["name_loc"] = (36 << 16) | 60
-        for key, value in row.items():
-            records[i][key] = value
-    return records
+def record(ts: int, type_id: int, pid: int, a: int = 0, p: int = 0, k: int = 0, b: int = 0, c: int = 0, gfp: int = 0,
+           cpu: int = 0, s: int = 0, name: bytes | None = None) -> bytes:
+    """struct record (and struct named_record when `name` is given), as kmem_bpf.c declares them."""
+    head = struct.pack("<QQQQIIIiHHhH", ts, a, p, k, b & 0xFFFFFFFF, c, gfp, pid, type_id, cpu, s, 0)
+    assert len(head) == RECORD_SIZE
+    if name is None:
+        return head
+    named = head + struct.pack("<I", (36 << 16) | 60) + name.ljust(36, b"\0")
+    assert len(named) == NAMED_RECORD_SIZE
+    return named
+
+
+def as_raw(records: list[bytes], size: int):
+    data = np.frombuffer(b"".join(records), np.uint8)
+    return raw_events(data, np.arange(len(records), dtype=np.int64) * size, size)
 
 
 def test_records_decode_to_event_rows():
-    records = _records([
-        {"ts": 1_000, "type": T_FORK, "pid": 10, "a": 11, "name": b"child"},
-        {"ts": 2_000, "type": T_KMEM_CACHE_ALLOC, "pid": 11, "cpu": 1, "a": 0xFFFFFFFF81000000, "p": 0xFFFF888000001000,
-         "b": 192, "c": 192, "gfp": GFP_ACCOUNT, "s": -1, "accounted": 1, "name": b"dentry"},
-        {"ts": 3_000, "type": T_PAGE_ALLOC, "pid": 11, "p": 1234, "s": 1, "gfp": GFP_ACCOUNT},
-        {"ts": 4_000, "type": T_MEMCG_STATE, "pid": 99, "a": 77, "gfp": 5, "b": np.uint64(2**64 - 3)},
-        {"ts": 5_000, "type": T_KMEM_CACHE_FREE, "pid": 99, "a": 0xFFFFFFFF81000010, "p": 0xFFFF888000001000, "name": b"dentry"},
-    ])
+    named = as_raw([
+        record(1_000, T_FORK, pid=10, a=11, name=b"child"),
+        record(1_500, T_CACHE, pid=11, a=DENTRY, b=192, c=192, gfp=SLAB_ACCOUNT | 1, name=b"dentry"),
+        record(1_600, T_CACHE, pid=11, a=NAMES, b=4096, c=4096, gfp=0, name=b"names_cache"),
+    ], NAMED_RECORD_SIZE)
+    records = as_raw([
+        record(2_000, T_KMEM_CACHE_ALLOC, pid=11, cpu=1, a=0xFFFFFFFF81000000, p=0xFFFF888000001000, k=DENTRY, gfp=0, s=-1),
+        record(2_100, T_KMEM_CACHE_ALLOC, pid=11, a=0xFFFFFFFF81000020, p=0xFFFF888000002000, k=NAMES, gfp=GFP_ACCOUNT, s=-1),
+        record(2_200, T_KMEM_CACHE_ALLOC, pid=11, a=0xFFFFFFFF81000020, p=0xFFFF888000003000, k=NAMES, gfp=0, s=-1),
+        record(2_300, T_KMEM_CACHE_ALLOC, pid=11, a=0xFFFFFFFF81000020, p=0xFFFF888000004000, k=0xFFFF8880DEAD0000, s=-1),
+        record(3_000, T_PAGE_ALLOC, pid=11, p=1234, s=1, gfp=GFP_ACCOUNT),
+        record(4_000, T_MEMCG_STATE, pid=99, a=77, gfp=5, b=-3),
+        record(5_000, T_KMEM_CACHE_FREE, pid=99, a=0xFFFFFFFF81000010, p=0xFFFF888000001000, k=DENTRY),
+    ], RECORD_SIZE)
     decoder = Decoder(formats=record_formats(), gfp_account=GFP_ACCOUNT, trace_flags={}, page_size=4096, t0=0)
     decoder.workload_pids.add(10)
-    rows = decoder.decode(raw_events(records)).to_pylist()
-    assert [r["kind"] for r in rows] == ["kmem_cache_alloc", "page_alloc", "memcg_state", "kmem_cache_free"]
-    alloc, page, memcg, free = rows
-    assert (alloc["pid"], alloc["comm"], alloc["cpu"], alloc["cache"], alloc["bytes_alloc"], alloc["node"]) == (11, "child", 1, "dentry", 192, -1)
-    assert alloc["accounted"] and not alloc["failed"] and alloc["ctx"] is None
+    decoder.slab_caches.update(slab_caches(named, SLAB_ACCOUNT))
+    rows = decoder.decode(concat([named, records])).to_pylist()
+    kinds = [r["kind"] for r in rows]
+    assert kinds == ["kmem_cache_alloc"] * 4 + ["page_alloc", "memcg_state", "kmem_cache_free"]
+    dentry, names_accounted, names_plain, unknown, page, memcg, free = rows
+    # The cache's facts stand in for the tracepoint's fields: SLAB_ACCOUNT or __GFP_ACCOUNT charges.
+    assert (dentry["pid"], dentry["comm"], dentry["cpu"], dentry["cache"], dentry["bytes_req"], dentry["bytes_alloc"], dentry["node"]) \
+        == (11, "child", 1, "dentry", 192, 192, -1)
+    assert dentry["accounted"] and not dentry["failed"] and dentry["ctx"] is None
+    assert (names_accounted["cache"], names_accounted["bytes_alloc"], names_accounted["accounted"]) == ("names_cache", 4096, True)
+    assert (names_plain["cache"], names_plain["accounted"]) == ("names_cache", False)
+    assert (unknown["cache"], unknown["bytes_alloc"], unknown["accounted"]) == (None, 0, False)  # its T_CACHE never came
     assert (page["order"], page["bytes_alloc"], page["accounted"]) == (1, 8192, True)
     assert (memcg["memcg_id"], memcg["item"], memcg["val"], memcg["comm"]) == (77, 5, -3, None)
     # The free by another task (an RCU callback) carries the allocation's pseudonym.
-    assert free["obj"] == alloc["obj"] is not None and free["cache"] == "dentry"
-    assert alloc["call_site"] != free["call_site"]
+    assert free["obj"] == dentry["obj"] is not None and free["cache"] == "dentry"
+    assert dentry["call_site"] != free["call_site"]
+
+
+def perf_sample(payload: bytes) -> bytes:
+    """A PERF_RECORD_SAMPLE of PERF_SAMPLE_RAW, framed as the kernel frames it: the raw size
+    word and payload padded so the record is a multiple of 8 bytes."""
+    raw = payload + b"\0" * ((-(4 + len(payload))) % 8)
+    return struct.pack("<IHHI", PERF_RECORD_SAMPLE, 0, 8 + 4 + len(raw), len(raw)) + raw
+
+
+def test_perf_buffer_walk_finds_samples_and_skips_lost_records():
+    lost = struct.pack("<IHHQQ", 2, 0, 24, 7, 1000)  # PERF_RECORD_LOST: id, lost
+    a, b = record(1, T_PAGE_ALLOC, pid=5, p=1), record(2, T_PAGE_ALLOC, pid=5, p=2)
+    chunk = np.frombuffer(perf_sample(a) + lost + perf_sample(b), np.uint8)
+    # 56-byte payload: 8 header + 4 size + 60 (56 padded) = 72 bytes per sample, then 24 for LOST.
+    assert chunk.size == 72 + 24 + 72
+    offsets = np.empty(chunk.size // 16, np.int64)
+    n = _perf_samples(chunk.view(np.uint64), offsets)
+    assert offsets[:n].tolist() == [12, 72 + 24 + 12]
+    raw = raw_events(chunk.copy(), offsets[:n], RECORD_SIZE)
+    assert raw.ts.tolist() == [1, 2] and raw.type_id.tolist() == [T_PAGE_ALLOC, T_PAGE_ALLOC]

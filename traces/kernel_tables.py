@@ -13,8 +13,9 @@ import ast
 import operator
 import re
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import polars as pl
 
@@ -329,6 +330,35 @@ def _btf_string(strings: bytes, offset: int) -> str:
     return strings[offset:end].decode()
 
 
+class _BtfTypeHeader(NamedTuple):  # a tuple: vmlinux has some 170,000 types
+    name_off: int
+    kind: int
+    vlen: int
+    kind_flag: bool
+    size_or_type: int
+    trailer_at: int  # where the kind's trailer (and vlen items) start in the type section
+
+
+def _btf_type_headers(types: memoryview, order: str) -> Iterator[tuple[int, _BtfTypeHeader]]:
+    """(type id, header) of every type in a BTF type section, in order (ids from 1)."""
+    header = struct.Struct(order + "III")
+    at, end, type_id = 0, len(types), 1
+    while at < end:
+        if at + _BTF_TYPE_SIZE > end:
+            raise ValueError(f"BTF type section truncated inside type {type_id}")
+        name_off, info, size_or_type = header.unpack_from(types, at)
+        kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
+        if kind >= len(_KIND_TRAILER):
+            known = len(_KIND_TRAILER) - 1
+            raise ValueError(f"BTF type {type_id} has kind {kind}, unknown to this parser (it knows 0..{known})")
+        fixed, per_item = _KIND_TRAILER[kind]
+        trailer_at, at = at + _BTF_TYPE_SIZE, at + _BTF_TYPE_SIZE + fixed + per_item * vlen
+        if at > end:
+            raise ValueError(f"BTF type section truncated inside type {type_id}")
+        yield type_id, _BtfTypeHeader(name_off, kind, vlen, bool(info >> 31), size_or_type, trailer_at)
+        type_id += 1
+
+
 def parse_btf_enums(blob: bytes, names: Iterable[str]) -> dict[str, dict[str, int]]:
     """The named enums (ENUM and ENUM64) of a BTF blob as enum -> {enumerator: value}, enumerators in declaration order.
 
@@ -340,28 +370,14 @@ def parse_btf_enums(blob: bytes, names: Iterable[str]) -> dict[str, dict[str, in
     order = _btf_byte_order(blob)
     types, strings = _btf_sections(blob, order)
     wanted_at = _string_offsets(strings, wanted)
-    header = struct.Struct(order + "III")
     found: dict[str, dict[str, int]] = {}
-    at, end, type_id = 0, len(types), 1
-    while at < end:
-        if at + _BTF_TYPE_SIZE > end:
-            raise ValueError(f"BTF type section truncated inside type {type_id}")
-        name_off, info, _size = header.unpack_from(types, at)
-        kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
-        if kind >= len(_KIND_TRAILER):
-            known = len(_KIND_TRAILER) - 1
-            raise ValueError(f"BTF type {type_id} has kind {kind}, unknown to this parser (it knows 0..{known})")
-        fixed, per_item = _KIND_TRAILER[kind]
-        trailer_at, at = at + _BTF_TYPE_SIZE, at + _BTF_TYPE_SIZE + fixed + per_item * vlen
-        if at > end:
-            raise ValueError(f"BTF type section truncated inside type {type_id}")
+    for _type_id, t in _btf_type_headers(types, order):
         # vlen 0 is a forward declaration; the full enum is elsewhere.
-        if name_off in wanted_at and kind in (_KIND_ENUM, _KIND_ENUM64) and vlen:
-            name = wanted_at[name_off]
-            values = _enum_values(types, strings, trailer_at, vlen, kind, bool(info >> 31), order)
+        if t.name_off in wanted_at and t.kind in (_KIND_ENUM, _KIND_ENUM64) and t.vlen:
+            name = wanted_at[t.name_off]
+            values = _enum_values(types, strings, t.trailer_at, t.vlen, t.kind, t.kind_flag, order)
             if found.setdefault(name, values) != values:
                 raise ValueError(f"BTF has two different enums named {name!r}")
-        type_id += 1
     missing = [name for name in wanted if name not in found]
     if missing:
         raise KeyError(f"BTF has no enum {', '.join(missing)} (kernel config or version lacks it)")
@@ -383,3 +399,80 @@ def read_btf_enums(names: Iterable[str], path: Path = VMLINUX_BTF) -> dict[str, 
 def read_kernel_enums(path: Path = VMLINUX_BTF) -> dict[str, dict[str, int]]:
     """The enums chargeplay decodes with (KERNEL_ENUMS), from the running kernel's BTF by default."""
     return read_btf_enums(KERNEL_ENUMS, path)
+
+
+# ---------------------------------------------------------------------------
+# struct layouts and tracepoint prototypes from BTF (the eBPF backend's)
+# ---------------------------------------------------------------------------
+
+_KIND_PTR, _KIND_STRUCT, _KIND_TYPEDEF, _KIND_FUNC_PROTO = 2, 4, 8, 13
+_KIND_QUALIFIERS = {9: "volatile", 10: "const", 11: "restrict", 18: ""}  # 18: TYPE_TAG
+_KIND_NAMED = {1: "", 4: "struct ", 5: "union ", 6: "enum ", 7: "struct ", 8: "", 16: "", 19: "enum "}
+
+
+class Btf:
+    """The types of a BTF blob, looked up by id: enough to read struct member offsets and
+    the C types of a raw tracepoint's arguments (its btf_trace_NAME typedef)."""
+
+    def __init__(self, blob: bytes) -> None:
+        self.order = _btf_byte_order(blob)
+        self.types, self.strings = _btf_sections(blob, self.order)
+        self.headers: list[_BtfTypeHeader | None] = [None]  # id 0 is void
+        self.by_name: dict[tuple[int, str], int] = {}
+        for type_id, t in _btf_type_headers(self.types, self.order):
+            self.headers.append(t)
+            if t.kind in (_KIND_STRUCT, _KIND_TYPEDEF) and t.name_off and (t.kind != _KIND_STRUCT or t.vlen):
+                self.by_name.setdefault((t.kind, _btf_string(self.strings, t.name_off)), type_id)
+
+    def _items(self, t: _BtfTypeHeader, fmt: str) -> Iterator[tuple[int, ...]]:
+        size = struct.calcsize(fmt)
+        for i in range(t.vlen):
+            yield struct.unpack_from(self.order + fmt, self.types, t.trailer_at + i * size)
+
+    def member_offsets(self, struct_name: str, members: Iterable[str]) -> dict[str, int]:
+        """Byte offset of each named member of a struct (direct members, not bitfields)."""
+        type_id = self.by_name.get((_KIND_STRUCT, struct_name))
+        if type_id is None:
+            raise KeyError(f"BTF has no struct {struct_name}")
+        t = self.headers[type_id]
+        offsets = {}
+        for name_off, _type, offset in self._items(t, "III"):
+            bits = offset & 0xFFFFFF if t.kind_flag else offset  # kind_flag: bitfield size in the top byte
+            offsets[_btf_string(self.strings, name_off)] = bits // 8
+        missing = [m for m in members if m not in offsets]
+        if missing:
+            raise KeyError(f"BTF struct {struct_name} has no member {', '.join(missing)}")
+        return {m: offsets[m] for m in members}
+
+    def type_name(self, type_id: int) -> str:
+        """A C spelling of a type, as the kernel declares it ("const struct kmem_cache *")."""
+        if type_id == 0:
+            return "void"
+        t = self.headers[type_id]
+        if t.kind == _KIND_PTR:
+            return self.type_name(t.size_or_type).rstrip() + " *"
+        if t.kind in _KIND_QUALIFIERS:
+            return f"{_KIND_QUALIFIERS[t.kind]} {self.type_name(t.size_or_type)}".strip()
+        if t.kind in _KIND_NAMED and t.name_off:
+            return _KIND_NAMED[t.kind] + _btf_string(self.strings, t.name_off)
+        return f"<BTF kind {t.kind}>"
+
+    def tracepoint_args(self, event: str) -> list[str]:
+        """The C types of a tracepoint's TP_PROTO arguments (after the raw tracepoint's
+        leading void *), from the kernel's typedef btf_trace_EVENT."""
+        type_id = self.by_name.get((_KIND_TYPEDEF, f"btf_trace_{event}"))
+        if type_id is None:
+            raise KeyError(f"BTF has no tracepoint {event}")
+        proto = self.headers[self.headers[type_id].size_or_type]  # typedef -> pointer -> proto
+        proto = self.headers[proto.size_or_type] if proto.kind == _KIND_PTR else proto
+        if proto.kind != _KIND_FUNC_PROTO:
+            raise ValueError(f"BTF btf_trace_{event} is not a function pointer")
+        return [self.type_name(param_type) for _name, param_type in self._items(proto, "II")][1:]
+
+
+def read_btf(path: Path = VMLINUX_BTF) -> Btf:
+    """The running kernel's BTF (or the file given)."""
+    try:
+        return Btf(Path(path).read_bytes())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is missing: the kernel was built without CONFIG_DEBUG_INFO_BTF") from None

@@ -1,0 +1,207 @@
+"""Where collect/kmem_bpf.c's records arrive, read in batches through mmap: a BPF ring
+buffer (Linux 5.8+), or per-CPU perf buffers (older kernels), plus the bpf() map calls the
+collector needs. Standard library, ctypes and numpy only: bcc stays in the loader process.
+
+Both readers return whole records as (bytes, payload offsets): the kernel's own framing
+(the ring buffer's 8-byte header, the perf sample's header and size word) is stripped by
+offset, never copied record by record.
+"""
+from __future__ import annotations
+
+import ctypes as ct
+import mmap
+import os
+import platform
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from chargeplay.jit import njit
+
+_SYSCALLS = {"x86_64": {"bpf": 321, "perf_event_open": 298}, "aarch64": {"bpf": 280, "perf_event_open": 241}}
+_SYS = _SYSCALLS.get(platform.machine(), _SYSCALLS["x86_64"])
+_MAP_LOOKUP_ELEM, _MAP_UPDATE_ELEM = 1, 2
+_libc = ct.CDLL(None, use_errno=True)
+
+
+class _MapAttr(ct.Structure):
+    _fields_ = [("map_fd", ct.c_uint32), ("pad", ct.c_uint32), ("key", ct.c_uint64), ("value", ct.c_uint64), ("flags", ct.c_uint64)]
+
+
+def possible_cpus() -> int:
+    """How many values a per-CPU map holds: one per possible CPU (0-N ranges)."""
+    text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+    return max(int(part.split("-")[-1]) for part in text.split(",")) + 1
+
+
+def online_cpus() -> list[int]:
+    cpus: list[int] = []
+    for part in Path("/sys/devices/system/cpu/online").read_text().strip().split(","):
+        first, _, last = part.partition("-")
+        cpus += range(int(first), int(last or first) + 1)
+    return cpus
+
+
+class BpfMap:
+    """A BPF map by file descriptor, worked with the bpf() system call (fixed key/value types)."""
+
+    def __init__(self, fd: int, key: type, value: type, per_cpu: bool = False) -> None:
+        self.fd, self.key, self.value = fd, key, value
+        self.cpus = possible_cpus() if per_cpu else 1
+
+    def _call(self, cmd: int, key: ct._SimpleCData, value: ct.Array | ct._SimpleCData) -> None:
+        attr = _MapAttr(self.fd, 0, ct.addressof(key), ct.addressof(value), 0)
+        if _libc.syscall(_SYS["bpf"], cmd, ct.byref(attr), ct.sizeof(attr)) < 0:
+            error = ct.get_errno()
+            raise OSError(error, f"bpf map {'lookup' if cmd == _MAP_LOOKUP_ELEM else 'update'}: {os.strerror(error)}")
+
+    def __setitem__(self, key: int, value: int) -> None:
+        self._call(_MAP_UPDATE_ELEM, self.key(key), self.value(value))
+
+    def per_cpu(self, key: int) -> list[int]:
+        values = (self.value * self.cpus)()  # per-CPU values are 8-byte aligned: u64 here
+        self._call(_MAP_LOOKUP_ELEM, self.key(key), values)
+        return list(values)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class RingReader:
+    """Batch consumer of a BPF ring buffer map of fixed-size records.
+
+    The consumer page is mapped read-write, the producer page and data read-only; the
+    kernel maps the data twice in a row, so a batch is one contiguous slice even where it
+    wraps. Each record is an 8-byte header (u32 length, bit 31 busy, bit 30 discarded;
+    u32 page offset) and the payload, padded to 8 bytes.
+    """
+
+    HEADER = 8
+    BUSY_BIT, DISCARD_BIT = 1 << 31, 1 << 30
+
+    def __init__(self, map_fd: int, size: int, payload: int) -> None:
+        page = mmap.PAGESIZE
+        self.size, self.payload = size, payload
+        self.stride = self.HEADER + (payload + 7) // 8 * 8
+        self._consumer = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
+        self._producer = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+        self.consumer_pos = np.frombuffer(self._consumer, np.uint64, 1)
+        self.producer_pos = np.frombuffer(self._producer, np.uint64, 1)
+        self.data = np.frombuffer(self._producer, np.uint8, offset=page)
+
+    def read(self) -> tuple[np.ndarray, np.ndarray]:
+        """The committed records since the last read (consumed): their bytes and payload offsets."""
+        consumer, producer = int(self.consumer_pos[0]), int(self.producer_pos[0])
+        start = consumer & (self.size - 1)
+        chunk = self.data[start : start + (producer - consumer)].copy()
+        if chunk.size % self.stride:
+            raise RuntimeError(f"BPF ring buffer holds {chunk.size} bytes, not whole {self.stride}-byte records")
+        lengths = chunk.view(np.uint32)[:: self.stride // 4]
+        busy = (lengths & self.BUSY_BIT) != 0
+        ready = int(np.argmax(busy)) if busy.any() else len(lengths)  # records are committed in any order
+        self.consumer_pos[0] = consumer + ready * self.stride  # the kernel may reuse the space now
+        offsets = np.arange(ready, dtype=np.int64) * self.stride + self.HEADER
+        return chunk, offsets[(lengths[:ready] & self.DISCARD_BIT) == 0]
+
+    def close(self) -> None:
+        del self.consumer_pos, self.producer_pos, self.data
+        self._consumer.close()
+        self._producer.close()
+
+
+PERF_TYPE_SOFTWARE, PERF_COUNT_SW_BPF_OUTPUT, PERF_SAMPLE_RAW = 1, 10, 1 << 10
+PERF_FLAG_FD_CLOEXEC = 1 << 3
+PERF_RECORD_SAMPLE = 9
+_PERF_ATTR_SIZE = 128  # fields past what the kernel knows must be zero; these are
+_DATA_HEAD, _DATA_TAIL = 1024, 1032  # offsets in struct perf_event_mmap_page
+
+
+def _perf_event_open(cpu: int) -> int:
+    """A BPF-output perf event on one CPU: what bpf_perf_event_output writes into."""
+    attr = ct.create_string_buffer(_PERF_ATTR_SIZE)
+    struct.pack_into("<IIQQQ", attr, 0, PERF_TYPE_SOFTWARE, _PERF_ATTR_SIZE, PERF_COUNT_SW_BPF_OUTPUT, 1, PERF_SAMPLE_RAW)
+    fd = _libc.syscall(_SYS["perf_event_open"], attr, -1, cpu, -1, PERF_FLAG_FD_CLOEXEC)
+    if fd < 0:
+        error = ct.get_errno()
+        raise OSError(error, f"perf_event_open on cpu {cpu}: {os.strerror(error)}")
+    return fd
+
+
+@njit
+def _perf_samples(words, offsets_out):
+    """Payload offsets (bytes) of the PERF_RECORD_SAMPLE records in 8-byte words of perf
+    records; other records (PERF_RECORD_LOST) are skipped: the BPF program counts the
+    records it could not write itself. Returns how many."""
+    n = 0
+    at = 0
+    while at < words.size:
+        header = words[at]
+        size = header >> np.uint64(48)
+        if size == 0:
+            break
+        if header & np.uint64(0xFFFFFFFF) == PERF_RECORD_SAMPLE:
+            offsets_out[n] = at * 8 + 12  # header, then u32 size, then the payload
+            n += 1
+        at += int(size) // 8
+    return n
+
+
+class PerfReader:
+    """Batch consumer of per-CPU perf buffers behind a BPF perf event array map.
+
+    One BPF-output perf event per online CPU, each with `pages` data pages mapped and its
+    fd stored in the map at its CPU. The buffer is not mapped twice: a batch that wraps is
+    copied in two pieces. Each sample is an 8-byte perf_event_header, a u32 size and the
+    payload, padded to 8 bytes.
+    """
+
+    def __init__(self, perf_map: BpfMap, pages: int) -> None:
+        self.size = pages * mmap.PAGESIZE
+        self.buffers: list[tuple[int, mmap.mmap]] = []
+        for cpu in online_cpus():
+            fd = _perf_event_open(cpu)
+            buffer = mmap.mmap(fd, mmap.PAGESIZE + self.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            self.buffers.append((fd, buffer))
+            perf_map[cpu] = fd
+
+    def read(self) -> tuple[np.ndarray, np.ndarray]:
+        """The samples written since the last read, of every CPU (consumed)."""
+        chunks = []
+        for _fd, buffer in self.buffers:
+            control = np.frombuffer(buffer, np.uint64, 2, offset=_DATA_HEAD)
+            head, tail = int(control[0]), int(control[1])
+            data = np.frombuffer(buffer, np.uint8, self.size, offset=mmap.PAGESIZE)
+            start, length = tail % self.size, head - tail
+            first = data[start : start + length]
+            chunks.append(np.concatenate([first, data[: length - first.size]]))
+            control[1] = head  # the kernel may reuse the space now
+            del control, data, first
+        chunk = np.concatenate(chunks) if chunks else np.zeros(0, np.uint8)
+        offsets = np.empty(chunk.size // 16, np.int64)
+        n = _perf_samples(chunk.view(np.uint64), offsets)
+        return chunk, offsets[:n]
+
+    def close(self) -> None:
+        for fd, buffer in self.buffers:
+            buffer.close()
+            os.close(fd)
+        self.buffers = []
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) the perf record walk before capturing."""
+    _perf_samples(np.zeros(2, np.uint64), np.empty(1, np.int64))
+
+
+_MAP_CREATE, _MAP_TYPE_RINGBUF = 0, 27
+
+
+def ring_buffer_supported() -> bool:
+    """Whether this kernel has BPF ring buffer maps (5.8+): create a small one and close it."""
+    attr = ct.create_string_buffer(struct.pack("<IIII", _MAP_TYPE_RINGBUF, 0, 0, mmap.PAGESIZE), 64)
+    fd = _libc.syscall(_SYS["bpf"], _MAP_CREATE, attr, 64)
+    if fd < 0:
+        return False
+    os.close(fd)
+    return True
