@@ -77,15 +77,30 @@ def load_bcc() -> Any:
         raise Unavailable(f"bcc does not load: {error}") from None
 
 
+# Charge probes: kernel function -> kmem_bpf.c's (entry, return) programs.
+CHARGE_PROBES = {
+    "try_charge_memcg": ("on_try_charge", "on_try_charge_return"),
+    "__mem_cgroup_handle_over_high": ("on_handle_over_high", "on_handle_over_high_return"),
+    "mem_cgroup_out_of_memory": ("on_out_of_memory", "on_out_of_memory_return"),
+}
+
+
 def charge_probe_problem(bpf: Any) -> str | None:
-    """Attach the try_charge_memcg kprobe if the kernel allows; else why not."""
+    """Attach the charge probes if the kernel allows; else why not (then none is attached)."""
     tracefs = next((p for p in (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing")) if (p / "events").is_dir()), None)
     if tracefs is not None and not (tracefs / "kprobe_events").exists():
         return "kprobes are not built into this kernel (no kprobe_events in tracefs)"
+    attached: list[tuple[str, bool]] = []
     try:
-        bpf.attach_kprobe(event=b"try_charge_memcg", fn_name=b"on_try_charge")
+        for function, (entry, exit_) in CHARGE_PROBES.items():
+            bpf.attach_kprobe(event=function.encode(), fn_name=entry.encode())
+            attached.append((function, False))
+            bpf.attach_kretprobe(event=function.encode(), fn_name=exit_.encode())
+            attached.append((function, True))
     except Exception as error:
-        return f"kprobe on try_charge_memcg refused: {error}"
+        for function, is_return in attached:
+            (bpf.detach_kretprobe if is_return else bpf.detach_kprobe)(event=function.encode())
+        return f"kprobe on {function} refused: {error}"
     return None
 
 

@@ -17,7 +17,7 @@ from collect.event_format import EventFormat, read_event_format
 from collect.pseudonyms import ALLOC, FREE, PAGE_TAG, Pseudonyms
 from collect.ringbuf import RawEvents, field_values, string_values
 from collect.symbols import CallSites
-from traces.schema import CONTEXTS, EVENT_SCHEMA, KINDS
+from traces.schema import CHARGE_FUNCTIONS, CONTEXTS, EVENT_SCHEMA, KINDS
 
 # Tracepoint -> trace kind. Events mapped to None only update task names.
 TRACEPOINT_KINDS: dict[tuple[str, str], str | None] = {
@@ -37,6 +37,7 @@ TRACEPOINT_KINDS: dict[tuple[str, str], str | None] = {
     ("sched", "sched_process_fork"): None,
     ("sched", "sched_process_exec"): None,
     ("task", "task_rename"): None,
+    ("kprobes", "memcg_charge"): "charge",  # no tracepoint: the eBPF backend's charge probes
 }
 FREE_KINDS = ("kfree", "kmem_cache_free", "page_free")
 # Kinds recorded without a pid filter: their pids say nothing of who the workload is.
@@ -186,6 +187,12 @@ class Decoder:
             cols.put("item", rows, f["id"])
         if kind == "oom":
             cols.put("val", rows, f["pid"])
+        if kind == "charge":
+            cols.put("item", rows, f["function"])
+            cols.put("gfp", rows, f["gfp_flags"])
+            cols.put("val", rows, f["pages"])
+            oom = f["function"] == CHARGE_FUNCTIONS.index("mem_cgroup_out_of_memory")
+            cols.put("failed", rows, np.where(oom, f["result"] == 0, f["result"] != 0))  # OOM: nothing killed
         # Raw addresses, kept only until pseudonyms are assigned in time order.
         if "ptr" in f:
             cols.put(RAW_ADDRESS, rows, f["ptr"])

@@ -43,6 +43,7 @@ RECORD_TYPES: dict[int, tuple[str, str, dict[str, str | tuple[str, bool]]]] = {
     14: ("sched", "sched_process_fork", {"child_pid": ("a4", True), "child_comm": "name"}),
     15: ("sched", "sched_process_exec", {"pid": ("a4", True), "filename": "name"}),
     16: ("task", "task_rename", {"pid": ("a4", True), "newcomm": "comm"}),
+    18: ("kprobes", "memcg_charge", {"function": "a4", "gfp_flags": "gfp", "pages": "b", "result": ("s", True)}),
 }
 _COMMON = {"common_pid": Field("common_pid", *SLOTS["pid"], True, False)}
 

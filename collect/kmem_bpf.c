@@ -38,6 +38,8 @@
 // Compile-time settings (cflags from collect/ebpf.py): PERF_OUTPUT or RINGBUF_PAGES and
 // NAMED_RINGBUF_PAGES, PID_MAX, OBJECT_SLOTS_LOG2, KMEM_CACHE_{NAME,OBJECT_SIZE,SIZE,FLAGS}.
 
+#include <uapi/linux/ptrace.h>  // struct pt_regs, the charge probes' registers: user ABI, stable
+
 #define NAME_LEN 36
 #ifndef TASK_COMM_LEN
 #define TASK_COMM_LEN 16
@@ -63,6 +65,7 @@
 #define T_EXEC 15
 #define T_RENAME 16
 #define T_CACHE 17
+#define T_CHARGE 18
 
 // Counter slots (per CPU).
 #define LOST 0             // records dropped: output full
@@ -412,8 +415,65 @@ TRACEPOINT_PROBE(sched, sched_process_free) {
     return 0;
 }
 
-// Charge attempts, where the kernel allows a kprobe on try_charge_memcg (attached by
-// collect/bpf_loader.py only if it can; refused on kernels without kprobes).
-int on_try_charge(struct pt_regs *ctx) {
+// Charge probes, attached by collect/bpf_loader.py only where the kernel allows kprobes
+// (refused on kernels without them): each call of try_charge_memcg, of
+// __mem_cgroup_handle_over_high and of mem_cgroup_out_of_memory by a tracked task becomes a
+// T_CHARGE record (a = CHARGE_*; gfp; b = pages, or the order for the OOM; s = the result:
+// try_charge_memcg's return value, out_of_memory's bool), written and stamped when the call
+// returns (a stamp from the entry could be older than records already drained).
+#define CHARGE_TRY 0
+#define CHARGE_OVER_HIGH 1
+#define CHARGE_OOM 2
+
+struct mem_cgroup;
+BPF_HASH(charging, u32, struct record, 4096);  // a tracked thread's call in progress
+
+static __always_inline int charge_entry(u32 function, u32 gfp, u32 pages) {
+    u32 tid = current_tid();
+    if (!is_tracked(tid))
+        return 0;
+    struct record r = {};
+    stamp(&r, T_CHARGE);
+    r.a = function;
+    r.gfp = gfp;
+    r.b = pages;
+    charging.update(&tid, &r);
     return 0;
+}
+
+static __always_inline int charge_return(struct pt_regs *ctx, s16 result) {
+    u32 tid = current_tid();
+    struct record *r = charging.lookup(&tid);
+    if (!r)
+        return 0;
+    struct record done = *r;
+    charging.delete(&tid);
+    done.ts = bpf_ktime_get_ns();
+    done.s = result;
+    emit(ctx, &done);
+    return 0;
+}
+
+int on_try_charge(struct pt_regs *ctx, struct mem_cgroup *memcg, gfp_t gfp_mask, unsigned int nr_pages) {
+    return charge_entry(CHARGE_TRY, gfp_mask, nr_pages);
+}
+
+int on_try_charge_return(struct pt_regs *ctx) {
+    return charge_return(ctx, PT_REGS_RC(ctx));
+}
+
+int on_handle_over_high(struct pt_regs *ctx, gfp_t gfp_mask) {
+    return charge_entry(CHARGE_OVER_HIGH, gfp_mask, 0);
+}
+
+int on_handle_over_high_return(struct pt_regs *ctx) {
+    return charge_return(ctx, 0);
+}
+
+int on_out_of_memory(struct pt_regs *ctx, struct mem_cgroup *memcg, gfp_t gfp_mask, int order) {
+    return charge_entry(CHARGE_OOM, gfp_mask, order);
+}
+
+int on_out_of_memory_return(struct pt_regs *ctx) {
+    return charge_return(ctx, PT_REGS_RC(ctx) & 1);
 }

@@ -140,3 +140,24 @@ def test_sigkill_of_the_collector_leaves_no_bpf_program(ebpf, tmp_path):
     assert wait_until(lambda: _ours() == before, timeout=15)
     assert wait_until(lambda: leftovers(ebpf) == [], timeout=15), leftovers(ebpf)
     assert Trace.open(tmp_path / "t").status == "interrupted"
+
+
+def test_charge_probe_programs_pass_the_kernel_verifier(ebpf):
+    """The kprobes cannot attach on kernels without kprobes (these machines), but the programs
+    they would run can be loaded: the kernel's verifier accepts them (in Debian's python3, which
+    has bcc, so that bcc stays out of this process)."""
+    from collect import ebpf as backend
+    from collect.bpf_loader import BPF_SOURCE, CHARGE_PROBES
+
+    layout, _ = backend.kernel_layout()
+    cflags = layout + backend._output_cflags("ringbuf", 1024)
+    programs = [name for pair in CHARGE_PROBES.values() for name in pair]
+    script = (
+        "import sys; from bcc import BPF\n"
+        f"bpf = BPF(src_file={str(BPF_SOURCE).encode()!r}, cflags={cflags!r})\n"
+        f"for name in {programs!r}:\n"
+        "    print(name, bpf.load_func(name.encode(), BPF.KPROBE).fd > 0)\n"
+    )
+    done = subprocess.run(["/usr/bin/python3", "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [word for name in programs for word in (name, "True")]

@@ -88,3 +88,23 @@ def test_perf_buffer_walk_finds_samples_and_skips_lost_records():
     assert offsets[:n].tolist() == [12, 72 + 24 + 12]
     raw = raw_events(chunk.copy(), offsets[:n], RECORD_SIZE)
     assert raw.ts.tolist() == [1, 2] and raw.type_id.tolist() == [T_PAGE_ALLOC, T_PAGE_ALLOC]
+
+
+def test_charge_probe_records_decode_to_charge_rows():
+    T_CHARGE, TRY, OVER_HIGH, OOM, ENOMEM = 18, 0, 1, 2, 12
+    records = as_raw([
+        record(1, T_CHARGE, pid=7, a=TRY, gfp=GFP_ACCOUNT, b=4, s=0),
+        record(2, T_CHARGE, pid=7, a=TRY, gfp=GFP_ACCOUNT, b=1, s=-ENOMEM),
+        record(3, T_CHARGE, pid=7, a=OVER_HIGH, gfp=GFP_ACCOUNT, s=0),
+        record(4, T_CHARGE, pid=7, a=OOM, gfp=GFP_ACCOUNT, b=0, s=1),
+        record(5, T_CHARGE, pid=7, a=OOM, gfp=GFP_ACCOUNT, b=3, s=0),
+    ], RECORD_SIZE)
+    decoder = Decoder(formats=record_formats(), gfp_account=GFP_ACCOUNT, trace_flags={}, page_size=4096, t0=0)
+    rows = decoder.decode(records).to_pylist()
+    assert [(r["kind"], r["item"], r["gfp"], r["val"], r["failed"]) for r in rows] == [
+        ("charge", TRY, GFP_ACCOUNT, 4, False),
+        ("charge", TRY, GFP_ACCOUNT, 1, True),  # -ENOMEM
+        ("charge", OVER_HIGH, GFP_ACCOUNT, 0, False),
+        ("charge", OOM, GFP_ACCOUNT, 0, False),  # out_of_memory returned true: it killed
+        ("charge", OOM, GFP_ACCOUNT, 3, True),
+    ]

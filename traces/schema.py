@@ -34,8 +34,12 @@ KINDS = (
     "reclaim_end",  # vmscan:mm_vmscan_memcg_reclaim_end (val: pages reclaimed)
     "user_return",  # raw_syscalls:sys_exit: the task returns to user space
     "oom",  # oom:mark_victim (val: the victim's pid)
-    "charge",  # a charge attempt, where a backend can observe one
+    "charge",  # a call of a memcg charge function (CHARGE_FUNCTIONS), where a backend can observe one
 )
+
+# kind "charge": the function called (item is its index here). Only the eBPF backend, on
+# kernels that allow kprobes, records them.
+CHARGE_FUNCTIONS = ("try_charge_memcg", "__mem_cgroup_handle_over_high", "mem_cgroup_out_of_memory")
 
 CONTEXTS = ("task", "softirq", "hardirq", "nmi")
 
@@ -58,9 +62,10 @@ EVENT_COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
     ("gfp", pa.uint32(), "gfp flags, raw bits of the capturing kernel: decode with the manifest's gfp_flags table"),
     ("node", pa.int16(), "NUMA node asked for (-1: any)"),
     ("accounted", pa.bool_(), "allocation charged to a memcg: __GFP_ACCOUNT or a SLAB_ACCOUNT cache"),
-    ("item", pa.int32(), "memcg events: enum index (manifest enums); user_return: syscall number"),
-    ("val", pa.int64(), "memcg events: delta (pages or events); reclaim_end: pages reclaimed; oom: victim pid"),
-    ("failed", pa.bool_(), "allocation returned NULL (ptr 0) or no page (pfn -1)"),
+    ("item", pa.int32(), "memcg events: enum index (manifest enums); user_return: syscall number; charge: index into CHARGE_FUNCTIONS"),
+    ("val", pa.int64(), "memcg events: delta (pages or events); reclaim_end: pages reclaimed; oom: victim pid; "
+                        "charge: pages asked for (the order, for the OOM)"),
+    ("failed", pa.bool_(), "allocation returned NULL (ptr 0) or no page (pfn -1); charge: the charge failed, or the OOM killed nothing"),
 )
 
 NOT_NULL = frozenset({"ts_ns", "cpu", "pid", "kind"})
