@@ -15,6 +15,7 @@ from altair.utils._importers import vl_version_for_vl_convert
 
 from analyze import charts
 from analyze.divergence import divergence
+from analyze.fidelity import format_error, format_target, format_value
 from analyze.results import Result
 from chargeplay import __version__
 from chargeplay.units import format_bytes
@@ -57,9 +58,9 @@ def report_figures(result: Result, metrics: dict) -> list[Figure]:
     ]
 
 
-def build_report(result: Result, figures: list[Figure], metrics: dict) -> str:
-    """The HTML page: facts, tables, and every figure with its sentence."""
-    body = [_header(result), _summary_table(result), _pairs_table(metrics)]
+def build_report(result: Result, figures: list[Figure], metrics: dict, fidelity: dict | None = None) -> str:
+    """The HTML page: facts, tables (fidelity first, when validating), and every figure with its sentence."""
+    body = [_header(result), *([_fidelity_table(fidelity)] if fidelity else []), _summary_table(result), _pairs_table(metrics)]
     scripts = []
     for n, (title, sentence, chart) in enumerate(figures):
         body.append(f'<h2>{escape(title)}</h2>\n<p class="what">{escape(sentence)}</p>\n<div id="chart{n}"></div>')
@@ -121,6 +122,19 @@ def _summary_table(result: Result) -> str:
     return f"<h2>Summary</h2>\n<table><tr><th>policy</th>{head}</tr>{rows}</table>"
 
 
+def _fidelity_table(fidelity: dict) -> str:
+    rows = "".join(
+        f"<tr><td>{escape(row['metric'])}</td><td>{escape(format_value(row['predicted'], row['unit']))}</td>"
+        f"<td>{escape(format_value(row['observed'], row['unit']))}</td><td>{escape(format_error(row['relative_error']))}</td>"
+        f"<td>{escape(format_target(row))}</td></tr>"
+        for row in fidelity["rows"]
+    )
+    return (f"<h2>Fidelity</h2>\n<p class=\"what\">The kernel that ran the workload ({escape(str(fidelity['kernel']))}) is the "
+            f"referee: the model {escape(fidelity['model'])} predicted, the kernel observed.</p>\n"
+            "<table><tr><th>metric</th><th>predicted</th><th>observed</th><th>relative error</th><th>target</th></tr>"
+            f"{rows}</table>")
+
+
 def _pairs_table(metrics: dict) -> str:
     rows = []
     for pair in metrics["pairs"]:
@@ -139,12 +153,13 @@ def _pairs_table(metrics: dict) -> str:
             f"charges change outcome, and B minus A for the main figures.</p>\n<table><tr>{head}</tr>{''.join(rows)}</table>")
 
 
-def write_report(result: Result, output: Path, png_dir: Path | None = None, metrics_json: Path | None = None) -> dict:
+def write_report(result: Result, output: Path, png_dir: Path | None = None, metrics_json: Path | None = None,
+                 fidelity: dict | None = None) -> dict:
     """Write the HTML report (and, if asked, each chart as PNG and the metrics as JSON)."""
     metrics = divergence(result)
     figures = report_figures(result, metrics)
     with atomic_file(output) as out:
-        out.write(build_report(result, figures, metrics).encode())
+        out.write(build_report(result, figures, metrics, fidelity).encode())
     if png_dir is not None:
         png_dir.mkdir(parents=True, exist_ok=True)
         for n, (title, _, chart) in enumerate(figures):

@@ -14,6 +14,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress as ProgressBar, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from analyze import fidelity as fidelity_check
 from analyze.report import write_report
 from analyze.results import Result
 from chargeplay.units import format_bytes, parse_size
@@ -126,17 +127,55 @@ def collect(
     if command:
         _check_command(command[0])
     with Live(console=err, transient=False, refresh_per_second=4) as live:
-        last = {"events": 0, "seconds": 0.0}
-
-        def report(p: Progress) -> None:
-            rate = (p.events - last["events"]) / max(p.seconds - last["seconds"], 1e-9)
-            last.update(events=p.events, seconds=p.seconds)
-            live.update(f"capturing {p.seconds:6.1f} s  {p.events:>12,} events  {rate:>10,.0f} events/s  "
-                        f"{format_bytes(p.bytes_written):>10} written  {p.lost:,} lost")
-
-        manifest = capture(options, report, lambda note: err.print(note, markup=False, highlight=False))
+        manifest = capture(options, _capture_display(live), _say)
     lost = manifest["lost"]["total"]
     err.print(f"{output}: {manifest['events']:,} events, {lost:,} lost, {manifest['stop_reason']}", markup=False, highlight=False)
+
+
+def _say(note: str) -> None:
+    err.print(note, markup=False, highlight=False)
+
+
+def _capture_display(live: Live) -> Callable[[Progress], None]:
+    """A capture's progress line: events/s, bytes written, lost events."""
+    last = {"events": 0, "seconds": 0.0}
+
+    def report(p: Progress) -> None:
+        rate = (p.events - last["events"]) / max(p.seconds - last["seconds"], 1e-9)
+        last.update(events=p.events, seconds=p.seconds)
+        live.update(f"capturing {p.seconds:6.1f} s  {p.events:>12,} events  {rate:>10,.0f} events/s  "
+                    f"{format_bytes(p.bytes_written):>10} written  {p.lost:,} lost")
+
+    return report
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+@user_errors
+def validate(
+    command: Annotated[list[str], typer.Argument(help="workload to run in a new limited memcg (after --)")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="directory to create: trace, result, fidelity.json, report.html")] = ...,
+    memory_max: Annotated[Optional[str], typer.Option(help="memcg hard limit for the workload, e.g. 28M")] = None,
+    memory_high: Annotated[Optional[str], typer.Option(help="memcg high limit (cgroup v2 only), e.g. 24M")] = None,
+) -> None:
+    """Capture a workload under a limit (root), replay it under the running kernel's model, compare with what the kernel did."""
+    _check_command(command[0])
+    with Live(console=err, transient=True, refresh_per_second=4) as live:
+
+        def replaying(step: str, _done: int) -> None:
+            live.update(f"replaying {step}")
+
+        steps = fidelity_check.Steps(capturing=_capture_display(live), replaying=replaying, say=_say)
+        result = fidelity_check.validate(output, command, _size(memory_max, "--memory-max"), _size(memory_high, "--memory-high"), steps)
+        live.update("writing the report")
+        write_report(Result.open(output / "result"), output / "report.html", fidelity=result)
+    table = Table("metric", "predicted", "observed", "relative error", "target",
+                  title=f"fidelity: {result['model']}", title_justify="left")
+    for row in result["rows"]:
+        table.add_row(row["metric"], fidelity_check.format_value(row["predicted"], row["unit"]),
+                      fidelity_check.format_value(row["observed"], row["unit"]),
+                      fidelity_check.format_error(row["relative_error"]), fidelity_check.format_target(row))
+    Console().print(table)
+    _say(f"{output}: trace, result, fidelity.json, report.html")
 
 
 @app.command()

@@ -7,7 +7,8 @@ same name, makes the same checks in the same order and counts the same events. W
 changes is the representation:
 
 - State lives in int64 arrays with named slots instead of attributes: MEMCG (usage, max,
-  high, failcnt, pools, debt), STATS (the result's counters), a per-CPU table (page and
+  high, failcnt, pools, debt, and the file LRU: a queue of folio sizes in its tail that
+  grows between batches, with freed folios per order), STATS (the result's counters), a per-CPU table (page and
   object stock), a per-task table (pages over high, stall).
 - The reference's dicts and sets keyed by object pseudonym become arrays indexed by it:
   pseudonyms are dense from 0; -1 (no pseudonym) gets the last slot.
@@ -37,7 +38,7 @@ from chargeplay.jit import njit  # before numba: it sets numba's cache directory
 from numba.extending import intrinsic  # isort: skip
 from replay.input import ReplayInput
 from replay.ops import (
-    HZ, LRU_CHARGE, LRU_UNCHARGE, MEMCG_CHARGE_BATCH_6X, MEMCG_DELAY_PRECISION_SHIFT, MEMCG_DELAY_SCALING_SHIFT,
+    HZ, LRU_CHARGE, LRU_RECLAIMED, LRU_UNCHARGE, MEMCG_CHARGE_BATCH_6X, MEMCG_DELAY_PRECISION_SHIFT, MEMCG_DELAY_SCALING_SHIFT,
     MEMCG_MAX_HIGH_DELAY_JIFFIES, OBJ_ALLOC, OBJ_EXT_BYTES, OBJ_FREE, OUTCOME, PAGE_ALLOC, PAGE_ALLOC_COSTLY_ORDER,
     PAGE_FREE, PAGE_SHIFT, PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE,
     RECLAIM_TRIGGERS, SWAP_CLUSTER_MAX,
@@ -63,7 +64,10 @@ N_KNOBS = GFP_HIGH + 1
 # memcg: the page counter and what its usage is made of (reference.Memcg).
 USAGE, MAX, HIGH, FAILCNT = range(4)
 POOLS = 4  # memcg[POOLS + pool]: pages per pool
-DEBT = POOLS + 6  # memcg[DEBT + pool]: pages reclaimed that the trace has yet to free
+DEBT = POOLS + 6  # memcg[DEBT + pool]: pages reclaimed that the trace has yet to free (reference.Memcg.debt)
+LRU_HEAD, LRU_TAIL = DEBT + 6, DEBT + 7  # memcg[FILE_LRU + LRU_HEAD .. FILE_LRU + LRU_TAIL): file folios, oldest first
+FREED_FOLIOS = DEBT + 8  # memcg[FREED_FOLIOS + order]: freed folios still to leave the file LRU
+FILE_LRU = FREED_FOLIOS + 64
 
 # stats: the result's counters, in the order of STAT_FIELDS; then reclaim calls and pages per trigger.
 STAT_FIELDS = ("charges", "stock_hits", "forced", "max_events", "high_events", "oom_kills", "high_order_attempts",
@@ -310,12 +314,13 @@ def calculate_high_delay(memcg, nr_pages):
 
 @njit
 def try_to_free_mem_cgroup_pages(memcg, stats, knobs, per_task, task, nr_pages, trigger, exact):
-    """Reclaim up to max(nr_pages, SWAP_CLUSTER_MAX) from file, reclaimable slab, then anon."""
+    """Reclaim at least max(nr_pages, SWAP_CLUSTER_MAX): whole file folios, then
+    reclaimable slab, then anon pages."""
     want = nr_pages if exact else max(nr_pages, SWAP_CLUSTER_MAX)
-    got = reclaim_pool(memcg, POOL_FILE, want, 0)
-    got = reclaim_pool(memcg, POOL_SLAB_RECLAIMABLE, want, got)
+    got = shrink_file_lru(memcg, want)
+    got = reclaim_pages(memcg, POOL_SLAB_RECLAIMABLE, min(max(want - got, 0), memcg[POOLS + POOL_SLAB_RECLAIMABLE]), got)
     if knobs[SWAP]:
-        got = reclaim_pool(memcg, POOL_ANON, want, got)
+        got = reclaim_pages(memcg, POOL_ANON, min(max(want - got, 0), memcg[POOLS + POOL_ANON]), got)
     page_counter_uncharge(memcg, got)
     stats[RECLAIM_CALLS + trigger] += 1
     stats[RECLAIMED_PAGES + trigger] += got
@@ -325,12 +330,46 @@ def try_to_free_mem_cgroup_pages(memcg, stats, knobs, per_task, task, nr_pages, 
 
 
 @njit
-def reclaim_pool(memcg, pool, want, got):
-    """One pool's turn in try_to_free_mem_cgroup_pages: what has been got so far after it."""
-    take = min(want - got, memcg[POOLS + pool])
-    memcg[POOLS + pool] -= take
-    memcg[DEBT + pool] += take
-    return got + take
+def shrink_file_lru(memcg, want):
+    """Evict the oldest file folios, each whole, until `want` pages are freed; page by page
+    should the pool hold more than its folios."""
+    got = 0
+    while got < want and memcg[POOLS + POOL_FILE]:
+        folio = oldest_folio(memcg)
+        if folio == 0:
+            folio = want - got
+        got = reclaim_pages(memcg, POOL_FILE, min(folio, memcg[POOLS + POOL_FILE]), got)
+    return got
+
+
+@njit
+def oldest_folio(memcg):
+    """Take the LRU's oldest folio that is still charged; its size, 0 if none."""
+    while memcg[LRU_HEAD] < memcg[LRU_TAIL]:
+        folio = memcg[FILE_LRU + memcg[LRU_HEAD]]
+        memcg[LRU_HEAD] += 1
+        if memcg[FREED_FOLIOS + folio_order(folio)]:
+            memcg[FREED_FOLIOS + folio_order(folio)] -= 1  # the trace freed it already
+        else:
+            return folio
+    return 0
+
+
+@njit
+def folio_order(nr_pages):
+    order = -1
+    while nr_pages:
+        nr_pages >>= 1
+        order += 1
+    return order
+
+
+@njit
+def reclaim_pages(memcg, pool, nr_pages, got):
+    """Reclaim nr_pages of a pool (owed until the trace frees them); what is got so far."""
+    memcg[POOLS + pool] -= nr_pages
+    memcg[DEBT + pool] += nr_pages
+    return got + nr_pages
 
 
 @njit
@@ -350,15 +389,23 @@ def mem_cgroup_out_of_memory(memcg, stats):
 @njit
 def pay_debt(memcg, pool, nr_pages):
     """Pages of a free that reclaim already took; the rest is uncharged for real."""
-    paid = min(memcg[DEBT + pool], nr_pages)
+    paid = min(max(memcg[DEBT + pool], 0), nr_pages)
     memcg[DEBT + pool] -= paid
     return nr_pages - paid
 
 
 @njit
+def folio_add_lru(memcg, nr_pages):
+    memcg[FILE_LRU + memcg[LRU_TAIL]] = nr_pages
+    memcg[LRU_TAIL] += 1
+
+
+@njit
 def uncharge_lru(memcg, nr_pages, pool):
-    nr_pages = pay_debt(memcg, pool, nr_pages)
-    nr_pages = min(nr_pages, memcg[POOLS + pool])  # never below what the model holds
+    unpaid = pay_debt(memcg, pool, nr_pages)
+    if pool == POOL_FILE and unpaid == nr_pages:  # a folio the model holds: it leaves the LRU
+        memcg[FREED_FOLIOS + folio_order(nr_pages)] += 1
+    nr_pages = min(unpaid, memcg[POOLS + pool])  # never below what the model holds
     memcg[POOLS + pool] -= nr_pages
     page_counter_uncharge(memcg, nr_pages)
 
@@ -527,10 +574,14 @@ def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, o
                 slab_free_object(memcg, knobs, per_cpu, slabs, caches, object_slab, slot)
         elif o == PAGE_ALLOC or o == LRU_CHARGE:
             outcome[i] = charge(memcg, stats, knobs, per_cpu, per_task, pages[i], gfp[i], c, t, irq[i], pool[i])
+            if o == LRU_CHARGE and outcome[i] != FAILED and pool[i] == POOL_FILE:
+                folio_add_lru(memcg, pages[i])
         elif o == PAGE_FREE:
             uncharge_kmem_pages(memcg, knobs, per_cpu, pages[i], c, pool[i])
         elif o == LRU_UNCHARGE:
             uncharge_lru(memcg, pages[i], pool[i])
+        elif o == LRU_RECLAIMED:
+            memcg[DEBT + pool[i]] -= pages[i]
         elif o == USER_RETURN:
             resume_user_mode_work(memcg, stats, knobs, per_task, t)
         if (o == OBJ_ALLOC or o == PAGE_ALLOC) and outcome[i] != FAILED:
@@ -598,10 +649,14 @@ class Fast:
         self.knobs = knobs_array(policy, limits, gfp)
         self.resolution_ns, self.t_first, self.batch_size = resolution_ns, start.t_first, batch_size
         self.result = EngineResult.empty(0, start.tasks, start.n_buckets(resolution_ns), resolution_ns)
-        self.memcg = np.zeros(DEBT + 6, np.int64)
+        self.memcg = np.zeros(FILE_LRU, np.int64)
         self.memcg[MAX], self.memcg[HIGH] = limits.max_pages, limits.high_pages
         self.memcg[POOLS:POOLS + 6] = start.initial_pools
         self.memcg[USAGE] = sum(int(p) for p in start.initial_pools)
+        held = int(start.initial_pools[POOL_FILE])  # held before the trace: the oldest, folio sizes unknown
+        self._room_for_folios(held)
+        self.memcg[FILE_LRU:FILE_LRU + held] = 1
+        self.memcg[LRU_TAIL] = held
         self.stats = np.zeros(N_STATS, np.int64)
         self.per_cpu = np.zeros((start.cpus, 2), np.int64)
         self.per_task = np.zeros((start.tasks, 2), np.int64)
@@ -625,6 +680,7 @@ class Fast:
             part = {name: np.ascontiguousarray(getattr(batch, name)[start:stop], dtype) for name, dtype in INPUT_DTYPES}
             if not self.knobs[OBJECT_CHARGING]:
                 self._room_for_slabs(int(self.cursor[SLAB_COUNT]) + int(np.count_nonzero(part["op"] == OBJ_ALLOC)))
+            self._room_for_folios(int(np.count_nonzero((part["op"] == LRU_CHARGE) & (part["pool"] == POOL_FILE))))
             replay_batch(*part.values(), outcome[start:stop], self.t_first, self.resolution_ns, self.memcg, self.stats,
                          self.knobs, self.per_cpu, self.per_task, self.charged, self.object_slab, self.slabs,
                          self.caches, self.geometry, self.cursor, self.result.bucket_last, self.result.bucket_peak)
@@ -649,6 +705,14 @@ class Fast:
             ids = getattr(batch, name)
             if len(ids) and (ids.min() < low or ids.max() >= high):
                 raise ValueError(f"operation {name} ids span {ids.min()}..{ids.max()}; the trace has {low}..{high - 1}")
+
+    def _room_for_folios(self, more: int) -> None:
+        """Grow the memcg array's file LRU (doubling) to hold `more` folios."""
+        needed = FILE_LRU + int(self.memcg[LRU_TAIL]) + more
+        if needed > len(self.memcg):
+            grown = np.zeros(max(needed, 2 * len(self.memcg)), np.int64)
+            grown[:len(self.memcg)] = self.memcg
+            self.memcg = grown
 
     def _room_for_slabs(self, needed: int) -> None:
         """Grow the slab table (doubling) to at least `needed` rows."""

@@ -7,8 +7,12 @@ What becomes an operation:
 - frees of those objects: OBJ_FREE, with the allocation's size, cache and pool;
 - accounted (__GFP_ACCOUNT) page allocations and their frees: PAGE_ALLOC, PAGE_FREE;
 - the target memcg's NR_FILE_PAGES and NR_ANON_MAPPED changes: LRU_CHARGE and
-  LRU_UNCHARGE of file and anon pages, charged with GFP_HIGHUSER_MOVABLE (shmem
-  counts as file: an approximation);
+  LRU_UNCHARGE of file and anon pages, charged with GFP_HIGHUSER_MOVABLE. Shmem (an
+  NR_FILE_PAGES change the task follows with the same NR_SHMEM change) is swap-backed:
+  the kernel keeps it on the anon LRU, so it joins the anon pool, which only swap can
+  reclaim (and an OOM kill frees: an approximation, shmem outlives its mappers). Those that fall inside a reclaim_begin/end of the
+  task that reclaims are the capturing kernel's own reclaim, not the workload's doing:
+  LRU_RECLAIMED (the model decides its own reclaim);
 - returns to user space: USER_RETURN.
 """
 from __future__ import annotations
@@ -20,7 +24,7 @@ import numpy as np
 import polars as pl
 
 from replay.ops import (
-    LRU_CHARGE, LRU_UNCHARGE, OBJ_ALLOC, PAGE_ALLOC, PAGE_SIZE, POOL_ANON, POOL_FILE,
+    LRU_CHARGE, LRU_RECLAIMED, LRU_UNCHARGE, OBJ_ALLOC, PAGE_ALLOC, PAGE_SIZE, POOL_ANON, POOL_FILE,
     POOL_KMEM_PAGES, POOL_OTHER, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, USER_RETURN,
 )
 from traces.reader import Trace
@@ -94,6 +98,11 @@ class InputStream:
         self.cache_ids = {name: i for i, name in enumerate(self.cache_names)}
         self.geometry = _cache_geometry(trace, dict(sizes.iter_rows()))
         self.initial_pools = _initial_pools(trace)
+        self.reclaim_marks = (  # every reclaim_begin and reclaim_end: windows may span segments
+            events.with_row_index("row").filter(pl.col("kind").is_in(["reclaim_begin", "reclaim_end"]))
+            .select(pl.col("row").cast(pl.Int64), "pid", (pl.col("kind") == "reclaim_begin").alias("in_reclaim"))
+            .collect().lazy()
+        )
 
     @property
     def segments(self) -> int:
@@ -126,13 +135,22 @@ class InputStream:
         )
         enums = trace.manifest.get("enums", {}).get("node_stat_item", {})
         lru_items = {enums[name]: pool for name, pool in (("NR_FILE_PAGES", POOL_FILE), ("NR_ANON_MAPPED", POOL_ANON)) if name in enums}
+        shmem = enums.get("NR_SHMEM", -1)
         lru = (
-            events.filter((pl.col("kind") == "memcg_lruvec_state") & pl.col("item").is_in(list(lru_items))
+            events.filter((pl.col("kind") == "memcg_lruvec_state") & pl.col("item").is_in([*lru_items, shmem])
                           & (pl.col("memcg_id") == trace.manifest["target"]["memcg_id"]) & (pl.col("val") != 0))
+            .sort("row")
+            .with_columns(((pl.col("item").shift(-1).over("pid") == shmem) & (pl.col("val").shift(-1).over("pid") == pl.col("val")))
+                          .fill_null(False).alias("swap_backed"))
+            .filter(pl.col("item") != shmem)
+            .join_asof(self.reclaim_marks, on="row", by="pid", strategy="backward", check_sortedness=False)  # the task's last mark before
             .with_columns(
-                pl.when(pl.col("val") > 0).then(pl.lit(LRU_CHARGE)).otherwise(pl.lit(LRU_UNCHARGE)).cast(pl.Int8).alias("op"),
+                pl.when(pl.col("val") > 0).then(pl.lit(LRU_CHARGE))
+                .when(pl.col("in_reclaim").fill_null(False)).then(pl.lit(LRU_RECLAIMED))
+                .otherwise(pl.lit(LRU_UNCHARGE)).cast(pl.Int8).alias("op"),
                 pl.col("val").abs().alias("pages"),
-                pl.col("item").replace_strict(lru_items, return_dtype=pl.Int8).alias("pool"),
+                pl.when(pl.col("swap_backed")).then(pl.lit(POOL_ANON, pl.Int8))
+                .otherwise(pl.col("item").replace_strict(lru_items, default=POOL_FILE, return_dtype=pl.Int8)).alias("pool"),
                 pl.lit(trace.gfp_flags.get("GFP_HIGHUSER_MOVABLE", 0), pl.UInt32).alias("gfp"),
             )
         )

@@ -15,6 +15,7 @@ PAGE_FREE = 4
 LRU_CHARGE = 5  # file or anon pages join the memcg (memcg stat NR_FILE_PAGES, NR_ANON_MAPPED...)
 LRU_UNCHARGE = 6
 USER_RETURN = 7  # the task returns to user space (syscall exit)
+LRU_RECLAIMED = 8  # the capturing kernel's own reclaim took file or anon pages (inside its reclaim_begin/end)
 
 # Pools the memcg's usage is split into; reclaim takes from some of them.
 POOL_FILE, POOL_ANON, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, POOL_KMEM_PAGES, POOL_OTHER = range(6)

@@ -75,6 +75,26 @@ BUILTIN = {
 }
 
 
+# The model of each kernel era: (first release, policy, what it models).
+KERNEL_ERAS = (
+    ((4, 2), "caller-gfp", "4.2: slab pages charged with the caller's gfp, memory.high reclaimed in the charge path"),
+    ((4, 3), "nowait-slab-charge", "4.3: high-order slab charges without direct reclaim (6af3142bed1f)"),
+    ((4, 4), "return-to-user", "4.4 to 6.0: memory.high reclaimed on return to user space (b23afb93d317)"),
+    ((6, 1), "mainline-6.18", "6.1 and later: object charging, 64-page stocks, throttled memory.high"),
+)
+
+
+def for_kernel(release: str) -> tuple[Policy, str]:
+    """The built-in policy closest to a kernel release (e.g. "6.18.44-fc"), and why."""
+    try:
+        version = tuple(int(part) for part in release.split("-")[0].split(".")[:2])
+    except ValueError:
+        raise ValueError(f"kernel release {release!r}: expected MAJOR.MINOR...") from None
+    eras = [era for era in KERNEL_ERAS if era[0] <= version] or [KERNEL_ERAS[0]]
+    _, name, what = eras[-1]
+    return BUILTIN[name], f"{name} for kernel {release} ({what})"
+
+
 def get(name: str) -> Policy:
     if name not in BUILTIN:
         raise ValueError(f"no policy {name!r}; the built-in policies are {', '.join(BUILTIN)} (see chargeplay policies)")

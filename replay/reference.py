@@ -10,9 +10,13 @@ rules are from shared/KERNEL-MODEL.md; the approximations are said where they ar
   the task, they do not delay its later events. Async reclaim (high_work, watermarks) is
   instantaneous and stalls nobody.
 - Reclaim takes file pages, then reclaimable slab, then anon pages if swap is on, at
-  `reclaim_ns_per_page` each. What it takes is owed: the trace later frees some of
-  those pages or objects itself, and such frees first pay off the debt instead of
-  uncharging twice.
+  `reclaim_ns_per_page` each. File pages go as whole folios, oldest first (the LRU's
+  tail), so one large folio can satisfy a call; a freed folio leaves the LRU as the
+  oldest one of its order (the trace does not say which). What reclaim takes is owed: the
+  trace later frees some of those pages or objects itself, and such frees first pay off
+  the debt instead of uncharging twice. The capturing kernel's own reclaim (LRU pages
+  gone inside its reclaim_begin/end) is not replayed: it cancels the model's debt, and
+  where the model has not reclaimed as much it leaves a credit.
 - An OOM kill frees the anon pool (the victim's memory); with nothing to free, the
   charge fails.
 - Page stocks serve only this memcg, so their slot count never runs out. drain_all_stock
@@ -23,13 +27,14 @@ rules are from shared/KERNEL-MODEL.md; the approximations are said where they ar
 """
 from __future__ import annotations
 
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from replay.input import ReplayInput
 from replay.ops import (
-    HZ, LRU_CHARGE, LRU_UNCHARGE, MEMCG_CHARGE_BATCH_6X, MEMCG_DELAY_PRECISION_SHIFT, MEMCG_DELAY_SCALING_SHIFT,
+    HZ, LRU_CHARGE, LRU_RECLAIMED, LRU_UNCHARGE, MEMCG_CHARGE_BATCH_6X, MEMCG_DELAY_PRECISION_SHIFT, MEMCG_DELAY_SCALING_SHIFT,
     MEMCG_MAX_HIGH_DELAY_JIFFIES, OBJ_ALLOC, OBJ_EXT_BYTES, OBJ_FREE, OUTCOME, PAGE_ALLOC, PAGE_ALLOC_COSTLY_ORDER,
     PAGE_FREE, PAGE_SHIFT, PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE,
     SWAP_CLUSTER_MAX, TRIGGER, USER_RETURN, GfpBits, Limits,
@@ -60,7 +65,11 @@ class Memcg:
     usage: int = 0
     failcnt: int = 0
     pools: list[int] = field(default_factory=lambda: [0] * 6)  # pages
-    debt: list[int] = field(default_factory=lambda: [0] * 6)  # pages reclaimed the trace has yet to free
+    # pages reclaimed that the trace has yet to free; below 0: pages the capturing kernel
+    # reclaimed and the model still holds
+    debt: list[int] = field(default_factory=lambda: [0] * 6)
+    file_lru: deque[int] = field(default_factory=deque)  # file folio sizes (pages), oldest first
+    freed_folios: Counter[int] = field(default_factory=Counter)  # per order: freed, still to leave file_lru
 
 
 class Reference:
@@ -69,6 +78,7 @@ class Reference:
         self.memcg = Memcg(max=limits.max_pages, high=limits.high_pages)
         self.memcg.pools = [int(p) for p in data.initial_pools]
         self.memcg.usage = sum(self.memcg.pools)
+        self.memcg.file_lru.extend([1] * self.memcg.pools[POOL_FILE])  # held before the trace: the oldest, folio sizes unknown
         self.stock = [0] * data.cpus  # per-CPU pre-charged pages (memcg_stock_pcp)
         self.obj_stock = [0] * data.cpus  # per-CPU pre-charged bytes (obj_stock_pcp)
         self.over_high = [0] * data.tasks  # current->memcg_nr_pages_over_high
@@ -104,8 +114,12 @@ class Reference:
                 self.uncharge_kmem_pages(int(d.pages[i]), cpu, int(d.pool[i]))
             elif op == LRU_CHARGE:
                 outcome[i] = self.charge(int(d.pages[i]), gfp, cpu, irq, int(d.pool[i]))
+                if outcome[i] != OUTCOME["failed"] and d.pool[i] == POOL_FILE:
+                    self.folio_add_lru(int(d.pages[i]))
             elif op == LRU_UNCHARGE:
                 self.uncharge_lru(int(d.pages[i]), int(d.pool[i]))
+            elif op == LRU_RECLAIMED:
+                self.memcg.debt[int(d.pool[i])] -= int(d.pages[i])
             elif op == USER_RETURN:
                 self.resume_user_mode_work()
             if op in (OBJ_ALLOC, PAGE_ALLOC) and outcome[i] != OUTCOME["failed"]:
@@ -303,15 +317,12 @@ class Reference:
     # -- reclaim and OOM ---------------------------------------------------------------------
 
     def try_to_free_mem_cgroup_pages(self, nr_pages: int, trigger: str, exact: bool = False) -> int:
-        """Reclaim up to max(nr_pages, SWAP_CLUSTER_MAX) from file, reclaimable slab, then anon."""
+        """Reclaim at least max(nr_pages, SWAP_CLUSTER_MAX): whole file folios, then
+        reclaimable slab, then anon pages."""
         want = nr_pages if exact else max(nr_pages, SWAP_CLUSTER_MAX)
-        got = 0
-        pools = (POOL_FILE, POOL_SLAB_RECLAIMABLE, POOL_ANON) if self.limits.swap else (POOL_FILE, POOL_SLAB_RECLAIMABLE)
-        for pool in pools:
-            take = min(want - got, self.memcg.pools[pool])
-            self.memcg.pools[pool] -= take
-            self.memcg.debt[pool] += take
-            got += take
+        got = self.shrink_file_lru(want)
+        for pool in (POOL_SLAB_RECLAIMABLE, POOL_ANON) if self.limits.swap else (POOL_SLAB_RECLAIMABLE,):
+            got = self.reclaim_pages(pool, min(max(want - got, 0), self.memcg.pools[pool]), got)
         self.page_counter_uncharge(got)
         t = TRIGGER[trigger]
         self.result.reclaim_calls[t] += 1
@@ -319,6 +330,32 @@ class Reference:
         if trigger != "async":
             self.stall(got * self.limits.reclaim_ns_per_page)
         return got
+
+    def shrink_file_lru(self, want: int) -> int:
+        """shrink_lruvec's file lists: evict the oldest folios, each whole, until `want`
+        pages are freed (a 256-page folio satisfies a 32-page call); page by page should
+        the pool hold more than its folios."""
+        got = 0
+        while got < want and self.memcg.pools[POOL_FILE]:
+            folio = self.oldest_folio() or want - got
+            got = self.reclaim_pages(POOL_FILE, min(folio, self.memcg.pools[POOL_FILE]), got)
+        return got
+
+    def oldest_folio(self) -> int:
+        """Take the LRU's oldest folio that is still charged; its size, 0 if none."""
+        while self.memcg.file_lru:
+            folio = self.memcg.file_lru.popleft()
+            if self.memcg.freed_folios[folio_order(folio)]:
+                self.memcg.freed_folios[folio_order(folio)] -= 1  # the trace freed it already
+            else:
+                return folio
+        return 0
+
+    def reclaim_pages(self, pool: int, nr_pages: int, got: int) -> int:
+        """Reclaim nr_pages of a pool (owed until the trace frees them); what is got so far."""
+        self.memcg.pools[pool] -= nr_pages
+        self.memcg.debt[pool] += nr_pages
+        return got + nr_pages
 
     def mem_cgroup_out_of_memory(self) -> bool:
         """Kill a task: its anon memory goes. False when there is nothing to kill for."""
@@ -337,13 +374,18 @@ class Reference:
 
     def pay_debt(self, pool: int, nr_pages: int) -> int:
         """Pages of a free that reclaim already took; the rest is uncharged for real."""
-        paid = min(self.memcg.debt[pool], nr_pages)
+        paid = min(max(self.memcg.debt[pool], 0), nr_pages)
         self.memcg.debt[pool] -= paid
         return nr_pages - paid
 
+    def folio_add_lru(self, nr_pages: int) -> None:
+        self.memcg.file_lru.append(nr_pages)
+
     def uncharge_lru(self, nr_pages: int, pool: int) -> None:
-        nr_pages = self.pay_debt(pool, nr_pages)
-        nr_pages = min(nr_pages, self.memcg.pools[pool])  # never below what the model holds
+        unpaid = self.pay_debt(pool, nr_pages)
+        if pool == POOL_FILE and unpaid == nr_pages:  # a folio the model holds: it leaves the LRU
+            self.memcg.freed_folios[folio_order(nr_pages)] += 1
+        nr_pages = min(unpaid, self.memcg.pools[pool])  # never below what the model holds
         self.memcg.pools[pool] -= nr_pages
         self.page_counter_uncharge(nr_pages)
 
@@ -460,3 +502,8 @@ class Reference:
 
     def record_usage(self) -> None:
         self.result.record(self.now - self.data.t_first, self.memcg.usage)
+
+
+def folio_order(nr_pages: int) -> int:
+    """A folio's order (sizes that are not a power of two count as the order below)."""
+    return nr_pages.bit_length() - 1

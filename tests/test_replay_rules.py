@@ -9,7 +9,7 @@ import pytest
 
 from replay.input import ReplayInput
 from replay.ops import (
-    LRU_CHARGE, OBJ_ALLOC, OUTCOME, PAGE_ALLOC, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER,
+    LRU_CHARGE, LRU_RECLAIMED, LRU_UNCHARGE, OBJ_ALLOC, OUTCOME, PAGE_ALLOC, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER,
     POOL_SLAB_UNRECLAIMABLE, TRIGGER, UNLIMITED, USER_RETURN, GfpBits, Limits,
 )
 from replay.policy import BUILTIN, Policy
@@ -152,6 +152,35 @@ def test_oom_kill_frees_the_anon_pool_and_the_charge_goes_through(engine):
     r = engine(data, MAINLINE, Limits(max_pages=64))
     assert r.outcome[0] == OUTCOME["oom"] and r.oom_kills == 1 and r.peak_pages == 33
     assert r.reclaim_calls[TRIGGER["max"]] == 18 and r.max_events == 18
+
+
+def file_folio(pages: int, op: int = LRU_CHARGE) -> dict:
+    return {"op": op, "pages": pages, "pool": POOL_FILE}
+
+
+def test_reclaim_evicts_whole_folios_and_a_freed_folio_leaves_the_lru(engine):
+    # Folios charged: 1 page (batch 64: usage 64, stock 63), 256 pages (more than the
+    # stock: usage 320), 1 page (stock hit). The trace frees a 1-page folio: the oldest of
+    # that order leaves the LRU (usage 319). The 200-page charge does not fit under max 500
+    # (failcnt 1) and reclaims at least 200 pages: the LRU's oldest folio, the 256-page one,
+    # goes whole (not 200 pages, not 1 + 256). Usage 63 + 200 = 263.
+    ops = [file_folio(1), file_folio(256), file_folio(1), file_folio(1, LRU_UNCHARGE), page(pages=200, obj=0)]
+    r = engine(scenario(ops), MAINLINE, Limits(max_pages=500))
+    assert r.reclaim_calls[TRIGGER["max"]] == 1 and r.reclaimed_pages[TRIGGER["max"]] == 256
+    assert r.outcome[4] == OUTCOME["reclaimed"] and r.failcnt == 1
+    assert list(r.bucket_last) == [64, 320, 320, 319, 263]
+
+
+def test_the_capturing_kernels_reclaim_is_not_replayed_as_a_free(engine):
+    # A 256-page folio (usage 256, the batch is the charge: no stock); the kernel reclaims
+    # it in the trace, which the model does not replay: usage stays 256, and the model owes
+    # the trace 256 pages of credit. The 64-page charge does not fit under max 300, so the
+    # model reclaims the folio itself (usage 0 + 64), which settles the credit. A later
+    # 1-page folio (batch 64: usage 128) freed by the trace is uncharged for real: 127.
+    ops = [file_folio(256), file_folio(256, LRU_RECLAIMED), page(pages=64, obj=0), file_folio(1), file_folio(1, LRU_UNCHARGE)]
+    r = engine(scenario(ops), MAINLINE, Limits(max_pages=300))
+    assert list(r.bucket_last) == [256, 256, 64, 128, 127]
+    assert r.reclaim_calls[TRIGGER["max"]] == 1 and r.reclaimed_pages[TRIGGER["max"]] == 256
 
 
 def test_watermark_reclaims_asynchronously_below_the_margin(engine):

@@ -4,15 +4,18 @@ Each first writes a file of page cache (reclaimable memory the kernel can take b
 runs a storm of kernel-memory allocations, so that usage reaches the memcg limit and the
 kernel reclaims while slab objects are being charged.
 
-    python3 workloads.py files|sockets|forks [--scale N]
+    python3 workloads.py files|sockets|forks|oom [--scale N]
 """
 from __future__ import annotations
 
 import argparse
+import mmap
 import os
 import shutil
+import signal
 import socket
 import tempfile
+import time
 
 CACHE_MB = 24
 
@@ -56,9 +59,35 @@ def fork_storm(count: int) -> None:
         os.waitpid(pid, 0)
 
 
+def anon_touch(megabytes: int) -> None:
+    """Touch private anonymous memory page by page (no swap: reclaim cannot take it back)."""
+    memory = mmap.mmap(-1, megabytes << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    for offset in range(0, megabytes << 20, mmap.PAGESIZE):
+        memory[offset] = 1
+
+
+def oom_storm(megabytes: int) -> None:
+    """A child holds `megabytes` of anon memory while a second child touches as much
+    again: past the limit the memcg OOM-kills the holder (the largest), the toucher goes
+    on. The OOM kill is decisive: the charges after it need the victim's memory."""
+    holder = os.fork()
+    if holder == 0:
+        anon_touch(megabytes)
+        os.read(os.open("/dev/null", os.O_RDONLY), 1) or signal.pause()  # hold it until killed
+        os._exit(0)
+    time.sleep(1)  # let the holder fill first
+    toucher = os.fork()
+    if toucher == 0:
+        anon_touch(megabytes)
+        os._exit(0)
+    os.waitpid(toucher, 0)
+    os.kill(holder, signal.SIGKILL)  # if the memcg has not
+    os.waitpid(holder, 0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("storm", choices=("files", "sockets", "forks"))
+    parser.add_argument("storm", choices=("files", "sockets", "forks", "oom"))
     parser.add_argument("--scale", type=int, default=1)
     args = parser.parse_args()
     directory = tempfile.mkdtemp(prefix="chargeplay-workload-", dir="/var/tmp")
@@ -68,8 +97,10 @@ def main() -> None:
             file_storm(directory, 3000 * args.scale)
         elif args.storm == "sockets":
             socket_storm(6000 * args.scale)
-        else:
+        elif args.storm == "forks":
             fork_storm(200 * args.scale)
+        else:
+            oom_storm(20 * args.scale)
     finally:
         shutil.rmtree(directory)
 

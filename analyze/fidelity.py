@@ -1,0 +1,146 @@
+"""`chargeplay validate`: capture a workload under a limit, replay its trace under the model
+of the kernel it ran on, and compare the prediction with what that kernel did.
+
+What the kernel did comes from the trace itself: its memcg reclaim begin/end events (the
+workload's tasks only) and the memcg's counters, sampled until the workload left
+(memcg.parquet: failcnt or memory.events max, max usage or memory.peak, OOM kills, usage).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import polars as pl
+
+from collect.collector import CaptureOptions, Progress, capture
+from replay import policy, run
+from traces.atomic import check_new_output, make_private_dir, write_json
+from traces.manifest import TraceError
+from traces.reader import Trace
+
+# (metric, unit, largest relative error the model should make; None: no target)
+METRICS = (
+    ("reclaim invocations", "calls", 0.10),
+    ("pages reclaimed", "pages", None),
+    ("peak usage", "bytes", 0.05),
+    ("charge failures (failcnt)", "failures", None),
+    ("OOM kills", "kills", 0.0),
+    ("final usage", "bytes", None),
+)
+
+
+def observed(trace: Trace) -> dict[str, int]:
+    """What the kernel did, from the trace's reclaim events and the memcg's last counters."""
+    reclaims = (
+        trace.events().filter(pl.col("kind") == "reclaim_end").select(pl.len().alias("calls"), pl.col("val").sum().alias("pages"))
+        .collect().row(0, named=True)
+    )
+    samples = trace.side_table("memcg")
+    if samples is None or samples.select(pl.len()).collect().item() == 0:
+        raise TraceError(f"{trace.path}: no memcg counter samples (memcg.parquet); re-capture with chargeplay collect")
+    last = samples.sort("ts_ns").collect().row(-1, named=True)
+    return {
+        "reclaim invocations": int(reclaims["calls"]),
+        "pages reclaimed": int(reclaims["pages"] or 0),
+        "peak usage": int(last["max_usage"] or 0),
+        "charge failures (failcnt)": int(last["failcnt"] or 0),
+        "OOM kills": int(last["events_oom_kill"] or 0),
+        "final usage": int(last["usage"] or 0),
+    }
+
+
+def predicted(summary: dict, timeseries: pl.DataFrame) -> dict[str, int]:
+    """What the model predicts, from one policy's replay summary and its usage series."""
+    last = timeseries.sort("t_ns").row(-1, named=True) if timeseries.height else {"usage_bytes": 0}
+    return {
+        "reclaim invocations": sum(summary["reclaim_calls"].values()),
+        "pages reclaimed": sum(summary["reclaimed_pages"].values()),
+        "peak usage": summary["peak_bytes"],
+        "charge failures (failcnt)": summary["failcnt"],
+        "OOM kills": summary["oom_kills"],
+        "final usage": int(last["usage_bytes"]),
+    }
+
+
+def relative_error(prediction: int, observation: int) -> float | None:
+    """(predicted - observed) / observed; 0 when both are 0, None (infinite) when only observed is."""
+    if observation == 0:
+        return 0.0 if prediction == 0 else None
+    return (prediction - observation) / observation
+
+
+def fidelity_table(prediction: dict[str, int], observation: dict[str, int]) -> list[dict]:
+    rows = []
+    for metric, unit, target in METRICS:
+        error = relative_error(prediction[metric], observation[metric])
+        met = None if target is None else error is not None and abs(error) <= target
+        rows.append({"metric": metric, "unit": unit, "predicted": prediction[metric], "observed": observation[metric],
+                     "relative_error": error, "target": target, "met": met})
+    return rows
+
+
+def compare(trace: Trace, result_dir: Path, policy_name: str, model: str) -> dict:
+    """The fidelity of a replay result (one policy) against the trace it replayed."""
+    summary = json.loads((result_dir / "summary.json").read_text())
+    series = pl.read_parquet(result_dir / "timeseries.parquet").filter(pl.col("policy") == policy_name)
+    target = trace.manifest.get("target", {})
+    return {
+        "trace": str(trace.path),
+        "kernel": trace.manifest.get("kernel", {}).get("release"),
+        "model": model,
+        "policy": policy_name,
+        "workload": target.get("command"),
+        "limits": summary["limits"],
+        "rows": fidelity_table(predicted(summary["policies"][policy_name], series), observed(trace)),
+    }
+
+
+@dataclass
+class Steps:
+    """Progress callbacks: the capture's, then the replay's (step name, steps done)."""
+
+    capturing: Callable[[Progress], None]
+    replaying: Callable[[str, int], None]
+    say: Callable[[str], None]
+
+
+def validate(output: Path, command: list[str], memory_max: int | None, memory_high: int | None, steps: Steps) -> dict:
+    """Capture COMMAND in a fresh limited memcg into OUTPUT/trace, replay it under the
+    running kernel's model into OUTPUT/result, and write OUTPUT/fidelity.json."""
+    if memory_max is None and memory_high is None:
+        raise ValueError("give --memory-max (or --memory-high on cgroup v2): without a limit the kernel never reclaims")
+    check_new_output(output)
+    make_private_dir(output)
+    capture(CaptureOptions(output=output / "trace", command=command, memory_max=memory_max, memory_high=memory_high),
+            steps.capturing, steps.say)
+    trace = Trace.open(output / "trace")
+    chosen, model = policy.for_kernel(trace.manifest["kernel"]["release"])
+    steps.say(f"model: {model}")
+    limits = run.limits_for(trace, None, None, swap=swap_active())
+    run.replay(trace, output / "result", [chosen], limits, run.ENGINES["fast"], steps.replaying)
+    fidelity = compare(trace, output / "result", chosen.name, model)
+    write_json(output / "fidelity.json", fidelity)
+    return fidelity
+
+
+def swap_active() -> bool:
+    """Whether reclaim may swap anon pages here: any swap device or file is on."""
+    return len(Path("/proc/swaps").read_text().splitlines()) > 1
+
+
+def format_value(value: int, unit: str) -> str:
+    return f"{value / (1 << 20):.2f} MiB" if unit == "bytes" else f"{value:,}"
+
+
+def format_error(error: float | None) -> str:
+    return "inf" if error is None else f"{error:+.1%}"
+
+
+def format_target(row: dict) -> str:
+    if row["target"] is None:
+        return "-"
+    verdict = "met" if row["met"] else "not met"
+    return f"exact: {verdict}" if row["target"] == 0 else f"within {row['target']:.0%}: {verdict}"
+
