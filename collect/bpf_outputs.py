@@ -90,11 +90,13 @@ class RingReader:
         self.producer_pos = np.frombuffer(self._producer, np.uint64, 1)
         self.data = np.frombuffer(self._producer, np.uint8, offset=page)
 
-    def read(self) -> tuple[np.ndarray, np.ndarray]:
-        """The committed records since the last read (consumed): their bytes and payload offsets."""
+    def read(self, limit: int | None = None) -> tuple[np.ndarray, np.ndarray, bool]:
+        """The committed records since the last read, at most `limit` (consumed): their bytes,
+        payload offsets, and whether the limit left records unread."""
         consumer, producer = int(self.consumer_pos[0]), int(self.producer_pos[0])
         start = consumer & (self.size - 1)
-        chunk = self.data[start : start + (producer - consumer)].copy()
+        length = producer - consumer if limit is None else min(producer - consumer, limit * self.stride)
+        chunk = self.data[start : start + length].copy()
         if chunk.size % self.stride:
             raise RuntimeError(f"BPF ring buffer holds {chunk.size} bytes, not whole {self.stride}-byte records")
         lengths = chunk.view(np.uint32)[:: self.stride // 4]
@@ -102,7 +104,7 @@ class RingReader:
         ready = int(np.argmax(busy)) if busy.any() else len(lengths)  # records are committed in any order
         self.consumer_pos[0] = consumer + ready * self.stride  # the kernel may reuse the space now
         offsets = np.arange(ready, dtype=np.int64) * self.stride + self.HEADER
-        return chunk, offsets[(lengths[:ready] & self.DISCARD_BIT) == 0]
+        return chunk, offsets[(lengths[:ready] & self.DISCARD_BIT) == 0], length < producer - consumer
 
     def close(self) -> None:
         del self.consumer_pos, self.producer_pos, self.data
@@ -132,19 +134,20 @@ def _perf_event_open(cpu: int) -> int:
 def _perf_samples(words, offsets_out):
     """Payload offsets (bytes) of the PERF_RECORD_SAMPLE records in 8-byte words of perf
     records; other records (PERF_RECORD_LOST) are skipped: the BPF program counts the
-    records it could not write itself. Returns how many."""
+    records it could not write itself. Returns how many, and the bytes of whole records
+    (a record cut by the end of `words` is left for the next read)."""
     n = 0
     at = 0
     while at < words.size:
         header = words[at]
-        size = header >> np.uint64(48)
-        if size == 0:
+        size = int(header >> np.uint64(48)) // 8
+        if size == 0 or at + size > words.size:
             break
         if header & np.uint64(0xFFFFFFFF) == PERF_RECORD_SAMPLE:
             offsets_out[n] = at * 8 + 12  # header, then u32 size, then the payload
             n += 1
-        at += int(size) // 8
-    return n
+        at += size
+    return n, at * 8
 
 
 class PerfReader:
@@ -165,22 +168,23 @@ class PerfReader:
             self.buffers.append((fd, buffer))
             perf_map[cpu] = fd
 
-    def read(self) -> tuple[np.ndarray, np.ndarray]:
-        """The samples written since the last read, of every CPU (consumed)."""
-        chunks = []
+    def read(self, limit_bytes: int | None = None) -> list[tuple[np.ndarray, np.ndarray, bool]]:
+        """Per CPU: the samples written since the last read, at most `limit_bytes` of them
+        (consumed): their bytes, payload offsets, and whether the limit left some unread."""
+        cpus = []
         for _fd, buffer in self.buffers:
             control = np.frombuffer(buffer, np.uint64, 2, offset=_DATA_HEAD)
             head, tail = int(control[0]), int(control[1])
             data = np.frombuffer(buffer, np.uint8, self.size, offset=mmap.PAGESIZE)
-            start, length = tail % self.size, head - tail
+            start, length = tail % self.size, head - tail if limit_bytes is None else min(head - tail, limit_bytes)
             first = data[start : start + length]
-            chunks.append(np.concatenate([first, data[: length - first.size]]))
-            control[1] = head  # the kernel may reuse the space now
+            chunk = np.concatenate([first, data[: length - first.size]])
+            offsets = np.empty(chunk.size // 16, np.int64)
+            n, whole = _perf_samples(chunk.view(np.uint64), offsets)
+            control[1] = tail + whole  # the kernel may reuse the space now
+            cpus.append((chunk, offsets[:n], tail + whole < head))
             del control, data, first
-        chunk = np.concatenate(chunks) if chunks else np.zeros(0, np.uint8)
-        offsets = np.empty(chunk.size // 16, np.int64)
-        n = _perf_samples(chunk.view(np.uint64), offsets)
-        return chunk, offsets[:n]
+        return cpus
 
     def close(self) -> None:
         for fd, buffer in self.buffers:

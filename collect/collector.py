@@ -17,6 +17,7 @@ still be writing), decoded and appended to the current segment.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import time
@@ -42,6 +43,11 @@ from traces.segments import Segment, SegmentWriter
 
 TRACE_CLOCK = "mono"  # the trace clock that equals CLOCK_MONOTONIC, so user space can read it
 HOLD_BACK_NS = 5_000_000
+# The most a drain takes from one buffer (tracefs: pages of a CPU's buffer; eBPF: records of
+# an output): what is left waits for the next drain, which follows at once. This bounds
+# the collector's memory and keeps each drain short however fast events come.
+DRAIN_PAGES = 4096
+DRAIN_RECORDS = 256 * 1024
 INSTANCE_SUFFIXES = ("", "-memcg", "-irq")  # task, memcg and interrupt-context instances
 TASK_EVENTS = [
     ("kmem", "kmalloc"), ("kmem", "kmem_cache_alloc"), ("kmem", "mm_page_alloc"),
@@ -207,15 +213,18 @@ class Collector:
         self._start_workload()  # turns the task instance on once its pid filter is set
         previous = {signum: signal.signal(signum, self._on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
         try:
+            backlog = False
             while self.stop_reason is None:
-                time.sleep(self.options.tick)
-                self._tick(start_ns)
+                if not backlog:
+                    time.sleep(self.options.tick)
+                backlog = self._tick(start_ns)
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         self._stop_sources()
         self._sample(start_ns)  # and as it leaves it
-        self._drain(final=True)
+        while self._drain(final=True):
+            pass
         self.manifest["end"] = {"wall": wall_now(), "trace_ns": time.monotonic_ns()}
         self.writer.close_segment()
 
@@ -283,8 +292,9 @@ class Collector:
             self.decoder.comms[tid] = comm.read_text().strip() if comm.exists() else ""
         known.update(new)
 
-    def _tick(self, start_ns: int) -> None:
-        self._drain(final=False)
+    def _tick(self, start_ns: int) -> bool:
+        """Drain, sample, check whether to stop; True if a buffer still holds events."""
+        backlog = self._drain(final=False)
         self._sample(start_ns)
         if self.workload is not None and self.workload.poll() is not None:
             self.stop_reason = f"workload exited with status {self.workload.returncode}"
@@ -293,25 +303,41 @@ class Collector:
         elif self.workload is None:
             self._follow_cgroup_tasks()
         self.report(self.progress)
+        return backlog
 
-    def _drain(self, final: bool) -> None:
-        """Read every buffer, merge by time and write what no CPU can still precede."""
+    def _drain(self, final: bool) -> bool:
+        """Read every buffer, merge by time and write what no buffer can still precede;
+        True if a buffer was read only up to its limit (then drain again at once)."""
         now = time.monotonic_ns()
-        parts = self._read_parts()
+        parts, unread_after = self._read_parts()
         if self.pending is not None:
             parts.append(self.pending)
         merged = concat(parts)
         order = np.argsort(merged.ts, kind="stable")
-        ready = len(order) if final else int(np.searchsorted(merged.ts[order], np.uint64(now - HOLD_BACK_NS)))
+        if final and unread_after is None:
+            ready = len(order)
+        else:  # a buffer read up to its limit holds events from its last one read on
+            horizon = now if unread_after is None else min(now, unread_after)
+            ready = int(np.searchsorted(merged.ts[order], np.uint64(horizon - HOLD_BACK_NS)))
         self.pending = _compact(_take(merged, order[ready:]))
         if ready:
             self._write(self.decoder.decode(_take(merged, order[:ready])))
         self.progress.seconds = (now - self.decoder.t0) / 1e9
         self.progress.lost = self._lost_total()
         self.progress.bytes_written = _bytes_in(self.options.output / "events")
+        return unread_after is not None
 
-    def _read_parts(self) -> list[RawEvents]:
-        return [parse_pages(r.read_available(), r.cpu, r.page_size) for r in self.readers]
+    def _read_parts(self) -> tuple[list[RawEvents], int | None]:
+        """The events read from every buffer, and the earliest timestamp after which a buffer
+        read up to its limit may still hold events (None: every buffer was emptied)."""
+        parts, unread_after = [], None
+        for reader in self.readers:
+            pages = reader.read_available(DRAIN_PAGES)
+            part = parse_pages(pages, reader.cpu, reader.page_size)
+            parts.append(part)
+            if len(pages) == DRAIN_PAGES * reader.page_size and len(part):
+                unread_after = earliest(unread_after, int(part.ts.max()))
+        return parts, unread_after
 
     def _write(self, table: pa.Table) -> None:
         self.writer.write(table)
@@ -364,6 +390,7 @@ class Collector:
         write_parquet(out / "symbols.parquet", self.decoder.call_sites.symbol_table())
         self.manifest["status"] = "complete"
         self.manifest["stop_reason"] = self.stop_reason
+        self.manifest["collector"]["max_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
         self._write_manifest()
 
     def _tear_down(self) -> None:
@@ -393,6 +420,10 @@ class Collector:
             return
         self.workload.terminate()
         wait_or_kill(self.workload, timeout=5)
+
+
+def earliest(known: int | None, ts: int) -> int:
+    return ts if known is None else min(known, ts)
 
 
 def _bytes_in(directory: Path) -> int:

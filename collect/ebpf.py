@@ -35,7 +35,7 @@ from collect import bpf_outputs
 from collect.bpf_loader import MAPS, Unavailable
 from collect.bpf_outputs import BpfMap, PerfReader, RingReader
 from collect.cleanup import wait_or_kill
-from collect.collector import INSTANCE_SUFFIXES, Collector, CaptureOptions, Progress
+from collect.collector import DRAIN_RECORDS, INSTANCE_SUFFIXES, CaptureOptions, Collector, Progress, earliest
 from collect.decode import Decoder
 from collect.ebpf_records import NAMED_RECORD_SIZE, RECORD_SIZE, raw_events, record_formats, slab_caches
 from collect.ringbuf import RawEvents
@@ -212,14 +212,25 @@ class EbpfCollector(Collector):
     def _admit_done(self) -> None:
         pass
 
-    def _read_parts(self) -> list[RawEvents]:
+    def _read_parts(self) -> tuple[list[RawEvents], int | None]:
         """Records first, then named records: a slab record's T_CACHE was written before
-        the record, so it is among the named records read after it."""
-        records_output, named_output = self.outputs
-        records = raw_events(*records_output.read(), RECORD_SIZE)
-        named = raw_events(*named_output.read(), NAMED_RECORD_SIZE)
-        self.decoder.slab_caches.update(slab_caches(named, self.loader.slab_account))
-        return [records, named]
+        the record, so it is among the named records read after it (which are never left
+        unread: they are few)."""
+        records, named = self.outputs
+        if isinstance(records, PerfReader):
+            reads = [(*read, RECORD_SIZE) for read in records.read(DRAIN_RECORDS * RECORD_SIZE // len(records.buffers))]
+            reads += [(*read, NAMED_RECORD_SIZE) for read in named.read()]
+        else:
+            reads = [(*records.read(DRAIN_RECORDS), RECORD_SIZE), (*named.read(), NAMED_RECORD_SIZE)]
+        parts, unread_after = [], None
+        for data, offsets, capped, size in reads:
+            part = raw_events(data, offsets, size)
+            parts.append(part)
+            if capped and len(part):
+                unread_after = earliest(unread_after, int(part.ts.max()))
+            if size == NAMED_RECORD_SIZE:
+                self.decoder.slab_caches.update(slab_caches(part, self.loader.slab_account))
+        return parts, unread_after
 
     def _sources_open(self) -> bool:
         return bool(self.outputs)

@@ -299,10 +299,10 @@ class CpuReader:
         self.page_size = page_size or _subbuf_size(instance)
         self._fd = os.open(instance / "per_cpu" / f"cpu{cpu}" / "trace_pipe_raw", os.O_RDONLY | os.O_NONBLOCK)
 
-    def read_available(self) -> bytes:
-        """All whole pages readable now (b"" when the buffer is empty)."""
+    def read_available(self, max_pages: int | None = None) -> bytes:
+        """The whole pages readable now, at most max_pages (b"" when the buffer is empty)."""
         pages = bytearray()
-        while True:
+        while max_pages is None or len(pages) < max_pages * self.page_size:
             try:
                 page = os.read(self._fd, self.page_size)
             except OSError as err:

@@ -84,10 +84,13 @@ def test_perf_buffer_walk_finds_samples_and_skips_lost_records():
     # 56-byte payload: 8 header + 4 size + 60 (56 padded) = 72 bytes per sample, then 24 for LOST.
     assert chunk.size == 72 + 24 + 72
     offsets = np.empty(chunk.size // 16, np.int64)
-    n = _perf_samples(chunk.view(np.uint64), offsets)
-    assert offsets[:n].tolist() == [12, 72 + 24 + 12]
+    n, whole = _perf_samples(chunk.view(np.uint64), offsets)
+    assert offsets[:n].tolist() == [12, 72 + 24 + 12] and whole == chunk.size
     raw = raw_events(chunk.copy(), offsets[:n], RECORD_SIZE)
     assert raw.ts.tolist() == [1, 2] and raw.type_id.tolist() == [T_PAGE_ALLOC, T_PAGE_ALLOC]
+    # A read limit that cuts the second sample: it is left for the next read.
+    n, whole = _perf_samples(chunk[: 72 + 24 + 40].view(np.uint64), offsets)
+    assert (n, whole) == (1, 72 + 24)
 
 
 def test_charge_probe_records_decode_to_charge_rows():
