@@ -4,9 +4,10 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -126,10 +127,23 @@ def collect(
     )
     if command:
         _check_command(command[0])
-    with Live(console=err, transient=False, refresh_per_second=4) as live:
+    with _live(transient=False) as live:
         manifest = capture(options, _capture_display(live), _say)
     lost = manifest["lost"]["total"]
     err.print(f"{output}: {manifest['events']:,} events, {lost:,} lost, {manifest['stop_reason']}", markup=False, highlight=False)
+
+
+@contextmanager
+def _live(transient: bool) -> Iterator[Live]:
+    """A status line on stderr that updates in place. Where stderr is not a terminal (a log,
+    a pipe) rich prints its last state without a newline: one is added, so what follows
+    (the summary, an error) starts on its own line."""
+    try:
+        with Live(console=err, transient=transient, refresh_per_second=4) as live:
+            yield live
+    finally:
+        if not err.is_terminal:
+            err.line()
 
 
 def _say(note: str) -> None:
@@ -159,7 +173,7 @@ def validate(
 ) -> None:
     """Capture a workload under a limit (root), replay it under the running kernel's model, compare with what the kernel did."""
     _check_command(command[0])
-    with Live(console=err, transient=True, refresh_per_second=4) as live:
+    with _live(transient=True) as live:
 
         def replaying(step: str, _done: int) -> None:
             live.update(f"replaying {step}")

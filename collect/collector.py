@@ -16,6 +16,7 @@ still be writing), decoded and appended to the current segment.
 """
 from __future__ import annotations
 
+import errno
 import os
 import resource
 import signal
@@ -134,8 +135,14 @@ class Collector:
             self._open_sources(root)
             self._start_manifest(root)
             self._trace()
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            out = self.options.output
+            raise CaptureError(f"{out}: no space left on its device after {self.progress.events:,} events; the trace keeps "
+                               f"the segments closed before (chargeplay info {out}); free space or choose another -o") from None
         finally:
-            self._tear_down()
+            self._tear_down()  # a full disk ends the capture as if killed: closed segments and their manifest stand
         return self.manifest
 
     def _prepare_output(self) -> None:

@@ -120,12 +120,15 @@ class SegmentWriter:
 
     def abort(self) -> None:
         """Drop the open segment and its temporary file: after an error only closed segments count."""
-        if self.writer is not None:
-            try:
+        try:
+            if self.writer is not None:
                 self.writer.close()
-            except OSError:
-                pass  # a full disk, say: the file goes anyway
-        if self.stack is not None:
-            self.stack.__exit__(RuntimeError, RuntimeError("aborted"), None)
+        except OSError:
+            pass  # a full disk, say: the file goes anyway
+        try:
+            if self.stack is not None:  # leaves the block with an error: the temporary file is removed
+                self.stack.__exit__(RuntimeError, RuntimeError("aborted"), None)
+        except OSError:
+            pass  # flushing the file's last buffer failed the same way
         self.pending, self.pending_rows = [], 0
         self._reset_segment()

@@ -1,0 +1,113 @@
+"""Crash safety, live: a collector killed at any point, or stopped by a full disk, leaves a
+readable trace, and whatever it set up in the kernel is removed.
+
+Skips with a reason naming what is missing (root, tracefs).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from collect import cgroup
+from conftest import CHARGEPLAY, chargeplay
+from test_collect_live import wait_until
+from test_cli_errors import assert_user_error
+from traces.reader import Trace
+
+# Seconds after `chargeplay collect` starts: through start-up (imports), setting up
+# (tracefs instances, memcg, guardian), the workload's start and the tracing, with a
+# segment closed every 0.3 s.
+KILL_POINTS = [round(0.2 * i, 1) for i in range(1, 25)]
+
+
+def owned_by(pid: int, tracefs: Path) -> list[Path]:
+    """The tracefs instances and child memcgs of collector `pid` that exist now."""
+    names = {f"chargeplay-{pid}", f"chargeplay-{pid}-memcg", f"chargeplay-{pid}-irq"}
+    paths = [p for p in (tracefs / "instances").iterdir() if p.name in names]
+    return paths + [p for parent in cgroup.child_parents() for p in parent.iterdir() if p.name in names]
+
+
+def guardians_of(pid: int) -> list[int]:
+    """Pids of the guardian processes (python -m collect.cleanup) watching collector `pid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"collect.cleanup" in args and any(a.endswith(f"chargeplay-{pid}".encode()) for a in args):
+            found.append(int(entry.name))
+    return found
+
+
+def long_capture(output: Path, workdir: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*CHARGEPLAY, "collect", "-o", str(output), "--segment-seconds", "0.3", "--",
+         "sh", "-c", f"while :; do touch {workdir}/x; rm {workdir}/x; done"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def assert_readable(trace: Path) -> None:
+    """Every file under its final name is whole; the trace reads as interrupted."""
+    if not (trace / "manifest.json").exists():
+        assert_user_error(chargeplay("info", str(trace)), "manifest")
+        return
+    manifest = json.loads((trace / "manifest.json").read_text())
+    rows = {p.name: pq.read_table(p).num_rows for p in sorted((trace / "events").glob("part-*.parquet"))}
+    listed = [segment["file"].removeprefix("events/") for segment in manifest["segments"]]
+    assert set(listed) <= set(rows)  # a segment renamed just before the kill may not be listed yet
+    assert sum(rows[name] for name in listed) == manifest["events"]
+    info = chargeplay("info", str(trace), "--json")
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["status"] == "interrupted"
+
+
+@pytest.mark.parametrize("seconds", KILL_POINTS)
+def test_sigkill_of_collector_and_guardian_at_any_point(tracefs, tmp_path, seconds):
+    collector = long_capture(tmp_path / "t", tmp_path)
+    time.sleep(seconds)
+    guardians = guardians_of(collector.pid)
+    collector.kill()  # both at once, as an OOM kill of the whole service would
+    for pid in guardians:
+        os.kill(pid, signal.SIGKILL)
+    collector.wait(timeout=30)
+    collector.stderr.close()  # not read: the orphaned workload holds the pipe open
+    if (tmp_path / "t").exists():
+        assert_readable(tmp_path / "t")
+    left = owned_by(collector.pid, tracefs)
+    # The next capture removes what the dead collector left, its workload included.
+    result = chargeplay("collect", "-o", str(tmp_path / "next"), "--", "true")
+    assert result.returncode == 0, result.stderr
+    for path in left:
+        assert f"removed stale {'tracefs instance' if path.parent.name == 'instances' else 'memcg'} {path}" in result.stderr
+    assert owned_by(collector.pid, tracefs) == []
+
+
+@pytest.fixture
+def small_disk(tracefs, tmp_path):
+    """A 4 MiB tmpfs, unmounted afterwards."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_ends_the_capture_with_a_clear_error_and_a_readable_trace(tracefs, small_disk, tmp_path):
+    collector = long_capture(small_disk / "t", tmp_path)
+    _, stderr = collector.communicate(timeout=120)
+    last = stderr.strip().splitlines()[-1]
+    assert collector.returncode == 2 and "Traceback" not in stderr
+    assert last.startswith("error: ") and "no space left" in last and "choose another -o" in last
+    assert_readable(small_disk / "t")
+    assert Trace.open(small_disk / "t").manifest["events"] > 0
+    assert [p.name for p in (small_disk / "t" / "events").iterdir() if p.name.startswith(".")] == []  # no half-written segment
+    assert wait_until(lambda: owned_by(collector.pid, tracefs) == [], timeout=15)
