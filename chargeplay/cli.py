@@ -113,6 +113,7 @@ def collect(
     segment_seconds: Annotated[float, typer.Option(help="close a segment after this many seconds")] = 30.0,
     backend: Annotated[str, typer.Option(envvar="CHARGEPLAY_BACKEND", help="tracefs, ebpf, or auto (eBPF when bcc loads, else tracefs; says which)")] = "tracefs",
     bpf_output: Annotated[str, typer.Option(help="eBPF records through: ringbuf, perf (per-CPU perf buffers), or auto (ringbuf where the kernel has it)")] = "auto",
+    keep_addresses: Annotated[bool, typer.Option(help="also store raw kernel addresses of objects and call sites (addresses/); they reveal the KASLR offset")] = False,
 ) -> None:
     """Capture a workload's kernel-memory events (root): `chargeplay collect -o T --memory-max 64M -- CMD...`."""
     if bool(command) == bool(cgroup):
@@ -123,7 +124,7 @@ def collect(
         output=output, command=command or None, cgroup_path=cgroup,
         memory_max=_size(memory_max, "--memory-max"), memory_high=_size(memory_high, "--memory-high"),
         duration=duration, segment_events=segment_events, segment_seconds=segment_seconds, backend=backend,
-        bpf_output=bpf_output,
+        bpf_output=bpf_output, keep_addresses=keep_addresses,
     )
     if command:
         _check_command(command[0])

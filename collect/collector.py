@@ -39,7 +39,7 @@ from collect.tracefs import Instance, tracefs_root, write_setting
 from traces.atomic import check_new_output, make_private_dir, write_json, write_parquet
 from traces.kernel_tables import gfp_bit, read_gfp_table, read_kernel_enums
 from traces.manifest import MANIFEST, Manifest, new_manifest, wall_now
-from traces.schema import MEMCG_COLUMNS, table_schema
+from traces.schema import CALL_SITE_ADDRESS_COLUMNS, MEMCG_COLUMNS, OBJECT_ADDRESS_COLUMNS, table_schema
 from traces.segments import Segment, SegmentWriter
 
 TRACE_CLOCK = "mono"  # the trace clock that equals CLOCK_MONOTONIC, so user space can read it
@@ -89,6 +89,7 @@ class CaptureOptions:
     buffer_kb: int = 32 * 1024
     backend: str = "tracefs"  # tracefs, ebpf, or auto (eBPF when bcc loads, else tracefs)
     bpf_output: str = "auto"  # eBPF: ringbuf, perf (buffers), or auto (the ring buffer where the kernel has one)
+    keep_addresses: bool = False  # also store raw kernel addresses (addresses/): never by default
 
 
 @dataclass
@@ -201,6 +202,7 @@ class Collector:
             gfp_flags=read_gfp_table(root), enums=read_kernel_enums(),
         )
         self.manifest["sample_interval_s"] = self.options.tick
+        self.manifest["addresses_kept"] = self.options.keep_addresses
         self._write_manifest()
         self.writer = SegmentWriter(
             self.options.output, self._segment_closed, self.options.segment_events, self.options.segment_seconds
@@ -214,6 +216,7 @@ class Collector:
         self._raise_priority()
         start_ns = time.monotonic_ns()
         self.decoder.t0 = start_ns
+        self.decoder.keep_addresses = self.options.keep_addresses
         self.manifest["start"]["trace_ns"] = start_ns
         self._start_sources()
         self._sample(start_ns)  # the memcg as the workload finds it
@@ -379,7 +382,20 @@ class Collector:
         self.manifest["segments"].append(segment.__dict__)
         self.manifest["events"] += segment.events
         self._write_samples()
+        self._write_addresses(Path(segment.file).name)
         self._write_manifest()
+
+    def _write_addresses(self, segment_file: str) -> None:
+        """--keep-addresses: the addresses of the objects allocated since the last segment
+        closed, beside it (so they stay bounded in memory and survive a crash like it)."""
+        if not self.options.keep_addresses:
+            return
+        pairs, self.decoder.addresses = self.decoder.addresses, []
+        objs = np.concatenate([obj for obj, _ in pairs]) if pairs else np.zeros(0, np.int64)
+        addresses = np.concatenate([address for _, address in pairs]) if pairs else np.zeros(0, np.uint64)
+        make_private_dir(self.options.output / "addresses")
+        write_parquet(self.options.output / "addresses" / segment_file,
+                      pa.table({"obj": objs, "address": addresses}, schema=table_schema(OBJECT_ADDRESS_COLUMNS)))
 
     def _write_samples(self) -> None:
         if self.samples:
@@ -395,6 +411,10 @@ class Collector:
         self._write_samples()
         write_parquet(out / "slabs.parquet", slab_table())
         write_parquet(out / "symbols.parquet", self.decoder.call_sites.symbol_table())
+        if self.options.keep_addresses:
+            sites = self.decoder.call_sites.ids
+            write_parquet(out / "addresses" / "call_sites.parquet", pa.table(
+                {"id": list(sites.values()), "address": list(sites.keys())}, schema=table_schema(CALL_SITE_ADDRESS_COLUMNS)))
         self.manifest["status"] = "complete"
         self.manifest["stop_reason"] = self.stop_reason
         self.manifest["collector"]["max_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB

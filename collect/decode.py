@@ -115,6 +115,8 @@ class Decoder:
     pseudonyms: Pseudonyms = field(default_factory=Pseudonyms)
     call_sites: CallSites = field(default_factory=CallSites)
     slab_caches: dict[int, SlabCache] = field(default_factory=dict)  # by key, for records with a "cache" field
+    keep_addresses: bool = False  # then `addresses` collects (obj, raw address) of allocations
+    addresses: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
 
     def decode(self, raw: RawEvents) -> pa.Table:
         """Frees in interrupt context come from an instance without a pid filter: they are
@@ -222,6 +224,10 @@ class Decoder:
         key = np.where(cols.valid[RAW_ADDRESS], cols.values[RAW_ADDRESS], 0).astype(np.uint64)
         obj = self.pseudonyms.assign(key, op)
         cols.put("obj", np.flatnonzero(obj >= 0), obj[obj >= 0])
+        if self.keep_addresses:
+            allocated = (op == ALLOC) & (obj >= 0)
+            pages = kind[allocated] == KIND_CODE["page_alloc"]  # their keys are tagged page frame numbers
+            self.addresses.append((obj[allocated], np.where(pages, key[allocated] & ~PAGE_TAG, key[allocated])))
         del cols.values[RAW_ADDRESS], cols.valid[RAW_ADDRESS]
 
     def _unwanted(self, raw: RawEvents, cols: Columns) -> np.ndarray:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ MEMCG_KINDS = ["memcg_state", "memcg_lruvec_state", "memcg_event"]
 
 # Creates N files in DIR, writes its pid to PIDFILE, and never forks: every allocation the
 # task instance records must carry that one pid.
+KERNEL_SPACE = 0xFFFF800000000000  # x86-64: every kernel address is at or above this
 FILE_MAKER = """
 import os, sys
 n, directory, pidfile = int(sys.argv[1]), sys.argv[2], sys.argv[3]
@@ -108,6 +110,47 @@ def test_allocations_and_frees_share_a_pseudonym_and_no_address_is_stored(tracef
     symbols = pl.read_parquet(tmp_path / "t" / "symbols.parquet")
     assert symbols["symbol"].str.contains(r"^[\w.]+\+0x[0-9a-f]+/0x[0-9a-f]+").any()
     assert not symbols["symbol"].str.contains("ffffffff").any()
+    # Nowhere in the trace is there a value in the kernel's address range, nor addresses/.
+    assert not (tmp_path / "t" / "addresses").exists()
+    for path in (tmp_path / "t").rglob("*.parquet"):
+        table = pl.read_parquet(path)
+        for name, dtype in table.schema.items():
+            if dtype.is_integer():
+                assert (table[name].cast(pl.UInt64, strict=False).drop_nulls() < KERNEL_SPACE).all(), (path, name)
+    assert not re.search(r"ffff[89a-f][0-9a-f]{11}", (tmp_path / "t" / "manifest.json").read_text())
+
+
+def test_keep_addresses_stores_them_apart_and_they_are_the_kernels(tracefs, tmp_path):
+    result = chargeplay("collect", "--keep-addresses", "--segment-seconds", "0.2", "-o", str(tmp_path / "t"), "--",
+                        "sh", "-c", "for i in 1 2 3 4 5; do mkdir -p $0/d/$i; sleep 0.1; done; rm -r $0/d", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    trace = Trace.open(tmp_path / "t")
+    assert trace.manifest["addresses_kept"] is True
+    events = trace.events().collect()
+    objects = pl.read_parquet(tmp_path / "t" / "addresses" / "part-*.parquet")
+    allocations = events.filter(pl.col("kind").is_in(ALLOC_KINDS) & pl.col("obj").is_not_null()).select("obj", "kind")
+    kept = allocations.join(objects, on="obj", how="left")
+    assert kept.height == allocations.height and kept["address"].null_count() == 0
+    slab = kept.filter(pl.col("kind") != "page_alloc")["address"]
+    assert (slab >= KERNEL_SPACE).all()  # the direct map
+    assert (kept.filter(pl.col("kind") == "page_alloc")["address"] < 1 << 40).all()  # page frame numbers
+    # Each call site's address is its symbol's start in /proc/kallsyms plus the stored offset.
+    starts: dict[str, int] = {}
+    for line in Path("/proc/kallsyms").read_text().splitlines():
+        address, kind, name = line.split()[:3]
+        if kind in "tT":
+            starts.setdefault(name, int(address, 16))
+    sites = pl.read_parquet(tmp_path / "t" / "addresses" / "call_sites.parquet").join(trace.side_table("symbols").collect(), on="id")
+    assert set(events["call_site"].drop_nulls()) <= set(sites["id"])
+    checked = 0
+    for address, symbol in sites.select("address", "symbol").iter_rows():
+        match = re.match(r"^([\w.]+)\+0x([0-9a-f]+)/", symbol)
+        if match and match.group(1) in starts and " [" not in symbol:
+            assert address == starts[match.group(1)] + int(match.group(2), 16), symbol
+            checked += 1
+    assert checked >= 10
+    for path in (tmp_path / "t").rglob("*"):
+        assert path.stat().st_mode & 0o077 == 0, path  # owner only
 
 
 def _start_long_capture(tmp_path: Path, *extra: str) -> subprocess.Popen:

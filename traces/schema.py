@@ -7,9 +7,12 @@ A trace is a directory:
     memcg.parquet               the target memcg's counters, sampled at a fixed interval
     slabs.parquet               slab cache geometry from /sys/kernel/slab
     symbols.parquet             call-site id -> symbol+offset, resolved at capture time
+    addresses/                  only with --keep-addresses: pseudonym and call-site id -> raw address
 
 No column holds a raw kernel address: call sites are ids into symbols.parquet and
-objects are pseudonyms (sequence numbers given at allocation, carried to the free).
+objects are pseudonyms (sequence numbers given at allocation, carried to the free:
+nothing of the address is in them, so no secret is needed to keep it out). Only
+`--keep-addresses` writes the addresses, in addresses/ apart from the events.
 """
 from __future__ import annotations
 
@@ -101,6 +104,17 @@ SLAB_COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
     ("objs_per_slab", pa.int32(), "objects in a slab of the preferred order"),
     ("account", pa.bool_(), "SLAB_ACCOUNT; null when sysfs does not say (unmerged caches)"),
     ("reclaim_account", pa.bool_(), "SLAB_RECLAIM_ACCOUNT: counted as reclaimable slab"),
+)
+
+# addresses/part-NNNNNN.parquet and addresses/call_sites.parquet: written only by
+# `chargeplay collect --keep-addresses` (raw kernel addresses reveal the KASLR offset).
+OBJECT_ADDRESS_COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
+    ("obj", pa.int64(), "the pseudonym in events"),
+    ("address", pa.uint64(), "the object's kernel address (slab objects) or page frame number (pages)"),
+)
+CALL_SITE_ADDRESS_COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
+    ("id", pa.int32(), "call_site value in events"),
+    ("address", pa.uint64(), "the call site's kernel text address"),
 )
 
 SYMBOL_COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
