@@ -26,6 +26,7 @@ from replay import policy, run
 from traces.atomic import check_new_output
 from traces.manifest import TraceError
 from traces.reader import Trace
+from traces import scrub as scrubbing
 from traces.samples import DEFAULT_SAMPLE, sample_path
 from traces.summary import summarize
 from traces.synth import synthesize
@@ -305,6 +306,24 @@ def synth(
         task = bar.add_task("synth", total=events)
         written = synthesize(source, output, events, lambda done: bar.update(task, completed=min(done, events)))
     err.print(f"{output}: {written:,} events", markup=False, highlight=False)
+
+
+@app.command()
+@user_errors
+def scrub(
+    trace: Annotated[Path, typer.Argument(help="trace directory")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="trace directory to create")] = ...,
+    comm: Annotated[str, typer.Option(help="task names: hash (keyed, key forgotten), drop, or keep")] = "hash",
+    pid: Annotated[str, typer.Option(help="pids: renumber (1, 2, ... by first appearance) or keep")] = "renumber",
+) -> None:
+    """Copy a trace for sharing: task names hashed or dropped, pids renumbered, command and cgroup paths removed."""
+    source = Trace.open(trace)
+    scrubbing.check_request(source, output, comm, pid)
+    with ProgressBar(TextColumn("scrubbing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err) as bar:
+        task = bar.add_task("scrub", total=None)
+        copied = scrubbing.scrub(source, output, comm, pid, lambda done, total: bar.update(task, completed=done, total=total))
+    err.print(f"{output}: {copied:,} events, task names {'hashed' if comm == 'hash' else comm + 'ped' if comm == 'drop' else 'kept'}, "
+              f"pids {'renumbered' if pid == 'renumber' else 'kept'}", markup=False, highlight=False)
 
 
 def _check_command(name: str) -> None:
