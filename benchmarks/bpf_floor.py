@@ -1,10 +1,13 @@
-"""The floor under any eBPF capture: the overhead workload with programs that do nothing
-attached to the tracepoints collect/kmem_bpf.c uses (raw tracepoints for the slab events,
-classic ones for the rest, as there).
+"""The floors under any eBPF capture, on the workload of benchmarks/capture_overhead.py:
 
-Whatever a capture program records, the kernel first pays for running a BPF program at
-every hit of these tracepoints; this measures that cost alone, on the workload of
-benchmarks/capture_overhead.py, interleaved with runs of the workload with nothing attached.
+1. programs that do nothing attached to the tracepoints collect/kmem_bpf.c uses (raw
+   tracepoints for the slab events, classic ones for the rest, as there): whatever a
+   capture records, the kernel first pays for running a BPF program at every hit;
+2. a busy loop (pure Python arithmetic: no system calls, little memory) on the other CPU,
+   nothing attached: what any collector draining its buffers while the workload runs
+   costs where the CPUs slow each other down (on the development VMs they do).
+
+Each is interleaved with runs of the workload alone, pinned to CPU 0.
 
 Run it as root with Debian's python3 (it imports bcc; the project's venv does not see it):
 
@@ -25,6 +28,7 @@ from pathlib import Path
 from bcc import BPF  # Debian's python3-bpfcc
 
 SOURCE = Path(__file__).resolve().parent.parent / "collect" / "kmem_bpf.c"
+BUSY_LOOP = "import sys, time\nend = time.monotonic() + float(sys.argv[1])\nwhile time.monotonic() < end:\n    sum(range(10000))"
 WORKLOAD = r"""
 import os, sys, time
 n, d = int(sys.argv[1]), sys.argv[2]
@@ -51,8 +55,18 @@ def empty_programs() -> str:
 
 def run_workload(files: int) -> float:
     with tempfile.TemporaryDirectory(dir="/dev/shm") as directory:
-        done = subprocess.run([sys.executable, "-c", WORKLOAD, str(files), directory], capture_output=True, text=True, check=True)
+        done = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", WORKLOAD, str(files), directory],
+                              capture_output=True, text=True, check=True)
     return float(done.stdout)
+
+
+def with_busy_cpu(files: int) -> float:
+    busy = subprocess.Popen(["taskset", "-c", "1", sys.executable, "-c", BUSY_LOOP, "60"])
+    try:
+        return run_workload(files)
+    finally:
+        busy.kill()
+        busy.wait()
 
 
 def main() -> None:
@@ -61,7 +75,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
     program = empty_programs()
-    alone, attached = [], []
+    alone, attached, busy = [], [], []
     run_workload(args.files)  # warm-up
     for _ in range(args.runs):
         alone.append(run_workload(args.files))
@@ -70,11 +84,12 @@ def main() -> None:
             attached.append(run_workload(args.files))
         finally:
             bpf.cleanup()
-    a, b = statistics.median(alone), statistics.median(attached)
-    print(f"{program.count('PROBE(')} empty programs ({program.count('RAW_TRACEPOINT')} raw tracepoints), {args.files:,} files, {args.runs} runs")
-    print(f"workload alone   {a:.3f} s (median)")
-    print(f"programs attached {b:.3f} s (median)")
-    print(f"ratio            {b / a:.2f}x: no eBPF capture of these events can do better here")
+        busy.append(with_busy_cpu(args.files))
+    a, b, c = (statistics.median(times) for times in (alone, attached, busy))
+    print(f"{args.files:,} files, {args.runs} interleaved runs, medians; workload on CPU 0")
+    print(f"workload alone                                  {a:.3f} s")
+    print(f"{program.count('PROBE('):2} empty programs attached ({program.count('RAW_TRACEPOINT')} raw tracepoints)   {b:.3f} s  {b / a:.2f}x")
+    print(f"a busy loop on CPU 1, nothing attached          {c:.3f} s  {c / a:.2f}x")
 
 
 if __name__ == "__main__":
