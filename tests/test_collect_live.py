@@ -14,6 +14,7 @@ import polars as pl
 import pytest
 
 from collect import cgroup
+from collect.cleanup import OWNED_NAME, collector_alive
 from conftest import CHARGEPLAY, chargeplay
 from traces.reader import Trace
 
@@ -33,11 +34,11 @@ for i in range(n):
 
 
 def leftovers(tracefs: Path) -> list[str]:
-    """chargeplay-PID tracefs instances and child memcgs that exist now (test ones aside)."""
-    names = [p.name for p in (tracefs / "instances").iterdir() if p.name.startswith("chargeplay-") and "test" not in p.name]
-    for parent in cgroup.child_parents():
-        names += [p.name for p in parent.iterdir() if p.name.startswith(cgroup.CHILD_PREFIX)]
-    return names
+    """chargeplay-PID tracefs instances and child memcgs whose collector is gone (those of
+    collectors still running, e.g. other captures on the machine, are not left behind)."""
+    paths = [p for p in (tracefs / "instances").iterdir()]
+    paths += [p for parent in cgroup.child_parents() for p in parent.iterdir() if p.is_dir()]
+    return [p.name for p in paths if (m := OWNED_NAME.match(p.name)) and not collector_alive(int(m.group(1)))]
 
 
 def wait_until(predicate, timeout: float = 10.0) -> bool:

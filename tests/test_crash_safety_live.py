@@ -35,14 +35,16 @@ def owned_by(pid: int, tracefs: Path) -> list[Path]:
 
 
 def guardians_of(pid: int) -> list[int]:
-    """Pids of the guardian processes (python -m collect.cleanup) watching collector `pid`."""
+    """Pids of collector `pid`'s children that are its guardian (python -m collect.cleanup),
+    or may yet become it (forked, not yet exec'd: a copy of the collector)."""
     found = []
     for entry in Path("/proc").iterdir():
         try:
-            args = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            args = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
             continue
-        if b"collect.cleanup" in args and any(a.endswith(f"chargeplay-{pid}".encode()) for a in args):
+        if parent == pid and (b"collect.cleanup" in args or b"chargeplay.cli" in args):
             found.append(int(entry.name))
     return found
 
@@ -74,10 +76,10 @@ def assert_readable(trace: Path) -> None:
 def test_sigkill_of_collector_and_guardian_at_any_point(tracefs, tmp_path, seconds):
     collector = long_capture(tmp_path / "t", tmp_path)
     time.sleep(seconds)
-    guardians = guardians_of(collector.pid)
-    collector.kill()  # both at once, as an OOM kill of the whole service would
-    for pid in guardians:
+    collector.send_signal(signal.SIGSTOP)  # no new children while we look for its guardian
+    for pid in guardians_of(collector.pid):  # both die, as in an OOM kill of the whole service
         os.kill(pid, signal.SIGKILL)
+    collector.kill()
     collector.wait(timeout=30)
     collector.stderr.close()  # not read: the orphaned workload holds the pipe open
     if (tmp_path / "t").exists():
