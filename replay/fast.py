@@ -9,7 +9,7 @@ changes is the representation:
 - State lives in int64 arrays with named slots instead of attributes: MEMCG (usage, max,
   high, failcnt, pools, debt, and the file LRU: a queue of folio sizes in its tail that
   grows between batches, with freed folios per order), STATS (the result's counters), a per-CPU table (page and
-  object stock), a per-task table (pages over high, stall).
+  object stock), a per-task table (pages over high, stall, anon pages held, OOM debt).
 - The reference's dicts and sets keyed by object pseudonym become arrays indexed by it:
   pseudonyms are dense from 0; -1 (no pseudonym) gets the last slot.
 - Slabs are rows of a table. Each cache's partial list is a stack threaded through the
@@ -38,8 +38,9 @@ from chargeplay.jit import njit  # before numba: it sets numba's cache directory
 from numba.extending import intrinsic  # isort: skip
 from replay.input import ReplayInput
 from replay.ops import (
-    HZ, LRU_CHARGE, LRU_RECLAIMED, LRU_UNCHARGE, MEMCG_CHARGE_BATCH_6X, MEMCG_DELAY_PRECISION_SHIFT, MEMCG_DELAY_SCALING_SHIFT,
-    MEMCG_MAX_HIGH_DELAY_JIFFIES, OBJ_ALLOC, OBJ_EXT_BYTES, OBJ_FREE, OUTCOME, PAGE_ALLOC, PAGE_ALLOC_COSTLY_ORDER,
+    HZ, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, MEMCG_CHARGE_BATCH_6X, MEMCG_DELAY_PRECISION_SHIFT,
+    MEMCG_DELAY_SCALING_SHIFT, MEMCG_MAX_HIGH_DELAY_JIFFIES, OBJ_ALLOC, OBJ_EXT_BYTES, OBJ_FREE, OOM_CHARGE, OUTCOME,
+    PAGE_ALLOC, PAGE_ALLOC_COSTLY_ORDER,
     PAGE_FREE, PAGE_SHIFT, PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE,
     RECLAIM_TRIGGERS, SWAP_CLUSTER_MAX,
     TRIGGER, USER_RETURN, GfpBits, Limits,
@@ -81,7 +82,8 @@ N_STATS = RECLAIMED_PAGES + len(RECLAIM_TRIGGERS)
 CARRY = 1 << 62
 
 PAGE_STOCK, OBJ_STOCK = range(2)  # per_cpu columns: pre-charged pages, pre-charged bytes
-OVER_HIGH, STALL = range(2)  # per_task columns: current->memcg_nr_pages_over_high, stall ns
+# per_task columns: current->memcg_nr_pages_over_high, stall ns, anon pages held (reference.anon), OOM debt
+OVER_HIGH, STALL, ANON, OOM_DEBT = range(4)
 SLAB_CACHE, SLAB_CAPACITY, SLAB_PAGES, SLAB_POOL, SLAB_USED, SLAB_NEXT_PARTIAL = range(6)  # slabs columns
 CURRENT_SLAB, PARTIAL_HEAD = range(2)  # caches columns; -1: none
 ORDER, MIN_ORDER, OBJECTS, OBJECTS_MIN = range(4)  # geometry columns
@@ -159,6 +161,7 @@ def try_charge_memcg(memcg, stats, knobs, per_cpu, per_task, gfp, nr_pages, cpu,
     batch = max(knobs[STOCK_BATCH], nr_pages)
     retries = knobs[MAX_RECLAIM_RETRIES]
     drained = reclaimed_once = oom_killed = False
+    victim = -1
     while True:
         if consume_stock(knobs, per_cpu, nr_pages, cpu):
             stats[STOCK_HITS] += 1
@@ -190,7 +193,11 @@ def try_charge_memcg(memcg, stats, knobs, per_cpu, per_task, gfp, nr_pages, cpu,
             continue
         if gfp & knobs[GFP_RETRY_MAYFAIL]:
             return nomem(memcg, stats, knobs, gfp, nr_pages, reclaimed_once)
-        if nr_pages <= 1 << PAGE_ALLOC_COSTLY_ORDER and mem_cgroup_out_of_memory(memcg, stats):
+        if oom_killed and victim == task:  # passed_oom && task_is_dying(): the charge fails, the victim exits
+            exit_mmap(memcg, per_task, victim)
+            return nomem(memcg, stats, knobs, gfp, nr_pages, reclaimed_once)
+        victim = mem_cgroup_oom(memcg, stats, per_task, nr_pages, task)
+        if victim >= 0:
             oom_killed = True
             retries = knobs[MAX_RECLAIM_RETRIES]
             continue
@@ -373,15 +380,41 @@ def reclaim_pages(memcg, pool, nr_pages, got):
 
 
 @njit
-def mem_cgroup_out_of_memory(memcg, stats):
-    """Kill a task: its anon memory goes. False when there is nothing to kill for."""
-    victim = memcg[POOLS + POOL_ANON]
-    if not victim:
-        return False
-    memcg[POOLS + POOL_ANON] = 0
-    page_counter_uncharge(memcg, victim)
+def mem_cgroup_oom(memcg, stats, per_task, nr_pages, task):
+    """Kill the task with the most anon pages (charges up to PAGE_ALLOC_COSTLY_ORDER); the
+    victim, -1 if none holds any. Another task's memory goes at once, the charging task's
+    own when its charge has failed."""
+    if nr_pages > 1 << PAGE_ALLOC_COSTLY_ORDER:
+        return -1
+    victim = -1
+    for t in range(per_task.shape[0]):
+        if victim < 0 or per_task[t, ANON] > per_task[victim, ANON]:
+            victim = t
+    if victim < 0 or per_task[victim, ANON] == 0:
+        return -1
     stats[OOM_KILLS] += 1
-    return True
+    if victim != task:
+        exit_mmap(memcg, per_task, victim)
+    return victim
+
+
+@njit
+def exit_mmap(memcg, per_task, victim):
+    """An OOM victim's anon pages are uncharged; owed until the trace frees them."""
+    pages = min(per_task[victim, ANON], memcg[POOLS + POOL_ANON])
+    per_task[victim, ANON] = 0
+    per_task[victim, OOM_DEBT] += pages
+    memcg[POOLS + POOL_ANON] -= pages
+    page_counter_uncharge(memcg, pages)
+
+
+@njit
+def charge_that_ended_in_oom(memcg, stats, knobs, per_cpu, per_task, nr_pages, gfp, cpu, task, irq):
+    """The charge the capturing kernel OOM-killed for: tried, and cancelled if made."""
+    outcome = try_charge_memcg(memcg, stats, knobs, per_cpu, per_task, gfp, nr_pages, cpu, task, irq)
+    if outcome != FAILED:
+        page_counter_uncharge(memcg, nr_pages)
+    return outcome
 
 
 # -- uncharging --------------------------------------------------------------------------------
@@ -395,13 +428,28 @@ def pay_debt(memcg, pool, nr_pages):
 
 
 @njit
-def folio_add_lru(memcg, nr_pages):
-    memcg[FILE_LRU + memcg[LRU_TAIL]] = nr_pages
-    memcg[LRU_TAIL] += 1
+def lru_charged(memcg, per_task, nr_pages, pool, task):
+    """A file folio joins the LRU's young end; anon pages count for the charging task."""
+    if pool == POOL_FILE:
+        memcg[FILE_LRU + memcg[LRU_TAIL]] = nr_pages
+        memcg[LRU_TAIL] += 1
+    elif pool == POOL_ANON:
+        per_task[task, ANON] += nr_pages
 
 
 @njit
-def uncharge_lru(memcg, nr_pages, pool):
+def pay_oom_debt(per_task, nr_pages, task):
+    """Anon pages the task frees that the model's OOM kill of it took already; the rest."""
+    paid = min(per_task[task, OOM_DEBT], nr_pages)
+    per_task[task, OOM_DEBT] -= paid
+    return nr_pages - paid
+
+
+@njit
+def uncharge_lru(memcg, per_task, nr_pages, pool, task):
+    if pool == POOL_ANON:
+        nr_pages = pay_oom_debt(per_task, nr_pages, task)
+        per_task[task, ANON] = max(per_task[task, ANON] - nr_pages, 0)
     unpaid = pay_debt(memcg, pool, nr_pages)
     if pool == POOL_FILE and unpaid == nr_pages:  # a folio the model holds: it leaves the LRU
         memcg[FREED_FOLIOS + folio_order(nr_pages)] += 1
@@ -574,14 +622,18 @@ def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, o
                 slab_free_object(memcg, knobs, per_cpu, slabs, caches, object_slab, slot)
         elif o == PAGE_ALLOC or o == LRU_CHARGE:
             outcome[i] = charge(memcg, stats, knobs, per_cpu, per_task, pages[i], gfp[i], c, t, irq[i], pool[i])
-            if o == LRU_CHARGE and outcome[i] != FAILED and pool[i] == POOL_FILE:
-                folio_add_lru(memcg, pages[i])
+            if o == LRU_CHARGE and outcome[i] != FAILED:
+                lru_charged(memcg, per_task, pages[i], pool[i], t)
         elif o == PAGE_FREE:
             uncharge_kmem_pages(memcg, knobs, per_cpu, pages[i], c, pool[i])
         elif o == LRU_UNCHARGE:
-            uncharge_lru(memcg, pages[i], pool[i])
+            uncharge_lru(memcg, per_task, pages[i], pool[i], t)
         elif o == LRU_RECLAIMED:
             memcg[DEBT + pool[i]] -= pages[i]
+        elif o == LRU_OOM_FREED:
+            pay_oom_debt(per_task, pages[i], t)
+        elif o == OOM_CHARGE:
+            outcome[i] = charge_that_ended_in_oom(memcg, stats, knobs, per_cpu, per_task, pages[i], gfp[i], c, t, irq[i])
         elif o == USER_RETURN:
             resume_user_mode_work(memcg, stats, knobs, per_task, t)
         if (o == OBJ_ALLOC or o == PAGE_ALLOC) and outcome[i] != FAILED:
@@ -659,7 +711,7 @@ class Fast:
         self.memcg[LRU_TAIL] = held
         self.stats = np.zeros(N_STATS, np.int64)
         self.per_cpu = np.zeros((start.cpus, 2), np.int64)
-        self.per_task = np.zeros((start.tasks, 2), np.int64)
+        self.per_task = np.zeros((start.tasks, 4), np.int64)
         self.charged = np.zeros(start.objects + 1, np.bool_)  # pseudonyms, then -1's slot
         self.object_slab = np.full(1 if self.knobs[OBJECT_CHARGING] else start.objects + 1, -1, np.int32)
         self.slabs = np.zeros((0, 6), np.int64)  # grows as feed() needs

@@ -13,6 +13,16 @@ What becomes an operation:
   reclaim (and an OOM kill frees: an approximation, shmem outlives its mappers). Those that fall inside a reclaim_begin/end of the
   task that reclaims are the capturing kernel's own reclaim, not the workload's doing:
   LRU_RECLAIMED (the model decides its own reclaim);
+- the target memcg's NR_KERNEL_STACK_KB changes (in pages): kernel stacks, which
+  memcg_charge_kernel_stack charges page by page with GFP_KERNEL (a vmalloc'ed stack's
+  page allocations carry no __GFP_ACCOUNT, so they are not accounted page allocations):
+  LRU_CHARGE and LRU_UNCHARGE of kmem pages;
+- the anon pages an OOM victim frees after its oom:mark_victim: LRU_OOM_FREED (the
+  kernel's kill freed them; the model decides its own kills);
+- oom:mark_victim: OOM_CHARGE, the charge the invoking task could not make, of the order
+  and gfp of that task's last reclaim_begin (the OOM killer runs in the charging task
+  after reclaim failed). When the victim is that task, its charge fails and the trace has
+  no other record of it;
 - returns to user space: USER_RETURN.
 """
 from __future__ import annotations
@@ -24,7 +34,7 @@ import numpy as np
 import polars as pl
 
 from replay.ops import (
-    LRU_CHARGE, LRU_RECLAIMED, LRU_UNCHARGE, OBJ_ALLOC, PAGE_ALLOC, PAGE_SIZE, POOL_ANON, POOL_FILE,
+    LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, OBJ_ALLOC, OOM_CHARGE, PAGE_ALLOC, PAGE_SIZE, POOL_ANON, POOL_FILE,
     POOL_KMEM_PAGES, POOL_OTHER, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, USER_RETURN,
 )
 from traces.reader import Trace
@@ -103,6 +113,15 @@ class InputStream:
             .select(pl.col("row").cast(pl.Int64), "pid", (pl.col("kind") == "reclaim_begin").alias("in_reclaim"))
             .collect().lazy()
         )
+        self.victims = (  # each OOM victim from its oom:mark_victim on
+            events.with_row_index("row").filter(pl.col("kind") == "oom")
+            .select(pl.col("row").cast(pl.Int64), pl.col("val").cast(pl.Int32).alias("pid"), pl.lit(True).alias("killed"))
+            .collect().lazy()
+        )
+        self.reclaim_begins = (  # the charge each OOM kill was for: the invoking task's last reclaim_begin
+            events.with_row_index("row").filter(pl.col("kind") == "reclaim_begin")
+            .select(pl.col("row").cast(pl.Int64), "pid", "gfp", "order").collect().lazy()
+        )
 
     @property
     def segments(self) -> int:
@@ -135,30 +154,42 @@ class InputStream:
         )
         enums = trace.manifest.get("enums", {}).get("node_stat_item", {})
         lru_items = {enums[name]: pool for name, pool in (("NR_FILE_PAGES", POOL_FILE), ("NR_ANON_MAPPED", POOL_ANON)) if name in enums}
+        stack, anon = enums.get("NR_KERNEL_STACK_KB", -1), enums.get("NR_ANON_MAPPED", -1)
         shmem = enums.get("NR_SHMEM", -1)
         lru = (
-            events.filter((pl.col("kind") == "memcg_lruvec_state") & pl.col("item").is_in([*lru_items, shmem])
+            events.filter((pl.col("kind") == "memcg_lruvec_state") & pl.col("item").is_in([*lru_items, stack, shmem])
                           & (pl.col("memcg_id") == trace.manifest["target"]["memcg_id"]) & (pl.col("val") != 0))
             .sort("row")
             .with_columns(((pl.col("item").shift(-1).over("pid") == shmem) & (pl.col("val").shift(-1).over("pid") == pl.col("val")))
                           .fill_null(False).alias("swap_backed"))
             .filter(pl.col("item") != shmem)
             .join_asof(self.reclaim_marks, on="row", by="pid", strategy="backward", check_sortedness=False)  # the task's last mark before
+            .join_asof(self.victims, on="row", by="pid", strategy="backward", check_sortedness=False)
             .with_columns(
                 pl.when(pl.col("val") > 0).then(pl.lit(LRU_CHARGE))
-                .when(pl.col("in_reclaim").fill_null(False)).then(pl.lit(LRU_RECLAIMED))
+                .when(pl.col("in_reclaim").fill_null(False) & (pl.col("item") != stack)).then(pl.lit(LRU_RECLAIMED))
+                .when(pl.col("killed").fill_null(False) & (pl.col("item") == anon)).then(pl.lit(LRU_OOM_FREED))
                 .otherwise(pl.lit(LRU_UNCHARGE)).cast(pl.Int8).alias("op"),
                 pl.col("val").abs().alias("pages"),
                 pl.when(pl.col("swap_backed")).then(pl.lit(POOL_ANON, pl.Int8))
-                .otherwise(pl.col("item").replace_strict(lru_items, default=POOL_FILE, return_dtype=pl.Int8)).alias("pool"),
-                pl.lit(trace.gfp_flags.get("GFP_HIGHUSER_MOVABLE", 0), pl.UInt32).alias("gfp"),
+                .otherwise(pl.col("item").replace_strict({**lru_items, stack: POOL_KMEM_PAGES}, default=POOL_FILE, return_dtype=pl.Int8))
+                .alias("pool"),
+                pl.when(pl.col("item") == stack).then(pl.lit(trace.gfp_flags.get("GFP_KERNEL", 0), pl.UInt32))
+                .otherwise(pl.lit(trace.gfp_flags.get("GFP_HIGHUSER_MOVABLE", 0), pl.UInt32)).alias("gfp"),
             )
+        )
+        ooms = (
+            events.filter(pl.col("kind") == "oom").drop("gfp", "order")
+            .join_asof(self.reclaim_begins, on="row", by="pid", strategy="backward", check_sortedness=False)
+            .filter(pl.col("order").is_not_null())
+            .with_columns(pl.lit(OOM_CHARGE, pl.Int8).alias("op"), pl.lit(2, pl.Int64).pow(pl.col("order").cast(pl.Int64)).alias("pages"),
+                          pl.lit(POOL_ANON, pl.Int8).alias("pool"))
         )
         returns = events.filter(pl.col("kind") == "user_return").with_columns(
             pl.lit(USER_RETURN, pl.Int8).alias("op"), pl.lit(0, pl.Int64).alias("pages"), pl.lit(POOL_OTHER, pl.Int8).alias("pool"),
         )
         columns = OPERATION_SCHEMA.names()
-        ops = pl.concat([f.select(columns) for f in (allocs, pages, frees, lru, returns)], how="vertical_relaxed").sort("row").collect()
+        ops = pl.concat([f.select(columns) for f in (allocs, pages, frees, lru, ooms, returns)], how="vertical_relaxed").sort("row").collect()
         still_live = charged.join(frees.select("obj"), on="obj", how="anti").collect()
         return ops, still_live
 

@@ -12,10 +12,12 @@ OBJ_ALLOC = 1  # an accounted slab object is allocated (kmalloc, kmem_cache_allo
 OBJ_FREE = 2  # such an object is freed
 PAGE_ALLOC = 3  # __GFP_ACCOUNT pages are allocated (kmalloc_large, page tables, stacks...)
 PAGE_FREE = 4
-LRU_CHARGE = 5  # file or anon pages join the memcg (memcg stat NR_FILE_PAGES, NR_ANON_MAPPED...)
+LRU_CHARGE = 5  # file or anon pages join the memcg (memcg stat NR_FILE_PAGES, NR_ANON_MAPPED), or kernel stack pages
 LRU_UNCHARGE = 6
 USER_RETURN = 7  # the task returns to user space (syscall exit)
 LRU_RECLAIMED = 8  # the capturing kernel's own reclaim took file or anon pages (inside its reclaim_begin/end)
+OOM_CHARGE = 9  # the charge the capturing kernel OOM-killed for (oom:mark_victim, sized by the task's last reclaim_begin)
+LRU_OOM_FREED = 10  # the capturing kernel's OOM kill freed a victim's anon pages (its frees after its oom:mark_victim)
 
 # Pools the memcg's usage is split into; reclaim takes from some of them.
 POOL_FILE, POOL_ANON, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, POOL_KMEM_PAGES, POOL_OTHER = range(6)

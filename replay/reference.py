@@ -17,8 +17,14 @@ rules are from shared/KERNEL-MODEL.md; the approximations are said where they ar
   the debt instead of uncharging twice. The capturing kernel's own reclaim (LRU pages
   gone inside its reclaim_begin/end) is not replayed: it cancels the model's debt, and
   where the model has not reclaimed as much it leaves a credit.
-- An OOM kill frees the anon pool (the victim's memory); with nothing to free, the
-  charge fails.
+- An OOM kill picks the task holding the most anon pages (oom_badness, per task rather
+  than per process) and frees those pages; with no such task, the charge fails. A victim
+  that is the charging task itself keeps its memory until its charge has failed (it exits
+  then); another victim's memory goes at once. The trace's later frees of a victim's anon
+  pages pay off what the kill took. The kernel's own kills are not replayed: an oom event
+  replays the charge the kernel could not make (OOM_CHARGE), and the anon pages the
+  kernel's victim frees after it (LRU_OOM_FREED) only pay off what the model's own kill of
+  that task took; a task the model has not killed keeps them, until the model kills it.
 - Page stocks serve only this memcg, so their slot count never runs out. drain_all_stock
   empties the page stocks only; the object stocks keep their bytes.
 - The charge path is 6.x's for every policy: a __GFP_HIGH charge at max is forced (4.2
@@ -34,8 +40,9 @@ import numpy as np
 
 from replay.input import ReplayInput
 from replay.ops import (
-    HZ, LRU_CHARGE, LRU_RECLAIMED, LRU_UNCHARGE, MEMCG_CHARGE_BATCH_6X, MEMCG_DELAY_PRECISION_SHIFT, MEMCG_DELAY_SCALING_SHIFT,
-    MEMCG_MAX_HIGH_DELAY_JIFFIES, OBJ_ALLOC, OBJ_EXT_BYTES, OBJ_FREE, OUTCOME, PAGE_ALLOC, PAGE_ALLOC_COSTLY_ORDER,
+    HZ, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, MEMCG_CHARGE_BATCH_6X, MEMCG_DELAY_PRECISION_SHIFT,
+    MEMCG_DELAY_SCALING_SHIFT, MEMCG_MAX_HIGH_DELAY_JIFFIES, OBJ_ALLOC, OBJ_EXT_BYTES, OBJ_FREE, OOM_CHARGE, OUTCOME,
+    PAGE_ALLOC, PAGE_ALLOC_COSTLY_ORDER,
     PAGE_FREE, PAGE_SHIFT, PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE,
     SWAP_CLUSTER_MAX, TRIGGER, USER_RETURN, GfpBits, Limits,
 )
@@ -82,6 +89,8 @@ class Reference:
         self.stock = [0] * data.cpus  # per-CPU pre-charged pages (memcg_stock_pcp)
         self.obj_stock = [0] * data.cpus  # per-CPU pre-charged bytes (obj_stock_pcp)
         self.over_high = [0] * data.tasks  # current->memcg_nr_pages_over_high
+        self.anon = [0] * data.tasks  # anon pages each task charged and still holds: what killing it frees
+        self.oom_debt = [0] * data.tasks  # anon pages an OOM kill took from each task that the trace has yet to free
         self.charged: set[int] = set()  # objects and pages whose charge succeeded in this replay
         self.objects: dict[int, Slab] = {}  # slab charging: which slab an object sits in
         self.current_slab: dict[int, Slab] = {}  # the slab each cache allocates from
@@ -114,12 +123,16 @@ class Reference:
                 self.uncharge_kmem_pages(int(d.pages[i]), cpu, int(d.pool[i]))
             elif op == LRU_CHARGE:
                 outcome[i] = self.charge(int(d.pages[i]), gfp, cpu, irq, int(d.pool[i]))
-                if outcome[i] != OUTCOME["failed"] and d.pool[i] == POOL_FILE:
-                    self.folio_add_lru(int(d.pages[i]))
+                if outcome[i] != OUTCOME["failed"]:
+                    self.lru_charged(int(d.pages[i]), int(d.pool[i]))
             elif op == LRU_UNCHARGE:
                 self.uncharge_lru(int(d.pages[i]), int(d.pool[i]))
+            elif op == OOM_CHARGE:
+                outcome[i] = self.charge_that_ended_in_oom(int(d.pages[i]), gfp, cpu, irq)
             elif op == LRU_RECLAIMED:
                 self.memcg.debt[int(d.pool[i])] -= int(d.pages[i])
+            elif op == LRU_OOM_FREED:
+                self.pay_oom_debt(int(d.pages[i]))
             elif op == USER_RETURN:
                 self.resume_user_mode_work()
             if op in (OBJ_ALLOC, PAGE_ALLOC) and outcome[i] != OUTCOME["failed"]:
@@ -187,6 +200,7 @@ class Reference:
         batch = max(policy.stock_batch, nr_pages)
         retries = policy.max_reclaim_retries
         drained = reclaimed_once = oom_killed = False
+        victim = -1
         while True:
             if self.consume_stock(nr_pages, cpu):
                 self.result.stock_hits += 1
@@ -218,7 +232,11 @@ class Reference:
                 continue
             if gfp & g.retry_mayfail:
                 return self.nomem(gfp, nr_pages, reclaimed_once)
-            if nr_pages <= 1 << PAGE_ALLOC_COSTLY_ORDER and self.mem_cgroup_out_of_memory():
+            if oom_killed and victim == self.task:  # passed_oom && task_is_dying(): the charge fails, the victim exits
+                self.exit_mmap(victim)
+                return self.nomem(gfp, nr_pages, reclaimed_once)
+            victim = self.mem_cgroup_oom(nr_pages)
+            if victim >= 0:
                 oom_killed = True
                 retries = policy.max_reclaim_retries
                 continue
@@ -357,15 +375,41 @@ class Reference:
         self.memcg.debt[pool] += nr_pages
         return got + nr_pages
 
-    def mem_cgroup_out_of_memory(self) -> bool:
-        """Kill a task: its anon memory goes. False when there is nothing to kill for."""
-        victim = self.memcg.pools[POOL_ANON]
-        if not victim:
-            return False
-        self.memcg.pools[POOL_ANON] = 0
-        self.page_counter_uncharge(victim)
+    def mem_cgroup_oom(self, nr_pages: int) -> int:
+        """mem_cgroup_oom -> mem_cgroup_out_of_memory -> out_of_memory: for charges up to
+        PAGE_ALLOC_COSTLY_ORDER, kill the task with the most anon pages (select_bad_process).
+        The victim's task id; -1 when no task holds any (the charge then fails). Another
+        task's memory goes at once (it exits, or the OOM reaper takes it); the charging
+        task's own goes when its charge has failed."""
+        if nr_pages > 1 << PAGE_ALLOC_COSTLY_ORDER:
+            return -1
+        victim = max(range(len(self.anon)), key=lambda t: self.anon[t], default=-1)
+        if victim < 0 or not self.anon[victim]:
+            return -1
         self.result.oom_kills += 1
-        return True
+        if victim != self.task:
+            self.exit_mmap(victim)
+        return victim
+
+    def exit_mmap(self, victim: int) -> None:
+        """An OOM victim's anon pages are uncharged; owed until the trace frees them."""
+        pages = min(self.anon[victim], self.memcg.pools[POOL_ANON])
+        self.anon[victim] = 0
+        self.oom_debt[victim] += pages
+        self.memcg.pools[POOL_ANON] -= pages
+        self.page_counter_uncharge(pages)
+
+    def charge_that_ended_in_oom(self, nr_pages: int, gfp: int, cpu: int, irq: bool) -> int:
+        """The charge the capturing kernel OOM-killed for (the trace has no other record of
+        it when it failed): try it; if the model can make it, cancel it
+        (mem_cgroup_cancel_charge), since where the kernel's retry succeeded the trace
+        charges the pages itself."""
+        try:
+            outcome = self.try_charge_memcg(gfp, nr_pages, cpu, irq)
+        except ChargeFailed:
+            return OUTCOME["failed"]
+        self.page_counter_uncharge(nr_pages)
+        return outcome
 
     def stall(self, ns: int) -> None:
         self.result.stall_ns[self.task] += ns
@@ -378,10 +422,23 @@ class Reference:
         self.memcg.debt[pool] -= paid
         return nr_pages - paid
 
-    def folio_add_lru(self, nr_pages: int) -> None:
-        self.memcg.file_lru.append(nr_pages)
+    def lru_charged(self, nr_pages: int, pool: int) -> None:
+        """A file folio joins the LRU's young end; anon pages count for the charging task."""
+        if pool == POOL_FILE:
+            self.memcg.file_lru.append(nr_pages)
+        elif pool == POOL_ANON:
+            self.anon[self.task] += nr_pages
+
+    def pay_oom_debt(self, nr_pages: int) -> int:
+        """Anon pages the task frees that the model's OOM kill of it took already; the rest."""
+        paid = min(self.oom_debt[self.task], nr_pages)
+        self.oom_debt[self.task] -= paid
+        return nr_pages - paid
 
     def uncharge_lru(self, nr_pages: int, pool: int) -> None:
+        if pool == POOL_ANON:
+            nr_pages = self.pay_oom_debt(nr_pages)
+            self.anon[self.task] = max(self.anon[self.task] - nr_pages, 0)
         unpaid = self.pay_debt(pool, nr_pages)
         if pool == POOL_FILE and unpaid == nr_pages:  # a folio the model holds: it leaves the LRU
             self.memcg.freed_folios[folio_order(nr_pages)] += 1

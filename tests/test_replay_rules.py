@@ -9,7 +9,7 @@ import pytest
 
 from replay.input import ReplayInput
 from replay.ops import (
-    LRU_CHARGE, LRU_RECLAIMED, LRU_UNCHARGE, OBJ_ALLOC, OUTCOME, PAGE_ALLOC, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER,
+    LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, OBJ_ALLOC, OOM_CHARGE, OUTCOME, PAGE_ALLOC, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER,
     POOL_SLAB_UNRECLAIMABLE, TRIGGER, UNLIMITED, USER_RETURN, GfpBits, Limits,
 )
 from replay.policy import BUILTIN, Policy
@@ -144,14 +144,58 @@ def test_object_stock_serves_the_rest_of_a_charged_page(engine):
     assert r.charges == 2 and r.peak_pages == 128  # two batches of 64
 
 
-def test_oom_kill_frees_the_anon_pool_and_the_charge_goes_through(engine):
-    # usage 64 = max, nothing reclaimable. The batch of 64 does not fit, nor does 1 page:
-    # reclaim (call 1, then drain), 16 retries (calls 2-17), retries gone (call 18): OOM
-    # kill of the 32 anon pages, and the 1-page charge fits: usage 33.
-    data = scenario([page(obj=0)], pools={POOL_OTHER: 32, POOL_ANON: 32})
-    r = engine(data, MAINLINE, Limits(max_pages=64))
-    assert r.outcome[0] == OUTCOME["oom"] and r.oom_kills == 1 and r.peak_pages == 33
-    assert r.reclaim_calls[TRIGGER["max"]] == 18 and r.max_events == 18
+def anon(pages: int, task: int, op: int = LRU_CHARGE) -> dict:
+    return {"op": op, "pages": pages, "pool": POOL_ANON, "task": task}
+
+
+def test_an_oom_kill_frees_the_largest_tasks_anon_pages_and_the_charge_goes_through(engine):
+    # max 64, 24 pages held from the start. Task 1 charges 32 anon pages (the batch of 64
+    # fails: failcnt 1; usage 56), task 0 charges 8 (failcnt 2; usage 64). Task 0's 1-page
+    # charge: the batch fails, then 1 page fails before each of 18 reclaim calls (the first
+    # followed by the drain, 16 retries, the 18th exhausts them): failcnt 2 + 1 + 18 = 21.
+    # The OOM killer takes the task with the most anon pages, task 1 (32 > 8), whose memory
+    # goes at once: usage 32, and the charge fits (33). The trace's own frees of task 1's
+    # pages then pay off what the kill took: usage stays 33.
+    ops = [anon(32, task=1), anon(8, task=0), page(obj=0), anon(32, task=1, op=LRU_UNCHARGE)]
+    r = engine(scenario(ops, pools={POOL_OTHER: 24}), MAINLINE, Limits(max_pages=64))
+    assert r.outcome[2] == OUTCOME["oom"] and r.oom_kills == 1
+    assert r.reclaim_calls[TRIGGER["max"]] == 18 and r.max_events == 18 and r.failcnt == 21
+    assert list(r.bucket_last) == [56, 64, 33, 33]
+
+
+def test_a_charging_task_that_is_its_own_oom_victim_retries_then_fails_and_exits(engine):
+    # Task 0 holds the only anon pages (40; usage 64 = max). Its next page: 18 reclaim calls,
+    # then the OOM killer picks task 0 itself. A dying task's memory is not freed while it
+    # charges: the retries start over, 16 more fruitless calls and a 17th that ends them;
+    # then passed_oom && task_is_dying() fails the charge (35 calls in all, the kernel's
+    # 18 + 17) and the task exits: its 40 pages go (usage 24). Its frees in the trace after
+    # the kill (LRU_OOM_FREED) pay off what the kill took.
+    ops = [anon(40, task=0), anon(1, task=0), anon(40, task=0, op=LRU_OOM_FREED)]
+    r = engine(scenario(ops, pools={POOL_OTHER: 24}), MAINLINE, Limits(max_pages=64))
+    assert r.outcome[1] == OUTCOME["failed"] and r.oom_kills == 1
+    assert r.reclaim_calls[TRIGGER["max"]] == 35
+    assert list(r.bucket_last) == [64, 24, 24]
+
+
+def test_the_kernels_oom_kill_is_left_to_the_model(engine):
+    # The kernel OOM-killed task 1 (an oom event: OOM_CHARGE, then task 1's frees as
+    # LRU_OOM_FREED), but the model has room: the 1-page charge fits (usage 57) and is
+    # cancelled (56), nobody is killed, and task 1 keeps its 32 pages. When the model runs
+    # out itself (task 0's page at usage 64), it kills task 1: usage 32 + 1 = 33.
+    ops = [anon(32, task=1), {"op": OOM_CHARGE, "pages": 1, "pool": POOL_ANON, "task": 0},
+           anon(32, task=1, op=LRU_OOM_FREED), anon(8, task=0), page(obj=0)]
+    r = engine(scenario(ops, pools={POOL_OTHER: 24}), MAINLINE, Limits(max_pages=64))
+    assert r.outcome[1] == OUTCOME["charged"] and r.outcome[4] == OUTCOME["oom"] and r.oom_kills == 1
+    assert list(r.bucket_last) == [56, 56, 56, 64, 33]
+
+
+def test_an_oom_charge_the_model_cannot_make_kills_like_the_kernel(engine):
+    # usage 64 = max: the OOM_CHARGE of task 0 goes through reclaim to the OOM killer, which
+    # kills task 1 (32 anon pages, usage 32); the charge then fits and is cancelled: 32.
+    ops = [anon(32, task=1), anon(8, task=0), {"op": OOM_CHARGE, "pages": 1, "pool": POOL_ANON, "task": 0}]
+    r = engine(scenario(ops, pools={POOL_OTHER: 24}), MAINLINE, Limits(max_pages=64))
+    assert r.outcome[2] == OUTCOME["oom"] and r.oom_kills == 1
+    assert list(r.bucket_last) == [56, 64, 32]
 
 
 def file_folio(pages: int, op: int = LRU_CHARGE) -> dict:

@@ -86,3 +86,21 @@ def test_policies_from_a_toml_file_are_listed_and_replayed(tmp_path):
     assert s["big-stock"]["charges"] < s["mainline-6.18"]["charges"]
     toml.write_text("[policy.broken]\nstock_batch = -1\n")
     assert_user_error(chargeplay("policies", "--policies", str(toml)), "stock_batch = -1")
+
+
+def test_kernel_stacks_are_charged_as_kmem_pages():
+    # 200 forks: each vmalloc'ed 16 KiB stack shows as 4 NR_KERNEL_STACK_KB changes of one
+    # page each (charged by memcg_charge_kernel_stack, never as an accounted page
+    # allocation); every one becomes a GFP_KERNEL charge or an uncharge of kmem pages.
+    from replay.input import build
+    from replay.ops import LRU_CHARGE, LRU_UNCHARGE, POOL_KMEM_PAGES
+    from traces.reader import Trace
+
+    trace = Trace.open(sample_path("fork-storm"))
+    item = trace.manifest["enums"]["node_stat_item"]["NR_KERNEL_STACK_KB"]
+    changes = trace.events().filter((pl.col("kind") == "memcg_lruvec_state") & (pl.col("item") == item)).collect()
+    data = build(trace)
+    stacks = (data.pool == POOL_KMEM_PAGES) & ((data.op == LRU_CHARGE) | (data.op == LRU_UNCHARGE))
+    assert int(stacks.sum()) == changes.height > 0
+    assert int(data.pages[stacks & (data.op == LRU_CHARGE)].sum()) == int(changes.filter(pl.col("val") > 0)["val"].sum())
+    assert set(data.gfp[stacks & (data.op == LRU_CHARGE)].tolist()) == {trace.gfp_flags["GFP_KERNEL"]}

@@ -31,19 +31,16 @@ def validate(tmp_path: Path, storm: str) -> dict:
     return {row["metric"]: row for row in fidelity["rows"]}
 
 
-@pytest.mark.parametrize("storm", ["files", "sockets"])
-def test_the_model_predicts_the_kernels_reclaim_and_peak(memcg_controller, tmp_path, storm):
+@pytest.mark.parametrize("storm", ["files", "sockets", "forks", "oom"])
+def test_the_model_predicts_the_kernels_reclaim_peak_and_oom_kills(memcg_controller, tmp_path, storm):
     rows = validate(tmp_path, storm)
     assert rows["reclaim invocations"]["observed"] > 0  # the limit is tight enough for the kernel to reclaim
-    for metric in ("reclaim invocations", "peak usage", "OOM kills"):
+    if storm == "oom":
+        assert rows["OOM kills"]["observed"] >= 1  # and, here, to kill
+    # The OOM storm's reclaim calls are not asserted: within 10% only in runs where the model
+    # kills at the kernel's instant (see README, Fidelity).
+    for metric in ("peak usage", "OOM kills") if storm == "oom" else ("reclaim invocations", "peak usage", "OOM kills"):
         assert rows[metric]["met"], rows[metric]
-
-
-def test_an_oom_killing_workload_is_observed_and_compared(memcg_controller, tmp_path):
-    rows = validate(tmp_path, "oom")
-    assert rows["OOM kills"]["observed"] >= 1
-    assert rows["peak usage"]["met"], rows["peak usage"]
-    # The prediction of OOM kills is not asserted: the model misses it (see README, Fidelity).
 
 
 def test_validate_refuses_a_workload_without_a_limit(tmp_path):
