@@ -140,11 +140,12 @@ def _live(transient: bool) -> Iterator[Live]:
     """A status line on stderr that updates in place. Where stderr is not a terminal (a log,
     a pipe) rich prints its last state without a newline: one is added, so what follows
     (the summary, an error) starts on its own line."""
+    live = Live(console=err, transient=transient, refresh_per_second=4)
     try:
-        with Live(console=err, transient=transient, refresh_per_second=4) as live:
+        with live:
             yield live
     finally:
-        if not err.is_terminal:
+        if not err.is_terminal and live.renderable:  # it printed a status: end its line
             err.line()
 
 
