@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from traces.checks import TraceError
-
 # Operations, one per replayed event.
 OBJ_ALLOC = 1  # an accounted slab object is allocated (kmalloc, kmem_cache_alloc)
 OBJ_FREE = 2  # such an object is freed
@@ -64,12 +62,10 @@ class GfpBits:
 
     @classmethod
     def from_table(cls, table: dict[str, int]) -> "GfpBits":
-        names = {"direct_reclaim": "__GFP_DIRECT_RECLAIM", "noretry": "__GFP_NORETRY", "retry_mayfail": "__GFP_RETRY_MAYFAIL",
-                 "nofail": "__GFP_NOFAIL", "high": "__GFP_HIGH"}
-        missing = [flag for flag in names.values() if flag not in table]
-        if missing:
-            raise TraceError(f"manifest.json: gfp_flags has no {missing[0]}, which every kernel's table has; the trace is damaged")
-        return cls(**{field: table[flag] for field, flag in names.items()})
+        return cls(
+            direct_reclaim=table["__GFP_DIRECT_RECLAIM"], noretry=table["__GFP_NORETRY"],
+            retry_mayfail=table["__GFP_RETRY_MAYFAIL"], nofail=table["__GFP_NOFAIL"], high=table["__GFP_HIGH"],
+        )
 
 
 @dataclass(frozen=True)

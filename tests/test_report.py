@@ -12,8 +12,7 @@ import pytest
 
 from analyze.divergence import divergence
 from analyze.results import Result
-from conftest import chargeplay
-from test_cli_errors import assert_user_error
+from conftest import assert_user_error, chargeplay
 from traces.atomic import write_json, write_parquet
 from traces.manifest import MANIFEST, new_manifest
 from traces.schema import EVENT_SCHEMA, MEMCG_COLUMNS, SYMBOL_COLUMNS, table_schema

@@ -27,10 +27,10 @@ def inside(root: Path, path: Path) -> Path:
     """`path` as a regular file within `root` once symlinks are resolved, refused otherwise
     (a link out of the directory, a FIFO that would block a reader, a directory)."""
     resolved = path.resolve()
-    if not path.exists() and not path.is_symlink():
-        raise TraceError(f"{path}: missing")
     if not resolved.is_relative_to(root.resolve()):
         raise TraceError(f"{path}: leads outside {root} (to {resolved}); refusing to read it")
+    if not resolved.exists():
+        raise TraceError(f"{path}: missing")
     if not resolved.is_file():
         raise TraceError(f"{path}: not a regular file")
     return resolved
@@ -45,7 +45,7 @@ def read_json(root: Path, path: Path) -> Any:
     try:
         return json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
-        raise TraceError(f"{path}: not valid JSON ({err}); the file is damaged") from None
+        raise TraceError(f"{path}: not valid JSON ({one_line(err)}); the file is damaged") from None
 
 
 def parquet_schema(root: Path, path: Path, columns: pa.Schema | tuple[tuple[str, pa.DataType, str], ...],
@@ -58,7 +58,7 @@ def parquet_schema(root: Path, path: Path, columns: pa.Schema | tuple[tuple[str,
     except TraceError:
         raise
     except Exception as err:  # pyarrow raises several types for damaged files
-        raise TraceError(f"{path}: unreadable Parquet ({err}); remove the file or re-record it") from None
+        raise TraceError(f"{path}: unreadable Parquet ({one_line(err)}); remove the file or re-record it") from None
     if versioned:
         version = (schema.metadata or {}).get(SCHEMA_VERSION_KEY, b"?").decode(errors="replace")
         if version != str(SCHEMA_VERSION):
@@ -85,7 +85,7 @@ def _same_type(found: pa.DataType, expected: pa.DataType) -> bool:
 
 # JSON shapes: a type (float admits integers), None (null), Int(low, high), {key: shape} for
 # an object with those keys (Optional(shape): the key may be missing; other keys are
-# ignored), [shape] for a list, MapOf(shape) for an object of any keys (or of integer keys), and a tuple of
+# ignored), [shape] for a list, MapOf(shape) for an object of any keys (integer keys, or some required), and a tuple of
 # shapes for any one of them.
 @dataclass(frozen=True)
 class Int:
@@ -102,6 +102,7 @@ class Optional:
 class MapOf:
     shape: Any
     integer_keys: bool = False  # keys that are numbers (JSON keys are strings)
+    required: tuple[str, ...] = ()
 
 
 def check_shape(value: Any, shape: Any, file: str, key: str = "") -> None:
@@ -124,6 +125,10 @@ def check_shape(value: Any, shape: Any, file: str, key: str = "") -> None:
             for name in value:
                 if not name.lstrip("-").isdigit() or not name.isascii():
                     raise TraceError(f"{file}: {_join(key, show(name))}: expected a number as key")
+        if isinstance(shape, MapOf):
+            for name in shape.required:
+                if name not in value:
+                    raise TraceError(f"{file}: no {_join(key, name)!r}")
         inner_shapes = shape.items() if isinstance(shape, dict) else ((name, shape.shape) for name in value)
         for name, inner in inner_shapes:
             if isinstance(inner, Optional):
@@ -165,6 +170,11 @@ def _describe(shape: Any) -> str:
     if isinstance(shape, tuple):
         return " or ".join(_describe(a) for a in shape)
     return {str: "a string", float: "a number", bool: "true or false", int: "an integer", dict: "an object", list: "a list"}[shape]
+
+
+def one_line(error: Exception) -> str:
+    """A library's message in ours: pyarrow's and polars' span lines."""
+    return " ".join(str(error).split())
 
 
 def show(value: Any) -> str:

@@ -24,6 +24,8 @@ Manifest = dict[str, Any]
 MAX_BYTES = 1 << 50  # 1 PiB: more than any memcg limit or counter
 LIMIT = (None, Int(0, MAX_BYTES))
 COUNT = Int(0, 2**63 - 1)
+# The gfp bits the charge path tests (replay.ops.GfpBits); every kernel's table has them.
+CHARGE_PATH_FLAGS = ("__GFP_DIRECT_RECLAIM", "__GFP_NORETRY", "__GFP_RETRY_MAYFAIL", "__GFP_NOFAIL", "__GFP_HIGH")
 # What readers rely on, checked on open (other keys are free). new_manifest writes all of it.
 MANIFEST_SHAPE = {
     "status": str,
@@ -38,7 +40,7 @@ MANIFEST_SHAPE = {
         "memcg_id": Int(0, 2**64 - 1), "max": Optional(LIMIT), "high": Optional(LIMIT), "high_requested": Optional(LIMIT),
         "ancestors": Optional([{"max": Optional(LIMIT), "high": Optional(LIMIT)}]), "command": Optional((None, [str])),
     },
-    "gfp_flags": MapOf(Int(0, 2**32 - 1)),
+    "gfp_flags": MapOf(Int(0, 2**32 - 1), required=CHARGE_PATH_FLAGS),
     "enums": MapOf(MapOf(Int(-2**31, 2**31 - 1))),
     "lost": {"total": COUNT, "per_cpu": dict},
     "segments": [{"file": str}],

@@ -5,21 +5,20 @@ counts by kind reads two columns, not the trace.
 
 Traces come from elsewhere, so nothing is trusted. `Trace.open` checks the manifest, that
 every file is a regular file inside the trace directory, that every Parquet file has
-exactly its table's columns and types, and the small side tables' values; `facts` checks
-the events' values in the one pass that also measures the trace. A trace that fails is
+exactly its table's columns and types and decodes, and every value readers rely on (one
+pass over the events, which also measures them: `facts`). A trace that fails is
 refused with a TraceError naming the file, the column and the row.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from traces.checks import TraceError, inside, parquet_schema, show
+from traces.checks import TraceError, inside, one_line, parquet_schema, show
 from traces.manifest import MAX_BYTES, Manifest, effective_status, read_manifest
 from traces.schema import CONTEXTS, EVENT_SCHEMA, KINDS, MEMCG_COLUMNS, SLAB_COLUMNS, SYMBOL_COLUMNS
 
@@ -84,6 +83,7 @@ class Trace:
     manifest: Manifest
     segment_paths: list[Path]  # every closed segment, in order
     segment_rows: list[int]
+    facts: Facts
 
     @classmethod
     def open(cls, path: Path | str) -> "Trace":
@@ -97,27 +97,14 @@ class Trace:
             table = path / f"{name}.parquet"
             if table.exists() or table.is_symlink():
                 _check_table(path, table, SIDE_TABLES[name], pl.scan_parquet(table), SIDE_TABLE_CHECKS[name], [(table, None)])
-        return cls(path, manifest, segments, rows)
+        return cls(path, manifest, segments, rows, _event_facts(path, segments, rows))
 
     @property
     def status(self) -> str:
         return effective_status(self.manifest)
 
     def events(self) -> pl.LazyFrame:
-        if not self.segment_paths:
-            return pl.LazyFrame(schema=EVENT_POLARS_SCHEMA)
-        return pl.scan_parquet(self.segment_paths)
-
-    @cached_property
-    def facts(self) -> Facts:
-        """One pass over the columns the checks need; a TraceError at the first wrong row."""
-        rows = sum(self.segment_rows)
-        measured = _check_table(
-            self.path, None, EVENT_SCHEMA, self.events(), event_checks(rows), list(zip(self.segment_paths, self.segment_rows)),
-            measure=[pl.col("ts_ns").first().alias("first"), pl.col("ts_ns").last().alias("last"),
-                     pl.col("cpu").max().alias("cpu"), pl.col("obj").max().alias("obj")],
-        )
-        return Facts(rows, measured["first"] or 0, measured["last"] or 0, measured["cpu"] or 0, measured["obj"])
+        return _scan(self.segment_paths)
 
     def side_table(self, name: str) -> pl.LazyFrame | None:
         """memcg, slabs or symbols; None when the capture did not get to write it."""
@@ -131,6 +118,21 @@ class Trace:
     @property
     def gfp_flags(self) -> dict[str, int]:
         return self.manifest["gfp_flags"]
+
+
+def _scan(segments: list[Path]) -> pl.LazyFrame:
+    return pl.scan_parquet(segments) if segments else pl.LazyFrame(schema=EVENT_POLARS_SCHEMA)
+
+
+def _event_facts(root: Path, segments: list[Path], rows: list[int]) -> Facts:
+    """One pass over the events: every column decoded, the checks' columns checked (a
+    TraceError at the first wrong row), the span and id ranges measured."""
+    measured = _check_table(
+        root, None, EVENT_SCHEMA, _scan(segments), event_checks(sum(rows)), list(zip(segments, rows)),
+        measure=[pl.col("ts_ns").first().alias("first"), pl.col("ts_ns").last().alias("last"),
+                 pl.col("cpu").max().alias("max_cpu"), pl.col("obj").max().alias("max_obj")],
+    )
+    return Facts(sum(rows), measured["first"] or 0, measured["last"] or 0, measured["max_cpu"] or 0, measured["max_obj"])
 
 
 def _segments(root: Path, manifest: Manifest) -> list[Path]:
@@ -154,10 +156,11 @@ def _check_table(root: Path, path: Path | None, columns: pa.Schema | tuple, fram
     if path is not None:
         parquet_schema(root, path, columns)
     flags = [bad.any().alias(f"check{n}") for n, (_, bad, _) in enumerate(checks)]
+    decoded = pl.all().null_count().name.prefix("nulls in ")  # every column decodes: damage shows here, not mid-replay
     try:
-        found = frame.select(*flags, *measure).collect().row(0, named=True)
+        found = frame.select(*flags, *measure, decoded).collect().row(0, named=True)
     except pl.exceptions.PolarsError as err:  # a page that decodes to garbage passes the footer checks
-        raise TraceError(f"{files[0][0] if len(files) == 1 else root}: unreadable Parquet ({err}); "
+        raise TraceError(f"{files[0][0] if len(files) == 1 else root}: unreadable Parquet ({one_line(err)}); "
                          "remove the file or re-record it") from None
     for n, (column, bad, why) in enumerate(checks):
         if found[f"check{n}"]:
