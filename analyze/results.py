@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from replay.ops import OUTCOMES, RECLAIM_TRIGGERS
 from replay.policy import RESERVED_NAMES
-from traces.checks import Int, MapOf, TraceError, check_shape, parquet_schema, read_json, show
+from traces.checks import Int, MapOf, TraceError, check_shape, one_line, parquet_schema, read_json, show
 from traces.kernel_tables import gfp_class_expr
 from traces.manifest import MAX_BYTES
 from traces.reader import Trace
@@ -86,14 +86,14 @@ class Result:
     def check_rows(self) -> None:
         """Every outcome's row is a row of the trace, each once, in order: the rows the report joins
         with the trace's events (a result whose trace has changed since is refused here)."""
-        events = self.trace.facts.events  # also checks the trace's values
+        events = self.trace.facts.events
         try:
             found = self.outcomes().select(
                 pl.col("row").null_count().alias("nulls"), pl.col("row").min().alias("low"), pl.col("row").max().alias("high"),
                 (pl.col("row").diff() <= 0).any().alias("disorder"),
             ).collect().row(0, named=True)
         except pl.exceptions.PolarsError as err:
-            raise TraceError(f"{self.path / 'outcomes.parquet'}: unreadable Parquet ({err}); re-run chargeplay replay") from None
+            raise TraceError(f"{self.path / 'outcomes.parquet'}: unreadable Parquet ({one_line(err)}); re-run chargeplay replay") from None
         if found["nulls"] or found["disorder"] or (found["high"] is not None and (found["low"] < 0 or found["high"] >= events)):
             raise TraceError(f"{self.path / 'outcomes.parquet'}: its rows are not rows of {self.trace.path} ({events} events) "
                              "in order; re-run chargeplay replay")

@@ -77,7 +77,7 @@ class InputStream:
     def __init__(self, trace: Trace) -> None:
         self.trace = trace
         events = trace.events()
-        facts = trace.facts  # checks every value the engines index or size tables with
+        facts = trace.facts  # measured when the trace was opened and checked
         self.objects = (facts.max_obj or 0) + 1
         self.t_first, self.t_last = facts.first_ns, facts.last_ns
         self.cpus = max(trace.manifest["kernel"]["cpus"] or 0, facts.max_cpu + 1)  # a CPU brought online during capture
