@@ -68,11 +68,11 @@ def test_the_tiny_trace_replays_and_reports(good_result, tmp_path):
 def test_a_bad_trace_is_one_error_line_in_every_command(name, good_result, tmp_path):
     trace = CORPUS / "bad-traces" / name
     before = tree(CORPUS)
-    os.chdir(tmp_path)  # a relative write would land here
     result = point_at(good_result, trace, tmp_path / "result")
-    assert_user_error(chargeplay("info", str(trace), timeout=TIMEOUT))
-    assert_user_error(chargeplay("replay", str(trace), "-o", str(tmp_path / "out"), timeout=TIMEOUT))
-    assert_user_error(chargeplay("report", str(result), "-o", str(tmp_path / "report.html"), timeout=TIMEOUT))
+    run = dict(timeout=TIMEOUT, cwd=tmp_path)  # a relative write would land in tmp_path
+    assert_user_error(chargeplay("info", str(trace), **run))
+    assert_user_error(chargeplay("replay", str(trace), "-o", str(tmp_path / "out"), **run))
+    assert_user_error(chargeplay("report", str(result), "-o", str(tmp_path / "report.html"), **run))
     assert tree(CORPUS) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result"]  # no output, no leftovers
 
