@@ -1,7 +1,6 @@
 """Reading a replay result directory (what `chargeplay replay -o` wrote) and its trace."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -11,12 +10,31 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from replay.ops import OUTCOMES
+from replay.ops import OUTCOMES, RECLAIM_TRIGGERS
+from replay.policy import RESERVED_NAMES
+from traces.checks import Int, MapOf, TraceError, check_shape, one_line, parquet_schema, read_json, show
 from traces.kernel_tables import gfp_class_expr
-from traces.manifest import TraceError
+from traces.manifest import MAX_BYTES
 from traces.reader import Trace
 
 FILES = ("summary.json", "timeseries.parquet", "outcomes.parquet")
+COUNT = Int(0, 2**63 - 1)
+LIMIT = (None, Int(0, MAX_BYTES))
+POLICY_SHAPE = {
+    **{name: COUNT for name in ("peak_bytes", "failed", "forced", "stall_ns_total", "oom_kills", "fallbacks")},
+    **{name: float for name in ("seconds_above_high", "page_seconds_above_high")},
+    **{name: {trigger: COUNT for trigger in RECLAIM_TRIGGERS} for name in ("reclaim_calls", "reclaimed_pages")},
+    "failed_by_gfp_class": MapOf(COUNT),
+    "stall_ns_by_pid": MapOf(COUNT, integer_keys=True),
+}
+# What the report reads of summary.json (other keys are free).
+SUMMARY_SHAPE = {
+    "trace": str,
+    "limits": {"max_bytes": LIMIT, "high_bytes": LIMIT, "swap": bool, "reclaim_ns_per_page": COUNT},
+    "policies": MapOf(POLICY_SHAPE),
+}
+TIMESERIES_COLUMNS = (("policy", pa.string(), ""), ("t_ns", pa.int64(), ""), ("usage_bytes", pa.int64(), ""),
+                      ("peak_bytes", pa.int64(), ""), ("high_bytes", pa.int64(), ""), ("max_bytes", pa.int64(), ""))
 # Outcomes that differ only by bookkeeping (which stock or slab paid) are the same
 # experience for the allocating task: it got its memory without trouble ("charged").
 EXPERIENCE = {"stock": "charged", "no_charge": "charged"}
@@ -25,7 +43,11 @@ EXPERIENCE = {"stock": "charged", "no_charge": "charged"}
 def _codes(column: pa.DictionaryArray) -> np.ndarray:
     """Outcome codes (indices into OUTCOMES) of a dictionary-encoded outcome column; Parquet
     keeps only the values a row group uses, so its own dictionary is translated."""
-    translate = np.array([OUTCOMES.index(name) for name in column.dictionary.to_pylist()], dtype=np.int64)
+    names = column.dictionary.to_pylist()
+    unknown = [name for name in names if name not in OUTCOMES]
+    if unknown or column.null_count:
+        raise TraceError(f"outcomes.parquet: outcome {show(unknown[0] if unknown else None)} is not one of {', '.join(OUTCOMES)}")
+    translate = np.array([OUTCOMES.index(name) for name in names], dtype=np.int64)
     return translate[column.indices.to_numpy(zero_copy_only=False)]
 
 
@@ -37,18 +59,44 @@ class Result:
 
     @classmethod
     def open(cls, path: Path | str) -> "Result":
+        """A result directory, refused (TraceError) unless its files are all there, inside it,
+        of the shape and columns `chargeplay replay` writes, and its trace is readable."""
         path = Path(path)
-        missing = [name for name in FILES if not (path / name).exists()]
+        if not path.is_dir():
+            raise TraceError(f"{path}: no such result directory; give a directory `chargeplay replay -o` wrote")
+        missing = [name for name in FILES if not (path / name).exists() and not (path / name).is_symlink()]
         if missing:
             raise TraceError(f"{path}: no {', '.join(missing)}; give a directory `chargeplay replay -o` wrote")
-        try:
-            summary = json.loads((path / "summary.json").read_text())
-            policies = list(summary["policies"])
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise TraceError(f"{path / 'summary.json'}: not a replay summary ({err}); re-run chargeplay replay") from None
+        summary = read_json(path, path / "summary.json")
+        check_shape(summary, SUMMARY_SHAPE, str(path / "summary.json"))
+        policies = list(summary["policies"])
         if not policies:
             raise TraceError(f"{path / 'summary.json'}: no policies in it; re-run chargeplay replay")
-        return cls(path, summary, Trace.open(summary["trace"]))
+        reserved = [name for name in policies if name in RESERVED_NAMES]
+        if reserved:
+            raise TraceError(f"{path / 'summary.json'}: {show(reserved[0])} cannot name a policy; not a summary chargeplay wrote")
+        parquet_schema(path, path / "timeseries.parquet", TIMESERIES_COLUMNS, versioned=False)
+        outcome = pa.dictionary(pa.int8(), pa.string())
+        parquet_schema(path, path / "outcomes.parquet", pa.schema([("row", pa.int64()), *((p, outcome) for p in policies)]), versioned=False)
+        trace = Trace.open(summary["trace"])
+        result = cls(path, summary, trace)
+        result.check_rows()
+        return result
+
+    def check_rows(self) -> None:
+        """Every outcome's row is a row of the trace, each once, in order: the rows the report joins
+        with the trace's events (a result whose trace has changed since is refused here)."""
+        events = self.trace.facts.events
+        try:
+            found = self.outcomes().select(
+                pl.col("row").null_count().alias("nulls"), pl.col("row").min().alias("low"), pl.col("row").max().alias("high"),
+                (pl.col("row").diff() <= 0).any().alias("disorder"),
+            ).collect().row(0, named=True)
+        except pl.exceptions.PolarsError as err:
+            raise TraceError(f"{self.path / 'outcomes.parquet'}: unreadable Parquet ({one_line(err)}); re-run chargeplay replay") from None
+        if found["nulls"] or found["disorder"] or (found["high"] is not None and (found["low"] < 0 or found["high"] >= events)):
+            raise TraceError(f"{self.path / 'outcomes.parquet'}: its rows are not rows of {self.trace.path} ({events} events) "
+                             "in order; re-run chargeplay replay")
 
     @property
     def policies(self) -> list[str]:

@@ -50,7 +50,7 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
         except USER_ERRORS as error:
             message = str(error) if not isinstance(error, OSError) or not error.filename else f"{error.filename}: {error.strerror}"
-            err.print(f"error: {message}", markup=False, highlight=False)
+            err.print(f"error: {' '.join(message.splitlines())}", markup=False, highlight=False)  # a path may hold newlines
             raise typer.Exit(2) from None
 
     return run

@@ -91,13 +91,10 @@ class InputStream:
     def __init__(self, trace: Trace) -> None:
         self.trace = trace
         events = trace.events()
-        facts = events.select(
-            pl.col("ts_ns").min().alias("first"), pl.col("ts_ns").max().alias("last"), pl.col("cpu").max().alias("cpu"),
-            pl.col("obj").max().alias("obj"),
-        ).collect().row(0, named=True)
-        self.objects = (facts["obj"] or 0) + 1
-        self.t_first, self.t_last = facts["first"] or 0, facts["last"] or 0
-        self.cpus = int(trace.manifest.get("kernel", {}).get("cpus") or (facts["cpu"] or 0) + 1)
+        facts = trace.facts  # measured when the trace was opened and checked
+        self.objects = (facts.max_obj or 0) + 1
+        self.t_first, self.t_last = facts.first_ns, facts.last_ns
+        self.cpus = max(trace.manifest["kernel"]["cpus"] or 0, facts.max_cpu + 1)  # a CPU brought online during capture
         self.task_pids = np.sort(events.select(pl.col("pid").unique()).collect()["pid"].to_numpy())
         self.slab_pools = _slab_pools(trace).collect().lazy()  # read once, joined in every segment
         sizes = (

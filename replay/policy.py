@@ -101,6 +101,10 @@ def get(name: str) -> Policy:
     return BUILTIN[name]
 
 
+# Columns that sit beside one column per policy in outcomes.parquet and the report's tables.
+RESERVED_NAMES = frozenset({"row", "call_site", "cache", "pid", "comm", "kind", "gfp", "symbol", "gfp_class", "task"})
+
+
 def load_toml(path: Path) -> dict[str, Policy]:
     """Policies defined in a TOML file, each validated; errors name the policy and the key."""
     try:
@@ -113,6 +117,8 @@ def load_toml(path: Path) -> dict[str, Policy]:
     known = {f.name for f in fields(Policy)} - {"name"}
     policies = {}
     for name, table in tables.items():
+        if name in RESERVED_NAMES:
+            raise ValueError(f"{path}: policy.{name}: {name!r} is a column of the result and the report; choose another name")
         if not isinstance(table, dict):
             raise ValueError(f"{path}: policy.{name} is not a table")
         unknown = set(table) - known - {"base"}

@@ -36,3 +36,13 @@ CHARGEPLAY = [sys.executable, "-m", "chargeplay.cli"]
 def chargeplay(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
     """Run the real command line, as a user would."""
     return subprocess.run([*CHARGEPLAY, *args], capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def assert_user_error(result: subprocess.CompletedProcess, *words: str) -> None:
+    """Exit code 2 and one line on stderr, `error: ...` naming `words`; no traceback."""
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in lines[0]

@@ -7,17 +7,8 @@ import subprocess
 
 import pytest
 
-from conftest import CHARGEPLAY, chargeplay
+from conftest import CHARGEPLAY, assert_user_error, chargeplay
 from traces.samples import DEFAULT_SAMPLE, sample_path
-
-
-def assert_user_error(result: subprocess.CompletedProcess, *words: str) -> None:
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.stderr
-    for word in words:
-        assert word in lines[0]
 
 
 @pytest.fixture

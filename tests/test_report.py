@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -12,21 +13,21 @@ import pytest
 
 from analyze.divergence import divergence
 from analyze.results import Result
-from conftest import chargeplay
-from test_cli_errors import assert_user_error
+from conftest import assert_user_error, chargeplay
 from traces.atomic import write_json, write_parquet
 from traces.manifest import MANIFEST, new_manifest
 from traces.schema import EVENT_SCHEMA, MEMCG_COLUMNS, SYMBOL_COLUMNS, table_schema
 from traces.segments import SegmentWriter
 
 HOSTILE = "<img src=x onerror=alert(1)>"
+HOSTILE_SYMBOL = "</script><script>alert(2)</script>"  # symbols land in the charts' JSON, inside <script>
 GFP = {"GFP_KERNEL": 0xCC0, "GFP_NOWAIT": 0x2800, "GFP_ATOMIC": 0x820, "GFP_HIGHUSER_MOVABLE": 0x100CCA,
        "__GFP_HIGH": 0x20, "__GFP_DIRECT_RECLAIM": 0x400, "__GFP_RETRY_MAYFAIL": 0x4000, "__GFP_NOFAIL": 0x8000,
        "__GFP_NORETRY": 0x10000, "__GFP_ACCOUNT": 1 << 22}
 BROWSER = shutil.which("chromium")
 
 
-def tiny_trace(path, comm: str = "worker") -> None:
+def tiny_trace(path, comm: str = "worker", symbol: str = "nowait_site+0x1/0x10") -> None:
     """200 pages charged at the start, memory.high 150 pages: one GFP_NOWAIT page allocation.
 
     By hand: fail-nowait-above-high refuses it (non-blocking, usage above high); the 4.x
@@ -42,7 +43,7 @@ def tiny_trace(path, comm: str = "worker") -> None:
     writer.write(pa.Table.from_pylist(rows, schema=EVENT_SCHEMA))
     writer.close_segment()
     write_parquet(path / "memcg.parquet", pa.Table.from_pylist([{"ts_ns": 0, "usage": 200 * 4096}], schema=table_schema(MEMCG_COLUMNS)))
-    write_parquet(path / "symbols.parquet", pa.Table.from_pylist([{"id": 0, "symbol": "nowait_site+0x1/0x10"}], schema=table_schema(SYMBOL_COLUMNS)))
+    write_parquet(path / "symbols.parquet", pa.Table.from_pylist([{"id": 0, "symbol": symbol}], schema=table_schema(SYMBOL_COLUMNS)))
     write_json(path / MANIFEST, manifest)
 
 
@@ -75,13 +76,13 @@ def test_report_errors_are_one_line(tmp_path):
     assert_user_error(chargeplay("report", str(tmp_path), "-o", str(tmp_path / "r.html")), "summary.json")
 
 
-def elements(html: str) -> set[str]:
-    """The element names in a page (script bodies are text to the parser, as to a browser)."""
-    names: set[str] = set()
+def elements(html: str) -> Counter[str]:
+    """The element names in a page, counted (script bodies are text to the parser, as to a browser)."""
+    names: Counter[str] = Counter()
 
     class Collect(HTMLParser):
         def handle_starttag(self, tag, attrs):
-            names.add(tag)
+            names[tag] += 1
 
     Collect().feed(html)
     return names
@@ -117,14 +118,20 @@ def test_the_report_draws_every_chart_offline_without_console_messages(tmp_path)
 
 @pytest.mark.skipif(BROWSER is None, reason="needs Chromium (Debian package chromium) to open the report")
 def test_trace_strings_are_inert_in_the_report(tmp_path):
-    tiny_trace(tmp_path / "trace", comm=HOSTILE)
+    """Task names (in the stall chart, the tables and the workload's command) and call-site
+    symbols (in the pairs table and the heat map) are shown as text. Cache names are not in
+    the page, only in --json."""
+    tiny_trace(tmp_path / "trace", comm=HOSTILE, symbol=HOSTILE_SYMBOL)
     assert chargeplay("replay", str(tmp_path / "trace"), "-o", str(tmp_path / "result")).returncode == 0
     page = tmp_path / "report.html"
     assert chargeplay("report", str(tmp_path / "result"), "-o", str(page)).returncode == 0
     html = page.read_text()
-    assert HOSTILE not in html
+    assert HOSTILE not in html and HOSTILE_SYMBOL not in html
     assert "&lt;img src=x onerror=alert(1)&gt;" in html  # shown, as text
+    assert "&lt;/script&gt;&lt;script&gt;alert(2)&lt;/script&gt;" in html  # the pairs table's call site
+    assert "\\u003c/script\\u003e\\u003cscript\\u003ealert(2)" in html  # the heat map's data
     dom, log = render(page, tmp_path)
     assert "img" not in elements(dom) and "alert" not in log
+    assert elements(dom)["script"] == elements(html)["script"]  # no script element added
     metrics = json.loads(json.dumps(divergence(Result.open(tmp_path / "result"))))
     assert any(HOSTILE in row["task"] for pair in metrics["pairs"] for row in pair["by"]["task"])

@@ -29,7 +29,10 @@ def make_private_dir(path: Path) -> None:
 
 
 def check_new_output(path: Path) -> None:
-    """Refuse an output directory that holds anything: nothing already recorded is overwritten."""
+    """Refuse an output directory that holds anything: nothing already recorded is overwritten;
+    and a symlink: what is written under -o stays there."""
+    if path.is_symlink():
+        raise ValueError(f"{path} is a symbolic link; give the output directory itself")
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise ValueError(f"{path} exists and is not an empty directory; choose a new -o path")
 
@@ -44,9 +47,13 @@ def fsync_dir(path: Path) -> None:
 
 @contextmanager
 def atomic_file(path: Path) -> Iterator[BinaryIO]:
-    """Open a private temporary file that becomes `path` only if the block completes."""
+    """Open a private temporary file that becomes `path` only if the block completes. The
+    temporary file is created afresh, never opened through a link someone left under its
+    name (in a shared directory that would write wherever the link points); the rename
+    replaces a link at `path` itself, not its target."""
     tmp = temporary_name(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    tmp.unlink(missing_ok=True)  # an earlier run's leftover, or a planted link (unlinking removes the link only)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
     try:
         with os.fdopen(fd, "wb") as out:
             yield out

@@ -6,7 +6,6 @@ readers report it as "interrupted" (see `effective_status`).
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 from datetime import datetime, timezone
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from chargeplay import __version__
+from traces.checks import Int, MapOf, Optional, TraceError, check_shape, read_json, show
 from traces.schema import SCHEMA_VERSION
 
 MANIFEST = "manifest.json"
@@ -21,9 +21,31 @@ STATUSES = ("recording", "complete", "interrupted")
 
 Manifest = dict[str, Any]
 
-
-class TraceError(ValueError):
-    """A trace that cannot be read; the message says what is wrong and what to do."""
+MAX_BYTES = 1 << 50  # 1 PiB: more than any memcg limit or counter
+LIMIT = (None, Int(0, MAX_BYTES))
+COUNT = Int(0, 2**63 - 1)
+# The gfp bits the charge path tests (replay.ops.GfpBits); every kernel's table has them.
+CHARGE_PATH_FLAGS = ("__GFP_DIRECT_RECLAIM", "__GFP_NORETRY", "__GFP_RETRY_MAYFAIL", "__GFP_NOFAIL", "__GFP_HIGH")
+# What readers rely on, checked on open (other keys are free). new_manifest writes all of it.
+MANIFEST_SHAPE = {
+    "status": str,
+    "stop_reason": (None, str),
+    "collector": dict,
+    "kernel": {"release": (None, str), "page_size": Int(512, 1 << 20), "cpus": (None, Int(1, 1 << 16))},
+    "trace_clock": str,
+    "start": {"wall": (None, str), "trace_ns": (None, COUNT)},
+    "end": {"wall": (None, str), "trace_ns": (None, COUNT)},
+    "backend": str,
+    "target": {
+        "memcg_id": Int(0, 2**64 - 1), "max": Optional(LIMIT), "high": Optional(LIMIT), "high_requested": Optional(LIMIT),
+        "ancestors": Optional([{"max": Optional(LIMIT), "high": Optional(LIMIT)}]), "command": Optional((None, [str])),
+    },
+    "gfp_flags": MapOf(Int(0, 2**32 - 1), required=CHARGE_PATH_FLAGS),
+    "enums": MapOf(MapOf(Int(-2**31, 2**31 - 1))),
+    "lost": {"total": COUNT, "per_cpu": dict},
+    "segments": [{"file": str}],
+    "events": COUNT,
+}
 
 
 def boot_id() -> str:
@@ -70,23 +92,23 @@ def new_manifest(*, backend: str, clock: str, target: dict, gfp_flags: dict[str,
 
 
 def read_manifest(trace_dir: Path) -> Manifest:
+    """The manifest, refused (TraceError) unless it is this schema version's, with every key
+    readers rely on of the right type."""
     path = trace_dir / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise TraceError(f"{trace_dir}: no {MANIFEST}; give the directory `chargeplay collect -o` wrote") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise TraceError(f"{path}: not valid JSON ({err}); the trace is damaged, re-record it") from None
+    if not path.exists() and not path.is_symlink():
+        raise TraceError(f"{trace_dir}: no {MANIFEST}; give the directory `chargeplay collect -o` wrote")
+    manifest = read_json(trace_dir, path)
     if not isinstance(manifest, dict):
         raise TraceError(f"{path}: not a chargeplay manifest (a JSON object is expected)")
     version = manifest.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version != SCHEMA_VERSION or type(version) is not int:
         raise TraceError(
-            f"{path}: trace schema version {version!r}, this chargeplay reads version {SCHEMA_VERSION}; "
+            f"{path}: trace schema version {show(version)}, this chargeplay reads version {SCHEMA_VERSION}; "
             "use the chargeplay release that wrote it"
         )
-    if manifest.get("status") not in STATUSES:
-        raise TraceError(f"{path}: unknown status {manifest.get('status')!r}; expected one of {', '.join(STATUSES)}")
+    check_shape(manifest, MANIFEST_SHAPE, str(path))
+    if manifest["status"] not in STATUSES:
+        raise TraceError(f"{path}: unknown status {manifest['status']!r}; expected one of {', '.join(STATUSES)}")
     return manifest
 
 

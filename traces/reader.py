@@ -2,82 +2,177 @@
 
 Nothing here loads a whole trace: `events()` is a LazyFrame, so a caller that wants
 counts by kind reads two columns, not the trace.
+
+Traces come from elsewhere, so nothing is trusted. `Trace.open` checks the manifest, that
+every file is a regular file inside the trace directory, that every Parquet file has
+exactly its table's columns and types and decodes, and every value readers rely on (one
+pass over the events, which also measures them: `facts`). A trace that fails is
+refused with a TraceError naming the file, the column and the row.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from traces.manifest import Manifest, TraceError, effective_status, read_manifest
-from traces.schema import EVENT_SCHEMA, SCHEMA_VERSION, SCHEMA_VERSION_KEY
+from traces.checks import TraceError, inside, one_line, parquet_schema, show
+from traces.manifest import MAX_BYTES, Manifest, effective_status, read_manifest
+from traces.schema import CONTEXTS, EVENT_SCHEMA, KINDS, MEMCG_COLUMNS, SLAB_COLUMNS, SYMBOL_COLUMNS
+
+SIDE_TABLES = {"memcg": MEMCG_COLUMNS, "slabs": SLAB_COLUMNS, "symbols": SYMBOL_COLUMNS}
+EVENT_POLARS_SCHEMA = pl.from_arrow(EVENT_SCHEMA.empty_table()).schema
+MAX_ORDER = 20  # no kernel has page orders above this (MAX_PAGE_ORDER is at most 15)
+MAX_VALUE = 1 << 32  # bytes of one allocation; pages or events of one counter change
+MAX_NS = 1 << 62  # 146 years
+
+Check = tuple[str, pl.Expr, str]  # column, true where a row is wrong, what is wrong with it
+
+
+def _out_of(column: str, low: int, high: int) -> pl.Expr:
+    return (pl.col(column) < low) | (pl.col(column) > high)
+
+
+def event_checks(rows: int) -> list[Check]:
+    """What replay and info rely on, beyond types: a row breaking any of these is refused."""
+    ts, kind = pl.col("ts_ns"), pl.col("kind")
+    return [
+        ("ts_ns", ts.is_null() | _out_of("ts_ns", 0, MAX_NS), f"is null or outside 0..{MAX_NS}"),
+        ("ts_ns", ts.diff() < 0, "is earlier than the event before it: events are not in time order"),
+        ("cpu", pl.col("cpu").is_null(), "is null"),
+        ("pid", pl.col("pid").is_null(), "is null"),
+        ("kind", kind.is_null() | ~kind.is_in(KINDS), f"is not one of {', '.join(KINDS)}"),
+        ("ctx", ~pl.col("ctx").is_in(CONTEXTS), f"is not one of {', '.join(CONTEXTS)}"),
+        ("obj", _out_of("obj", 0, rows - 1), f"is not a pseudonym (0..{rows - 1}: one per event at most)"),
+        ("bytes_req", _out_of("bytes_req", 0, MAX_VALUE), f"is outside 0..{MAX_VALUE}"),
+        ("bytes_alloc", _out_of("bytes_alloc", 0, MAX_VALUE), f"is outside 0..{MAX_VALUE}"),
+        ("order", _out_of("order", 0, MAX_ORDER), f"is not a page order (0..{MAX_ORDER})"),
+        ("val", _out_of("val", -MAX_VALUE, MAX_VALUE), f"is outside -{MAX_VALUE}..{MAX_VALUE}"),
+    ]
+
+
+SIDE_TABLE_CHECKS: dict[str, list[Check]] = {
+    "memcg": [("ts_ns", pl.col("ts_ns").is_null() | _out_of("ts_ns", 0, MAX_NS), f"is null or outside 0..{MAX_NS}")]
+    + [(name, _out_of(name, 0, MAX_BYTES), f"is outside 0..{MAX_BYTES}") for name, _, _ in MEMCG_COLUMNS if name != "ts_ns"],
+    "slabs": [
+        ("name", pl.col("name").is_null() | pl.col("name").is_duplicated(), "is null or names two caches"),
+        ("size", pl.col("size").is_null() | _out_of("size", 1, MAX_VALUE), f"is null or outside 1..{MAX_VALUE}"),
+        ("order", pl.col("order").is_null() | _out_of("order", 0, MAX_ORDER), f"is not a page order (0..{MAX_ORDER})"),
+        ("min_order", pl.col("min_order").is_null() | _out_of("min_order", 0, MAX_ORDER), f"is not a page order (0..{MAX_ORDER})"),
+    ],
+    "symbols": [("id", pl.col("id").is_null() | pl.col("id").is_duplicated(), "is null or names two symbols")],
+}
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the check pass measures on the way: the whole trace's span and id ranges."""
+
+    events: int
+    first_ns: int
+    last_ns: int
+    max_cpu: int
+    max_obj: int | None
 
 
 @dataclass(frozen=True)
 class Trace:
     path: Path
     manifest: Manifest
+    segment_paths: list[Path]  # every closed segment, in order
+    segment_rows: list[int]
+    facts: Facts
 
     @classmethod
     def open(cls, path: Path | str) -> "Trace":
         path = Path(path)
         if not path.is_dir():
             raise TraceError(f"{path}: no such trace directory; give the directory `chargeplay collect -o` wrote")
-        return cls(path, read_manifest(path))
+        manifest = read_manifest(path)
+        segments = _segments(path, manifest)
+        rows = [pq.read_metadata(segment).num_rows for segment in segments]
+        for name in SIDE_TABLES:
+            table = path / f"{name}.parquet"
+            if table.exists() or table.is_symlink():
+                _check_table(path, table, SIDE_TABLES[name], pl.scan_parquet(table), SIDE_TABLE_CHECKS[name], [(table, None)])
+        return cls(path, manifest, segments, rows, _event_facts(path, segments, rows))
 
     @property
     def status(self) -> str:
         return effective_status(self.manifest)
 
-    @cached_property
-    def segment_paths(self) -> list[Path]:
-        """Every closed segment, in order. Segments closed after the manifest was last
-        written (a collector killed in between) are found on disk too."""
-        paths = sorted((self.path / "events").glob("part-*.parquet"))
-        for path in paths:
-            _check_segment(path)
-        return paths
-
     def events(self) -> pl.LazyFrame:
-        if not self.segment_paths:
-            return pl.LazyFrame(schema=pl.from_arrow(EVENT_SCHEMA.empty_table()).schema)
-        return pl.scan_parquet(self.segment_paths)
+        return _scan(self.segment_paths)
 
     def side_table(self, name: str) -> pl.LazyFrame | None:
         """memcg, slabs or symbols; None when the capture did not get to write it."""
         path = self.path / f"{name}.parquet"
-        if not path.exists():
-            return None
-        _check_parquet_version(path)
-        return pl.scan_parquet(path)
+        return pl.scan_parquet(path) if path.exists() else None
 
     @property
     def page_size(self) -> int:
-        return int(self.manifest.get("kernel", {}).get("page_size") or 4096)
+        return self.manifest["kernel"]["page_size"]
 
     @property
     def gfp_flags(self) -> dict[str, int]:
-        return self.manifest.get("gfp_flags") or {}
+        return self.manifest["gfp_flags"]
 
 
-def _check_segment(path: Path) -> None:
-    _check_parquet_version(path)
-    names = pq.read_schema(path).names
-    missing = [name for name in EVENT_SCHEMA.names if name not in names]
-    if missing:
-        raise TraceError(f"{path}: missing columns {', '.join(missing)}; not a chargeplay event segment")
+def _scan(segments: list[Path]) -> pl.LazyFrame:
+    return pl.scan_parquet(segments) if segments else pl.LazyFrame(schema=EVENT_POLARS_SCHEMA)
 
 
-def _check_parquet_version(path: Path) -> None:
+def _event_facts(root: Path, segments: list[Path], rows: list[int]) -> Facts:
+    """One pass over the events: every column decoded, the checks' columns checked (a
+    TraceError at the first wrong row), the span and id ranges measured."""
+    measured = _check_table(
+        root, None, EVENT_SCHEMA, _scan(segments), event_checks(sum(rows)), list(zip(segments, rows)),
+        measure=[pl.col("ts_ns").first().alias("first"), pl.col("ts_ns").last().alias("last"),
+                 pl.col("cpu").max().alias("max_cpu"), pl.col("obj").max().alias("max_obj")],
+    )
+    return Facts(sum(rows), measured["first"] or 0, measured["last"] or 0, measured["max_cpu"] or 0, measured["max_obj"])
+
+
+def _segments(root: Path, manifest: Manifest) -> list[Path]:
+    """The segments on disk, each inside the trace; segments closed after the manifest was last
+    written (a collector killed in between) are found too, but one it lists must be there."""
+    paths = sorted((root / "events").glob("part-*.parquet"))
+    for listed in manifest["segments"]:
+        path = root / listed["file"]
+        inside(root, path)
+        if path not in paths:
+            raise TraceError(f"{root / 'manifest.json'}: lists segment {listed['file']}, which is not an events/part-*.parquet file")
+    for path in paths:
+        parquet_schema(root, path, EVENT_SCHEMA)
+    return paths
+
+
+def _check_table(root: Path, path: Path | None, columns: pa.Schema | tuple, frame: pl.LazyFrame, checks: list[Check],
+                 files: list[tuple[Path, int | None]], measure: list[pl.Expr] = ()) -> dict:
+    """Check a table's columns (`path`: one file; events were checked per segment) and its
+    values, in one pass that also computes `measure`; its results by name."""
+    if path is not None:
+        parquet_schema(root, path, columns)
+    flags = [bad.any().alias(f"check{n}") for n, (_, bad, _) in enumerate(checks)]
+    decoded = pl.all().null_count().name.prefix("nulls in ")  # every column decodes: damage shows here, not mid-replay
     try:
-        metadata = pq.read_schema(path).metadata or {}
-    except Exception as err:  # pyarrow raises several types for damaged files
-        raise TraceError(f"{path}: unreadable Parquet ({err}); remove the file or re-record the trace") from None
-    version = metadata.get(SCHEMA_VERSION_KEY, b"?").decode()
-    if version != str(SCHEMA_VERSION):
-        raise TraceError(
-            f"{path}: written with trace schema version {version}, this chargeplay reads {SCHEMA_VERSION}"
-        )
+        found = frame.select(*flags, *measure, decoded).collect().row(0, named=True)
+    except pl.exceptions.PolarsError as err:  # a page that decodes to garbage passes the footer checks
+        raise TraceError(f"{files[0][0] if len(files) == 1 else root}: unreadable Parquet ({one_line(err)}); "
+                         "remove the file or re-record it") from None
+    for n, (column, bad, why) in enumerate(checks):
+        if found[f"check{n}"]:
+            row, value = frame.with_row_index("row").filter(bad).select("row", column).head(1).collect().row(0)
+            raise TraceError(f"{_locate(files, row)}: {column} {show(value)} {why}")
+    return found
+
+
+def _locate(files: list[tuple[Path, int | None]], row: int) -> str:
+    """'FILE row N' for a row of the concatenation of `files` (rows per file; None: the last)."""
+    for path, rows in files:
+        if rows is None or row < rows:
+            return f"{path} row {row}"
+        row -= rows
+    raise AssertionError("row beyond the files' rows")

@@ -29,7 +29,7 @@ def summarize(trace: Trace) -> dict[str, Any]:
         .sort("allocations", descending=True)
         .collect()
     )
-    span = events.select(pl.col("ts_ns").max()).collect().item()
+    span = trace.facts.last_ns
     start, end = manifest.get("start", {}), manifest.get("end", {})
     duration_ns = (end["trace_ns"] - start["trace_ns"]) if end.get("trace_ns") and start.get("trace_ns") else span
     total = int(by_kind["events"].sum()) if by_kind.height else 0
