@@ -1,7 +1,9 @@
 """Crash safety, live: a collector killed at any point, or stopped by a full disk, leaves a
 readable trace, and whatever it set up in the kernel is removed.
 
-Skips with a reason naming what is missing (root, tracefs).
+Skips with a reason naming what is missing (root, tracefs). Run them while no other
+capture starts on the machine: any `chargeplay collect` removes a dead collector's leftovers
+first, and the kill tests check that the next one they start does.
 """
 from __future__ import annotations
 
