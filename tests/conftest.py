@@ -46,3 +46,15 @@ def assert_user_error(result: subprocess.CompletedProcess, *words: str) -> None:
     assert "Traceback" not in result.stderr
     for word in words:
         assert word in lines[0]
+
+
+@pytest.fixture
+def ebpf(tracefs) -> Path:
+    """Skips unless the eBPF backend can load here (root and tracefs come from `tracefs`)."""
+    from collect import ebpf as backend
+
+    try:
+        backend.check_available()
+    except backend.Unavailable as why:
+        pytest.skip(f"eBPF backend unavailable: {why}")
+    return tracefs

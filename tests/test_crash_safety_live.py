@@ -20,6 +20,7 @@ import pytest
 from collect import cgroup
 from conftest import CHARGEPLAY, chargeplay
 from test_collect_live import wait_until
+from test_ebpf_live import our_bpf_programs
 from test_cli_errors import assert_user_error
 from traces.reader import Trace
 
@@ -51,9 +52,9 @@ def guardians_of(pid: int) -> list[int]:
     return found
 
 
-def long_capture(output: Path, workdir: Path) -> subprocess.Popen:
+def long_capture(output: Path, workdir: Path, backend: str = "tracefs") -> subprocess.Popen:
     return subprocess.Popen(
-        [*CHARGEPLAY, "collect", "-o", str(output), "--segment-seconds", "0.3", "--",
+        [*CHARGEPLAY, "collect", "-o", str(output), "--backend", backend, "--segment-seconds", "0.3", "--",
          "sh", "-c", f"while :; do touch {workdir}/x; rm {workdir}/x; done"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
@@ -74,9 +75,8 @@ def assert_readable(trace: Path) -> None:
     assert json.loads(info.stdout)["status"] == "interrupted"
 
 
-@pytest.mark.parametrize("seconds", KILL_POINTS)
-def test_sigkill_of_collector_and_guardian_at_any_point(tracefs, tmp_path, seconds):
-    collector = long_capture(tmp_path / "t", tmp_path)
+def kill_and_check(tracefs: Path, tmp_path: Path, seconds: float, backend: str) -> None:
+    collector = long_capture(tmp_path / "t", tmp_path, backend)
     time.sleep(seconds)
     collector.send_signal(signal.SIGSTOP)  # no new children while we look for its guardian
     for pid in guardians_of(collector.pid):  # both die, as in an OOM kill of the whole service
@@ -93,6 +93,18 @@ def test_sigkill_of_collector_and_guardian_at_any_point(tracefs, tmp_path, secon
     for path in left:
         assert f"removed stale {'tracefs instance' if path.parent.name == 'instances' else 'memcg'} {path}" in result.stderr
     assert owned_by(collector.pid, tracefs) == []
+
+
+@pytest.mark.parametrize("seconds", KILL_POINTS)
+def test_sigkill_of_collector_and_guardian_at_any_point(tracefs, tmp_path, seconds):
+    kill_and_check(tracefs, tmp_path, seconds, "tracefs")
+
+
+@pytest.mark.parametrize("seconds", [1.0, 2.0, 3.0, 4.0])
+def test_sigkill_of_an_ebpf_collector_leaves_no_bpf_program(ebpf, tmp_path, seconds):
+    before = our_bpf_programs()
+    kill_and_check(ebpf, tmp_path, seconds, "ebpf")
+    assert wait_until(lambda: our_bpf_programs() == before, timeout=15)  # the loader died with the collector
 
 
 @pytest.fixture

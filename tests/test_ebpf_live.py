@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import polars as pl
-import pytest
 
 from conftest import CHARGEPLAY, chargeplay
 from test_collect_live import ALLOC_KINDS, FILE_MAKER, leftovers, wait_until
@@ -24,18 +23,6 @@ KINDS_COMPARED = ["kmalloc", "kmem_cache_alloc", "page_alloc", "user_return"]
 # empty sheaf) depends on the state of the slab caches the earlier capture left, not on the
 # backend: those kmallocs and the unaccounted page allocations are left out of the comparison.
 SLAB_INTERNAL = "^(alloc_slab_obj_exts|alloc_empty_sheaf)\\+"
-
-
-@pytest.fixture
-def ebpf(tracefs) -> Path:
-    """Skips unless the eBPF backend can load here (root and tracefs come from `tracefs`)."""
-    from collect import ebpf as backend
-
-    try:
-        backend.check_available()
-    except backend.Unavailable as why:
-        pytest.skip(f"eBPF backend unavailable: {why}")
-    return tracefs
 
 
 def _bpf_program_names() -> list[str]:
@@ -54,7 +41,7 @@ def _bpf_program_names() -> list[str]:
     return names
 
 
-def _ours() -> int:
+def our_bpf_programs() -> int:
     """kmem_bpf.c's programs: bcc names a tracepoint program SYSTEM__EVENT (15 chars kept)."""
     return sum(name.startswith(("kmem__", "memcg__")) for name in _bpf_program_names())
 
@@ -125,7 +112,7 @@ def test_auto_says_which_backend_it_chose(ebpf, tmp_path):
 
 
 def test_sigkill_of_the_collector_leaves_no_bpf_program(ebpf, tmp_path):
-    before = _ours()
+    before = our_bpf_programs()
     collector = subprocess.Popen(
         [*CHARGEPLAY, "collect", "-o", str(tmp_path / "t"), "--backend", "ebpf", "--segment-seconds", "0.3", "--",
          "sh", "-c", f"while :; do touch {tmp_path}/x; rm {tmp_path}/x; done"],
@@ -133,11 +120,11 @@ def test_sigkill_of_the_collector_leaves_no_bpf_program(ebpf, tmp_path):
     )
     try:
         assert wait_until(lambda: len(list((tmp_path / "t" / "events").glob("part-*.parquet"))) >= 2, timeout=60)
-        assert _ours() > before
+        assert our_bpf_programs() > before
     finally:
         collector.send_signal(signal.SIGKILL)
         collector.communicate(timeout=30)
-    assert wait_until(lambda: _ours() == before, timeout=15)
+    assert wait_until(lambda: our_bpf_programs() == before, timeout=15)
     assert wait_until(lambda: leftovers(ebpf) == [], timeout=15), leftovers(ebpf)
     assert Trace.open(tmp_path / "t").status == "interrupted"
 
