@@ -82,8 +82,9 @@ N_STATS = RECLAIMED_PAGES + len(RECLAIM_TRIGGERS)
 CARRY = 1 << 62
 
 PAGE_STOCK, OBJ_STOCK = range(2)  # per_cpu columns: pre-charged pages, pre-charged bytes
-# per_task columns: current->memcg_nr_pages_over_high, stall ns, anon pages held (reference.anon), OOM debt
-OVER_HIGH, STALL, ANON, OOM_DEBT = range(4)
+# per_task columns: current->memcg_nr_pages_over_high, stall ns, anon pages held (reference.anon), OOM debt,
+# anon pages the kernel's OOM victim freed that the model holds until it kills it (reference.oom_kept)
+OVER_HIGH, STALL, ANON, OOM_DEBT, OOM_KEPT = range(5)
 SLAB_CACHE, SLAB_CAPACITY, SLAB_PAGES, SLAB_POOL, SLAB_USED, SLAB_NEXT_PARTIAL = range(6)  # slabs columns
 CURRENT_SLAB, PARTIAL_HEAD = range(2)  # caches columns; -1: none
 ORDER, MIN_ORDER, OBJECTS, OBJECTS_MIN = range(4)  # geometry columns
@@ -400,21 +401,37 @@ def mem_cgroup_oom(memcg, stats, per_task, nr_pages, task):
 
 @njit
 def exit_mmap(memcg, per_task, victim):
-    """An OOM victim's anon pages are uncharged; owed until the trace frees them."""
+    """An OOM victim's anon pages are uncharged; owed until the trace frees them (those it
+    freed already, after the kernel's own kill of it, are not)."""
     pages = min(per_task[victim, ANON], memcg[POOLS + POOL_ANON])
     per_task[victim, ANON] = 0
-    per_task[victim, OOM_DEBT] += pages
+    per_task[victim, OOM_DEBT] += max(pages - per_task[victim, OOM_KEPT], 0)
+    per_task[victim, OOM_KEPT] = 0
     memcg[POOLS + POOL_ANON] -= pages
     page_counter_uncharge(memcg, pages)
 
 
 @njit
 def charge_that_ended_in_oom(memcg, stats, knobs, per_cpu, per_task, nr_pages, gfp, cpu, task, irq):
-    """The charge the capturing kernel OOM-killed for: tried, and cancelled if made."""
+    """The charge the capturing kernel OOM-killed for: tried, and cancelled if made. So much of
+    the model's room as other CPUs' stocks explain (drain_all_stock only schedules their
+    drain) is held through it (reference.charge_that_ended_in_oom)."""
+    held = min(max(room(memcg, knobs, per_cpu) - nr_pages + 1, 0), knobs[STOCK_BATCH] * (per_cpu.shape[0] - 1))
+    memcg[USAGE] += held
     outcome = try_charge_memcg(memcg, stats, knobs, per_cpu, per_task, gfp, nr_pages, cpu, task, irq)
     if outcome != FAILED:
         page_counter_uncharge(memcg, nr_pages)
+    page_counter_uncharge(memcg, held)
     return outcome
+
+
+@njit
+def room(memcg, knobs, per_cpu):
+    """What a charge could get: the margin, the page stocks and what reclaim can take."""
+    reclaimable = memcg[POOLS + POOL_FILE] + memcg[POOLS + POOL_SLAB_RECLAIMABLE]
+    if knobs[SWAP]:
+        reclaimable += memcg[POOLS + POOL_ANON]
+    return margin(memcg) + per_cpu[:, PAGE_STOCK].sum() + reclaimable
 
 
 # -- uncharging --------------------------------------------------------------------------------
@@ -446,10 +463,26 @@ def pay_oom_debt(per_task, nr_pages, task):
 
 
 @njit
+def free_oom_victim_anon(memcg, per_task, nr_pages, task):
+    """The kernel's OOM victim frees anon pages: the model's kill of it paid them, it keeps its
+    own until the model kills it, the rest (COW originals) are uncharged (reference)."""
+    unpaid = pay_oom_debt(per_task, nr_pages, task)
+    kept = min(unpaid, max(per_task[task, ANON] - per_task[task, OOM_KEPT], 0))
+    per_task[task, OOM_KEPT] += kept
+    uncharge_folios(memcg, unpaid - kept, POOL_ANON)
+
+
+@njit
 def uncharge_lru(memcg, per_task, nr_pages, pool, task):
     if pool == POOL_ANON:
         nr_pages = pay_oom_debt(per_task, nr_pages, task)
         per_task[task, ANON] = max(per_task[task, ANON] - nr_pages, 0)
+    uncharge_folios(memcg, nr_pages, pool)
+
+
+@njit
+def uncharge_folios(memcg, nr_pages, pool):
+    """Uncharge LRU pages of a pool, those reclaim took already excepted."""
     unpaid = pay_debt(memcg, pool, nr_pages)
     if pool == POOL_FILE and unpaid == nr_pages:  # a folio the model holds: it leaves the LRU
         memcg[FREED_FOLIOS + folio_order(nr_pages)] += 1
@@ -631,7 +664,7 @@ def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, o
         elif o == LRU_RECLAIMED:
             memcg[DEBT + pool[i]] -= pages[i]
         elif o == LRU_OOM_FREED:
-            pay_oom_debt(per_task, pages[i], t)
+            free_oom_victim_anon(memcg, per_task, pages[i], t)
         elif o == OOM_CHARGE:
             outcome[i] = charge_that_ended_in_oom(memcg, stats, knobs, per_cpu, per_task, pages[i], gfp[i], c, t, irq[i])
         elif o == USER_RETURN:
@@ -711,7 +744,7 @@ class Fast:
         self.memcg[LRU_TAIL] = held
         self.stats = np.zeros(N_STATS, np.int64)
         self.per_cpu = np.zeros((start.cpus, 2), np.int64)
-        self.per_task = np.zeros((start.tasks, 4), np.int64)
+        self.per_task = np.zeros((start.tasks, OOM_KEPT + 1), np.int64)
         self.charged = np.zeros(start.objects + 1, np.bool_)  # pseudonyms, then -1's slot
         self.object_slab = np.full(1 if self.knobs[OBJECT_CHARGING] else start.objects + 1, -1, np.int32)
         self.slabs = np.zeros((0, 6), np.int64)  # grows as feed() needs

@@ -24,7 +24,10 @@ rules are from shared/KERNEL-MODEL.md; the approximations are said where they ar
   pages pay off what the kill took. The kernel's own kills are not replayed: an oom event
   replays the charge the kernel could not make (OOM_CHARGE), and the anon pages the
   kernel's victim frees after it (LRU_OOM_FREED) only pay off what the model's own kill of
-  that task took; a task the model has not killed keeps them, until the model kills it.
+  that task took; a task the model has not killed keeps its own, until the model kills it
+  (pages beyond its own, COW originals another task charged, are uncharged). Through an
+  OOM_CHARGE, as much of the model's room as the other CPUs' page stocks could hold
+  unseen is held (drain_all_stock only schedules their drain): up to a batch per CPU.
 - Page stocks serve only this memcg, so their slot count never runs out. drain_all_stock
   empties the page stocks only; the object stocks keep their bytes.
 - The charge path is 6.x's for every policy: a __GFP_HIGH charge at max is forced (4.2
@@ -91,6 +94,7 @@ class Reference:
         self.over_high = [0] * data.tasks  # current->memcg_nr_pages_over_high
         self.anon = [0] * data.tasks  # anon pages each task charged and still holds: what killing it frees
         self.oom_debt = [0] * data.tasks  # anon pages an OOM kill took from each task that the trace has yet to free
+        self.oom_kept = [0] * data.tasks  # anon pages the kernel's OOM victim freed that the model holds until it kills it
         self.charged: set[int] = set()  # objects and pages whose charge succeeded in this replay
         self.objects: dict[int, Slab] = {}  # slab charging: which slab an object sits in
         self.current_slab: dict[int, Slab] = {}  # the slab each cache allocates from
@@ -132,7 +136,7 @@ class Reference:
             elif op == LRU_RECLAIMED:
                 self.memcg.debt[int(d.pool[i])] -= int(d.pages[i])
             elif op == LRU_OOM_FREED:
-                self.pay_oom_debt(int(d.pages[i]))
+                self.free_oom_victim_anon(int(d.pages[i]))
             elif op == USER_RETURN:
                 self.resume_user_mode_work()
             if op in (OBJ_ALLOC, PAGE_ALLOC) and outcome[i] != OUTCOME["failed"]:
@@ -392,10 +396,12 @@ class Reference:
         return victim
 
     def exit_mmap(self, victim: int) -> None:
-        """An OOM victim's anon pages are uncharged; owed until the trace frees them."""
+        """An OOM victim's anon pages are uncharged; owed until the trace frees them (those
+        it freed already, after the kernel's own kill of it, are not)."""
         pages = min(self.anon[victim], self.memcg.pools[POOL_ANON])
         self.anon[victim] = 0
-        self.oom_debt[victim] += pages
+        self.oom_debt[victim] += max(pages - self.oom_kept[victim], 0)
+        self.oom_kept[victim] = 0
         self.memcg.pools[POOL_ANON] -= pages
         self.page_counter_uncharge(pages)
 
@@ -403,13 +409,31 @@ class Reference:
         """The charge the capturing kernel OOM-killed for (the trace has no other record of
         it when it failed): try it; if the model can make it, cancel it
         (mem_cgroup_cancel_charge), since where the kernel's retry succeeded the trace
-        charges the pages itself."""
+        charges the pages itself.
+
+        The kernel's margin stayed below nr_pages through its reclaim and drain_all_stock,
+        but the kernel may hold pages there the trace cannot show: drain_all_stock drains
+        only the charging CPU's stock itself and schedules work to drain the others
+        (schedule_work_on), which the charge does not wait for, so up to
+        MEMCG_CHARGE_BATCH pages on each other CPU can still be charged when the OOM killer
+        runs. So much of the model's room as those stocks explain is held through the
+        charge, and uncharged after it, when the drain work has run."""
+        held = min(max(self.room() - nr_pages + 1, 0), self.policy.stock_batch * (len(self.stock) - 1))
+        self.memcg.usage += held
         try:
             outcome = self.try_charge_memcg(gfp, nr_pages, cpu, irq)
+            self.page_counter_uncharge(nr_pages)
         except ChargeFailed:
-            return OUTCOME["failed"]
-        self.page_counter_uncharge(nr_pages)
+            outcome = OUTCOME["failed"]
+        self.page_counter_uncharge(held)
         return outcome
+
+    def room(self) -> int:
+        """What a charge could get: the margin, the page stocks and what reclaim can take."""
+        reclaimable = self.memcg.pools[POOL_FILE] + self.memcg.pools[POOL_SLAB_RECLAIMABLE]
+        if self.limits.swap:
+            reclaimable += self.memcg.pools[POOL_ANON]
+        return self.margin() + sum(self.stock) + reclaimable
 
     def stall(self, ns: int) -> None:
         self.result.stall_ns[self.task] += ns
@@ -435,10 +459,25 @@ class Reference:
         self.oom_debt[self.task] -= paid
         return nr_pages - paid
 
+    def free_oom_victim_anon(self, nr_pages: int) -> None:
+        """Anon pages the kernel's OOM victim frees after its oom:mark_victim: those the model's
+        kill of it took are paid off; those it charged itself stay charged until the model kills
+        it (the model decides its own kills). Pages beyond both were charged by another task:
+        COW originals its parent wrote to after the fork, which the victim mapped last. Its exit
+        frees them whoever killed it, so they are uncharged."""
+        unpaid = self.pay_oom_debt(nr_pages)
+        kept = min(unpaid, max(self.anon[self.task] - self.oom_kept[self.task], 0))
+        self.oom_kept[self.task] += kept
+        self.uncharge_folios(unpaid - kept, POOL_ANON)
+
     def uncharge_lru(self, nr_pages: int, pool: int) -> None:
         if pool == POOL_ANON:
             nr_pages = self.pay_oom_debt(nr_pages)
             self.anon[self.task] = max(self.anon[self.task] - nr_pages, 0)
+        self.uncharge_folios(nr_pages, pool)
+
+    def uncharge_folios(self, nr_pages: int, pool: int) -> None:
+        """Uncharge LRU pages of a pool, those reclaim took already excepted."""
         unpaid = self.pay_debt(pool, nr_pages)
         if pool == POOL_FILE and unpaid == nr_pages:  # a folio the model holds: it leaves the LRU
             self.memcg.freed_folios[folio_order(nr_pages)] += 1

@@ -103,6 +103,7 @@ def scenarios(draw) -> tuple[ReplayInput, GfpBits, Limits, int]:
     rows: list[tuple] = []  # one value per ROW_COLUMNS
     live_objects: list[tuple[int, int]] = []  # (obj, cache)
     live_pages: list[tuple[int, int]] = []  # (obj, pages)
+    anon_charged = [0] * tasks  # anon pages each task charged: what an OOM victim of it frees
     objects = 0
     ts = draw(st.integers(0, 10**12))
     t_first = ts - draw(st.integers(0, 10**6))  # the trace starts before its first operation
@@ -129,8 +130,14 @@ def scenarios(draw) -> tuple[ReplayInput, GfpBits, Limits, int]:
         elif kind in (LRU_CHARGE, LRU_UNCHARGE, LRU_RECLAIMED):
             pool = POOL_FILE if pick % 3 else POOL_ANON
             rows.append((*common, kind, gfp, LRU_PAGES[size], 0, -1, -1, pool))
+            if kind == LRU_CHARGE and pool == POOL_ANON:
+                anon_charged[task % tasks] += LRU_PAGES[size]
         elif kind == LRU_OOM_FREED:
-            rows.append((*common, kind, gfp, LRU_PAGES[size], 0, -1, -1, POOL_ANON))
+            # A victim frees its own pages and, now and then, a page it never charged (a COW
+            # original): frees of pages nobody charged would only empty the memcg.
+            pages = min(LRU_PAGES[size], anon_charged[task % tasks] + 1)
+            anon_charged[task % tasks] = max(anon_charged[task % tasks] - pages, 0)
+            rows.append((*common, kind, gfp, pages, 0, -1, -1, POOL_ANON))
         elif kind == OOM_CHARGE:
             rows.append((*common, kind, gfp, 1 << min(size, 4), 0, -1, -1, POOL_ANON))
         else:

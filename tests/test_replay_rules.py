@@ -177,25 +177,48 @@ def test_a_charging_task_that_is_its_own_oom_victim_retries_then_fails_and_exits
     assert list(r.bucket_last) == [64, 24, 24]
 
 
-def test_the_kernels_oom_kill_is_left_to_the_model(engine):
-    # The kernel OOM-killed task 1 (an oom event: OOM_CHARGE, then task 1's frees as
-    # LRU_OOM_FREED), but the model has room: the 1-page charge fits (usage 57) and is
-    # cancelled (56), nobody is killed, and task 1 keeps its 32 pages. When the model runs
-    # out itself (task 0's page at usage 64), it kills task 1: usage 32 + 1 = 33.
-    ops = [anon(32, task=1), {"op": OOM_CHARGE, "pages": 1, "pool": POOL_ANON, "task": 0},
-           anon(32, task=1, op=LRU_OOM_FREED), anon(8, task=0), page(obj=0)]
-    r = engine(scenario(ops, pools={POOL_OTHER: 24}), MAINLINE, Limits(max_pages=64))
+def test_the_kernels_oom_kill_is_left_to_the_model_when_its_room_is_more_than_stocks_explain(engine):
+    # max 200, 24 pages held. Task 1 charges 100 anon pages (the batch is the charge: usage
+    # 124, no stock). The kernel OOM-killed task 1 (an oom event: OOM_CHARGE, then task 1's
+    # frees as LRU_OOM_FREED), but the model has 76 pages of room, more than the other CPU's
+    # stock could hold unseen (MEMCG_CHARGE_BATCH = 64 on 1 other CPU): 64 are held, the
+    # 1-page charge still fits (the batch fails: failcnt 1) and is cancelled; the 64 go
+    # (124). Nobody is killed. Of task 1's 110 freed pages the model keeps its own 100 until
+    # it kills task 1 itself; 10 it never charged (COW originals of another task) are
+    # uncharged: 114. When the model runs out itself (task 0's page at usage 200), it kills
+    # task 1 (100 pages > task 0's 86): usage 100 + 1.
+    ops = [anon(100, task=1), {"op": OOM_CHARGE, "pages": 1, "pool": POOL_ANON, "task": 0},
+           anon(110, task=1, op=LRU_OOM_FREED), anon(86, task=0), page(obj=0)]
+    r = engine(scenario(ops, pools={POOL_OTHER: 24}), MAINLINE, Limits(max_pages=200))
     assert r.outcome[1] == OUTCOME["charged"] and r.outcome[4] == OUTCOME["oom"] and r.oom_kills == 1
-    assert list(r.bucket_last) == [56, 56, 56, 64, 33]
+    assert list(r.bucket_last) == [124, 124, 114, 200, 101]
 
 
 def test_an_oom_charge_the_model_cannot_make_kills_like_the_kernel(engine):
     # usage 64 = max: the OOM_CHARGE of task 0 goes through reclaim to the OOM killer, which
     # kills task 1 (32 anon pages, usage 32); the charge then fits and is cancelled: 32.
-    ops = [anon(32, task=1), anon(8, task=0), {"op": OOM_CHARGE, "pages": 1, "pool": POOL_ANON, "task": 0}]
+    # Task 1's 40 frees after the kernel's kill pay off the 32 the model's kill took; the 8
+    # others were charged by another task (COW originals task 1 mapped last): uncharged, 24.
+    ops = [anon(32, task=1), anon(8, task=0), {"op": OOM_CHARGE, "pages": 1, "pool": POOL_ANON, "task": 0},
+           anon(40, task=1, op=LRU_OOM_FREED)]
     r = engine(scenario(ops, pools={POOL_OTHER: 24}), MAINLINE, Limits(max_pages=64))
     assert r.outcome[2] == OUTCOME["oom"] and r.oom_kills == 1
-    assert list(r.bucket_last) == [56, 64, 32]
+    assert list(r.bucket_last) == [56, 64, 32, 24]
+
+
+def test_an_oom_charge_kills_when_the_models_room_is_what_other_cpus_stocks_may_hold(engine):
+    # Task 1 charges 32 anon pages (the batch of 64 fails: failcnt 1; usage 56). The kernel
+    # OOM-killed for task 0's 1-page charge; the model has 8 pages of room, which the other
+    # CPU's stock may hold in the kernel (drain_all_stock only schedules work to drain it):
+    # they are held (64). The batch fails, then 1 page before each of 18 reclaim calls
+    # (failcnt 1 + 1 + 18); the OOM killer takes task 1 (usage 32), the charge fits (33) and
+    # is cancelled, and the drain work runs: 24. Task 1's frees pay off what the kill took.
+    ops = [anon(32, task=1), {"op": OOM_CHARGE, "pages": 1, "pool": POOL_ANON, "task": 0},
+           anon(32, task=1, op=LRU_OOM_FREED)]
+    r = engine(scenario(ops, pools={POOL_OTHER: 24}), MAINLINE, Limits(max_pages=64))
+    assert r.outcome[1] == OUTCOME["oom"] and r.oom_kills == 1
+    assert r.reclaim_calls[TRIGGER["max"]] == 18 and r.failcnt == 20
+    assert list(r.bucket_last) == [56, 24, 24]
 
 
 def file_folio(pages: int, op: int = LRU_CHARGE) -> dict:

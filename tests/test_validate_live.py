@@ -37,8 +37,9 @@ def test_the_model_predicts_the_kernels_reclaim_peak_and_oom_kills(memcg_control
     assert rows["reclaim invocations"]["observed"] > 0  # the limit is tight enough for the kernel to reclaim
     if storm == "oom":
         assert rows["OOM kills"]["observed"] >= 1  # and, here, to kill
-    # The OOM storm's reclaim calls are not asserted: within 10% only in runs where the model
-    # kills at the kernel's instant (see README, Fidelity).
+    # The OOM storm's reclaim calls are not asserted: within 10% in 100 runs of 105; in the
+    # others the kernel's victim got its page right after its kill (most likely the stock
+    # drain landing then), without the 17 retries the model gives it (see README, Fidelity).
     for metric in ("peak usage", "OOM kills") if storm == "oom" else ("reclaim invocations", "peak usage", "OOM kills"):
         assert rows[metric]["met"], rows[metric]
 
