@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given, seed, settings
 from hypothesis import strategies as st
 
 from replay.fast import Fast
@@ -215,7 +215,8 @@ def test_generated_scenarios_reach_every_outcome_and_reclaim_trigger():
     """The differential test above is only as good as the paths its inputs take."""
     seen: Counter[str] = Counter()
 
-    @settings(deadline=None, max_examples=300, derandomize=True, database=None)
+    @seed(2015)  # a fixed seed, not derandomize: its seed follows the test's source, and the
+    @settings(deadline=None, max_examples=300, database=None)  # generated inputs moved with what else pytest collected
     @given(scenarios())
     def replay_all_policies(scenario):
         data, gfp, limits, resolution_ns = scenario
