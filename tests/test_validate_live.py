@@ -40,8 +40,15 @@ def test_the_model_predicts_the_kernels_reclaim_peak_and_oom_kills(memcg_control
     # The OOM storm's reclaim calls are not asserted: within 10% in 100 runs of 105; in the
     # others the kernel's victim got its page right after its kill (most likely the stock
     # drain landing then), without the 17 retries the model gives it (see README, Fidelity).
-    for metric in ("peak usage", "OOM kills") if storm == "oom" else ("reclaim invocations", "peak usage", "OOM kills"):
+    for metric in ("peak usage", "OOM kills"):
         assert rows[metric]["met"], rows[metric]
+    if storm != "oom":
+        # Within 10%, or one call: these storms reclaim 7 to 13 times, and the kernel itself
+        # varies by one call from run to run of the same workload (forks: 8 and 9 calls
+        # observed in five runs in a row), so one call is what a single run can resolve.
+        # fidelity.json's own "met" stays the strict 10% (the README's table reports it).
+        reclaim = rows["reclaim invocations"]
+        assert abs(reclaim["predicted"] - reclaim["observed"]) <= max(0.10 * reclaim["observed"], 1), reclaim
 
 
 def test_validate_refuses_a_workload_without_a_limit(tmp_path):
