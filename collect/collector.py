@@ -132,6 +132,7 @@ class Collector:
         self._prepare_output()
         self._open_target()
         self.guardian = start_guardian(self._owned_paths(root), self.memcg.path if self.created_memcg else None)
+        self.gfp_flags, self.enums = read_gfp_table(root), read_kernel_enums()  # for the decoder and the manifest
         try:
             self._open_sources(root)
             self._start_manifest(root)
@@ -180,17 +181,18 @@ class Collector:
         for system, event in MEMCG_EVENTS:
             if memcg_events.has_event(system, event):
                 memcg_events.enable(system, event, f"id == {self.memcg.id}")
-        trace_flags = read_kernel_enums()["trace_flag_type"]
+        trace_flags = self.enums["trace_flag_type"]
         irq_mask = sum(trace_flags[flag] for flag in IRQ_FLAGS)
         for system, event in FREE_EVENTS:
             task.enable(system, event, free_filter(event, irq_mask, in_irq=False))
             irq.enable(system, event, free_filter(event, irq_mask, in_irq=True))
         self.readers = [CpuReader(i.path, cpu) for i in self.instances for cpu in range(i.cpu_count())]
-        self.decoder = Decoder(
-            formats=load_formats(root / "events", TASK_EVENTS + MEMCG_EVENTS + FREE_EVENTS),
-            gfp_account=gfp_bit(read_gfp_table(root), "__GFP_ACCOUNT"),
-            trace_flags=trace_flags,
-        )
+        self.decoder = self._new_decoder(load_formats(root / "events", TASK_EVENTS + MEMCG_EVENTS + FREE_EVENTS))
+
+    def _new_decoder(self, formats: dict) -> Decoder:
+        """A decoder of the source's records (`formats`: type id -> (kind, layout))."""
+        return Decoder(formats=formats, gfp_account=gfp_bit(self.gfp_flags, "__GFP_ACCOUNT"),
+                       trace_flags=self.enums["trace_flag_type"])
 
     def _start_manifest(self, root: Path) -> None:
         target = self.memcg.describe(self.hierarchy_root)
@@ -199,7 +201,7 @@ class Collector:
         target["high_requested"] = self.options.memory_high
         self.manifest = new_manifest(
             backend=self.backend, clock=TRACE_CLOCK, target=target,
-            gfp_flags=read_gfp_table(root), enums=read_kernel_enums(),
+            gfp_flags=self.gfp_flags, enums=self.enums,
         )
         self.manifest["sample_interval_s"] = self.options.tick
         self.manifest["addresses_kept"] = self.options.keep_addresses

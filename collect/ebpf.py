@@ -36,10 +36,9 @@ from collect.bpf_loader import MAPS, Unavailable
 from collect.bpf_outputs import BpfMap, PerfReader, RingReader
 from collect.cleanup import wait_or_kill
 from collect.collector import DRAIN_RECORDS, INSTANCE_SUFFIXES, CaptureOptions, Collector, Progress, earliest
-from collect.decode import Decoder
 from collect.ebpf_records import NAMED_RECORD_SIZE, RECORD_SIZE, raw_events, record_formats, slab_caches
 from collect.ringbuf import RawEvents
-from traces.kernel_tables import gfp_bit, read_btf, read_btf_enums, read_gfp_table, read_kernel_enums
+from traces.kernel_tables import read_btf, read_btf_enums
 
 LOADER = [sys.executable, "-m", "collect.bpf_loader"]
 LOST_SLOT, OBJECTS_EVICTED_SLOT = 0, 1  # counters[] in kmem_bpf.c
@@ -191,11 +190,7 @@ class EbpfCollector(Collector):
         for note in (loader.output_note, loader.charge_problem and f"charge probes unavailable: {loader.charge_problem}; recording tracepoints only"):
             if note:
                 self.say(note)
-        self.decoder = Decoder(
-            formats=record_formats(),
-            gfp_account=gfp_bit(read_gfp_table(root), "__GFP_ACCOUNT"),
-            trace_flags=read_kernel_enums()["trace_flag_type"],
-        )
+        self.decoder = self._new_decoder(record_formats())
 
     def _start_sources(self) -> None:
         self.config[0] = self.memcg.id
