@@ -14,19 +14,19 @@ Raw addresses (addresses/, from `collect --keep-addresses`) are never copied.
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 import shutil
+import sys
 from pathlib import Path
 from typing import Callable
 
 import polars as pl
-import pyarrow.parquet as pq
-
-from traces.atomic import atomic_file, check_new_output, fsync_dir, make_private_dir, write_json
+from traces.atomic import atomic_file, check_new_output, make_private_dir, write_json
 from traces.manifest import MANIFEST, TraceError
 from traces.reader import Trace
 from traces.schema import EVENT_SCHEMA
-from traces.segments import WRITER_OPTIONS, Segment, segment_name
+from traces.segments import SegmentWriter
 
 COMM_CHOICES = ("hash", "drop", "keep")
 PID_CHOICES = ("renumber", "keep")
@@ -76,10 +76,12 @@ def scrub(trace: Trace, output: Path, comm: str = "hash", pid: str = "renumber",
     """Write a scrubbed copy of `trace` to `output` (new); returns the events copied."""
     check_request(trace, output, comm, pid)
     source = trace.path
-    make_private_dir(output / "events")
+    make_private_dir(output)
+    segments: list[dict] = []
+    writer = SegmentWriter(output, lambda segment: segments.append(segment.__dict__), max_events=sys.maxsize, max_seconds=math.inf)
     numbers = pid_numbers(trace.events()) if pid == "renumber" else None
     hashed, comm_hashes = comm_hasher(), {}
-    segments, total = [], 0
+    total = 0
     for index, path in enumerate(trace.segment_paths):
         events = pl.read_parquet(path)
         if numbers is not None:
@@ -93,11 +95,8 @@ def scrub(trace: Trace, output: Path, comm: str = "hash", pid: str = "renumber",
         elif comm == "hash":
             comm_hashes.update({name: hashed(name) for name in events["comm"].unique().drop_nulls() if name not in comm_hashes})
             events = events.with_columns(pl.col("comm").replace_strict(comm_hashes, default=None, return_dtype=pl.String))
-        name = segment_name(index)
-        with atomic_file(output / name) as out:
-            pq.write_table(events.to_arrow().cast(EVENT_SCHEMA), out, **WRITER_OPTIONS)
-        first, last = (events["ts_ns"][0], events["ts_ns"][-1]) if events.height else (0, 0)
-        segments.append(Segment(name, events.height, first, last, (output / name).stat().st_size).__dict__)
+        writer.write(events.to_arrow().cast(EVENT_SCHEMA))
+        writer.close_segment()  # a segment for each of the source's
         total += events.height
         if progress is not None:
             progress(index + 1, len(trace.segment_paths))
@@ -105,6 +104,5 @@ def scrub(trace: Trace, output: Path, comm: str = "hash", pid: str = "renumber",
         if (source / table).exists():
             with atomic_file(output / table) as out, open(source / table, "rb") as original:
                 shutil.copyfileobj(original, out)
-    fsync_dir(output / "events")
     write_json(output / MANIFEST, {**scrub_manifest(trace.manifest, trace.status), "segments": segments, "events": total})
     return total
