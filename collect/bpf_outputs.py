@@ -2,9 +2,10 @@
 buffer (Linux 5.8+), or per-CPU perf buffers (older kernels), plus the bpf() map calls the
 collector needs. Standard library, ctypes and numpy only: bcc stays in the loader process.
 
-Both readers return whole records as (bytes, payload offsets): the kernel's own framing
-(the ring buffer's 8-byte header, the perf sample's header and size word) is stripped by
-offset, never copied record by record.
+Both readers return whole records as (bytes, payload offsets, whether a read limit left
+some unread), one such batch per buffer: the kernel's own framing (the ring buffer's
+8-byte header, the perf sample's header and size word) is stripped by offset, never copied
+record by record.
 """
 from __future__ import annotations
 
@@ -90,9 +91,9 @@ class RingReader:
         self.producer_pos = np.frombuffer(self._producer, np.uint64, 1)
         self.data = np.frombuffer(self._producer, np.uint8, offset=page)
 
-    def read(self, limit: int | None = None) -> tuple[np.ndarray, np.ndarray, bool]:
+    def read(self, limit: int | None = None) -> list[tuple[np.ndarray, np.ndarray, bool]]:
         """The committed records since the last read, at most `limit` (consumed): their bytes,
-        payload offsets, and whether the limit left records unread."""
+        payload offsets, and whether the limit left records unread (one batch: one buffer)."""
         consumer, producer = int(self.consumer_pos[0]), int(self.producer_pos[0])
         start = consumer & (self.size - 1)
         length = producer - consumer if limit is None else min(producer - consumer, limit * self.stride)
@@ -104,7 +105,7 @@ class RingReader:
         ready = int(np.argmax(busy)) if busy.any() else len(lengths)  # records are committed in any order
         self.consumer_pos[0] = consumer + ready * self.stride  # the kernel may reuse the space now
         offsets = np.arange(ready, dtype=np.int64) * self.stride + self.HEADER
-        return chunk, offsets[(lengths[:ready] & self.DISCARD_BIT) == 0], length < producer - consumer
+        return [(chunk, offsets[(lengths[:ready] & self.DISCARD_BIT) == 0], length < producer - consumer)]
 
     def close(self) -> None:
         del self.consumer_pos, self.producer_pos, self.data
@@ -159,8 +160,9 @@ class PerfReader:
     payload, padded to 8 bytes.
     """
 
-    def __init__(self, perf_map: BpfMap, pages: int) -> None:
+    def __init__(self, perf_map: BpfMap, pages: int, payload: int) -> None:
         self.size = pages * mmap.PAGESIZE
+        self.sample_size = 8 + (4 + payload + 7) // 8 * 8
         self.buffers: list[tuple[int, mmap.mmap]] = []
         for cpu in online_cpus():
             fd = _perf_event_open(cpu)
@@ -168,9 +170,10 @@ class PerfReader:
             self.buffers.append((fd, buffer))
             perf_map[cpu] = fd
 
-    def read(self, limit_bytes: int | None = None) -> list[tuple[np.ndarray, np.ndarray, bool]]:
-        """Per CPU: the samples written since the last read, at most `limit_bytes` of them
+    def read(self, limit: int | None = None) -> list[tuple[np.ndarray, np.ndarray, bool]]:
+        """Per CPU: the samples written since the last read, at most `limit` of them in all
         (consumed): their bytes, payload offsets, and whether the limit left some unread."""
+        limit_bytes = None if limit is None else limit * self.sample_size // len(self.buffers)
         cpus = []
         for _fd, buffer in self.buffers:
             control = np.frombuffer(buffer, np.uint64, 2, offset=_DATA_HEAD)

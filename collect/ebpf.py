@@ -180,8 +180,8 @@ class EbpfCollector(Collector):
         pages = _output_pages(self.options.buffer_kb)
         if loader.output == "perf":  # the same pages, split between the CPUs
             cpus = len(bpf_outputs.online_cpus())
-            self.outputs = [PerfReader(BpfMap(fd, ct.c_uint32, ct.c_uint32), _power_of_two(n // cpus))
-                            for fd, n in zip(loader.output_fds, pages)]
+            self.outputs = [PerfReader(BpfMap(fd, ct.c_uint32, ct.c_uint32), _power_of_two(n // cpus), size)
+                            for fd, n, size in zip(loader.output_fds, pages, (RECORD_SIZE, NAMED_RECORD_SIZE))]
         else:
             self.outputs = [RingReader(fd, n * mmap.PAGESIZE, size)
                             for fd, n, size in zip(loader.output_fds, pages, (RECORD_SIZE, NAMED_RECORD_SIZE))]
@@ -212,11 +212,8 @@ class EbpfCollector(Collector):
         the record, so it is among the named records read after it (which are never left
         unread: they are few)."""
         records, named = self.outputs
-        if isinstance(records, PerfReader):
-            reads = [(*read, RECORD_SIZE) for read in records.read(DRAIN_RECORDS * RECORD_SIZE // len(records.buffers))]
-            reads += [(*read, NAMED_RECORD_SIZE) for read in named.read()]
-        else:
-            reads = [(*records.read(DRAIN_RECORDS), RECORD_SIZE), (*named.read(), NAMED_RECORD_SIZE)]
+        reads = [(*batch, RECORD_SIZE) for batch in records.read(DRAIN_RECORDS)]
+        reads += [(*batch, NAMED_RECORD_SIZE) for batch in named.read()]
         parts, unread_after = [], None
         for data, offsets, capped, size in reads:
             part = raw_events(data, offsets, size)
