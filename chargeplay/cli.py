@@ -323,8 +323,8 @@ def scrub(
     with ProgressBar(TextColumn("scrubbing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err) as bar:
         task = bar.add_task("scrub", total=None)
         copied = scrubbing.scrub(source, output, comm, pid, lambda done, total: bar.update(task, completed=done, total=total))
-    err.print(f"{output}: {copied:,} events, task names {'hashed' if comm == 'hash' else comm + 'ped' if comm == 'drop' else 'kept'}, "
-              f"pids {'renumbered' if pid == 'renumber' else 'kept'}", markup=False, highlight=False)
+    done = {"hash": "hashed", "drop": "dropped", "keep": "kept", "renumber": "renumbered"}
+    err.print(f"{output}: {copied:,} events, task names {done[comm]}, pids {done[pid]}", markup=False, highlight=False)
 
 
 def _check_command(name: str) -> None:
