@@ -8,10 +8,12 @@ KERNEL_MODULES := /lib/modules/$(shell uname -r)
 
 .PHONY: setup demo test test-packages bench
 
+# -qq: pip still prints errors, but not this machine kind's warnings about index folders
+# its global configuration names and that hold no copy of a package.
 $(BIN)/chargeplay: pyproject.toml
 	python3 -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install -qq --upgrade pip
+	$(BIN)/pip install -qq -e '.[test]'
 	touch $@
 
 setup: $(BIN)/chargeplay
