@@ -17,6 +17,7 @@ import polars as pl
 from collect.collector import CaptureOptions, Progress, capture
 from replay import policy, run
 from traces.atomic import check_new_output, make_private_dir, write_json
+from traces.errors import UserError
 from traces.manifest import TraceError
 from traces.reader import Trace
 
@@ -110,7 +111,7 @@ def validate(output: Path, command: list[str], memory_max: int | None, memory_hi
     """Capture COMMAND in a fresh limited memcg into OUTPUT/trace, replay it under the
     running kernel's model into OUTPUT/result, and write OUTPUT/fidelity.json."""
     if memory_max is None and memory_high is None:
-        raise ValueError("give --memory-max (or --memory-high on cgroup v2): without a limit the kernel never reclaims")
+        raise UserError("give --memory-max (or --memory-high on cgroup v2): without a limit the kernel never reclaims")
     check_new_output(output)
     make_private_dir(output)
     capture(CaptureOptions(output=output / "trace", command=command, memory_max=memory_max, memory_high=memory_high),

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
+import traceback
 from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator, Optional
+from typing import Annotated, Any, Callable, Iterator, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -18,13 +20,12 @@ from rich.table import Table
 from analyze import fidelity as fidelity_check
 from analyze.report import write_report
 from analyze.results import Result
+from chargeplay import __version__
 from chargeplay.units import format_bytes, parse_size
-from collect.cgroup import CgroupError
-from collect.collector import CaptureError, CaptureOptions, Progress, capture
-from collect.tracefs import TracefsError
+from collect.collector import CaptureOptions, Progress, capture
 from replay import policy, run
 from traces.atomic import check_new_output
-from traces.manifest import TraceError
+from traces.errors import UserError
 from traces.reader import Trace
 from traces import scrub as scrubbing
 from traces.samples import DEFAULT_SAMPLE, sample_path
@@ -38,22 +39,45 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 err = Console(stderr=True, soft_wrap=True)  # one-line messages stay one line
-USER_ERRORS = (TraceError, CaptureError, CgroupError, TracefsError, ValueError, OSError)
+EXIT_USER_ERROR = 2
+EXIT_BUG = 70  # EX_SOFTWARE: an internal error
+EXIT_CLOSED_PIPE = 141  # as a shell reports a command that SIGPIPE ended
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Bad input and refused operations end with one line and exit code 2, not a traceback."""
+    """Refused input (a UserError) and a file the operating system refused (an OSError naming
+    the file: no space, no permission) end with one line and exit code 2. Anything else is a
+    bug in chargeplay: it says so, shows the traceback and exits 70."""
 
     @wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except USER_ERRORS as error:
-            message = str(error) if not isinstance(error, OSError) or not error.filename else f"{error.filename}: {error.strerror}"
-            err.print(f"error: {' '.join(message.splitlines())}", markup=False, highlight=False)  # a path may hold newlines
-            raise typer.Exit(2) from None
+        except UserError as error:
+            _error_line(str(error))
+        except BrokenPipeError:  # the reader of stdout went away (`chargeplay policies --json | head`)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that exiting flushes nowhere
+            raise typer.Exit(EXIT_CLOSED_PIPE)
+        except OSError as error:
+            if not error.filename:
+                _bug()
+            _error_line(f"{error.filename}: {error.strerror}")
+        except Exception:
+            _bug()
 
     return run
+
+
+def _error_line(message: str) -> NoReturn:
+    err.print(f"error: {' '.join(message.splitlines())}", markup=False, highlight=False)  # a path may hold newlines
+    raise typer.Exit(EXIT_USER_ERROR)
+
+
+def _bug() -> NoReturn:
+    traceback.print_exc()
+    err.print(f"chargeplay {__version__}: internal error, this is a bug in chargeplay; please report it with the traceback above",
+              markup=False, highlight=False)
+    raise typer.Exit(EXIT_BUG)
 
 
 def _size(value: Optional[str], option: str) -> Optional[int]:
@@ -61,8 +85,8 @@ def _size(value: Optional[str], option: str) -> Optional[int]:
         return None
     try:
         return parse_size(value)
-    except ValueError as error:
-        raise ValueError(f"{option}: {error}") from None
+    except UserError as error:
+        raise UserError(f"{option}: {error}") from None
 
 
 @app.command()
@@ -118,9 +142,9 @@ def collect(
 ) -> None:
     """Capture a workload's kernel-memory events (root): `chargeplay collect -o T --memory-max 64M -- CMD...`."""
     if bool(command) == bool(cgroup):
-        raise ValueError("give either a command after -- or --cgroup PATH with --duration")
+        raise UserError("give either a command after -- or --cgroup PATH with --duration")
     if cgroup and duration is None:
-        raise ValueError("--cgroup needs --duration S: an existing cgroup does not end by itself")
+        raise UserError("--cgroup needs --duration S: an existing cgroup does not end by itself")
     options = CaptureOptions(
         output=output, command=command or None, cgroup_path=cgroup,
         memory_max=_size(memory_max, "--memory-max"), memory_high=_size(memory_high, "--memory-high"),
@@ -229,12 +253,12 @@ def replay(
     if policy_names:
         missing = [name for name in policy_names if name not in available]
         if missing:
-            raise ValueError(f"no policy {missing[0]!r}; choose from {', '.join(available)}")
+            raise UserError(f"no policy {missing[0]!r}; choose from {', '.join(available)}")
         chosen = [available[name] for name in policy_names]
     else:
         chosen = list(available.values())
     if engine not in run.ENGINES:
-        raise ValueError(f"--engine {engine!r}: choose one of {', '.join(run.ENGINES)}")
+        raise UserError(f"--engine {engine!r}: choose one of {', '.join(run.ENGINES)}")
     check_new_output(output)
     source = Trace.open(trace)
     limits = run.limits_for(source, _size(memory_max, "--memory-max"), _size(memory_high, "--memory-high"), swap)
@@ -280,7 +304,7 @@ def demo(
     """Replay the bundled file-storm trace under every built-in policy and write the report."""
     result_dir, page = output / "result", output / "report.html"
     if output.exists() and set(p.name for p in output.iterdir()) - {"result", "report.html"}:
-        raise ValueError(f"{output} holds other files; give chargeplay demo -o a new or earlier demo directory")
+        raise UserError(f"{output} holds other files; give chargeplay demo -o a new or earlier demo directory")
     shutil.rmtree(result_dir, ignore_errors=True)  # an earlier demo's result
     source = Trace.open(sample_path(DEFAULT_SAMPLE))
     limits = run.limits_for(source, DEMO_LIMITS["memory_max"], DEMO_LIMITS["memory_high"], swap=False)
@@ -300,7 +324,7 @@ def synth(
 ) -> None:
     """Make a large trace from a real one: its events laid end to end, shifted in time."""
     if events <= 0:
-        raise ValueError(f"--events {events}: give a positive number of events")
+        raise UserError(f"--events {events}: give a positive number of events")
     check_new_output(output)
     source = Trace.open(like if Path(like).is_dir() else sample_path(like))
     with ProgressBar(TextColumn("writing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err) as bar:
@@ -329,7 +353,7 @@ def scrub(
 
 def _check_command(name: str) -> None:
     if shutil.which(name) is None:
-        raise ValueError(f"command not found: {name!r}; give a program on PATH or a path to one")
+        raise UserError(f"command not found: {name!r}; give a program on PATH or a path to one")
 
 
 def main() -> None:

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from collect.rmdir import rmdir_patiently
+from traces.errors import UserError
 
 UNLIMITED_V1 = 1 << 62  # v1 reports "no limit" as PAGE_COUNTER_MAX * PAGE_SIZE, just below 2**63
 CHILD_PREFIX = "chargeplay-"
 
 
-class CgroupError(RuntimeError):
+class CgroupError(UserError):
     """A cgroup operation failed; the message says what to do."""
 
 

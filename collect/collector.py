@@ -37,6 +37,7 @@ from collect.ringbuf import CpuReader, RawEvents, concat, parse_pages
 from collect.slabs import slab_table
 from collect.tracefs import Instance, tracefs_root, write_setting
 from traces.atomic import check_new_output, make_private_dir, write_json, write_parquet
+from traces.errors import UserError
 from traces.kernel_tables import gfp_bit, read_gfp_table, read_kernel_enums
 from traces.manifest import MANIFEST, Manifest, new_manifest, wall_now
 from traces.schema import CALL_SITE_ADDRESS_COLUMNS, MEMCG_COLUMNS, OBJECT_ADDRESS_COLUMNS, table_schema
@@ -71,7 +72,7 @@ def free_filter(event: str, irq_mask: int, in_irq: bool) -> str:
     return f"{context} && ptr > 16" if event == "kfree" else context
 
 
-class CaptureError(RuntimeError):
+class CaptureError(UserError):
     """The capture cannot start or go on; the message says what to do."""
 
 

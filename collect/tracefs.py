@@ -6,11 +6,12 @@ import subprocess
 from pathlib import Path
 
 from collect.rmdir import rmdir_patiently
+from traces.errors import UserError
 
 TRACEFS_MOUNTS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 
 
-class TracefsError(RuntimeError):
+class TracefsError(UserError):
     """tracefs is missing or refused an operation."""
 
 

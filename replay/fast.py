@@ -47,6 +47,7 @@ from replay.ops import (
 )
 from replay.policy import HIGH_MODES, Policy
 from replay.result import EngineResult
+from traces.errors import UserError
 
 BATCH_SIZE = 1 << 21  # operations per call of the compiled loop
 
@@ -802,7 +803,7 @@ class Fast:
     def _room_for_slabs(self, needed: int) -> None:
         """Grow the slab table (doubling) to at least `needed` rows."""
         if needed > MAX_SLABS:
-            raise ValueError(f"{needed} slabs would not fit the fast engine's int32 slab ids")
+            raise UserError(f"{needed} slabs would not fit the fast engine's int32 slab ids")
         if needed > len(self.slabs):
             grown = np.zeros((min(max(needed, 2 * len(self.slabs)), MAX_SLABS), self.slabs.shape[1]), np.int64)
             grown[:len(self.slabs)] = self.slabs

@@ -14,6 +14,8 @@ import tomllib
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+from traces.errors import UserError
+
 CHARGE_UNITS = ("slab", "object")
 SLAB_GROWTH = ("caller", "nowait-high-order")
 HIGH_MODES = ("sync", "return-to-user", "mainline", "fail-nowait", "watermark")
@@ -43,13 +45,13 @@ class Policy:
     def validate(self) -> None:
         for knob, allowed in (("charge_unit", CHARGE_UNITS), ("slab_growth_gfp", SLAB_GROWTH), ("high_mode", HIGH_MODES)):
             if getattr(self, knob) not in allowed:
-                raise ValueError(f"policy {self.name}: {knob} = {getattr(self, knob)!r}; choose one of {', '.join(allowed)}")
+                raise UserError(f"policy {self.name}: {knob} = {getattr(self, knob)!r}; choose one of {', '.join(allowed)}")
         for knob, low in (("stock_batch", 1), ("stock_slots", 1), ("max_reclaim_retries", 0), ("watermark_margin_pages", 0)):
             value = getattr(self, knob)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"policy {self.name}: {knob} = {value!r}; give a whole number >= {low}")
+                raise UserError(f"policy {self.name}: {knob} = {value!r}; give a whole number >= {low}")
         if self.high_mode == "watermark" and self.watermark_margin_pages == 0:
-            raise ValueError(f"policy {self.name}: high_mode watermark needs watermark_margin_pages > 0")
+            raise UserError(f"policy {self.name}: high_mode watermark needs watermark_margin_pages > 0")
 
     def knobs(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k not in ("name", "description")}
@@ -89,7 +91,7 @@ def for_kernel(release: str) -> tuple[Policy, str]:
     try:
         version = tuple(int(part) for part in release.split("-")[0].split(".")[:2])
     except ValueError:
-        raise ValueError(f"kernel release {release!r}: expected MAJOR.MINOR...") from None
+        raise UserError(f"kernel release {release!r}: expected MAJOR.MINOR...") from None
     eras = [era for era in KERNEL_ERAS if era[0] <= version] or [KERNEL_ERAS[0]]
     _, name, what = eras[-1]
     return BUILTIN[name], f"{name} for kernel {release} ({what})"
@@ -97,7 +99,7 @@ def for_kernel(release: str) -> tuple[Policy, str]:
 
 def get(name: str) -> Policy:
     if name not in BUILTIN:
-        raise ValueError(f"no policy {name!r}; the built-in policies are {', '.join(BUILTIN)} (see chargeplay policies)")
+        raise UserError(f"no policy {name!r}; the built-in policies are {', '.join(BUILTIN)} (see chargeplay policies)")
     return BUILTIN[name]
 
 
@@ -110,20 +112,20 @@ def load_toml(path: Path) -> dict[str, Policy]:
     try:
         document = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{path}: not valid TOML ({err})") from None
+        raise UserError(f"{path}: not valid TOML ({err})") from None
     tables = document.get("policy")
     if not isinstance(tables, dict) or not tables:
-        raise ValueError(f"{path}: no [policy.NAME] tables; see chargeplay policies --help")
+        raise UserError(f"{path}: no [policy.NAME] tables; see chargeplay policies --help")
     known = {f.name for f in fields(Policy)} - {"name"}
     policies = {}
     for name, table in tables.items():
         if name in RESERVED_NAMES:
-            raise ValueError(f"{path}: policy.{name}: {name!r} is a column of the result and the report; choose another name")
+            raise UserError(f"{path}: policy.{name}: {name!r} is a column of the result and the report; choose another name")
         if not isinstance(table, dict):
-            raise ValueError(f"{path}: policy.{name} is not a table")
+            raise UserError(f"{path}: policy.{name} is not a table")
         unknown = set(table) - known - {"base"}
         if unknown:
-            raise ValueError(f"{path}: policy {name}: unknown keys {', '.join(sorted(unknown))}; the knobs are {', '.join(sorted(known))}")
+            raise UserError(f"{path}: policy {name}: unknown keys {', '.join(sorted(unknown))}; the knobs are {', '.join(sorted(known))}")
         base = get(table["base"]) if "base" in table else Policy(name, "")
         settings = {k: v for k, v in table.items() if k != "base"}
         policy = replace(base, name=name, description=settings.pop("description", base.description), **settings)

@@ -1,4 +1,5 @@
-"""Bad input: one line naming the problem and what to do, exit code 2, no traceback."""
+"""Bad input: one line naming the problem and what to do, exit code 2, no traceback; an internal
+error: said to be a bug, with its traceback, exit code 70."""
 from __future__ import annotations
 
 import json
@@ -6,8 +7,11 @@ import shutil
 import subprocess
 
 import pytest
+import typer
 
+from chargeplay.cli import user_errors
 from conftest import CHARGEPLAY, assert_user_error, chargeplay
+from traces.errors import UserError
 from traces.samples import DEFAULT_SAMPLE, sample_path
 
 
@@ -85,3 +89,37 @@ def test_info_on_a_corrupted_segment(sample_copy):
     segment = next((sample_copy / "events").glob("part-*.parquet"))
     segment.write_bytes(segment.read_bytes()[:1000])
     assert_user_error(chargeplay("info", str(sample_copy)), segment.name)
+
+
+def test_an_internal_error_is_a_bug_with_its_traceback_not_a_user_error(capsys):
+    def broken() -> None:
+        int("x")  # a ValueError that no input check raised on purpose
+
+    with pytest.raises(typer.Exit) as exit:
+        user_errors(broken)()
+    stderr = capsys.readouterr().err
+    assert exit.value.exit_code == 70
+    assert "Traceback" in stderr and "ValueError: invalid literal for int() with base 10: 'x'" in stderr
+    assert stderr.strip().splitlines()[-1].endswith("internal error, this is a bug in chargeplay; please report it with the traceback above")
+    assert "error: " not in stderr
+
+
+def test_a_refusal_raised_on_purpose_is_one_line(capsys):
+    def refuses() -> None:
+        raise UserError("--memory-max: give a size\nlike 64M")  # a path or value may hold a newline
+
+    with pytest.raises(typer.Exit) as exit:
+        user_errors(refuses)()
+    assert exit.value.exit_code == 2
+    assert capsys.readouterr().err == "error: --memory-max: give a size like 64M\n"
+
+
+def test_a_file_the_system_refuses_is_one_line_naming_it(tmp_path, capsys):
+    def writes_into_a_directory() -> None:
+        (tmp_path / "report.html").mkdir()
+        open(tmp_path / "report.html", "w")
+
+    with pytest.raises(typer.Exit) as exit:
+        user_errors(writes_into_a_directory)()
+    assert exit.value.exit_code == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'report.html'}: Is a directory\n"

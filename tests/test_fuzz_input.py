@@ -1,5 +1,7 @@
 """Property: whatever is done to a trace or a result, `info`, `replay` and `report` either
-succeed or end with exit code 2 and one `error:` line; never a traceback (exit code 1).
+succeed or refuse it on purpose: exit code 2 and one `error:` line, raised as a UserError by
+the code that judges the input. An exit 2 from anything else (an incidental ValueError,
+an OSError) or a bug (exit 70 and a traceback) fails the property.
 
 Each example damages a copy of the committed tiny trace (tests/corpus/tiny-trace) or of its
 replay result and runs the real command line in-process (typer's CliRunner), so that
@@ -18,10 +20,12 @@ from typing import Any, Callable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import typer
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 from typer.testing import CliRunner
 
 from chargeplay.cli import app
+from traces.errors import UserError
 from traces.schema import CONTEXTS, KINDS
 
 TINY = Path(__file__).parent / "corpus" / "tiny-trace"
@@ -30,15 +34,25 @@ SIDE_TABLES = ("memcg.parquet", "slabs.parquet", "symbols.parquet")
 FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 
 
+def refusal(exit: BaseException | None) -> BaseException | None:
+    """What made the command exit: the exception the CLI caught, found behind the SystemExit
+    and typer.Exit it raised while handling it."""
+    while isinstance(exit, (SystemExit, typer.Exit)):
+        exit = exit.__context__
+    return exit
+
+
 def run(*args: str) -> int:
-    """The command's exit code, after checking it is 0, or 2 with one `error:` line."""
+    """The command's exit code, after checking it is 0, or 2 from a UserError with one `error:` line."""
     result = CliRunner().invoke(app, list(args))
-    if result.exit_code not in (0, 2) or result.exception and not isinstance(result.exception, SystemExit):
-        pytest.fail(f"chargeplay {' '.join(args)}: exit {result.exit_code}\n"
-                    + "".join(traceback.format_exception(*result.exc_info)))
-    if result.exit_code == 2:
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    if result.exit_code == 0:
+        return 0
+    cause = refusal(result.exception)
+    if result.exit_code != 2 or not isinstance(cause, UserError):
+        pytest.fail(f"chargeplay {' '.join(args)}: exit {result.exit_code}, not a UserError but {cause!r}\n{result.stderr}"
+                    + "".join(traceback.format_exception(cause) if cause else ""))
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0] == f"error: {cause}", result.stderr
     return result.exit_code
 
 

@@ -1,7 +1,8 @@
 """Hostile input, through the real command line: every bad trace of the committed corpus
-(tests/corpus/bad-traces, each saying in why.txt what is wrong) and bad result directories
-end `info`, `replay` and `report` with one `error:` line and exit code 2, in time, having
-written nothing outside the output path; output paths never lead a write elsewhere."""
+(tests/corpus/bad-traces, each saying in why.txt what is wrong and what the error must name)
+and bad result directories end `info`, `replay` and `report` with one `error:` line that names
+it and exit code 2, in time, having written nothing outside the output path; output paths never
+lead a write elsewhere."""
 from __future__ import annotations
 
 import json
@@ -50,11 +51,19 @@ def point_at(result: Path, trace: Path, copy: Path) -> Path:
 
 
 def test_the_corpus_is_what_make_corpus_writes():
-    from corpus.make_corpus import BAD
+    from corpus.make_corpus import BAD, why_text
 
     assert BAD_TRACES == sorted(BAD)
     for name in BAD_TRACES:
-        assert (CORPUS / "bad-traces" / name / "why.txt").read_text() == BAD[name][0] + "\n"
+        assert (CORPUS / "bad-traces" / name / "why.txt").read_text() == why_text(name)
+
+
+def error_says(trace: Path) -> list[str]:
+    """The phrases why.txt says the error must name: the file, row, column and value at fault."""
+    from corpus.make_corpus import SAYS
+
+    lines = (trace / "why.txt").read_text().splitlines()
+    return [line.removeprefix(SAYS) for line in lines if line.startswith(SAYS)]
 
 
 def test_the_tiny_trace_replays_and_reports(good_result, tmp_path):
@@ -70,9 +79,11 @@ def test_a_bad_trace_is_one_error_line_in_every_command(name, good_result, tmp_p
     before = tree(CORPUS)
     result = point_at(good_result, trace, tmp_path / "result")
     run = dict(timeout=TIMEOUT, cwd=tmp_path)  # a relative write would land in tmp_path
-    assert_user_error(chargeplay("info", str(trace), **run))
-    assert_user_error(chargeplay("replay", str(trace), "-o", str(tmp_path / "out"), **run))
-    assert_user_error(chargeplay("report", str(result), "-o", str(tmp_path / "report.html"), **run))
+    says = error_says(trace)
+    assert says, f"{name}/why.txt names no phrase the error must say"
+    assert_user_error(chargeplay("info", str(trace), **run), *says)
+    assert_user_error(chargeplay("replay", str(trace), "-o", str(tmp_path / "out"), **run), *says)
+    assert_user_error(chargeplay("report", str(result), "-o", str(tmp_path / "report.html"), **run), *says)
     assert tree(CORPUS) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result"]  # no output, no leftovers
 

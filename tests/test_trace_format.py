@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from traces.atomic import write_json
+from traces.checks import TraceError
 from traces.manifest import MANIFEST, new_manifest, process_start_ticks
 from traces.reader import Trace
 from traces.schema import EVENT_SCHEMA, SCHEMA_VERSION, SCHEMA_VERSION_KEY, schema_markdown
@@ -104,7 +105,7 @@ def test_a_segment_missing_columns_is_refused(tmp_path):
     segment = next((tmp_path / "events").glob("part-*.parquet"))
     table = pq.read_table(segment).drop_columns(["gfp"])
     pq.write_table(table.replace_schema_metadata(EVENT_SCHEMA.metadata), segment)
-    with pytest.raises(ValueError, match="no column .gfp."):
+    with pytest.raises(TraceError, match="no column .gfp."):
         _ = Trace.open(tmp_path).segment_paths
 
 

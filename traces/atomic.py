@@ -15,6 +15,8 @@ from typing import BinaryIO, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from traces.errors import UserError
+
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 
@@ -32,9 +34,9 @@ def check_new_output(path: Path) -> None:
     """Refuse an output directory that holds anything: nothing already recorded is overwritten;
     and a symlink: what is written under -o stays there."""
     if path.is_symlink():
-        raise ValueError(f"{path} is a symbolic link; give the output directory itself")
+        raise UserError(f"{path} is a symbolic link; give the output directory itself")
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise ValueError(f"{path} exists and is not an empty directory; choose a new -o path")
+        raise UserError(f"{path} exists and is not an empty directory; choose a new -o path")
 
 
 def fsync_dir(path: Path) -> None:

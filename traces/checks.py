@@ -14,12 +14,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from traces.errors import UserError
 from traces.schema import SCHEMA_VERSION, SCHEMA_VERSION_KEY
 
 MAX_JSON_BYTES = 16 << 20  # a manifest or summary is a few hundred KiB at most
 
 
-class TraceError(ValueError):
+class TraceError(UserError):
     """A trace (or result) that cannot be read; the message says what is wrong and what to do."""
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from traces.errors import UserError
+
 SAMPLES_DIR = Path(__file__).parent / "samples"
 DEFAULT_SAMPLE = "file-storm"
 
@@ -14,5 +16,5 @@ def sample_names() -> list[str]:
 def sample_path(name: str) -> Path:
     path = SAMPLES_DIR / name
     if not (path / "manifest.json").exists():
-        raise ValueError(f"no bundled sample {name!r}; the samples are: {', '.join(sample_names()) or 'none'}")
+        raise UserError(f"no bundled sample {name!r}; the samples are: {', '.join(sample_names()) or 'none'}")
     return path

@@ -23,6 +23,7 @@ from typing import Callable
 
 import polars as pl
 from traces.atomic import atomic_file, check_new_output, make_private_dir, write_json
+from traces.errors import UserError
 from traces.manifest import MANIFEST, TraceError
 from traces.reader import Trace
 from traces.schema import EVENT_SCHEMA
@@ -62,11 +63,11 @@ def scrub_manifest(manifest: dict, status: str) -> dict:
 
 
 def check_request(trace: Trace, output: Path, comm: str, pid: str) -> None:
-    """ValueError or TraceError unless `trace` can be scrubbed into `output` this way."""
+    """UserError unless `trace` can be scrubbed into `output` this way."""
     if comm not in COMM_CHOICES:
-        raise ValueError(f"--comm {comm}: choose one of {', '.join(COMM_CHOICES)}")
+        raise UserError(f"--comm {comm}: choose one of {', '.join(COMM_CHOICES)}")
     if pid not in PID_CHOICES:
-        raise ValueError(f"--pid {pid}: choose one of {', '.join(PID_CHOICES)}")
+        raise UserError(f"--pid {pid}: choose one of {', '.join(PID_CHOICES)}")
     if trace.status == "recording":
         raise TraceError(f"{trace.path}: its capture is still running; scrub it when the capture has ended")
     check_new_output(output)

@@ -14,6 +14,7 @@ from typing import Callable
 import polars as pl
 
 from traces.atomic import atomic_file, check_new_output, make_private_dir, write_json
+from traces.errors import UserError
 from traces.manifest import MANIFEST
 from traces.reader import Trace
 from traces.schema import EVENT_SCHEMA
@@ -28,7 +29,7 @@ def synthesize(like: Trace, output: Path, events: int, progress: Callable[[int],
     check_new_output(output)
     tile = like.events().collect()
     if tile.height == 0:
-        raise ValueError(f"{like.path} has no events to copy")
+        raise UserError(f"{like.path} has no events to copy")
     span = int(tile["ts_ns"].max()) + GAP_NS
     obj_step = int(tile["obj"].max() or 0) + 1
     make_private_dir(output)

@@ -118,63 +118,103 @@ def two_segments_back_in_time(path: Path) -> None:
     pq.write_table(second, path / "events/part-000001.parquet")
 
 
-BAD: dict[str, tuple[str, Callable[[Path], None]]] = {
-    "manifest-not-json": ("manifest.json is not JSON", write_bytes(MANIFEST, lambda data: b"{not json")),
-    "manifest-a-list": ("manifest.json is a JSON list, not an object", write_bytes(MANIFEST, lambda data: b"[1, 2]")),
-    "manifest-schema-v2": ("manifest.json says trace schema version 2", edit_manifest(lambda m: m.update(schema_version=2))),
-    "manifest-no-target": ("manifest.json has no target", edit_manifest(lambda m: m.pop("target"))),
-    "manifest-cpus-a-string": ("manifest.json kernel.cpus is a string", edit_manifest(lambda m: m["kernel"].update(cpus="two"))),
-    "manifest-negative-max": ("manifest.json target.max is negative", edit_manifest(lambda m: m["target"].update(max=-4096))),
-    "manifest-huge-cpus": ("manifest.json kernel.cpus is 2^40: tables per CPU would not fit", edit_manifest(lambda m: m["kernel"].update(cpus=1 << 40))),
-    "manifest-unknown-status": ("manifest.json status is not one of recording, complete, interrupted",
+# name: (what is wrong, what the error line must say, how to do it to the tiny trace)
+BAD: dict[str, tuple[str, tuple[str, ...], Callable[[Path], None]]] = {
+    "manifest-not-json": ("manifest.json is not JSON", ("manifest.json: not valid JSON",),
+                          write_bytes(MANIFEST, lambda data: b"{not json")),
+    "manifest-a-list": ("manifest.json is a JSON list, not an object", ("manifest.json: not a chargeplay manifest",),
+                        write_bytes(MANIFEST, lambda data: b"[1, 2]")),
+    "manifest-schema-v2": ("manifest.json says trace schema version 2", ("manifest.json: trace schema version 2",),
+                           edit_manifest(lambda m: m.update(schema_version=2))),
+    "manifest-no-target": ("manifest.json has no target", ("manifest.json: no 'target'",), edit_manifest(lambda m: m.pop("target"))),
+    "manifest-cpus-a-string": ("manifest.json kernel.cpus is a string", ("manifest.json: kernel.cpus", 'found "two"'),
+                               edit_manifest(lambda m: m["kernel"].update(cpus="two"))),
+    "manifest-negative-max": ("manifest.json target.max is negative", ("manifest.json: target.max", "found -4096"),
+                              edit_manifest(lambda m: m["target"].update(max=-4096))),
+    "manifest-huge-cpus": ("manifest.json kernel.cpus is 2^40: tables per CPU would not fit", ("manifest.json: kernel.cpus", "found 1099511627776"),
+                           edit_manifest(lambda m: m["kernel"].update(cpus=1 << 40))),
+    "manifest-unknown-status": ("manifest.json status is not one of recording, complete, interrupted", ("manifest.json: unknown status 'paused'",),
                                 edit_manifest(lambda m: m.update(status="paused"))),
-    "manifest-gfp-table-incomplete": ("manifest.json gfp_flags lacks __GFP_HIGH, which the charge path tests",
+    "manifest-gfp-table-incomplete": ("manifest.json gfp_flags lacks __GFP_HIGH, which the charge path tests", ("manifest.json: no 'gfp_flags.__GFP_HIGH'",),
                                       edit_manifest(lambda m: m["gfp_flags"].pop("__GFP_HIGH"))),
-    "manifest-lists-missing-segment": ("manifest.json lists events/part-000001.parquet, which is not there",
+    "manifest-lists-missing-segment": ("manifest.json lists events/part-000001.parquet, which is not there", ("events/part-000001.parquet: missing",),
                                        edit_manifest(lambda m: m["segments"].append(dict(m["segments"][0], file="events/part-000001.parquet")))),
-    "manifest-segment-outside": ("manifest.json lists a segment outside the trace directory",
+    "manifest-segment-outside": ("manifest.json lists a segment outside the trace directory", ("tiny-trace/events/part-000000.parquet: leads outside",),
                                  edit_manifest(lambda m: m["segments"].append({"file": "../../tiny-trace/" + SEGMENT}))),
-    "manifest-symlink-out": ("manifest.json is a symlink to /etc/passwd", symlink(MANIFEST, "/etc/passwd")),
-    "segment-symlink-to-dev-zero": ("the segment is a symlink to /dev/zero (a reader following it would never finish)",
+    "manifest-symlink-out": ("manifest.json is a symlink to /etc/passwd", ("manifest.json: leads outside", "/etc/passwd"),
+                             symlink(MANIFEST, "/etc/passwd")),
+    "segment-symlink-to-dev-zero": ("the segment is a symlink to /dev/zero (a reader following it would never finish)", ("part-000000.parquet: leads outside", "/dev/zero"),
                                     symlink(SEGMENT, "/dev/zero")),
-    "events-dir-symlink-out": ("events/ is a symlink to another trace's events", symlink("events", "../../tiny-trace/events")),
-    "slabs-symlink-out": ("slabs.parquet is a symlink out of the trace", symlink("slabs.parquet", "../../tiny-trace/slabs.parquet")),
-    "segment-truncated": ("the segment is cut after 1000 bytes", write_bytes(SEGMENT, lambda data: data[:1000])),
-    "segment-bytes-flipped": ("the bytes of the segment's kind column are inverted", flip_kind_chunk),
-    "segment-not-parquet": ("the segment is a text file", write_bytes(SEGMENT, lambda data: b"not parquet\n" * 100)),
-    "column-missing": ("the segment has no gfp column", edit_table(SEGMENT, lambda t: t.drop_columns(["gfp"]))),
-    "column-retyped": ("the segment's ts_ns column holds strings", edit_table(SEGMENT, lambda t: t.set_column(
+    "events-dir-symlink-out": ("events/ is a symlink to another trace's events", ("events/part-000000.parquet: leads outside",),
+                               symlink("events", "../../tiny-trace/events")),
+    "slabs-symlink-out": ("slabs.parquet is a symlink out of the trace", ("slabs.parquet: leads outside",),
+                          symlink("slabs.parquet", "../../tiny-trace/slabs.parquet")),
+    "segment-truncated": ("the segment is cut after 1000 bytes", ("part-000000.parquet: unreadable Parquet",),
+                          write_bytes(SEGMENT, lambda data: data[:1000])),
+    "segment-bytes-flipped": ("the bytes of the segment's kind column are inverted", ("part-000000.parquet: unreadable Parquet",),
+                              flip_kind_chunk),
+    "segment-not-parquet": ("the segment is a text file", ("part-000000.parquet: unreadable Parquet",),
+                            write_bytes(SEGMENT, lambda data: b"not parquet\n" * 100)),
+    "column-missing": ("the segment has no gfp column", ("part-000000.parquet: no column 'gfp'",),
+                       edit_table(SEGMENT, lambda t: t.drop_columns(["gfp"]))),
+    "column-retyped": ("the segment's ts_ns column holds strings", ("part-000000.parquet: column 'ts_ns' is string, expected int64",),
+                       edit_table(SEGMENT, lambda t: t.set_column(
         0, pa.field("ts_ns", pa.string()), t.column("ts_ns").cast(pa.string())))),
-    "column-extra": ("the segment has an extra column, pool, which replay derives itself",
+    "column-extra": ("the segment has an extra column, pool, which replay derives itself", ('part-000000.parquet: unexpected or repeated column "pool"',),
                      edit_table(SEGMENT, lambda t: t.append_column("pool", pa.array([1] * t.num_rows, pa.int8())))),
-    "segment-untagged": ("the segment carries no schema version", edit_table(SEGMENT, lambda t: t.replace_schema_metadata({}))),
-    "segment-schema-v2": ("the segment says schema version 2",
+    "segment-untagged": ("the segment carries no schema version", ('part-000000.parquet: written with trace schema version "?"',),
+                         edit_table(SEGMENT, lambda t: t.replace_schema_metadata({}))),
+    "segment-schema-v2": ("the segment says schema version 2", ('part-000000.parquet: written with trace schema version "2"',),
                           edit_table(SEGMENT, lambda t: t.replace_schema_metadata({SCHEMA_VERSION_KEY: b"2"}))),
-    "ts-out-of-order": ("event 50 is earlier than event 49", edit_table(SEGMENT, set_cell("ts_ns", 50, 0))),
-    "ts-back-across-segments": ("the second segment starts a second before the first ends", two_segments_back_in_time),
-    "ts-negative": ("the first event's ts_ns is negative", edit_table(SEGMENT, set_cell("ts_ns", 0, -5))),
-    "kind-unknown": ("event 10 has kind kmalloc_huge", edit_table(SEGMENT, set_cell("kind", 10, "kmalloc_huge"))),
-    "kind-null": ("event 10 has no kind", edit_table(SEGMENT, set_cell("kind", 10, None))),
-    "ctx-unknown": ("event 10 ran in context 'user'", edit_table(SEGMENT, set_cell("ctx", 10, "user"))),
-    "cpu-null": ("event 10 has no cpu", edit_table(SEGMENT, set_cell("cpu", 10, None))),
-    "size-negative": ("a kmalloc allocates -64 bytes", edit_table(SEGMENT, set_cell("bytes_alloc", "kmalloc", -64))),
-    "size-huge": ("a kmalloc allocates 2^40 bytes", edit_table(SEGMENT, set_cell("bytes_alloc", "kmalloc", 1 << 40))),
-    "order-negative": ("a page allocation of order -1", edit_table(SEGMENT, set_cell("order", "page_alloc", -1))),
-    "order-huge": ("a page allocation of order 60 (2^60 pages)", edit_table(SEGMENT, set_cell("order", "page_alloc", 60))),
-    "obj-huge": ("an object pseudonym of 2^60: replay sizes a table by the largest",
+    "ts-out-of-order": ("event 50 is earlier than event 49", ("part-000000.parquet row 50: ts_ns 0 is earlier than the event before it",),
+                        edit_table(SEGMENT, set_cell("ts_ns", 50, 0))),
+    "ts-back-across-segments": ("the second segment starts a second before the first ends", ("part-000001.parquet row 0:", "is earlier than the event before it"),
+                                two_segments_back_in_time),
+    "ts-negative": ("the first event's ts_ns is negative", ("part-000000.parquet row 0: ts_ns -5",),
+                    edit_table(SEGMENT, set_cell("ts_ns", 0, -5))),
+    "kind-unknown": ("event 10 has kind kmalloc_huge", ('part-000000.parquet row 10: kind "kmalloc_huge" is not one of',),
+                     edit_table(SEGMENT, set_cell("kind", 10, "kmalloc_huge"))),
+    "kind-null": ("event 10 has no kind", ("part-000000.parquet row 10: kind null is not one of",),
+                  edit_table(SEGMENT, set_cell("kind", 10, None))),
+    "ctx-unknown": ("event 10 ran in context 'user'", ('part-000000.parquet row 10: ctx "user" is not one of',),
+                    edit_table(SEGMENT, set_cell("ctx", 10, "user"))),
+    "cpu-null": ("event 10 has no cpu", ("part-000000.parquet row 10: cpu null",), edit_table(SEGMENT, set_cell("cpu", 10, None))),
+    "size-negative": ("a kmalloc allocates -64 bytes", ("bytes_alloc -64 is outside",),
+                      edit_table(SEGMENT, set_cell("bytes_alloc", "kmalloc", -64))),
+    "size-huge": ("a kmalloc allocates 2^40 bytes", ("bytes_alloc 1099511627776 is outside",),
+                  edit_table(SEGMENT, set_cell("bytes_alloc", "kmalloc", 1 << 40))),
+    "order-negative": ("a page allocation of order -1", ("order -1 is not a page order",),
+                       edit_table(SEGMENT, set_cell("order", "page_alloc", -1))),
+    "order-huge": ("a page allocation of order 60 (2^60 pages)", ("order 60 is not a page order",),
+                   edit_table(SEGMENT, set_cell("order", "page_alloc", 60))),
+    "obj-huge": ("an object pseudonym of 2^60: replay sizes a table by the largest", ("obj 1152921504606846976 is not a pseudonym",),
                  edit_table(SEGMENT, set_cell("obj", "kmem_cache_alloc", 1 << 60))),
-    "obj-negative": ("an object pseudonym of -1, replay's 'no object'", edit_table(SEGMENT, set_cell("obj", "kmem_cache_alloc", -1))),
-    "val-huge": ("a memcg counter changes by 2^50 pages", edit_table(SEGMENT, set_cell("val", "memcg_lruvec_state", 1 << 50))),
-    "slabs-duplicate-name": ("slabs.parquet describes one cache twice",
+    "obj-negative": ("an object pseudonym of -1, replay's 'no object'", ("obj -1 is not a pseudonym",),
+                     edit_table(SEGMENT, set_cell("obj", "kmem_cache_alloc", -1))),
+    "val-huge": ("a memcg counter changes by 2^50 pages", ("val 1125899906842624 is outside",),
+                 edit_table(SEGMENT, set_cell("val", "memcg_lruvec_state", 1 << 50))),
+    "slabs-duplicate-name": ("slabs.parquet describes one cache twice", ("slabs.parquet row", "names two caches"),
                              edit_table("slabs.parquet", lambda t: pa.concat_tables([t, t.slice(0, 1)]))),
-    "slabs-negative-order": ("a slab cache of order -3", edit_table("slabs.parquet", set_cell("order", 0, -3))),
-    "slabs-null-size": ("a slab cache without a slot size", edit_table("slabs.parquet", set_cell("size", 0, None))),
-    "symbols-duplicate-id": ("symbols.parquet gives one call-site id two symbols",
+    "slabs-negative-order": ("a slab cache of order -3", ("slabs.parquet row 0: order -3 is not a page order",),
+                             edit_table("slabs.parquet", set_cell("order", 0, -3))),
+    "slabs-null-size": ("a slab cache without a slot size", ("slabs.parquet row 0: size null",),
+                        edit_table("slabs.parquet", set_cell("size", 0, None))),
+    "symbols-duplicate-id": ("symbols.parquet gives one call-site id two symbols", ("symbols.parquet row", "names two symbols"),
                              edit_table("symbols.parquet", lambda t: pa.concat_tables([t, t.slice(0, 1)]))),
-    "memcg-negative-usage": ("the first memcg sample's usage is negative", edit_table("memcg.parquet", set_cell("usage", 0, -(1 << 20)))),
-    "memcg-usage-a-float": ("memcg.parquet's usage column holds doubles",
+    "memcg-negative-usage": ("the first memcg sample's usage is negative", ("memcg.parquet row 0: usage -1048576 is outside",),
+                             edit_table("memcg.parquet", set_cell("usage", 0, -(1 << 20)))),
+    "memcg-usage-a-float": ("memcg.parquet's usage column holds doubles", ("memcg.parquet: column 'usage' is double, expected int64",),
                             edit_table("memcg.parquet", set_cell("usage", 0, 1.5, pa.float64()))),
 }
+
+
+SAYS = "the error says: "
+
+
+def why_text(name: str) -> str:
+    """why.txt: what is wrong, then one line for each phrase the error must say."""
+    why, says, _ = BAD[name]
+    return why + "\n" + "".join(f"{SAYS}{phrase}\n" for phrase in says)
 
 
 def main() -> None:
@@ -182,10 +222,10 @@ def main() -> None:
     make_tiny(TINY)
     bad = CORPUS / "bad-traces"
     shutil.rmtree(bad, ignore_errors=True)
-    for name, (why, damage) in BAD.items():
+    for name, (_, _, damage) in BAD.items():
         shutil.copytree(TINY, bad / name)
         damage(bad / name)
-        (bad / name / "why.txt").write_text(why + "\n")
+        (bad / name / "why.txt").write_text(why_text(name))
     print(f"{TINY}: {EVENTS} events; {len(BAD)} bad traces in {bad}")
 
 
