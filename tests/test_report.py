@@ -148,6 +148,7 @@ def assert_bars_show(drawn: DrawnCharts, chart: int, expected: dict[str, float])
     assert [fields["policy"] for fields, _ in bars] == list(expected), chart
     longest = max(expected.values())
     widest = max(bar_width(path) for _, path in bars)
+    assert widest > 0 or longest == 0, (chart, bars)
     for fields, path in bars:
         value = expected[fields["policy"]]
         assert float(fields["value"]) == pytest.approx(value, rel=1e-9), (chart, fields)
