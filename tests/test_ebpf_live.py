@@ -15,8 +15,9 @@ from pathlib import Path
 import polars as pl
 
 from conftest import CHARGEPLAY, chargeplay
-from test_collect_live import ALLOC_KINDS, FILE_MAKER, leftovers, wait_until
+from test_collect_live import ALLOC_KINDS, FILE_MAKER, assert_kmem_counter_matches_the_trace, kmem_counter_args, leftovers, wait_until
 from traces.reader import Trace
+from traces.schema import CHARGE_FUNCTIONS
 
 KINDS_COMPARED = ["kmalloc", "kmem_cache_alloc", "page_alloc", "user_return"]
 # What the slab allocator allocates for itself (a new slab's pages, its obj_exts vector, an
@@ -46,15 +47,17 @@ def our_bpf_programs() -> int:
     return sum(name.startswith(("kmem__", "memcg__")) for name in _bpf_program_names())
 
 
-def _capture_files(tmp_path: Path, backend: str, files: int, name: str, *options: str) -> tuple[subprocess.CompletedProcess, int]:
+def _capture_files(tmp_path: Path, backend: str, files: int, name: str, *options: str) -> tuple[int, Path]:
+    """The workload's pid, and the file where it wrote its memcg's kmem counter."""
     workdir, pidfile = tmp_path / f"{name}-files", tmp_path / f"{name}-pid"
     workdir.mkdir()
+    counter_args, counter_file = kmem_counter_args(tmp_path, name)
     result = chargeplay(
         "collect", "-o", str(tmp_path / name), "--backend", backend, *options, "--memory-max", "256M", "--",
-        sys.executable, "-c", FILE_MAKER, str(files), str(workdir), str(pidfile),
+        sys.executable, "-c", FILE_MAKER, str(files), str(workdir), str(pidfile), *counter_args,
     )
     assert result.returncode == 0, result.stderr
-    return result, int(pidfile.read_text())
+    return int(pidfile.read_text()), counter_file
 
 
 def test_both_backends_and_both_bpf_outputs_record_the_same_workload_alike(ebpf, tmp_path):
@@ -66,13 +69,13 @@ def test_both_backends_and_both_bpf_outputs_record_the_same_workload_alike(ebpf,
     try:
         traces = {}
         for name, (backend, *options) in captures.items():
-            _, pid = _capture_files(tmp_path, backend, files, name, *options)
-            traces[name] = (Trace.open(tmp_path / name), pid)
+            pid, counter_file = _capture_files(tmp_path, backend, files, name, *options)
+            traces[name] = (Trace.open(tmp_path / name), pid, counter_file)
     finally:
         outsider.kill()
         outsider.wait()
     counts, slab_facts = {}, {}
-    for name, (trace, pid) in traces.items():
+    for name, (trace, pid, counter_file) in traces.items():
         assert trace.manifest["backend"] == captures[name][0] and trace.status == "complete"
         if name != "tracefs":
             assert trace.manifest["ebpf"]["output"] == name
@@ -84,7 +87,7 @@ def test_both_backends_and_both_bpf_outputs_record_the_same_workload_alike(ebpf,
         assert set(events.filter(pl.col("kind").is_in(ALLOC_KINDS))["pid"].unique()) == {pid}, name
         assert outsider.pid not in set(events.filter(~pl.col("kind").is_in(["kfree", "kmem_cache_free", "page_free", "memcg_state", "memcg_lruvec_state", "memcg_event"]))["pid"])
         assert set(events.filter(pl.col("kind").str.starts_with("memcg"))["memcg_id"].unique()) == {trace.manifest["target"]["memcg_id"]}
-        assert events["ts_ns"].is_sorted() and events["ts_ns"].min() >= 0
+        assert_kmem_counter_matches_the_trace(trace, events, pid, counter_file)
         symbols = trace.side_table("symbols").collect()
         named = events.join(symbols, left_on="call_site", right_on="id", how="left", maintain_order="left")
         compared = named.filter(~named["symbol"].str.contains(SLAB_INTERNAL).fill_null(False)
@@ -103,12 +106,38 @@ def test_both_backends_and_both_bpf_outputs_record_the_same_workload_alike(ebpf,
     assert leftovers(ebpf) == []
 
 
-def test_auto_says_which_backend_it_chose(ebpf, tmp_path):
+def _charge_probe_problem(tracefs: Path) -> str | None:
+    """Why this kernel cannot take the charge probes, from its own facts, or None if it can:
+    kprobes need kprobe_events in tracefs, and each charge function must be a symbol of its
+    own (in /proc/kallsyms: not inlined away), tried in CHARGE_FUNCTIONS order."""
+    if not (tracefs / "kprobe_events").exists():
+        return "kprobes are not built into this kernel (no kprobe_events in tracefs)"
+    symbols = {line.split()[2] for line in Path("/proc/kallsyms").read_text().splitlines()}
+    missing = [function for function in CHARGE_FUNCTIONS if function not in symbols]
+    return f"kprobe on {missing[0]} refused: " if missing else None
+
+
+def test_auto_says_which_backend_it_chose_and_whether_charge_probes_attached(ebpf, tmp_path):
     result = chargeplay("collect", "-o", str(tmp_path / "t"), "--backend", "auto", "--", "true")
     assert result.returncode == 0, result.stderr
-    assert "backend: ebpf" in result.stderr
-    assert "charge probes unavailable:" in result.stderr or "charge" not in result.stderr
-    assert Trace.open(tmp_path / "t").manifest["backend"] == "ebpf"
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("backend: ebpf ")
+    trace = Trace.open(tmp_path / "t")
+    assert trace.manifest["backend"] == "ebpf"
+    said = [line for line in lines if line.startswith("charge probes unavailable: ")]
+    charges = trace.events().filter(pl.col("kind") == "charge").collect()
+    problem = _charge_probe_problem(ebpf)
+    if problem is None:
+        # Exec of `true` in its new memcg charges it (page tables, stack, page cache): every
+        # charge goes through try_charge_memcg, whose probe must have seen at least one.
+        assert said == [] and "charge probes" not in result.stderr, result.stderr
+        assert charges.filter(pl.col("item") == CHARGE_FUNCTIONS.index("try_charge_memcg")).height > 0
+    elif problem.endswith(": "):  # a refused kprobe: the kernel's error follows
+        assert len(said) == 1 and said[0].startswith(f"charge probes unavailable: {problem}"), result.stderr
+        assert said[0].endswith("; recording tracepoints only") and charges.height == 0
+    else:  # this machine: no kprobes at all
+        assert said == [f"charge probes unavailable: {problem}; recording tracepoints only"], result.stderr
+        assert charges.height == 0
 
 
 def test_sigkill_of_the_collector_leaves_no_bpf_program(ebpf, tmp_path):

@@ -31,6 +31,8 @@ from traces.kernel_tables import (
     read_gfp_table,
     read_kernel_enums,
 )
+from traces.reader import Trace
+from traces.samples import sample_path
 
 # ---------------------------------------------------------------------------
 # C flag expressions and print fmt parsing (hand-worked)
@@ -198,16 +200,85 @@ def test_gfp_class_series_of_only_nulls_is_string_nulls() -> None:
 # ---------------------------------------------------------------------------
 
 
-def test_live_gfp_table_has_the_6_18_values(tracefs: Path) -> None:
-    # Values worked out from 6.18 include/linux/gfp_types.h (bit numbers of the ___GFP_*_BIT enum).
-    table = read_gfp_table(tracefs)
+@pytest.mark.parametrize("sample", ["file-storm", "fork-storm", "socket-storm"])
+def test_bundled_samples_carry_the_6_18_gfp_table(sample: str) -> None:
+    # The samples were captured on Linux 6.18.44: their tables must hold 6.18's values, from
+    # include/linux/gfp_types.h (bit numbers of the ___GFP_*_BIT enum).
+    trace = Trace.open(sample_path(sample))
+    assert trace.manifest["kernel"]["release"].startswith("6.18.")
+    table = trace.gfp_flags
     assert table["GFP_KERNEL"] == 0xCC0  # __GFP_RECLAIM (0x400|0x800) | __GFP_IO 0x40 | __GFP_FS 0x80
     assert table["GFP_NOWAIT"] == 0x2800  # __GFP_KSWAPD_RECLAIM | __GFP_NOWARN
     assert table["GFP_ATOMIC"] == 0x820  # __GFP_HIGH | __GFP_KSWAPD_RECLAIM
     assert table["__GFP_ACCOUNT"] == 1 << 22
     assert table["__GFP_DIRECT_RECLAIM"] == 0x400
+    assert "__GFP_ATOMIC" not in table  # gone since 6.4
     assert decode_gfp(0xCC0 | 1 << 22, table) == "GFP_KERNEL_ACCOUNT"
     assert gfp_class(0x820 | 0x2000, table) == "GFP_ATOMIC"
+
+
+def test_live_gfp_composites_are_this_kernels_flags_combined(tracefs: Path) -> None:
+    """The running kernel's composites, rebuilt from its own single flags by the definitions
+    in include/linux/gfp_types.h that hold from 6.1 to 6.18 (where they changed, both forms
+    are named): whatever the bit values, the table must be read into these relations."""
+    table = read_gfp_table(tracefs)
+    flag = table.__getitem__
+    # Single flags a config leaves out are 0 (e.g. ___GFP_SKIP_KASAN without KASAN_HW_TAGS); the rest one bit each.
+    singles = [value for name, value in table.items() if name.startswith("__GFP_") and name != "__GFP_RECLAIM" and value]
+    assert len(singles) >= 20 and all(value & (value - 1) == 0 for value in singles)
+    assert len(set(singles)) == len(singles)  # each its own bit
+    assert flag("__GFP_RECLAIM") == flag("__GFP_DIRECT_RECLAIM") | flag("__GFP_KSWAPD_RECLAIM")
+    assert flag("GFP_KERNEL") == flag("__GFP_RECLAIM") | flag("__GFP_IO") | flag("__GFP_FS")
+    assert flag("GFP_KERNEL_ACCOUNT") == flag("GFP_KERNEL") | flag("__GFP_ACCOUNT")
+    assert flag("GFP_NOIO") == flag("__GFP_RECLAIM")
+    assert flag("GFP_NOFS") == flag("__GFP_RECLAIM") | flag("__GFP_IO")
+    assert flag("GFP_USER") == flag("GFP_KERNEL") | flag("__GFP_HARDWALL")
+    assert flag("GFP_HIGHUSER") == flag("GFP_USER") | flag("__GFP_HIGHMEM")
+    # 6.1 still had __GFP_ATOMIC, in GFP_ATOMIC; 6.4 removed both (then 0 here).
+    assert flag("GFP_ATOMIC") == flag("__GFP_HIGH") | flag("__GFP_KSWAPD_RECLAIM") | table.get("__GFP_ATOMIC", 0)
+    # GFP_NOWAIT wakes kswapd and nothing else; later kernels (6.18 here) add __GFP_NOWARN.
+    assert flag("GFP_NOWAIT") & ~flag("__GFP_NOWARN") == flag("__GFP_KSWAPD_RECLAIM")
+    assert decode_gfp(flag("GFP_KERNEL") | flag("__GFP_ACCOUNT"), table) == "GFP_KERNEL_ACCOUNT"
+    assert gfp_class(flag("GFP_ATOMIC") | flag("__GFP_NOWARN"), table) == "GFP_ATOMIC"
+    assert gfp_class(flag("GFP_NOWAIT"), table) == "GFP_NOWAIT"
+
+
+def _btf_enumerators_with(blob: bytes, enumerator: str) -> dict[str, int] | None:
+    """The (possibly anonymous) ENUM of a little-endian BTF blob that has `enumerator`, walked
+    here by the layout in include/uapi/linux/btf.h, apart from the parser under test."""
+    trailer = {1: (4, 0), 3: (12, 0), 4: (0, 12), 5: (0, 12), 6: (0, 8), 13: (0, 8), 14: (4, 0), 15: (0, 12),
+               17: (4, 0), 19: (0, 12)}  # kind -> (fixed bytes, bytes per vlen item); other kinds have none
+    hdr_len, type_off, type_len, str_off = struct.unpack_from("<IIII", blob, 4)
+    types, strings = blob[hdr_len + type_off : hdr_len + type_off + type_len], blob[hdr_len + str_off :]
+    name = lambda offset: strings[offset : strings.index(b"\0", offset)].decode()  # noqa: E731
+    at = 0
+    while at < len(types):
+        info = struct.unpack_from("<I", types, at + 4)[0]
+        kind, vlen = info >> 24 & 0x1F, info & 0xFFFF
+        fixed, item = trailer.get(kind, (0, 0))
+        if kind == KIND_ENUM:
+            items = [struct.unpack_from("<II", types, at + 12 + 8 * i) for i in range(vlen)]
+            values = {name(offset): value for offset, value in items}
+            if enumerator in values:
+                return values
+        at += 12 + fixed + item * vlen
+    return None
+
+
+def test_live_gfp_flags_are_the_bits_btf_numbers(tracefs: Path, vmlinux_btf: Path) -> None:
+    """Each single flag of the kernel's trace table is 1 << its ___GFP_*_BIT in the kernel's
+    BTF: a second source for the bit values, where the kernel has that enum."""
+    blob = vmlinux_btf.read_bytes()
+    if blob[:2] != b"\x9f\xeb":
+        pytest.skip(f"{vmlinux_btf} is not little-endian BTF, which this check walks")
+    bits = _btf_enumerators_with(blob, "___GFP_ACCOUNT_BIT")
+    if bits is None:
+        pytest.skip(f"{vmlinux_btf} has no ___GFP_*_BIT enum: this kernel defines its gfp bits as macros "
+                    "(kernels before the gfp flags became an enum), so there is no second source to compare with")
+    table = read_gfp_table(tracefs)
+    compared = {name: value for name, value in table.items() if f"_{name}_BIT" in bits}
+    assert {"__GFP_ACCOUNT", "__GFP_DIRECT_RECLAIM", "__GFP_KSWAPD_RECLAIM", "__GFP_HIGH", "__GFP_NOWARN"} <= set(compared)
+    assert compared == {name: 1 << bits[f"_{name}_BIT"] for name in compared}
 
 
 GFP_EVENTS = ("kmalloc", "kmem_cache_alloc", "mm_page_alloc")
