@@ -15,6 +15,7 @@ from replay.ops import (
 from replay.policy import BUILTIN
 from replay.reference import Reference
 from replay.run import ENGINES, replay_whole
+from traces.errors import UserError
 
 # The 6.18 gfp bits (include/linux/gfp_types.h), as the capturing kernel's table gives them.
 GFP = GfpBits(direct_reclaim=0x400, noretry=0x10000, retry_mayfail=0x4000, nofail=0x8000, high=0x20)
@@ -279,5 +280,5 @@ def test_toml_policies_are_validated(tmp_path):
     ):
         bad = tmp_path / "bad.toml"
         bad.write_text(text)
-        with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        with pytest.raises(UserError, match=message.replace("(", r"\(")):
             load_toml(bad)
