@@ -3,7 +3,8 @@ of the kernel it ran on, and compare the prediction with what that kernel did.
 
 What the kernel did comes from the trace itself: its memcg reclaim begin/end events (the
 workload's tasks only) and the memcg's counters, sampled until the workload left
-(memcg.parquet: failcnt or memory.events max, max usage or memory.peak, OOM kills, usage).
+(memcg.parquet: on cgroup v1 failcnt, max usage and oom_control's oom_kill; on v2
+memory.events max, high and oom_kill, and memory.peak; usage on both).
 """
 from __future__ import annotations
 
@@ -21,14 +22,17 @@ from traces.errors import UserError
 from traces.manifest import TraceError
 from traces.reader import Trace
 
-# (metric, unit, largest relative error the model should make; None: no target)
+# (metric, unit, largest relative error the model should make (None: no target), the cgroup
+# versions whose counters observe it: failcnt is v1's, memory.events v2's)
 METRICS = (
-    ("reclaim invocations", "calls", 0.10),
-    ("pages reclaimed", "pages", None),
-    ("peak usage", "bytes", 0.05),
-    ("charge failures (failcnt)", "failures", None),
-    ("OOM kills", "kills", 0.0),
-    ("final usage", "bytes", None),
+    ("reclaim invocations", "calls", 0.10, (1, 2)),
+    ("pages reclaimed", "pages", None, (1, 2)),
+    ("peak usage", "bytes", 0.05, (1, 2)),
+    ("charge failures (failcnt)", "failures", None, (1,)),
+    ("memory.events max", "events", None, (2,)),
+    ("memory.events high", "events", 0.10, (2,)),
+    ("OOM kills", "kills", 0.0, (1, 2)),
+    ("final usage", "bytes", None, (1, 2)),
 )
 
 
@@ -46,7 +50,9 @@ def observed(trace: Trace) -> dict[str, int]:
         "reclaim invocations": int(reclaims["calls"]),
         "pages reclaimed": int(reclaims["pages"] or 0),
         "peak usage": int(last["max_usage"] or 0),
-        "charge failures (failcnt)": int(last["failcnt"] or 0),
+        "charge failures (failcnt)": int(last["failcnt"] or 0),  # v1's failcnt
+        "memory.events max": int(last["failcnt"] or 0),  # v2's sampler keeps memory.events max there
+        "memory.events high": int(last["events_high"] or 0),
         "OOM kills": int(last["events_oom_kill"] or 0),
         "final usage": int(last["usage"] or 0),
     }
@@ -60,6 +66,8 @@ def predicted(summary: dict, timeseries: pl.DataFrame) -> dict[str, int]:
         "pages reclaimed": sum(summary["reclaimed_pages"].values()),
         "peak usage": summary["peak_bytes"],
         "charge failures (failcnt)": summary["failcnt"],
+        "memory.events max": summary["max_events"],
+        "memory.events high": summary["high_events"],
         "OOM kills": summary["oom_kills"],
         "final usage": int(last["usage_bytes"]),
     }
@@ -72,9 +80,11 @@ def relative_error(prediction: int, observation: int) -> float | None:
     return (prediction - observation) / observation
 
 
-def fidelity_table(prediction: dict[str, int], observation: dict[str, int]) -> list[dict]:
+def fidelity_table(prediction: dict[str, int], observation: dict[str, int], cgroup_version: int) -> list[dict]:
     rows = []
-    for metric, unit, target in METRICS:
+    for metric, unit, target, versions in METRICS:
+        if cgroup_version not in versions:
+            continue
         error = relative_error(prediction[metric], observation[metric])
         met = None if target is None else error is not None and abs(error) <= target
         rows.append({"metric": metric, "unit": unit, "predicted": prediction[metric], "observed": observation[metric],
@@ -94,7 +104,8 @@ def compare(trace: Trace, result_dir: Path, policy_name: str, model: str) -> dic
         "policy": policy_name,
         "workload": target.get("command"),
         "limits": summary["limits"],
-        "rows": fidelity_table(predicted(summary["policies"][policy_name], series), observed(trace)),
+        "cgroup_version": target.get("cgroup_version"),
+        "rows": fidelity_table(predicted(summary["policies"][policy_name], series), observed(trace), target.get("cgroup_version")),
     }
 
 
