@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DEBIAN_TEST_PACKAGES := chromium python3-bpfcc linux-headers-amd64
 KERNEL_MODULES := /lib/modules/$(shell uname -r)
 
-.PHONY: setup demo test test-packages bench lab-packages
+.PHONY: setup demo test test-packages bench lab lab-packages
 
 # -qq: pip still prints errors, but not this machine kind's warnings about index folders
 # its global configuration names and that hold no copy of a package.
@@ -60,3 +60,9 @@ lab-packages: setup
 			--no-install-recommends $$missing >/dev/null; \
 	fi
 	@$(BIN)/python -c 'import virtme_ng' 2>/dev/null || $(BIN)/pip install -qq -e '.[test,lab]'
+
+# The lab tests (tests/kernel_lab: each kernel boots and has cgroup v2, tracefs, BTF, kprobes and
+# an enforced memory.high), then the live tests inside each kernel (python -m lab live).
+lab: lab-packages
+	$(BIN)/pytest -m lab tests/kernel_lab
+	$(BIN)/python -m lab live --kernel all

@@ -34,7 +34,7 @@ def run_in(kernel: kernels.Kernel, command: list[str], timeout: float, run_dir: 
     # vng starts the command in the current directory when the guest can see it.
     os.chdir(CHECKOUT)
     started = time.monotonic()
-    print(f"lab: booting {kernel.release} ({kernel.image}) under TCG", file=sys.stderr, flush=True)
+    print(f"lab: booting {kernel.release} under TCG, run dir {run_dir}", file=sys.stderr, flush=True)
     code = vm.boot(kernel, shlex.join(inner), [run_dir, CACHE], timeout)
     print(f"lab: {kernel.release}: exit code {code} after {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
     return code

@@ -8,10 +8,10 @@ group. A guardian process kills the group too if this process dies without clean
 from __future__ import annotations
 
 import os
-import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -56,6 +56,13 @@ def _kill_group(pgid: int) -> None:
             time.sleep(0.1)
 
 
+def _copy(pipe) -> None:
+    """The guest's output to ours, as it comes."""
+    for chunk in iter(lambda: pipe.read1(65536), b""):
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
+
+
 def boot(kernel: Kernel, command: str, rwdirs: list[Path], timeout: float) -> int:
     """Run `command` (a shell string) as root inside `kernel`; stream its output to ours.
 
@@ -70,7 +77,12 @@ def boot(kernel: Kernel, command: str, rwdirs: list[Path], timeout: float) -> in
     previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     vm = guardian = None
     try:
-        vm = subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        # Through a pipe: qemu opens /proc/self/fd/1 and 2 by path, which truncates a file they
+        # were redirected to (and what was written before boot would be lost).
+        vm = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              env=env, start_new_session=True)
+        copier = threading.Thread(target=_copy, args=(vm.stdout,), daemon=True)
+        copier.start()
         guardian = subprocess.Popen([sys.executable, "-c", _GUARDIAN, str(vm.pid)], stdin=subprocess.PIPE,
                                     start_new_session=True)
         try:
@@ -82,12 +94,10 @@ def boot(kernel: Kernel, command: str, rwdirs: list[Path], timeout: float) -> in
         if vm is not None:
             _kill_group(vm.pid)
             vm.wait()
+            copier.join(timeout=5)
         if guardian is not None:
             guardian.stdin.close()
             guardian.wait()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
-
-def quote(argv: list[str]) -> str:
-    return shlex.join(argv)
