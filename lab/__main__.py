@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--out", type=Path, default=CHECKOUT / "tests" / "data" / "kernels")
         p.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
-    command = [a for a in getattr(args, "command", []) if a != "--"] if args.action != "live" else args.command
+    command = getattr(args, "command", [])
+    command = command[1:] if command[:1] == ["--"] else command
     try:
         if args.action == "kernels":
             for series, package in kernels.MATRIX.items():
