@@ -35,7 +35,7 @@ def run_in(kernel: kernels.Kernel, command: list[str], timeout: float, run_dir: 
     os.chdir(CHECKOUT)
     started = time.monotonic()
     print(f"lab: booting {kernel.release} under TCG, run dir {run_dir}", file=sys.stderr, flush=True)
-    code = vm.boot(kernel, shlex.join(inner), [run_dir, CACHE], timeout)
+    code = vm.boot(kernel, shlex.join(inner), [run_dir, CACHE], timeout, scratch=run_dir)
     print(f"lab: {kernel.release}: exit code {code} after {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
     return code
 

@@ -23,12 +23,14 @@ QEMU_FLAGS = ["--disable-kvm", "--memory", "2G", "--cpus", "2", "--user", "root"
 TIMED_OUT = 124  # like timeout(1)
 
 _GUARDIAN = """
-import os, signal, sys
+import os, shutil, signal, sys
 sys.stdin.buffer.read()  # returns at EOF: the lab runner exited or died
 try:
     os.killpg(int(sys.argv[1]), signal.SIGKILL)
 except ProcessLookupError:
     pass
+for path in sys.argv[2:]:
+    shutil.rmtree(path, ignore_errors=True)
 """
 
 
@@ -63,8 +65,9 @@ def _copy(pipe) -> None:
         sys.stdout.buffer.flush()
 
 
-def boot(kernel: Kernel, command: str, rwdirs: list[Path], timeout: float) -> int:
+def boot(kernel: Kernel, command: str, rwdirs: list[Path], timeout: float, scratch: Path | None = None) -> int:
     """Run `command` (a shell string) as root inside `kernel`; stream its output to ours.
+    `scratch` is removed by the guardian if this process dies before its caller can.
 
     Returns the command's exit code (vng passes it through), TIMED_OUT after `timeout` seconds.
     """
@@ -83,7 +86,7 @@ def boot(kernel: Kernel, command: str, rwdirs: list[Path], timeout: float) -> in
                               env=env, start_new_session=True)
         copier = threading.Thread(target=_copy, args=(vm.stdout,), daemon=True)
         copier.start()
-        guardian = subprocess.Popen([sys.executable, "-c", _GUARDIAN, str(vm.pid)], stdin=subprocess.PIPE,
+        guardian = subprocess.Popen([sys.executable, "-c", _GUARDIAN, str(vm.pid), *([str(scratch)] if scratch else [])], stdin=subprocess.PIPE,
                                     start_new_session=True)
         try:
             return vm.wait(timeout=timeout)

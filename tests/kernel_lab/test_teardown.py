@@ -62,12 +62,15 @@ def test_a_stopped_runner_stops_qemu(vng, sig):
     runner, run_dir = _start_sleeping_vm()
     runner.send_signal(sig)
     assert runner.wait(timeout=30) == 130
-    assert _gone(run_dir, within=1)
+    assert _gone(run_dir, within=1) and not Path(run_dir).exists()
 
 
 def test_a_killed_runner_leaves_no_qemu(vng):
-    """SIGKILL gives the runner no chance: its guardian kills qemu's process group."""
+    """SIGKILL gives the runner no chance: its guardian kills qemu's process group and removes
+    the run directory."""
     runner, run_dir = _start_sleeping_vm()
     os.kill(runner.pid, signal.SIGKILL)
     runner.wait()
     assert _gone(run_dir)
+    time.sleep(1)
+    assert not Path(run_dir).exists()
