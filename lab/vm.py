@@ -1,0 +1,106 @@
+"""Boot one kernel with virtme-ng, run a command inside, and make sure qemu is gone afterwards.
+
+vng runs qemu as a grandchild (vng -> sh -> virtme-run -> fork -> qemu), so killing vng alone
+would leave qemu running: the whole tree is started in a new session and killed by process
+group. A guardian process kills the group too if this process dies without cleaning up
+(SIGKILL): it waits for EOF on a pipe that only this process holds open.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from lab.kernels import Kernel, vng
+
+# KVM fails on these machines (qemu stops at "failed to set MSR 0x10a", or hangs with the
+# MSR masked): the lab runs under TCG, about 10-40x slower than native.
+QEMU_FLAGS = ["--disable-kvm", "--memory", "2G", "--cpus", "2", "--user", "root"]
+TIMED_OUT = 124  # like timeout(1)
+
+_GUARDIAN = """
+import os, shutil, signal, sys
+sys.stdin.buffer.read()  # returns at EOF: the lab runner exited or died
+try:
+    os.killpg(int(sys.argv[1]), signal.SIGKILL)
+except ProcessLookupError:
+    pass
+for path in sys.argv[2:]:
+    shutil.rmtree(path, ignore_errors=True)
+"""
+
+
+class Stopped(Exception):
+    """A signal asked the runner to stop."""
+
+
+def _raise_stop(signum: int, _frame) -> None:
+    raise Stopped(signal.Signals(signum).name)
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGTERM the group (qemu exits on it), then SIGKILL what is left; wait until it is empty."""
+    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+
+
+def _copy(pipe) -> None:
+    """The guest's output to ours, as it comes."""
+    for chunk in iter(lambda: pipe.read1(65536), b""):
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
+
+
+def boot(kernel: Kernel, command: str, rwdirs: list[Path], timeout: float, scratch: Path | None = None) -> int:
+    """Run `command` (a shell string) as root inside `kernel`; stream its output to ours.
+    `scratch` is removed by the guardian if this process dies before its caller can.
+
+    Returns the command's exit code (vng passes it through), TIMED_OUT after `timeout` seconds.
+    """
+    argv = [str(vng()), "--run", str(kernel.image), *QEMU_FLAGS]
+    for path in rwdirs:
+        argv += ["--rwdir", str(path)]
+    argv += ["--", command]
+    # vng finds virtme-run on PATH, beside itself in the venv.
+    env = {**os.environ, "PATH": f"{Path(argv[0]).parent}:{os.environ.get('PATH', '')}"}
+    previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    vm = guardian = None
+    try:
+        # Through a pipe: qemu opens /proc/self/fd/1 and 2 by path, which truncates a file they
+        # were redirected to (and what was written before boot would be lost).
+        vm = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              env=env, start_new_session=True)
+        copier = threading.Thread(target=_copy, args=(vm.stdout,), daemon=True)
+        copier.start()
+        guardian = subprocess.Popen([sys.executable, "-c", _GUARDIAN, str(vm.pid), *([str(scratch)] if scratch else [])], stdin=subprocess.PIPE,
+                                    start_new_session=True)
+        try:
+            return vm.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            print(f"lab: {kernel.release} still running after {timeout:.0f} s: stopped", file=sys.stderr)
+            return TIMED_OUT
+    finally:
+        if vm is not None:
+            _kill_group(vm.pid)
+            vm.wait()
+            copier.join(timeout=5)
+        if guardian is not None:
+            guardian.stdin.close()
+            guardian.wait()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
