@@ -45,7 +45,7 @@ bench: setup
 	$(BIN)/python benchmarks/capture_overhead.py
 	$(BIN)/python benchmarks/replay_speed.py
 
-# The kernel lab (lab/README-section.md): Debian's 6.1 and 6.12 kernels booted under qemu by
+# The kernel lab (README, "The kernel lab"): Debian's 6.1 and 6.12 kernels booted under qemu by
 # virtme-ng over this machine's own root file system, with cgroup v2. The image packages also
 # pull initramfs-tools, which writes /boot/initrd.img-*; this machine boots through neither
 # grub nor /boot, so nothing about its own boot changes (there is no update-grub to run).

@@ -2,5 +2,5 @@
 machine's own root file system, with cgroup v2, and run chargeplay's live tests inside.
 
 The lab is development tooling, not part of the installed package: run it from a checkout
-with `python -m lab` (see lab/README-section.md).
+with `python -m lab` (see the README, "The kernel lab").
 """
