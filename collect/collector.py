@@ -202,16 +202,7 @@ class Collector:
         found = {(fmt.system, fmt.name) for _, fmt in formats.values()}
         decoder = Decoder(formats=formats, gfp_account=gfp_bit(self.gfp_flags, "__GFP_ACCOUNT"),
                           trace_flags=self.enums["trace_flag_type"], slab_names=slab_names_by_size())
-        unavailable = {f"{s}:{e}": f"this kernel has no {s}:{e} tracepoint" for s, e in wanted or [] if (s, e) not in found}
-        unavailable |= decoder.unavailable
-        self.kinds = dict(decoder.sources)
-        for tracepoint, why in unavailable.items():
-            kind = TRACEPOINT_KINDS[tuple(tracepoint.split(":"))]
-            if kind in ESSENTIAL_KINDS:
-                raise CaptureError(f"cannot capture on this kernel: {why} (needed for every {kind} event); "
-                                   f"use a kernel whose {tracepoint} tracepoint has it")
-            if kind is not None:
-                self.kinds[kind] = {"tracepoint": tracepoint, "unavailable": why}
+        self.kinds, unavailable = kinds_on_this_kernel(decoder, found, wanted or [])
         for note in kind_notes(self.kinds, unavailable):
             self.say(note)
         return decoder
@@ -471,6 +462,23 @@ class Collector:
             return
         self.workload.terminate()
         wait_or_kill(self.workload, timeout=5)
+
+
+def kinds_on_this_kernel(decoder: Decoder, found: set[tuple[str, str]], wanted: list[tuple[str, str]]) -> tuple[dict, dict]:
+    """Per kind, where its columns come from or why it has no events (the manifest's kinds),
+    and the tracepoints that cannot be recorded, with why; CaptureError if one of them is
+    essential. `found`: the tracepoints this kernel has of those `wanted`."""
+    unavailable = {f"{s}:{e}": f"this kernel has no {s}:{e} tracepoint" for s, e in wanted if (s, e) not in found}
+    unavailable |= decoder.unavailable
+    kinds = dict(decoder.sources)
+    for tracepoint, why in unavailable.items():
+        kind = TRACEPOINT_KINDS[tuple(tracepoint.split(":"))]
+        if kind in ESSENTIAL_KINDS:
+            raise CaptureError(f"cannot capture on this kernel: {why} (needed for every {kind} event); "
+                               f"use a kernel whose {tracepoint} tracepoint has it")
+        if kind is not None:
+            kinds[kind] = {"tracepoint": tracepoint, "unavailable": why}
+    return kinds, unavailable
 
 
 def kind_notes(kinds: dict[str, dict], unavailable: dict[str, str]) -> list[str]:
