@@ -485,10 +485,13 @@ def kind_notes(kinds: dict[str, dict], unavailable: dict[str, str]) -> list[str]
     """One line per thing this kernel does not give as 6.18 does: kinds it has no events of,
     columns inferred or left null, tracepoints without which task names may be missing."""
     missing = [kind for kind, entry in kinds.items() if "unavailable" in entry]
-    notes = [f"not on this kernel: {', '.join(missing)} events ({'; '.join(kinds[k]['unavailable'] for k in missing)}); "
-             "the trace has none (manifest: kinds)"] if missing else []
+    tracepoints = [kinds[kind]["tracepoint"] for kind in missing if unavailable.get(kinds[kind]["tracepoint"], "").startswith("this kernel has no")]
+    notes = [f"not on this kernel: {', '.join(missing)} events ("
+             + (f"no {', '.join(tracepoints)} tracepoints" if len(tracepoints) == len(missing) else "; ".join(kinds[k]["unavailable"] for k in missing))
+             + "); the trace has none (manifest: kinds)"] if missing else []
     for kind, entry in kinds.items():
-        notes += [f"{kind}.{column} on this kernel: {how} (manifest: kinds.{kind}.inferred)" for column, how in entry.get("inferred", {}).items()]
+        notes += [f"{kind}.{column}: {entry['tracepoint']} has no field for it on this kernel; inferred from {entry['columns'][column]} "
+                  f"(how: manifest kinds.{kind}.inferred)" for column in entry.get("inferred", {})]
         notes += [f"{kind}.{column} is null: {why}" for column, why in entry.get("null", {}).items()]
     task_names = [why for tracepoint, why in unavailable.items() if TRACEPOINT_KINDS[tuple(tracepoint.split(":"))] is None]
     if task_names:

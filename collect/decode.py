@@ -59,7 +59,7 @@ KIND_CODE = {kind: code for code, kind in enumerate(KINDS)}
 UNNAMED_CACHE = "unnamed-"
 CACHE_INFERENCE = (
     "the name of the one slab in /sys/kernel/slab at capture start whose object_size and size are "
-    "bytes_req and bytes_alloc (of a merged slab, its first alias in sorted order); "
+    "bytes_req and bytes_alloc (of a merged slab, the alias /proc/slabinfo lists, as kmem_cache_free names it); "
     f"where none or several are, {UNNAMED_CACHE}BYTES_ALLOC, a name no kernel cache has"
 )
 
@@ -143,10 +143,13 @@ class Columns:
     inferred: dict[str, str] = field(default_factory=dict)  # column -> how it was inferred (no field holds it)
     nulls: dict[str, str] = field(default_factory=dict)  # column -> why it is null on this kernel
 
-    def put(self, name: str, rows: np.ndarray, data: np.ndarray, source: str, inferred: str | None = None) -> None:
+    def _from(self, name: str, source: str, inferred: str | None) -> None:
         self.sources[name] = source
         if inferred:
             self.inferred[name] = inferred
+
+    def put(self, name: str, rows: np.ndarray, data: np.ndarray, source: str, inferred: str | None = None) -> None:
+        self._from(name, source, inferred)
         if name not in self.values:
             dtype = np.uint64 if name == RAW_ADDRESS else EVENT_SCHEMA.field(name).type.to_pandas_dtype()
             self.values[name] = np.zeros(self.n, dtype=dtype)
@@ -155,9 +158,7 @@ class Columns:
         self.valid[name][rows] = True
 
     def put_strings(self, name: str, rows: np.ndarray, data: np.ndarray, source: str, inferred: str | None = None) -> None:
-        self.sources[name] = source
-        if inferred:
-            self.inferred[name] = inferred
+        self._from(name, source, inferred)
         self.strings.setdefault(name, np.full(self.n, None, dtype=object))[rows] = data
 
     def array(self, name: str, keep: np.ndarray) -> pa.Array:

@@ -17,6 +17,7 @@ from collect.collector import FREE_EVENTS, MEMCG_EVENTS, TASK_EVENTS, CaptureErr
 from collect.decode import UNNAMED_CACHE, Decoder, load_formats
 from collect.event_format import EventFormat, read_event_format
 from collect.ringbuf import RawEvents
+from collect.slabs import slab_names_by_size
 from traces.summary import kinds_from
 
 KERNELS = Path(__file__).parent / "data" / "kernels"
@@ -192,3 +193,28 @@ def test_missing_optional_fields_are_inferred_or_null_and_said_once() -> None:
     summary = kinds_from(kinds)
     assert summary["kmem_cache_alloc"] == "kmem:kmem_cache_alloc (accounted inferred, cache inferred, node null)"
     assert summary["memcg_state"] == "unavailable: this kernel has no memcg:mod_memcg_state tracepoint"
+
+
+def test_slab_names_by_size_names_only_what_one_slab_has(tmp_path: Path) -> None:
+    """Sizes of one slab name it (a merged slab by the alias /proc/slabinfo lists, the name
+    kmem_cache_free prints); sizes two slabs share name neither."""
+    sysfs = tmp_path / "slab"
+
+    def slab(name: str, object_size: int, size: int, alias_of: str | None = None) -> None:
+        if alias_of:
+            (sysfs / name).symlink_to(alias_of)
+            return
+        (sysfs / name).mkdir(parents=True)
+        (sysfs / name / "object_size").write_text(f"{object_size}\n")
+        (sysfs / name / "slab_size").write_text(f"{size}\n")
+
+    slab(":0000032", 32, 32)
+    slab("blkdev_ioc", 0, 0, alias_of=":0000032")
+    slab("lsm_inode_cache", 0, 0, alias_of=":0000032")
+    slab("dentry", 192, 192)
+    slab("cred_jar", 192, 192)
+    slab("names_cache", 4096, 4096)
+    slabinfo = tmp_path / "slabinfo"
+    slabinfo.write_text("slabinfo - version: 2.1\n# name ...\nlsm_inode_cache 1 1 32 128 1\ndentry 1 1 192 21 1\n"
+                        "cred_jar 1 1 192 21 1\nnames_cache 1 1 4096 8 8\n")
+    assert slab_names_by_size(sysfs, slabinfo) == {(32, 32): "lsm_inode_cache", (4096, 4096): "names_cache"}
