@@ -32,9 +32,9 @@ import pyarrow as pa
 from collect import cgroup, pseudonyms, ringbuf
 from collect.cgroup import Memcg
 from collect.cleanup import remove_stale, start_guardian, wait_or_kill
-from collect.decode import Decoder, load_formats
+from collect.decode import TRACEPOINT_KINDS, Decoder, load_formats
 from collect.ringbuf import CpuReader, RawEvents, concat, parse_pages
-from collect.slabs import slab_table
+from collect.slabs import slab_names_by_size, slab_table
 from collect.tracefs import Instance, tracefs_root, write_setting
 from traces.atomic import check_new_output, make_private_dir, write_json, write_parquet
 from traces.errors import UserError
@@ -63,6 +63,9 @@ BACKENDS = ("tracefs", "ebpf", "auto")
 BPF_OUTPUTS = ("auto", "ringbuf", "perf")
 COLLECTOR_PRIORITY_BOOST = 10  # nice levels: about 9x the workload's CPU share where they compete
 IRQ_FLAGS = ("TRACE_FLAG_SOFTIRQ", "TRACE_FLAG_HARDIRQ", "TRACE_FLAG_NMI")
+# Without these a trace says nothing of kernel memory: a kernel that cannot give one is refused.
+# The others are recorded where the kernel has them (6.1 and 6.12 have no memcg tracepoints).
+ESSENTIAL_KINDS = ("kmalloc", "kmem_cache_alloc", "kfree", "kmem_cache_free", "page_alloc", "page_free")
 
 
 def free_filter(event: str, irq_mask: int, in_irq: bool) -> str:
@@ -168,6 +171,9 @@ class Collector:
         return [root / "instances" / f"chargeplay-{os.getpid()}{suffix}" for suffix in INSTANCE_SUFFIXES]
 
     def _open_sources(self, root: Path) -> None:
+        wanted = TASK_EVENTS + MEMCG_EVENTS + FREE_EVENTS
+        self.decoder = self._new_decoder(load_formats(root / "events", wanted), wanted)
+        usable = {(fmt.system, fmt.name) for _, fmt in self.decoder.formats.values()}
         me = os.getpid()
         task, memcg_events, irq = (Instance(root, f"chargeplay-{me}{s}") for s in INSTANCE_SUFFIXES)
         self.instances = [task, memcg_events, irq]
@@ -177,10 +183,10 @@ class Collector:
             instance.write("options/overwrite", "0")  # a full buffer drops new events and counts them
         task.write("options/event-fork", "1")
         for system, event in TASK_EVENTS:
-            if task.has_event(system, event):
+            if (system, event) in usable:
                 task.enable(system, event)
         for system, event in MEMCG_EVENTS:
-            if memcg_events.has_event(system, event):
+            if (system, event) in usable:
                 memcg_events.enable(system, event, f"id == {self.memcg.id}")
         trace_flags = self.enums["trace_flag_type"]
         irq_mask = sum(trace_flags[flag] for flag in IRQ_FLAGS)
@@ -188,12 +194,18 @@ class Collector:
             task.enable(system, event, free_filter(event, irq_mask, in_irq=False))
             irq.enable(system, event, free_filter(event, irq_mask, in_irq=True))
         self.readers = [CpuReader(i.path, cpu) for i in self.instances for cpu in range(i.cpu_count())]
-        self.decoder = self._new_decoder(load_formats(root / "events", TASK_EVENTS + MEMCG_EVENTS + FREE_EVENTS))
 
-    def _new_decoder(self, formats: dict) -> Decoder:
-        """A decoder of the source's records (`formats`: type id -> (kind, layout))."""
-        return Decoder(formats=formats, gfp_account=gfp_bit(self.gfp_flags, "__GFP_ACCOUNT"),
-                       trace_flags=self.enums["trace_flag_type"])
+    def _new_decoder(self, formats: dict, wanted: list[tuple[str, str]] | None = None) -> Decoder:
+        """A decoder of the source's records (`formats`: type id -> (kind, layout)), and what
+        each kind is made of on this kernel (`kinds`, for the manifest), said once. A kernel
+        without what every trace needs is refused; `wanted`: the tracepoints asked for."""
+        found = {(fmt.system, fmt.name) for _, fmt in formats.values()}
+        decoder = Decoder(formats=formats, gfp_account=gfp_bit(self.gfp_flags, "__GFP_ACCOUNT"),
+                          trace_flags=self.enums["trace_flag_type"], slab_names=slab_names_by_size())
+        self.kinds, unavailable = kinds_on_this_kernel(decoder, found, wanted or [])
+        for note in kind_notes(self.kinds, unavailable):
+            self.say(note)
+        return decoder
 
     def _start_manifest(self, root: Path) -> None:
         target = self.memcg.describe(self.hierarchy_root)
@@ -202,7 +214,7 @@ class Collector:
         target["high_requested"] = self.options.memory_high
         self.manifest = new_manifest(
             backend=self.backend, clock=TRACE_CLOCK, target=target,
-            gfp_flags=self.gfp_flags, enums=self.enums,
+            gfp_flags=self.gfp_flags, enums=self.enums, kinds=self.kinds,
         )
         self.manifest["sample_interval_s"] = self.options.tick
         self.manifest["addresses_kept"] = self.options.keep_addresses
@@ -450,6 +462,41 @@ class Collector:
             return
         self.workload.terminate()
         wait_or_kill(self.workload, timeout=5)
+
+
+def kinds_on_this_kernel(decoder: Decoder, found: set[tuple[str, str]], wanted: list[tuple[str, str]]) -> tuple[dict, dict]:
+    """Per kind, where its columns come from or why it has no events (the manifest's kinds),
+    and the tracepoints that cannot be recorded, with why; CaptureError if one of them is
+    essential. `found`: the tracepoints this kernel has of those `wanted`."""
+    unavailable = {f"{s}:{e}": f"this kernel has no {s}:{e} tracepoint" for s, e in wanted if (s, e) not in found}
+    unavailable |= decoder.unavailable
+    kinds = dict(decoder.sources)
+    for tracepoint, why in unavailable.items():
+        kind = TRACEPOINT_KINDS[tuple(tracepoint.split(":"))]
+        if kind in ESSENTIAL_KINDS:
+            raise CaptureError(f"cannot capture on this kernel: {why} (needed for every {kind} event); "
+                               f"use a kernel whose {tracepoint} tracepoint has it")
+        if kind is not None:
+            kinds[kind] = {"tracepoint": tracepoint, "unavailable": why}
+    return kinds, unavailable
+
+
+def kind_notes(kinds: dict[str, dict], unavailable: dict[str, str]) -> list[str]:
+    """One line per thing this kernel does not give as 6.18 does: kinds it has no events of,
+    columns inferred or left null, tracepoints without which task names may be missing."""
+    missing = [kind for kind, entry in kinds.items() if "unavailable" in entry]
+    tracepoints = [kinds[kind]["tracepoint"] for kind in missing if unavailable.get(kinds[kind]["tracepoint"], "").startswith("this kernel has no")]
+    notes = [f"not on this kernel: {', '.join(missing)} events ("
+             + (f"no {', '.join(tracepoints)} tracepoints" if len(tracepoints) == len(missing) else "; ".join(kinds[k]["unavailable"] for k in missing))
+             + "); the trace has none (manifest: kinds)"] if missing else []
+    for kind, entry in kinds.items():
+        notes += [f"{kind}.{column}: {entry['tracepoint']} has no field for it on this kernel; inferred from {entry['columns'][column]} "
+                  f"(how: manifest kinds.{kind}.inferred)" for column in entry.get("inferred", {})]
+        notes += [f"{kind}.{column} is null: {why}" for column, why in entry.get("null", {}).items()]
+    task_names = [why for tracepoint, why in unavailable.items() if TRACEPOINT_KINDS[tuple(tracepoint.split(":"))] is None]
+    if task_names:
+        notes.append(f"task names may be missing: {'; '.join(task_names)}")
+    return notes
 
 
 def earliest(known: int | None, ts: int) -> int:

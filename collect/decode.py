@@ -3,6 +3,13 @@
 Works on whole batches with numpy: per event type, the fields are gathered for all
 its records at once. Raw pointers and call-site addresses are replaced here, before
 anything is written: objects by pseudonyms, call sites by ids.
+
+Record layouts differ between kernels (6.1's kmem_cache_alloc has no cache name; 6.18's
+fork event keeps task names as __data_loc strings where 6.12's has char[16]). `_fill` reads
+what the running kernel's format has, and a Decoder says, per kind, which field each column
+came from (`sources`, written to the manifest): a column filled by inference says how, one
+left null because the field is missing says why, and a record type missing a field it cannot
+do without is not decoded at all (`unavailable`).
 """
 from __future__ import annotations
 
@@ -13,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from collect.event_format import EventFormat, read_event_format
+from collect.event_format import EventFormat, Field, read_event_format
 from collect.pseudonyms import ALLOC, FREE, PAGE_TAG, Pseudonyms
-from collect.ringbuf import RawEvents, field_values, string_values
+from collect.ringbuf import RawEvents, concat, field_values, string_values
 from collect.symbols import CallSites
 from traces.schema import CHARGE_FUNCTIONS, CONTEXTS, EVENT_SCHEMA, KINDS
 
@@ -39,12 +46,70 @@ TRACEPOINT_KINDS: dict[tuple[str, str], str | None] = {
     ("task", "task_rename"): None,
     ("kprobes", "memcg_charge"): "charge",  # no tracepoint: the eBPF backend's charge probes
 }
+ALLOC_KINDS = ("kmalloc", "kmem_cache_alloc", "page_alloc")
 FREE_KINDS = ("kfree", "kmem_cache_free", "page_free")
 # Kinds recorded without a pid filter: their pids say nothing of who the workload is.
 UNFILTERED_KINDS = FREE_KINDS + ("memcg_state", "memcg_lruvec_state", "memcg_event")
 NO_PFN = np.uint64(0xFFFFFFFFFFFFFFFF)
 RAW_ADDRESS = "_address"  # a column that never leaves the decoder
 KIND_CODE = {kind: code for code, kind in enumerate(KINDS)}
+# kmem_cache_alloc names its cache only since 6.18 (before, kmem_cache_free alone does). The
+# replay groups objects by cache (slab geometry, reclaimable or not), so the name is inferred
+# from the sizes the record has: bytes_req and bytes_alloc are the cache's object_size and size.
+UNNAMED_CACHE = "unnamed-"
+CACHE_INFERENCE = (
+    "the name of the one slab in /sys/kernel/slab at capture start whose object_size and size are "
+    "bytes_req and bytes_alloc (of a merged slab, the alias /proc/slabinfo lists, as kmem_cache_free names it); "
+    f"where none or several are, {UNNAMED_CACHE}BYTES_ALLOC, a name no kernel cache has"
+)
+
+
+class MissingField(Exception):
+    """A record type lacks a field its kind cannot be decoded without."""
+
+    def __init__(self, fmt: EventFormat, name: str) -> None:
+        super().__init__(f"{fmt.system}:{fmt.name} has no {name} field")
+
+
+class FieldReader:
+    """The fields of one record type's selected records, read when first asked for (a record
+    type's fields differ between kernels: only what `_fill` uses is read). Values set by the
+    decoder (the eBPF backend's slab caches) stand in for fields, with their own source."""
+
+    def __init__(self, fmt: EventFormat, raw: RawEvents, rows: np.ndarray) -> None:
+        self.fmt, self.raw, self.rows = fmt, raw, rows
+        self.values: dict[str, np.ndarray] = {}
+        self.sources: dict[str, str] = {}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.values or name in self.fmt.fields
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self.values:
+            spec = self.fmt.fields.get(name)
+            if spec is None:
+                raise MissingField(self.fmt, name)
+            self.values[name] = field_values(self.raw, self.rows, spec)
+        return self.values[name]
+
+    def text(self, name: str) -> np.ndarray:
+        if name not in self.fmt.fields:
+            raise MissingField(self.fmt, name)
+        return text_values(self.raw, self.rows, self.fmt.fields[name])
+
+    def set(self, name: str, values: np.ndarray, source: str) -> None:
+        self.values[name], self.sources[name] = values, source
+
+    def source(self, name: str) -> str:
+        return self.sources.get(name, name)
+
+
+def text_values(raw: RawEvents, rows: np.ndarray, spec: Field) -> np.ndarray:
+    """A string field: `__data_loc char[]` (6.18's task names) or a fixed `char[N]` (6.12's)."""
+    if spec.data_loc:
+        return string_values(raw, rows, spec)
+    return np.array([bytes(raw.data[s + spec.offset : s + spec.offset + spec.size]).split(b"\0", 1)[0].decode(errors="replace")
+                     for s in raw.start[rows].tolist()], dtype=object)
 
 
 def load_formats(events_dir: Path, wanted: list[tuple[str, str]]) -> dict[int, tuple[str | None, EventFormat]]:
@@ -57,6 +122,14 @@ def load_formats(events_dir: Path, wanted: list[tuple[str, str]]) -> dict[int, t
     return formats
 
 
+def source_entry(fmt: EventFormat, cols: Columns) -> dict:
+    """What the manifest says of one kind: its tracepoint, each column's field or rule (a
+    column not listed is null for the kind), which were inferred and which are null on this
+    kernel only because a field is missing."""
+    columns = {("obj" if name == RAW_ADDRESS else name): source for name, source in cols.sources.items()}
+    return {"tracepoint": f"{fmt.system}:{fmt.name}", "columns": columns, "inferred": dict(cols.inferred), "null": dict(cols.nulls)}
+
+
 @dataclass
 class Columns:
     """Full-length column arrays for one batch, filled kind by kind; `valid` marks non-nulls."""
@@ -65,8 +138,18 @@ class Columns:
     values: dict[str, np.ndarray] = field(default_factory=dict)
     valid: dict[str, np.ndarray] = field(default_factory=dict)
     strings: dict[str, np.ndarray] = field(default_factory=dict)  # object arrays, None = null
+    # Where the columns of the kind being filled came from (what the manifest records).
+    sources: dict[str, str] = field(default_factory=dict)  # column -> the field, or how it was computed
+    inferred: dict[str, str] = field(default_factory=dict)  # column -> how it was inferred (no field holds it)
+    nulls: dict[str, str] = field(default_factory=dict)  # column -> why it is null on this kernel
 
-    def put(self, name: str, rows: np.ndarray, data: np.ndarray) -> None:
+    def _from(self, name: str, source: str, inferred: str | None) -> None:
+        self.sources[name] = source
+        if inferred:
+            self.inferred[name] = inferred
+
+    def put(self, name: str, rows: np.ndarray, data: np.ndarray, source: str, inferred: str | None = None) -> None:
+        self._from(name, source, inferred)
         if name not in self.values:
             dtype = np.uint64 if name == RAW_ADDRESS else EVENT_SCHEMA.field(name).type.to_pandas_dtype()
             self.values[name] = np.zeros(self.n, dtype=dtype)
@@ -74,7 +157,8 @@ class Columns:
         self.values[name][rows] = data
         self.valid[name][rows] = True
 
-    def put_strings(self, name: str, rows: np.ndarray, data: np.ndarray) -> None:
+    def put_strings(self, name: str, rows: np.ndarray, data: np.ndarray, source: str, inferred: str | None = None) -> None:
+        self._from(name, source, inferred)
         self.strings.setdefault(name, np.full(self.n, None, dtype=object))[rows] = data
 
     def array(self, name: str, keep: np.ndarray) -> pa.Array:
@@ -115,8 +199,29 @@ class Decoder:
     pseudonyms: Pseudonyms = field(default_factory=Pseudonyms)
     call_sites: CallSites = field(default_factory=CallSites)
     slab_caches: dict[int, SlabCache] = field(default_factory=dict)  # by key, for records with a "cache" field
+    slab_names: dict[tuple[int, int], str] = field(default_factory=dict)  # (object_size, size) -> the one slab's name
     keep_addresses: bool = False  # then `addresses` collects (obj, raw address) of allocations
     addresses: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        """Work out what each record type gives on this kernel by decoding none of its records;
+        a record type that lacks a field its kind needs is left out (`unavailable`)."""
+        self.sources: dict[str, dict] = {}  # kind -> where its columns come from (the manifest's "kinds")
+        self.unavailable: dict[str, str] = {}  # "system:event" -> why it cannot be decoded
+        nothing, none = concat([]), np.zeros(0, np.int64)
+        for type_id, (kind, fmt) in list(self.formats.items()):
+            cols = Columns(0)
+            try:
+                if kind is None:
+                    self._comm_changes(nothing, none, fmt)
+                else:
+                    self._fill(kind, fmt, nothing, none, cols)
+            except MissingField as missing:
+                self.unavailable[f"{fmt.system}:{fmt.name}"] = str(missing)
+                del self.formats[type_id]
+                continue
+            if kind is not None:
+                self.sources[kind] = source_entry(fmt, cols)
 
     def decode(self, raw: RawEvents) -> pa.Table:
         """Frees in interrupt context come from an instance without a pid filter: they are
@@ -152,78 +257,105 @@ class Decoder:
         return field_values(raw, rows, any_format.fields[name])
 
     def _fill(self, kind: str, fmt: EventFormat, raw: RawEvents, rows: np.ndarray, cols: Columns) -> None:
-        f = {name: field_values(raw, rows, spec) for name, spec in fmt.fields.items() if not spec.data_loc and spec.size in (1, 2, 4, 8)}
+        f = FieldReader(fmt, raw, rows)
+
+        def copy(column: str, name: str, optional: bool = False) -> None:
+            if optional and name not in f:
+                cols.nulls[column] = f"{fmt.system}:{fmt.name} has no {name} field on this kernel"
+            else:
+                cols.put(column, rows, f[name], f.source(name))
+
         cache_names = self._from_slab_caches(f) if "cache" in f else None
-        if "call_site" in f:
-            cols.put("call_site", rows, self.call_sites.ids_for(f["call_site"]))
+        if kind in ("kmalloc", "kmem_cache_alloc", "kfree", "kmem_cache_free"):
+            if "call_site" in f:
+                cols.put("call_site", rows, self.call_sites.ids_for(f["call_site"]), "call_site (an id into symbols.parquet)")
+            else:
+                cols.nulls["call_site"] = f"{fmt.system}:{fmt.name} has no call_site field on this kernel"
         if kind in ("kmalloc", "kmem_cache_alloc"):
-            cols.put("bytes_req", rows, f["bytes_req"])
-            cols.put("bytes_alloc", rows, f["bytes_alloc"])
-            cols.put("gfp", rows, f["gfp_flags"])
-            cols.put("node", rows, f["node"])
-            accounted = f["accounted"] != 0 if "accounted" in f else (f["gfp_flags"] & self.gfp_account) != 0
-            cols.put("accounted", rows, accounted)
-            cols.put("failed", rows, f["ptr"] == 0)
+            copy("bytes_req", "bytes_req", optional=True)
+            copy("bytes_alloc", "bytes_alloc")
+            copy("gfp", "gfp_flags")
+            copy("node", "node", optional=True)
+            if "accounted" in f:
+                copy("accounted", "accounted")
+            else:  # kmalloc has never had the field; kmem_cache_alloc before 6.0 had not
+                how = "gfp_flags & __GFP_ACCOUNT" + ("" if kind == "kmalloc" else ": misses caches created with SLAB_ACCOUNT")
+                cols.put("accounted", rows, (f["gfp_flags"] & self.gfp_account) != 0, how, None if kind == "kmalloc" else how)
+            cols.put("failed", rows, f["ptr"] == 0, "ptr == 0")
         if kind in ("kmem_cache_alloc", "kmem_cache_free"):
-            cols.put_strings("cache", rows, string_values(raw, rows, fmt.fields["name"]) if cache_names is None else cache_names)
+            if cache_names is not None:
+                cols.put_strings("cache", rows, cache_names, f.source("cache"))
+            elif "name" in f:
+                cols.put_strings("cache", rows, f.text("name"), "name")
+            else:  # before 6.18 (5.x and 6.1-6.17: no name; the replay groups objects by cache)
+                cols.put_strings("cache", rows, self._infer_cache_names(f["bytes_req"], f["bytes_alloc"]),
+                                 "bytes_req, bytes_alloc", CACHE_INFERENCE)
         if kind == "page_alloc":
             order = f["order"].astype(np.int64)
-            cols.put("order", rows, order)
-            cols.put("gfp", rows, f["gfp_flags"])
-            cols.put("bytes_alloc", rows, self.page_size << order)
-            cols.put("accounted", rows, (f["gfp_flags"] & self.gfp_account) != 0)
-            cols.put("failed", rows, f["pfn"] == NO_PFN)
+            copy("order", "order")
+            copy("gfp", "gfp_flags")
+            cols.put("bytes_alloc", rows, self.page_size << order, "PAGE_SIZE << order")
+            cols.put("accounted", rows, (f["gfp_flags"] & self.gfp_account) != 0, "gfp_flags & __GFP_ACCOUNT")
+            cols.put("failed", rows, f["pfn"] == NO_PFN, "pfn == -1")
         if kind == "page_free":
-            cols.put("order", rows, f["order"])
-            cols.put("bytes_alloc", rows, self.page_size << f["order"].astype(np.int64))
+            copy("order", "order")
+            cols.put("bytes_alloc", rows, self.page_size << f["order"].astype(np.int64), "PAGE_SIZE << order")
         if kind in ("memcg_state", "memcg_lruvec_state", "memcg_event"):
-            cols.put("memcg_id", rows, f["id"])
-            cols.put("item", rows, f["item"])
-            cols.put("val", rows, f["val"].astype(np.int64))
+            copy("memcg_id", "id")
+            copy("item", "item")
+            cols.put("val", rows, f["val"].astype(np.int64), "val")
         if kind == "reclaim_begin":
-            cols.put("order", rows, f["order"])
-            cols.put("gfp", rows, f["gfp_flags"])
+            copy("order", "order")
+            copy("gfp", "gfp_flags")
         if kind == "reclaim_end":
-            cols.put("val", rows, f["nr_reclaimed"].astype(np.int64))
+            cols.put("val", rows, f["nr_reclaimed"].astype(np.int64), "nr_reclaimed")
         if kind == "user_return":
-            cols.put("item", rows, f["id"])
+            copy("item", "id")
         if kind == "oom":
-            cols.put("val", rows, f["pid"])
+            copy("val", "pid")
         if kind == "charge":
-            cols.put("item", rows, f["function"])
-            cols.put("gfp", rows, f["gfp_flags"])
-            cols.put("val", rows, f["pages"])
+            copy("item", "function")
+            copy("gfp", "gfp_flags")
+            copy("val", "pages")
             oom = f["function"] == CHARGE_FUNCTIONS.index("mem_cgroup_out_of_memory")
-            cols.put("failed", rows, np.where(oom, f["result"] == 0, f["result"] != 0))  # OOM: nothing killed
+            cols.put("failed", rows, np.where(oom, f["result"] == 0, f["result"] != 0),
+                     "result != 0 (mem_cgroup_out_of_memory: result == 0)")  # OOM: nothing killed
         # Raw addresses, kept only until pseudonyms are assigned in time order.
-        if "ptr" in f:
-            cols.put(RAW_ADDRESS, rows, f["ptr"])
-        if "pfn" in f:
-            cols.put(RAW_ADDRESS, rows, np.where(f["pfn"] == NO_PFN, 0, f["pfn"] | PAGE_TAG))
+        if kind in ("page_alloc", "page_free"):
+            cols.put(RAW_ADDRESS, rows, np.where(f["pfn"] == NO_PFN, 0, f["pfn"] | PAGE_TAG), "pfn (as a pseudonym)")
+        elif kind in ALLOC_KINDS + FREE_KINDS:
+            cols.put(RAW_ADDRESS, rows, f["ptr"], "ptr (as a pseudonym)")
 
-    def _from_slab_caches(self, f: dict[str, np.ndarray]) -> np.ndarray:
+    def _from_slab_caches(self, f: FieldReader) -> np.ndarray:
         """Records that name their cache by key: the cache's sizes and SLAB_ACCOUNT stand in
         for the tracepoint's bytes_req, bytes_alloc and accounted fields (as the kernel
         fills them in); returns the cache names (None for a key no record described)."""
-        keys, inverse = np.unique(f.pop("cache"), return_inverse=True)
+        keys, inverse = np.unique(f["cache"], return_inverse=True)
         caches = [self.slab_caches.get(int(key)) for key in keys.tolist()]
         inverse = inverse.reshape(-1)
-        f["bytes_req"] = np.array([c.object_size if c else 0 for c in caches], np.uint64)[inverse]
-        f["bytes_alloc"] = np.array([c.size if c else 0 for c in caches], np.uint64)[inverse]
+        f.set("cache", np.array([c.name if c else None for c in caches], object)[inverse], "the kmem_cache's name, by its key")
+        f.set("bytes_req", np.array([c.object_size if c else 0 for c in caches], np.uint64)[inverse], "the kmem_cache's object_size")
+        f.set("bytes_alloc", np.array([c.size if c else 0 for c in caches], np.uint64)[inverse], "the kmem_cache's size")
         if "gfp_flags" in f:
             account = np.array([c is not None and c.account for c in caches], bool)[inverse]
-            f["accounted"] = account | ((f["gfp_flags"] & self.gfp_account) != 0)
-        return np.array([c.name if c else None for c in caches], object)[inverse]
+            f.set("accounted", account | ((f["gfp_flags"] & self.gfp_account) != 0), "SLAB_ACCOUNT or gfp_flags & __GFP_ACCOUNT")
+        return f["cache"]
+
+    def _infer_cache_names(self, bytes_req: np.ndarray, bytes_alloc: np.ndarray) -> np.ndarray:
+        """CACHE_INFERENCE: the cache's name where its sizes are one slab's, else unnamed-SIZE."""
+        pairs, inverse = np.unique(np.stack([bytes_req, bytes_alloc], axis=1), axis=0, return_inverse=True)
+        names = [self.slab_names.get((int(req), int(size)), f"{UNNAMED_CACHE}{int(size)}") for req, size in pairs.tolist()]
+        return np.array(names, dtype=object)[inverse.reshape(-1)]
 
     def _assign_objects(self, kind: np.ndarray, cols: Columns) -> None:
         if RAW_ADDRESS not in cols.values:
             return
         op = np.zeros(kind.size, dtype=np.int8)
-        op[np.isin(kind, [KIND_CODE[k] for k in ("kmalloc", "kmem_cache_alloc", "page_alloc")])] = ALLOC
+        op[np.isin(kind, [KIND_CODE[k] for k in ALLOC_KINDS])] = ALLOC
         op[np.isin(kind, [KIND_CODE[k] for k in FREE_KINDS])] = FREE
         key = np.where(cols.valid[RAW_ADDRESS], cols.values[RAW_ADDRESS], 0).astype(np.uint64)
         obj = self.pseudonyms.assign(key, op)
-        cols.put("obj", np.flatnonzero(obj >= 0), obj[obj >= 0])
+        cols.put("obj", np.flatnonzero(obj >= 0), obj[obj >= 0], cols.sources[RAW_ADDRESS])
         if self.keep_addresses:
             allocated = (op == ALLOC) & (obj >= 0)
             pages = kind[allocated] == KIND_CODE["page_alloc"]  # their keys are tagged page frame numbers
@@ -239,19 +371,15 @@ class Decoder:
     def _comm_changes(self, raw: RawEvents, rows: np.ndarray, fmt: EventFormat) -> list[tuple[int, int, str]]:
         """(ts, pid, new name) for fork, exec and rename records."""
         ts = raw.ts[rows]
+        f = FieldReader(fmt, raw, rows)
         if fmt.name == "sched_process_fork":
-            pids = field_values(raw, rows, fmt.fields["child_pid"])
-            names = string_values(raw, rows, fmt.fields["child_comm"])
+            pids, names = f["child_pid"], f.text("child_comm")
             self.workload_pids.update(pids.tolist())
         elif fmt.name == "sched_process_exec":
-            pids = field_values(raw, rows, fmt.fields["pid"])
             # The kernel names the task after the file it executes (kbasename, 15 chars).
-            names = [path.rsplit("/", 1)[-1][:15] for path in string_values(raw, rows, fmt.fields["filename"])]
-        else:  # task_rename: newcomm is a fixed char[16]
-            pids = field_values(raw, rows, fmt.fields["pid"])
-            spec = fmt.fields["newcomm"]
-            names = [bytes(raw.data[s + spec.offset : s + spec.offset + spec.size]).split(b"\0", 1)[0].decode(errors="replace")
-                     for s in raw.start[rows]]
+            pids, names = f["pid"], [path.rsplit("/", 1)[-1][:15] for path in f.text("filename")]
+        else:  # task_rename
+            pids, names = f["pid"], f.text("newcomm")
         return list(zip(ts.tolist(), pids.tolist(), names))
 
     def _comm_column(self, raw: RawEvents, pids: np.ndarray, changes: list[tuple[int, int, str]], keep: np.ndarray) -> pa.Array:

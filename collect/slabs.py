@@ -45,3 +45,23 @@ def slab_table(root: Path = SLAB_SYSFS) -> pa.Table:
         rows["account"].append("A" in flags if unique_id else None)
         rows["reclaim_account"].append(_read_int(entry / "reclaim_account") == 1)
     return pa.table(rows, schema=table_schema(SLAB_COLUMNS))
+
+
+def slab_names_by_size(root: Path = SLAB_SYSFS, slabinfo: Path = Path("/proc/slabinfo")) -> dict[tuple[int, int], str]:
+    """(object_size, size) -> the name of the one slab with those sizes, for kernels whose
+    kmem_cache_alloc tracepoint gives the sizes but not the name. Sizes two slabs share name
+    neither. The aliases of one merged slab share its sizes: the name is the one the slab
+    itself has (s->name, what kmem_cache_free prints), the alias /proc/slabinfo lists."""
+    try:
+        listed = {line.split(None, 1)[0] for line in slabinfo.read_text().splitlines()[2:] if line.strip()}
+    except OSError:
+        listed = set()  # then the first alias in sorted order: another name of the same slab
+    slabs: dict[tuple[int, int], dict[str, list[str]]] = {}
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith(":"):
+            continue
+        unique_id = os.readlink(entry) if entry.is_symlink() else entry.name
+        sizes = (_read_int(entry / "object_size"), _read_int(entry / "slab_size"))
+        slabs.setdefault(sizes, {}).setdefault(unique_id, []).append(entry.name)
+    return {sizes: next((name for name in names if name in listed), names[0])
+            for sizes, by_slab in slabs.items() if len(by_slab) == 1 for names in by_slab.values()}

@@ -43,6 +43,12 @@ MANIFEST_SHAPE = {
     "gfp_flags": MapOf(Int(0, 2**32 - 1), required=CHARGE_PATH_FLAGS),
     "enums": MapOf(MapOf(Int(-2**31, 2**31 - 1))),
     "lost": {"total": COUNT, "per_cpu": dict},
+    # Per kind, what its columns meant on the capturing kernel (collect.decode.source_entry);
+    # traces from before it was recorded have none.
+    "kinds": Optional(MapOf({
+        "tracepoint": str, "columns": Optional(MapOf(str)), "inferred": Optional(MapOf(str)), "null": Optional(MapOf(str)),
+        "unavailable": Optional(str),
+    })),
     "segments": [{"file": str}],
     "events": COUNT,
 }
@@ -65,7 +71,7 @@ def wall_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def new_manifest(*, backend: str, clock: str, target: dict, gfp_flags: dict[str, int], enums: dict) -> Manifest:
+def new_manifest(*, backend: str, clock: str, target: dict, gfp_flags: dict[str, int], enums: dict, kinds: dict | None = None) -> Manifest:
     """The manifest of a capture that is starting now."""
     return {
         "schema_version": SCHEMA_VERSION,
@@ -85,6 +91,7 @@ def new_manifest(*, backend: str, clock: str, target: dict, gfp_flags: dict[str,
         "target": target,
         "gfp_flags": gfp_flags,
         "enums": enums,
+        "kinds": kinds or {},
         "lost": {"per_cpu": {}, "total": 0},
         "segments": [],
         "events": 0,

@@ -11,6 +11,19 @@ from traces.reader import Trace
 ALLOC_KINDS = ("kmalloc", "kmem_cache_alloc", "page_alloc")
 
 
+def kinds_from(kinds: dict[str, dict]) -> dict[str, str]:
+    """Per kind, in a line, where its events came from on the capturing kernel: the tracepoint,
+    and the columns it could not give as such (inferred, null), or why there are none."""
+    lines = {}
+    for kind, entry in kinds.items():
+        if "unavailable" in entry:
+            lines[kind] = f"unavailable: {entry['unavailable']}"
+            continue
+        caveats = [f"{column} inferred" for column in entry.get("inferred", {})] + [f"{column} null" for column in entry.get("null", {})]
+        lines[kind] = entry["tracepoint"] + (f" ({', '.join(caveats)})" if caveats else "")
+    return lines
+
+
 def summarize(trace: Trace) -> dict[str, Any]:
     manifest = trace.manifest
     events = trace.events()
@@ -45,6 +58,7 @@ def summarize(trace: Trace) -> dict[str, Any]:
         "duration_s": round((duration_ns or 0) / 1e9, 3),
         "events": total,
         "events_by_kind": dict(zip(by_kind["kind"].to_list(), by_kind["events"].to_list())),
+        "kinds_from": kinds_from(manifest.get("kinds", {})),
         "accounted_bytes": int(allocs["accounted_bytes"].sum()) if allocs.height else 0,
         "gfp_classes": allocs.to_dicts(),
         "lost_events": manifest.get("lost", {}).get("total", 0),
