@@ -58,3 +58,15 @@ def ebpf(tracefs) -> Path:
     except backend.Unavailable as why:
         pytest.skip(f"eBPF backend unavailable: {why}")
     return tracefs
+
+
+@pytest.fixture(scope="session")
+def vng() -> Path:
+    """virtme-ng's command for the kernel lab (tests/kernel_lab); skips, naming what is missing
+    (qemu, busybox, virtme-ng), where the lab cannot run."""
+    from lab import kernels
+
+    try:
+        return kernels.vng()
+    except kernels.LabError as why:
+        pytest.skip(str(why))
