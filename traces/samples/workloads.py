@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import tempfile
+import time
 
 CACHE_MB = 24
 
@@ -69,15 +70,12 @@ def oom_storm(megabytes: int) -> None:
     """A child holds `megabytes` of anon memory while a second child touches as much
     again: past the limit the memcg OOM-kills the holder (the largest), the toucher goes
     on. The OOM kill is decisive: the charges after it need the victim's memory."""
-    filled, holding = os.pipe()
     holder = os.fork()
     if holder == 0:
         anon_touch(megabytes)
-        os.write(holding, b"!")
-        signal.pause()  # hold it until killed
+        os.read(os.open("/dev/null", os.O_RDONLY), 1) or signal.pause()  # hold it until killed
         os._exit(0)
-    os.close(holding)  # so that the read below ends if the holder dies
-    os.read(filled, 1)  # the holder has filled (a sleep is not enough on a busy machine)
+    time.sleep(1)  # let the holder fill first
     toucher = os.fork()
     if toucher == 0:
         anon_touch(megabytes)
