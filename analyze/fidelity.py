@@ -97,6 +97,7 @@ def compare(trace: Trace, result_dir: Path, policy_name: str, model: str) -> dic
     summary = json.loads((result_dir / "summary.json").read_text())
     series = pl.read_parquet(result_dir / "timeseries.parquet").filter(pl.col("policy") == policy_name)
     target = trace.manifest.get("target", {})
+    version = target.get("cgroup_version")
     return {
         "trace": str(trace.path),
         "kernel": trace.manifest.get("kernel", {}).get("release"),
@@ -104,8 +105,8 @@ def compare(trace: Trace, result_dir: Path, policy_name: str, model: str) -> dic
         "policy": policy_name,
         "workload": target.get("command"),
         "limits": summary["limits"],
-        "cgroup_version": target.get("cgroup_version"),
-        "rows": fidelity_table(predicted(summary["policies"][policy_name], series), observed(trace), target.get("cgroup_version")),
+        "cgroup_version": version,
+        "rows": fidelity_table(predicted(summary["policies"][policy_name], series), observed(trace), version),
     }
 
 

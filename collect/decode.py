@@ -24,7 +24,7 @@ from collect.event_format import EventFormat, Field, read_event_format
 from collect.pseudonyms import ALLOC, FREE, PAGE_TAG, Pseudonyms
 from collect.ringbuf import RawEvents, concat, field_values, string_values
 from collect.symbols import CallSites
-from traces.schema import CHARGE_FUNCTIONS, CONTEXTS, EVENT_SCHEMA, KINDS
+from traces.schema import ALLOC_KINDS, CHARGE_FUNCTIONS, CONTEXTS, EVENT_SCHEMA, FREE_KINDS, KINDS
 
 # Tracepoint -> trace kind. Events mapped to None only update task names.
 TRACEPOINT_KINDS: dict[tuple[str, str], str | None] = {
@@ -46,8 +46,6 @@ TRACEPOINT_KINDS: dict[tuple[str, str], str | None] = {
     ("task", "task_rename"): None,
     ("kprobes", "memcg_charge"): "charge",  # no tracepoint: the eBPF backend's charge probes
 }
-ALLOC_KINDS = ("kmalloc", "kmem_cache_alloc", "page_alloc")
-FREE_KINDS = ("kfree", "kmem_cache_free", "page_free")
 # Kinds recorded without a pid filter: their pids say nothing of who the workload is.
 UNFILTERED_KINDS = FREE_KINDS + ("memcg_state", "memcg_lruvec_state", "memcg_event")
 NO_PFN = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -259,9 +257,12 @@ class Decoder:
     def _fill(self, kind: str, fmt: EventFormat, raw: RawEvents, rows: np.ndarray, cols: Columns) -> None:
         f = FieldReader(fmt, raw, rows)
 
+        def missing(name: str) -> str:
+            return f"{fmt.system}:{fmt.name} has no {name} field on this kernel"
+
         def copy(column: str, name: str, optional: bool = False) -> None:
             if optional and name not in f:
-                cols.nulls[column] = f"{fmt.system}:{fmt.name} has no {name} field on this kernel"
+                cols.nulls[column] = missing(name)
             else:
                 cols.put(column, rows, f[name], f.source(name))
 
@@ -270,7 +271,7 @@ class Decoder:
             if "call_site" in f:
                 cols.put("call_site", rows, self.call_sites.ids_for(f["call_site"]), "call_site (an id into symbols.parquet)")
             else:
-                cols.nulls["call_site"] = f"{fmt.system}:{fmt.name} has no call_site field on this kernel"
+                cols.nulls["call_site"] = missing("call_site")
         if kind in ("kmalloc", "kmem_cache_alloc"):
             copy("bytes_req", "bytes_req", optional=True)
             copy("bytes_alloc", "bytes_alloc")

@@ -40,6 +40,9 @@ KINDS = (
     "charge",  # a call of a memcg charge function (CHARGE_FUNCTIONS), where a backend can observe one
 )
 
+ALLOC_KINDS = ("kmalloc", "kmem_cache_alloc", "page_alloc")
+FREE_KINDS = ("kfree", "kmem_cache_free", "page_free")
+
 # kind "charge": the function called (item is its index here). Only the eBPF backend, on
 # kernels that allow kprobes, records them.
 CHARGE_FUNCTIONS = ("try_charge_memcg", "__mem_cgroup_handle_over_high", "mem_cgroup_out_of_memory")

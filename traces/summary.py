@@ -7,9 +7,7 @@ import polars as pl
 
 from traces.kernel_tables import gfp_class_expr
 from traces.reader import Trace
-
-ALLOC_KINDS = ("kmalloc", "kmem_cache_alloc", "page_alloc")
-
+from traces.schema import ALLOC_KINDS
 
 def kinds_from(kinds: dict[str, dict]) -> dict[str, str]:
     """Per kind, in a line, where its events came from on the capturing kernel: the tracepoint,
