@@ -61,7 +61,7 @@ def _read_limit(path: Path) -> int | None:
     return None if value >= UNLIMITED_V1 else value
 
 
-def _read_keyed(path: Path) -> dict[str, int]:
+def read_keyed(path: Path) -> dict[str, int]:
     """A flat keyed file such as memory.stat or memory.events."""
     if not path.exists():
         return {}
@@ -102,7 +102,7 @@ class Memcg:
         """The counters memcg.parquet records, in bytes (see traces.schema.MEMCG_COLUMNS)."""
         limits = self.limits()
         if self.version == 1:
-            stat = _read_keyed(self.path / "memory.stat")
+            stat = read_keyed(self.path / "memory.stat")
             return {
                 "usage": int((self.path / "memory.usage_in_bytes").read_text()),
                 "max_usage": int((self.path / "memory.max_usage_in_bytes").read_text()),
@@ -111,15 +111,15 @@ class Memcg:
                 "failcnt": int((self.path / "memory.failcnt").read_text()),
                 "kmem_usage": int((self.path / "memory.kmem.usage_in_bytes").read_text()),
                 "events_high": None,
-                "events_oom_kill": _read_keyed(self.path / "memory.oom_control").get("oom_kill"),
+                "events_oom_kill": read_keyed(self.path / "memory.oom_control").get("oom_kill"),
                 "file": stat.get("cache"),
                 "anon": stat.get("rss"),
                 "shmem": stat.get("shmem"),
                 "slab_reclaimable": None,
                 "slab_unreclaimable": None,
             }
-        stat = _read_keyed(self.path / "memory.stat")
-        events = _read_keyed(self.path / "memory.events")
+        stat = read_keyed(self.path / "memory.stat")
+        events = read_keyed(self.path / "memory.events")
         peak = self.path / "memory.peak"
         return {
             "usage": int((self.path / "memory.current").read_text()),

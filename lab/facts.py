@@ -1,5 +1,5 @@
-"""What a kernel offers chargeplay, read from its own files: run inside a lab VM (stdlib only,
-so that it starts fast under TCG) or on the host.
+"""What a kernel offers chargeplay, read from its own files: run inside a lab VM (the standard
+library and collect.cgroup's file readers only, so that it starts fast under TCG) or on the host.
 
 Writes OUT/<release>/events/<system>/<event>/format for the tracepoint systems chargeplay
 reads, and OUT/<release>/facts.json. No addresses: kallsyms and available_filter_functions
@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from collect.cgroup import read_keyed
 
 TRACEFS = Path("/sys/kernel/tracing")
 CGROUP = Path("/sys/fs/cgroup")
@@ -70,7 +72,7 @@ def memory_high_enforced(megabytes: int = 24) -> dict[str, object]:
     child.mkdir()
     try:
         (child / "memory.high").write_text(f"{megabytes}M")
-        before = _keyed(child / "memory.events")
+        before = read_keyed(child / "memory.events")
         start = time.monotonic()
         program = f"b = [b'x' * (1 << 20) for _ in range({megabytes})]"
         subprocess.run(["sh", "-c", f'echo $$ > {child}/cgroup.procs && exec "$0" -c "$1"', sys.executable, program],
@@ -78,16 +80,12 @@ def memory_high_enforced(megabytes: int = 24) -> dict[str, object]:
         return {
             "memory.high": int((child / "memory.high").read_text()),
             "events_before": before,
-            "events_after": _keyed(child / "memory.events"),
+            "events_after": read_keyed(child / "memory.events"),
             "peak": int((child / "memory.peak").read_text()) if (child / "memory.peak").exists() else None,
             "seconds": round(time.monotonic() - start, 1),
         }
     finally:
         child.rmdir()
-
-
-def _keyed(path: Path) -> dict[str, int]:
-    return {k: int(v) for k, v in (line.split() for line in path.read_text().splitlines())}
 
 
 def facts(out: Path, high_test: bool) -> dict[str, object]:
