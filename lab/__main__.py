@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise LabError("give a command: python -m lab run -- COMMAND")
             return run_matrix(args.kernel, command, args.timeout)
         if args.action == "facts":
-            # the system python: the facts need the stdlib only, and it starts fast under TCG
+            # the system python: the facts need the standard library and collect.cgroup only, and it starts fast under TCG
             return run_matrix(args.kernel, ["/usr/bin/python3", "-m", "lab.facts", "{run}/out", "--memory-high-test"],
                               args.timeout, keep=args.out)
         pytest = [f"{sys.prefix}/bin/python", "-m", "pytest", "-v", *LIVE_TESTS, *command]
