@@ -9,7 +9,7 @@ import traceback
 from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterator, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -17,20 +17,17 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress as ProgressBar, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from analyze import fidelity as fidelity_check
-from analyze.report import write_report
-from analyze.results import Result
 from chargeplay import __version__
 from chargeplay.units import format_bytes, parse_size
-from collect.collector import CaptureOptions, Progress, capture
-from replay import policy, run
-from traces.atomic import check_new_output
+from replay import policy
 from traces.errors import UserError
-from traces.reader import Trace
-from traces import scrub as scrubbing
 from traces.samples import DEFAULT_SAMPLE, sample_path
-from traces.summary import summarize
-from traces.synth import synthesize
+
+# Each command imports the heavy modules it needs (polars, pyarrow, numba, altair) when it runs:
+# together they take a second to import here and minutes in an emulated VM (the kernel lab), and
+# `collect` needs none of polars and altair.
+if TYPE_CHECKING:
+    from collect.collector import Progress
 
 app = typer.Typer(
     help="Capture memcg kernel-memory charging, replay it under other charge policies, compare.",
@@ -96,6 +93,9 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ) -> None:
     """Describe a trace: events by kind, accounted bytes, gfp classes, lost events, status."""
+    from traces.reader import Trace
+    from traces.summary import summarize
+
     summary = summarize(Trace.open(trace or sample_path(DEFAULT_SAMPLE)))
     if as_json:
         print(json.dumps(summary, indent=2))
@@ -141,6 +141,8 @@ def collect(
     keep_addresses: Annotated[bool, typer.Option(help="also store raw kernel addresses of objects and call sites (addresses/); they reveal the KASLR offset")] = False,
 ) -> None:
     """Capture a workload's kernel-memory events (root): `chargeplay collect -o T --memory-max 64M -- CMD...`."""
+    from collect.collector import CaptureOptions, capture
+
     if bool(command) == bool(cgroup):
         raise UserError("give either a command after -- or --cgroup PATH with --duration")
     if cgroup and duration is None:
@@ -199,6 +201,13 @@ def validate(
     memory_high: Annotated[Optional[str], typer.Option(help="memcg high limit (cgroup v2 only), e.g. 24M")] = None,
 ) -> None:
     """Capture a workload under a limit (root), replay it under the running kernel's model, compare with what the kernel did."""
+    from analyze.report import write_report
+    from analyze.results import Result
+
+    from analyze import fidelity as fidelity_check
+    from analyze.report import write_report
+    from analyze.results import Result
+
     _check_command(command[0])
     with _live(transient=True) as live:
 
@@ -249,6 +258,10 @@ def replay(
     engine: Annotated[str, typer.Option(help="fast (numba) or reference (plain Python)")] = "fast",
 ) -> None:
     """Replay a trace under charge policies; write summary.json, timeseries.parquet, outcomes.parquet."""
+    from replay import run
+    from traces.atomic import check_new_output
+    from traces.reader import Trace
+
     available = {**policy.BUILTIN, **(policy.load_toml(policies_file) if policies_file else {})}
     if policy_names:
         missing = [name for name in policy_names if name not in available]
@@ -302,6 +315,11 @@ def demo(
     output: Annotated[Path, typer.Option("-o", "--output", help="directory for the replay result and the report")] = Path("chargeplay-demo"),
 ) -> None:
     """Replay the bundled file-storm trace under every built-in policy and write the report."""
+    from analyze.report import write_report
+    from analyze.results import Result
+    from replay import run
+    from traces.reader import Trace
+
     result_dir, page = output / "result", output / "report.html"
     if output.exists() and set(p.name for p in output.iterdir()) - {"result", "report.html"}:
         raise UserError(f"{output} holds other files; give chargeplay demo -o a new or earlier demo directory")
@@ -323,6 +341,10 @@ def synth(
     output: Annotated[Path, typer.Option("-o", "--output", help="trace directory to create")] = ...,
 ) -> None:
     """Make a large trace from a real one: its events laid end to end, shifted in time."""
+    from traces.atomic import check_new_output
+    from traces.reader import Trace
+    from traces.synth import synthesize
+
     if events <= 0:
         raise UserError(f"--events {events}: give a positive number of events")
     check_new_output(output)
@@ -342,6 +364,9 @@ def scrub(
     pid: Annotated[str, typer.Option(help="pids: renumber (1, 2, ... by first appearance) or keep")] = "renumber",
 ) -> None:
     """Copy a trace for sharing: task names hashed or dropped, pids renumbered, command and cgroup paths removed."""
+    from traces import scrub as scrubbing
+    from traces.reader import Trace
+
     source = Trace.open(trace)
     scrubbing.check_request(source, output, comm, pid)
     with ProgressBar(TextColumn("scrubbing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err) as bar:
