@@ -169,10 +169,29 @@ class Memcg:
                 pass
 
 
-def create_child(name: str) -> tuple[Memcg, Path]:
-    """A new child memcg of this process's own memcg, and the hierarchy root."""
+# Where the workloads' memcgs go when not under this process's own cgroup: a cgroup delegated to
+# chargeplay that holds no processes. cgroup v2 enables a controller for a cgroup's children only
+# while it holds no processes (the root excepted), so a collector whose own cgroup holds others
+# (a shell, a test runner) needs one; with systemd, e.g. a unit with Delegate=yes that runs
+# chargeplay in DELEGATED/supervisor and sets CHARGEPLAY_CGROUP_PARENT=DELEGATED/workloads.
+PARENT_VARIABLE = "CHARGEPLAY_CGROUP_PARENT"
+
+
+def workload_parent() -> tuple[int, Path, Path]:
+    """(cgroup version, hierarchy root, the cgroup where chargeplay creates child memcgs)."""
     version, root = memory_hierarchy()
-    parent = root / own_cgroup(version).lstrip("/")
+    given = os.environ.get(PARENT_VARIABLE)
+    if not given:
+        return version, root, root / own_cgroup(version).lstrip("/")
+    path = _in_hierarchy(root, given)
+    if not (path / "cgroup.procs").exists():
+        raise CgroupError(f"{PARENT_VARIABLE}={given}: no cgroup at {path}; give a cgroup delegated to chargeplay, or unset it")
+    return version, root, path
+
+
+def create_child(name: str) -> tuple[Memcg, Path]:
+    """A new child memcg of this process's own memcg (or of CHARGEPLAY_CGROUP_PARENT), and the hierarchy root."""
+    version, root, parent = workload_parent()
     if version == 2:
         _enable_memory_controller(parent)
     path = parent / name
@@ -191,16 +210,21 @@ def _enable_memory_controller(parent: Path) -> None:
         control.write_text("+memory")
     except OSError as err:
         raise CgroupError(
-            f"cannot enable the memory controller below {parent} ({err.strerror}): it holds processes; "
-            "run chargeplay from a delegated cgroup (systemd-run --scope -p Delegate=yes ...) or use --cgroup"
+            f"cannot enable the memory controller below {parent} ({err.strerror}): cgroup v2 allows it only "
+            f"in a cgroup without processes; set {PARENT_VARIABLE} to an empty cgroup delegated to chargeplay, or use --cgroup"
         ) from None
+
+
+def _in_hierarchy(root: Path, text: str) -> Path:
+    """A cgroup given as a path in the memory hierarchy or as a full /sys/fs/cgroup path."""
+    given = Path(text)
+    return given if given.is_absolute() and root in given.parents else root / text.lstrip("/")
 
 
 def existing(path_text: str) -> tuple[Memcg, Path]:
     """An existing memcg given as a path in the memory hierarchy or as a full /sys/fs/cgroup path."""
     version, root = memory_hierarchy()
-    given = Path(path_text)
-    path = given if given.is_absolute() and root in given.parents else root / path_text.lstrip("/")
+    path = _in_hierarchy(root, path_text)
     if not (path / "cgroup.procs").exists():
         raise CgroupError(f"no cgroup at {path}; give a path like {own_cgroup(version)}")
     return Memcg(path, version), root
@@ -208,5 +232,4 @@ def existing(path_text: str) -> tuple[Memcg, Path]:
 
 def child_parents() -> list[Path]:
     """Where chargeplay creates child memcgs (for finding stale ones)."""
-    version, root = memory_hierarchy()
-    return [root / own_cgroup(version).lstrip("/")]
+    return [workload_parent()[2]]

@@ -134,6 +134,14 @@ class Collector:
         for removed in remove_stale(root):
             self.say(f"removed stale {removed}")
         self._prepare_output()
+        try:
+            return self._capture(root)
+        except BaseException:
+            if not any(self.options.output.iterdir()):
+                self.options.output.rmdir()  # refused before recording anything: no empty trace is left behind
+            raise
+
+    def _capture(self, root: Path) -> Manifest:
         self._open_target()
         self.guardian = start_guardian(self._owned_paths(root), self.memcg.path if self.created_memcg else None)
         self.gfp_flags, self.enums = read_gfp_table(root), read_kernel_enums()  # for the decoder and the manifest

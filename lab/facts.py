@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from collect.cgroup import read_keyed
+from collect.cgroup import create_child, read_keyed
 
 TRACEFS = Path("/sys/kernel/tracing")
 CGROUP = Path("/sys/fs/cgroup")
@@ -65,11 +65,7 @@ def charge_functions() -> dict[str, list[str]]:
 def memory_high_enforced(megabytes: int = 24) -> dict[str, object]:
     """Allocate `megabytes` (touched) in a fresh child memcg whose memory.high is that size:
     with the interpreter's own memory it goes over, and the kernel must count `high` events."""
-    parent = Path("/proc/self/cgroup").read_text().strip().split("::")[-1]
-    child = CGROUP / parent.lstrip("/") / f"lab-high-{os.getpid()}"
-    if "memory" not in (child.parent / "cgroup.subtree_control").read_text().split():
-        child = CGROUP / f"lab-high-{os.getpid()}"  # our own cgroup holds us: use the root's
-    child.mkdir()
+    child = create_child(f"lab-high-{os.getpid()}")[0].path  # under the cgroup guest.sh delegates
     try:
         (child / "memory.high").write_text(f"{megabytes}M")
         before = read_keyed(child / "memory.events")

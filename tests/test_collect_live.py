@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import polars as pl
@@ -15,7 +14,7 @@ import pytest
 
 from collect import cgroup
 from collect.cleanup import OWNED_NAME, collector_alive
-from conftest import CHARGEPLAY, chargeplay
+from conftest import CHARGEPLAY, SLOWDOWN, assert_user_error, chargeplay, wait_until
 from traces.reader import Trace
 
 ALLOC_KINDS = ["kmalloc", "kmem_cache_alloc", "page_alloc"]
@@ -93,15 +92,6 @@ def leftovers(tracefs: Path) -> list[str]:
     paths = [p for p in (tracefs / "instances").iterdir()]
     paths += [p for parent in cgroup.child_parents() for p in parent.iterdir() if p.is_dir()]
     return [p.name for p in paths if (m := OWNED_NAME.match(p.name)) and not collector_alive(int(m.group(1)))]
-
-
-def wait_until(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
 
 
 def test_file_creation_is_recorded_as_accounted_dentries_of_the_workload_only(tracefs, tmp_path):
@@ -232,7 +222,7 @@ def test_sigint_ends_the_capture_cleanly(tracefs, tmp_path):
     collector = _start_long_capture(tmp_path)
     assert wait_until(lambda: len(_segments(tmp_path)) >= 2, timeout=30)
     collector.send_signal(signal.SIGINT)
-    _, stderr = collector.communicate(timeout=30)
+    _, stderr = collector.communicate(timeout=30 * SLOWDOWN)
     assert collector.returncode == 0, stderr
     trace = Trace.open(tmp_path / "t")
     assert trace.status == "complete" and trace.manifest["stop_reason"] == "SIGINT"
@@ -244,7 +234,7 @@ def test_sigkill_leaves_readable_segments_and_the_guardian_cleans_up(tracefs, tm
     collector = _start_long_capture(tmp_path)
     assert wait_until(lambda: len(_segments(tmp_path)) >= 2, timeout=30)
     collector.kill()
-    collector.communicate(timeout=30)
+    collector.communicate(timeout=30 * SLOWDOWN)
     trace = Trace.open(tmp_path / "t")
     assert trace.status == "interrupted"
     assert trace.events().select(pl.len()).collect().item() > 0
@@ -294,6 +284,29 @@ def test_attach_to_an_existing_cgroup(tracefs, tmp_path):
     assert sleeper.pid in set(events.filter(pl.col("kind") == "user_return")["pid"].unique())
 
 
+def test_the_workload_memcg_goes_under_CHARGEPLAY_CGROUP_PARENT(tracefs, tmp_path):
+    """The delegated parent a supervisor names (cgroup v2 needs one without processes) holds the
+    workload's memcg while it runs, and nothing after."""
+    parent, root = cgroup.create_child(f"chargeplay-test-{os.getpid()}")
+    env = {**os.environ, cgroup.PARENT_VARIABLE: str(parent.path)}
+    try:
+        result = chargeplay("collect", "-o", str(tmp_path / "t"), "--", "sh", "-c", "cat /proc/self/cgroup", env=env)
+        left = [p.name for p in parent.path.iterdir() if p.is_dir()]
+    finally:
+        parent.remove()
+    assert result.returncode == 0, result.stderr
+    memcg_path = Trace.open(tmp_path / "t").manifest["target"]["cgroup_path"]
+    assert memcg_path.startswith("/" + str(parent.path.relative_to(root)) + "/chargeplay-")
+    assert left == []
+
+
+def test_a_CHARGEPLAY_CGROUP_PARENT_that_is_no_cgroup_is_one_line(tracefs, tmp_path):
+    env = {**os.environ, cgroup.PARENT_VARIABLE: "/no/such/cgroup"}
+    result = chargeplay("collect", "-o", str(tmp_path / "t"), "--", "true", env=env)
+    assert_user_error(result, cgroup.PARENT_VARIABLE, "/no/such/cgroup")
+    assert not (tmp_path / "t").exists()
+
+
 def test_memory_high_on_cgroup_v1_is_recorded_and_said_unenforced(tracefs, tmp_path):
     version, _ = cgroup.memory_hierarchy()
     if version != 1:
@@ -303,3 +316,22 @@ def test_memory_high_on_cgroup_v1_is_recorded_and_said_unenforced(tracefs, tmp_p
     assert "cgroup v1 has no memory.high" in result.stderr
     target = Trace.open(tmp_path / "t").manifest["target"]
     assert target["high"] is None and target["high_requested"] == 32 << 20
+
+
+def test_memory_high_on_cgroup_v2_is_set_and_enforced(tracefs, tmp_path):
+    """32 MiB touched under a 24 MiB memory.high: the kernel counts high events and reclaims
+    for the workload (memcg reclaim in the trace, by its pid), and kills nobody."""
+    version, _ = cgroup.memory_hierarchy()
+    if version != 2:
+        pytest.skip("needs a cgroup v2 memory hierarchy (this host has v1, which has no memory.high)")
+    program = "import os; print(os.getpid(), flush=True); b = [b'x' * (1 << 20) for _ in range(32)]"
+    result = chargeplay("collect", "-o", str(tmp_path / "t"), "--memory-high", "24M", "--", sys.executable, "-c", program)
+    assert result.returncode == 0, result.stderr
+    trace = Trace.open(tmp_path / "t")
+    assert trace.manifest["target"]["high"] == 24 << 20
+    samples = trace.side_table("memcg").collect()
+    assert (samples["high"] == 24 << 20).all()
+    assert samples["events_high"].max() > 0 and samples["events_oom_kill"].max() == 0
+    pid = int(result.stdout.split()[0])
+    reclaims = trace.events().filter((pl.col("kind") == "reclaim_begin") & (pl.col("pid") == pid)).collect()
+    assert reclaims.height > 0
