@@ -4,7 +4,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -31,11 +33,23 @@ def tracefs() -> Path:
 
 
 CHARGEPLAY = [sys.executable, "-m", "chargeplay.cli"]
+# How much longer than here everything takes: the kernel lab's emulated VMs (lab/guest.sh) set it.
+SLOWDOWN = float(os.environ.get("CHARGEPLAY_TEST_SLOWDOWN", "1"))
 
 
 def chargeplay(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
     """Run the real command line, as a user would."""
-    return subprocess.run([*CHARGEPLAY, *args], capture_output=True, text=True, timeout=timeout, **kwargs)
+    return subprocess.run([*CHARGEPLAY, *args], capture_output=True, text=True, timeout=timeout * SLOWDOWN, **kwargs)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Whether `predicate` became true within `timeout` seconds (stretched by SLOWDOWN)."""
+    deadline = time.monotonic() + timeout * SLOWDOWN
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
 
 
 def assert_user_error(result: subprocess.CompletedProcess, *words: str) -> None:

@@ -18,8 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from collect import cgroup
-from conftest import CHARGEPLAY, chargeplay
-from test_collect_live import wait_until
+from conftest import CHARGEPLAY, SLOWDOWN, chargeplay, wait_until
 from test_ebpf_live import our_bpf_programs
 from test_cli_errors import assert_user_error
 from traces.reader import Trace
@@ -77,12 +76,12 @@ def assert_readable(trace: Path) -> None:
 
 def kill_and_check(tracefs: Path, tmp_path: Path, seconds: float, backend: str) -> None:
     collector = long_capture(tmp_path / "t", tmp_path, backend)
-    time.sleep(seconds)
+    time.sleep(seconds * SLOWDOWN)  # the same phase of the capture where everything runs slower
     collector.send_signal(signal.SIGSTOP)  # no new children while we look for its guardian
     for pid in guardians_of(collector.pid):  # both die, as in an OOM kill of the whole service
         os.kill(pid, signal.SIGKILL)
     collector.kill()
-    collector.wait(timeout=30)
+    collector.wait(timeout=30 * SLOWDOWN)
     collector.stderr.close()  # not read: the orphaned workload holds the pipe open
     if (tmp_path / "t").exists():
         assert_readable(tmp_path / "t")
@@ -119,7 +118,7 @@ def small_disk(tracefs, tmp_path):
 
 def test_a_full_disk_ends_the_capture_with_a_clear_error_and_a_readable_trace(tracefs, small_disk, tmp_path):
     collector = long_capture(small_disk / "t", tmp_path)
-    _, stderr = collector.communicate(timeout=120)
+    _, stderr = collector.communicate(timeout=120 * SLOWDOWN)
     last = stderr.strip().splitlines()[-1]
     assert collector.returncode == 2 and "Traceback" not in stderr
     assert last.startswith("error: ") and "no space left" in last and "choose another -o" in last

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import polars as pl
 
-from conftest import CHARGEPLAY, chargeplay
-from test_collect_live import ALLOC_KINDS, FILE_MAKER, assert_kmem_counter_matches_the_trace, kmem_counter_args, leftovers, wait_until
+from conftest import CHARGEPLAY, SLOWDOWN, chargeplay, wait_until
+from test_collect_live import ALLOC_KINDS, FILE_MAKER, assert_kmem_counter_matches_the_trace, kmem_counter_args, leftovers
 from traces.reader import Trace
 from traces.schema import CHARGE_FUNCTIONS
 
@@ -152,7 +152,7 @@ def test_sigkill_of_the_collector_leaves_no_bpf_program(ebpf, tmp_path):
         assert our_bpf_programs() > before
     finally:
         collector.send_signal(signal.SIGKILL)
-        collector.communicate(timeout=30)
+        collector.communicate(timeout=30 * SLOWDOWN)
     assert wait_until(lambda: our_bpf_programs() == before, timeout=15)
     assert wait_until(lambda: leftovers(ebpf) == [], timeout=15), leftovers(ebpf)
     assert Trace.open(tmp_path / "t").status == "interrupted"
@@ -174,6 +174,6 @@ def test_charge_probe_programs_pass_the_kernel_verifier(ebpf):
         f"for name in {programs!r}:\n"
         "    print(name, bpf.load_func(name.encode(), BPF.KPROBE).fd > 0)\n"
     )
-    done = subprocess.run(["/usr/bin/python3", "-c", script], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(["/usr/bin/python3", "-c", script], capture_output=True, text=True, timeout=120 * SLOWDOWN)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == [word for name in programs for word in (name, "True")]
