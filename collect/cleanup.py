@@ -22,10 +22,15 @@ OWNED_NAME = re.compile(r"^chargeplay-(\d+)(-memcg|-irq)?$")
 
 
 def collector_alive(pid: int) -> bool:
+    """Whether `pid` is a chargeplay command that captures. Its arguments are checked one by one:
+    pids come back soon (pid_max is often 32768), and a guardian, which is no collector, names
+    the chargeplay-PID instances it watches in its own arguments."""
     try:
-        return b"chargeplay" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
+    is_chargeplay = any(arg.endswith(b"/chargeplay") or arg in (b"chargeplay", b"chargeplay.cli") for arg in argv)
+    return is_chargeplay and any(arg in (b"collect", b"validate") for arg in argv)
 
 
 def _stale(path: Path) -> bool:

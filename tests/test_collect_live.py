@@ -257,6 +257,23 @@ def test_next_capture_removes_what_a_dead_collector_left(tracefs, tmp_path):
     assert not instance.exists() and not memcg_dir.exists()
 
 
+@pytest.mark.parametrize(("args", "alive"), [
+    (["chargeplay", "collect"], True),  # as the console script runs: python .../bin/chargeplay collect ...
+    (["-m", "chargeplay.cli", "validate"], True),
+    (["-m", "collect.cleanup", "/sys/kernel/tracing/instances/chargeplay-1"], False),  # a guardian
+    (["/tmp/chargeplay-demo/report.html", "collect"], False),
+])
+def test_only_a_capturing_chargeplay_is_a_live_collector(args, alive):
+    """What keeps a chargeplay-PID leftover from being removed: PID is a running collector."""
+    process = subprocess.Popen(["sh", "-c", "sleep 30; exit", *args])  # sh's arguments are the process's own
+    try:
+        assert collector_alive(process.pid) == alive
+    finally:
+        process.kill()
+        process.wait()
+    assert not collector_alive(process.pid)
+
+
 def test_memory_limit_is_applied_and_sampled(tracefs, tmp_path):
     result = chargeplay("collect", "-o", str(tmp_path / "t"), "--memory-max", "48M", "--", "sh", "-c", "sleep 0.5")
     assert result.returncode == 0, result.stderr
