@@ -1,10 +1,19 @@
 #!/bin/sh
 # Runs inside a lab VM, as root, before the command: the root file system is this machine's,
 # read-only, except the --rwdir paths; /tmp is an in-memory overlay; there is no network.
-# usage: guest.sh RUN_DIR CACHE_DIR VENV COMMAND...
+# usage: guest.sh RUN_DIR CACHE_DIR VENV STDLIB COMMAND...
 set -eu
-run=$1 cache=$2 venv=$3
-shift 3
+run=$1 cache=$2 venv=$3 stdlib=$4
+shift 4
+# vng mounts what it shares over 9p without caching: every Python process would read its
+# packages from the host again (a minute for numba alone under TCG). The venv and the standard
+# library, shared on their own (lab/vm.py), are mounted again with the page cache on; they are
+# read-only here, and what the host changes in them during one boot is not the guest's to see.
+for tree in "$venv" "$stdlib"; do
+  tag=$(awk -v tree="$tree" '$2 == tree && $3 == "9p" {print $1}' /proc/mounts)
+  umount "$tree"
+  mount -t 9p -o ro,trans=virtio,version=9p2000.L,access=any,msize=524288,cache=loose "$tag" "$tree"
+done
 mkdir -p "$run/home" "$cache/numba" /tmp/lab
 # Everything a test writes goes where the guest may write: HOME, numba's cache (kept between
 # runs: the guest's CPU model is the same for every lab kernel), pytest's temp and no
@@ -12,15 +21,20 @@ mkdir -p "$run/home" "$cache/numba" /tmp/lab
 export HOME="$run/home" TMPDIR=/tmp/lab NUMBA_CACHE_DIR="$cache/numba" PYTHONDONTWRITEBYTECODE=1
 export PYTEST_ADDOPTS="-p no:cacheprovider --basetemp=/tmp/lab/pytest ${PYTEST_ADDOPTS:-}"
 export PATH="$venv/bin:$PATH" CHARGEPLAY_LAB_KERNEL="$(uname -r)"
+# Emulated (TCG) the guest runs 10-40x slower than this machine: the tests' timeouts stretch.
+export CHARGEPLAY_TEST_SLOWDOWN=20
 
 # A delegated cgroup v2 subtree, as systemd's Delegate=yes gives one on production hosts: the
-# command runs in lab/runner with the memory controller enabled down to lab; the guest's root
-# cgroup is left without processes of ours. (cgroup v2 lets a cgroup enable a controller for
-# its children only while it holds no processes: the root is the exception.)
+# command runs in lab/runner, and the workloads' memcgs go under lab/workloads
+# (CHARGEPLAY_CGROUP_PARENT), which holds no processes. cgroup v2 lets a cgroup enable a
+# controller for its children only while it holds no processes (the root is the exception),
+# so lab/runner, which holds the test runner, could not be their parent.
 cg=/sys/fs/cgroup
 echo +memory > "$cg/cgroup.subtree_control"
-mkdir -p "$cg/lab/runner"
+mkdir -p "$cg/lab/runner" "$cg/lab/workloads"
 echo $$ > "$cg/lab/runner/cgroup.procs"
 echo +memory > "$cg/lab/cgroup.subtree_control"
+echo +memory > "$cg/lab/workloads/cgroup.subtree_control"
+export CHARGEPLAY_CGROUP_PARENT=/lab/workloads
 echo "lab: $(uname -r) up after $(cut -d' ' -f1 /proc/uptime) s; running in cgroup $(cut -d: -f3 /proc/self/cgroup)"
 exec "$@"

@@ -22,15 +22,18 @@ from lab.kernels import Kernel, vng
 QEMU_FLAGS = ["--disable-kvm", "--memory", "2G", "--cpus", "2", "--user", "root"]
 TIMED_OUT = 124  # like timeout(1)
 
+# The runner writes "done" before closing the pipe; without it the runner died, and the scratch
+# directory (which its caller would have read and removed) goes too.
 _GUARDIAN = """
 import os, shutil, signal, sys
-sys.stdin.buffer.read()  # returns at EOF: the lab runner exited or died
+said = sys.stdin.buffer.read()  # returns at EOF: the lab runner exited or died
 try:
     os.killpg(int(sys.argv[1]), signal.SIGKILL)
 except ProcessLookupError:
     pass
-for path in sys.argv[2:]:
-    shutil.rmtree(path, ignore_errors=True)
+if said != b"done":
+    for path in sys.argv[2:]:
+        shutil.rmtree(path, ignore_errors=True)
 """
 
 
@@ -38,7 +41,7 @@ class Stopped(Exception):
     """A signal asked the runner to stop."""
 
 
-def _raise_stop(signum: int, _frame) -> None:
+def raise_stop(signum: int, _frame) -> None:
     raise Stopped(signal.Signals(signum).name)
 
 
@@ -65,8 +68,10 @@ def _copy(pipe) -> None:
         sys.stdout.buffer.flush()
 
 
-def boot(kernel: Kernel, command: str, rwdirs: list[Path], timeout: float, scratch: Path | None = None) -> int:
+def boot(kernel: Kernel, command: str, rwdirs: list[Path], rodirs: list[Path], timeout: float,
+         scratch: Path | None = None) -> int:
     """Run `command` (a shell string) as root inside `kernel`; stream its output to ours.
+    `rwdirs` are writable inside, `rodirs` shared on their own (lab/guest.sh caches them);
     `scratch` is removed by the guardian if this process dies before its caller can.
 
     Returns the command's exit code (vng passes it through), TIMED_OUT after `timeout` seconds.
@@ -74,10 +79,12 @@ def boot(kernel: Kernel, command: str, rwdirs: list[Path], timeout: float, scrat
     argv = [str(vng()), "--run", str(kernel.image), *QEMU_FLAGS]
     for path in rwdirs:
         argv += ["--rwdir", str(path)]
+    for path in rodirs:
+        argv += ["--rodir", str(path)]
     argv += ["--", command]
     # vng finds virtme-run on PATH, beside itself in the venv.
     env = {**os.environ, "PATH": f"{Path(argv[0]).parent}:{os.environ.get('PATH', '')}"}
-    previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    previous = {s: signal.signal(s, raise_stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     vm = guardian = None
     try:
         # Through a pipe: qemu opens /proc/self/fd/1 and 2 by path, which truncates a file they
@@ -99,6 +106,7 @@ def boot(kernel: Kernel, command: str, rwdirs: list[Path], timeout: float, scrat
             vm.wait()
             copier.join(timeout=5)
         if guardian is not None:
+            guardian.stdin.write(b"done")
             guardian.stdin.close()
             guardian.wait()
         for sig, handler in previous.items():
