@@ -117,7 +117,15 @@ def test_file_creation_is_recorded_as_accounted_dentries_of_the_workload_only(tr
     events = trace.events().collect()
     workload_pid = int(pidfile.read_text())
 
-    dentries = events.filter((pl.col("kind") == "kmem_cache_alloc") & (pl.col("cache") == "dentry"))
+    # Before 6.18 kmem_cache_alloc has no cache name (the collector infers one from the sizes,
+    # which dentry may share with another cache): there a dentry is an object of its sizes.
+    if "cache" in trace.manifest["kinds"]["kmem_cache_alloc"].get("inferred", {}):
+        slab = Path("/sys/kernel/slab/dentry")
+        is_dentry = ((pl.col("bytes_req") == int((slab / "object_size").read_text()))
+                     & (pl.col("bytes_alloc") == int((slab / "slab_size").read_text())))
+    else:
+        is_dentry = pl.col("cache") == "dentry"
+    dentries = events.filter((pl.col("kind") == "kmem_cache_alloc") & is_dentry)
     assert dentries.filter(pl.col("accounted") & (pl.col("pid") == workload_pid)).height >= files
 
     # The task instance follows the workload's pid only (the interpreter never forks).
@@ -131,10 +139,15 @@ def test_file_creation_is_recorded_as_accounted_dentries_of_the_workload_only(tr
     assert frees["obj"].null_count() == 0 and by_outsider["comm"].null_count() == by_outsider.height
 
     # Memcg events are those of the target memcg, and they add up to its own kmem counter.
+    # Kernels before 6.14 have no memcg tracepoints: the manifest says so, and none are made up.
     target = trace.manifest["target"]
     memcg_events = events.filter(pl.col("kind").is_in(MEMCG_KINDS))
-    assert set(memcg_events["memcg_id"].unique()) == {target["memcg_id"]}
-    assert_kmem_counter_matches_the_trace(trace, events, workload_pid, counter_file)
+    if "unavailable" in trace.manifest["kinds"]["memcg_state"]:
+        assert not (tracefs / "events" / "memcg" / "mod_memcg_state").exists()
+        assert memcg_events.height == 0
+    else:
+        assert set(memcg_events["memcg_id"].unique()) == {target["memcg_id"]}
+        assert_kmem_counter_matches_the_trace(trace, events, workload_pid, counter_file)
 
     assert trace.status == "complete" and trace.manifest["lost"]["total"] == 0
     assert leftovers(tracefs) == []
