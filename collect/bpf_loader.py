@@ -12,7 +12,7 @@ name). Struct layouts need no decision: libbpf relocates them (CO-RE).
 Why libbpf and not bcc: bcc compiles the program at start, with LLVM, against kernel headers
 that must match the running kernel's layout; on Debian's 6.1 and 6.12 it fails to compile
 ("Failed to compile BPF module"). A CO-RE object built once needs neither compiler nor headers
-where it runs, only libbpf.so.1 and the kernel's BTF, and loads in milliseconds.
+where it runs, only libbpf.so.1 and the kernel's BTF, and loads in a fraction of a second.
 """
 from __future__ import annotations
 
@@ -132,6 +132,8 @@ class Loader:
         check_available()
         started = time.perf_counter()
         facts = kernel_facts()
+        self.facts_seconds = time.perf_counter() - started  # reading BTF in Python
+        started = time.perf_counter()
         self.output, self.slab_account, self.absent = output, facts.slab_account, facts.absent
         self.notes = [f"no memcg stat tracepoints in this kernel ({', '.join(facts.absent)}: Linux 6.14+): their events are not recorded"] if facts.absent else []
         try:
@@ -140,9 +142,9 @@ class Loader:
             raise Unavailable(str(error)) from None
         try:
             self._load(output, pages)
-            self.load_seconds = time.perf_counter() - started
             self.charge_functions: dict[str, str] = {}
             self.charge_problem = self._attach()
+            self.load_seconds = time.perf_counter() - started  # libbpf: open, relocate, verify, attach
             suffix = "perf" if output == "perf" else "ring"
             self.output_fds = (self.bpf.map_fd(f"records_{suffix}"), self.bpf.map_fd(f"named_{suffix}"))
             self.tracked = BpfMap(self.bpf.map_fd("tracked"), ct.c_uint32, ct.c_uint8)

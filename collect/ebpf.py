@@ -140,7 +140,7 @@ class EbpfCollector(Collector):
             loader = self.loader
             self.manifest["ebpf"] = {"output": loader.output, "objects_evicted": sum(self._counter(OBJECTS_EVICTED_SLOT)),
                                      "record_bytes": RECORD_SIZE, "ctx": "not recorded (null)",
-                                     "load_seconds": round(loader.load_seconds, 4), "tracepoints_absent": loader.absent,
+                                     "btf_seconds": round(loader.facts_seconds, 4), "load_seconds": round(loader.load_seconds, 4), "tracepoints_absent": loader.absent,
                                      "charge_probes": loader.charge_functions}
         super()._write_manifest()
 
