@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes as ct
 import os
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 
 _log: deque[str] = deque(maxlen=400)
@@ -39,6 +40,7 @@ _SIGNATURES: dict[str, tuple[type | None, list[type]]] = {
     "bpf_object__find_program_by_name": (ct.c_void_p, [ct.c_void_p, ct.c_char_p]),
     "bpf_object__next_program": (ct.c_void_p, [ct.c_void_p, ct.c_void_p]),
     "bpf_program__name": (ct.c_char_p, [ct.c_void_p]),
+    "bpf_program__section_name": (ct.c_char_p, [ct.c_void_p]),
     "bpf_program__set_autoload": (ct.c_int, [ct.c_void_p, ct.c_bool]),
     "bpf_program__attach": (ct.c_void_p, [ct.c_void_p]),
     "bpf_program__attach_kprobe": (ct.c_void_p, [ct.c_void_p, ct.c_bool, ct.c_char_p]),
@@ -97,11 +99,18 @@ class BpfObject:
             raise KeyError(f"the BPF object has no {kind} {name}")
         return found
 
-    def program_names(self) -> list[str]:
-        names, program = [], None
+    def _programs(self) -> Iterator[int]:
+        program = None
         while program := self.lib.bpf_object__next_program(self.obj, program):
-            names.append(self.lib.bpf_program__name(program).decode())
-        return names
+            yield program
+
+    def program_names(self) -> list[str]:
+        return [self.lib.bpf_program__name(program).decode() for program in self._programs()]
+
+    def program_sections(self) -> dict[str, str]:
+        """Each program's section, which says where attach() attaches it (raw_tp/EVENT, ...)."""
+        return {self.lib.bpf_program__name(program).decode(): self.lib.bpf_program__section_name(program).decode()
+                for program in self._programs()}
 
     def set_max_entries(self, map_name: str, entries: int) -> None:
         if (error := self.lib.bpf_map__set_max_entries(self._find("map", map_name), entries)) < 0:
