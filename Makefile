@@ -48,8 +48,7 @@ bench: setup
 # virtme-ng over this machine's own root file system, with cgroup v2. The image packages also
 # pull initramfs-tools, which writes /boot/initrd.img-*; this machine boots through neither
 # grub nor /boot, so nothing about its own boot changes (there is no update-grub to run).
-LAB_DEBIAN_PACKAGES := qemu-system-x86 busybox-static \
-	linux-image-amd64 linux-headers-amd64 linux-image-6.12-amd64 linux-headers-6.12-amd64
+LAB_DEBIAN_PACKAGES := qemu-system-x86 busybox-static linux-image-amd64 linux-image-6.12-amd64
 
 lab-packages: setup
 	@missing=$$(for p in $(LAB_DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
