@@ -1,12 +1,14 @@
 # The two commands a new machine needs:  make demo  and  make test
 VENV := .venv
 BIN := $(VENV)/bin
-# chromium opens the HTML report in the report tests; python3-bpfcc (bcc) and Debian's
-# kernel headers (linux-headers-amd64: the 6.1 ones, which bcc compiles against) run the eBPF tests.
-DEBIAN_TEST_PACKAGES := chromium python3-bpfcc linux-headers-amd64
-KERNEL_MODULES := /lib/modules/$(shell uname -r)
+# chromium opens the HTML report in the report tests; clang, llvm (llvm-strip) and libbpf-dev
+# build the eBPF backend's object (make bpf), which libbpf1 loads.
+DEBIAN_TEST_PACKAGES := chromium clang llvm libbpf-dev libbpf1
+# The eBPF backend's CO-RE object: built here once, loaded on any kernel with BTF (no compiler there).
+BPF_OBJECT := collect/kmem.bpf.o
+BPF_ARCH := $(subst x86_64,x86,$(subst aarch64,arm64,$(shell uname -m)))
 
-.PHONY: setup demo test test-packages bench lab lab-packages
+.PHONY: setup demo test test-packages bench bpf lab lab-packages
 
 # -qq: pip still prints errors, but not this machine kind's warnings about index folders
 # its global configuration names and that hold no copy of a package.
@@ -27,18 +29,15 @@ test-packages:
 		echo "installing Debian packages for the tests: $$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
-	@# bcc looks for headers at /lib/modules/$$(uname -r)/{build,source}: link the Debian ones
-	@# there unless the running kernel has its own (idempotent).
-	@headers=$$(dpkg -L linux-headers-amd64 >/dev/null 2>&1 && \
-		dpkg-query -W -f='$${Depends}' linux-headers-amd64 | grep -o 'linux-headers-[^ ,]*-amd64' | head -1); \
-	if [ -n "$$headers" ] && [ -d /usr/src/$$headers ] && [ ! -e $(KERNEL_MODULES)/build/include ]; then \
-		mkdir -p $(KERNEL_MODULES) && \
-		ln -sfn /usr/src/$$headers $(KERNEL_MODULES)/build && \
-		ln -sfn /usr/src/$$(echo $$headers | sed 's/-amd64$$/-common/') $(KERNEL_MODULES)/source && \
-		echo "linked $(KERNEL_MODULES)/build and source to /usr/src/$$headers (for bcc)"; \
-	fi
 
-test: setup test-packages
+# -g: the object's BTF, which CO-RE relocation needs; llvm-strip -g drops the DWARF, keeps BTF.
+$(BPF_OBJECT): collect/kmem.bpf.c
+	clang -O2 -g -Wall -target bpf -D__TARGET_ARCH_$(BPF_ARCH) -I/usr/include/$(shell uname -m)-linux-gnu -c $< -o $@
+	llvm-strip -g $@
+
+bpf: $(BPF_OBJECT)
+
+test: setup test-packages bpf
 	$(BIN)/pytest
 
 bench: setup
@@ -49,8 +48,7 @@ bench: setup
 # virtme-ng over this machine's own root file system, with cgroup v2. The image packages also
 # pull initramfs-tools, which writes /boot/initrd.img-*; this machine boots through neither
 # grub nor /boot, so nothing about its own boot changes (there is no update-grub to run).
-LAB_DEBIAN_PACKAGES := qemu-system-x86 busybox-static \
-	linux-image-amd64 linux-headers-amd64 linux-image-6.12-amd64 linux-headers-6.12-amd64
+LAB_DEBIAN_PACKAGES := qemu-system-x86 busybox-static linux-image-amd64 linux-image-6.12-amd64
 
 lab-packages: setup
 	@missing=$$(for p in $(LAB_DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \

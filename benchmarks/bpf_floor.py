@@ -1,33 +1,33 @@
 """The floors under any eBPF capture, on the workload of benchmarks/capture_overhead.py:
 
-1. programs that do nothing attached to the tracepoints collect/kmem_bpf.c uses (raw
-   tracepoints for the slab events, classic ones for the rest, as there): whatever a
-   capture records, the kernel first pays for running a BPF program at every hit;
+1. programs that do nothing attached to the tracepoints collect/kmem.bpf.c uses (raw
+   tracepoints where it uses raw ones, classic ones for the rest; not its charge kprobes):
+   whatever a capture records, the kernel first pays for running a BPF program at every hit;
 2. a busy loop (pure Python arithmetic: no system calls, little memory) on the other CPU,
    nothing attached: what any collector draining its buffers while the workload runs
    costs where the CPUs slow each other down (on the development VMs they do).
 
 Each is interleaved with runs of the workload alone, pinned to CPU 0.
 
-Run it as root with Debian's python3 (it imports bcc; the project's venv does not see it):
+Run it as root from the project directory, where `make bpf` builds (clang compiles the
+empty programs; collect/libbpf.py loads them as the collector loads kmem.bpf.o):
 
-    /usr/bin/python3 benchmarks/bpf_floor.py [--files N] [--runs N]
+    .venv/bin/python benchmarks/bpf_floor.py [--files N] [--runs N]
 
 It prints the medians and their ratio; it asserts nothing.
 """
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from bcc import BPF  # Debian's python3-bpfcc
+from collect.bpf_loader import BPF_OBJECT, KPROBE_PROGRAMS, OPTIONAL_TRACEPOINTS, Unavailable, check_available, kernel_facts
+from collect.libbpf import BpfObject
 
-SOURCE = Path(__file__).resolve().parent.parent / "collect" / "kmem_bpf.c"
 BUSY_LOOP = "import sys, time\nend = time.monotonic() + float(sys.argv[1])\nwhile time.monotonic() < end:\n    sum(range(10000))"
 WORKLOAD = r"""
 import os, sys, time
@@ -43,14 +43,41 @@ print((time.monotonic_ns() - t0) / 1e9)
 """
 
 
-def empty_programs() -> str:
-    """A program with kmem_bpf.c's attach points (read from it) and empty bodies."""
-    text = SOURCE.read_text()
-    raw = re.findall(r"^RAW_TRACEPOINT_PROBE\((\w+)\)", text, re.M)
-    classic = re.findall(r"^TRACEPOINT_PROBE\((\w+), (\w+)\) {$", text, re.M)  # not the macro's
-    classic += [("memcg", event) for event in re.findall(r"^MEMCG_PROBE\((\w+),", text, re.M)]
-    return "\n".join([f"RAW_TRACEPOINT_PROBE({event}) {{ return 0; }}" for event in raw]
-                     + [f"TRACEPOINT_PROBE({system}, {event}) {{ return 0; }}" for system, event in classic])
+def attach_points() -> list[str]:
+    """The sections (raw_tp/EVENT, tracepoint/SYSTEM/EVENT) of kmem.bpf.o's tracepoint
+    programs, less the optional ones the loader leaves out on this kernel."""
+    kmem = BpfObject(BPF_OBJECT)
+    try:
+        sections = kmem.program_sections()
+    finally:
+        kmem.close()
+    absent = set(kernel_facts().absent)
+    return [section for program, section in sections.items()
+            if program not in KPROBE_PROGRAMS and OPTIONAL_TRACEPOINTS.get(program) not in absent]
+
+
+def build_empty_programs(points: list[str], directory: Path) -> Path:
+    """A BPF object with a program that does nothing at each attach point."""
+    source = directory / "empty.bpf.c"
+    source.write_text("\n".join(
+        [f'__attribute__((section("{point}"), used)) int floor_{i}(void *ctx) {{ return 0; }}' for i, point in enumerate(points)]
+        + ['char LICENSE[] __attribute__((section("license"), used)) = "GPL";']))
+    built = directory / "empty.bpf.o"
+    subprocess.run(["clang", "-O2", "-target", "bpf", "-c", str(source), "-o", str(built)], check=True)
+    return built
+
+
+def attached(built: Path) -> BpfObject:
+    """The empty programs loaded and attached (until closed)."""
+    bpf = BpfObject(built)
+    try:
+        bpf.load()
+        for program in bpf.program_names():
+            bpf.attach(program)
+    except BaseException:
+        bpf.close()
+        raise
+    return bpf
 
 
 def run_workload(files: int) -> float:
@@ -74,21 +101,28 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=30_000)
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
-    program = empty_programs()
-    alone, attached, busy = [], [], []
-    run_workload(args.files)  # warm-up
-    for _ in range(args.runs):
-        alone.append(run_workload(args.files))
-        bpf = BPF(text=program)
-        try:
-            attached.append(run_workload(args.files))
-        finally:
-            bpf.cleanup()
-        busy.append(with_busy_cpu(args.files))
-    a, b, c = (statistics.median(times) for times in (alone, attached, busy))
+    try:
+        check_available()
+    except Unavailable as why:
+        sys.exit(f"eBPF unavailable: {why}")
+    points = attach_points()
+    alone, traced, busy = [], [], []
+    with tempfile.TemporaryDirectory() as directory:
+        built = build_empty_programs(points, Path(directory))
+        run_workload(args.files)  # warm-up
+        for _ in range(args.runs):
+            alone.append(run_workload(args.files))
+            bpf = attached(built)
+            try:
+                traced.append(run_workload(args.files))
+            finally:
+                bpf.close()
+            busy.append(with_busy_cpu(args.files))
+    a, b, c = (statistics.median(times) for times in (alone, traced, busy))
+    raw = sum(point.startswith("raw_tp/") for point in points)
     print(f"{args.files:,} files, {args.runs} interleaved runs, medians; workload on CPU 0")
     print(f"workload alone                                  {a:.3f} s")
-    print(f"{program.count('PROBE('):2} empty programs attached ({program.count('RAW_TRACEPOINT')} raw tracepoints)   {b:.3f} s  {b / a:.2f}x")
+    print(f"{len(points):2} empty programs attached ({raw} raw tracepoints)   {b:.3f} s  {b / a:.2f}x")
     print(f"a busy loop on CPU 1, nothing attached          {c:.3f} s  {c / a:.2f}x")
 
 

@@ -136,7 +136,7 @@ def collect(
     cgroup: Annotated[Optional[str], typer.Option(help="trace an existing cgroup instead of running a command")] = None,
     segment_events: Annotated[int, typer.Option(help="close a segment after this many events")] = 2_000_000,
     segment_seconds: Annotated[float, typer.Option(help="close a segment after this many seconds")] = 30.0,
-    backend: Annotated[str, typer.Option(envvar="CHARGEPLAY_BACKEND", help="tracefs, ebpf, or auto (eBPF when bcc loads, else tracefs; says which)")] = "tracefs",
+    backend: Annotated[str, typer.Option(envvar="CHARGEPLAY_BACKEND", help="tracefs, ebpf, or auto (eBPF when the BPF object loads (libbpf1, kernel BTF), else tracefs; says which)")] = "tracefs",
     bpf_output: Annotated[str, typer.Option(help="eBPF records through: ringbuf, perf (per-CPU perf buffers), or auto (ringbuf where the kernel has it)")] = "auto",
     keep_addresses: Annotated[bool, typer.Option(help="also store raw kernel addresses of objects and call sites (addresses/); they reveal the KASLR offset")] = False,
 ) -> None:

@@ -1,6 +1,6 @@
-"""Where collect/kmem_bpf.c's records arrive, read in batches through mmap: a BPF ring
+"""Where collect/kmem.bpf.c's records arrive, read in batches through mmap: a BPF ring
 buffer (Linux 5.8+), or per-CPU perf buffers (older kernels), plus the bpf() map calls the
-collector needs. Standard library, ctypes and numpy only: bcc stays in the loader process.
+collector needs (standard library, ctypes and numpy).
 
 Both readers return whole records as (bytes, payload offsets, whether a read limit left
 some unread), one such batch per buffer: the kernel's own framing (the ring buffer's

@@ -91,7 +91,7 @@ class CaptureOptions:
     segment_events: int = 2_000_000
     segment_seconds: float = 30.0
     buffer_kb: int = 32 * 1024
-    backend: str = "tracefs"  # tracefs, ebpf, or auto (eBPF when bcc loads, else tracefs)
+    backend: str = "tracefs"  # tracefs, ebpf, or auto (eBPF when the BPF object loads, else tracefs)
     bpf_output: str = "auto"  # eBPF: ringbuf, perf (buffers), or auto (the ring buffer where the kernel has one)
     keep_addresses: bool = False  # also store raw kernel addresses (addresses/): never by default
 
@@ -546,17 +546,17 @@ def capture(options: CaptureOptions, report: Callable[[Progress], None], say: Ca
     if options.bpf_output not in BPF_OUTPUTS:
         raise CaptureError(f"--bpf-output {options.bpf_output}: choose one of {', '.join(BPF_OUTPUTS)}")
     if options.backend != "tracefs":
-        from collect import ebpf  # bcc is optional: imported only when asked for
+        from collect import ebpf  # here, not at the top: collect.ebpf builds on this module
 
         try:
-            loader = ebpf.Loader(options)  # compiles and attaches the BPF program, in its own process
+            loader = ebpf.Loader(options)  # loads and attaches kmem.bpf.o, in this process
         except ebpf.Unavailable as why:
             if options.backend == "ebpf":
                 raise CaptureError(f"eBPF backend unavailable: {why}") from None
             say(f"backend: tracefs (eBPF unavailable: {why})")
         else:
             if options.backend == "auto":
-                say("backend: ebpf (bcc loaded and the BPF program attached)")
+                say("backend: ebpf (the BPF object loaded and attached)")
             try:
                 return ebpf.EbpfCollector(options, report, say, loader).run()
             finally:

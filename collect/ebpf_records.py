@@ -1,4 +1,4 @@
-"""The layouts of collect/kmem_bpf.c's records, described to collect.decode.Decoder.
+"""The layouts of collect/kmem.bpf.c's records, described to collect.decode.Decoder.
 
 Records are fixed-size C structs (`struct record`, 56 bytes; `struct named_record`, the
 same followed by a name). Each record type is described with a synthetic EventFormat
@@ -24,7 +24,7 @@ SLOTS = {"ts": (0, 8), "a": (8, 8), "a4": (8, 4), "p": (16, 8), "k": (24, 8), "b
 T_CACHE = 17
 T_CACHE_FIELDS = {"cache": "a", "object_size": "b", "size": "c", "flags": "gfp", "name": "name"}
 
-# Record type id (T_* in kmem_bpf.c) -> tracepoint, and the tracepoint field each slot holds
+# Record type id (T_* in kmem.bpf.c) -> tracepoint, and the tracepoint field each slot holds
 # (slot, or (slot, signed)); "cache" is the slab cache key.
 RECORD_TYPES: dict[int, tuple[str, str, dict[str, str | tuple[str, bool]]]] = {
     1: ("kmem", "kmalloc", {"call_site": "a", "ptr": "p", "bytes_req": "b", "bytes_alloc": "c", "gfp_flags": "gfp", "node": ("s", True)}),

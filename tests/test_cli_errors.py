@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 
 import pytest
 import typer
@@ -63,6 +64,15 @@ def test_no_tracefs(tracefs, tmp_path):
         capture_output=True, text=True, timeout=60,
     )
     assert_user_error(result, "tracefs")
+
+
+def test_ebpf_backend_without_its_built_object(tracefs, tmp_path):
+    """A checkout before `make bpf`, or an install made without the object, says to build it."""
+    script = (f"import pathlib, collect.bpf_loader; collect.bpf_loader.BPF_OBJECT = pathlib.Path({str(tmp_path / 'kmem.bpf.o')!r}); "
+              "from chargeplay.cli import main; main()")
+    result = subprocess.run([sys.executable, "-c", script, "collect", "-o", str(tmp_path / "t"), "--backend", "ebpf", "--", "true"],
+                            capture_output=True, text=True, timeout=120)
+    assert_user_error(result, "eBPF backend unavailable", "kmem.bpf.o is not built: run `make bpf`")
 
 
 def test_info_on_a_missing_directory(tmp_path):

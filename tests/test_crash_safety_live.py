@@ -103,7 +103,7 @@ def test_sigkill_of_collector_and_guardian_at_any_point(tracefs, tmp_path, secon
 def test_sigkill_of_an_ebpf_collector_leaves_no_bpf_program(ebpf, tmp_path, seconds):
     before = our_bpf_programs()
     kill_and_check(ebpf, tmp_path, seconds, "ebpf")
-    assert wait_until(lambda: our_bpf_programs() == before, timeout=15)  # the loader died with the collector
+    assert wait_until(lambda: our_bpf_programs() == before, timeout=15)  # its file descriptors held them
 
 
 @pytest.fixture

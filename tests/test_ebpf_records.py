@@ -1,5 +1,5 @@
 """The eBPF backend's fixed-size records decode to the same rows as tracefs records would
-(no kernel needed: records are built here byte by byte as kmem_bpf.c lays them out, and
+(no kernel needed: records are built here byte by byte as kmem.bpf.c lays them out, and
 perf buffer records as the kernel frames them)."""
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ DENTRY, NAMES = 0xFFFF888000A00000, 0xFFFF888000B00000  # cache keys (their addr
 
 def record(ts: int, type_id: int, pid: int, a: int = 0, p: int = 0, k: int = 0, b: int = 0, c: int = 0, gfp: int = 0,
            cpu: int = 0, s: int = 0, name: bytes | None = None) -> bytes:
-    """struct record (and struct named_record when `name` is given), as kmem_bpf.c declares them."""
+    """struct record (and struct named_record when `name` is given), as kmem.bpf.c declares them."""
     head = struct.pack("<QQQQIIIiHHhH", ts, a, p, k, b & 0xFFFFFFFF, c, gfp, pid, type_id, cpu, s, 0)
     assert len(head) == RECORD_SIZE
     if name is None:
