@@ -201,9 +201,6 @@ def validate(
     memory_high: Annotated[Optional[str], typer.Option(help="memcg high limit (cgroup v2 only), e.g. 24M")] = None,
 ) -> None:
     """Capture a workload under a limit (root), replay it under the running kernel's model, compare with what the kernel did."""
-    from analyze.report import write_report
-    from analyze.results import Result
-
     from analyze import fidelity as fidelity_check
     from analyze.report import write_report
     from analyze.results import Result
@@ -301,6 +298,9 @@ def report(
     metrics: Annotated[Optional[Path], typer.Option("--json", help="also write the divergence metrics as JSON")] = None,
 ) -> None:
     """Write one self-contained HTML report: where, when and for whom the policies part ways."""
+    from analyze.report import write_report
+    from analyze.results import Result
+
     with err.status("writing the report"):
         write_report(Result.open(result), output, png, metrics)
     err.print(f"report: {output}", markup=False, highlight=False)
