@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from replay.input import InputStream, ReplayInput
 from replay.ops import (
-    LRU_CHARGE, OBJ_ALLOC, OUTCOME, OUTCOMES, PAGE_ALLOC, PAGE_SIZE, RECLAIM_TRIGGERS, UNLIMITED, GfpBits, Limits,
+    LRU_CHARGE, OBJ_ALLOC, OOM_CHARGE, OUTCOME, OUTCOMES, PAGE_ALLOC, PAGE_SIZE, RECLAIM_TRIGGERS, UNLIMITED, GfpBits, Limits,
 )
 from replay.policy import Policy
 from replay.fast import Fast
@@ -31,7 +31,7 @@ from traces.kernel_tables import gfp_class
 from traces.manifest import TraceError
 from traces.reader import Trace
 
-CHARGE_OPS = (OBJ_ALLOC, PAGE_ALLOC, LRU_CHARGE)
+CHARGE_OPS = (OBJ_ALLOC, PAGE_ALLOC, LRU_CHARGE, OOM_CHARGE)
 DEFAULT_RECLAIM_NS_PER_PAGE = 1000
 MAX_BUCKETS = 10_000
 
