@@ -3,7 +3,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 # chromium opens the HTML report in the report tests; clang, llvm (llvm-strip) and libbpf-dev
 # build the eBPF backend's object (make bpf), which libbpf1 loads.
-DEBIAN_TEST_PACKAGES := chromium clang llvm libbpf-dev libbpf1
+BPF_BUILD_PACKAGES := clang llvm libbpf-dev libbpf1
+DEBIAN_TEST_PACKAGES := chromium $(BPF_BUILD_PACKAGES)
 # The eBPF backend's CO-RE object: built here once, loaded on any kernel with BTF (no compiler there).
 BPF_OBJECT := collect/kmem.bpf.o
 BPF_ARCH := $(subst x86_64,x86,$(subst aarch64,arm64,$(shell uname -m)))
@@ -48,7 +49,7 @@ bench: setup
 # virtme-ng over this machine's own root file system, with cgroup v2. The image packages also
 # pull initramfs-tools, which writes /boot/initrd.img-*; this machine boots through neither
 # grub nor /boot, so nothing about its own boot changes (there is no update-grub to run).
-LAB_DEBIAN_PACKAGES := qemu-system-x86 busybox-static linux-image-amd64 linux-image-6.12-amd64
+LAB_DEBIAN_PACKAGES := qemu-system-x86 busybox-static linux-image-amd64 linux-image-6.12-amd64 $(BPF_BUILD_PACKAGES)
 
 lab-packages: setup
 	@missing=$$(for p in $(LAB_DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -61,6 +62,6 @@ lab-packages: setup
 
 # The lab tests (tests/kernel_lab: each kernel boots and has cgroup v2, tracefs, BTF, kprobes and
 # an enforced memory.high), then the live tests inside each kernel (python -m lab live).
-lab: lab-packages
+lab: lab-packages bpf
 	$(BIN)/pytest -m lab tests/kernel_lab
 	$(BIN)/python -m lab live --kernel all

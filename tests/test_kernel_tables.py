@@ -217,6 +217,26 @@ def test_bundled_samples_carry_the_6_18_gfp_table(sample: str) -> None:
     assert gfp_class(0x820 | 0x2000, table) == "GFP_ATOMIC"
 
 
+@pytest.mark.parametrize(("sample", "release", "atomic", "nowait"), [
+    # 6.1's include/linux/gfp_types.h: GFP_ATOMIC = __GFP_HIGH 0x20 | __GFP_ATOMIC 0x200 |
+    # __GFP_KSWAPD_RECLAIM 0x800, GFP_NOWAIT = __GFP_KSWAPD_RECLAIM. 6.4 dropped __GFP_ATOMIC,
+    # and 6.12's GFP_NOWAIT adds __GFP_NOWARN 0x2000.
+    ("file-storm-6.1", "6.1.", 0xA20, 0x800),
+    ("file-storm-6.12", "6.12.", 0x820, 0x2800),
+])
+def test_lab_samples_carry_their_own_kernels_gfp_table(sample: str, release: str, atomic: int, nowait: int) -> None:
+    trace = Trace.open(sample_path(sample))
+    assert trace.manifest["kernel"]["release"].startswith(release)
+    table = trace.gfp_flags
+    assert (table["GFP_ATOMIC"], table["GFP_NOWAIT"]) == (atomic, nowait)
+    assert ("__GFP_ATOMIC" in table) == (release == "6.1.")
+    assert table["GFP_KERNEL"] == 0xCC0 and table["__GFP_ACCOUNT"] == 1 << 22  # the same from 6.1 to 6.18
+    # cgroup v2, memory.high reached: the kernel counted high events in the sampled memcg.
+    target = trace.manifest["target"]
+    assert target["cgroup_version"] == 2 and target["high"] == 20 << 20
+    assert trace.side_table("memcg").collect()["events_high"].max() > 0
+
+
 def test_live_gfp_composites_are_this_kernels_flags_combined(tracefs: Path) -> None:
     """The running kernel's composites, rebuilt from its own single flags by the definitions
     in include/linux/gfp_types.h that hold from 6.1 to 6.18 (where they changed, both forms

@@ -37,9 +37,10 @@ def test_nowait_slab_charges_fall_back_to_min_order_more_often_than_caller_gfp(t
     assert s["nowait-slab-charge"]["fallbacks"] > s["caller-gfp"]["fallbacks"] == 0
 
 
-def test_result_files_describe_every_policy_and_charge(tmp_path):
+@pytest.mark.parametrize("sample", ["fork-storm", "file-storm-6.1", "file-storm-6.12"])  # and other kernels' tables
+def test_result_files_describe_every_policy_and_charge(tmp_path, sample):
     out = tmp_path / "r"
-    result = chargeplay("replay", str(sample_path("fork-storm")), "-o", str(out), "--memory-high", "12M")
+    result = chargeplay("replay", str(sample_path(sample)), "-o", str(out), "--memory-high", "12M")
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "summary.json").read_text())
     policies = list(summary["policies"])

@@ -16,13 +16,13 @@ publish() {  # bundled samples are public; captured traces stay owner-only
 }
 
 if [ "${1:-}" = --lab ]; then
+  rm -rf "$here"/file-storm-6.1 "$here"/file-storm-6.12
+  # both kernels side by side; inside, the series (6.1, 6.12) names the sample
+  (cd "$checkout" && .venv/bin/python -m lab run --kernel all --keep "$here" -- sh -c \
+    'chargeplay collect -o "$0/out/file-storm-$(uname -r | cut -d. -f1,2)" --memory-max 28M --memory-high 20M -- python3 "$1" files' \
+    '{run}' "$here/workloads.py")
   for series in 6.1 6.12; do
-    out=$here/file-storm-$series
-    rm -rf "$out"
-    (cd "$checkout" && .venv/bin/python -m lab run --kernel "$series" --keep "$here" -- \
-      chargeplay collect -o "{run}/out/file-storm-$series" --memory-max 28M --memory-high 20M -- \
-      python3 "$here/workloads.py" files)
-    publish "$out"
+    publish "$here/file-storm-$series"
   done
   exit 0
 fi
