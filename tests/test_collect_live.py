@@ -280,6 +280,8 @@ def test_only_a_capturing_chargeplay_is_a_live_collector(args, alive):
     """What keeps a chargeplay-PID leftover from being removed: PID is a running collector."""
     process = subprocess.Popen(["sh", "-c", "sleep 30; exit", *args])  # sh's arguments are the process's own
     try:
+        # Popen returns once exec has begun, possibly before the new arguments are in place.
+        assert wait_until(lambda: b"sleep 30" in Path(f"/proc/{process.pid}/cmdline").read_bytes())
         assert collector_alive(process.pid) == alive
     finally:
         process.kill()
