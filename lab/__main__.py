@@ -80,16 +80,15 @@ def run_kernel(series: str, command: list[str], timeout: float, keep: Path | Non
     return code
 
 
-def in_parallel(argv: list[str], series: list[str]) -> int:
-    """`python -m lab ARGV` for each kernel at once, each in its own runner, their lines
-    prefixed with the kernel; the first failure's code (0 if none). A TCG guest keeps about one
-    of this machine's cores busy, so two side by side take about the time of one."""
-    action, options = argv[0], argv[1:]
-    split = options.index("--") if "--" in options else len(options)
-    before, after = options[:split], options[split:]
-    before = [a for i, a in enumerate(before) if a != "--kernel" and (i == 0 or before[i - 1] != "--kernel")]
-    before = [a for a in before if not a.startswith("--kernel=")]
-    runners = {name: subprocess.Popen([sys.executable, "-m", "lab", action, "--kernel", name, *before, *after],
+def in_parallel(args: argparse.Namespace, command: list[str], series: list[str]) -> int:
+    """The same action for each kernel at once, each in its own runner (`python -m lab`), their
+    lines prefixed with the kernel; the first failure's code (0 if none). A TCG guest keeps about
+    one of this machine's cores busy, so two side by side take about the time of one."""
+    options = ["--timeout", str(args.timeout)]
+    for name in ("out", "keep"):  # facts --out, run --keep
+        if getattr(args, name, None) is not None:
+            options += [f"--{name}", str(getattr(args, name))]
+    runners = {name: subprocess.Popen([sys.executable, "-m", "lab", args.action, "--kernel", name, *options, "--", *command],
                                       cwd=CHECKOUT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                       preexec_fn=_terminate_with_parent)
                for name in series}
@@ -123,7 +122,6 @@ def _relay(name: str, lines) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m lab", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="action", required=True)
@@ -152,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.kernel == "all":
             for sig in (signal.SIGTERM, signal.SIGHUP):  # stop the runners too (the finally in in_parallel)
                 signal.signal(sig, vm.raise_stop)
-            return in_parallel(argv, [kernel.series for kernel in kernels.selected("all")])
+            return in_parallel(args, command, [kernel.series for kernel in kernels.selected("all")])
         if args.action == "run":
             if not command:
                 raise LabError("give a command: python -m lab run -- COMMAND")
