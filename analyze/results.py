@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from replay.ops import OUTCOMES, RECLAIM_TRIGGERS
 from replay.policy import RESERVED_NAMES
 from traces.checks import Int, MapOf, TraceError, check_shape, one_line, parquet_schema, read_json, show
-from traces.kernel_tables import gfp_class_expr
+from traces.gfp_columns import gfp_class_expr
 from traces.manifest import MAX_BYTES
 from traces.reader import Trace
 

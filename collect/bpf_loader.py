@@ -26,7 +26,7 @@ from pathlib import Path
 from collect.bpf_outputs import BpfMap
 from collect.libbpf import BpfObject, LibbpfError, libbpf
 from traces.errors import UserError
-from traces.kernel_tables import VMLINUX_BTF, read_btf, read_btf_enums
+from collect.kernel_tables import VMLINUX_BTF, read_btf, read_btf_enums
 from traces.schema import CHARGE_FUNCTIONS
 
 BPF_OBJECT = Path(__file__).with_name("kmem.bpf.o")

@@ -33,12 +33,13 @@ from collect import cgroup, pseudonyms, ringbuf
 from collect.cgroup import Memcg
 from collect.cleanup import remove_stale, start_guardian, wait_or_kill
 from collect.decode import TRACEPOINT_KINDS, Decoder, load_formats
+from collect.kernel_tables import read_gfp_table, read_kernel_enums
 from collect.ringbuf import CpuReader, RawEvents, concat, parse_pages
 from collect.slabs import slab_names_by_size, slab_table
 from collect.tracefs import Instance, tracefs_root, write_setting
 from traces.atomic import check_new_output, make_private_dir, write_json, write_parquet
 from traces.errors import UserError
-from traces.kernel_tables import gfp_bit, read_gfp_table, read_kernel_enums
+from traces.gfp import gfp_bit
 from traces.manifest import MANIFEST, Manifest, new_manifest, wall_now
 from traces.schema import CALL_SITE_ADDRESS_COLUMNS, MEMCG_COLUMNS, OBJECT_ADDRESS_COLUMNS, table_schema
 from traces.segments import Segment, SegmentWriter

@@ -27,7 +27,7 @@ from replay.fast import Fast
 from replay.reference import Reference
 from replay.result import EngineResult
 from traces.atomic import atomic_file, check_new_output, make_private_dir, write_json, write_parquet
-from traces.kernel_tables import gfp_class
+from traces.gfp import gfp_class
 from traces.manifest import TraceError
 from traces.reader import Trace
 

@@ -1,4 +1,4 @@
-"""Tests for traces.kernel_tables: gfp flags from tracepoint formats, enums from BTF.
+"""Tests for traces.gfp and collect.kernel_tables: gfp flags from tracepoint formats, enums from BTF.
 
 Hand-worked tests use tables and blobs written out here; live tests compare
 against this kernel's own renderings (trace text, /proc/vmstat).
@@ -16,21 +16,16 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from traces.kernel_tables import (
+from collect.kernel_tables import (
     KERNEL_ENUMS,
     VMLINUX_BTF,
-    decode_gfp,
-    eval_c_flag_expr,
-    gfp_bit,
-    gfp_class,
-    gfp_class_expr,
-    gfp_class_series,
     parse_btf_enums,
-    parse_print_flags,
     read_btf_enums,
     read_gfp_table,
     read_kernel_enums,
 )
+from traces.gfp import decode_gfp, eval_c_flag_expr, gfp_bit, gfp_class, parse_print_flags
+from traces.gfp_columns import gfp_class_expr, gfp_class_series
 from traces.reader import Trace
 from traces.samples import sample_path
 

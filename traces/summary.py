@@ -5,7 +5,7 @@ from typing import Any
 
 import polars as pl
 
-from traces.kernel_tables import gfp_class_expr
+from traces.gfp_columns import gfp_class_expr
 from traces.reader import Trace
 from traces.schema import ALLOC_KINDS
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from collect.event_format import read_event_format
-from traces.kernel_tables import read_gfp_table
+from collect.kernel_tables import read_gfp_table
 
 KERNELS = sorted((Path(__file__).resolve().parents[1] / "data" / "kernels").iterdir())
 LTS = [k for k in KERNELS if k.name.startswith(("6.1.", "6.1-", "6.12."))]
