@@ -51,6 +51,11 @@ bench: setup
 # grub nor /boot, so nothing about its own boot changes (there is no update-grub to run).
 LAB_DEBIAN_PACKAGES := qemu-system-x86 busybox-static linux-image-amd64 linux-image-6.12-amd64 $(BPF_BUILD_PACKAGES)
 
+# Inside the guests polars's default runtime (built for AVX2 and friends, which qemu emulates)
+# crashed with SIGSEGV scanning a 260,000-event trace, on 6.1 and 6.12 alike; its compat runtime,
+# built for older CPUs, reads it. It goes beside the venv, for the guests only (lab/guest.sh).
+LAB_POLARS := $(VENV)/polars-compat
+
 lab-packages: setup
 	@missing=$$(for p in $(LAB_DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -59,6 +64,9 @@ lab-packages: setup
 			--no-install-recommends $$missing >/dev/null; \
 	fi
 	@$(BIN)/python -c 'import virtme_ng' 2>/dev/null || $(BIN)/pip install -qq -e '.[test,lab]'
+	@v=$$($(BIN)/python -c 'import polars; print(polars.__version__)'); \
+	[ -d $(LAB_POLARS)/polars_runtime_compat-$$v.dist-info ] || \
+	$(BIN)/pip install -qq --upgrade --target $(LAB_POLARS) polars-runtime-compat==$$v
 
 # The lab tests (tests/kernel_lab: each kernel boots and has cgroup v2, tracefs, BTF, kprobes and
 # an enforced memory.high), then the live tests inside each kernel (python -m lab live).

@@ -80,6 +80,14 @@ class CaptureError(UserError):
     """The capture cannot start or go on; the message says what to do."""
 
 
+def _comm_of(tid: int) -> str:
+    """A task's name; "" once it has exited, which it may do any time after its cgroup listed it."""
+    try:
+        return Path(f"/proc/{tid}/comm").read_text().strip()
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
 @dataclass
 class CaptureOptions:
     output: Path
@@ -324,8 +332,7 @@ class Collector:
         new = [int(t) for t in tasks.read_text().split() if int(t) not in known]
         for tid in new:
             self._admit(tid)
-            comm = Path(f"/proc/{tid}/comm")
-            self.decoder.comms[tid] = comm.read_text().strip() if comm.exists() else ""
+            self.decoder.comms[tid] = _comm_of(tid)
         known.update(new)
 
     def _tick(self, start_ns: int) -> bool:

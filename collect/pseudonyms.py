@@ -108,5 +108,6 @@ def _reinsert(keys, values, old_keys, old_values):
 
 
 def warm_up() -> None:
-    """Compile (or load from cache) the hash table's functions before a capture needs them."""
-    Pseudonyms(capacity=2).assign(np.array([5, 6], np.uint64), np.array([ALLOC, FREE], np.int8))
+    """Compile (or load from cache) the hash table's functions before a capture needs them,
+    the rebuild's too (two allocations overfill a table of two)."""
+    Pseudonyms(capacity=2).assign(np.array([5, 6], np.uint64), np.array([ALLOC, ALLOC], np.int8))

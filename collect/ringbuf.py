@@ -336,13 +336,16 @@ def _subbuf_size(instance: Path) -> int:
 
 def warm_up() -> None:
     """Compile (or load from numba's cache) the page walker and string helpers now: the first
-    compile takes seconds, and during a capture the buffers would fill meanwhile."""
-    parse_pages(np.zeros(4096, np.uint8), cpu=0)  # one empty page
-    record = np.zeros(16, np.uint8)
-    record[8:12] = np.frombuffer(np.uint32((2 << 16) | 12).tobytes(), np.uint8)  # data_loc: 2 bytes at 12
+    compile takes seconds, and during a capture the buffers would fill meanwhile. numba compiles
+    once per argument type, and read-only arrays are a type of their own: the pages a capture
+    reads are bytes (read-only), several pages' events are joined in a new (writable) array."""
+    parse_pages(bytes(4096), cpu=0)  # one empty page
+    record = bytearray(16)
+    record[8:12] = np.uint32((2 << 16) | 12).tobytes()  # data_loc: 2 bytes at 12
     record[12] = ord("x")
-    one = RawEvents(
-        ts=np.zeros(1, np.uint64), cpu=np.zeros(1, np.uint16), type_id=np.zeros(1, np.uint16),
-        start=np.zeros(1, np.int64), length=np.full(1, 16, np.int32), data=record, missed=0,
-    )
-    string_values(one, np.arange(1), Field("name", 8, 4, False, True))
+    for data in (np.frombuffer(bytes(record), np.uint8), np.array(record, np.uint8)):
+        one = RawEvents(
+            ts=np.zeros(1, np.uint64), cpu=np.zeros(1, np.uint16), type_id=np.zeros(1, np.uint16),
+            start=np.zeros(1, np.int64), length=np.full(1, 16, np.int32), data=data, missed=0,
+        )
+        string_values(one, np.arange(1), Field("name", 8, 4, False, True))

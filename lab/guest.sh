@@ -16,11 +16,13 @@ for tree in "$venv" "$stdlib"; do
 done
 mkdir -p "$run/home" "$cache/numba" /tmp/lab
 # Everything a test writes goes where the guest may write: HOME, numba's cache (kept between
-# runs: the guest's CPU model is the same for every lab kernel), pytest's temp and no
-# .pytest_cache or __pycache__ in the read-only checkout.
-export HOME="$run/home" TMPDIR=/tmp/lab NUMBA_CACHE_DIR="$cache/numba" PYTHONDONTWRITEBYTECODE=1
+# runs; NUMBA_CPU_NAME: the generic code lab/__main__.py compiled into it before booting),
+# pytest's temp and no .pytest_cache or __pycache__ in the read-only checkout.
+export HOME="$run/home" TMPDIR=/tmp/lab NUMBA_CACHE_DIR="$cache/numba" NUMBA_CPU_NAME=generic PYTHONDONTWRITEBYTECODE=1
 export PYTEST_ADDOPTS="-p no:cacheprovider --basetemp=/tmp/lab/pytest ${PYTEST_ADDOPTS:-}"
 export PATH="$venv/bin:$PATH" CHARGEPLAY_LAB_KERNEL="$(uname -r)"
+# polars's compat runtime, which make lab-packages puts beside the venv (Makefile: LAB_POLARS).
+export PYTHONPATH="$venv/polars-compat" POLARS_FORCE_PKG=compat
 # Emulated (TCG) the guest runs 10-40x slower than this machine: the tests' timeouts stretch.
 export CHARGEPLAY_TEST_SLOWDOWN=20
 

@@ -42,6 +42,24 @@ def chargeplay(*args: str, timeout: float = 120, **kwargs) -> subprocess.Complet
     return subprocess.run([*CHARGEPLAY, *args], capture_output=True, text=True, timeout=timeout * SLOWDOWN, **kwargs)
 
 
+# A workload that drives its memcg over memory.max and reports what the memcg itself counted: a
+# child touches anonymous memory until the memcg's OOM killer stops it (the biggest task in the
+# memcg); the parent, in the same memcg (cgroup v2), then copies memory.events and memory.peak
+# ("peak BYTES") to argv[1].
+OVER_MAX = r"""
+import os, sys
+child = os.fork()
+if child == 0:
+    chunks = []
+    while True:
+        chunks.append(b"x" * (1 << 20))
+os.waitpid(child, 0)
+memcg = "/sys/fs/cgroup" + open("/proc/self/cgroup").read().split("::")[-1].strip()
+with open(sys.argv[1], "w") as out:
+    out.write(open(memcg + "/memory.events").read() + "peak " + open(memcg + "/memory.peak").read())
+"""
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
     """Whether `predicate` became true within `timeout` seconds (stretched by SLOWDOWN)."""
     deadline = time.monotonic() + timeout * SLOWDOWN

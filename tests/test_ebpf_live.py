@@ -13,10 +13,13 @@ import sys
 from pathlib import Path
 
 import polars as pl
+import pytest
 
-from conftest import CHARGEPLAY, SLOWDOWN, chargeplay, wait_until
+from conftest import CHARGEPLAY, OVER_MAX, SLOWDOWN, chargeplay, wait_until
 from test_collect_live import ALLOC_KINDS, FILE_MAKER, assert_kmem_counter_matches_the_trace, kmem_counter_args, leftovers
+from collect import cgroup
 from collect.bpf_loader import CHARGE_PROBES, KPROBE_PROGRAMS, PROGRAM_PREFIX, Loader
+from traces.gfp import gfp_bit
 from traces.reader import Trace
 from traces.schema import CHARGE_FUNCTIONS
 
@@ -169,3 +172,33 @@ def test_charge_probe_programs_pass_the_kernel_verifier(ebpf):
     finally:
         loader.close()
     assert {name[:15] for name in KPROBE_PROGRAMS} <= loaded  # the kernel keeps 15 characters of a name
+
+
+def test_charge_probes_agree_with_the_memcgs_own_events(ebpf, tmp_path):
+    """A workload driven over memory.max (cgroup v2), against the kernel's own memory.events:
+    mem_cgroup_oom raises an `oom` event and then calls mem_cgroup_out_of_memory (orders up to
+    PAGE_ALLOC_COSTLY_ORDER, which a touched page is), so the probe's OOM calls equal `oom`; a
+    blocking try_charge_memcg that fails went through reclaim at least once, and each pass
+    raised a `max` event, so failed blocking charges are at most `max` (mm/memcontrol.c)."""
+    if cgroup.memory_hierarchy()[0] != 2:
+        pytest.skip("needs a cgroup v2 memory hierarchy (this host has v1: no memory.events)")
+    problem = _charge_probe_problem(ebpf)
+    if problem is not None:
+        pytest.skip(f"charge probes unavailable: {problem.removesuffix(': ')}")
+    events_file = tmp_path / "memory.events"
+    result = chargeplay("collect", "-o", str(tmp_path / "t"), "--backend", "ebpf", "--memory-max", "32M", "--",
+                        sys.executable, "-c", OVER_MAX, str(events_file))
+    assert result.returncode == 0, result.stderr
+    events = cgroup.read_keyed(events_file)
+    trace = Trace.open(tmp_path / "t")
+    assert trace.manifest["lost"]["total"] == 0
+    charges = trace.events().filter(pl.col("kind") == "charge").collect()
+    tries = charges.filter(pl.col("item") == CHARGE_FUNCTIONS.index("try_charge_memcg"))
+    blocking = (pl.col("gfp") & gfp_bit(trace.gfp_flags, "__GFP_DIRECT_RECLAIM")) != 0
+    failed_blocking = tries.filter(pl.col("failed") & blocking).height
+    ooms = charges.filter(pl.col("item") == CHARGE_FUNCTIONS.index("mem_cgroup_out_of_memory")).height
+    assert events["oom_kill"] == 1, events
+    assert ooms == events["oom"] >= 1, (ooms, events)
+    assert failed_blocking <= events["max"] and events["max"] >= 1, (failed_blocking, events)
+    # and the charges that led there were seen too
+    assert tries.filter(~pl.col("failed")).height > 0
