@@ -58,8 +58,10 @@ from traces.samples import sample_path
 for module in (ringbuf, pseudonyms, bpf_outputs):
     module.warm_up()
 with tempfile.TemporaryDirectory() as scratch:
-    subprocess.run([sys.prefix + "/bin/chargeplay", "replay", str(sample_path("file-storm-6.12")),
-                    "-o", scratch + "/result"], check=True, stdout=subprocess.DEVNULL)
+    done = subprocess.run([sys.prefix + "/bin/chargeplay", "replay", str(sample_path("file-storm-6.12")),
+                           "-o", scratch + "/result"], capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(done.stderr)
 """
 PR_SET_PDEATHSIG = 1  # prctl(2)
 TIMEOUT = 30 * 60  # per kernel; the kernels run side by side
