@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress as ProgressBar
 from rich.table import Table
 
 from chargeplay import __version__
-from chargeplay.units import format_bytes, parse_size
+from common.units import format_bytes, parse_size
 from replay import policy
 from traces.errors import UserError
 from traces.samples import DEFAULT_SAMPLE, sample_path
@@ -82,7 +82,7 @@ def _size(value: Optional[str], option: str) -> Optional[int]:
         return None
     try:
         return parse_size(value)
-    except UserError as error:
+    except ValueError as error:
         raise UserError(f"{option}: {error}") from None
 
 
