@@ -204,6 +204,7 @@ def validate(
     from analyze import fidelity as fidelity_check
     from analyze.report import write_report
     from analyze.results import Result
+    from chargeplay import validation
 
     _check_command(command[0])
     with _live(transient=True) as live:
@@ -211,8 +212,8 @@ def validate(
         def replaying(step: str, _done: int) -> None:
             live.update(f"replaying {step}")
 
-        steps = fidelity_check.Steps(capturing=_capture_display(live), replaying=replaying, say=_say)
-        result = fidelity_check.validate(output, command, _size(memory_max, "--memory-max"), _size(memory_high, "--memory-high"), steps)
+        steps = validation.Steps(capturing=_capture_display(live), replaying=replaying, say=_say)
+        result = validation.validate(output, command, _size(memory_max, "--memory-max"), _size(memory_high, "--memory-high"), steps)
         live.update("writing the report")
         write_report(Result.open(output / "result"), output / "report.html", fidelity=result)
     table = Table("metric", "predicted", "observed", "relative error", "target",
