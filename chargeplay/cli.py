@@ -141,7 +141,8 @@ def collect(
     keep_addresses: Annotated[bool, typer.Option(help="also store raw kernel addresses of objects and call sites (addresses/); they reveal the KASLR offset")] = False,
 ) -> None:
     """Capture a workload's kernel-memory events (root): `chargeplay collect -o T --memory-max 64M -- CMD...`."""
-    from collect.collector import CaptureOptions, capture
+    from collect.capture import capture
+    from collect.collector import CaptureOptions
 
     if bool(command) == bool(cgroup):
         raise UserError("give either a command after -- or --cgroup PATH with --duration")

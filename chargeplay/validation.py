@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Callable
 
 from analyze.fidelity import compare
-from collect.collector import CaptureOptions, Progress, capture
+from collect.capture import capture
+from collect.collector import CaptureOptions, Progress
 from replay import policy, run
 from traces.atomic import check_new_output, make_private_dir, write_json
 from traces.errors import UserError

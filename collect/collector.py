@@ -60,8 +60,6 @@ TASK_EVENTS = [
 ]
 MEMCG_EVENTS = [("memcg", "mod_memcg_state"), ("memcg", "mod_memcg_lruvec_state"), ("memcg", "count_memcg_events")]
 FREE_EVENTS = [("kmem", "kfree"), ("kmem", "kmem_cache_free"), ("kmem", "mm_page_free")]
-BACKENDS = ("tracefs", "ebpf", "auto")
-BPF_OUTPUTS = ("auto", "ringbuf", "perf")
 COLLECTOR_PRIORITY_BOOST = 10  # nice levels: about 9x the workload's CPU share where they compete
 IRQ_FLAGS = ("TRACE_FLAG_SOFTIRQ", "TRACE_FLAG_HARDIRQ", "TRACE_FLAG_NMI")
 # Without these a trace says nothing of kernel memory: a kernel that cannot give one is refused.
@@ -546,29 +544,3 @@ def _compact(raw: RawEvents) -> RawEvents:
     gather = np.repeat(raw.start - new_start, raw.length) + np.arange(total)
     return RawEvents(ts=raw.ts, cpu=raw.cpu, type_id=raw.type_id, start=new_start[: len(raw)],
                      length=raw.length, data=raw.data[gather], missed=0)
-
-
-def capture(options: CaptureOptions, report: Callable[[Progress], None], say: Callable[[str], None]) -> Manifest:
-    if os.geteuid() != 0:
-        raise CaptureError("live capture needs root (tracefs and cgroups); run it with sudo")
-    if options.backend not in BACKENDS:
-        raise CaptureError(f"--backend {options.backend}: choose one of {', '.join(BACKENDS)}")
-    if options.bpf_output not in BPF_OUTPUTS:
-        raise CaptureError(f"--bpf-output {options.bpf_output}: choose one of {', '.join(BPF_OUTPUTS)}")
-    if options.backend != "tracefs":
-        from collect import ebpf  # here, not at the top: collect.ebpf builds on this module
-
-        try:
-            loader = ebpf.Loader(options)  # loads and attaches kmem.bpf.o, in this process
-        except ebpf.Unavailable as why:
-            if options.backend == "ebpf":
-                raise CaptureError(f"eBPF backend unavailable: {why}") from None
-            say(f"backend: tracefs (eBPF unavailable: {why})")
-        else:
-            if options.backend == "auto":
-                say("backend: ebpf (the BPF object loaded and attached)")
-            try:
-                return ebpf.EbpfCollector(options, report, say, loader).run()
-            finally:
-                loader.close()
-    return Collector(options, report, say).run()
