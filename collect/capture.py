@@ -1,12 +1,13 @@
 """A capture from start to finish: the options checked, then the backend asked for run
-(collect.collector's tracefs collector, or collect.ebpf's, which builds on it)."""
+(collect.tracefs_collector's or collect.ebpf's, both built on collect.collector's core)."""
 from __future__ import annotations
 
 import os
 from typing import Callable
 
 from collect import ebpf
-from collect.collector import CaptureError, CaptureOptions, Collector, Progress
+from collect.collector import CaptureError, CaptureOptions, Progress
+from collect.tracefs_collector import TracefsCollector
 from traces.manifest import Manifest
 
 BACKENDS = ("tracefs", "ebpf", "auto")
@@ -34,4 +35,4 @@ def capture(options: CaptureOptions, report: Callable[[Progress], None], say: Ca
                 return ebpf.EbpfCollector(options, report, say, loader).run()
             finally:
                 loader.close()
-    return Collector(options, report, say).run()
+    return TracefsCollector(options, report, say).run()
