@@ -110,7 +110,7 @@ def test_the_scanner_sees_imports_inside_functions_and_relative_ones() -> None:
         ("traces.reader", "collect/ebpf.py:2"), ("collect.cgroup", "collect/ebpf.py:5"), ("replay.ops", "collect/ebpf.py:6")]
 
 
-def test_no_stage_imports_upwards() -> None:
+def test_imports_only_go_down() -> None:
     edges = project_imports()
     assert len(edges) > 100  # the scan found the project
     upward = [edge for edge in edges
