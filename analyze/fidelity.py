@@ -1,5 +1,5 @@
-"""`chargeplay validate`: capture a workload under a limit, replay its trace under the model
-of the kernel it ran on, and compare the prediction with what that kernel did.
+"""Fidelity: a replay's prediction beside what the kernel that ran the workload did
+(`chargeplay validate` captures, replays and then compares with this module).
 
 What the kernel did comes from the trace itself: its memcg reclaim begin/end events (the
 workload's tasks only) and the memcg's counters, sampled until the workload left
@@ -9,16 +9,10 @@ memory.events max, high and oom_kill, and memory.peak; usage on both).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import polars as pl
 
-from collect.collector import CaptureOptions, Progress, capture
-from replay import policy, run
-from traces.atomic import check_new_output, make_private_dir, write_json
-from traces.errors import UserError
 from traces.manifest import TraceError
 from traces.reader import Trace
 
@@ -108,39 +102,6 @@ def compare(trace: Trace, result_dir: Path, policy_name: str, model: str) -> dic
         "cgroup_version": version,
         "rows": fidelity_table(predicted(summary["policies"][policy_name], series), observed(trace), version),
     }
-
-
-@dataclass
-class Steps:
-    """Progress callbacks: the capture's, then the replay's (step name, steps done)."""
-
-    capturing: Callable[[Progress], None]
-    replaying: Callable[[str, int], None]
-    say: Callable[[str], None]
-
-
-def validate(output: Path, command: list[str], memory_max: int | None, memory_high: int | None, steps: Steps) -> dict:
-    """Capture COMMAND in a fresh limited memcg into OUTPUT/trace, replay it under the
-    running kernel's model into OUTPUT/result, and write OUTPUT/fidelity.json."""
-    if memory_max is None and memory_high is None:
-        raise UserError("give --memory-max (or --memory-high on cgroup v2): without a limit the kernel never reclaims")
-    check_new_output(output)
-    make_private_dir(output)
-    capture(CaptureOptions(output=output / "trace", command=command, memory_max=memory_max, memory_high=memory_high),
-            steps.capturing, steps.say)
-    trace = Trace.open(output / "trace")
-    chosen, model = policy.for_kernel(trace.manifest["kernel"]["release"])
-    steps.say(f"model: {model}")
-    limits = run.limits_for(trace, None, None, swap=swap_active())
-    run.replay(trace, output / "result", [chosen], limits, run.ENGINES["fast"], steps.replaying)
-    fidelity = compare(trace, output / "result", chosen.name, model)
-    write_json(output / "fidelity.json", fidelity)
-    return fidelity
-
-
-def swap_active() -> bool:
-    """Whether reclaim may swap anon pages here: any swap device or file is on."""
-    return len(Path("/proc/swaps").read_text().splitlines()) > 1
 
 
 def format_value(value: int, unit: str) -> str:

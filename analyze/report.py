@@ -17,8 +17,8 @@ from analyze import charts
 from analyze.divergence import divergence
 from analyze.fidelity import format_error, format_target, format_value
 from analyze.results import Result
-from chargeplay import __version__
-from chargeplay.units import format_bytes
+from common.units import format_bytes
+from common.version import __version__
 from traces.atomic import atomic_file
 
 BASELINE = "mainline-6.18"

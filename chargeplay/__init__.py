@@ -1,3 +1,5 @@
 """chargeplay: replay memcg kernel-memory charging under alternative policies."""
 
-__version__ = "0.1.0"
+from common.version import __version__
+
+__all__ = ["__version__"]

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress as ProgressBar
 from rich.table import Table
 
 from chargeplay import __version__
-from chargeplay.units import format_bytes, parse_size
+from common.units import format_bytes, parse_size
 from replay import policy
 from traces.errors import UserError
 from traces.samples import DEFAULT_SAMPLE, sample_path
@@ -82,7 +82,7 @@ def _size(value: Optional[str], option: str) -> Optional[int]:
         return None
     try:
         return parse_size(value)
-    except UserError as error:
+    except ValueError as error:
         raise UserError(f"{option}: {error}") from None
 
 
@@ -141,7 +141,8 @@ def collect(
     keep_addresses: Annotated[bool, typer.Option(help="also store raw kernel addresses of objects and call sites (addresses/); they reveal the KASLR offset")] = False,
 ) -> None:
     """Capture a workload's kernel-memory events (root): `chargeplay collect -o T --memory-max 64M -- CMD...`."""
-    from collect.collector import CaptureOptions, capture
+    from collect.capture import capture
+    from collect.collector import CaptureOptions
 
     if bool(command) == bool(cgroup):
         raise UserError("give either a command after -- or --cgroup PATH with --duration")
@@ -204,6 +205,7 @@ def validate(
     from analyze import fidelity as fidelity_check
     from analyze.report import write_report
     from analyze.results import Result
+    from chargeplay import validation
 
     _check_command(command[0])
     with _live(transient=True) as live:
@@ -211,8 +213,8 @@ def validate(
         def replaying(step: str, _done: int) -> None:
             live.update(f"replaying {step}")
 
-        steps = fidelity_check.Steps(capturing=_capture_display(live), replaying=replaying, say=_say)
-        result = fidelity_check.validate(output, command, _size(memory_max, "--memory-max"), _size(memory_high, "--memory-high"), steps)
+        steps = validation.Steps(capturing=_capture_display(live), replaying=replaying, say=_say)
+        result = validation.validate(output, command, _size(memory_max, "--memory-max"), _size(memory_high, "--memory-high"), steps)
         live.update("writing the report")
         write_report(Result.open(output / "result"), output / "report.html", fidelity=result)
     table = Table("metric", "predicted", "observed", "relative error", "target",

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chargeplay.jit import njit
+from common.jit import njit
 
 _SYSCALLS = {"x86_64": {"bpf": 321, "perf_event_open": 298}, "aarch64": {"bpf": 280, "perf_event_open": 241}}
 _SYS = _SYSCALLS.get(platform.machine(), _SYSCALLS["x86_64"])

@@ -1,16 +1,8 @@
-"""The tracefs collector: run or attach to a workload in a memcg and record its kmem events.
+"""The collector core: run or attach to a workload in a memcg and record its kmem events,
+from the event source a subclass opens (collect/tracefs_collector.py: private tracefs
+instances; collect/ebpf.py: a BPF object); collect/capture.py picks one.
 
-Three private tracefs instances, so that each can be filtered in the kernel:
-
-  chargeplay-PID       kmem allocations and frees (in task context), reclaim, syscall
-                       exits, OOM victims and task names, for the workload's tasks only
-                       (set_event_pid + event-fork: other tasks cost a pid check, no more)
-  chargeplay-PID-memcg memcg stat events, for the target memcg only (filter id == ID)
-  chargeplay-PID-irq   frees in interrupt context on any CPU: RCU callbacks free many of
-                       the workload's objects in softirq, whichever task is current; only
-                       frees of objects the workload allocated are kept
-
-Every tick the per-CPU buffers are drained, records from all CPUs and instances are
+Every tick the source's buffers are drained, records from all CPUs and buffers are
 merged by timestamp (holding back the last few milliseconds, which another CPU may
 still be writing), decoded and appended to the current segment.
 """
@@ -22,6 +14,7 @@ import resource
 import signal
 import subprocess
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -32,11 +25,11 @@ import pyarrow as pa
 from collect import cgroup, pseudonyms, ringbuf
 from collect.cgroup import Memcg
 from collect.cleanup import remove_stale, start_guardian, wait_or_kill
-from collect.decode import TRACEPOINT_KINDS, Decoder, load_formats
+from collect.decode import TRACEPOINT_KINDS, Decoder
 from collect.kernel_tables import read_gfp_table, read_kernel_enums
-from collect.ringbuf import CpuReader, RawEvents, concat, parse_pages
+from collect.ringbuf import RawEvents, concat
 from collect.slabs import slab_names_by_size, slab_table
-from collect.tracefs import Instance, tracefs_root, write_setting
+from collect.tracefs import tracefs_root
 from traces.atomic import check_new_output, make_private_dir, write_json, write_parquet
 from traces.errors import UserError
 from traces.gfp import gfp_bit
@@ -51,29 +44,10 @@ HOLD_BACK_NS = 5_000_000
 # the collector's memory and keeps each drain short however fast events come.
 DRAIN_PAGES = 4096
 DRAIN_RECORDS = 256 * 1024
-INSTANCE_SUFFIXES = ("", "-memcg", "-irq")  # task, memcg and interrupt-context instances
-TASK_EVENTS = [
-    ("kmem", "kmalloc"), ("kmem", "kmem_cache_alloc"), ("kmem", "mm_page_alloc"),
-    ("vmscan", "mm_vmscan_memcg_reclaim_begin"), ("vmscan", "mm_vmscan_memcg_reclaim_end"),
-    ("raw_syscalls", "sys_exit"), ("oom", "mark_victim"),
-    ("sched", "sched_process_fork"), ("sched", "sched_process_exec"), ("task", "task_rename"),
-]
-MEMCG_EVENTS = [("memcg", "mod_memcg_state"), ("memcg", "mod_memcg_lruvec_state"), ("memcg", "count_memcg_events")]
-FREE_EVENTS = [("kmem", "kfree"), ("kmem", "kmem_cache_free"), ("kmem", "mm_page_free")]
-BACKENDS = ("tracefs", "ebpf", "auto")
-BPF_OUTPUTS = ("auto", "ringbuf", "perf")
 COLLECTOR_PRIORITY_BOOST = 10  # nice levels: about 9x the workload's CPU share where they compete
-IRQ_FLAGS = ("TRACE_FLAG_SOFTIRQ", "TRACE_FLAG_HARDIRQ", "TRACE_FLAG_NMI")
 # Without these a trace says nothing of kernel memory: a kernel that cannot give one is refused.
 # The others are recorded where the kernel has them (6.1 and 6.12 have no memcg tracepoints).
 ESSENTIAL_KINDS = ("kmalloc", "kmem_cache_alloc", "kfree", "kmem_cache_free", "page_alloc", "page_free")
-
-
-def free_filter(event: str, irq_mask: int, in_irq: bool) -> str:
-    """Frees in task context go to the task instance, the others to the irq instance, so
-    none is recorded twice. kfree(NULL) and kfree(ZERO_SIZE_PTR) free nothing."""
-    context = f"(common_flags & {irq_mask})" if in_irq else f"!(common_flags & {irq_mask})"
-    return f"{context} && ptr > 16" if event == "kfree" else context
 
 
 class CaptureError(UserError):
@@ -114,21 +88,18 @@ class Progress:
     notes: list[str] = field(default_factory=list)
 
 
-class Collector:
-    """The tracefs backend; collect.ebpf.EbpfCollector overrides the event-source hooks
-    (_owned_paths, _open_sources, _start_sources, _admit*, _read_parts, _lost_per_cpu,
-    _stop_sources, _close_sources) and shares the rest: target, workload, merge, decode,
-    segments, manifest and clean-up."""
+class Collector(ABC):
+    """What every backend shares: target, workload, merge, decode, segments, manifest and
+    clean-up. A backend (collect.tracefs_collector.TracefsCollector, collect.ebpf.EbpfCollector)
+    is an event source: it implements the hooks under "the event source" below."""
 
-    backend = "tracefs"
+    backend: str  # the manifest's name for it
 
     def __init__(self, options: CaptureOptions, report: Callable[[Progress], None], say: Callable[[str], None]) -> None:
         self.options = options
         self.report = report
         self.say = say
         self.progress = Progress()
-        self.instances: list[Instance] = []
-        self.readers: list[CpuReader] = []
         self.memcg: Memcg | None = None
         self.created_memcg = False
         self.workload: subprocess.Popen | None = None
@@ -182,35 +153,6 @@ class Collector:
             self.memcg.set_limits(self.options.memory_max, self.options.memory_high)
         else:
             self.memcg, self.hierarchy_root = cgroup.existing(self.options.cgroup_path or "")
-
-    def _owned_paths(self, root: Path) -> list[Path]:
-        """What the guardian removes if this process dies without cleaning up."""
-        return [root / "instances" / f"chargeplay-{os.getpid()}{suffix}" for suffix in INSTANCE_SUFFIXES]
-
-    def _open_sources(self, root: Path) -> None:
-        wanted = TASK_EVENTS + MEMCG_EVENTS + FREE_EVENTS
-        self.decoder = self._new_decoder(load_formats(root / "events", wanted), wanted)
-        usable = {(fmt.system, fmt.name) for _, fmt in self.decoder.formats.values()}
-        me = os.getpid()
-        task, memcg_events, irq = (Instance(root, f"chargeplay-{me}{s}") for s in INSTANCE_SUFFIXES)
-        self.instances = [task, memcg_events, irq]
-        for instance in self.instances:
-            instance.write("trace_clock", TRACE_CLOCK)
-            instance.write("buffer_size_kb", str(self.options.buffer_kb))
-            instance.write("options/overwrite", "0")  # a full buffer drops new events and counts them
-        task.write("options/event-fork", "1")
-        for system, event in TASK_EVENTS:
-            if (system, event) in usable:
-                task.enable(system, event)
-        for system, event in MEMCG_EVENTS:
-            if (system, event) in usable:
-                memcg_events.enable(system, event, f"id == {self.memcg.id}")
-        trace_flags = self.enums["trace_flag_type"]
-        irq_mask = sum(trace_flags[flag] for flag in IRQ_FLAGS)
-        for system, event in FREE_EVENTS:
-            task.enable(system, event, free_filter(event, irq_mask, in_irq=False))
-            irq.enable(system, event, free_filter(event, irq_mask, in_irq=True))
-        self.readers = [CpuReader(i.path, cpu) for i in self.instances for cpu in range(i.cpu_count())]
 
     def _new_decoder(self, formats: dict, wanted: list[tuple[str, str]] | None = None) -> Decoder:
         """A decoder of the source's records (`formats`: type id -> (kind, layout)), and what
@@ -278,14 +220,6 @@ class Collector:
         self.workload_nice = os.getpriority(os.PRIO_PROCESS, 0)
         os.setpriority(os.PRIO_PROCESS, 0, max(self.workload_nice - COLLECTOR_PRIORITY_BOOST, -20))
 
-    def _start_sources(self) -> None:
-        for instance in self.instances[1:]:  # the task instance waits for the workload's pid
-            instance.write("tracing_on", "1")
-
-    def _stop_sources(self) -> None:
-        for instance in self.instances:
-            instance.write("tracing_on", "0")
-
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.stop_reason = signal.Signals(signum).name
 
@@ -310,20 +244,6 @@ class Collector:
             raise CaptureError(f"cannot run {self.options.command[0]!r}: {err.strerror}; check the command") from None
         self.decoder.workload_pids.add(self.workload.pid)
         self.decoder.comms[self.workload.pid] = Path(self.options.command[0]).name[:15]
-
-    def _admit_in_child(self, pid: int) -> None:
-        """Trace the workload's first task: called in it, between fork and exec."""
-        task = self.instances[0]
-        write_setting(task.path / "set_event_pid", str(pid), append=True)
-        write_setting(task.path / "tracing_on", "1")
-
-    def _admit(self, tid: int) -> None:
-        """Trace one more task (attach mode)."""
-        self.instances[0].write("set_event_pid", str(tid), append=True)
-
-    def _admit_done(self) -> None:
-        """The tasks found at start are admitted: tracing may begin (attach mode)."""
-        self.instances[0].write("tracing_on", "1")
 
     def _follow_cgroup_tasks(self) -> None:
         """Attach mode: trace every task of the cgroup, including ones that join later."""
@@ -370,18 +290,6 @@ class Collector:
         self.progress.bytes_written = _bytes_in(self.options.output / "events")
         return unread_after is not None
 
-    def _read_parts(self) -> tuple[list[RawEvents], int | None]:
-        """The events read from every buffer, and the earliest timestamp after which a buffer
-        read up to its limit may still hold events (None: every buffer was emptied)."""
-        parts, unread_after = [], None
-        for reader in self.readers:
-            pages = reader.read_available(DRAIN_PAGES)
-            part = parse_pages(pages, reader.cpu, reader.page_size)
-            parts.append(part)
-            if len(pages) == DRAIN_PAGES * reader.page_size and len(part):
-                unread_after = earliest(unread_after, int(part.ts.max()))
-        return parts, unread_after
-
     def _write(self, table: pa.Table) -> None:
         self.writer.write(table)
         self.progress.events += table.num_rows
@@ -397,17 +305,6 @@ class Collector:
     def _lost_total(self) -> int:
         per_cpu = self._lost_per_cpu()
         return sum(per_cpu.values())
-
-    def _sources_open(self) -> bool:
-        return bool(self.instances)
-
-    def _lost_per_cpu(self) -> dict[int, int]:
-        lost: dict[int, int] = {}
-        for instance in self.instances:
-            for cpu, stats in instance.stats().items():
-                count = stats.get("overrun", 0) + stats.get("commit_overrun", 0) + stats.get("dropped_events", 0)
-                lost[cpu] = lost.get(cpu, 0) + count
-        return lost
 
     # -- recording --------------------------------------------------------------------
 
@@ -469,17 +366,59 @@ class Collector:
             self.guardian.stdin.close()  # nothing is left for it to clean up
             self.guardian.wait()
 
-    def _close_sources(self) -> None:
-        for reader in self.readers:
-            reader.close()
-        for instance in self.instances:
-            instance.remove()
-
     def _stop_workload(self) -> None:
         if self.workload is None or self.workload.poll() is not None:
             return
         self.workload.terminate()
         wait_or_kill(self.workload, timeout=5)
+
+
+    # -- the event source -------------------------------------------------------------
+
+    @abstractmethod
+    def _owned_paths(self, root: Path) -> list[Path]:
+        """What the guardian removes if this process dies without cleaning up."""
+
+    @abstractmethod
+    def _open_sources(self, root: Path) -> None:
+        """Set the source up, not yet recording, and self.decoder for its records (_new_decoder)."""
+
+    @abstractmethod
+    def _start_sources(self) -> None:
+        """Start recording (the workload's tasks once admitted)."""
+
+    @abstractmethod
+    def _admit_in_child(self, pid: int) -> None:
+        """Trace the workload's first task: called in it, between fork and exec."""
+
+    @abstractmethod
+    def _admit(self, tid: int) -> None:
+        """Trace one more task (attach mode)."""
+
+    @abstractmethod
+    def _admit_done(self) -> None:
+        """The tasks found at start are admitted: tracing may begin (attach mode)."""
+
+    @abstractmethod
+    def _read_parts(self) -> tuple[list[RawEvents], int | None]:
+        """The events read from every buffer, and the earliest timestamp after which a buffer
+        read up to its limit may still hold events (None: every buffer was emptied)."""
+
+    @abstractmethod
+    def _sources_open(self) -> bool:
+        """Whether _open_sources opened anything (whose lost events the manifest then counts)."""
+
+    @abstractmethod
+    def _lost_per_cpu(self) -> dict[int, int]:
+        """Events the source had to drop, per CPU."""
+
+    @abstractmethod
+    def _stop_sources(self) -> None:
+        """Stop recording; what the buffers hold is still read."""
+
+    @abstractmethod
+    def _close_sources(self) -> None:
+        """Undo whatever _open_sources set up."""
 
 
 def kinds_on_this_kernel(decoder: Decoder, found: set[tuple[str, str]], wanted: list[tuple[str, str]]) -> tuple[dict, dict]:
@@ -546,29 +485,3 @@ def _compact(raw: RawEvents) -> RawEvents:
     gather = np.repeat(raw.start - new_start, raw.length) + np.arange(total)
     return RawEvents(ts=raw.ts, cpu=raw.cpu, type_id=raw.type_id, start=new_start[: len(raw)],
                      length=raw.length, data=raw.data[gather], missed=0)
-
-
-def capture(options: CaptureOptions, report: Callable[[Progress], None], say: Callable[[str], None]) -> Manifest:
-    if os.geteuid() != 0:
-        raise CaptureError("live capture needs root (tracefs and cgroups); run it with sudo")
-    if options.backend not in BACKENDS:
-        raise CaptureError(f"--backend {options.backend}: choose one of {', '.join(BACKENDS)}")
-    if options.bpf_output not in BPF_OUTPUTS:
-        raise CaptureError(f"--bpf-output {options.bpf_output}: choose one of {', '.join(BPF_OUTPUTS)}")
-    if options.backend != "tracefs":
-        from collect import ebpf  # here, not at the top: collect.ebpf builds on this module
-
-        try:
-            loader = ebpf.Loader(options)  # loads and attaches kmem.bpf.o, in this process
-        except ebpf.Unavailable as why:
-            if options.backend == "ebpf":
-                raise CaptureError(f"eBPF backend unavailable: {why}") from None
-            say(f"backend: tracefs (eBPF unavailable: {why})")
-        else:
-            if options.backend == "auto":
-                say("backend: ebpf (the BPF object loaded and attached)")
-            try:
-                return ebpf.EbpfCollector(options, report, say, loader).run()
-            finally:
-                loader.close()
-    return Collector(options, report, say).run()

@@ -24,9 +24,10 @@ from typing import Callable
 from collect import bpf_loader, bpf_outputs
 from collect.bpf_loader import Unavailable, check_available
 from collect.bpf_outputs import BpfMap, PerfReader, RingReader
-from collect.collector import DRAIN_RECORDS, INSTANCE_SUFFIXES, CaptureOptions, Collector, Progress, earliest
+from collect.collector import DRAIN_RECORDS, CaptureOptions, Collector, Progress, earliest
 from collect.ebpf_records import NAMED_RECORD_SIZE, RECORD_SIZE, raw_events, record_formats, slab_caches
 from collect.ringbuf import RawEvents
+from collect.tracefs_collector import INSTANCE_SUFFIXES
 
 __all__ = ["Loader", "EbpfCollector", "Unavailable", "check_available"]
 LOST_SLOT, OBJECTS_EVICTED_SLOT = 0, 1  # counters[] in kmem.bpf.c

@@ -8,7 +8,7 @@ numpy arrays walked by compiled code: millions of events a second, bounded memor
 """
 from __future__ import annotations
 
-from chargeplay.jit import njit
+from common.jit import njit
 import numpy as np
 
 ALLOC, FREE = 1, 2

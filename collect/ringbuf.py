@@ -32,7 +32,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from chargeplay.jit import njit
+from common.jit import njit
 import numpy as np
 
 from collect.event_format import Field

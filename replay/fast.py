@@ -34,7 +34,7 @@ import math
 
 import numpy as np
 
-from chargeplay.jit import njit  # before numba: it sets numba's cache directory
+from common.jit import njit  # before numba: it sets numba's cache directory
 from numba.extending import intrinsic  # isort: skip
 from replay.input import ReplayInput
 from replay.ops import (

@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from collect.collector import FREE_EVENTS, MEMCG_EVENTS, TASK_EVENTS, CaptureError, kind_notes, kinds_on_this_kernel
+from collect.collector import CaptureError, kind_notes, kinds_on_this_kernel
 from collect.decode import UNNAMED_CACHE, Decoder, load_formats
 from collect.event_format import EventFormat, read_event_format
 from collect.ringbuf import RawEvents
 from collect.slabs import slab_names_by_size
+from collect.tracefs_collector import FREE_EVENTS, MEMCG_EVENTS, TASK_EVENTS
 from traces.summary import kinds_from
 
 KERNELS = Path(__file__).parent / "data" / "kernels"

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from chargeplay import __version__
+from common.version import __version__
 from traces.checks import Int, MapOf, Optional, TraceError, check_shape, read_json, show
 from traces.schema import SCHEMA_VERSION
 

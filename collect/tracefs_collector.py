@@ -1,0 +1,123 @@
+"""The tracefs backend: the collector core (collect/collector.py) fed by tracefs instances.
+
+Three private tracefs instances, so that each can be filtered in the kernel:
+
+  chargeplay-PID       kmem allocations and frees (in task context), reclaim, syscall
+                       exits, OOM victims and task names, for the workload's tasks only
+                       (set_event_pid + event-fork: other tasks cost a pid check, no more)
+  chargeplay-PID-memcg memcg stat events, for the target memcg only (filter id == ID)
+  chargeplay-PID-irq   frees in interrupt context on any CPU: RCU callbacks free many of
+                       the workload's objects in softirq, whichever task is current; only
+                       frees of objects the workload allocated are kept
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+from collect.collector import DRAIN_PAGES, TRACE_CLOCK, CaptureOptions, Collector, Progress, earliest
+from collect.decode import load_formats
+from collect.ringbuf import CpuReader, RawEvents, parse_pages
+from collect.tracefs import Instance, write_setting
+
+INSTANCE_SUFFIXES = ("", "-memcg", "-irq")  # task, memcg and interrupt-context instances
+TASK_EVENTS = [
+    ("kmem", "kmalloc"), ("kmem", "kmem_cache_alloc"), ("kmem", "mm_page_alloc"),
+    ("vmscan", "mm_vmscan_memcg_reclaim_begin"), ("vmscan", "mm_vmscan_memcg_reclaim_end"),
+    ("raw_syscalls", "sys_exit"), ("oom", "mark_victim"),
+    ("sched", "sched_process_fork"), ("sched", "sched_process_exec"), ("task", "task_rename"),
+]
+MEMCG_EVENTS = [("memcg", "mod_memcg_state"), ("memcg", "mod_memcg_lruvec_state"), ("memcg", "count_memcg_events")]
+FREE_EVENTS = [("kmem", "kfree"), ("kmem", "kmem_cache_free"), ("kmem", "mm_page_free")]
+IRQ_FLAGS = ("TRACE_FLAG_SOFTIRQ", "TRACE_FLAG_HARDIRQ", "TRACE_FLAG_NMI")
+
+
+def free_filter(event: str, irq_mask: int, in_irq: bool) -> str:
+    """Frees in task context go to the task instance, the others to the irq instance, so
+    none is recorded twice. kfree(NULL) and kfree(ZERO_SIZE_PTR) free nothing."""
+    context = f"(common_flags & {irq_mask})" if in_irq else f"!(common_flags & {irq_mask})"
+    return f"{context} && ptr > 16" if event == "kfree" else context
+
+
+class TracefsCollector(Collector):
+    backend = "tracefs"
+
+    def __init__(self, options: CaptureOptions, report: Callable[[Progress], None], say: Callable[[str], None]) -> None:
+        super().__init__(options, report, say)
+        self.instances: list[Instance] = []
+        self.readers: list[CpuReader] = []
+
+    def _owned_paths(self, root: Path) -> list[Path]:
+        return [root / "instances" / f"chargeplay-{os.getpid()}{suffix}" for suffix in INSTANCE_SUFFIXES]
+
+    def _open_sources(self, root: Path) -> None:
+        wanted = TASK_EVENTS + MEMCG_EVENTS + FREE_EVENTS
+        self.decoder = self._new_decoder(load_formats(root / "events", wanted), wanted)
+        usable = {(fmt.system, fmt.name) for _, fmt in self.decoder.formats.values()}
+        me = os.getpid()
+        task, memcg_events, irq = (Instance(root, f"chargeplay-{me}{s}") for s in INSTANCE_SUFFIXES)
+        self.instances = [task, memcg_events, irq]
+        for instance in self.instances:
+            instance.write("trace_clock", TRACE_CLOCK)
+            instance.write("buffer_size_kb", str(self.options.buffer_kb))
+            instance.write("options/overwrite", "0")  # a full buffer drops new events and counts them
+        task.write("options/event-fork", "1")
+        for system, event in TASK_EVENTS:
+            if (system, event) in usable:
+                task.enable(system, event)
+        for system, event in MEMCG_EVENTS:
+            if (system, event) in usable:
+                memcg_events.enable(system, event, f"id == {self.memcg.id}")
+        trace_flags = self.enums["trace_flag_type"]
+        irq_mask = sum(trace_flags[flag] for flag in IRQ_FLAGS)
+        for system, event in FREE_EVENTS:
+            task.enable(system, event, free_filter(event, irq_mask, in_irq=False))
+            irq.enable(system, event, free_filter(event, irq_mask, in_irq=True))
+        self.readers = [CpuReader(i.path, cpu) for i in self.instances for cpu in range(i.cpu_count())]
+
+    def _start_sources(self) -> None:
+        for instance in self.instances[1:]:  # the task instance waits for the workload's pid
+            instance.write("tracing_on", "1")
+
+    def _stop_sources(self) -> None:
+        for instance in self.instances:
+            instance.write("tracing_on", "0")
+
+    def _admit_in_child(self, pid: int) -> None:
+        task = self.instances[0]
+        write_setting(task.path / "set_event_pid", str(pid), append=True)
+        write_setting(task.path / "tracing_on", "1")
+
+    def _admit(self, tid: int) -> None:
+        self.instances[0].write("set_event_pid", str(tid), append=True)
+
+    def _admit_done(self) -> None:
+        self.instances[0].write("tracing_on", "1")
+
+    def _read_parts(self) -> tuple[list[RawEvents], int | None]:
+        parts, unread_after = [], None
+        for reader in self.readers:
+            pages = reader.read_available(DRAIN_PAGES)
+            part = parse_pages(pages, reader.cpu, reader.page_size)
+            parts.append(part)
+            if len(pages) == DRAIN_PAGES * reader.page_size and len(part):
+                unread_after = earliest(unread_after, int(part.ts.max()))
+        return parts, unread_after
+
+    def _sources_open(self) -> bool:
+        return bool(self.instances)
+
+    def _lost_per_cpu(self) -> dict[int, int]:
+        lost: dict[int, int] = {}
+        for instance in self.instances:
+            for cpu, stats in instance.stats().items():
+                count = stats.get("overrun", 0) + stats.get("commit_overrun", 0) + stats.get("dropped_events", 0)
+                lost[cpu] = lost.get(cpu, 0) + count
+        return lost
+
+    def _close_sources(self) -> None:
+        for reader in self.readers:
+            reader.close()
+        for instance in self.instances:
+            instance.remove()
