@@ -23,8 +23,7 @@ from replay.ops import (
     LRU_CHARGE, OBJ_ALLOC, OOM_CHARGE, OUTCOME, OUTCOMES, PAGE_ALLOC, PAGE_SIZE, RECLAIM_TRIGGERS, UNLIMITED, GfpBits, Limits,
 )
 from replay.policy import Policy
-from replay.fast import Fast
-from replay.reference import Reference
+from replay.engine import Compiled, Interpreted
 from replay.result import EngineResult
 from traces.atomic import atomic_file, check_new_output, make_private_dir, write_json, write_parquet
 from traces.gfp import gfp_class
@@ -43,7 +42,7 @@ class Engine(Protocol):
     def finish(self) -> EngineResult: ...
 
 
-ENGINES: dict[str, type[Engine]] = {"fast": Fast, "reference": Reference}
+ENGINES: dict[str, type[Engine]] = {"fast": Compiled, "reference": Interpreted}
 
 
 def replay_whole(engine: type[Engine], data: ReplayInput, policy: Policy, limits: Limits, gfp: GfpBits,

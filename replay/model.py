@@ -1,32 +1,64 @@
-"""The fast engine: replay.reference's model of memcg charging, compiled with numba.
+"""The model of memcg charging: one function per kernel function (mm/memcontrol.c,
+mm/page_counter.c, mm/slub.c, rules from shared/KERNEL-MODEL.md), applied to a trace's
+operations batch by batch (replay_batch).
 
-Its result must equal the reference's exactly (EngineResult.differences() == [], checked
-by tests/test_engines_agree.py), so it is the reference rewritten for speed and nothing
-else: each @njit helper stands for the reference method (and kernel function) of the
-same name, makes the same checks in the same order and counts the same events. What
-changes is the representation:
+It is written once, in Python that numba compiles, and runs twice (replay.engine): compiled
+for speed (`--engine fast`), and the same source interpreted (`--engine reference`), where a
+debugger or a print steps through it line by line. The differential tests compare the two.
 
-- State lives in int64 arrays with named slots instead of attributes: MEMCG (usage, max,
-  high, failcnt, pools, debt, and the file LRU: a queue of folio sizes in its tail that
-  grows between batches, with freed folios per order), STATS (the result's counters), a per-CPU table (page and
-  object stock), a per-task table (pages over high, stall, anon pages held, OOM debt).
-- The reference's dicts and sets keyed by object pseudonym become arrays indexed by it:
-  pseudonyms are dense from 0; -1 (no pseudonym) gets the last slot.
-- Slabs are rows of a table. Each cache's partial list is a stack threaded through the
-  rows (a head per cache, a next per slab); like the reference's lists it may hold
-  discarded slabs, which take_partial skips.
-- String knobs become small integer codes; -ENOMEM is the outcome FAILED, not an exception.
-- The helpers are given the arrays `borrowed`, without numba's reference counting, which
-  would otherwise cost more than the model itself.
-- Numbers are int64 where the reference has Python ints: the throttle penalty, which
-  squares the overage, saturates instead of growing past the clamp it is compared with,
-  and page_ns_above_high carries into a second word. Results are exact while the usage
-  above high, shifted left by 20 or times the gap between two operations in ns, fits in
-  int64 (4 GiB above high stays exact across gaps of up to 2 hours).
+State lives in int64 arrays with named slots, so that the compiled code reads it at
+native speed; each function takes the arrays it needs:
 
-The operations go through the compiled loop in batches, the state carried between calls
-in those arrays, so per-batch scratch (dtype conversions) stays bounded however long the
-trace; the slab table grows between batches by at most one slab per object allocation.
+- memcg: the page counter (usage, max, high, failcnt), what the usage is made of (pages per
+  pool), the debt (pages reclaimed that the trace has yet to free; below 0: pages the
+  capturing kernel reclaimed and the model still holds), and the file LRU: a queue of folio
+  sizes in its tail that grows between batches, with freed folios per order;
+- stats: the result's counters; knobs: the policy, limits and gfp bits as ints (string knobs
+  become small codes; -ENOMEM is the outcome FAILED, not an exception);
+- per_cpu: page stock (memcg_stock_pcp) and object stock bytes (obj_stock_pcp);
+- per_task: current->memcg_nr_pages_over_high, stall, anon pages held, OOM debt;
+- objects by pseudonym (dense from 0; -1, no pseudonym, gets the last slot): whether their
+  charge succeeded, and (slab charging) which slab holds them;
+- slabs: rows of a table. Each cache's partial list is a stack threaded through the rows (a
+  head per cache, a next per slab); it may hold discarded slabs, which take_partial skips.
+
+The approximations:
+
+- One memcg: the target. Its ancestors' limits are folded into its own (their usage in the
+  model is the workload's, so the tightest limit is the one that acts).
+- Open loop: the trace's timeline is fixed. Reclaim and throttling become stall time of the
+  task, they do not delay its later events. Async reclaim (high_work, watermarks) is
+  instantaneous and stalls nobody.
+- Reclaim takes file pages, then reclaimable slab, then anon pages if swap is on, at
+  `reclaim_ns_per_page` each. File pages go as whole folios, oldest first (the LRU's tail), so
+  one large folio can satisfy a call; a freed folio leaves the LRU as the oldest one of its
+  order (the trace does not say which). What reclaim takes is owed: the trace later frees some
+  of those pages or objects itself, and such frees first pay off the debt instead of
+  uncharging twice. The capturing kernel's own reclaim (LRU pages gone inside its
+  reclaim_begin/end) is not replayed: it cancels the model's debt, and where the model has not
+  reclaimed as much it leaves a credit.
+- An OOM kill picks the task holding the most anon pages (oom_badness, per task rather than
+  per process) and frees those pages; with no such task, the charge fails. A victim that is
+  the charging task itself keeps its memory until its charge has failed (it exits then);
+  another victim's memory goes at once. The trace's later frees of a victim's anon pages pay
+  off what the kill took. The kernel's own kills are not replayed: an oom event replays the
+  charge the kernel could not make (OOM_CHARGE), and the anon pages the kernel's victim frees
+  after it (LRU_OOM_FREED) only pay off what the model's own kill of that task took; a task
+  the model has not killed keeps its own, until the model kills it (pages beyond its own, COW
+  originals another task charged, are uncharged). Through an OOM_CHARGE, as much of the
+  model's room as the other CPUs' page stocks could hold unseen is held (drain_all_stock only
+  schedules their drain): up to a batch per CPU.
+- Page stocks serve only this memcg, so the number of memcgs a CPU's stock caches (1 before
+  6.16, NR_MEMCG_STOCK = 7 since) never matters: no other memcg evicts ours. drain_all_stock
+  empties the page stocks only; the object stocks keep their bytes.
+- The charge path is 6.x's for every policy: a __GFP_HIGH charge at max is forced (4.2 failed
+  it) and an OOM kill happens in the charge (4.2 deferred it to the end of the page fault and
+  failed the charge meanwhile).
+- Numbers are int64 (compiled and interpreted alike): the throttle penalty, which squares the
+  overage, saturates instead of growing past the clamp it is compared with, and
+  page_ns_above_high carries into a second word. Results are exact while the usage above
+  high, shifted left by 20 or times the gap between two operations in ns, fits in int64 (4 GiB
+  above high stays exact across gaps of up to 2 hours).
 """
 from __future__ import annotations
 
@@ -35,21 +67,15 @@ import math
 import numpy as np
 
 from common.jit import njit  # before numba: it sets numba's cache directory
+from numba import config as numba_config  # isort: skip
 from numba.extending import intrinsic  # isort: skip
-from replay.input import ReplayInput
 from replay.ops import (
     HZ, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, MEMCG_CHARGE_BATCH_6X, MEMCG_DELAY_PRECISION_SHIFT,
     MEMCG_DELAY_SCALING_SHIFT, MEMCG_MAX_HIGH_DELAY_JIFFIES, OBJ_ALLOC, OBJ_EXT_BYTES, OBJ_FREE, OOM_CHARGE, OUTCOME,
-    PAGE_ALLOC, PAGE_ALLOC_COSTLY_ORDER,
-    PAGE_FREE, PAGE_SHIFT, PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE,
-    RECLAIM_TRIGGERS, SWAP_CLUSTER_MAX,
-    TRIGGER, USER_RETURN, GfpBits, Limits,
+    PAGE_ALLOC, PAGE_ALLOC_COSTLY_ORDER, PAGE_FREE, PAGE_SHIFT, PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_SLAB_RECLAIMABLE,
+    POOL_SLAB_UNRECLAIMABLE, RECLAIM_TRIGGERS, SWAP_CLUSTER_MAX, TRIGGER, USER_RETURN,
 )
-from replay.policy import HIGH_MODES, Policy
-from replay.result import EngineResult
-from traces.errors import UserError
-
-BATCH_SIZE = 1 << 21  # operations per call of the compiled loop
+from replay.policy import HIGH_MODES
 
 # Outcome codes and reclaim triggers, as plain ints the compiled code can use.
 STOCK, NO_CHARGE, CHARGED, RECLAIMED = OUTCOME["stock"], OUTCOME["no_charge"], OUTCOME["charged"], OUTCOME["reclaimed"]
@@ -63,10 +89,10 @@ SYNC, RETURN_TO_USER, MAINLINE, FAIL_NOWAIT, WATERMARK = (HIGH_MODES.index(mode)
  RECLAIM_NS_PER_PAGE, GFP_DIRECT_RECLAIM, GFP_NORETRY, GFP_RETRY_MAYFAIL, GFP_NOFAIL, GFP_HIGH) = range(13)
 N_KNOBS = GFP_HIGH + 1
 
-# memcg: the page counter and what its usage is made of (reference.Memcg).
+# memcg: the page counter and what its usage is made of.
 USAGE, MAX, HIGH, FAILCNT = range(4)
 POOLS = 4  # memcg[POOLS + pool]: pages per pool
-DEBT = POOLS + 6  # memcg[DEBT + pool]: pages reclaimed that the trace has yet to free (reference.Memcg.debt)
+DEBT = POOLS + 6  # memcg[DEBT + pool]: pages reclaimed that the trace has yet to free
 LRU_HEAD, LRU_TAIL = DEBT + 6, DEBT + 7  # memcg[FILE_LRU + LRU_HEAD .. FILE_LRU + LRU_TAIL): file folios, oldest first
 FREED_FOLIOS = DEBT + 8  # memcg[FREED_FOLIOS + order]: freed folios still to leave the file LRU
 FILE_LRU = FREED_FOLIOS + 64
@@ -83,8 +109,9 @@ N_STATS = RECLAIMED_PAGES + len(RECLAIM_TRIGGERS)
 CARRY = 1 << 62
 
 PAGE_STOCK, OBJ_STOCK = range(2)  # per_cpu columns: pre-charged pages, pre-charged bytes
-# per_task columns: current->memcg_nr_pages_over_high, stall ns, anon pages held (reference.anon), OOM debt,
-# anon pages the kernel's OOM victim freed that the model holds until it kills it (reference.oom_kept)
+# per_task columns: current->memcg_nr_pages_over_high, stall ns, anon pages held (what killing the task frees),
+# anon pages an OOM kill took that the trace has yet to free, anon pages the kernel's OOM victim freed that the
+# model holds until it kills it
 OVER_HIGH, STALL, ANON, OOM_DEBT, OOM_KEPT = range(5)
 SLAB_CACHE, SLAB_CAPACITY, SLAB_PAGES, SLAB_POOL, SLAB_USED, SLAB_NEXT_PARTIAL = range(6)  # slabs columns
 CURRENT_SLAB, PARTIAL_HEAD = range(2)  # caches columns; -1: none
@@ -150,7 +177,8 @@ def drain_all_stock(memcg, per_cpu):
 
 @njit
 def charge(memcg, stats, knobs, per_cpu, per_task, nr_pages, gfp, cpu, task, irq, pool):
-    """A page charge; the outcome code."""
+    """A page charge of a pool: try_charge_memcg, then the pages count in their pool; the
+    outcome code."""
     outcome = try_charge_memcg(memcg, stats, knobs, per_cpu, per_task, gfp, nr_pages, cpu, task, irq)
     if outcome != FAILED:
         memcg[POOLS + pool] += nr_pages
@@ -159,7 +187,9 @@ def charge(memcg, stats, knobs, per_cpu, per_task, nr_pages, gfp, cpu, task, irq
 
 @njit
 def try_charge_memcg(memcg, stats, knobs, per_cpu, per_task, gfp, nr_pages, cpu, task, irq):
-    """Charge nr_pages; the outcome code, FAILED for -ENOMEM."""
+    """Charge nr_pages (KERNEL-MODEL §2): the stock, then the counter with a batch, then
+    reclaim, drain, retries and the OOM killer, in the kernel's order; the outcome code,
+    FAILED for -ENOMEM."""
     batch = max(knobs[STOCK_BATCH], nr_pages)
     retries = knobs[MAX_RECLAIM_RETRIES]
     drained = reclaimed_once = oom_killed = False
@@ -215,7 +245,8 @@ def try_charge_memcg(memcg, stats, knobs, per_cpu, per_task, gfp, nr_pages, cpu,
 
 @njit
 def nomem(memcg, stats, knobs, gfp, nr_pages, raised_max_event):
-    """Fail, unless __GFP_NOFAIL or __GFP_HIGH force the charge past max."""
+    """The kernel's `nomem:` label: fail, unless __GFP_NOFAIL or __GFP_HIGH force the charge
+    past max (`force:`), raising the MAX event if reclaim has not already."""
     if not gfp & (knobs[GFP_NOFAIL] | knobs[GFP_HIGH]):
         return FAILED
     memcg[USAGE] += nr_pages  # page_counter_charge: no limit check
@@ -414,9 +445,17 @@ def exit_mmap(memcg, per_task, victim):
 
 @njit
 def charge_that_ended_in_oom(memcg, stats, knobs, per_cpu, per_task, nr_pages, gfp, cpu, task, irq):
-    """The charge the capturing kernel OOM-killed for: tried, and cancelled if made. So much of
-    the model's room as other CPUs' stocks explain (drain_all_stock only schedules their
-    drain) is held through it (reference.charge_that_ended_in_oom)."""
+    """The charge the capturing kernel OOM-killed for (the trace has no other record of it
+    when it failed): try it; if the model can make it, cancel it (mem_cgroup_cancel_charge),
+    since where the kernel's retry succeeded the trace charges the pages itself.
+
+    The kernel's margin stayed below nr_pages through its reclaim and drain_all_stock, but
+    the kernel may hold pages there the trace cannot show: drain_all_stock drains only the
+    charging CPU's stock itself and schedules work to drain the others (schedule_work_on),
+    which the charge does not wait for, so up to MEMCG_CHARGE_BATCH pages on each other CPU
+    can still be charged when the OOM killer runs. So much of the model's room as those
+    stocks explain is held through the charge, and uncharged after it, when the drain work
+    has run."""
     held = min(max(room(memcg, knobs, per_cpu) - nr_pages + 1, 0), knobs[STOCK_BATCH] * (per_cpu.shape[0] - 1))
     memcg[USAGE] += held
     outcome = try_charge_memcg(memcg, stats, knobs, per_cpu, per_task, gfp, nr_pages, cpu, task, irq)
@@ -465,8 +504,11 @@ def pay_oom_debt(per_task, nr_pages, task):
 
 @njit
 def free_oom_victim_anon(memcg, per_task, nr_pages, task):
-    """The kernel's OOM victim frees anon pages: the model's kill of it paid them, it keeps its
-    own until the model kills it, the rest (COW originals) are uncharged (reference)."""
+    """Anon pages the kernel's OOM victim frees after its oom:mark_victim: those the model's
+    kill of it took are paid off; those it charged itself stay charged until the model kills
+    it (the model decides its own kills). Pages beyond both were charged by another task:
+    COW originals its parent wrote to after the fork, which the victim mapped last. Its exit
+    frees them whoever killed it, so they are uncharged."""
     unpaid = pay_oom_debt(per_task, nr_pages, task)
     kept = min(unpaid, max(per_task[task, ANON] - per_task[task, OOM_KEPT], 0))
     per_task[task, OOM_KEPT] += kept
@@ -593,7 +635,7 @@ def allocate_slab(memcg, stats, knobs, per_cpu, per_task, slabs, geometry, curso
 
 @njit
 def new_slab(slabs, cursor, cache, capacity, pages, pool):
-    """The next row of the slab table (reference.Slab(cache, capacity, pages, pool))."""
+    """The next row of the slab table: an empty slab of the cache."""
     slab = cursor[SLAB_COUNT]
     cursor[SLAB_COUNT] += 1
     slabs[slab, SLAB_CACHE] = cache
@@ -609,8 +651,8 @@ def new_slab(slabs, cursor, cache, capacity, pages, pool):
 def slab_free_object(memcg, knobs, per_cpu, slabs, caches, object_slab, slot):
     slab = object_slab[slot]
     if slab < 0:
-        raise ValueError("an object is freed that no slab holds (the reference raises KeyError)")
-    object_slab[slot] = -1  # objects.pop(obj)
+        raise ValueError("an object is freed that no slab holds")
+    object_slab[slot] = -1  # the object leaves its slab
     slabs[slab, SLAB_USED] -= 1
     cache = slabs[slab, SLAB_CACHE]
     current = caches[cache, CURRENT_SLAB] == slab
@@ -627,7 +669,8 @@ def slab_free_object(memcg, knobs, per_cpu, slabs, caches, object_slab, slot):
 def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, outcome,
                  t_first, resolution_ns, memcg, stats, knobs, per_cpu, per_task, charged, object_slab,
                  slabs, caches, geometry, cursor, bucket_last, bucket_peak):
-    """Reference.feed for one batch of operations; outcome is the batch's slice of the result's."""
+    """Replay one batch of operations; outcome is the batch's slice of the result's. The state
+    arrays carry everything from one batch to the next."""
     memcg, stats, knobs, per_cpu, per_task = (borrowed(memcg), borrowed(stats), borrowed(knobs), borrowed(per_cpu),
                                               borrowed(per_task))
     charged, object_slab, slabs, caches = borrowed(charged), borrowed(object_slab), borrowed(slabs), borrowed(caches)
@@ -678,7 +721,7 @@ def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, o
 
 
 @intrinsic
-def borrowed(typingctx, array):
+def borrowed_view(typingctx, array):
     """The same array without its reference count (meminfo), valid while the original is.
 
     numba counts references to every array a compiled helper is given, with atomic
@@ -694,19 +737,29 @@ def borrowed(typingctx, array):
     return array(array), codegen
 
 
+def same_array(array):
+    """borrowed when the model runs interpreted: no reference count to leave out."""
+    return array
+
+
+# numba_config.DISABLE_JIT is what replay.engine sets while it loads the interpreted copy.
+borrowed = same_array if numba_config.DISABLE_JIT else borrowed_view
+
+
 @njit
 def account_time(memcg, stats, start, end):
     if memcg[USAGE] > memcg[HIGH] and end > start:
         stats[NS_ABOVE_HIGH] += end - start
         stats[PAGE_NS_ABOVE_HIGH] += (memcg[USAGE] - memcg[HIGH]) * (end - start)
-        if stats[PAGE_NS_ABOVE_HIGH] >= CARRY:  # the reference's Python int does not overflow
+        if stats[PAGE_NS_ABOVE_HIGH] >= CARRY:  # a second word, where int64 would overflow
             stats[PAGE_NS_ABOVE_HIGH] -= CARRY
             stats[PAGE_NS_ABOVE_HIGH_CARRIES] += 1
 
 
 @njit
 def record_usage(memcg, stats, cursor, t_ns, resolution_ns, bucket_last, bucket_peak):
-    """EngineResult.record; the bucket is recomputed only when t_ns leaves the last one."""
+    """The usage time series (last and peak per bucket) and the peak; the bucket is recomputed
+    only when t_ns leaves the last one."""
     if not cursor[BUCKET_START] <= t_ns < cursor[BUCKET_END]:
         cursor[BUCKET] = t_ns // resolution_ns
         cursor[BUCKET_START] = cursor[BUCKET] * resolution_ns
@@ -715,114 +768,4 @@ def record_usage(memcg, stats, cursor, t_ns, resolution_ns, bucket_last, bucket_
     bucket_last[bucket] = usage
     bucket_peak[bucket] = max(bucket_peak[bucket], usage)
     stats[PEAK_PAGES] = max(stats[PEAK_PAGES], usage)
-
-
-# -- the Python API ----------------------------------------------------------------------------
-
-# Each input array's dtype in the compiled loop (replay.input.ReplayInput's own, so that
-# a trace's batches need no conversion and the loop is compiled once).
-INPUT_DTYPES = (("ts", np.int64), ("cpu", np.int32), ("task", np.int32), ("irq", np.bool_), ("op", np.int8),
-                ("gfp", np.int64), ("pages", np.int64), ("bytes", np.int64), ("cache", np.int32),
-                ("obj", np.int64), ("pool", np.int8))
-MAX_SLABS = np.iinfo(np.int32).max  # object_slab holds slab ids as int32: half the memory per object
-
-
-class Fast:
-    """One policy's replay, fed a trace's operations batch by batch (replay.run.Engine)."""
-
-    def __init__(self, start: ReplayInput, policy: Policy, limits: Limits, gfp: GfpBits, resolution_ns: int,
-                 batch_size: int = BATCH_SIZE) -> None:
-        self.knobs = knobs_array(policy, limits, gfp)
-        self.resolution_ns, self.t_first, self.batch_size = resolution_ns, start.t_first, batch_size
-        self.result = EngineResult.empty(0, start.tasks, start.n_buckets(resolution_ns), resolution_ns)
-        self.memcg = np.zeros(FILE_LRU, np.int64)
-        self.memcg[MAX], self.memcg[HIGH] = limits.max_pages, limits.high_pages
-        self.memcg[POOLS:POOLS + 6] = start.initial_pools
-        self.memcg[USAGE] = sum(int(p) for p in start.initial_pools)
-        held = int(start.initial_pools[POOL_FILE])  # held before the trace: the oldest, folio sizes unknown
-        self._room_for_folios(held)
-        self.memcg[FILE_LRU:FILE_LRU + held] = 1
-        self.memcg[LRU_TAIL] = held
-        self.stats = np.zeros(N_STATS, np.int64)
-        self.per_cpu = np.zeros((start.cpus, 2), np.int64)
-        self.per_task = np.zeros((start.tasks, OOM_KEPT + 1), np.int64)
-        self.charged = np.zeros(start.objects + 1, np.bool_)  # pseudonyms, then -1's slot
-        self.object_slab = np.full(1 if self.knobs[OBJECT_CHARGING] else start.objects + 1, -1, np.int32)
-        self.slabs = np.zeros((0, 6), np.int64)  # grows as feed() needs
-        geometry = (start.cache_order, start.cache_min_order, start.cache_objects, start.cache_objects_min)
-        self.geometry = np.stack(geometry, axis=1).astype(np.int64).reshape(-1, 4)
-        self.caches = np.full((len(self.geometry), 2), -1, np.int64)
-        self.cursor = np.zeros(5, np.int64)
-        self.cursor[LAST_TS] = start.t_first
-        self.bounds = {"cpu": (0, start.cpus), "task": (0, start.tasks), "obj": (-1, start.objects),
-                       "cache": (-1, len(self.geometry))}
-
-    def feed(self, batch: ReplayInput) -> np.ndarray:
-        """Replay the next operations (batches of one trace, in order); their outcomes."""
-        self._check_ids(batch)
-        outcome = np.zeros(len(batch), np.uint8)
-        for start in range(0, len(batch), self.batch_size):
-            stop = min(start + self.batch_size, len(batch))
-            part = {name: np.ascontiguousarray(getattr(batch, name)[start:stop], dtype) for name, dtype in INPUT_DTYPES}
-            if not self.knobs[OBJECT_CHARGING]:
-                self._room_for_slabs(int(self.cursor[SLAB_COUNT]) + int(np.count_nonzero(part["op"] == OBJ_ALLOC)))
-            self._room_for_folios(int(np.count_nonzero((part["op"] == LRU_CHARGE) & (part["pool"] == POOL_FILE))))
-            replay_batch(*part.values(), outcome[start:stop], self.t_first, self.resolution_ns, self.memcg, self.stats,
-                         self.knobs, self.per_cpu, self.per_task, self.charged, self.object_slab, self.slabs,
-                         self.caches, self.geometry, self.cursor, self.result.bucket_last, self.result.bucket_peak)
-        return outcome
-
-    def finish(self) -> EngineResult:
-        """Counters, stall and time series of everything fed (outcomes came with each batch)."""
-        result, stats = self.result, self.stats
-        for name, value in zip(STAT_FIELDS, stats):
-            setattr(result, name, int(value))
-        result.page_ns_above_high += int(stats[PAGE_NS_ABOVE_HIGH_CARRIES]) * CARRY
-        result.failcnt = int(self.memcg[FAILCNT])
-        result.stall_ns[:] = self.per_task[:, STALL]
-        result.reclaim_calls[:] = stats[RECLAIM_CALLS:RECLAIM_CALLS + len(RECLAIM_TRIGGERS)]
-        result.reclaimed_pages[:] = stats[RECLAIMED_PAGES:RECLAIMED_PAGES + len(RECLAIM_TRIGGERS)]
-        return result
-
-    def _check_ids(self, batch: ReplayInput) -> None:
-        """The compiled loop indexes its tables without bounds checks: an id out of range
-        would corrupt memory instead of raising, so it is refused here."""
-        for name, (low, high) in self.bounds.items():
-            ids = getattr(batch, name)
-            if len(ids) and (ids.min() < low or ids.max() >= high):
-                raise ValueError(f"operation {name} ids span {ids.min()}..{ids.max()}; the trace has {low}..{high - 1}")
-
-    def _room_for_folios(self, more: int) -> None:
-        """Grow the memcg array's file LRU (doubling) to hold `more` folios."""
-        needed = FILE_LRU + int(self.memcg[LRU_TAIL]) + more
-        if needed > len(self.memcg):
-            grown = np.zeros(max(needed, 2 * len(self.memcg)), np.int64)
-            grown[:len(self.memcg)] = self.memcg
-            self.memcg = grown
-
-    def _room_for_slabs(self, needed: int) -> None:
-        """Grow the slab table (doubling) to at least `needed` rows."""
-        if needed > MAX_SLABS:
-            raise UserError(f"{needed} slabs would not fit the fast engine's int32 slab ids")
-        if needed > len(self.slabs):
-            grown = np.zeros((min(max(needed, 2 * len(self.slabs)), MAX_SLABS), self.slabs.shape[1]), np.int64)
-            grown[:len(self.slabs)] = self.slabs
-            self.slabs = grown
-
-
-def knobs_array(policy: Policy, limits: Limits, gfp: GfpBits) -> np.ndarray:
-    """The policy, limits and gfp bits as the compiled code reads them."""
-    policy.validate()
-    knobs = np.zeros(N_KNOBS, np.int64)
-    knobs[OBJECT_CHARGING] = policy.charge_unit == "object"
-    knobs[NOWAIT_HIGH_ORDER] = policy.slab_growth_gfp == "nowait-high-order"
-    knobs[STOCK_BATCH] = policy.stock_batch
-    knobs[HIGH_MODE] = HIGH_MODES.index(policy.high_mode)
-    knobs[MAX_RECLAIM_RETRIES] = policy.max_reclaim_retries
-    knobs[WATERMARK_MARGIN] = policy.watermark_margin_pages
-    knobs[SWAP] = limits.swap
-    knobs[RECLAIM_NS_PER_PAGE] = limits.reclaim_ns_per_page
-    knobs[GFP_DIRECT_RECLAIM], knobs[GFP_NORETRY] = gfp.direct_reclaim, gfp.noretry
-    knobs[GFP_RETRY_MAYFAIL], knobs[GFP_NOFAIL], knobs[GFP_HIGH] = gfp.retry_mayfail, gfp.nofail, gfp.high
-    return knobs
 

@@ -1,0 +1,172 @@
+"""The replay engines: the one model (replay.model) fed a trace's operations batch by batch,
+compiled (`--engine fast`) or interpreted (`--engine reference`).
+
+Both engines run the same source. numba's `njit` returns the plain Python function when
+`numba.config.DISABLE_JIT` is true at decoration time, so `interpreted` executes
+replay/model.py a second time, as a fresh module object, with DISABLE_JIT set only while it
+executes: every function of that copy is plain Python, and they call each other through the
+copy's own globals, so the whole model runs interpreted while replay.model stays compiled,
+both in one process (the differential tests compare them side by side). The alternatives
+fall short: NUMBA_DISABLE_JIT for the whole process leaves no compiled engine beside the
+interpreted one; a dispatcher's py_func runs only that function interpreted, its callees
+being the compiled dispatchers in replay.model's globals.
+
+The interpreted run is the model as executable documentation: a debugger or a print steps
+through the kernel rules line by line, at about 0.1 M operations/s.
+"""
+from __future__ import annotations
+
+import importlib.util
+from types import ModuleType
+
+import numpy as np
+
+from replay import model
+from replay.input import ReplayInput
+from replay.model import (
+    CARRY, FAILCNT, FILE_LRU, GFP_DIRECT_RECLAIM, GFP_HIGH, GFP_NOFAIL, GFP_NORETRY, GFP_RETRY_MAYFAIL, HIGH, HIGH_MODE,
+    LAST_TS, LRU_TAIL, MAX, MAX_RECLAIM_RETRIES, N_KNOBS, N_STATS, NOWAIT_HIGH_ORDER, OBJECT_CHARGING, OOM_KEPT,
+    PAGE_NS_ABOVE_HIGH_CARRIES, POOLS, RECLAIM_CALLS, RECLAIM_NS_PER_PAGE, RECLAIMED_PAGES, SLAB_COUNT, STALL,
+    STAT_FIELDS, STOCK_BATCH, SWAP, USAGE, WATERMARK_MARGIN,
+)
+from replay.ops import LRU_CHARGE, OBJ_ALLOC, POOL_FILE, RECLAIM_TRIGGERS, GfpBits, Limits
+from replay.policy import HIGH_MODES, Policy
+from replay.result import EngineResult
+from traces.errors import UserError
+
+BATCH_SIZE = 1 << 21  # operations per call of replay_batch: bounds the per-batch dtype conversions
+# Each input array's dtype in replay_batch (replay.input.ReplayInput's own, so that a
+# trace's batches need no conversion and the loop is compiled once).
+INPUT_DTYPES = (("ts", np.int64), ("cpu", np.int32), ("task", np.int32), ("irq", np.bool_), ("op", np.int8),
+                ("gfp", np.int64), ("pages", np.int64), ("bytes", np.int64), ("cache", np.int32),
+                ("obj", np.int64), ("pool", np.int8))
+MAX_SLABS = np.iinfo(np.int32).max  # object_slab holds slab ids as int32: half the memory per object
+
+
+def interpreted(module: ModuleType) -> ModuleType:
+    """A fresh copy of a module of numba functions, executed with the JIT off: plain Python."""
+    spec = importlib.util.spec_from_file_location(f"{module.__name__}.interpreted", module.__file__)
+    copy = importlib.util.module_from_spec(spec)
+    jit_was_disabled = model.numba_config.DISABLE_JIT
+    model.numba_config.DISABLE_JIT = True
+    try:
+        spec.loader.exec_module(copy)
+    finally:
+        model.numba_config.DISABLE_JIT = jit_was_disabled
+    return copy
+
+
+class Replay:
+    """One policy's replay, fed a trace's operations batch by batch (replay.run.Engine); the
+    subclass says which run of the model."""
+
+    model: ModuleType
+
+    def __init__(self, start: ReplayInput, policy: Policy, limits: Limits, gfp: GfpBits, resolution_ns: int,
+                 batch_size: int = BATCH_SIZE) -> None:
+        self.knobs = knobs_array(policy, limits, gfp)
+        self.resolution_ns, self.t_first, self.batch_size = resolution_ns, start.t_first, batch_size
+        self.result = EngineResult.empty(0, start.tasks, start.n_buckets(resolution_ns), resolution_ns)
+        self.memcg = np.zeros(FILE_LRU, np.int64)
+        self.memcg[MAX], self.memcg[HIGH] = limits.max_pages, limits.high_pages
+        self.memcg[POOLS:POOLS + 6] = start.initial_pools
+        self.memcg[USAGE] = sum(int(p) for p in start.initial_pools)
+        held = int(start.initial_pools[POOL_FILE])  # held before the trace: the oldest, folio sizes unknown
+        self._room_for_folios(held)
+        self.memcg[FILE_LRU:FILE_LRU + held] = 1
+        self.memcg[LRU_TAIL] = held
+        self.stats = np.zeros(N_STATS, np.int64)
+        self.per_cpu = np.zeros((start.cpus, 2), np.int64)
+        self.per_task = np.zeros((start.tasks, OOM_KEPT + 1), np.int64)
+        self.charged = np.zeros(start.objects + 1, np.bool_)  # pseudonyms, then -1's slot
+        self.object_slab = np.full(1 if self.knobs[OBJECT_CHARGING] else start.objects + 1, -1, np.int32)
+        self.slabs = np.zeros((0, 6), np.int64)  # grows as feed() needs
+        geometry = (start.cache_order, start.cache_min_order, start.cache_objects, start.cache_objects_min)
+        self.geometry = np.stack(geometry, axis=1).astype(np.int64).reshape(-1, 4)
+        self.caches = np.full((len(self.geometry), 2), -1, np.int64)
+        self.cursor = np.zeros(5, np.int64)
+        self.cursor[LAST_TS] = start.t_first
+        self.bounds = {"cpu": (0, start.cpus), "task": (0, start.tasks), "obj": (-1, start.objects),
+                       "cache": (-1, len(self.geometry))}
+
+    def feed(self, batch: ReplayInput) -> np.ndarray:
+        """Replay the next operations (batches of one trace, in order); their outcomes."""
+        self._check_ids(batch)
+        outcome = np.zeros(len(batch), np.uint8)
+        for start in range(0, len(batch), self.batch_size):
+            stop = min(start + self.batch_size, len(batch))
+            part = {name: np.ascontiguousarray(getattr(batch, name)[start:stop], dtype) for name, dtype in INPUT_DTYPES}
+            if not self.knobs[OBJECT_CHARGING]:
+                self._room_for_slabs(int(self.cursor[SLAB_COUNT]) + int(np.count_nonzero(part["op"] == OBJ_ALLOC)))
+            self._room_for_folios(int(np.count_nonzero((part["op"] == LRU_CHARGE) & (part["pool"] == POOL_FILE))))
+            self.model.replay_batch(
+                *part.values(), outcome[start:stop], self.t_first, self.resolution_ns, self.memcg, self.stats,
+                self.knobs, self.per_cpu, self.per_task, self.charged, self.object_slab, self.slabs, self.caches,
+                self.geometry, self.cursor, self.result.bucket_last, self.result.bucket_peak)
+        return outcome
+
+    def finish(self) -> EngineResult:
+        """Counters, stall and time series of everything fed (outcomes came with each batch)."""
+        result, stats = self.result, self.stats
+        for name, value in zip(STAT_FIELDS, stats):
+            setattr(result, name, int(value))
+        result.page_ns_above_high += int(stats[PAGE_NS_ABOVE_HIGH_CARRIES]) * CARRY
+        result.failcnt = int(self.memcg[FAILCNT])
+        result.stall_ns[:] = self.per_task[:, STALL]
+        result.reclaim_calls[:] = stats[RECLAIM_CALLS:RECLAIM_CALLS + len(RECLAIM_TRIGGERS)]
+        result.reclaimed_pages[:] = stats[RECLAIMED_PAGES:RECLAIMED_PAGES + len(RECLAIM_TRIGGERS)]
+        return result
+
+    def _check_ids(self, batch: ReplayInput) -> None:
+        """The compiled loop indexes its tables without bounds checks: an id out of range
+        would corrupt memory instead of raising, so it is refused here."""
+        for name, (low, high) in self.bounds.items():
+            ids = getattr(batch, name)
+            if len(ids) and (ids.min() < low or ids.max() >= high):
+                raise ValueError(f"operation {name} ids span {ids.min()}..{ids.max()}; the trace has {low}..{high - 1}")
+
+    def _room_for_folios(self, more: int) -> None:
+        """Grow the memcg array's file LRU (doubling) to hold `more` folios."""
+        needed = FILE_LRU + int(self.memcg[LRU_TAIL]) + more
+        if needed > len(self.memcg):
+            grown = np.zeros(max(needed, 2 * len(self.memcg)), np.int64)
+            grown[:len(self.memcg)] = self.memcg
+            self.memcg = grown
+
+    def _room_for_slabs(self, needed: int) -> None:
+        """Grow the slab table (doubling) to at least `needed` rows."""
+        if needed > MAX_SLABS:
+            raise UserError(f"{needed} slabs would not fit the replay's int32 slab ids")
+        if needed > len(self.slabs):
+            grown = np.zeros((min(max(needed, 2 * len(self.slabs)), MAX_SLABS), self.slabs.shape[1]), np.int64)
+            grown[:len(self.slabs)] = self.slabs
+            self.slabs = grown
+
+
+class Compiled(Replay):
+    """The model compiled by numba: `--engine fast`."""
+
+    model = model
+
+
+class Interpreted(Replay):
+    """The same model run as plain Python: `--engine reference`."""
+
+    model = interpreted(model)
+
+
+def knobs_array(policy: Policy, limits: Limits, gfp: GfpBits) -> np.ndarray:
+    """The policy, limits and gfp bits as the model reads them."""
+    policy.validate()
+    knobs = np.zeros(N_KNOBS, np.int64)
+    knobs[OBJECT_CHARGING] = policy.charge_unit == "object"
+    knobs[NOWAIT_HIGH_ORDER] = policy.slab_growth_gfp == "nowait-high-order"
+    knobs[STOCK_BATCH] = policy.stock_batch
+    knobs[HIGH_MODE] = HIGH_MODES.index(policy.high_mode)
+    knobs[MAX_RECLAIM_RETRIES] = policy.max_reclaim_retries
+    knobs[WATERMARK_MARGIN] = policy.watermark_margin_pages
+    knobs[SWAP] = limits.swap
+    knobs[RECLAIM_NS_PER_PAGE] = limits.reclaim_ns_per_page
+    knobs[GFP_DIRECT_RECLAIM], knobs[GFP_NORETRY] = gfp.direct_reclaim, gfp.noretry
+    knobs[GFP_RETRY_MAYFAIL], knobs[GFP_NOFAIL], knobs[GFP_HIGH] = gfp.retry_mayfail, gfp.nofail, gfp.high
+    return knobs
