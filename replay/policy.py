@@ -32,7 +32,8 @@ class Policy:
     # __GFP_DIRECT_RECLAIM when SLUB tries an order above the cache's minimum.
     slab_growth_gfp: str = "caller"
     stock_batch: int = 64  # MEMCG_CHARGE_BATCH: 32 up to ~5.15, 64 from ~6.1
-    stock_slots: int = 7  # memcgs a CPU's page stock caches: 1 before 6.16, NR_MEMCG_STOCK = 7 after
+    # No knob for how many memcgs a CPU's page stock caches (1 before 6.16, NR_MEMCG_STOCK = 7
+    # since): the replay has one memcg, which no other evicts, so the count changes nothing.
     # memory.high: "sync" (4.2: reclaim in the charge path, blocking charges only),
     # "return-to-user" (4.4: reclaim the overage when the task returns to user space),
     # "mainline" (6.x: as 4.4, plus synchronous reclaim past 64 pages, async in irq, and
@@ -46,7 +47,7 @@ class Policy:
         for knob, allowed in (("charge_unit", CHARGE_UNITS), ("slab_growth_gfp", SLAB_GROWTH), ("high_mode", HIGH_MODES)):
             if getattr(self, knob) not in allowed:
                 raise UserError(f"policy {self.name}: {knob} = {getattr(self, knob)!r}; choose one of {', '.join(allowed)}")
-        for knob, low in (("stock_batch", 1), ("stock_slots", 1), ("max_reclaim_retries", 0), ("watermark_margin_pages", 0)):
+        for knob, low in (("stock_batch", 1), ("max_reclaim_retries", 0), ("watermark_margin_pages", 0)):
             value = getattr(self, knob)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise UserError(f"policy {self.name}: {knob} = {value!r}; give a whole number >= {low}")
@@ -57,7 +58,7 @@ class Policy:
         return {k: v for k, v in asdict(self).items() if k not in ("name", "description")}
 
 
-KERNEL_4X = dict(charge_unit="slab", slab_growth_gfp="nowait-high-order", stock_batch=32, stock_slots=1, max_reclaim_retries=5)
+KERNEL_4X = dict(charge_unit="slab", slab_growth_gfp="nowait-high-order", stock_batch=32, max_reclaim_retries=5)
 
 BUILTIN = {
     p.name: p
@@ -72,7 +73,7 @@ BUILTIN = {
                high_mode="fail-nowait", **KERNEL_4X),
         Policy("watermark", "Davydov's memcg-internal watermarks: async reclaim whenever max - usage drops below a margin",
                high_mode="watermark", watermark_margin_pages=256, **KERNEL_4X),
-        Policy("mainline-6.18", "today's kernel: object charging, caller's gfp, 64-page stocks in 7 slots, deferred and throttled memory.high"),
+        Policy("mainline-6.18", "today's kernel: object charging, caller's gfp, 64-page stocks, deferred and throttled memory.high"),
     )
 }
 
