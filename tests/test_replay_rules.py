@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from replay.input import ReplayInput
+from replay.model import FILE_LRU, HIGH, USAGE
 from replay.ops import (
     LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, OBJ_ALLOC, OOM_CHARGE, OUTCOME, PAGE_ALLOC, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER,
     POOL_SLAB_UNRECLAIMABLE, TRIGGER, UNLIMITED, USER_RETURN, GfpBits, Limits,
 )
 from replay.policy import BUILTIN
-from replay.reference import Reference
 from replay.run import ENGINES, replay_whole
 from traces.errors import UserError
 
@@ -77,11 +77,12 @@ def test_at_max_gfp_nowait_fails_while_gfp_atomic_is_forced(engine):
     assert r.reclaim_calls.sum() == 0
 
 
-def test_the_high_penalty_for_101m_over_100m_with_64_pages_is_6_ms():
+@pytest.mark.parametrize("name", sorted(ENGINES))
+def test_the_high_penalty_for_101m_over_100m_with_64_pages_is_6_ms(name):
     # overage = (256 pages << 20) / 25600 = 10485; 10485^2 * 1000 >> 20 >> 14 = 6 jiffies at HZ 1000.
-    reference = Reference(scenario([]), MAINLINE, Limits(high_pages=25600), GFP, MS)
-    reference.memcg.usage = 25856
-    assert reference.calculate_high_delay(64) == 6
+    memcg = np.zeros(FILE_LRU, np.int64)
+    memcg[USAGE], memcg[HIGH] = 25856, 25600
+    assert ENGINES[name].model.calculate_high_delay(memcg, 64) == 6
 
 
 def test_a_large_overage_is_slept_off_on_return_to_user(engine):
