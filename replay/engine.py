@@ -12,7 +12,7 @@ interpreted one; a dispatcher's py_func runs only that function interpreted, its
 being the compiled dispatchers in replay.model's globals.
 
 The interpreted run is the model as executable documentation: a debugger or a print steps
-through the kernel rules line by line, at about 0.1 M operations/s.
+through the kernel rules line by line.
 """
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ def interpreted(module: ModuleType) -> ModuleType:
     """A fresh copy of a module of numba functions, executed with the JIT off: plain Python."""
     spec = importlib.util.spec_from_file_location(f"{module.__name__}.interpreted", module.__file__)
     copy = importlib.util.module_from_spec(spec)
+    # numba's config as replay.model imports it: after chargeplay.jit has set the cache directory
     jit_was_disabled = model.numba_config.DISABLE_JIT
     model.numba_config.DISABLE_JIT = True
     try:

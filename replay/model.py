@@ -64,8 +64,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from common.jit import njit  # before numba: it sets numba's cache directory
 from numba import config as numba_config  # isort: skip
 from numba.extending import intrinsic  # isort: skip
@@ -127,6 +125,8 @@ MAX_EXACT_OVERAGE = math.isqrt(((1 << 63) - 1) // HZ)  # overage**2 * HZ fits in
 
 @njit
 def page_counter_try_charge(memcg, nr_pages):
+    """Charge the counter unless it would pass max (then failcnt counts the failure). The
+    ancestors' limits are folded into the target's, so one counter stands for the chain."""
     if memcg[USAGE] + nr_pages > memcg[MAX]:
         memcg[FAILCNT] += 1
         return False
@@ -141,6 +141,7 @@ def page_counter_uncharge(memcg, nr_pages):
 
 @njit
 def margin(memcg):
+    """mem_cgroup_margin: pages the counter can take before max."""
     return max(memcg[MAX] - memcg[USAGE], 0)
 
 
@@ -148,6 +149,7 @@ def margin(memcg):
 
 @njit
 def consume_stock(knobs, per_cpu, nr_pages, cpu):
+    """Serve a charge of up to a batch from the CPU's stock: no page counter, no limit check."""
     if nr_pages > knobs[STOCK_BATCH] or per_cpu[cpu, PAGE_STOCK] < nr_pages:
         return False
     per_cpu[cpu, PAGE_STOCK] -= nr_pages
@@ -156,6 +158,7 @@ def consume_stock(knobs, per_cpu, nr_pages, cpu):
 
 @njit
 def refill_stock(memcg, knobs, per_cpu, nr_pages, cpu):
+    """Pre-charged pages go to the CPU's stock; a stock grown past a batch is drained."""
     per_cpu[cpu, PAGE_STOCK] += nr_pages
     if per_cpu[cpu, PAGE_STOCK] > knobs[STOCK_BATCH]:
         drain_stock(memcg, per_cpu, cpu)
@@ -163,12 +166,15 @@ def refill_stock(memcg, knobs, per_cpu, nr_pages, cpu):
 
 @njit
 def drain_stock(memcg, per_cpu, cpu):
+    """Uncharge what the CPU's stock holds."""
     page_counter_uncharge(memcg, per_cpu[cpu, PAGE_STOCK])
     per_cpu[cpu, PAGE_STOCK] = 0
 
 
 @njit
 def drain_all_stock(memcg, per_cpu):
+    """Drain every CPU's page stock at once (the kernel drains the others asynchronously:
+    charge_that_ended_in_oom accounts for that)."""
     for cpu in range(per_cpu.shape[0]):
         drain_stock(memcg, per_cpu, cpu)
 
@@ -548,6 +554,8 @@ def uncharge_kmem_pages(memcg, knobs, per_cpu, nr_pages, cpu, pool):
 
 @njit
 def obj_cgroup_charge(memcg, stats, knobs, per_cpu, per_task, size, gfp, cpu, task, irq, pool):
+    """An object of `size` bytes (obj_full_size) from the CPU's byte stock, else whole pages
+    through the page path, the rest of the last page left in the byte stock."""
     if per_cpu[cpu, OBJ_STOCK] >= size:  # consume_obj_stock
         per_cpu[cpu, OBJ_STOCK] -= size
         stats[STOCK_HITS] += 1
@@ -572,6 +580,28 @@ def obj_cgroup_uncharge(memcg, knobs, per_cpu, size, cpu, pool):
         uncharge_kmem_pages(memcg, knobs, per_cpu, own, cpu, pool)
         if nr_pages > own:  # the byte stock is shared by both slab pools
             uncharge_kmem_pages(memcg, knobs, per_cpu, nr_pages - own, cpu, POOL_SLAB_RECLAIMABLE + POOL_SLAB_UNRECLAIMABLE - pool)
+
+
+# -- slab hooks ---------------------------------------------------------------------------------
+
+@njit
+def slab_post_alloc_hook(memcg, stats, knobs, per_cpu, per_task, slabs, caches, geometry, cursor, object_slab,
+                         slot, cache, nbytes, gfp, cpu, task, irq, pool):
+    """An accounted object is allocated: 6.x charges the object, 4.x the slab it lands in."""
+    if knobs[OBJECT_CHARGING]:
+        return obj_cgroup_charge(memcg, stats, knobs, per_cpu, per_task, nbytes + OBJ_EXT_BYTES, gfp, cpu, task, irq,
+                                 pool)
+    return slab_alloc_object(memcg, stats, knobs, per_cpu, per_task, slabs, caches, geometry, cursor, object_slab,
+                             slot, cache, gfp, cpu, task, irq, pool)
+
+
+@njit
+def slab_free_hook(memcg, knobs, per_cpu, slabs, caches, object_slab, slot, nbytes, cpu, pool):
+    """An accounted object is freed: its bytes go back to the byte stock, or its slot to its slab."""
+    if knobs[OBJECT_CHARGING]:
+        obj_cgroup_uncharge(memcg, knobs, per_cpu, nbytes + OBJ_EXT_BYTES, cpu, pool)
+    else:
+        slab_free_object(memcg, knobs, per_cpu, slabs, caches, object_slab, slot)
 
 
 # -- slab charging (4.x per-memcg caches): slabs of each cache, charged whole --------------------
@@ -685,18 +715,11 @@ def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, o
         slot = obj[i] if obj[i] >= 0 else no_pseudonym
         if (o == OBJ_FREE or o == PAGE_FREE) and not charged[slot]:
             pass  # the replay failed its allocation: nothing to uncharge
-        elif o == OBJ_ALLOC:  # slab_post_alloc_hook
-            if knobs[OBJECT_CHARGING]:
-                outcome[i] = obj_cgroup_charge(memcg, stats, knobs, per_cpu, per_task, nbytes[i] + OBJ_EXT_BYTES,
-                                               gfp[i], c, t, irq[i], pool[i])
-            else:
-                outcome[i] = slab_alloc_object(memcg, stats, knobs, per_cpu, per_task, slabs, caches, geometry, cursor,
-                                               object_slab, slot, cache[i], gfp[i], c, t, irq[i], pool[i])
-        elif o == OBJ_FREE:  # slab_free_hook
-            if knobs[OBJECT_CHARGING]:
-                obj_cgroup_uncharge(memcg, knobs, per_cpu, nbytes[i] + OBJ_EXT_BYTES, c, pool[i])
-            else:
-                slab_free_object(memcg, knobs, per_cpu, slabs, caches, object_slab, slot)
+        elif o == OBJ_ALLOC:
+            outcome[i] = slab_post_alloc_hook(memcg, stats, knobs, per_cpu, per_task, slabs, caches, geometry, cursor,
+                                              object_slab, slot, cache[i], nbytes[i], gfp[i], c, t, irq[i], pool[i])
+        elif o == OBJ_FREE:
+            slab_free_hook(memcg, knobs, per_cpu, slabs, caches, object_slab, slot, nbytes[i], c, pool[i])
         elif o == PAGE_ALLOC or o == LRU_CHARGE:
             outcome[i] = charge(memcg, stats, knobs, per_cpu, per_task, pages[i], gfp[i], c, t, irq[i], pool[i])
             if o == LRU_CHARGE and outcome[i] != FAILED:

@@ -14,6 +14,7 @@ import sys
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
+from types import FunctionType
 
 import numpy as np
 import pytest
@@ -266,6 +267,14 @@ def test_compiled_model_equals_interpreted_on_samples(sample, swap):
         assert compiled.differences(interpreted) == [], f"{policy.name}: {explain(compiled, interpreted)}"
         reclaimed += int(interpreted.reclaim_calls.sum())
     assert reclaimed > 0  # the limits were tight enough to matter
+
+
+def test_the_reference_engine_runs_every_model_function_interpreted():
+    # Were any compiled, the tests above would compare the compiled model with itself there.
+    compiled = [name for name, f in vars(Compiled.model).items() if hasattr(f, "py_func")]  # numba's dispatchers
+    assert "try_charge_memcg" in compiled and "replay_batch" in compiled
+    assert all(type(getattr(Interpreted.model, name)) is FunctionType for name in compiled)
+    assert Interpreted.model.borrowed is Interpreted.model.same_array
 
 
 @pytest.mark.parametrize("engine", [Compiled, Interpreted])
