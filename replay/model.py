@@ -582,28 +582,6 @@ def obj_cgroup_uncharge(memcg, knobs, per_cpu, size, cpu, pool):
             uncharge_kmem_pages(memcg, knobs, per_cpu, nr_pages - own, cpu, POOL_SLAB_RECLAIMABLE + POOL_SLAB_UNRECLAIMABLE - pool)
 
 
-# -- slab hooks ---------------------------------------------------------------------------------
-
-@njit
-def slab_post_alloc_hook(memcg, stats, knobs, per_cpu, per_task, slabs, caches, geometry, cursor, object_slab,
-                         slot, cache, nbytes, gfp, cpu, task, irq, pool):
-    """An accounted object is allocated: 6.x charges the object, 4.x the slab it lands in."""
-    if knobs[OBJECT_CHARGING]:
-        return obj_cgroup_charge(memcg, stats, knobs, per_cpu, per_task, nbytes + OBJ_EXT_BYTES, gfp, cpu, task, irq,
-                                 pool)
-    return slab_alloc_object(memcg, stats, knobs, per_cpu, per_task, slabs, caches, geometry, cursor, object_slab,
-                             slot, cache, gfp, cpu, task, irq, pool)
-
-
-@njit
-def slab_free_hook(memcg, knobs, per_cpu, slabs, caches, object_slab, slot, nbytes, cpu, pool):
-    """An accounted object is freed: its bytes go back to the byte stock, or its slot to its slab."""
-    if knobs[OBJECT_CHARGING]:
-        obj_cgroup_uncharge(memcg, knobs, per_cpu, nbytes + OBJ_EXT_BYTES, cpu, pool)
-    else:
-        slab_free_object(memcg, knobs, per_cpu, slabs, caches, object_slab, slot)
-
-
 # -- slab charging (4.x per-memcg caches): slabs of each cache, charged whole --------------------
 
 @njit
@@ -715,11 +693,18 @@ def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, o
         slot = obj[i] if obj[i] >= 0 else no_pseudonym
         if (o == OBJ_FREE or o == PAGE_FREE) and not charged[slot]:
             pass  # the replay failed its allocation: nothing to uncharge
-        elif o == OBJ_ALLOC:
-            outcome[i] = slab_post_alloc_hook(memcg, stats, knobs, per_cpu, per_task, slabs, caches, geometry, cursor,
-                                              object_slab, slot, cache[i], nbytes[i], gfp[i], c, t, irq[i], pool[i])
-        elif o == OBJ_FREE:
-            slab_free_hook(memcg, knobs, per_cpu, slabs, caches, object_slab, slot, nbytes[i], c, pool[i])
+        elif o == OBJ_ALLOC:  # slab_post_alloc_hook: 6.x charges the object, 4.x the slab it lands in
+            if knobs[OBJECT_CHARGING]:
+                outcome[i] = obj_cgroup_charge(memcg, stats, knobs, per_cpu, per_task, nbytes[i] + OBJ_EXT_BYTES,
+                                               gfp[i], c, t, irq[i], pool[i])
+            else:
+                outcome[i] = slab_alloc_object(memcg, stats, knobs, per_cpu, per_task, slabs, caches, geometry, cursor,
+                                               object_slab, slot, cache[i], gfp[i], c, t, irq[i], pool[i])
+        elif o == OBJ_FREE:  # slab_free_hook
+            if knobs[OBJECT_CHARGING]:
+                obj_cgroup_uncharge(memcg, knobs, per_cpu, nbytes[i] + OBJ_EXT_BYTES, c, pool[i])
+            else:
+                slab_free_object(memcg, knobs, per_cpu, slabs, caches, object_slab, slot)
         elif o == PAGE_ALLOC or o == LRU_CHARGE:
             outcome[i] = charge(memcg, stats, knobs, per_cpu, per_task, pages[i], gfp[i], c, t, irq[i], pool[i])
             if o == LRU_CHARGE and outcome[i] != FAILED:
