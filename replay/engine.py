@@ -47,7 +47,7 @@ def interpreted(module: ModuleType) -> ModuleType:
     """A fresh copy of a module of numba functions, executed with the JIT off: plain Python."""
     spec = importlib.util.spec_from_file_location(f"{module.__name__}.interpreted", module.__file__)
     copy = importlib.util.module_from_spec(spec)
-    # numba's config as replay.model imports it: after chargeplay.jit has set the cache directory
+    # numba's config as replay.model imports it: after common.jit has set the cache directory
     jit_was_disabled = model.numba_config.DISABLE_JIT
     model.numba_config.DISABLE_JIT = True
     try:
