@@ -41,12 +41,6 @@ class EngineResult:
             resolution_ns=resolution_ns,
         )
 
-    def record(self, t_ns: int, usage: int) -> None:
-        bucket = t_ns // self.resolution_ns
-        self.bucket_last[bucket] = usage
-        self.bucket_peak[bucket] = max(self.bucket_peak[bucket], usage)
-        self.peak_pages = max(self.peak_pages, usage)
-
     def differences(self, other: "EngineResult") -> list[str]:
         """Names of the fields in which two results differ (empty: identical)."""
         differ = []
