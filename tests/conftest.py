@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -38,8 +39,18 @@ SLOWDOWN = float(os.environ.get("CHARGEPLAY_TEST_SLOWDOWN", "1"))
 
 
 def chargeplay(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
-    """Run the real command line, as a user would."""
-    return subprocess.run([*CHARGEPLAY, *args], capture_output=True, text=True, timeout=timeout * SLOWDOWN, **kwargs)
+    """Run the real command line, as a user would. One that outlives `timeout` fails the test
+    with its Python stacks (faulthandler, on SIGABRT): where it hung, not just that it did."""
+    env = {**kwargs.pop("env", os.environ), "PYTHONFAULTHANDLER": "1"}
+    with subprocess.Popen([*CHARGEPLAY, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                          **kwargs) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout * SLOWDOWN)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGABRT)
+            stdout, stderr = process.communicate()
+            pytest.fail(f"chargeplay {' '.join(args)} still running after {timeout * SLOWDOWN:.0f} s; its stacks:\n{stderr}")
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 # A workload that drives its memcg over memory.max and reports what the memcg itself counted: a

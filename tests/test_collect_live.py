@@ -307,7 +307,9 @@ def test_attach_to_an_existing_cgroup(tracefs, tmp_path):
         preexec_fn=lambda: (memcg.path / "cgroup.procs").write_text(str(os.getpid())),
     )
     try:
-        result = chargeplay("collect", "-o", str(tmp_path / "t"), "--cgroup", str(memcg.path), "--duration", "1")
+        # a second of tracing: stuck for 30 (10 minutes in the lab) is a hang, whose stacks show
+        result = chargeplay("collect", "-o", str(tmp_path / "t"), "--cgroup", str(memcg.path), "--duration", "1",
+                            timeout=30)
     finally:
         memcg.remove()
     sleeper.wait()
