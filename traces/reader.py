@@ -164,7 +164,9 @@ def _check_table(root: Path, path: Path | None, columns: pa.Schema | tuple, fram
                          "remove the file or re-record it") from None
     for n, (column, bad, why) in enumerate(checks):
         if found[f"check{n}"]:
-            row, value = frame.with_row_index("row").filter(bad).select("row", column).head(1).collect().row(0)
+            # without pushdown: damaged row-group statistics could skip the very row the pass found
+            row, value = (frame.with_row_index("row").filter(bad).select("row", column).head(1)
+                          .collect(optimizations=pl.QueryOptFlags(predicate_pushdown=False)).row(0))
             raise TraceError(f"{_locate(files, row)}: {column} {show(value)} {why}")
     return found
 
