@@ -130,17 +130,17 @@ class OutcomeWriter:
         """The charges of one batch: `about` holds the call_site and comm of every operation."""
         charges = np.isin(batch.op, CHARGE_OPS)
         about = about.filter(pl.Series(charges)).to_arrow()
-        gfp_values, gfp_index = np.unique(batch.gfp[charges], return_inverse=True)  # few distinct: each classified once
-        gfp_classes = pa.array([gfp_class(bits, self.gfp_flags) for bits in gfp_values.tolist()], pa.string()).dictionary_encode()
+        gfp = pa.array(batch.gfp[charges]).dictionary_encode()  # few distinct values: each is classified once
+        gfp_classes = pa.array([gfp_class(bits, self.gfp_flags) for bits in gfp.dictionary.to_pylist()], pa.string()).dictionary_encode()
         cache = batch.cache[charges]
         columns = [
             pa.array(batch.row[charges]),
             _labels(charge_kinds(batch.op[charges], batch.pool[charges]), list(CHARGE_KINDS), pa.int8()),
-            gfp_classes.take(pa.array(gfp_index)).cast(CHARGE_COLUMNS.field("gfp_class").type),
+            gfp_classes.take(gfp.indices).cast(CHARGE_COLUMNS.field("gfp_class").type),
             about.column("call_site").cast(pa.int32()),
             pa.DictionaryArray.from_arrays(pa.array(cache, mask=cache < 0), pa.array(batch.cache_names, pa.string())),
             pa.array(batch.task_pids[batch.task[charges]], pa.int32()),
-            about.column("comm").cast(pa.string()).dictionary_encode(),
+            about.column("comm").cast(CHARGE_COLUMNS.field("comm").type),
             *(_labels(outcomes[name][charges], OUTCOMES, pa.int8()) for name in self.policies),
         ]
         self.writer.write_table(pa.Table.from_arrays(columns, schema=self.schema))
