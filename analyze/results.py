@@ -62,20 +62,19 @@ class Result:
                 parts.append(charges.with_columns(cs.categorical().cast(pl.String),
                                                   *(pl.Series(p, np.array(OUTCOMES)[codes[i, divergent]]) for i, p in enumerate(self.policies))))
         empty = pl.DataFrame(schema={**self.outcomes().select(CHARGE_COLUMNS.names).collect_schema(), **{p: pl.String for p in self.policies}})
-        return self._describe((pl.concat(parts) if parts else empty).lazy()).collect()
+        return self._named((pl.concat(parts) if parts else empty).lazy()).with_columns(
+            pl.col("cache").fill_null("-"), pl.format("{} ({})", pl.col("comm").fill_null("?"), pl.col("pid")).alias("task"),
+        ).collect()
 
     def charges_per_call_site(self) -> pl.DataFrame:
         """How many charges each call site made (streamed: a result may be large)."""
-        return self._describe(self.outcomes()).group_by("symbol").agg(pl.len().alias("charges")).collect(engine="streaming")
+        charges = self.outcomes().select("call_site", "kind")
+        return self._named(charges).group_by("symbol").agg(pl.len().alias("charges")).collect(engine="streaming")
 
-    def _describe(self, charges: pl.LazyFrame) -> pl.LazyFrame:
-        """Call sites by symbol (a charge without one by what it charged: "[kernel stack]"),
-        "-" for no cache, tasks as "comm (pid)"."""
+    def _named(self, charges: pl.LazyFrame) -> pl.LazyFrame:
+        """Each charge's call site by symbol; a charge without one, by what it charged ("[kernel stack]")."""
         symbols = self.trace.side_table("symbols")
         if symbols is None:
             symbols = pl.LazyFrame(schema={"id": pl.Int32, "symbol": pl.String})
         return charges.join(symbols.rename({"id": "call_site"}), on="call_site", how="left").with_columns(
-            pl.coalesce("symbol", pl.format("[{}]", "kind")).alias("symbol"),
-            pl.col("cache").fill_null("-"),
-            pl.format("{} ({})", pl.col("comm").fill_null("?"), pl.col("pid")).alias("task"),
-        )
+            pl.coalesce("symbol", pl.format("[{}]", "kind")).alias("symbol"))
