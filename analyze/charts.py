@@ -94,7 +94,8 @@ def stall_by_task(result: Result, top: int = 15) -> alt.Chart:
 
 
 def _task_names(result: Result) -> dict[int, str]:
-    return dict(result.trace.events().filter(pl.col("comm").is_not_null()).group_by("pid").agg(pl.col("comm").last())
+    """Each task's last name in its charges (a task that stalled charged)."""
+    return dict(result.outcomes().filter(pl.col("comm").is_not_null()).group_by("pid").agg(pl.col("comm").last())
                 .collect().iter_rows())
 
 

@@ -1,9 +1,9 @@
 """Where, when and for whom two policies part ways.
 
 For each pair of policies: the first time their usage differs, the charges whose outcome
-differs (grouped by call site, cache, gfp class and task), and the differences in time
-above memory.high, failures, stall and min-order fallbacks. Across all pairs: the call
-sites a policy change affects most.
+differs (grouped by call site, what was charged, cache, gfp class and task), and the
+differences in time above memory.high, failures, stall and min-order fallbacks. Across all
+pairs: the call sites a policy change affects most.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import polars as pl
 
 from analyze.results import Result
 
-GROUPS = ("symbol", "cache", "gfp_class", "task")
+GROUPS = ("symbol", "kind", "cache", "gfp_class", "task")
 SUMMARY_DELTAS = ("seconds_above_high", "page_seconds_above_high", "failed", "stall_ns_total", "fallbacks", "forced", "oom_kills")
 TOP = 10
 

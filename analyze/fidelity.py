@@ -8,11 +8,11 @@ memory.events max, high and oom_kill, and memory.peak; usage on both).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import polars as pl
 
+from replay.result_format import read_summary, read_timeseries
 from traces.manifest import TraceError
 from traces.reader import Trace
 
@@ -88,8 +88,8 @@ def fidelity_table(prediction: dict[str, int], observation: dict[str, int], cgro
 
 def compare(trace: Trace, result_dir: Path, policy_name: str, model: str) -> dict:
     """The fidelity of a replay result (one policy) against the trace it replayed."""
-    summary = json.loads((result_dir / "summary.json").read_text())
-    series = pl.read_parquet(result_dir / "timeseries.parquet").filter(pl.col("policy") == policy_name)
+    summary = read_summary(result_dir)
+    series = read_timeseries(result_dir).filter(pl.col("policy") == policy_name)
     target = trace.manifest.get("target", {})
     version = target.get("cgroup_version")
     return {

@@ -91,6 +91,7 @@ def _header(result: Result) -> str:
         ("captured", f"{m.get('start', {}).get('wall')}, status {result.trace.status}, {m.get('events', 0):,} events, "
                      f"{m.get('lost', {}).get('total', 0):,} lost"),
         ("workload", " ".join(target.get("command") or []) or str(target.get("cgroup_path"))),
+        ("replayed by", f"chargeplay {result.summary['chargeplay_version']}, {result.summary['engine']} engine"),
         ("replayed with", f"memory.max {format_bytes(limits['max_bytes'])}, memory.high {format_bytes(limits['high_bytes'])}, "
                           f"swap {'on' if limits['swap'] else 'off'}, reclaim {limits['reclaim_ns_per_page']} ns/page"),
     ]

@@ -125,13 +125,20 @@ class InputStream:
         return len(self.trace.segment_paths)
 
     def batches(self) -> Iterator[ReplayInput]:
+        return (batch for batch, _ in self.described_batches())
+
+    def described_batches(self) -> Iterator[tuple[ReplayInput, pl.DataFrame]]:
+        """Each segment's operations, with what a result records of them and the engines do
+        not read: every operation's call site and task name."""
         live = pl.DataFrame(schema=CHARGED_SCHEMA)
         offset = 0
         for path in self.trace.segment_paths:
-            events = pl.scan_parquet(path).with_row_index("row", offset=offset).with_columns(pl.col("row").cast(pl.Int64))
+            events = pl.scan_parquet(path).with_row_index("row", offset=offset).with_columns(
+                pl.col("row").cast(pl.Int64), pl.col("comm").cast(pl.Categorical),  # task names repeat: sorted as codes
+            )
             ops, live = self._segment_operations(events, live)
             offset += pl.scan_parquet(path).select(pl.len()).collect().item()
-            yield self._arrays(ops)
+            yield self._arrays(ops), ops.select("call_site", "comm")
 
     def _segment_operations(self, events: pl.LazyFrame, live: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         trace = self.trace
@@ -222,6 +229,7 @@ class InputStream:
 OPERATION_SCHEMA = pl.Schema({
     "row": pl.Int64, "ts_ns": pl.Int64, "cpu": pl.UInt16, "pid": pl.Int32, "ctx": pl.String, "op": pl.Int8, "gfp": pl.UInt32,
     "pages": pl.Int64, "bytes_alloc": pl.Int64, "cache": pl.String, "obj": pl.Int64, "pool": pl.Int8,
+    "call_site": pl.Int32, "comm": pl.Categorical(),
 })
 CHARGED_SCHEMA = pl.Schema({"obj": pl.Int64, "op": pl.Int8, "cache": pl.String, "bytes_alloc": pl.Int64, "pages": pl.Int64, "pool": pl.Int8})
 

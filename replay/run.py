@@ -1,36 +1,26 @@
-"""`chargeplay replay`: run one trace under several policies and write what each did.
-
-RESULT/summary.json       per policy: charges, stock hits, failures by gfp class, forced
-                          charges, reclaim by trigger, peak usage, time above high, stall...
-RESULT/timeseries.parquet usage (last and peak in each time bucket), high and max, per policy
-RESULT/outcomes.parquet   the outcome of every charge (allocation) operation, per policy
-"""
+"""`chargeplay replay`: run one trace under several policies and write what each did, in
+the result format of replay.result_format (summary.json, timeseries.parquet, outcomes.parquet)."""
 from __future__ import annotations
 
 import math
 from collections import Counter
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from replay.input import InputStream, ReplayInput
-from replay.ops import (
-    LRU_CHARGE, OBJ_ALLOC, OOM_CHARGE, OUTCOME, OUTCOMES, PAGE_ALLOC, PAGE_SIZE, RECLAIM_TRIGGERS, UNLIMITED, GfpBits, Limits,
-)
+from replay import result_format
+from replay.ops import OUTCOME, OUTCOMES, PAGE_SIZE, RECLAIM_TRIGGERS, UNLIMITED, GfpBits, Limits
 from replay.policy import Policy
 from replay.engine import Compiled, Interpreted
 from replay.result import EngineResult
-from traces.atomic import atomic_file, check_new_output, make_private_dir, write_json, write_parquet
+from traces.atomic import check_new_output, make_private_dir
 from traces.gfp import gfp_class
 from traces.manifest import TraceError
 from traces.reader import Trace
 
-CHARGE_OPS = (OBJ_ALLOC, PAGE_ALLOC, LRU_CHARGE, OOM_CHARGE)
 DEFAULT_RECLAIM_NS_PER_PAGE = 1000
 MAX_BUCKETS = 10_000
 
@@ -105,8 +95,8 @@ def replay(
     failed_gfp: dict[str, Counter[int]] = {name: Counter() for name in engines}  # failed charges per gfp value
     outcome_counts = {name: np.zeros(len(OUTCOMES), np.int64) for name in engines}
     done = 0
-    with OutcomeWriter(output / "outcomes.parquet", list(engines)) as outcomes:
-        for index, batch in enumerate(stream.batches()):
+    with result_format.OutcomeWriter(output, list(engines), trace.gfp_flags) as outcomes:
+        for index, (batch, about) in enumerate(stream.described_batches()):
             batch_outcomes = {}
             for name, session in engines.items():
                 progress(f"segment {index + 1}/{stream.segments}: {name}", done)
@@ -115,49 +105,25 @@ def replay(
                 values, counts = np.unique(batch.gfp[batch_outcomes[name] == OUTCOME["failed"]], return_counts=True)
                 failed_gfp[name].update(dict(zip(values.tolist(), counts.tolist())))
                 done += 1
-            outcomes.write(batch, batch_outcomes)
+            outcomes.write(batch, about, batch_outcomes)
     results = {name: session.finish() for name, session in engines.items()}
-    summary = summarize(trace, stream, results, outcome_counts, failed_gfp, limits)
-    write_json(output / "summary.json", summary)
-    write_parquet(output / "timeseries.parquet", timeseries(results, limits).to_arrow())
+    engine_name = next(name for name, known in ENGINES.items() if known is engine)
+    summary = summarize(trace, output, engine_name, policies, stream, results, outcome_counts, failed_gfp, limits)
+    result_format.write_summary(output, summary)
+    result_format.write_timeseries(output, timeseries(results, limits))
     return summary
 
 
-class OutcomeWriter:
-    """outcomes.parquet, written batch by batch: the row of every charge operation and its
-    outcome under each policy."""
-
-    def __init__(self, path: Path, policies: list[str]) -> None:
-        self.policies = policies
-        self.schema = pa.schema([("row", pa.int64()), *((name, pa.dictionary(pa.int8(), pa.string())) for name in policies)])
-        self.stack = ExitStack()
-        self.writer = pq.ParquetWriter(self.stack.enter_context(atomic_file(path)), self.schema, compression="zstd")
-
-    def __enter__(self) -> "OutcomeWriter":
-        return self
-
-    def write(self, batch: ReplayInput, outcomes: dict[str, np.ndarray]) -> None:
-        charges = np.isin(batch.op, CHARGE_OPS)
-        names = pa.array(OUTCOMES)
-        columns = [pa.array(batch.row[charges])]
-        columns += [pa.DictionaryArray.from_arrays(outcomes[name][charges].astype(np.int8), names) for name in self.policies]
-        self.writer.write_table(pa.Table.from_arrays(columns, schema=self.schema))
-
-    def __exit__(self, *exc: object) -> None:
-        self.writer.close()
-        self.stack.__exit__(*exc)
-
-
 def summarize(
-    trace: Trace, stream: InputStream, results: dict[str, EngineResult], outcome_counts: dict[str, np.ndarray],
-    failed_gfp: dict[str, Counter[int]], limits: Limits,
+    trace: Trace, output: Path, engine: str, policies: list[Policy], stream: InputStream, results: dict[str, EngineResult],
+    outcome_counts: dict[str, np.ndarray], failed_gfp: dict[str, Counter[int]], limits: Limits,
 ) -> dict:
-    policies = {}
+    figures = {}
     for name, r in results.items():
         classes = Counter()
         for bits, count in failed_gfp[name].items():
             classes[gfp_class(bits, trace.gfp_flags)] += count
-        policies[name] = {
+        figures[name] = {
             **{k: v for k, v in r.counters().items() if k != "resolution_ns"},
             "failed": int(outcome_counts[name][OUTCOME["failed"]]),
             "failed_by_gfp_class": dict(sorted(classes.items())),
@@ -170,12 +136,9 @@ def summarize(
             "stall_ns_total": int(r.stall_ns.sum()),
             "stall_ns_by_pid": {int(pid): int(ns) for pid, ns in zip(stream.task_pids, r.stall_ns) if ns},
         }
-    return {
-        "trace": str(trace.path),
-        "limits": {"max_bytes": _bytes(limits.max_pages), "high_bytes": _bytes(limits.high_pages),
-                   "swap": limits.swap, "reclaim_ns_per_page": limits.reclaim_ns_per_page},
-        "policies": policies,
-    }
+    limits_bytes = {"max_bytes": _bytes(limits.max_pages), "high_bytes": _bytes(limits.high_pages),
+                    "swap": limits.swap, "reclaim_ns_per_page": limits.reclaim_ns_per_page}
+    return result_format.summary_document(trace, output, engine, policies, limits_bytes, figures)
 
 
 def _bytes(pages: int) -> int | None:

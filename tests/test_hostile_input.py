@@ -46,7 +46,8 @@ def point_at(result: Path, trace: Path, copy: Path) -> Path:
     """A copy of `result` whose summary names `trace`."""
     shutil.copytree(result, copy)
     summary = json.loads((copy / "summary.json").read_text())
-    (copy / "summary.json").write_text(json.dumps(dict(summary, trace=str(trace))))
+    summary["trace"].update(path=str(trace), absolute_path=str(trace))
+    (copy / "summary.json").write_text(json.dumps(summary))
     return copy
 
 
@@ -132,7 +133,9 @@ BAD_RESULTS: dict[str, tuple[str, Callable[[Path], None], str]] = {
     "summary-stall-pid-not-a-number": ("stall_ns_by_pid is keyed by a name",
                                        edit_summary(lambda s: first_policy(s)["stall_ns_by_pid"].update(abc=1)), "stall_ns_by_pid"),
     "summary-policy-named-row": ("a policy named row, a column of outcomes.parquet", edit_summary(rename_policy), "row"),
-    "summary-trace-missing": ("the trace it names is gone", edit_summary(lambda s: s.update(trace="/nonexistent/trace")), "/nonexistent"),
+    "summary-trace-missing": ("the trace it names is gone",
+                              edit_summary(lambda s: s["trace"].update(path="/nonexistent/trace", absolute_path="/nonexistent/trace")),
+                              "/nonexistent"),
     "outcomes-truncated": ("outcomes.parquet is cut short",
                            lambda r: (r / "outcomes.parquet").write_bytes((r / "outcomes.parquet").read_bytes()[:100]), "outcomes.parquet"),
     "outcomes-row-beyond-trace": ("an outcome's row is past the trace's last event",

@@ -8,6 +8,7 @@ import polars as pl
 import pytest
 
 from conftest import chargeplay
+from replay.result_format import CHARGE_COLUMNS
 from test_cli_errors import assert_user_error
 from traces.samples import sample_path
 
@@ -47,7 +48,7 @@ def test_result_files_describe_every_policy_and_charge(tmp_path, sample):
     assert policies == ["nowait-slab-charge", "caller-gfp", "return-to-user", "fail-nowait-above-high", "watermark", "mainline-6.18"]
     assert summary["limits"]["high_bytes"] == 12 << 20 and summary["limits"]["max_bytes"] == 28 << 20  # from the manifest
     outcomes = pl.read_parquet(out / "outcomes.parquet")
-    assert outcomes.columns == ["row", *policies]
+    assert outcomes.columns == [*CHARGE_COLUMNS.names, *policies]
     for name, s in summary["policies"].items():
         counts = outcomes[name].value_counts()
         assert dict(counts.iter_rows()) == {k: v for k, v in s["outcomes"].items() if k != "none"}

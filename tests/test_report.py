@@ -8,6 +8,8 @@ import shutil
 import subprocess
 from html.parser import HTMLParser
 
+import polars as pl
+import polars.selectors as cs
 import pyarrow as pa
 import pytest
 
@@ -21,10 +23,25 @@ from traces.segments import SegmentWriter
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 HOSTILE_SYMBOL = "</script><script>alert(2)</script>"  # symbols land in the charts' JSON, inside <script>
-GFP = {"GFP_KERNEL": 0xCC0, "GFP_NOWAIT": 0x2800, "GFP_ATOMIC": 0x820, "GFP_HIGHUSER_MOVABLE": 0x100CCA,
-       "__GFP_HIGH": 0x20, "__GFP_DIRECT_RECLAIM": 0x400, "__GFP_RETRY_MAYFAIL": 0x4000, "__GFP_NOFAIL": 0x8000,
-       "__GFP_NORETRY": 0x10000, "__GFP_ACCOUNT": 1 << 22}
+# In the kernel's table order (gfp_class takes the first composite wholly set).
+GFP = {"GFP_HIGHUSER_MOVABLE": 0x100CCA, "GFP_KERNEL_ACCOUNT": 0x400CC0, "GFP_KERNEL": 0xCC0, "GFP_ATOMIC": 0x820,
+       "GFP_NOWAIT": 0x2800, "__GFP_HIGH": 0x20, "__GFP_DIRECT_RECLAIM": 0x400, "__GFP_RETRY_MAYFAIL": 0x4000,
+       "__GFP_NOFAIL": 0x8000, "__GFP_NORETRY": 0x10000, "__GFP_ACCOUNT": 1 << 22}
+NODE_STAT_ITEMS = {"NR_FILE_PAGES": 1, "NR_ANON_MAPPED": 2, "NR_SHMEM": 3, "NR_KERNEL_STACK_KB": 4}
 BROWSER = shutil.which("chromium")
+
+
+def write_trace(path, rows: list[dict], target: dict, memcg: dict, symbol: str) -> None:
+    """A complete one-segment trace of `rows`, the memcg's first counters and call site 0's symbol."""
+    manifest = new_manifest(backend="test", clock="mono", target={"memcg_id": 1, **target}, gfp_flags=GFP,
+                            enums={"node_stat_item": NODE_STAT_ITEMS})
+    manifest["status"] = "complete"
+    writer = SegmentWriter(path, lambda segment: manifest["segments"].append(segment.__dict__))
+    writer.write(pa.Table.from_pylist(rows, schema=EVENT_SCHEMA))
+    writer.close_segment()
+    write_parquet(path / "memcg.parquet", pa.Table.from_pylist([{"ts_ns": 0, **memcg}], schema=table_schema(MEMCG_COLUMNS)))
+    write_parquet(path / "symbols.parquet", pa.Table.from_pylist([{"id": 0, "symbol": symbol}], schema=table_schema(SYMBOL_COLUMNS)))
+    write_json(path / MANIFEST, manifest)
 
 
 def tiny_trace(path, comm: str = "worker", symbol: str = "nowait_site+0x1/0x10") -> None:
@@ -32,19 +49,11 @@ def tiny_trace(path, comm: str = "worker", symbol: str = "nowait_site+0x1/0x10")
 
     By hand: fail-nowait-above-high refuses it (non-blocking, usage above high); the 4.x
     policies charge a batch of 32 pages, mainline 64; none of them may reclaim for it."""
-    manifest = new_manifest(backend="test", clock="mono", target={"memcg_id": 1, "max": 1000 * 4096, "high": 150 * 4096,
-                            "command": [comm]}, gfp_flags=GFP, enums={})
-    manifest["status"] = "complete"
-    writer = SegmentWriter(path, lambda segment: manifest["segments"].append(segment.__dict__))
     rows = [{"ts_ns": 1_000_000, "cpu": 0, "pid": 7, "comm": comm, "ctx": "task", "kind": "page_alloc", "call_site": 0,
              "obj": 0, "order": 0, "gfp": GFP["GFP_NOWAIT"] | GFP["__GFP_ACCOUNT"], "bytes_alloc": 4096,
              "accounted": True, "failed": False},
             {"ts_ns": 2_000_000, "cpu": 0, "pid": 7, "comm": comm, "ctx": "task", "kind": "user_return"}]
-    writer.write(pa.Table.from_pylist(rows, schema=EVENT_SCHEMA))
-    writer.close_segment()
-    write_parquet(path / "memcg.parquet", pa.Table.from_pylist([{"ts_ns": 0, "usage": 200 * 4096}], schema=table_schema(MEMCG_COLUMNS)))
-    write_parquet(path / "symbols.parquet", pa.Table.from_pylist([{"id": 0, "symbol": symbol}], schema=table_schema(SYMBOL_COLUMNS)))
-    write_json(path / MANIFEST, manifest)
+    write_trace(path, rows, {"max": 1000 * 4096, "high": 150 * 4096, "command": [comm]}, {"usage": 200 * 4096}, symbol)
 
 
 @pytest.fixture
@@ -70,6 +79,48 @@ def test_divergence_of_a_tiny_trace_by_hand(result):
     same = pairs[("nowait-slab-charge", "mainline-6.18")]
     assert same["differing_charges"] == 0 and same["first_usage_difference_ns"] == 0
     assert metrics["call_sites"] == [{"symbol": "nowait_site+0x1/0x10", "changed": 1, "charges": 1}]
+
+
+def stack_trace(path) -> None:
+    """A memcg 32 pages below memory.max (1000 pages), 100 of its pages file cache. Task 7
+    allocates a GFP_KERNEL_ACCOUNT page (call site 0) on CPU 0; then, on CPU 1, task 8's
+    kernel stack grows by a page (NR_KERNEL_STACK_KB: memcg_charge_kernel_stack charges it
+    with GFP_KERNEL) and it maps an anon page (charged GFP_HIGHUSER_MOVABLE).
+
+    By hand: the 4.x policies charge a 32-page batch for the page, filling the memcg (the
+    31 left over sit in CPU 0's stock), so the stack's page, on CPU 1, must reclaim; mainline
+    cannot fit its 64-page batch, charges the one page and charges the stack's page without
+    reclaim. The anon page then fits under both."""
+    forker, child = {"cpu": 0, "pid": 7, "comm": "forker", "ctx": "task"}, {"cpu": 1, "pid": 8, "comm": "child", "ctx": "task"}
+    rows = [{**forker, "ts_ns": 1_000_000, "kind": "page_alloc", "call_site": 0, "obj": 0, "order": 0,
+             "gfp": GFP["GFP_KERNEL_ACCOUNT"], "bytes_alloc": 4096, "accounted": True, "failed": False},
+            {**child, "ts_ns": 1_100_000, "kind": "memcg_lruvec_state", "memcg_id": 1, "item": NODE_STAT_ITEMS["NR_KERNEL_STACK_KB"], "val": 1},
+            {**child, "ts_ns": 1_200_000, "kind": "memcg_lruvec_state", "memcg_id": 1, "item": NODE_STAT_ITEMS["NR_ANON_MAPPED"], "val": 1},
+            {**child, "ts_ns": 2_000_000, "kind": "user_return"}]
+    write_trace(path, rows, {"max": 1000 * 4096, "high": None, "command": ["forker"]},
+                {"usage": 968 * 4096, "file": 100 * 4096}, "pte_alloc_one+0x1/0x10")
+
+
+def test_each_charge_is_labelled_by_what_the_replay_charged(tmp_path):
+    """A kernel stack's page is a GFP_KERNEL charge without a call site: it must not be shown
+    as a file or anon page charged GFP_HIGHUSER_MOVABLE (as the report once did)."""
+    stack_trace(tmp_path / "trace")
+    replayed = chargeplay("replay", str(tmp_path / "trace"), "-o", str(tmp_path / "result"))
+    assert replayed.returncode == 0, replayed.stderr
+    outcomes = pl.read_parquet(tmp_path / "result" / "outcomes.parquet").with_columns(cs.categorical().cast(pl.String))
+    described = outcomes.select("row", "kind", "gfp_class", "call_site", "cache", "pid", "comm").rows()
+    assert described == [(0, "kmem page", "GFP_KERNEL_ACCOUNT", 0, None, 7, "forker"),
+                         (1, "kernel stack", "GFP_KERNEL", None, None, 8, "child"),
+                         (2, "anon or shmem page", "GFP_HIGHUSER_MOVABLE", None, None, 8, "child")]
+    assert outcomes["nowait-slab-charge"].to_list() == ["charged", "reclaimed", "charged"]
+    assert outcomes["mainline-6.18"].to_list() == ["charged", "charged", "charged"]
+    pair = next(p for p in divergence(Result.open(tmp_path / "result"))["pairs"] if p["policies"] == ["nowait-slab-charge", "mainline-6.18"])
+    assert pair["differing_charges"] == 1
+    assert pair["by"]["kind"] == [{"kind": "kernel stack", "charges": 1}]
+    assert pair["by"]["gfp_class"] == [{"gfp_class": "GFP_KERNEL", "charges": 1}]
+    assert pair["by"]["symbol"] == [{"symbol": "[kernel stack]", "charges": 1}]
+    assert pair["by"]["cache"] == [{"cache": "-", "charges": 1}]
+    assert pair["by"]["task"] == [{"task": "child (8)", "charges": 1}]
 
 
 def test_report_errors_are_one_line(tmp_path):

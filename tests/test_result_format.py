@@ -1,0 +1,106 @@
+"""A replay result says what produced it and finds its trace from anywhere: summary.json's
+identity fields, `report` from another directory, and the one-line refusals of a result whose
+trace moved away or changed."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from common.version import __version__
+from conftest import assert_user_error, chargeplay
+from replay.policy import BUILTIN, RESERVED_NAMES
+from replay.result_format import CHARGE_COLUMNS, content_id
+from traces.reader import Trace
+
+TINY = Path(__file__).parent / "corpus" / "tiny-trace"
+
+
+@pytest.fixture
+def replayed(tmp_path) -> tuple[Path, Path]:
+    """The tiny trace copied into tmp_path/work/trace and replayed, with the reference
+    engine and two policies, into tmp_path/work/result: (trace, result)."""
+    trace, result = tmp_path / "work" / "trace", tmp_path / "work" / "result"
+    shutil.copytree(TINY, trace)
+    done = chargeplay("replay", str(trace), "-o", str(result), "--engine", "reference",
+                      "--policy", "caller-gfp", "--policy", "mainline-6.18")
+    assert done.returncode == 0, done.stderr
+    return trace, result
+
+
+def test_the_summary_says_what_produced_the_result(replayed):
+    trace, result = replayed
+    summary = json.loads((result / "summary.json").read_text())
+    assert summary["chargeplay_version"] == __version__ and summary["engine"] == "reference"
+    assert summary["trace"] == {"content_id": content_id(Trace.open(trace)), "path": "../trace",
+                                "absolute_path": str(trace.resolve())}
+    assert {name: p["knobs"] for name, p in summary["policies"].items()} == {
+        name: BUILTIN[name].knobs() for name in ("caller-gfp", "mainline-6.18")}
+    assert summary["limits"]["max_bytes"] == Trace.open(trace).manifest["target"]["max"]
+
+
+def test_the_content_id_reads_no_events_but_changes_with_them(tmp_path):
+    """The id hashes the manifest and the Parquet footers: a segment whose events differ has
+    other column statistics and sizes, so another id."""
+    copy = tmp_path / "trace"
+    shutil.copytree(TINY, copy)
+    same = content_id(Trace.open(copy))
+    assert same == content_id(Trace.open(TINY))  # where a trace lies is not what it is
+    segment = sorted((copy / "events").glob("part-*.parquet"))[0]
+    table = pq.read_table(segment)
+    pq.write_table(table.slice(0, table.num_rows - 1), segment)
+    assert content_id(Trace.open(copy)) != same
+
+
+def test_report_runs_from_any_directory(replayed, tmp_path):
+    _, result = replayed
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    relative = os.path.relpath(result, elsewhere)
+    reported = chargeplay("report", relative, "-o", "r.html", cwd=elsewhere)
+    assert reported.returncode == 0, reported.stderr
+    assert (elsewhere / "r.html").read_text().startswith("<!DOCTYPE html>")
+
+
+def test_a_result_moved_with_its_trace_or_alone_still_finds_it(replayed, tmp_path):
+    trace, result = replayed
+    together = tmp_path / "moved"
+    shutil.move(trace.parent, together)  # the relative path still holds
+    assert chargeplay("report", str(together / "result"), "-o", str(tmp_path / "a.html")).returncode == 0
+    shutil.move(together, trace.parent)
+    alone = tmp_path / "result-alone"
+    shutil.move(result, alone)  # the absolute path still holds
+    assert chargeplay("report", str(alone), "-o", str(tmp_path / "b.html")).returncode == 0
+
+
+def test_a_result_whose_trace_moved_away_is_one_error_line(replayed, tmp_path):
+    trace, result = replayed
+    shutil.move(trace, tmp_path / "gone")
+    assert_user_error(chargeplay("report", str(result), "-o", str(tmp_path / "r.html")),
+                      "its trace is gone from ../trace", "move the trace back or re-run chargeplay replay")
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_a_result_whose_trace_changed_is_one_error_line(replayed, tmp_path):
+    trace, result = replayed
+    manifest = json.loads((trace / "manifest.json").read_text())
+    manifest["stop_reason"] = "edited"
+    (trace / "manifest.json").write_text(json.dumps(manifest))
+    assert_user_error(chargeplay("report", str(result), "-o", str(tmp_path / "r.html")),
+                      str(trace.resolve()), "not the trace this result replayed", "re-run chargeplay replay")
+
+
+def test_a_result_of_the_old_format_is_one_error_line(replayed, tmp_path):
+    _, result = replayed
+    summary = json.loads((result / "summary.json").read_text())
+    del summary["result_format"]
+    (result / "summary.json").write_text(json.dumps(summary))
+    assert_user_error(chargeplay("report", str(result), "-o", str(tmp_path / "r.html")), "result format", "re-run chargeplay replay")
+
+
+def test_no_policy_can_shadow_a_column_describing_the_charges():
+    assert set(CHARGE_COLUMNS.names) <= RESERVED_NAMES
