@@ -10,7 +10,9 @@ figures; it asserts nothing.
 from __future__ import annotations
 
 import argparse
+import json
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -18,6 +20,7 @@ import time
 from pathlib import Path
 
 from replay import policy
+from replay.result_format import RESULT_FORMAT
 from replay.run import ENGINES, limits_for, replay
 from traces.reader import Trace
 from traces.samples import sample_path
@@ -25,6 +28,13 @@ from traces.synth import synthesize
 
 TARGET_SECONDS = 60
 TARGET_BYTES = 2 << 30
+
+
+def _result_format(result_dir: Path) -> int | None:
+    try:
+        return json.loads((result_dir / "summary.json").read_text()).get("result_format")
+    except (OSError, ValueError):
+        return None
 
 
 def main() -> None:
@@ -39,8 +49,9 @@ def main() -> None:
         print(f"synthesizing {args.events:,} events like {args.like} into {trace_dir} (once)")
         synthesize(Trace.open(sample_path(args.like)), trace_dir, args.events)
     trace = Trace.open(trace_dir)
-    if not (result_dir / "summary.json").exists():
+    if _result_format(result_dir) != RESULT_FORMAT:  # none yet, or one an older chargeplay wrote
         print(f"replaying it under all built-in policies into {result_dir} (once)")
+        shutil.rmtree(result_dir, ignore_errors=True)
         replay(trace, result_dir, list(policy.BUILTIN.values()), limits_for(trace, 16 << 20, 15 << 20, False), ENGINES["fast"])
     with tempfile.TemporaryDirectory() as scratch:
         page = Path(scratch) / "report.html"
