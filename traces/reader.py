@@ -40,7 +40,6 @@ def event_checks(rows: int) -> list[Check]:
     ts, kind = pl.col("ts_ns"), pl.col("kind")
     return [
         ("ts_ns", ts.is_null() | _out_of("ts_ns", 0, MAX_NS), f"is null or outside 0..{MAX_NS}"),
-        ("ts_ns", ts.diff() < 0, "is earlier than the event before it: events are not in time order"),
         ("cpu", pl.col("cpu").is_null(), "is null"),
         ("pid", pl.col("pid").is_null(), "is null"),
         ("kind", kind.is_null() | ~kind.is_in(KINDS), f"is not one of {', '.join(KINDS)}"),
@@ -125,14 +124,35 @@ def _scan(segments: list[Path]) -> pl.LazyFrame:
 
 
 def _event_facts(root: Path, segments: list[Path], rows: list[int]) -> Facts:
-    """One pass over the events: every column decoded, the checks' columns checked (a
-    TraceError at the first wrong row), the span and id ranges measured."""
-    measured = _check_table(
-        root, None, EVENT_SCHEMA, _scan(segments), event_checks(sum(rows)), list(zip(segments, rows)),
-        measure=[pl.col("ts_ns").first().alias("first"), pl.col("ts_ns").last().alias("last"),
-                 pl.col("cpu").max().alias("max_cpu"), pl.col("obj").max().alias("max_obj")],
-    )
-    return Facts(sum(rows), measured["first"] or 0, measured["last"] or 0, measured["max_cpu"] or 0, measured["max_obj"])
+    """One streaming pass over the events: every column decoded, the checks' columns checked
+    (a TraceError at the first wrong row), the id ranges measured; then the time order."""
+    files = list(zip(segments, rows))
+    measured = _check_table(root, None, EVENT_SCHEMA, _scan(segments), event_checks(sum(rows)), files,
+                            measure=[pl.col("cpu").max().alias("max_cpu"), pl.col("obj").max().alias("max_obj")])
+    first, last = _check_time_order(files)
+    return Facts(sum(rows), first, last, measured["max_cpu"] or 0, measured["max_obj"])
+
+
+def _check_time_order(files: list[tuple[Path, int]]) -> tuple[int, int]:
+    """Events in time order, checked segment by segment (the order across a whole trace is
+    not a streaming query: checked at once, it held every timestamp); the trace's first and
+    last event times."""
+    ts = pl.col("ts_ns")
+    first = last = None
+    for n, (path, _) in enumerate(files):
+        times = pl.scan_parquet(path).select("ts_ns")
+        before = ts.shift(1) if last is None else ts.shift(1, fill_value=last)  # the previous segment's last
+        early, head, tail = times.select((ts < before).any().alias("early"), ts.first().alias("head"),
+                                         ts.last().alias("tail")).collect().row(0)
+        if head is None:
+            continue
+        if early:
+            row, value = times.with_row_index("row").filter(ts < before).head(1).collect().row(0)
+            raise TraceError(f"{_locate(files, sum(rows for _, rows in files[:n]) + row)}: ts_ns {show(value)} "
+                             "is earlier than the event before it: events are not in time order")
+        first = head if first is None else first
+        last = tail
+    return first or 0, last or 0
 
 
 def _segments(root: Path, manifest: Manifest) -> list[Path]:
@@ -158,7 +178,7 @@ def _check_table(root: Path, path: Path | None, columns: pa.Schema | tuple, fram
     flags = [bad.any().alias(f"check{n}") for n, (_, bad, _) in enumerate(checks)]
     decoded = pl.all().null_count().name.prefix("nulls in ")  # every column decodes: damage shows here, not mid-replay
     try:
-        found = frame.select(*flags, *measure, decoded).collect().row(0, named=True)
+        found = frame.select(*flags, *measure, decoded).collect(engine="streaming").row(0, named=True)
     except pl.exceptions.PolarsError as err:  # a page that decodes to garbage passes the footer checks
         raise TraceError(f"{files[0][0] if len(files) == 1 else root}: unreadable Parquet ({one_line(err)}); "
                          "remove the file or re-record it") from None
