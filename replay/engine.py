@@ -24,12 +24,12 @@ import numpy as np
 from replay import model
 from replay.input import ReplayInput
 from replay.model import (
-    CARRY, FAILCNT, FILE_LRU, GFP_DIRECT_RECLAIM, GFP_HIGH, GFP_NOFAIL, GFP_NORETRY, GFP_RETRY_MAYFAIL, HIGH, HIGH_MODE,
-    LAST_TS, LRU_TAIL, MAX, MAX_RECLAIM_RETRIES, N_KNOBS, N_STATS, NOWAIT_HIGH_ORDER, OBJECT_CHARGING, OOM_KEPT,
-    PAGE_NS_ABOVE_HIGH_CARRIES, POOLS, RECLAIM_CALLS, RECLAIM_NS_PER_PAGE, RECLAIMED_PAGES, SLAB_COUNT, STALL,
-    STAT_FIELDS, STOCK_BATCH, SWAP, USAGE, WATERMARK_MARGIN,
+    CARRY, FAILCNT, FILE_LRU, FREE_SLAB, GFP_DIRECT_RECLAIM, GFP_HIGH, GFP_NOFAIL, GFP_NORETRY, GFP_RETRY_MAYFAIL,
+    HIGH, HIGH_MODE, LAST_TS, LRU_TAIL, MAX, MAX_RECLAIM_RETRIES, NOWAIT_HIGH_ORDER, N_KNOBS, N_STATS,
+    OBJECT_CHARGING, OOM_KEPT, PAGE_NS_ABOVE_HIGH_CARRIES, POOLS, RECLAIMED_PAGES, RECLAIM_CALLS, RECLAIM_NS_PER_PAGE,
+    SLAB_LISTED, STALL, STAT_FIELDS, STOCK_BATCH, SWAP, USAGE, WATERMARK_MARGIN,
 )
-from replay.ops import LRU_CHARGE, OBJ_ALLOC, POOL_FILE, RECLAIM_TRIGGERS, GfpBits, Limits
+from replay.ops import LRU_CHARGE, POOL_FILE, RECLAIM_TRIGGERS, GfpBits, Limits
 from replay.policy import HIGH_MODES, Policy
 from replay.result import EngineResult
 from traces.errors import UserError
@@ -40,6 +40,7 @@ BATCH_SIZE = 1 << 21  # operations per call of replay_batch: bounds the per-batc
 INPUT_DTYPES = (("ts", np.int64), ("cpu", np.int32), ("task", np.int32), ("irq", np.bool_), ("op", np.int8),
                 ("gfp", np.int64), ("pages", np.int64), ("bytes", np.int64), ("cache", np.int32),
                 ("obj", np.int64), ("pool", np.int8))
+SLAB_ROWS = 1024  # the slab table's first size
 MAX_SLABS = np.iinfo(np.int32).max  # object_slab holds slab ids as int32: half the memory per object
 
 
@@ -79,32 +80,38 @@ class Replay:
         self.stats = np.zeros(N_STATS, np.int64)
         self.per_cpu = np.zeros((start.cpus, 2), np.int64)
         self.per_task = np.zeros((start.tasks, OOM_KEPT + 1), np.int64)
-        self.charged = np.zeros(start.objects + 1, np.bool_)  # pseudonyms, then -1's slot
-        self.object_slab = np.full(1 if self.knobs[OBJECT_CHARGING] else start.objects + 1, -1, np.int32)
-        self.slabs = np.zeros((0, 6), np.int64)  # grows as feed() needs
+        self.charged = np.zeros(1, np.bool_)  # by object slot, then -1's slot; grows as feed() needs
+        self.object_slab = np.full(1, -1, np.int32)  # likewise, when slabs are charged
+        self.slabs = np.zeros((0, SLAB_LISTED + 1), np.int64)  # grows as feed() needs
         geometry = (start.cache_order, start.cache_min_order, start.cache_objects, start.cache_objects_min)
         self.geometry = np.stack(geometry, axis=1).astype(np.int64).reshape(-1, 4)
         self.caches = np.full((len(self.geometry), 2), -1, np.int64)
-        self.cursor = np.zeros(5, np.int64)
-        self.cursor[LAST_TS] = start.t_first
-        self.bounds = {"cpu": (0, start.cpus), "task": (0, start.tasks), "obj": (-1, start.objects),
+        self.cursor = np.zeros(FREE_SLAB + 1, np.int64)
+        self.cursor[LAST_TS], self.cursor[FREE_SLAB] = start.t_first, -1
+        self.bounds = {"cpu": (0, start.cpus), "task": (0, start.tasks), "obj": (-1, 0),
                        "cache": (-1, len(self.geometry))}
 
     def feed(self, batch: ReplayInput) -> np.ndarray:
         """Replay the next operations (batches of one trace, in order); their outcomes."""
+        if len(batch):
+            self._room_for_objects(int(batch.obj.max()) + 1)
         self._check_ids(batch)
         outcome = np.zeros(len(batch), np.uint8)
         for start in range(0, len(batch), self.batch_size):
             stop = min(start + self.batch_size, len(batch))
             part = {name: np.ascontiguousarray(getattr(batch, name)[start:stop], dtype) for name, dtype in INPUT_DTYPES}
-            if not self.knobs[OBJECT_CHARGING]:
-                self._room_for_slabs(int(self.cursor[SLAB_COUNT]) + int(np.count_nonzero(part["op"] == OBJ_ALLOC)))
             self._room_for_folios(int(np.count_nonzero((part["op"] == LRU_CHARGE) & (part["pool"] == POOL_FILE))))
-            self.model.replay_batch(
-                *part.values(), outcome[start:stop], self.t_first, self.resolution_ns, self.memcg, self.stats,
-                self.knobs, self.per_cpu, self.per_task, self.charged, self.object_slab, self.slabs, self.caches,
-                self.geometry, self.cursor, self.result.bucket_last, self.result.bucket_peak)
+            done = self._replay(part, outcome[start:stop], 0)
+            while done < stop - start:  # it stopped at an allocation the full slab table had no row for
+                self._grow_slabs()
+                done = self._replay(part, outcome[start:stop], done)
         return outcome
+
+    def _replay(self, part: dict[str, np.ndarray], outcome: np.ndarray, first: int) -> int:
+        return self.model.replay_batch(
+            *part.values(), outcome, first, self.t_first, self.resolution_ns, self.memcg, self.stats, self.knobs,
+            self.per_cpu, self.per_task, self.charged, self.object_slab, self.slabs, self.caches, self.geometry,
+            self.cursor, self.result.bucket_last, self.result.bucket_peak)
 
     def finish(self) -> EngineResult:
         """Counters, stall and time series of everything fed (outcomes came with each batch)."""
@@ -127,21 +134,40 @@ class Replay:
                 raise ValueError(f"operation {name} ids span {ids.min()}..{ids.max()}; the trace has {low}..{high - 1}")
 
     def _room_for_folios(self, more: int) -> None:
-        """Grow the memcg array's file LRU (doubling) to hold `more` folios."""
+        """Make the memcg array's file LRU hold `more` folios: compacted first, then grown
+        (doubling) while that frees less than half of it."""
+        if FILE_LRU + int(self.memcg[LRU_TAIL]) + more <= len(self.memcg):
+            return
+        self.model.compact_file_lru(self.memcg)
         needed = FILE_LRU + int(self.memcg[LRU_TAIL]) + more
-        if needed > len(self.memcg):
+        if 2 * needed > len(self.memcg):
             grown = np.zeros(max(needed, 2 * len(self.memcg)), np.int64)
             grown[:len(self.memcg)] = self.memcg
             self.memcg = grown
 
-    def _room_for_slabs(self, needed: int) -> None:
-        """Grow the slab table (doubling) to at least `needed` rows."""
-        if needed > MAX_SLABS:
-            raise UserError(f"{needed} slabs would not fit the replay's int32 slab ids")
-        if needed > len(self.slabs):
-            grown = np.zeros((min(max(needed, 2 * len(self.slabs)), MAX_SLABS), self.slabs.shape[1]), np.int64)
-            grown[:len(self.slabs)] = self.slabs
-            self.slabs = grown
+    def _room_for_objects(self, objects: int) -> None:
+        """Grow the per-object arrays (doubling) to hold slots below `objects`; -1's slot stays last."""
+        if objects > len(self.charged) - 1:
+            size = max(objects, 2 * (len(self.charged) - 1)) + 1
+            self.charged = _grown(self.charged, size, False)
+            if not self.knobs[OBJECT_CHARGING]:
+                self.object_slab = _grown(self.object_slab, size, -1)
+            self.bounds["obj"] = (-1, size - 1)
+
+    def _grow_slabs(self) -> None:
+        """Double the slab table."""
+        if len(self.slabs) == MAX_SLABS:
+            raise UserError(f"more than {MAX_SLABS} slabs would not fit the replay's int32 slab ids")
+        grown = np.zeros((min(max(SLAB_ROWS, 2 * len(self.slabs)), MAX_SLABS), self.slabs.shape[1]), np.int64)
+        grown[:len(self.slabs)] = self.slabs
+        self.slabs = grown
+
+
+def _grown(array: np.ndarray, size: int, fill: object) -> np.ndarray:
+    """`array` in `size` elements: its own but the last first, `fill` after them, its last last."""
+    grown = np.full(size, fill, array.dtype)
+    grown[:len(array) - 1], grown[-1] = array[:-1], array[-1]
+    return grown
 
 
 class Compiled(Replay):

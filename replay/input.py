@@ -33,6 +33,7 @@ from typing import Iterator
 import numpy as np
 import polars as pl
 
+from replay.object_slots import ObjectSlots
 from replay.ops import (
     LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, OBJ_ALLOC, OOM_CHARGE, PAGE_ALLOC, PAGE_SIZE, POOL_ANON, POOL_FILE,
     POOL_KMEM_PAGES, POOL_OTHER, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, USER_RETURN,
@@ -54,7 +55,7 @@ class ReplayInput:
     pages: np.ndarray  # int64 pages (page and LRU operations)
     bytes: np.ndarray  # int64 object size (object operations)
     cache: np.ndarray  # int32 cache id (object operations), else -1
-    obj: np.ndarray  # int64 object or page pseudonym, else -1
+    obj: np.ndarray  # int64 object or page slot (replay.object_slots), else -1
     pool: np.ndarray  # int8 pool the memory belongs to
     row: np.ndarray  # int64 the event's row in the trace
     cache_order: np.ndarray  # per cache: preferred slab order
@@ -65,7 +66,6 @@ class ReplayInput:
     task_pids: np.ndarray
     initial_pools: np.ndarray  # pages per pool when the trace starts
     cpus: int
-    objects: int  # object pseudonyms are below this: per-object state fits an array
     t_first: int  # the whole trace's first and last event times: batches share one clock
     t_last: int
 
@@ -92,7 +92,6 @@ class InputStream:
         self.trace = trace
         events = trace.events()
         facts = trace.facts  # measured when the trace was opened and checked
-        self.objects = (facts.max_obj or 0) + 1
         self.t_first, self.t_last = facts.first_ns, facts.last_ns
         self.cpus = max(trace.manifest["kernel"]["cpus"] or 0, facts.max_cpu + 1)  # a CPU brought online during capture
         self.task_pids = np.sort(events.select(pl.col("pid").unique()).collect()["pid"].to_numpy())
@@ -131,6 +130,7 @@ class InputStream:
         """Each segment's operations, with what a result records of them and the engines do
         not read: every operation's call site and task name."""
         live = pl.DataFrame(schema=CHARGED_SCHEMA)
+        slots = ObjectSlots()
         offset = 0
         for path in self.trace.segment_paths:
             events = pl.scan_parquet(path).with_row_index("row", offset=offset).with_columns(
@@ -138,7 +138,9 @@ class InputStream:
             )
             ops, live = self._segment_operations(events, live)
             offset += pl.scan_parquet(path).select(pl.len()).collect().item()
-            yield self._arrays(ops), ops.select("call_site", "comm")
+            batch = self._arrays(ops)
+            batch.obj = slots.assign(batch.op, batch.obj)
+            yield batch, ops.select("call_site", "comm")
 
     def _segment_operations(self, events: pl.LazyFrame, live: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         trace = self.trace
@@ -216,7 +218,6 @@ class InputStream:
             task_pids=self.task_pids,
             initial_pools=self.initial_pools,
             cpus=self.cpus,
-            objects=self.objects,
             t_first=self.t_first,
             t_last=self.t_last,
         )

@@ -17,10 +17,11 @@ native speed; each function takes the arrays it needs:
   become small codes; -ENOMEM is the outcome FAILED, not an exception);
 - per_cpu: page stock (memcg_stock_pcp) and object stock bytes (obj_stock_pcp);
 - per_task: current->memcg_nr_pages_over_high, stall, anon pages held, OOM debt;
-- objects by pseudonym (dense from 0; -1, no pseudonym, gets the last slot): whether their
-  charge succeeded, and (slab charging) which slab holds them;
+- objects by slot (replay.object_slots: reused once freed; -1, no object, gets the last
+  one): whether their charge succeeded, and (slab charging) which slab holds them;
 - slabs: rows of a table. Each cache's partial list is a stack threaded through the rows (a
-  head per cache, a next per slab); it may hold discarded slabs, which take_partial skips.
+  head per cache, a next per slab); it may hold discarded slabs, which take_partial skips. A
+  discarded slab's row is reused (a free list threaded the same way) once no list holds it.
 
 The approximations:
 
@@ -111,11 +112,12 @@ PAGE_STOCK, OBJ_STOCK = range(2)  # per_cpu columns: pre-charged pages, pre-char
 # anon pages an OOM kill took that the trace has yet to free, anon pages the kernel's OOM victim freed that the
 # model holds until it kills it
 OVER_HIGH, STALL, ANON, OOM_DEBT, OOM_KEPT = range(5)
-SLAB_CACHE, SLAB_CAPACITY, SLAB_PAGES, SLAB_POOL, SLAB_USED, SLAB_NEXT_PARTIAL = range(6)  # slabs columns
+# slabs columns; SLAB_NEXT_PARTIAL threads a partial list (SLAB_LISTED: the slab is on one) or the free rows
+SLAB_CACHE, SLAB_CAPACITY, SLAB_PAGES, SLAB_POOL, SLAB_USED, SLAB_NEXT_PARTIAL, SLAB_LISTED = range(7)
 CURRENT_SLAB, PARTIAL_HEAD = range(2)  # caches columns; -1: none
 ORDER, MIN_ORDER, OBJECTS, OBJECTS_MIN = range(4)  # geometry columns
-# cursor: what the loop carries from one batch to the next.
-LAST_TS, SLAB_COUNT, BUCKET, BUCKET_START, BUCKET_END = range(5)
+# cursor: what the loop carries from one batch to the next; FREE_SLAB: the first reusable slab row, -1: none.
+LAST_TS, SLAB_COUNT, BUCKET, BUCKET_START, BUCKET_END, FREE_SLAB = range(6)
 
 SATURATED = 1 << 62  # a throttle penalty past any clamp
 MAX_EXACT_OVERAGE = math.isqrt(((1 << 63) - 1) // HZ)  # overage**2 * HZ fits in int64 up to here
@@ -402,6 +404,22 @@ def oldest_folio(memcg):
 
 
 @njit
+def compact_file_lru(memcg):
+    """Close the LRU's gaps: drop what reclaim took and, per order, the oldest folios the trace
+    freed (those oldest_folio would skip); the rest move to the front, oldest first. Between
+    batches, so that the queue holds the charged folios, not every folio the trace charged."""
+    kept = 0
+    for i in range(memcg[LRU_HEAD], memcg[LRU_TAIL]):
+        folio = memcg[FILE_LRU + i]
+        if memcg[FREED_FOLIOS + folio_order(folio)]:
+            memcg[FREED_FOLIOS + folio_order(folio)] -= 1
+        else:
+            memcg[FILE_LRU + kept] = folio
+            kept += 1
+    memcg[LRU_HEAD], memcg[LRU_TAIL] = 0, kept
+
+
+@njit
 def folio_order(nr_pages):
     order = -1
     while nr_pages:
@@ -590,7 +608,7 @@ def slab_alloc_object(memcg, stats, knobs, per_cpu, per_task, slabs, caches, geo
     outcome = NO_CHARGE
     slab = caches[cache, CURRENT_SLAB]
     if slab < 0 or slabs[slab, SLAB_USED] == slabs[slab, SLAB_CAPACITY]:
-        slab = take_partial(slabs, caches, cache)
+        slab = take_partial(slabs, caches, cursor, cache)
     if slab < 0:
         slab, outcome = allocate_slab(memcg, stats, knobs, per_cpu, per_task, slabs, geometry, cursor,
                                       cache, gfp, cpu, task, irq, pool)
@@ -603,7 +621,7 @@ def slab_alloc_object(memcg, stats, knobs, per_cpu, per_task, slabs, caches, geo
 
 
 @njit
-def take_partial(slabs, caches, cache):
+def take_partial(slabs, caches, cursor, cache):
     """Pop the cache's partial slabs until one still has objects and free slots; -1: none.
 
     A slab is pushed when it stops being full while not current, and popped before it can
@@ -612,8 +630,11 @@ def take_partial(slabs, caches, cache):
     slab = caches[cache, PARTIAL_HEAD]
     while slab >= 0:
         caches[cache, PARTIAL_HEAD] = slabs[slab, SLAB_NEXT_PARTIAL]
+        slabs[slab, SLAB_LISTED] = 0
         if 0 < slabs[slab, SLAB_USED] < slabs[slab, SLAB_CAPACITY]:
             return slab
+        if slabs[slab, SLAB_USED] == 0:
+            free_slab_row(slabs, cursor, slab)  # discarded while on the list
         slab = caches[cache, PARTIAL_HEAD]
     return -1
 
@@ -643,20 +664,31 @@ def allocate_slab(memcg, stats, knobs, per_cpu, per_task, slabs, geometry, curso
 
 @njit
 def new_slab(slabs, cursor, cache, capacity, pages, pool):
-    """The next row of the slab table: an empty slab of the cache."""
-    slab = cursor[SLAB_COUNT]
-    cursor[SLAB_COUNT] += 1
+    """A free row of the slab table, or the next one: an empty slab of the cache."""
+    slab = cursor[FREE_SLAB]
+    if slab >= 0:
+        cursor[FREE_SLAB] = slabs[slab, SLAB_NEXT_PARTIAL]
+    else:
+        slab = cursor[SLAB_COUNT]
+        cursor[SLAB_COUNT] += 1
     slabs[slab, SLAB_CACHE] = cache
     slabs[slab, SLAB_CAPACITY] = capacity
     slabs[slab, SLAB_PAGES] = pages
     slabs[slab, SLAB_POOL] = pool
     slabs[slab, SLAB_USED] = 0
     slabs[slab, SLAB_NEXT_PARTIAL] = -1
+    slabs[slab, SLAB_LISTED] = 0
     return slab
 
 
 @njit
-def slab_free_object(memcg, knobs, per_cpu, slabs, caches, object_slab, slot):
+def free_slab_row(slabs, cursor, slab):
+    slabs[slab, SLAB_NEXT_PARTIAL] = cursor[FREE_SLAB]
+    cursor[FREE_SLAB] = slab
+
+
+@njit
+def slab_free_object(memcg, knobs, per_cpu, slabs, caches, cursor, object_slab, slot):
     slab = object_slab[slot]
     if slab < 0:
         raise ValueError("an object is freed that no slab holds")
@@ -666,31 +698,38 @@ def slab_free_object(memcg, knobs, per_cpu, slabs, caches, object_slab, slot):
     current = caches[cache, CURRENT_SLAB] == slab
     if slabs[slab, SLAB_USED] == 0 and not current:
         uncharge_kmem_pages(memcg, knobs, per_cpu, slabs[slab, SLAB_PAGES], 0, slabs[slab, SLAB_POOL])  # discard_slab
+        if not slabs[slab, SLAB_LISTED]:
+            free_slab_row(slabs, cursor, slab)
     elif slabs[slab, SLAB_USED] == slabs[slab, SLAB_CAPACITY] - 1 and not current:
         slabs[slab, SLAB_NEXT_PARTIAL] = caches[cache, PARTIAL_HEAD]  # a full slab became partial
+        slabs[slab, SLAB_LISTED] = 1
         caches[cache, PARTIAL_HEAD] = slab
 
 
 # -- the loop ----------------------------------------------------------------------------------
 
 @njit
-def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, outcome,
+def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, outcome, first,
                  t_first, resolution_ns, memcg, stats, knobs, per_cpu, per_task, charged, object_slab,
                  slabs, caches, geometry, cursor, bucket_last, bucket_peak):
-    """Replay one batch of operations; outcome is the batch's slice of the result's. The state
-    arrays carry everything from one batch to the next."""
+    """Replay a batch's operations from `first` on; outcome is the batch's slice of the result's.
+    The state arrays carry everything from one batch to the next. Returns where it stopped: the
+    batch's end, or an object allocation that could need a slab the full slab table has no row
+    for (the engine grows the table and calls again from there)."""
     memcg, stats, knobs, per_cpu, per_task = (borrowed(memcg), borrowed(stats), borrowed(knobs), borrowed(per_cpu),
                                               borrowed(per_task))
     charged, object_slab, slabs, caches = borrowed(charged), borrowed(object_slab), borrowed(slabs), borrowed(caches)
     geometry, cursor = borrowed(geometry), borrowed(cursor)
     bucket_last, bucket_peak = borrowed(bucket_last), borrowed(bucket_peak)
-    no_pseudonym = charged.shape[0] - 1
-    for i in range(ts.shape[0]):
+    no_object = charged.shape[0] - 1
+    for i in range(first, ts.shape[0]):
+        t, c, o = task[i], cpu[i], op[i]
+        if o == OBJ_ALLOC and not knobs[OBJECT_CHARGING] and cursor[FREE_SLAB] < 0 and cursor[SLAB_COUNT] == slabs.shape[0]:
+            return i
         now = ts[i]
         account_time(memcg, stats, cursor[LAST_TS], now)
         cursor[LAST_TS] = now
-        t, c, o = task[i], cpu[i], op[i]
-        slot = obj[i] if obj[i] >= 0 else no_pseudonym
+        slot = obj[i] if obj[i] >= 0 else no_object
         if (o == OBJ_FREE or o == PAGE_FREE) and not charged[slot]:
             pass  # the replay failed its allocation: nothing to uncharge
         elif o == OBJ_ALLOC:  # slab_post_alloc_hook: 6.x charges the object, 4.x the slab it lands in
@@ -704,7 +743,7 @@ def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, o
             if knobs[OBJECT_CHARGING]:
                 obj_cgroup_uncharge(memcg, knobs, per_cpu, nbytes[i] + OBJ_EXT_BYTES, c, pool[i])
             else:
-                slab_free_object(memcg, knobs, per_cpu, slabs, caches, object_slab, slot)
+                slab_free_object(memcg, knobs, per_cpu, slabs, caches, cursor, object_slab, slot)
         elif o == PAGE_ALLOC or o == LRU_CHARGE:
             outcome[i] = charge(memcg, stats, knobs, per_cpu, per_task, pages[i], gfp[i], c, t, irq[i], pool[i])
             if o == LRU_CHARGE and outcome[i] != FAILED:
@@ -726,6 +765,7 @@ def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, o
         elif o == OBJ_FREE or o == PAGE_FREE:
             charged[slot] = False
         record_usage(memcg, stats, cursor, now - t_first, resolution_ns, bucket_last, bucket_peak)
+    return ts.shape[0]
 
 
 @intrinsic

@@ -155,7 +155,7 @@ def scenarios(draw) -> tuple[ReplayInput, GfpBits, Limits, int]:
         **arrays, row=np.arange(len(rows), dtype=np.int64), cache_order=order, cache_min_order=min_order,
         cache_objects=per_slab, cache_objects_min=per_slab_min, cache_names=[f"c{i}" for i in range(len(geometry))],
         task_pids=np.arange(100, 100 + tasks, dtype=np.int32), initial_pools=initial, cpus=cpus,
-        objects=objects + draw(st.integers(0, 3)), t_first=t_first, t_last=ts + draw(st.integers(0, 10**6)),
+        t_first=t_first, t_last=ts + draw(st.integers(0, 10**6)),
     )
     # Limits mostly near the initial usage: tight enough to reclaim, fail, force, kill and throttle.
     usage = int(initial.sum())
@@ -223,9 +223,10 @@ def paths_taken() -> Counter[str]:
     seed) replayed under every built-in policy."""
     seen: Counter[str] = Counter()
 
-    # Not 2015: its inputs stopped reaching the oom outcome (their kills all came in one-task
+    # A seed whose inputs reach every outcome; any change to the scenarios' draws moves them
+    # (2015's, then 2018's, stopped reaching the oom outcome: their kills all came in one-task
     # scenarios, where the victim is the charging task, whose charge then fails).
-    @seed(2018)
+    @seed(2019)
     @settings(deadline=None, max_examples=300, database=None)
     @given(scenarios())
     def replay_all_policies(scenario):

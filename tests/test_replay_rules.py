@@ -6,11 +6,13 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from replay.input import ReplayInput
-from replay.model import FILE_LRU, HIGH, USAGE
+from replay.model import FILE_LRU, FREED_FOLIOS, HIGH, LRU_HEAD, LRU_TAIL, POOLS, SLAB_COUNT, USAGE
 from replay.ops import (
-    LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, OBJ_ALLOC, OOM_CHARGE, OUTCOME, PAGE_ALLOC, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER,
+    LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, OBJ_ALLOC, OBJ_FREE, OOM_CHARGE, OUTCOME, PAGE_ALLOC, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER,
     POOL_SLAB_UNRECLAIMABLE, TRIGGER, UNLIMITED, USER_RETURN, GfpBits, Limits,
 )
 from replay.policy import BUILTIN
@@ -41,7 +43,7 @@ def scenario(ops: list[dict], pools: dict[int, int] | None = None, cache: tuple[
         obj=col("obj", -1, np.int64), pool=col("pool", POOL_KMEM_PAGES, np.int8), row=np.arange(n, dtype=np.int64),
         cache_order=np.array([order]), cache_min_order=np.array([min_order]), cache_objects=np.array([objects]),
         cache_objects_min=np.array([objects_min]), cache_names=["test-cache"], task_pids=np.arange(2, dtype=np.int32),
-        initial_pools=initial, cpus=2, objects=n + 1, t_first=0, t_last=max(n - 1, 0) * MS,
+        initial_pools=initial, cpus=2, t_first=0, t_last=max(n - 1, 0) * MS,
     )
 
 
@@ -149,6 +151,44 @@ def test_object_stock_serves_the_rest_of_a_charged_page(engine):
     r = engine(scenario([obj(0, 0), obj(1, 0), obj(2, 1)]), MAINLINE, Limits(max_pages=UNLIMITED, high_pages=1000))
     assert list(r.outcome) == [OUTCOME["charged"], OUTCOME["stock"], OUTCOME["charged"]]
     assert r.charges == 2 and r.peak_pages == 128  # two batches of 64
+
+
+@pytest.mark.parametrize("name", sorted(ENGINES))
+def test_a_discarded_slabs_row_is_reused(name):
+    # Two objects per 1-page slab; each cycle allocates a, b (slab A full), c (a new slab B
+    # becomes current), then frees a (A partial: onto the list), b (A empty and not current:
+    # discarded, its page uncharged, still on the list) and c (B empty but current: kept).
+    # The next cycle's a, b fill B, and c pops A off the list: its row is free, so the new
+    # slab takes it. 50 cycles: 2 rows, and the one page of the current slab still charged.
+    slab_obj = lambda op, n: {"op": op, "obj": n, "bytes": 1024, "pool": POOL_SLAB_UNRECLAIMABLE}  # noqa: E731
+    ops = []
+    for cycle in range(50):
+        a, b, c = 3 * cycle, 3 * cycle + 1, 3 * cycle + 2
+        ops += [slab_obj(OBJ_ALLOC, a), slab_obj(OBJ_ALLOC, b), slab_obj(OBJ_ALLOC, c),
+                slab_obj(OBJ_FREE, a), slab_obj(OBJ_FREE, b), slab_obj(OBJ_FREE, c)]
+    session = ENGINES[name](scenario(ops, cache=(0, 0, 2, 2)), replace(SYNC_4X, stock_batch=1), Limits(max_pages=UNLIMITED),
+                            GFP, MS)
+    session.feed(scenario(ops, cache=(0, 0, 2, 2)))
+    assert session.cursor[SLAB_COUNT] == 2
+    assert session.memcg[POOLS + POOL_SLAB_UNRECLAIMABLE] == 1 and session.finish().charges == 51
+
+
+@given(folios=st.lists(st.sampled_from([1, 2, 4, 16, 512]), max_size=40), head=st.integers(0, 40),
+       freed=st.lists(st.integers(0, 6), min_size=10, max_size=10))
+@settings(max_examples=300, deadline=None)
+def test_compacting_the_file_lru_leaves_what_reclaim_takes_unchanged(folios, head, freed):
+    # oldest_folio skips, per order, as many of the oldest folios as the trace has freed;
+    # compact_file_lru drops those at once. Reclaim must then take the same folios in the
+    # same order, on either engine.
+    for engine in ENGINES.values():
+        lazy = np.zeros(FILE_LRU + len(folios), np.int64)
+        lazy[FILE_LRU:], lazy[LRU_HEAD], lazy[LRU_TAIL] = folios, min(head, len(folios)), len(folios)
+        lazy[FREED_FOLIOS:FREED_FOLIOS + len(freed)] = freed
+        compacted = lazy.copy()
+        engine.model.compact_file_lru(compacted)
+        assert compacted[LRU_HEAD] == 0
+        taken = [[folio for folio in iter(lambda: engine.model.oldest_folio(memcg), 0)] for memcg in (lazy, compacted)]
+        assert taken[0] == taken[1]
 
 
 def anon(pages: int, task: int, op: int = LRU_CHARGE) -> dict:
