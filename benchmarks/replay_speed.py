@@ -18,9 +18,7 @@ policy and >= 6 M with all, in at most 1.5 GiB. It prints figures; it asserts no
 from __future__ import annotations
 
 import argparse
-import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +29,7 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
+import child_peak
 from replay import policy
 from replay.input import InputStream
 from replay.ops import GfpBits
@@ -78,20 +77,15 @@ def core_rows(trace: Trace, events: int, engine_name: str) -> list[tuple[str, fl
     return rows
 
 
-def end_to_end(trace_dir: Path, policies: list[str], engine_name: str) -> tuple[float, int, int]:
-    """`chargeplay replay` as a child process: seconds, peak RSS in bytes, exit code."""
+def end_to_end(trace_dir: Path, policies: list[str], engine_name: str) -> child_peak.Measured:
+    """`chargeplay replay` as a child process, from its start to its result files written."""
     with tempfile.TemporaryDirectory() as scratch:
-        command = [sys.executable, "-m", "chargeplay.cli", "replay", str(trace_dir), "-o", str(Path(scratch) / "r"),
-                   "--memory-high", HIGH, "--engine", engine_name, *(arg for p in policies for arg in ("--policy", p))]
-        start = time.perf_counter()
-        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(child.pid, 0)  # this child's own peak, not the largest of all children
-        seconds = time.perf_counter() - start
-        child.returncode = os.waitstatus_to_exitcode(status)
-        if child.returncode:
-            print(child.stderr.read().decode().strip(), file=sys.stderr)
-        child.stderr.close()
-    return seconds, usage.ru_maxrss * 1024, child.returncode
+        measured = child_peak.run(
+            [sys.executable, "-m", "chargeplay.cli", "replay", str(trace_dir), "-o", str(Path(scratch) / "r"),
+             "--memory-high", HIGH, "--engine", engine_name, *(arg for p in policies for arg in ("--policy", p))])
+    if measured.returncode:
+        print(measured.stderr, file=sys.stderr)
+    return measured
 
 
 def main() -> None:
@@ -112,11 +106,11 @@ def main() -> None:
     events = trace.facts.events
     rows = [] if args.end_to_end_only else core_rows(trace, events, args.engine)
     for label, policies in (("one policy", ["mainline-6.18"]), ("all policies", list(policy.BUILTIN))):
-        seconds, peak, code = end_to_end(path, policies, args.engine)
-        rate = events / seconds
-        met = rate >= END_TO_END_TARGETS[label] and peak <= MEMORY_TARGET and code == 0
-        rows.append((f"end to end, {label} ({len(policies)}): {peak / (1 << 30):.2f} GiB peak, exit {code}", seconds, rate,
-                     "met" if met else "NOT met"))
+        run = end_to_end(path, policies, args.engine)
+        rate = events / run.seconds
+        met = rate >= END_TO_END_TARGETS[label] and run.peak_bytes <= MEMORY_TARGET and run.returncode == 0
+        rows.append((f"end to end, {label} ({len(policies)}): {run.peak_bytes / (1 << 30):.2f} GiB peak, "
+                     f"exit {run.returncode}", run.seconds, rate, "met" if met else "NOT met"))
 
     table = Table(title=f"replay of {events:,} events ({path})")
     for column in ("step", "seconds", "trace events/s", "target"):
