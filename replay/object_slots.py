@@ -17,11 +17,16 @@ from replay.ops import OBJ_ALLOC, OBJ_FREE, PAGE_ALLOC, PAGE_FREE
 NEVER_CHARGED = 0
 
 
+@njit
+def _new_slot_map():
+    return typed.Dict.empty(types.int64, types.int64)  # made compiled: numba caches it, unlike a typed.Dict made here
+
+
 class ObjectSlots:
     """Pseudonyms to slots across a trace's batches, given in order."""
 
     def __init__(self) -> None:
-        self.slot_of = typed.Dict.empty(types.int64, types.int64)  # pseudonym -> slot of each live object
+        self.slot_of = _new_slot_map()  # pseudonym -> slot of each live object
         self.free = np.zeros(1024, np.int64)  # a stack of freed slots
         self.counts = np.array([0, NEVER_CHARGED + 1], np.int64)  # slots on the stack, the next new slot
 
