@@ -34,7 +34,7 @@ def synthesize(like: Trace, output: Path, events: int, progress: Callable[[int],
     obj_step = int(tile["obj"].max() or 0) + 1
     make_private_dir(output)
     manifest = dict(like.manifest, segments=[], events=0, status="complete", stop_reason=f"synthesized from {like.path}")
-    writer = SegmentWriter(output, lambda segment: _closed(manifest, segment), max_events=4_000_000, max_seconds=float("inf"))
+    writer = SegmentWriter(output, lambda segment: _closed(manifest, segment), max_seconds=float("inf"))  # the collector's segment size
     written = copy = 0
     while written < events:
         shifted = tile.with_columns(pl.col("ts_ns") + copy * span, pl.col("obj") + copy * obj_step)
