@@ -33,12 +33,11 @@ from typing import Iterator
 import numpy as np
 import polars as pl
 
+from replay.event_pass import new_tasks, segment_operations
 from replay.object_slots import ObjectSlots
-from replay.ops import (
-    LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, OBJ_ALLOC, OOM_CHARGE, PAGE_ALLOC, PAGE_SIZE, POOL_ANON, POOL_FILE,
-    POOL_KMEM_PAGES, POOL_OTHER, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, USER_RETURN,
-)
+from replay.ops import PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_OTHER, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE
 from traces.reader import Trace
+from traces.schema import KINDS
 
 KMALLOC_MAX_CACHE_SIZE = 2 * PAGE_SIZE
 ARRAYS = ("ts", "cpu", "task", "irq", "op", "gfp", "pages", "bytes", "cache", "obj", "pool", "row")
@@ -84,8 +83,8 @@ class InputStream:
     """A trace's operations, segment by segment, so memory follows a segment, not the trace.
 
     A light first scan fixes what spans segments: task ids, cache ids and geometry, the
-    time span; objects allocated in one segment and freed in a later one are carried over
-    in a table of live charged allocations.
+    time span; a compiled pass over each segment's events (replay.event_pass) carries the
+    rest, per task and per live object, from one segment to the next.
     """
 
     def __init__(self, trace: Trace) -> None:
@@ -95,29 +94,22 @@ class InputStream:
         self.t_first, self.t_last = facts.first_ns, facts.last_ns
         self.cpus = max(trace.manifest["kernel"]["cpus"] or 0, facts.max_cpu + 1)  # a CPU brought online during capture
         self.task_pids = np.sort(events.select(pl.col("pid").unique()).collect()["pid"].to_numpy())
-        self.slab_pools = _slab_pools(trace).collect().lazy()  # read once, joined in every segment
+        slab_pools = _slab_pools(trace).collect()
         sizes = (
-            _object_allocations(events, self.slab_pools).group_by("cache").agg(pl.col("bytes_alloc").max())
-            .collect().sort("cache")
+            _object_allocations(events).group_by("cache").agg(pl.col("bytes_alloc").max()).collect().sort("cache")
         )
         self.cache_names: list[str] = sizes["cache"].to_list()
         self.cache_ids = {name: i for i, name in enumerate(self.cache_names)}
+        self.cache_pools = np.array(  # the pool of each cache's slabs; unknown caches: unreclaimable
+            [dict(slab_pools.iter_rows()).get(name, POOL_SLAB_UNRECLAIMABLE) for name in self.cache_names], np.int8)
+        self.kmalloc_caches = np.array([self.cache_ids.get(f"kmalloc-cg-{size}", -1) for size in range(KMALLOC_MAX_CACHE_SIZE + 1)],
+                                       np.int32)
         self.geometry = _cache_geometry(trace, dict(sizes.iter_rows()))
         self.initial_pools = _initial_pools(trace)
-        self.reclaim_marks = (  # every reclaim_begin and reclaim_end: windows may span segments
-            events.with_row_index("row").filter(pl.col("kind").is_in(["reclaim_begin", "reclaim_end"]))
-            .select(pl.col("row").cast(pl.Int64), "pid", (pl.col("kind") == "reclaim_begin").alias("in_reclaim"))
-            .collect().lazy()
-        )
-        self.victims = (  # each OOM victim from its oom:mark_victim on
-            events.with_row_index("row").filter(pl.col("kind") == "oom")
-            .select(pl.col("row").cast(pl.Int64), pl.col("val").cast(pl.Int32).alias("pid"), pl.lit(True).alias("killed"))
-            .collect().lazy()
-        )
-        self.reclaim_begins = (  # the charge each OOM kill was for: the invoking task's last reclaim_begin
-            events.with_row_index("row").filter(pl.col("kind") == "reclaim_begin")
-            .select(pl.col("row").cast(pl.Int64), "pid", "gfp", "order").collect().lazy()
-        )
+        enums = trace.manifest.get("enums", {}).get("node_stat_item", {})
+        self.items = np.array([enums.get(name, -1) for name in ("NR_FILE_PAGES", "NR_ANON_MAPPED", "NR_KERNEL_STACK_KB", "NR_SHMEM")],
+                              np.int64)
+        self.lru_gfp = np.array([trace.gfp_flags.get("GFP_HIGHUSER_MOVABLE", 0), trace.gfp_flags.get("GFP_KERNEL", 0)], np.int64)
 
     @property
     def segments(self) -> int:
@@ -129,113 +121,67 @@ class InputStream:
     def described_batches(self) -> Iterator[tuple[ReplayInput, pl.DataFrame]]:
         """Each segment's operations, with what a result records of them and the engines do
         not read: every operation's call site and task name."""
-        live = pl.DataFrame(schema=CHARGED_SCHEMA)
-        slots = ObjectSlots()
+        tasks, slots = new_tasks(len(self.task_pids)), ObjectSlots()
         offset = 0
         for path in self.trace.segment_paths:
-            events = pl.scan_parquet(path).with_row_index("row", offset=offset).with_columns(
-                pl.col("row").cast(pl.Int64), pl.col("comm").cast(pl.Categorical),  # task names repeat: sorted as codes
+            events = self._event_columns(path)
+            column = lambda name: events[name].to_numpy()  # noqa: E731
+            task = np.searchsorted(self.task_pids, column("pid"))
+            slots.reserve(int(events["allocation"].sum()))
+            event, op, gfp, pages, nbytes, cache, obj, pool = segment_operations(
+                column("kind"), task, self._tasks_of(column("victim")), column("charged_ok"), column("lru"),
+                column("item"), column("val"), column("obj"), column("order"), column("bytes_alloc"), column("gfp"),
+                column("cache"), self.kmalloc_caches, self.cache_pools, self.items, self.lru_gfp, tasks,
+                slots.slot_of, slots.free, slots.counts, slots.charge)
+            batch = replace(
+                self.empty(), ts=column("ts_ns")[event], cpu=column("cpu")[event].astype(np.int32),
+                task=task[event].astype(np.int32), irq=column("irq")[event].astype(np.bool_), op=op, gfp=gfp, pages=pages, bytes=nbytes, cache=cache, obj=obj, pool=pool,
+                row=event + offset,
             )
-            ops, live = self._segment_operations(events, live)
-            offset += pl.scan_parquet(path).select(pl.len()).collect().item()
-            batch = self._arrays(ops)
-            batch.obj = slots.assign(batch.op, batch.obj)
-            yield batch, ops.select("call_site", "comm")
+            offset += events.height
+            yield batch, events.select("call_site", "comm")[event]
 
-    def _segment_operations(self, events: pl.LazyFrame, live: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-        trace = self.trace
-        allocs = _object_allocations(events, self.slab_pools).with_columns(
-            pl.lit(OBJ_ALLOC, pl.Int8).alias("op"), pl.lit(0, pl.Int64).alias("pages"),
-        )
-        pages = events.filter((pl.col("kind") == "page_alloc") & pl.col("accounted") & ~pl.col("failed")).with_columns(
-            pl.lit(PAGE_ALLOC, pl.Int8).alias("op"), pl.lit(2, pl.Int64).pow(pl.col("order").cast(pl.Int64)).alias("pages"),
-            pl.lit(POOL_KMEM_PAGES, pl.Int8).alias("pool"), pl.lit(None, pl.String).alias("cache"),
-        )
-        charged = pl.concat([live.lazy(), *(f.select(CHARGED_SCHEMA.names()).cast(CHARGED_SCHEMA) for f in (allocs, pages))])
-        frees = (
-            events.filter(pl.col("kind").is_in(["kfree", "kmem_cache_free", "page_free"]) & pl.col("obj").is_not_null())
-            .drop("cache", "bytes_alloc")
-            .join(charged, on="obj", how="inner")
-            .with_columns((pl.col("op") + 1).alias("op"))  # OBJ_FREE, PAGE_FREE follow their allocation codes
-        )
-        enums = trace.manifest.get("enums", {}).get("node_stat_item", {})
-        lru_items = {enums[name]: pool for name, pool in (("NR_FILE_PAGES", POOL_FILE), ("NR_ANON_MAPPED", POOL_ANON)) if name in enums}
-        stack, anon = enums.get("NR_KERNEL_STACK_KB", -1), enums.get("NR_ANON_MAPPED", -1)
-        shmem = enums.get("NR_SHMEM", -1)
-        lru = (
-            events.filter((pl.col("kind") == "memcg_lruvec_state") & pl.col("item").is_in([*lru_items, stack, shmem])
-                          & (pl.col("memcg_id") == trace.manifest["target"]["memcg_id"]) & (pl.col("val") != 0))
-            .sort("row")
-            .with_columns(((pl.col("item").shift(-1).over("pid") == shmem) & (pl.col("val").shift(-1).over("pid") == pl.col("val")))
-                          .fill_null(False).alias("swap_backed"))
-            .filter(pl.col("item") != shmem)
-            .join_asof(self.reclaim_marks, on="row", by="pid", strategy="backward", check_sortedness=False)  # the task's last mark before
-            .join_asof(self.victims, on="row", by="pid", strategy="backward", check_sortedness=False)
-            .with_columns(
-                pl.when(pl.col("val") > 0).then(pl.lit(LRU_CHARGE))
-                .when(pl.col("in_reclaim").fill_null(False) & (pl.col("item") != stack)).then(pl.lit(LRU_RECLAIMED))
-                .when(pl.col("killed").fill_null(False) & (pl.col("item") == anon)).then(pl.lit(LRU_OOM_FREED))
-                .otherwise(pl.lit(LRU_UNCHARGE)).cast(pl.Int8).alias("op"),
-                pl.col("val").abs().alias("pages"),
-                pl.when(pl.col("swap_backed")).then(pl.lit(POOL_ANON, pl.Int8))
-                .otherwise(pl.col("item").replace_strict({**lru_items, stack: POOL_KMEM_PAGES}, default=POOL_FILE, return_dtype=pl.Int8))
-                .alias("pool"),
-                pl.when(pl.col("item") == stack).then(pl.lit(trace.gfp_flags.get("GFP_KERNEL", 0), pl.UInt32))
-                .otherwise(pl.lit(trace.gfp_flags.get("GFP_HIGHUSER_MOVABLE", 0), pl.UInt32)).alias("gfp"),
-            )
-        )
-        ooms = (
-            events.filter(pl.col("kind") == "oom").drop("gfp", "order")
-            .join_asof(self.reclaim_begins, on="row", by="pid", strategy="backward", check_sortedness=False)
-            .filter(pl.col("order").is_not_null())
-            .with_columns(pl.lit(OOM_CHARGE, pl.Int8).alias("op"), pl.lit(2, pl.Int64).pow(pl.col("order").cast(pl.Int64)).alias("pages"),
-                          pl.lit(POOL_ANON, pl.Int8).alias("pool"))
-        )
-        returns = events.filter(pl.col("kind") == "user_return").with_columns(
-            pl.lit(USER_RETURN, pl.Int8).alias("op"), pl.lit(0, pl.Int64).alias("pages"), pl.lit(POOL_OTHER, pl.Int8).alias("pool"),
-        )
-        columns = OPERATION_SCHEMA.names()
-        ops = pl.concat([f.select(columns) for f in (allocs, pages, frees, lru, ooms, returns)], how="vertical_relaxed").sort("row").collect()
-        still_live = charged.join(frees.select("obj"), on="obj", how="anti").collect()
-        return ops, still_live
+    def _event_columns(self, path) -> pl.DataFrame:
+        """A segment's events as the pass reads them: kinds as codes, nulls as values no rule matches."""
+        kind, target = pl.col("kind"), self.trace.manifest["target"]["memcg_id"]
+        slab_object = kind.is_in(["kmalloc", "kmem_cache_alloc"])
+        return pl.scan_parquet(path).select(
+            kind.cast(pl.Enum(KINDS)).to_physical().alias("kind"),
+            "ts_ns", "cpu", "pid", pl.col("comm").cast(pl.Categorical), "call_site",
+            (pl.col("ctx") != "task").fill_null(False).cast(pl.UInt8).alias("irq"),  # flags as bytes: numpy reads them as they are
+            kind.is_in(["kmalloc", "kmem_cache_alloc", "page_alloc"]).alias("allocation"),
+            (pl.col("accounted") & ~pl.col("failed") & (~slab_object | (pl.col("bytes_alloc") <= KMALLOC_MAX_CACHE_SIZE)))
+            .fill_null(False).cast(pl.UInt8).alias("charged_ok"),
+            ((kind == "memcg_lruvec_state") & pl.col("item").is_in([int(i) for i in self.items if i >= 0])
+             & (pl.col("memcg_id") == target) & (pl.col("val") != 0)).fill_null(False).cast(pl.UInt8).alias("lru"),
+            pl.when(kind == "oom").then(pl.col("val")).fill_null(-1).alias("victim"),
+            *(pl.col(name).fill_null(-1).cast(pl.Int64) for name in ("item", "obj", "order")),
+            *(pl.col(name).fill_null(0).cast(pl.Int64) for name in ("val", "bytes_alloc", "gfp")),
+            pl.col("cache").replace_strict(self.cache_ids, default=-1, return_dtype=pl.Int32).fill_null(-1),
+        ).collect()
 
-    def _arrays(self, ops: pl.DataFrame) -> ReplayInput:
-        return ReplayInput(
-            ts=ops["ts_ns"].to_numpy().astype(np.int64),
-            cpu=ops["cpu"].to_numpy().astype(np.int32),
-            task=np.searchsorted(self.task_pids, ops["pid"].to_numpy()).astype(np.int32),
-            irq=(ops["ctx"] != "task").fill_null(False).to_numpy(),
-            op=ops["op"].to_numpy().astype(np.int8),
-            gfp=ops["gfp"].fill_null(0).to_numpy().astype(np.int64),
-            pages=ops["pages"].fill_null(0).to_numpy().astype(np.int64),
-            bytes=ops["bytes_alloc"].fill_null(0).to_numpy().astype(np.int64),
-            cache=ops["cache"].replace_strict(self.cache_ids, default=-1, return_dtype=pl.Int32).to_numpy(),
-            obj=ops["obj"].fill_null(-1).to_numpy().astype(np.int64),
-            pool=ops["pool"].to_numpy().astype(np.int8),
-            row=ops["row"].to_numpy(),
-            **self.geometry,
-            cache_names=self.cache_names,
-            task_pids=self.task_pids,
-            initial_pools=self.initial_pools,
-            cpus=self.cpus,
-            t_first=self.t_first,
-            t_last=self.t_last,
-        )
+    def _tasks_of(self, pids: np.ndarray) -> np.ndarray:
+        """Each pid's task id; -1 for none, and for a pid without events of its own."""
+        tasks = np.full(len(pids), -1, np.int64)
+        given = np.flatnonzero(pids >= 0)
+        found = np.searchsorted(self.task_pids, pids[given])
+        known = found < len(self.task_pids)
+        known[known] = self.task_pids[found[known]] == pids[given][known]
+        tasks[given[known]] = found[known]
+        return tasks
 
     def empty(self) -> ReplayInput:
         """No operations, but every fact that spans the trace: what an engine starts from."""
-        return self._arrays(pl.DataFrame(schema=OPERATION_SCHEMA))
+        return ReplayInput(
+            ts=np.zeros(0, np.int64), cpu=np.zeros(0, np.int32), task=np.zeros(0, np.int32), irq=np.zeros(0, np.bool_),
+            op=np.zeros(0, np.int8), gfp=np.zeros(0, np.int64), pages=np.zeros(0, np.int64), bytes=np.zeros(0, np.int64),
+            cache=np.zeros(0, np.int32), obj=np.zeros(0, np.int64), pool=np.zeros(0, np.int8), row=np.zeros(0, np.int64),
+            **self.geometry, cache_names=self.cache_names, task_pids=self.task_pids, initial_pools=self.initial_pools,
+            cpus=self.cpus, t_first=self.t_first, t_last=self.t_last,
+        )
 
 
-OPERATION_SCHEMA = pl.Schema({
-    "row": pl.Int64, "ts_ns": pl.Int64, "cpu": pl.UInt16, "pid": pl.Int32, "ctx": pl.String, "op": pl.Int8, "gfp": pl.UInt32,
-    "pages": pl.Int64, "bytes_alloc": pl.Int64, "cache": pl.String, "obj": pl.Int64, "pool": pl.Int8,
-    "call_site": pl.Int32, "comm": pl.Categorical(),
-})
-CHARGED_SCHEMA = pl.Schema({"obj": pl.Int64, "op": pl.Int8, "cache": pl.String, "bytes_alloc": pl.Int64, "pages": pl.Int64, "pool": pl.Int8})
-
-
-def _object_allocations(events: pl.LazyFrame, slab_pools: pl.LazyFrame) -> pl.LazyFrame:
+def _object_allocations(events: pl.LazyFrame) -> pl.LazyFrame:
     """Accounted, successful slab allocations, kmallocs named after their kmalloc-cg cache."""
     return (
         events.filter(pl.col("kind").is_in(["kmalloc", "kmem_cache_alloc"]) & pl.col("accounted") & ~pl.col("failed")
@@ -244,8 +190,6 @@ def _object_allocations(events: pl.LazyFrame, slab_pools: pl.LazyFrame) -> pl.La
             pl.when(pl.col("kind") == "kmalloc").then(pl.format("kmalloc-cg-{}", pl.col("bytes_alloc")))
             .otherwise(pl.col("cache")).alias("cache"),
         )
-        .join(slab_pools, on="cache", how="left")
-        .with_columns(pl.col("pool").fill_null(POOL_SLAB_UNRECLAIMABLE))
     )
 
 
