@@ -67,13 +67,12 @@ SIDE_TABLE_CHECKS: dict[str, list[Check]] = {
 
 @dataclass(frozen=True)
 class Facts:
-    """What the check pass measures on the way: the whole trace's span and id ranges."""
+    """What the check pass measures on the way: the whole trace's span and CPU range."""
 
     events: int
     first_ns: int
     last_ns: int
     max_cpu: int
-    max_obj: int | None
 
 
 @dataclass(frozen=True)
@@ -125,12 +124,12 @@ def _scan(segments: list[Path]) -> pl.LazyFrame:
 
 def _event_facts(root: Path, segments: list[Path], rows: list[int]) -> Facts:
     """One streaming pass over the events: every column decoded, the checks' columns checked
-    (a TraceError at the first wrong row), the id ranges measured; then the time order."""
+    (a TraceError at the first wrong row), the CPU range measured; then the time order."""
     files = list(zip(segments, rows))
     measured = _check_table(root, None, EVENT_SCHEMA, _scan(segments), event_checks(sum(rows)), files,
-                            measure=[pl.col("cpu").max().alias("max_cpu"), pl.col("obj").max().alias("max_obj")])
+                            measure=[pl.col("cpu").max().alias("max_cpu")])
     first, last = _check_time_order(files)
-    return Facts(sum(rows), first, last, measured["max_cpu"] or 0, measured["max_obj"])
+    return Facts(sum(rows), first, last, measured["max_cpu"] or 0)
 
 
 def _check_time_order(files: list[tuple[Path, int]]) -> tuple[int, int]:
@@ -139,19 +138,20 @@ def _check_time_order(files: list[tuple[Path, int]]) -> tuple[int, int]:
     last event times."""
     ts = pl.col("ts_ns")
     first = last = None
-    for n, (path, _) in enumerate(files):
+    offset = 0  # rows in the segments before
+    for path, rows in files:
         times = pl.scan_parquet(path).select("ts_ns")
         before = ts.shift(1) if last is None else ts.shift(1, fill_value=last)  # the previous segment's last
         early, head, tail = times.select((ts < before).any().alias("early"), ts.first().alias("head"),
                                          ts.last().alias("tail")).collect().row(0)
-        if head is None:
-            continue
         if early:
             row, value = times.with_row_index("row").filter(ts < before).head(1).collect().row(0)
-            raise TraceError(f"{_locate(files, sum(rows for _, rows in files[:n]) + row)}: ts_ns {show(value)} "
+            raise TraceError(f"{_locate(files, offset + row)}: ts_ns {show(value)} "
                              "is earlier than the event before it: events are not in time order")
-        first = head if first is None else first
-        last = tail
+        offset += rows
+        if head is not None:
+            first = head if first is None else first
+            last = tail
     return first or 0, last or 0
 
 
