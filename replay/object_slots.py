@@ -15,6 +15,7 @@ from common.jit import njit
 from replay.ops import OBJ_ALLOC, OBJ_FREE, PAGE_ALLOC, PAGE_FREE
 
 NEVER_CHARGED = 0
+HELD, NEXT = range(2)  # counts: slots on the free stack, the next slot never handed out
 
 
 @njit
@@ -28,11 +29,11 @@ class ObjectSlots:
     def __init__(self) -> None:
         self.slot_of = _new_slot_map()  # pseudonym -> slot of each live object
         self.free = np.zeros(1024, np.int64)  # a stack of freed slots
-        self.counts = np.array([0, NEVER_CHARGED + 1], np.int64)  # slots on the stack, the next new slot
+        self.counts = np.array([0, NEVER_CHARGED + 1], np.int64)
 
     def assign(self, op: np.ndarray, obj: np.ndarray) -> np.ndarray:
         """The slot of each operation's object (`obj`: pseudonyms, -1 for none)."""
-        room = int(self.counts[1]) + int(np.count_nonzero((op == OBJ_ALLOC) | (op == PAGE_ALLOC)))
+        room = int(self.counts[NEXT]) + int(np.count_nonzero((op == OBJ_ALLOC) | (op == PAGE_ALLOC)))
         if room > len(self.free):  # the stack never holds more slots than were handed out
             self.free = np.concatenate([self.free, np.zeros(max(room, len(self.free)), np.int64)])
         return assign_slots(op, obj, self.slot_of, self.free, self.counts)
@@ -46,19 +47,19 @@ def assign_slots(op, obj, slot_of, free, counts):
         if pseudonym < 0:
             slots[i] = -1
         elif op[i] == OBJ_ALLOC or op[i] == PAGE_ALLOC:
-            if counts[0]:
-                counts[0] -= 1
-                slot = free[counts[0]]
+            if counts[HELD]:
+                counts[HELD] -= 1
+                slot = free[counts[HELD]]
             else:
-                slot = counts[1]
-                counts[1] += 1
+                slot = counts[NEXT]
+                counts[NEXT] += 1
             slot_of[pseudonym] = slot  # a pseudonym allocated twice leaves its first slot behind, as the trace does
             slots[i] = slot
         elif op[i] == OBJ_FREE or op[i] == PAGE_FREE:
             slot = slot_of.pop(pseudonym, NEVER_CHARGED)
             if slot != NEVER_CHARGED:
-                free[counts[0]] = slot
-                counts[0] += 1
+                free[counts[HELD]] = slot
+                counts[HELD] += 1
             slots[i] = slot
         else:
             slots[i] = -1
