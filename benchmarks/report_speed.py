@@ -10,7 +10,6 @@ figures; it asserts nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -19,8 +18,9 @@ from pathlib import Path
 import child_peak
 
 from replay import policy
-from replay.result_format import RESULT_FORMAT
+from replay.result_format import read_summary
 from replay.run import ENGINES, limits_for, replay
+from traces.checks import TraceError
 from traces.reader import Trace
 from traces.samples import sample_path
 from traces.synth import synthesize
@@ -29,11 +29,13 @@ TARGET_SECONDS = 60
 TARGET_BYTES = 3 << 29  # 1.5 GiB
 
 
-def _result_format(result_dir: Path) -> int | None:
+def _readable(result_dir: Path) -> bool:
+    """A whole result of this chargeplay's format (not none, half one, or an older one)."""
     try:
-        return json.loads((result_dir / "summary.json").read_text()).get("result_format")
-    except (OSError, ValueError):
-        return None
+        read_summary(result_dir)
+    except TraceError:
+        return False
+    return True
 
 
 def main() -> None:
@@ -48,7 +50,7 @@ def main() -> None:
         print(f"synthesizing {args.events:,} events like {args.like} into {trace_dir} (once)")
         synthesize(Trace.open(sample_path(args.like)), trace_dir, args.events)
     trace = Trace.open(trace_dir)
-    if _result_format(result_dir) != RESULT_FORMAT:  # none yet, or one an older chargeplay wrote
+    if not _readable(result_dir):
         print(f"replaying it under all built-in policies into {result_dir} (once)")
         shutil.rmtree(result_dir, ignore_errors=True)
         replay(trace, result_dir, list(policy.BUILTIN.values()), limits_for(trace, 16 << 20, 15 << 20, False), ENGINES["fast"])
