@@ -73,7 +73,10 @@ def run_in(kernel: kernels.Kernel, command: list[str], timeout: float, run_dir: 
         raise LabError(f"{sys.prefix}/polars-compat is missing (polars's runtime for the guests): run make lab-packages")
     CACHE.mkdir(parents=True, exist_ok=True)
     python_trees = [Path(sys.prefix), Path(sysconfig.get_paths()["stdlib"])]
-    inner = [str(CHECKOUT / "lab" / "guest.sh"), str(run_dir), str(CACHE), *map(str, python_trees), *command]
+    # The command reaches the guest in a file: on the kernel command line (where vng puts it)
+    # a long one would be cut at 2048 bytes, and the guest would never start it.
+    (run_dir / "command").write_text(shlex.join(command))
+    inner = [str(CHECKOUT / "lab" / "guest.sh"), str(run_dir), str(CACHE), *map(str, python_trees)]
     # vng starts the command in the current directory when the guest can see it.
     os.chdir(CHECKOUT)
     started = time.monotonic()

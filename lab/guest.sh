@@ -1,10 +1,9 @@
 #!/bin/sh
 # Runs inside a lab VM, as root, before the command: the root file system is this machine's,
 # read-only, except the --rwdir paths; /tmp is an in-memory overlay; there is no network.
-# usage: guest.sh RUN_DIR CACHE_DIR VENV STDLIB COMMAND...
+# usage: guest.sh RUN_DIR CACHE_DIR VENV STDLIB; runs the command in RUN_DIR/command (shell-quoted)
 set -eu
 run=$1 cache=$2 venv=$3 stdlib=$4
-shift 4
 # vng mounts what it shares over 9p without caching: every Python process would read its
 # packages from the host again (a minute for numba alone under TCG). The venv and the standard
 # library, shared on their own (lab/vm.py), are mounted again with the page cache on; they are
@@ -39,4 +38,5 @@ echo +memory > "$cg/lab/cgroup.subtree_control"
 echo +memory > "$cg/lab/workloads/cgroup.subtree_control"
 export CHARGEPLAY_CGROUP_PARENT=/lab/workloads
 echo "lab: $(uname -r) up after $(cut -d' ' -f1 /proc/uptime) s; running in cgroup $(cut -d: -f3 /proc/self/cgroup)"
+eval "set -- $(cat "$run/command")"
 exec "$@"

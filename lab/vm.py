@@ -21,6 +21,10 @@ from lab.kernels import Kernel, vng
 # MSR masked): the lab runs under TCG, about 10-40x slower than native.
 QEMU_FLAGS = ["--disable-kvm", "--memory", "2G", "--cpus", "2", "--user", "root"]
 TIMED_OUT = 124  # like timeout(1)
+# A guest prints its first line (lab/guest.sh: "up after") 20-40 s after qemu starts; one that
+# says nothing for this long never started its command, and waiting out the run's timeout
+# would only hide that.
+SILENT_BOOT = 300.0
 
 # The runner writes "done" before closing the pipe; without it the runner died, and the scratch
 # directory (which its caller would have read and removed) goes too.
@@ -61,9 +65,10 @@ def _kill_group(pgid: int) -> None:
             time.sleep(0.1)
 
 
-def _copy(pipe) -> None:
+def _copy(pipe, spoke: threading.Event) -> None:
     """The guest's output to ours, as it comes."""
     for chunk in iter(lambda: pipe.read1(65536), b""):
+        spoke.set()
         sys.stdout.buffer.write(chunk)
         sys.stdout.buffer.flush()
 
@@ -74,7 +79,8 @@ def boot(kernel: Kernel, command: str, rwdirs: list[Path], rodirs: list[Path], t
     `rwdirs` are writable inside, `rodirs` shared on their own (lab/guest.sh caches them);
     `scratch` is removed by the guardian if this process dies before its caller can.
 
-    Returns the command's exit code (vng passes it through), TIMED_OUT after `timeout` seconds.
+    Returns the command's exit code (vng passes it through), TIMED_OUT after `timeout` seconds,
+    or after SILENT_BOOT if the guest printed nothing by then.
     """
     argv = [str(vng()), "--run", str(kernel.image), *QEMU_FLAGS]
     for path in rwdirs:
@@ -86,17 +92,24 @@ def boot(kernel: Kernel, command: str, rwdirs: list[Path], rodirs: list[Path], t
     env = {**os.environ, "PATH": f"{Path(argv[0]).parent}:{os.environ.get('PATH', '')}"}
     previous = {s: signal.signal(s, raise_stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     vm = guardian = None
+    started = time.monotonic()
     try:
         # Through a pipe: qemu opens /proc/self/fd/1 and 2 by path, which truncates a file they
         # were redirected to (and what was written before boot would be lost).
         vm = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               env=env, start_new_session=True)
-        copier = threading.Thread(target=_copy, args=(vm.stdout,), daemon=True)
+        spoke = threading.Event()
+        copier = threading.Thread(target=_copy, args=(vm.stdout, spoke), daemon=True)
         copier.start()
         guardian = subprocess.Popen([sys.executable, "-c", _GUARDIAN, str(vm.pid), *([str(scratch)] if scratch else [])], stdin=subprocess.PIPE,
                                     start_new_session=True)
+        if not spoke.wait(min(SILENT_BOOT, timeout)) and vm.poll() is None:
+            print(f"lab: {kernel.release} printed nothing in {SILENT_BOOT:.0f} s: stopped (the guest never started "
+                  "its command; a kernel command line over 2048 bytes, which a long checkout path makes, is "
+                  "cut short like this)", file=sys.stderr)
+            return TIMED_OUT
         try:
-            return vm.wait(timeout=timeout)
+            return vm.wait(timeout=max(timeout - (time.monotonic() - started), 0))
         except subprocess.TimeoutExpired:
             print(f"lab: {kernel.release} still running after {timeout:.0f} s: stopped", file=sys.stderr)
             return TIMED_OUT

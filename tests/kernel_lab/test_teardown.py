@@ -50,9 +50,13 @@ def _gone(run_dir: str, within: float = 15) -> bool:
     return not _qemus_for(run_dir)
 
 
-def test_the_command_exit_code_comes_back_and_qemu_is_gone(vng):
-    result = lab("run", "--kernel", "6.1", "--", "sh", "-c", "exit 7", timeout=10 * 60)
+def test_the_command_whatever_its_length_and_its_exit_code_come_back_and_qemu_is_gone(vng):
+    # 4000 bytes: more than a kernel command line holds (2048), where vng would put the command.
+    long_argument = "x" * 4000
+    result = lab("run", "--kernel", "6.1", "--", "sh", "-c", 'printf "%s\\n" "${#1}"; exit 7', "sh", long_argument,
+                 timeout=10 * 60)
     assert result.returncode == 7, result.stderr[-2000:]
+    assert result.stdout.split()[-1] == "4000"
     run_dir = re.search(r"run dir (\S+)", result.stderr).group(1)
     assert not _qemus_for(run_dir) and not Path(run_dir).exists()
 
