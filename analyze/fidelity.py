@@ -1,17 +1,24 @@
 """Fidelity: a replay's prediction beside what the kernel that ran the workload did
 (`chargeplay validate` captures, replays and then compares with this module).
 
-What the kernel did comes from the trace itself: its memcg reclaim begin/end events (the
-workload's tasks only) and the memcg's counters, sampled until the workload left
-(memcg.parquet: on cgroup v1 failcnt, max usage and oom_control's oom_kill; on v2
-memory.events max, high and oom_kill, and memory.peak; usage on both).
+What the kernel did never comes from the events of the trace being judged:
+- reclaim calls and pages reclaimed come from validate's own observer (collect/observer.py), a
+  second tracefs instance that followed the workload's tasks during the capture;
+- peak usage, failcnt (v1), memory.events max and high (v2), OOM kills and final usage are the
+  memcg's own counters, as the collector's sampler read them until the workload left
+  (memcg.parquet: on v1 failcnt, max usage and oom_control's oom_kill; on v2 memory.events and
+  memory.peak; usage on both). OOM kills are checked against the observer's OOM victims.
+
+A trace or an observer that lost events certifies nothing: every row is "not measured".
 """
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import polars as pl
 
+from collect.observer import Observation
 from replay.result_format import read_summary, read_timeseries
 from traces.manifest import TraceError
 from traces.reader import Trace
@@ -28,21 +35,18 @@ METRICS = (
     ("OOM kills", "kills", 0.0, (1, 2)),
     ("final usage", "bytes", None, (1, 2)),
 )
+# The metrics the observer measures, by its figure's name.
+OBSERVED_BY_OBSERVER = {"reclaim invocations": "reclaim_calls", "pages reclaimed": "pages_reclaimed"}
 
 
-def observed(trace: Trace) -> dict[str, int]:
-    """What the kernel did, from the trace's reclaim events and the memcg's last counters."""
-    reclaims = (
-        trace.events().filter(pl.col("kind") == "reclaim_end").select(pl.len().alias("calls"), pl.col("val").sum().alias("pages"))
-        .collect().row(0, named=True)
-    )
+def observed(trace: Trace, observation: Observation) -> dict[str, int | None]:
+    """What the kernel did: the observer's figures (None: not measured) and the memcg's last counters."""
     samples = trace.side_table("memcg")
     if samples is None or samples.select(pl.len()).collect().item() == 0:
         raise TraceError(f"{trace.path}: no memcg counter samples (memcg.parquet); re-capture with chargeplay collect")
     last = samples.sort("ts_ns").collect().row(-1, named=True)
     return {
-        "reclaim invocations": int(reclaims["calls"]),
-        "pages reclaimed": int(reclaims["pages"] or 0),
+        **{metric: getattr(observation, figure) for metric, figure in OBSERVED_BY_OBSERVER.items()},
         "peak usage": int(last["max_usage"] or 0),
         "charge failures (failcnt)": int(last["failcnt"] or 0),  # v1's failcnt
         "memory.events max": int(last["failcnt"] or 0),  # v2's sampler keeps memory.events max there
@@ -74,24 +78,49 @@ def relative_error(prediction: int, observation: int) -> float | None:
     return (prediction - observation) / observation
 
 
-def fidelity_table(prediction: dict[str, int], observation: dict[str, int], cgroup_version: int) -> list[dict]:
+def uncertified(trace_lost: int, observation: Observation) -> str | None:
+    """Why nothing can be certified (events were lost), or None."""
+    if not trace_lost and not observation.lost:
+        return None
+    return (f"{trace_lost:,} events lost by the trace and {observation.lost:,} by the observer: nothing is certified "
+            "(run validate again on a quieter machine, or with a larger --buffer-kb)")
+
+
+def fidelity_table(prediction: dict[str, int], observation: dict[str, int | None], cgroup_version: int,
+                   not_measured: dict[str, str]) -> list[dict]:
+    """A row per metric of this cgroup version; `not_measured`: metric -> why it is not."""
     rows = []
     for metric, unit, target, versions in METRICS:
         if cgroup_version not in versions:
             continue
-        error = relative_error(prediction[metric], observation[metric])
-        met = None if target is None else error is not None and abs(error) <= target
-        rows.append({"metric": metric, "unit": unit, "predicted": prediction[metric], "observed": observation[metric],
-                     "relative_error": error, "target": target, "met": met})
+        observed_value = observation[metric]
+        error = None if observed_value is None else relative_error(prediction[metric], observed_value)
+        reason = not_measured.get(metric)
+        if reason is not None:
+            met, status = None, "not measured"
+        elif target is None:
+            met, status = None, "no target"
+        else:
+            met = error is not None and abs(error) <= target
+            status = "met" if met else "not met"
+        rows.append({"metric": metric, "unit": unit, "predicted": prediction[metric], "observed": observed_value,
+                     "relative_error": error, "target": target, "met": met, "status": status, "reason": reason})
     return rows
 
 
-def compare(trace: Trace, result_dir: Path, policy_name: str, model: str) -> dict:
-    """The fidelity of a replay result (one policy) against the trace it replayed."""
+def compare(trace: Trace, result_dir: Path, policy_name: str, model: str, observation: Observation) -> dict:
+    """The fidelity of a replay result (one policy) against what the kernel did while the trace
+    was captured (the memcg's counters and the observer's figures)."""
     summary = read_summary(result_dir)
     series = read_timeseries(result_dir).filter(pl.col("policy") == policy_name)
     target = trace.manifest.get("target", {})
     version = target.get("cgroup_version")
+    kernel = observed(trace, observation)
+    trace_lost = trace.manifest["lost"]["total"]
+    reason = uncertified(trace_lost, observation)
+    unmeasured = {metric: observation.unmeasured[figure] for metric, figure in OBSERVED_BY_OBSERVER.items()
+                  if figure in observation.unmeasured}
+    not_measured = dict.fromkeys(kernel, reason) if reason else unmeasured
     return {
         "trace": str(trace.path),
         "kernel": trace.manifest.get("kernel", {}).get("release"),
@@ -100,21 +129,36 @@ def compare(trace: Trace, result_dir: Path, policy_name: str, model: str) -> dic
         "workload": target.get("command"),
         "limits": summary["limits"],
         "cgroup_version": version,
-        "rows": fidelity_table(predicted(summary["policies"][policy_name], series), observed(trace), version),
+        "measured": reason is None,
+        "reason": reason,
+        "lost_events": {"trace": trace_lost, "observer": observation.lost},
+        "observer": asdict(observation),
+        "oom_kills_cross_check": oom_cross_check(kernel["OOM kills"], observation),
+        "rows": fidelity_table(predicted(summary["policies"][policy_name], series), kernel, version, not_measured),
     }
 
 
-def format_value(value: int, unit: str) -> str:
+def oom_cross_check(memcg_kills: int, observation: Observation) -> dict:
+    """The memcg's oom_kill counter beside the observer's mark_victim count. They may differ
+    for a reason: the kernel also marks as a victim, without a kill, a task charging at the limit
+    that is exiting anyway (out_of_memory's task_will_free_mem(current) path)."""
+    victims = observation.oom_victims
+    return {"memcg": memcg_kills, "observer": victims, "agree": None if victims is None else victims == memcg_kills}
+
+
+def format_value(value: int | None, unit: str) -> str:
+    if value is None:
+        return "-"
     return f"{value / (1 << 20):.2f} MiB" if unit == "bytes" else f"{value:,}"
 
 
-def format_error(error: float | None) -> str:
-    return "inf" if error is None else f"{error:+.1%}"
+def format_error(row: dict) -> str:
+    if row["observed"] is None:
+        return "-"
+    return "inf" if row["relative_error"] is None else f"{row['relative_error']:+.1%}"
 
 
 def format_target(row: dict) -> str:
     if row["target"] is None:
-        return "-"
-    verdict = "met" if row["met"] else "not met"
-    return f"exact: {verdict}" if row["target"] == 0 else f"within {row['target']:.0%}: {verdict}"
-
+        return "not measured" if row["status"] == "not measured" else "-"
+    return f"exact: {row['status']}" if row["target"] == 0 else f"within {row['target']:.0%}: {row['status']}"

@@ -27,7 +27,7 @@ body { font: 15px/1.5 system-ui, sans-serif; margin: 2em auto; max-width: 1000px
 h1 { font-size: 1.6em; } h2 { font-size: 1.2em; margin-top: 2em; }
 table { border-collapse: collapse; margin: 1em 0; } td, th { padding: 2px 10px; border-bottom: 1px solid #ddd; text-align: right; }
 td:first-child, th:first-child { text-align: left; } .facts td { text-align: left; }
-p.what { color: #444; max-width: 46em; }
+p.what { color: #444; max-width: 46em; } p.warning { color: #a00; font-weight: bold; max-width: 46em; }
 """
 
 
@@ -126,12 +126,13 @@ def _summary_table(result: Result) -> str:
 def _fidelity_table(fidelity: dict) -> str:
     rows = "".join(
         f"<tr><td>{escape(row['metric'])}</td><td>{escape(format_value(row['predicted'], row['unit']))}</td>"
-        f"<td>{escape(format_value(row['observed'], row['unit']))}</td><td>{escape(format_error(row['relative_error']))}</td>"
+        f"<td>{escape(format_value(row['observed'], row['unit']))}</td><td>{escape(format_error(row))}</td>"
         f"<td>{escape(format_target(row))}</td></tr>"
         for row in fidelity["rows"]
     )
+    warning = "" if fidelity["measured"] else f"<p class=\"warning\">Not measured: {escape(fidelity['reason'])}.</p>\n"
     return (f"<h2>Fidelity</h2>\n<p class=\"what\">The kernel that ran the workload ({escape(str(fidelity['kernel']))}) is the "
-            f"referee: the model {escape(fidelity['model'])} predicted, the kernel observed.</p>\n"
+            f"referee: the model {escape(fidelity['model'])} predicted, the kernel observed.</p>\n{warning}"
             "<table><tr><th>metric</th><th>predicted</th><th>observed</th><th>relative error</th><th>target</th></tr>"
             f"{rows}</table>")
 

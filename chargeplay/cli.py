@@ -200,6 +200,7 @@ def validate(
     output: Annotated[Path, typer.Option("-o", "--output", help="directory to create: trace, result, fidelity.json, report.html")] = ...,
     memory_max: Annotated[Optional[str], typer.Option(help="memcg hard limit for the workload, e.g. 28M")] = None,
     memory_high: Annotated[Optional[str], typer.Option(help="memcg high limit (cgroup v2 only), e.g. 24M")] = None,
+    buffer_kb: Annotated[int, typer.Option(help="the capture's trace buffer per CPU, KiB: a trace that loses events certifies nothing")] = 32 * 1024,
 ) -> None:
     """Capture a workload under a limit (root), replay it under the running kernel's model, compare with what the kernel did."""
     from analyze import fidelity as fidelity_check
@@ -214,7 +215,8 @@ def validate(
             live.update(f"replaying {step}")
 
         steps = validation.Steps(capturing=_capture_display(live), replaying=replaying, say=_say)
-        result = validation.validate(output, command, _size(memory_max, "--memory-max"), _size(memory_high, "--memory-high"), steps)
+        result = validation.validate(output, command, _size(memory_max, "--memory-max"), _size(memory_high, "--memory-high"),
+                                     buffer_kb, steps)
         live.update("writing the report")
         write_report(Result.open(output / "result"), output / "report.html", fidelity=result)
     table = Table("metric", "predicted", "observed", "relative error", "target",
@@ -222,8 +224,13 @@ def validate(
     for row in result["rows"]:
         table.add_row(row["metric"], fidelity_check.format_value(row["predicted"], row["unit"]),
                       fidelity_check.format_value(row["observed"], row["unit"]),
-                      fidelity_check.format_error(row["relative_error"]), fidelity_check.format_target(row))
+                      fidelity_check.format_error(row), fidelity_check.format_target(row))
     Console().print(table)
+    if not result["measured"]:
+        _say(f"warning: {result['reason']}")
+    oom = result["oom_kills_cross_check"]
+    if oom["agree"] is False:
+        _say(f"note: the memcg counted {oom['memcg']} OOM kills, the observer saw {oom['observer']} OOM victims")
     _say(f"{output}: trace, result, fidelity.json, report.html")
 
 

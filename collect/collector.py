@@ -77,6 +77,7 @@ class CaptureOptions:
     backend: str = "tracefs"  # tracefs, ebpf, or auto (eBPF when the BPF object loads, else tracefs)
     bpf_output: str = "auto"  # eBPF: ringbuf, perf (buffers), or auto (the ring buffer where the kernel has one)
     keep_addresses: bool = False  # also store raw kernel addresses (addresses/): never by default
+    on_workload: Callable[[int], None] | None = None  # told the workload's pid once it runs (validate's observer follows it)
 
 
 @dataclass
@@ -242,6 +243,8 @@ class Collector(ABC):
             self.workload = subprocess.Popen(self.options.command, preexec_fn=enter_memcg_and_trace)
         except (FileNotFoundError, PermissionError) as err:
             raise CaptureError(f"cannot run {self.options.command[0]!r}: {err.strerror}; check the command") from None
+        if self.options.on_workload is not None:
+            self.options.on_workload(self.workload.pid)
         self.decoder.workload_pids.add(self.workload.pid)
         self.decoder.comms[self.workload.pid] = Path(self.options.command[0]).name[:15]
 

@@ -11,6 +11,7 @@ from typing import Callable
 
 import pytest
 
+from collect.cgroup import CgroupError, memory_hierarchy
 from collect.tracefs import TracefsError, tracefs_root
 
 
@@ -71,6 +72,16 @@ with open(sys.argv[1], "w") as out:
 """
 
 
+def trace_reclaims(trace: Path) -> dict[str, int]:
+    """The reclaim calls ("calls") and pages reclaimed ("pages") of a trace's reclaim_end events."""
+    import polars as pl  # here, not for every test: it takes seconds to import in the kernel lab's VMs
+
+    from traces.reader import Trace
+
+    ends = Trace.open(trace).events().filter(pl.col("kind") == "reclaim_end")
+    return ends.select(pl.len().alias("calls"), pl.col("val").sum().alias("pages")).collect().row(0, named=True)
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
     """Whether `predicate` became true within `timeout` seconds (stretched by SLOWDOWN)."""
     deadline = time.monotonic() + timeout * SLOWDOWN
@@ -89,6 +100,15 @@ def assert_user_error(result: subprocess.CompletedProcess, *words: str) -> None:
     assert "Traceback" not in result.stderr
     for word in words:
         assert word in lines[0]
+
+
+@pytest.fixture
+def memcg_controller(tracefs) -> None:
+    """Skips unless a memory cgroup controller (v1 or v2) is mounted (root and tracefs come from `tracefs`)."""
+    try:
+        memory_hierarchy()
+    except CgroupError as err:
+        pytest.skip(f"validation needs a memory cgroup controller (v1 or v2): {err}")
 
 
 @pytest.fixture

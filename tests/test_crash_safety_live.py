@@ -1,5 +1,6 @@
 """Crash safety, live: a collector killed at any point, or stopped by a full disk, leaves a
-readable trace, and whatever it set up in the kernel is removed.
+readable trace, and whatever it set up in the kernel is removed; so is the tracefs instance of
+validate's observer, however validate ends.
 
 Skips with a reason naming what is missing (root, tracefs). Run them while no other
 capture starts on the machine: any `chargeplay collect` removes a dead collector's leftovers
@@ -30,8 +31,8 @@ KILL_POINTS = [round(0.2 * i, 1) for i in range(1, 25)]
 
 
 def owned_by(pid: int, tracefs: Path) -> list[Path]:
-    """The tracefs instances and child memcgs of collector `pid` that exist now."""
-    names = {f"chargeplay-{pid}", f"chargeplay-{pid}-memcg", f"chargeplay-{pid}-irq"}
+    """The tracefs instances and child memcgs of collector `pid` (or validate's observer) that exist now."""
+    names = {f"chargeplay-{pid}", f"chargeplay-{pid}-memcg", f"chargeplay-{pid}-irq", f"chargeplay-{pid}-observer"}
     paths = [p for p in (tracefs / "instances").iterdir() if p.name in names]
     return paths + [p for parent in cgroup.child_parents() for p in parent.iterdir() if p.name in names]
 
@@ -126,3 +127,63 @@ def test_a_full_disk_ends_the_capture_with_a_clear_error_and_a_readable_trace(tr
     assert Trace.open(small_disk / "t").manifest["events"] > 0
     assert [p.name for p in (small_disk / "t" / "events").iterdir() if p.name.startswith(".")] == []  # no half-written segment
     assert wait_until(lambda: owned_by(collector.pid, tracefs) == [], timeout=15)
+
+
+def validate_capturing(tmp_path: Path, tracefs: Path, seconds: int) -> subprocess.Popen:
+    """`chargeplay validate` of a `sleep SECONDS` workload, once its observer runs and its capture
+    runs the workload (and so handles SIGTERM: the handler goes in just after the workload starts)."""
+    with (tmp_path / "validate.log").open("w") as log:
+        validate = subprocess.Popen([*CHARGEPLAY, "validate", "-o", str(tmp_path / "v"), "--memory-max", "64M", "--",
+                                     "sleep", str(seconds)], stdout=log, stderr=log)
+    observer = tracefs / "instances" / f"chargeplay-{validate.pid}-observer"
+    assert wait_until(lambda: observer.is_dir() and any(b"sleep" in args for args in children_args(validate.pid)), timeout=60)
+    time.sleep(0.5 * SLOWDOWN)
+    return validate
+
+
+def children_args(pid: int) -> list[bytes]:
+    """The command lines of the children of `pid`'s main thread."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    args = []
+    for child in children:
+        try:
+            args.append(Path(f"/proc/{child}/cmdline").read_bytes())
+        except OSError:
+            pass  # it exited meanwhile
+    return args
+
+
+@pytest.mark.parametrize("how", ["exit", "SIGTERM", "SIGKILL"])
+def test_validate_leaves_no_observer_instance(memcg_controller, tracefs, tmp_path, how):
+    """Whether validate ends by itself, is asked to stop (SIGTERM ends the capture early, as in
+    collect, and validate goes on) or is killed (its guardians remove what it set up), its
+    observer's tracefs instance goes with the capture's instances and memcg."""
+    validate = validate_capturing(tmp_path, tracefs, 3 if how == "exit" else 60)
+    if how != "exit":
+        validate.send_signal(getattr(signal, how))
+    validate.wait(timeout=120 * SLOWDOWN)
+    if how != "SIGKILL":
+        assert validate.returncode == 0, (tmp_path / "validate.log").read_text()
+        assert json.loads((tmp_path / "v" / "fidelity.json").read_text())["measured"]
+    assert wait_until(lambda: owned_by(validate.pid, tracefs) == [], timeout=15)
+
+
+def test_the_next_validate_removes_what_a_killed_validate_and_its_guardians_left(memcg_controller, tracefs, tmp_path):
+    validate = validate_capturing(tmp_path, tracefs, 60)
+    validate.send_signal(signal.SIGSTOP)  # no new children while we look for its guardians
+    guardians = guardians_of(validate.pid)
+    assert len(guardians) == 2  # the observer's and the capture's
+    for pid in guardians:
+        os.kill(pid, signal.SIGKILL)
+    validate.kill()
+    validate.wait(timeout=30 * SLOWDOWN)
+    left = owned_by(validate.pid, tracefs)
+    assert tracefs / "instances" / f"chargeplay-{validate.pid}-observer" in left
+    result = chargeplay("validate", "-o", str(tmp_path / "next"), "--memory-max", "28M", "--", "true")
+    assert result.returncode == 0, result.stderr
+    for path in left:
+        assert f"removed stale {'tracefs instance' if path.parent.name == 'instances' else 'memcg'} {path}" in result.stderr
+    assert owned_by(validate.pid, tracefs) == []
