@@ -39,7 +39,7 @@ def validate(output: Path, command: list[str], memory_max: int | None, memory_hi
         raise UserError("give --memory-max (or --memory-high on cgroup v2): without a limit the kernel never reclaims")
     check_new_output(output)
     make_private_dir(output)
-    with Observer(steps.say) as observer:
+    with Observer() as observer:
         capture(CaptureOptions(output=output / "trace", command=command, memory_max=memory_max, memory_high=memory_high,
                                buffer_kb=buffer_kb, on_workload=observer.follow), steps.capturing, steps.say)
     trace = Trace.open(output / "trace")

@@ -18,7 +18,7 @@ from collect import cgroup
 from collect.cgroup import CgroupError, Memcg
 from collect.tracefs import remove_instance
 
-OWNED_NAME = re.compile(r"^chargeplay-(\d+)(-memcg|-irq)?$")
+OWNED_NAME = re.compile(r"^chargeplay-(\d+)(-memcg|-irq|-observer)?$")  # collect.observer: -observer
 
 
 def collector_alive(pid: int) -> bool:

@@ -12,27 +12,24 @@ Nothing is lost unnoticed: overwrite is off, so a full buffer drops new events a
 counts them (per_cpu/cpuN/stats); a thread drains the buffers every tick; the drops are reported
 with the figures. A figure whose tracepoint (or field) this kernel lacks is not measured, with why.
 A guardian (collect.cleanup) removes the instance if this process is killed; if the guardian is
-killed too, the next observer removes it.
+killed too, the next capture sweeps it (collect.cleanup.OWNED_NAME).
 """
 from __future__ import annotations
 
 import os
-import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from collect.cleanup import collector_alive, start_guardian
+from collect.cleanup import start_guardian
 from collect.collector import TRACE_CLOCK
 from collect.event_format import EventFormat, read_event_format
 from collect.ringbuf import CpuReader, RawEvents, field_values, parse_pages
 from collect.tracefs import Instance, remove_instance, tracefs_root
 
-SUFFIX = "-observer"
-OWNED_NAME = re.compile(rf"^chargeplay-(\d+){SUFFIX}$")
+SUFFIX = "-observer"  # collect.cleanup.OWNED_NAME knows it: any capture sweeps a dead observer's instance
 # Per CPU: about 80,000 of these events, far more than a CPU forks or reclaims between two drains.
 BUFFER_KB = 4096
 TICK = 0.1
@@ -62,11 +59,10 @@ class Observation:
 
 
 class Observer:
-    """`with Observer(say) as observer:` records from entry to exit; `observer.follow(pid)`
+    """`with Observer() as observer:` records from entry to exit; `observer.follow(pid)`
     names the workload's root (once it is forked), `observer.observation()` counts."""
 
-    def __init__(self, say: Callable[[str], None], buffer_kb: int = BUFFER_KB) -> None:
-        self.say = say
+    def __init__(self, buffer_kb: int = BUFFER_KB) -> None:
         self.buffer_kb = buffer_kb
         self.root: int | None = None
         self.readers: list[CpuReader] = []
@@ -80,7 +76,6 @@ class Observer:
 
     def __enter__(self) -> Observer:
         root = tracefs_root()
-        self._remove_stale(root)
         self.path = root / "instances" / f"chargeplay-{os.getpid()}{SUFFIX}"
         self.guardian = start_guardian([self.path], None)
         try:
@@ -108,8 +103,7 @@ class Observer:
             self.instance.write("tracing_on", "0")
             while self._drain():
                 pass
-            self.lost = sum(s.get("overrun", 0) + s.get("commit_overrun", 0) + s.get("dropped_events", 0)
-                            for s in self.instance.stats().values())  # as the tracefs collector counts its lost events
+            self.lost = sum(self.instance.lost_per_cpu().values())
         finally:
             self._remove()
         if self.error is not None:
@@ -165,14 +159,6 @@ class Observer:
         finally:
             self.guardian.stdin.close()  # nothing is left for it to remove
             self.guardian.wait()
-
-    def _remove_stale(self, root: Path) -> None:
-        """Instances of observers whose validate and guardian were both killed."""
-        for path in sorted((root / "instances").iterdir()):
-            match = OWNED_NAME.match(path.name)
-            if match and not collector_alive(int(match.group(1))):
-                remove_instance(path)
-                self.say(f"removed stale tracefs instance {path}")
 
 
 def _formats(events: Path) -> tuple[dict[int, EventFormat], dict[int, str]]:

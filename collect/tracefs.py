@@ -71,8 +71,14 @@ class Instance:
     def cpu_count(self) -> int:
         return len(list((self.path / "per_cpu").glob("cpu[0-9]*")))
 
+    def lost_per_cpu(self) -> dict[int, int]:
+        """Events each CPU's buffer lost: overwritten (overrun), lost mid-write (commit_overrun),
+        dropped while full with overwrite off (dropped_events)."""
+        return {cpu: stats.get("overrun", 0) + stats.get("commit_overrun", 0) + stats.get("dropped_events", 0)
+                for cpu, stats in self.stats().items()}
+
     def stats(self) -> dict[int, dict[str, int]]:
-        """Per-CPU ring-buffer counters: overrun (overwritten) and dropped events are lost ones."""
+        """Per-CPU ring-buffer counters (lost_per_cpu adds up the lost ones)."""
         result = {}
         for cpu_dir in sorted((self.path / "per_cpu").glob("cpu[0-9]*")):
             fields = {}

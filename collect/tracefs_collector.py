@@ -111,8 +111,7 @@ class TracefsCollector(Collector):
     def _lost_per_cpu(self) -> dict[int, int]:
         lost: dict[int, int] = {}
         for instance in self.instances:
-            for cpu, stats in instance.stats().items():
-                count = stats.get("overrun", 0) + stats.get("commit_overrun", 0) + stats.get("dropped_events", 0)
+            for cpu, count in instance.lost_per_cpu().items():
                 lost[cpu] = lost.get(cpu, 0) + count
         return lost
 

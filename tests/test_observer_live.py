@@ -66,7 +66,7 @@ def test_the_observer_counts_the_reclaim_calls_pages_and_oom_victim_of_the_workl
 
 
 def observe_fork_storm(children: int, buffer_kb: int) -> Observation:
-    with Observer(lambda _: None, buffer_kb) as observer:
+    with Observer(buffer_kb) as observer:
         storm = subprocess.Popen([sys.executable, "-c", FORK_STORM, str(children)])
         observer.follow(storm.pid)
         storm.wait()

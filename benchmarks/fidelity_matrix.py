@@ -1,0 +1,193 @@
+"""The fidelity matrix: every workload of the zoo under three limits, each run judged by validate.
+
+What it runs
+------------
+For each workload of the zoo (`python3 -m zoo --list`), one calibration run under a roomy
+memory.max (--roomy, default 1G) gives the workload's own peak P, as the kernel counted it.
+The three cells' memory.max follow from P, rounded to whole MiB:
+
+    no pressure     1.5 P   never reached: the model must not invent reclaim
+    reclaim-bound   0.7 P   the kernel takes back what it can (page cache, dentries...)
+    OOM region      0.35 P  below what most workloads hold unreclaimably: kills expected
+
+Each cell runs --runs times (default 3) as a user would:
+`chargeplay validate -o DIR --memory-max LIMIT -- python3 -m zoo NAME`. The kernel varies
+from run to run, so each prediction is judged against its own run (validate's fidelity.json).
+
+What it prints
+--------------
+Per run: predicted/observed of every metric validate reports on this cgroup version, and
+which targets are met (validate's targets; a run whose trace lost events is "not measured",
+which counts as a miss). Per cell: how many runs meet each target and all of them. At the
+end, per kernel: the share of runs that meet all targets (target: 90%) and the OOM kills the
+model missed (target: none). --markdown FILE writes the cell table for the README, --json FILE
+every run's fidelity.json. It asserts nothing.
+
+Run it as root from the project directory (validate needs tracefs and a memory cgroup):
+
+    .venv/bin/python benchmarks/fidelity_matrix.py [--workload NAME ...] [--runs N] [--markdown FILE]
+
+Inside a lab kernel: python -m lab run --kernel 6.12 --keep DIR -- .venv/bin/python
+benchmarks/fidelity_matrix.py --json {run}/out/matrix.json (under TCG a run takes minutes).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.progress import Progress
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+MiB = 1 << 20
+REGIONS = {"no pressure": 1.5, "reclaim-bound": 0.7, "OOM region": 0.35}
+TARGET_ALL_MET = 0.90
+
+
+@dataclass
+class Run:
+    workload: str
+    region: str
+    limit: int
+    fidelity: dict  # validate's fidelity.json, or {"error": ...} when validate failed
+
+    @property
+    def rows(self) -> dict[str, dict]:
+        return {row["metric"]: row for row in self.fidelity.get("rows", [])}
+
+    def status(self, metric: str) -> str:
+        row = self.rows[metric]
+        if "status" in row:
+            return row["status"]
+        return "no target" if row["met"] is None else ("met" if row["met"] else "not met")
+
+    @property
+    def judged(self) -> list[str]:
+        """The metrics with a target in this run."""
+        return [metric for metric in self.rows if self.status(metric) != "no target"]
+
+    @property
+    def all_met(self) -> bool:
+        return "error" not in self.fidelity and all(self.status(metric) == "met" for metric in self.judged)
+
+    @property
+    def missed_oom_kill(self) -> bool:
+        kills = self.rows.get("OOM kills")
+        return kills is not None and kills["observed"] > kills["predicted"]
+
+
+def zoo_workloads() -> list[str]:
+    listing = subprocess.run(["python3", "-m", "zoo", "--list"], cwd=CHECKOUT, capture_output=True, text=True, check=True)
+    return [line.split()[0] for line in listing.stdout.splitlines() if line.strip()]
+
+
+def validate(workload: str, limit: int, scratch: Path) -> dict:
+    """One run of `chargeplay validate`: its fidelity.json."""
+    out = Path(tempfile.mkdtemp(prefix=f"{workload}-", dir=scratch)) / "v"
+    done = subprocess.run([sys.executable, "-m", "chargeplay.cli", "validate", "-o", str(out), "--memory-max", f"{limit // MiB}M",
+                           "--", "python3", "-m", "zoo", workload], cwd=CHECKOUT, capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"error": (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]}
+    return json.loads((out / "fidelity.json").read_text())
+
+
+def cell_limits(peak: int) -> dict[str, int]:
+    return {region: max(round(peak * share / MiB), 1) * MiB for region, share in REGIONS.items()}
+
+
+def format_run(run: Run) -> str:
+    if "error" in run.fidelity:
+        return f"{run.workload:<16} {run.region:<14} {run.limit // MiB:>4}M  validate failed: {run.fidelity['error']}"
+    marks = {"met": "ok", "not met": "MISS", "not measured": "n/m", "no target": ""}
+    cells = [f"{metric.split(' (')[0]} {row['predicted']:,}/{row['observed']:,} {marks[run.status(metric)]}".rstrip()
+             for metric, row in run.rows.items() if metric != "final usage"]
+    return f"{run.workload:<16} {run.region:<14} {run.limit // MiB:>4}M  " + "; ".join(cells)
+
+
+def cell_table(runs: list[Run]) -> list[dict]:
+    """Per cell: how many runs meet each judged target, and all of them."""
+    cells: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        cells.setdefault((run.workload, run.region), []).append(run)
+    table = []
+    for (workload, region), cell in cells.items():
+        metrics = sorted({metric for run in cell for metric in run.judged})
+        table.append({
+            "workload": workload, "region": region, "limit": f"{cell[0].limit // MiB}M", "runs": len(cell),
+            "all targets": sum(run.all_met for run in cell),
+            **{metric: sum(run.status(metric) == "met" for run in cell if metric in run.rows) for metric in metrics},
+            "OOM kills missed": sum(run.missed_oom_kill for run in cell),
+        })
+    return table
+
+
+def markdown(table: list[dict], kernel: str) -> str:
+    metrics = sorted({key for row in table for key in row} - {"workload", "region", "limit", "runs", "all targets", "OOM kills missed"})
+    header = ["workload", "limit", "runs", "all targets", *metrics, "OOM kills missed"]
+    lines = [f"Kernel {kernel}: runs meeting each target, of the cell's runs.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in table:
+        values = [row["workload"], f"{row['limit']} ({row['region']})", row["runs"], row["all targets"],
+                  *(row.get(metric, "-") for metric in metrics), row["OOM kills missed"]]
+        lines.append("| " + " | ".join(map(str, values)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workload", action="append", help="a zoo workload (repeatable; default: all)")
+    parser.add_argument("--region", action="append", choices=list(REGIONS), help="a limit region (repeatable; default: all)")
+    parser.add_argument("--runs", type=int, default=3, help="runs per cell")
+    parser.add_argument("--roomy", type=int, default=1024, help="MiB of memory.max for the calibration run")
+    parser.add_argument("--markdown", type=Path, help="write the cell table here")
+    parser.add_argument("--json", type=Path, help="write every run's fidelity.json here")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("error: run it as root: validate captures with tracefs in a new memcg", file=sys.stderr)
+        return 2
+    workloads = args.workload or zoo_workloads()
+    regions = args.region or list(REGIONS)
+    runs: list[Run] = []
+    with tempfile.TemporaryDirectory(prefix="chargeplay-matrix-") as scratch, Progress() as progress:
+        task = progress.add_task("fidelity matrix", total=len(workloads) * (1 + len(regions) * args.runs))
+        for workload in workloads:
+            calibration = validate(workload, args.roomy * MiB, Path(scratch))
+            progress.advance(task)
+            if "error" in calibration:
+                progress.console.print(f"{workload}: calibration failed: {calibration['error']}")
+                progress.advance(task, len(regions) * args.runs)
+                continue
+            peak = Run(workload, "calibration", args.roomy * MiB, calibration).rows["peak usage"]["observed"]
+            limits = cell_limits(peak)
+            progress.console.print(f"{workload}: peak {peak / MiB:.1f} MiB unlimited; limits "
+                                   + ", ".join(f"{region} {limits[region] // MiB}M" for region in regions))
+            for region in regions:
+                for _ in range(args.runs):
+                    run = Run(workload, region, limits[region], validate(workload, limits[region], Path(scratch)))
+                    runs.append(run)
+                    progress.console.print(format_run(run))
+                    progress.advance(task)
+    kernel = os.uname().release
+    table = cell_table(runs)
+    print()
+    for row in table:
+        print(f"{row['workload']:<16} {row['region']:<14} {row['limit']:>5}  all targets {row['all targets']}/{row['runs']}"
+              f"  OOM kills missed {row['OOM kills missed']}")
+    share = sum(run.all_met for run in runs) / len(runs) if runs else 0.0
+    verdict = "met" if share >= TARGET_ALL_MET else "not met"
+    print(f"\n{kernel}: {sum(run.all_met for run in runs)} of {len(runs)} runs meet all targets ({share:.0%}; "
+          f"target {TARGET_ALL_MET:.0%}: {verdict}); OOM kills missed in {sum(run.missed_oom_kill for run in runs)} runs (target 0)")
+    if args.markdown:
+        args.markdown.write_text(markdown(table, kernel))
+    if args.json:
+        args.json.write_text(json.dumps([run.__dict__ for run in runs], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
