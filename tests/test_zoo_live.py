@@ -19,8 +19,10 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
@@ -29,7 +31,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from conftest import assert_user_error, chargeplay
+from conftest import assert_user_error, chargeplay, wait_until
 from traces.reader import Trace
 from zoo import WORKLOADS, buffers, files, memory, mix, objects, pagecache, tasks
 from zoo.support import HOLD_SECONDS, PREFIX
@@ -89,6 +91,40 @@ def test_a_bad_name_or_argument_is_one_line_and_exit_code_2(args):
 def test_a_bad_name_names_the_workloads_there_are():
     result = zoo("no-such-workload")
     assert_user_error(result, "no-such-workload", "files-disk", "mix")
+
+
+def processes_in_group(group: int) -> list[int]:
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[2]) == group:  # pgrp
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+@pytest.mark.parametrize("name", ["files-disk", "files-tmpfs", "sockets-unix", "mix"])
+def test_sigterm_mid_run_removes_what_it_made_and_leaves_no_process(name):
+    """chargeplay collect stops a workload with SIGTERM: its scratch directories go and its
+    children too, even in the middle of the work."""
+    before = zoo_leftovers()
+    process = subprocess.Popen([PYTHON3, "-m", "zoo", name], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    try:
+        assert wait_until(lambda: zoo_leftovers() - before or name == "sockets-unix", timeout=10)
+        time.sleep(0.3)  # well into the work, or the hold
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "Traceback" not in stderr
+    assert wait_until(lambda: processes_in_group(process.pid) == [], timeout=10), processes_in_group(process.pid)
+    assert zoo_leftovers() <= before
 
 
 def test_the_zoo_imports_nothing_but_the_standard_library():

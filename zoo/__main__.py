@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 
@@ -24,6 +25,12 @@ def _scale(text: str) -> float:
     return value
 
 
+def _terminated(signum: int, _frame: object) -> None:
+    """SIGTERM (chargeplay collect stops its workload so) unwinds like an exception: every
+    workload's finally blocks remove what it made and reap its children."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _Parser(prog="python3 -m zoo", description="Workloads that charge memory cgroups in different ways.")
     parser.add_argument("name", nargs="?", help="the workload to run (see --list)")
@@ -41,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("name a workload or give --list")
     if args.name not in WORKLOADS:
         parser.error(f"no workload named {args.name!r}; there are: {', '.join(WORKLOADS)}")
+    signal.signal(signal.SIGTERM, _terminated)
     started = time.monotonic()
     made = WORKLOADS[args.name].run(args.scale)
     seconds = time.monotonic() - started

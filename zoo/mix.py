@@ -5,7 +5,7 @@ import os
 import sys
 import traceback
 
-from .support import WORKLOADS, workload
+from .support import WORKLOADS, stop, workload
 
 MIX = ("files-disk", "pagecache-read", "sockets-tcp", "pipes", "fork-churn", "anon-touch")
 SHARE = 0.5  # of the scale each part runs at, so that the whole stays within tens of MiB
@@ -17,6 +17,8 @@ def _child(name: str, scale: float) -> None:
     try:
         WORKLOADS[name].run(scale)
         status = 0
+    except SystemExit:  # SIGTERM (zoo.__main__): the workload has cleaned up on the way out
+        pass
     except BaseException:  # noqa: BLE001 - reported, and the child's status says it failed
         traceback.print_exc()
     finally:
@@ -34,17 +36,21 @@ def mix(scale: float) -> dict:
     reclaim has to find the reclaimable part among the rest while other tasks keep charging.
     The parent waits for every child; each cleans up after itself.
     """
-    children = {}
-    for name in MIX:
-        pid = os.fork()
-        if pid == 0:
-            _child(name, scale * SHARE)
-        children[pid] = name
+    children: dict[int, str] = {}
     failed = []
-    for pid, name in children.items():
-        _, status = os.waitpid(pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            failed.append(name)
+    try:
+        for name in MIX:
+            pid = os.fork()
+            if pid == 0:
+                _child(name, scale * SHARE)
+            children[pid] = name
+        while children:
+            pid, status = os.wait()
+            if os.waitstatus_to_exitcode(status) != 0:
+                failed.append(children[pid])
+            del children[pid]
+    finally:
+        stop(list(children))  # interrupted: each child removes what it made on SIGTERM
     if failed:
         raise RuntimeError(f"parts of the mix failed: {', '.join(failed)}")
     return {"parts": len(MIX), "each_scale": scale * SHARE}

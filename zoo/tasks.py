@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import threading
 
-from .support import reap, scaled, workload
+from .support import reap, scaled, stop, workload
 
 FORKS = 2000
 EXECS = 600
@@ -30,15 +30,18 @@ def fork_churn(scale: float) -> dict:
     forks = scaled(FORKS, scale)
     failed = 0
     done = 0
-    while done < forks:
-        batch = []
-        for _ in range(min(AT_ONCE, forks - done)):
-            pid = os.fork()
-            if pid == 0:
-                os._exit(0)
-            batch.append(pid)
-        failed += reap(batch)
-        done += len(batch)
+    batch: list[int] = []
+    try:
+        while done < forks:
+            for _ in range(min(AT_ONCE, forks - done)):
+                pid = os.fork()
+                if pid == 0:
+                    os._exit(0)
+                batch.append(pid)
+                done += 1
+            failed += reap(batch)
+    finally:
+        stop(batch)
     if failed:
         raise RuntimeError(f"{failed} children failed")
     return {"forks": forks}
@@ -58,18 +61,21 @@ def exec_churn(scale: float) -> dict:
     execs = scaled(EXECS, scale)
     failed = 0
     done = 0
-    while done < execs:
-        batch = []
-        for _ in range(min(AT_ONCE, execs - done)):
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    os.execv(PROGRAM, [PROGRAM])
-                finally:
-                    os._exit(127)
-            batch.append(pid)
-        failed += reap(batch)
-        done += len(batch)
+    batch: list[int] = []
+    try:
+        while done < execs:
+            for _ in range(min(AT_ONCE, execs - done)):
+                pid = os.fork()
+                if pid == 0:
+                    try:
+                        os.execv(PROGRAM, [PROGRAM])
+                    finally:
+                        os._exit(127)
+                batch.append(pid)
+                done += 1
+            failed += reap(batch)
+    finally:
+        stop(batch)
     if failed:
         raise RuntimeError(f"{failed} of {execs} runs of {PROGRAM} failed")
     return {"execs": execs}
