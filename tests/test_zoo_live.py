@@ -391,8 +391,14 @@ def check_epoll(c: Capture) -> None:
     registrations = n(c, "instances") * n(c, "registered_each")
     # EPOLL_CTL_ADD: an epitem each (ep_insert, inlined into do_epoll_ctl on recent kernels)...
     assert c.allocs(["ep_insert", "do_epoll_ctl"], cache="eventpoll_epi", accounted=True).height >= registrations
-    # ... and an eppoll_entry for the one wait queue an eventfd's poll adds it to.
+    # ... and an eppoll_entry for the one wait queue an eventfd's poll adds it to...
     assert c.allocs("ep_ptable_queue_proc", cache="eventpoll_pwq", accounted=True).height >= registrations
+    # ... and a file's first registration, its epitems_head (SLAB_ACCOUNT).
+    assert c.allocs(["attach_epitem", "do_epoll_ctl", "ep_insert"], cache="ep_head", accounted=True).height >= n(
+        c, "registered_each")
+    # Each instance's struct eventpoll: kzalloc'ed GFP_KERNEL, not accounted.
+    instances = c.allocs(["ep_alloc", "do_epoll_create"], kind="kmalloc")
+    assert instances.height >= n(c, "instances") and not instances["accounted"].any()
 
 
 def check_inotify(c: Capture) -> None:

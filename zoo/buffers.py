@@ -84,8 +84,9 @@ def sockets_tcp(scale: float) -> dict:
     Charged (SLAB_ACCOUNT caches), in the workload's task: each client's and the listener's
     `struct tcp_sock` (the `TCP` cache), its bind buckets (`tcp_bind_bucket`,
     `tcp_bind2_bucket`), sockfs inode, file and dentry. The server ends (and the request socks
-    before them) are cloned from the listener in softirq, where no memcg is current: they are
-    charged only by accept on cgroup v2, where memcg socket accounting is on. The queued data
+    before them) are cloned from the listener in softirq, where no memcg is current: only on
+    cgroup v2, where memcg socket accounting is on, does accept charge them afterwards (in
+    kernels with kmem_cache_charge), and never on v1. The queued data
     (skb heads from `skbuff_fclone_cache` and the small-head cache, payload in order-3 page
     fragments) is allocated without __GFP_ACCOUNT: cgroup v2 charges it as socket memory
     (MEMCG_SOCK, mem_cgroup_charge_skmem, in pages, as the queues grow); cgroup v1 charges it

@@ -78,7 +78,8 @@ def thp(scale: float) -> dict:
 
     THP enabled=madvise (or always) makes the first write in each aligned 2 MiB a huge-page
     fault: one order-9 folio (512 pages) allocated and charged as one (NR_ANON_MAPPED and
-    NR_ANON_THPS by 512), with a page-table page deposited for a later split (NR_PAGETABLE).
+    NR_ANON_THPS by 512, THP_FAULT_ALLOC), with a page-table page deposited for a later split
+    (NR_PAGETABLE).
     When the huge page cannot be had (no free order-9 block and compaction fails) or its charge
     fails at the memcg's limit, the fault falls back to order-0 pages like anon-touch. Every
     page is written, so the bytes charged are the same either way. Unreclaimable without swap

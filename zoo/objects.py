@@ -45,10 +45,12 @@ def epoll(scale: float) -> dict:
 
     Each registration (EPOLL_CTL_ADD) charges an `epitem` (`eventpoll_epi`, SLAB_ACCOUNT) and,
     for each wait queue the file's poll adds it to, an `eppoll_entry` (`eventpoll_pwq`,
-    SLAB_ACCOUNT); each instance is a file (`filp`) with its `struct eventpoll`, each eventfd a
-    file with its context. Half the eventfds are signalled, so every instance's ready list
-    holds them (the list links the epitems, no new memory). Nothing is reclaimable: held for a
-    second, then all closed, which unregisters everything.
+    SLAB_ACCOUNT), and a file's first registration an `epitems_head` (`ep_head`, SLAB_ACCOUNT);
+    each instance is a file (`filp`, with a dentry) and a `struct eventpoll` (kzalloc,
+    GFP_KERNEL: not charged), each eventfd a file with its context. Half the eventfds are
+    signalled, so every instance's ready list holds them (the list links the epitems, no new
+    memory). Nothing is reclaimable: held for a second, then all closed, which unregisters
+    everything.
     """
     instances = scaled(EPOLLS, scale)
     fd_room(instances + EPOLL_FDS)

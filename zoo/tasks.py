@@ -54,9 +54,9 @@ def exec_churn(scale: float) -> dict:
     Each child first charges what fork-churn's do, then exec throws the copied mm away and
     builds a new one: `mm_struct`, VMAs for the program, the dynamic loader and libc, their
     page tables (NR_PAGETABLE), the new stack's and the loader's written pages (anon,
-    NR_ANON_MAPPED) and a new `files_cache` when files were shared. The programs' own file
-    pages are page cache charged to whoever read them in first (normally not this memcg: they
-    are cached already). Nothing is reclaimable while the child runs; it all goes when it exits.
+    NR_ANON_MAPPED). The programs' own file pages are page cache charged to whoever read them
+    in first (normally not this memcg: they are cached already). Nothing is reclaimable while
+    the child runs; it all goes when it exits.
     """
     execs = scaled(EXECS, scale)
     failed = 0
