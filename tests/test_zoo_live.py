@@ -49,9 +49,9 @@ STACK_PAGES = 16 * KIB // PAGE if platform.machine() == "x86_64" else 1
 # What each test runs the workload at: small enough for the file to take a couple of minutes,
 # large enough that every count checked stands far above what the interpreter does on its own.
 SCALES = {
-    "files-disk": 0.2, "files-tmpfs": 0.2, "pagecache-read": 0.25, "pagecache-write": 0.25,
+    "files-disk": 0.1, "files-tmpfs": 0.1, "pagecache-read": 0.25, "pagecache-write": 0.25,
     "sockets-unix": 0.25, "sockets-tcp": 0.25, "sockets-udp": 0.25, "pipes": 0.25,
-    "epoll": 0.1, "inotify": 0.2, "event-fds": 0.1, "xattrs": 0.2,
+    "epoll": 0.1, "inotify": 0.1, "event-fds": 0.1, "xattrs": 0.1,
     "fork-churn": 0.1, "exec-churn": 0.1, "thread-churn": 0.1,
     "anon-touch": 0.5, "page-tables": 0.25, "thp": 0.5, "mix": 0.2,
 }

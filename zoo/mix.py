@@ -8,7 +8,7 @@ import traceback
 from .support import WORKLOADS, stop, workload
 
 MIX = ("files-disk", "pagecache-read", "sockets-tcp", "pipes", "fork-churn", "anon-touch")
-SHARE = 0.5  # of the scale each part runs at, so that the whole stays within tens of MiB
+SHARE = 0.4  # of the scale each part runs at, so that the whole stays within tens of MiB
 
 
 def _child(name: str, scale: float) -> None:
@@ -28,7 +28,7 @@ def _child(name: str, scale: float) -> None:
 
 @workload("mix")
 def mix(scale: float) -> dict:
-    """files-disk, pagecache-read, sockets-tcp, pipes, fork-churn and anon-touch at once, at half scale each.
+    """files-disk, pagecache-read, sockets-tcp, pipes, fork-churn and anon-touch at once, each at 0.4 of the scale.
 
     Six child processes in the one memcg, each charging what its workload's own description
     says, interleaved on the CPUs: reclaimable dentries, inodes and page cache next to
