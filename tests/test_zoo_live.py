@@ -52,7 +52,7 @@ SCALES = {
     "files-disk": 0.1, "files-tmpfs": 0.1, "pagecache-read": 0.25, "pagecache-write": 0.25,
     "sockets-unix": 0.25, "sockets-tcp": 0.25, "sockets-udp": 0.25, "pipes": 0.25,
     "epoll": 0.1, "inotify": 0.1, "event-fds": 0.1, "xattrs": 0.1,
-    "fork-churn": 0.1, "exec-churn": 0.1, "thread-churn": 0.1,
+    "fork-churn": 0.1, "exec-churn": 0.06, "thread-churn": 0.04,
     "anon-touch": 0.5, "page-tables": 0.25, "thp": 0.5, "mix": 0.2,
 }
 

@@ -7,15 +7,15 @@ from .support import DISK, scaled, scratch, workload
 
 MIB = 1 << 20
 READ_FILE_MB = 24
-READ_PASSES = 150
+READ_PASSES = 250
 SEGMENT_MB = 8
-SEGMENTS = 64  # written in all: 512 MiB
+SEGMENTS = 96  # written in all: 768 MiB
 KEPT = 3  # segments kept; the oldest beyond them is removed
 
 
 @workload("pagecache-read")
 def pagecache_read(scale: float) -> dict:
-    """page cache read in from disk: a 24 MiB file on /var/tmp, dropped once, then read 150 times.
+    """page cache read in from disk: a 24 MiB file on /var/tmp, dropped once, then read 250 times.
 
     The file is written and synced, then its clean pages are dropped (fadvise DONTNEED, which
     uncharges them), so the first pass brings it back through readahead: page-cache folios
@@ -48,14 +48,14 @@ def pagecache_read(scale: float) -> dict:
 
 @workload("pagecache-write")
 def pagecache_write(scale: float) -> dict:
-    """page cache written as a stream: 512 MiB of log in 8 MiB segments on /var/tmp, 3 kept.
+    """page cache written as a stream: 768 MiB of log in 8 MiB segments on /var/tmp, 3 kept.
 
     Each write charges the page-cache folios it adds (NR_FILE_PAGES, on the file LRU; ext4 adds
     large folios) with their xarray nodes and a buffer head per block (`buffer_head`,
     accounted); they are dirty (NR_FILE_DIRTY) until writeback (NR_WRITEBACK) cleans them. Each
     segment is fdatasync'ed when full, so at most one segment is dirty at a time, and the oldest
     segment beyond three is removed, which uncharges its pages: the cache stays near 32 MiB
-    while 512 MiB pass through. Reclaim can take clean pages back at once, dirty ones only
+    while 768 MiB pass through. Reclaim can take clean pages back at once, dirty ones only
     after writeback (cgroup v1 reclaim waits for it). Nothing is read back; what is left goes
     when the last segments are removed at the end.
     """

@@ -7,8 +7,8 @@ import threading
 from .support import reap, scaled, stop, workload
 
 FORKS = 2000
-EXECS = 600
-THREADS = 4000
+EXECS = 1000
+THREADS = 10_000
 AT_ONCE = 16  # children or threads alive together
 PROGRAM = "/bin/true"
 
@@ -49,7 +49,7 @@ def fork_churn(scale: float) -> dict:
 
 @workload("exec-churn")
 def exec_churn(scale: float) -> dict:
-    """600 children that exec /bin/true, 16 at a time: what a fork charges, then a new mm built by exec.
+    """1,000 children that exec /bin/true, 16 at a time: what a fork charges, then a new mm built by exec.
 
     Each child first charges what fork-churn's do, then exec throws the copied mm away and
     builds a new one: `mm_struct`, VMAs for the program, the dynamic loader and libc, their
@@ -87,7 +87,7 @@ def _work(sink: list) -> None:
 
 @workload("thread-churn")
 def thread_churn(scale: float) -> dict:
-    """4,000 threads started and joined, 16 alive at a time: task structs and kernel stacks, no mm.
+    """10,000 threads started and joined, 16 alive at a time: task structs and kernel stacks, no mm.
 
     Each thread (clone with CLONE_VM and friends) charges a `task_struct`, a kernel stack
     (16 KiB on x86-64, NR_KERNEL_STACK_KB) and a `pid`; it shares the mm, files and signal
