@@ -27,7 +27,6 @@ HOLD_SECONDS = 1.0
 class Workload:
     name: str
     run: Callable[[float], dict]  # scale -> what it made, e.g. {"files": 12000}
-    module: str
 
     @property
     def summary(self) -> str:
@@ -43,7 +42,7 @@ def workload(name: str) -> Callable:
     def register(function: Callable[[float], dict]) -> Callable[[float], dict]:
         if name in WORKLOADS:
             raise ValueError(f"workload {name} registered twice")
-        WORKLOADS[name] = Workload(name, function, function.__module__)
+        WORKLOADS[name] = Workload(name, function)
         return function
     return register
 
