@@ -21,7 +21,8 @@ which targets are met (validate's targets; a run whose trace lost events is "not
 which counts as a miss). Per cell: how many runs meet each target and all of them. At the
 end, per kernel: the share of runs that meet all targets (target: 90%) and the OOM kills the
 model missed (target: none). --markdown FILE writes the cell table for the README, --json FILE
-every run's fidelity.json. It asserts nothing.
+every run's fidelity.json, both rewritten after each cell (an interrupted matrix keeps what it
+measured). It asserts nothing.
 
 Run it as root from the project directory (validate needs tracefs and a memory cgroup):
 
@@ -172,6 +173,7 @@ def main() -> int:
                     runs.append(run)
                     progress.console.print(format_run(run))
                     progress.advance(task)
+                write_files(args, runs)  # after each cell: an interrupted matrix keeps what it measured
     kernel = os.uname().release
     table = cell_table(runs)
     print()
@@ -182,11 +184,14 @@ def main() -> int:
     verdict = "met" if share >= TARGET_ALL_MET else "not met"
     print(f"\n{kernel}: {sum(run.all_met for run in runs)} of {len(runs)} runs meet all targets ({share:.0%}; "
           f"target {TARGET_ALL_MET:.0%}: {verdict}); OOM kills missed in {sum(run.missed_oom_kill for run in runs)} runs (target 0)")
+    return 0
+
+
+def write_files(args: argparse.Namespace, runs: list[Run]) -> None:
     if args.markdown:
-        args.markdown.write_text(markdown(table, kernel))
+        args.markdown.write_text(markdown(cell_table(runs), os.uname().release))
     if args.json:
         args.json.write_text(json.dumps([run.__dict__ for run in runs], indent=1))
-    return 0
 
 
 if __name__ == "__main__":
