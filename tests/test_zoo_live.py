@@ -109,11 +109,10 @@ def processes_in_group(group: int) -> list[int]:
 def test_sigterm_mid_run_removes_what_it_made_and_leaves_no_process(name):
     """chargeplay collect stops a workload with SIGTERM: its scratch directories go and its
     children too, even in the middle of the work."""
-    before = zoo_leftovers()
     process = subprocess.Popen([PYTHON3, "-m", "zoo", name], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, start_new_session=True)
     try:
-        assert wait_until(lambda: zoo_leftovers() - before or name == "sockets-unix", timeout=10)
+        assert wait_until(lambda: scratch_of(process.pid) or name == "sockets-unix", timeout=10)
         time.sleep(0.3)  # well into the work, or the hold
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)
@@ -124,7 +123,25 @@ def test_sigterm_mid_run_removes_what_it_made_and_leaves_no_process(name):
     assert process.returncode == 128 + signal.SIGTERM, stderr
     assert "Traceback" not in stderr
     assert wait_until(lambda: processes_in_group(process.pid) == [], timeout=10), processes_in_group(process.pid)
-    assert zoo_leftovers() <= before
+    assert scratch_of(process.pid) == set()
+
+
+def test_a_run_removes_what_killed_runs_left_and_nothing_of_running_ones(tmp_path):
+    """SIGKILL (the OOM killer's) leaves a workload no way to clean up: the next run removes
+    scratch directories whose run is gone, on its way out, and keeps those of live runs."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that is certainly no running zoo
+    live = os.getpid()
+    made = [Path(where) / f"{PREFIX}{pid}-test" for where in ("/var/tmp", "/dev/shm") for pid in (gone.pid, live)]
+    for path in made:
+        (path / "d").mkdir(parents=True)
+    try:
+        result = zoo("event-fds", "--scale", "0.01")
+        assert result.returncode == 0, result.stderr
+        assert [path.exists() for path in made] == [False, True, False, True]
+    finally:
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def test_the_zoo_imports_nothing_but_the_standard_library():
@@ -166,8 +183,9 @@ def fs_type(path: str) -> str:
     return kind
 
 
-def zoo_leftovers() -> set[str]:
-    return {str(p) for where in ("/var/tmp", "/dev/shm") for p in Path(where).glob(f"{PREFIX}*")}
+def scratch_of(run: int) -> set[str]:
+    """The scratch directories of the zoo run whose main process is `run` (they carry its pid)."""
+    return {str(p) for where in ("/var/tmp", "/dev/shm") for p in Path(where).glob(f"{PREFIX}{run}-*")}
 
 
 @dataclass
@@ -245,7 +263,6 @@ class Capture:
 
 
 def capture(tmp_path: Path, name: str) -> Capture:
-    before = zoo_leftovers()
     result = chargeplay("collect", "-o", str(tmp_path / "trace"), "--memory-max", "512M", "--",
                         PYTHON3, "-m", "zoo", name, "--scale", str(SCALES[name]), cwd=ROOT, timeout=180)
     assert result.returncode == 0, result.stderr
@@ -253,10 +270,11 @@ def capture(tmp_path: Path, name: str) -> Capture:
     assert trace.status == "complete", trace.manifest["stop_reason"]
     assert trace.manifest["stop_reason"] == "workload exited with status 0", result.stdout + result.stderr
     assert trace.manifest["lost"]["total"] == 0  # a count below could be short for that reason alone
-    assert zoo_leftovers() <= before  # it removed its scratch directories
     line = next(line for line in result.stdout.splitlines() if line.startswith(f"{name}: "))
     made = {key: float(value) for key, value in re.findall(r"(\w+)=([\d.]+)", line)}
-    return Capture(name, made, trace)
+    captured = Capture(name, made, trace)
+    assert scratch_of(captured.main_pid) == set()  # it removed its scratch directories
+    return captured
 
 
 def n(capture: Capture, key: str) -> int:

@@ -7,6 +7,7 @@ import sys
 import time
 
 from . import WORKLOADS
+from .support import remove_leftovers
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no workload named {args.name!r}; there are: {', '.join(WORKLOADS)}")
     signal.signal(signal.SIGTERM, _terminated)
     started = time.monotonic()
-    made = WORKLOADS[args.name].run(args.scale)
+    try:
+        made = WORKLOADS[args.name].run(args.scale)
+    finally:
+        remove_leftovers()
     seconds = time.monotonic() - started
     print(f"{args.name}: " + " ".join(f"{key}={value}" for key, value in made.items()) + f" seconds={seconds:.2f}",
           flush=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import traceback
 
@@ -15,6 +16,7 @@ def _child(name: str, scale: float) -> None:
     """Runs in the forked child: the workload, then exit (never back into the parent's code)."""
     status = 1
     try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # blocked across the fork
         WORKLOADS[name].run(scale)
         status = 0
     except SystemExit:  # SIGTERM (zoo.__main__): the workload has cleaned up on the way out
@@ -40,17 +42,23 @@ def mix(scale: float) -> dict:
     failed = []
     try:
         for name in MIX:
-            pid = os.fork()
-            if pid == 0:
-                _child(name, scale * SHARE)
-            children[pid] = name
+            # A SIGTERM now waits until the child is in _child, and the parent has its pid: one
+            # caught during Python's own after-fork code would be lost (and the child run on).
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+            try:
+                pid = os.fork()
+                if pid == 0:
+                    _child(name, scale * SHARE)
+                children[pid] = name
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         while children:
             pid, status = os.wait()
             if os.waitstatus_to_exitcode(status) != 0:
                 failed.append(children[pid])
             del children[pid]
     finally:
-        stop(list(children))  # interrupted: each child removes what it made on SIGTERM
+        stop(list(children), signal.SIGTERM)  # interrupted: each child removes what it made
     if failed:
         raise RuntimeError(f"parts of the mix failed: {', '.join(failed)}")
     return {"parts": len(MIX), "each_scale": scale * SHARE}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import resource
 import shutil
 import signal
@@ -15,6 +16,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 PREFIX = "chargeplay-zoo-"
+# The `python3 -m zoo` process (its forked children inherit the value): scratch directories are
+# named PREFIX + RUN + "-...", so that what a killed run left can be told from a running one's.
+RUN = os.getpid()
+SCRATCH_NAME = re.compile(rf"^{PREFIX}(\d+)-")
 DISK = "/var/tmp"  # a disk-backed file system (ext4 on the development machine)
 TMPFS = "/dev/shm"
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -55,11 +60,39 @@ def scaled(count: int, scale: float) -> int:
 @contextlib.contextmanager
 def scratch(where: str = DISK) -> Iterator[str]:
     """A fresh directory under `where`, removed with everything in it at the end."""
-    directory = tempfile.mkdtemp(prefix=PREFIX, dir=where)
+    directory = tempfile.mkdtemp(prefix=f"{PREFIX}{RUN}-", dir=where)
     try:
         yield directory
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_leftovers() -> list[str]:
+    """Removes the scratch directories no running zoo will remove: this run's own that are
+    left (a child killed by SIGKILL, as the OOM killer kills, cannot clean up) and those of
+    runs that are gone. The run's last act, so that leftovers do not pile up; which it removed."""
+    removed = []
+    for where in (DISK, TMPFS):
+        try:
+            names = os.listdir(where)
+        except OSError:
+            continue
+        for name in names:
+            match = SCRATCH_NAME.match(name)
+            if match and (int(match.group(1)) == RUN or not _alive(int(match.group(1)))):
+                shutil.rmtree(os.path.join(where, name), ignore_errors=True)
+                removed.append(os.path.join(where, name))
+    return removed
 
 
 def hold(seconds: float = HOLD_SECONDS) -> None:
@@ -96,12 +129,12 @@ def reap(pids: list[int]) -> int:
     return bad
 
 
-def stop(pids: list[int]) -> None:
-    """Ends the children still in `pids` (SIGTERM) and reaps them: for the way out of a
-    workload that was interrupted."""
+def stop(pids: list[int], signum: int = signal.SIGKILL) -> None:
+    """Ends the children still in `pids` and reaps them: for the way out of a workload that was
+    interrupted. SIGKILL for children that hold nothing to clean up, SIGTERM for those that do."""
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signum)
     for pid in pids:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
