@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import Callable
 
 from .support import reap, scaled, stop, workload
 
@@ -11,6 +12,29 @@ EXECS = 1000
 THREADS = 10_000
 AT_ONCE = 16  # children or threads alive together
 PROGRAM = "/bin/true"
+
+
+def churn(count: int, child: Callable[[], None]) -> int:
+    """Fork `count` children, AT_ONCE alive at a time, each running `child` (which may exec)
+    and exiting 0; how many failed."""
+    done = failed = 0
+    batch: list[int] = []
+    try:
+        while done < count:
+            for _ in range(min(AT_ONCE, count - done)):
+                pid = os.fork()
+                if pid == 0:
+                    try:
+                        child()
+                        os._exit(0)
+                    finally:
+                        os._exit(127)
+                batch.append(pid)
+                done += 1
+            failed += reap(batch)
+    finally:
+        stop(batch)
+    return failed
 
 
 @workload("fork-churn")
@@ -28,20 +52,7 @@ def fork_churn(scale: float) -> dict:
     exits and is reaped (the stack and task_struct after an RCU grace period).
     """
     forks = scaled(FORKS, scale)
-    failed = 0
-    done = 0
-    batch: list[int] = []
-    try:
-        while done < forks:
-            for _ in range(min(AT_ONCE, forks - done)):
-                pid = os.fork()
-                if pid == 0:
-                    os._exit(0)
-                batch.append(pid)
-                done += 1
-            failed += reap(batch)
-    finally:
-        stop(batch)
+    failed = churn(forks, lambda: None)
     if failed:
         raise RuntimeError(f"{failed} children failed")
     return {"forks": forks}
@@ -59,23 +70,7 @@ def exec_churn(scale: float) -> dict:
     the child runs; it all goes when it exits.
     """
     execs = scaled(EXECS, scale)
-    failed = 0
-    done = 0
-    batch: list[int] = []
-    try:
-        while done < execs:
-            for _ in range(min(AT_ONCE, execs - done)):
-                pid = os.fork()
-                if pid == 0:
-                    try:
-                        os.execv(PROGRAM, [PROGRAM])
-                    finally:
-                        os._exit(127)
-                batch.append(pid)
-                done += 1
-            failed += reap(batch)
-    finally:
-        stop(batch)
+    failed = churn(execs, lambda: os.execv(PROGRAM, [PROGRAM]))
     if failed:
         raise RuntimeError(f"{failed} of {execs} runs of {PROGRAM} failed")
     return {"execs": execs}
