@@ -79,7 +79,7 @@ class Run:
     @property
     def missed_oom_kill(self) -> bool:
         kills = self.rows.get("OOM kills")
-        return kills is not None and kills["observed"] > kills["predicted"]
+        return kills is not None and kills["observed"] is not None and kills["observed"] > kills["predicted"]
 
 
 def zoo_workloads() -> list[str]:
@@ -105,7 +105,8 @@ def format_run(run: Run) -> str:
     if "error" in run.fidelity:
         return f"{run.workload:<16} {run.region:<14} {run.limit // MiB:>4}M  validate failed: {run.fidelity['error']}"
     marks = {"met": "ok", "not met": "MISS", "not measured": "n/m", "no target": ""}
-    cells = [f"{metric.split(' (')[0]} {row['predicted']:,}/{row['observed']:,} {marks[run.status(metric)]}".rstrip()
+    observed = lambda row: "-" if row["observed"] is None else f"{row['observed']:,}"  # noqa: E731
+    cells = [f"{metric.split(' (')[0]} {row['predicted']:,}/{observed(row)} {marks[run.status(metric)]}".rstrip()
              for metric, row in run.rows.items() if metric != "final usage"]
     return f"{run.workload:<16} {run.region:<14} {run.limit // MiB:>4}M  " + "; ".join(cells)
 
