@@ -194,7 +194,13 @@ def main(argv: list[str] | None = None) -> int:
             return run_kernel(args.kernel, ["/usr/bin/python3", "-m", "lab.facts", "{run}/out", "--memory-high-test"],
                               args.timeout, keep=args.out)
         pytest = [f"{sys.prefix}/bin/python", "-m", "pytest", "-v", "--durations=0", *(command or LIVE_TESTS)]
-        return run_kernel(args.kernel, pytest, args.timeout)
+        code = run_kernel(args.kernel, pytest, args.timeout)
+        if code == vm.GUEST_DIED:  # pytest itself exits 0 to 5
+            print("lab: the guest died without an exit code (a kernel panic or qemu failing under TCG, seen once "
+                  "in CI on 6.12 in the first capture, cause unknown): running the live tests once more",
+                  file=sys.stderr, flush=True)
+            code = run_kernel(args.kernel, pytest, args.timeout)
+        return code
     except LabError as why:
         print(f"error: {why}", file=sys.stderr)
         return 2

@@ -21,6 +21,7 @@ from lab.kernels import Kernel, vng
 # MSR masked): the lab runs under TCG, about 10-40x slower than native.
 QEMU_FLAGS = ["--disable-kvm", "--memory", "2G", "--cpus", "2", "--user", "root"]
 TIMED_OUT = 124  # like timeout(1)
+GUEST_DIED = 255  # vng's code when the guest ended without handing back its command's
 # A guest prints its first line (lab/guest.sh: "up after") 20-40 s after qemu starts; one that
 # says nothing for this long never started its command, and waiting out the run's timeout
 # would only hide that.
