@@ -145,15 +145,7 @@ def sockets_udp(scale: float) -> dict:
             for _ in range(UDP_DATAGRAMS):
                 sent += sender.sendto(datagram, address) > 0
         hold()
-        received = 0
-        for receiver in receivers:
-            receiver.setblocking(False)
-            while True:
-                try:
-                    receiver.recv(UDP_DATAGRAM)
-                except BlockingIOError:
-                    break
-                received += 1
+        received = sum(_drain(receiver) for receiver in receivers) // UDP_DATAGRAM  # one datagram per read
     finally:
         for receiver in receivers:
             receiver.close()
