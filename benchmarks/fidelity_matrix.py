@@ -62,10 +62,7 @@ class Run:
         return {row["metric"]: row for row in self.fidelity.get("rows", [])}
 
     def status(self, metric: str) -> str:
-        row = self.rows[metric]
-        if "status" in row:
-            return row["status"]
-        return "no target" if row["met"] is None else ("met" if row["met"] else "not met")
+        return self.rows[metric]["status"]
 
     @property
     def judged(self) -> list[str]:
