@@ -28,6 +28,11 @@ Run it as root from the project directory (validate needs tracefs and a memory c
 
     .venv/bin/python benchmarks/fidelity_matrix.py [--workload NAME ...] [--runs N] [--markdown FILE]
 
+--keep DIR keeps every run's validate directory (trace, result, fidelity.json) under DIR, and
+--json then names each run's directory. `--rejudge FILE` (FILE: such a --json) judges those
+runs again under today's model, without running anything: the same traces and the same
+observations, a new replay each. A model change is judged out of sample only on new runs.
+
 Inside a lab kernel: python -m lab run --kernel 6.12 --keep DIR -- .venv/bin/python
 benchmarks/fidelity_matrix.py --json {run}/out/matrix.json (under TCG a run takes minutes).
 """
@@ -39,8 +44,10 @@ import os
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from rich.progress import Progress
 
@@ -56,6 +63,7 @@ class Run:
     region: str
     limit: int
     fidelity: dict  # validate's fidelity.json, or {"error": ...} when validate failed
+    path: str | None = None  # the validate directory, when kept
 
     @property
     def rows(self) -> dict[str, dict]:
@@ -84,14 +92,14 @@ def zoo_workloads() -> list[str]:
     return [line.split()[0] for line in listing.stdout.splitlines() if line.strip()]
 
 
-def validate(workload: str, limit: int, scratch: Path) -> dict:
-    """One run of `chargeplay validate`: its fidelity.json."""
-    out = Path(tempfile.mkdtemp(prefix=f"{workload}-", dir=scratch)) / "v"
+def validate(workload: str, region: str, limit: int, scratch: Path) -> Run:
+    """One run of `chargeplay validate` in a new directory under SCRATCH."""
+    out = Path(tempfile.mkdtemp(prefix=f"{workload}-{region.replace(' ', '-')}-", dir=scratch)) / "v"
     done = subprocess.run([sys.executable, "-m", "chargeplay.cli", "validate", "-o", str(out), "--memory-max", f"{limit // MiB}M",
                            "--", "python3", "-m", "zoo", workload], cwd=CHECKOUT, capture_output=True, text=True)
     if done.returncode != 0:
-        return {"error": (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]}
-    return json.loads((out / "fidelity.json").read_text())
+        return Run(workload, region, limit, {"error": (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]})
+    return Run(workload, region, limit, json.loads((out / "fidelity.json").read_text()), str(out))
 
 
 def cell_limits(peak: int) -> dict[str, int]:
@@ -145,34 +153,18 @@ def main() -> int:
     parser.add_argument("--roomy", type=int, default=1024, help="MiB of memory.max for the calibration run")
     parser.add_argument("--markdown", type=Path, help="write the cell table here")
     parser.add_argument("--json", type=Path, help="write every run's fidelity.json here")
+    parser.add_argument("--keep", type=Path, help="keep every run's validate directory under this directory")
+    parser.add_argument("--rejudge", type=Path, help="judge the kept runs of this --json file again under today's model")
     args = parser.parse_args()
-    if os.geteuid() != 0:
+    if os.geteuid() != 0 and not args.rejudge:
         print("error: run it as root: validate captures with tracefs in a new memcg", file=sys.stderr)
         return 2
-    workloads = args.workload or zoo_workloads()
-    regions = args.region or list(REGIONS)
-    runs: list[Run] = []
-    with tempfile.TemporaryDirectory(prefix="chargeplay-matrix-") as scratch, Progress() as progress:
-        task = progress.add_task("fidelity matrix", total=len(workloads) * (1 + len(regions) * args.runs))
-        for workload in workloads:
-            calibration = validate(workload, args.roomy * MiB, Path(scratch))
-            progress.advance(task)
-            if "error" in calibration:
-                progress.console.print(f"{workload}: calibration failed: {calibration['error']}")
-                progress.advance(task, len(regions) * args.runs)
-                continue
-            peak = Run(workload, "calibration", args.roomy * MiB, calibration).rows["peak usage"]["observed"]
-            limits = cell_limits(peak)
-            progress.console.print(f"{workload}: peak {peak / MiB:.1f} MiB unlimited; limits "
-                                   + ", ".join(f"{region} {limits[region] // MiB}M" for region in regions))
-            for region in regions:
-                for _ in range(args.runs):
-                    run = Run(workload, region, limits[region], validate(workload, limits[region], Path(scratch)))
-                    runs.append(run)
-                    progress.console.print(format_run(run))
-                    progress.advance(task)
-                write_files(args, runs)  # after each cell: an interrupted matrix keeps what it measured
-    kernel = os.uname().release
+    if args.rejudge:
+        runs = rejudge(args.rejudge)
+        write_files(args, runs)
+    else:
+        runs = run_matrix(args)
+    kernel = runs_kernel(runs)
     table = cell_table(runs)
     print()
     for row in table:
@@ -185,9 +177,70 @@ def main() -> int:
     return 0
 
 
+def run_matrix(args: argparse.Namespace) -> list[Run]:
+    workloads = args.workload or zoo_workloads()
+    regions = args.region or list(REGIONS)
+    runs: list[Run] = []
+    with scratch_directory(args.keep) as scratch, Progress() as progress:
+        task = progress.add_task("fidelity matrix", total=len(workloads) * (1 + len(regions) * args.runs))
+        for workload in workloads:
+            calibration = validate(workload, "calibration", args.roomy * MiB, scratch)
+            progress.advance(task)
+            if "error" in calibration.fidelity:
+                progress.console.print(f"{workload}: calibration failed: {calibration.fidelity['error']}")
+                progress.advance(task, len(regions) * args.runs)
+                continue
+            peak = calibration.rows["peak usage"]["observed"]
+            limits = cell_limits(peak)
+            progress.console.print(f"{workload}: peak {peak / MiB:.1f} MiB unlimited; limits "
+                                   + ", ".join(f"{region} {limits[region] // MiB}M" for region in regions))
+            for region in regions:
+                for _ in range(args.runs):
+                    run = validate(workload, region, limits[region], scratch)
+                    runs.append(run)
+                    progress.console.print(format_run(run))
+                    progress.advance(task)
+                write_files(args, runs)  # after each cell: an interrupted matrix keeps what it measured
+    return runs
+
+
+@contextmanager
+def scratch_directory(keep: Path | None) -> Iterator[Path]:
+    """Where the runs' validate directories go: KEEP (created), or a temporary directory."""
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        yield keep.resolve()
+        return
+    with tempfile.TemporaryDirectory(prefix="chargeplay-matrix-") as scratch:
+        yield Path(scratch)
+
+
+def rejudge(listing: Path) -> list[Run]:
+    """The kept runs of a --json listing, each judged again under today's model."""
+    from chargeplay.validation import Steps, rejudge as rejudge_run
+
+    quiet = Steps(capturing=lambda _: None, replaying=lambda _step, _done: None, say=lambda _: None)
+    earlier = [Run(**run) for run in json.loads(listing.read_text())]
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="chargeplay-rejudge-") as scratch, Progress() as progress:
+        for n, run in enumerate(progress.track(earlier, description="judging again")):
+            if run.path is None:
+                progress.console.print(f"{run.workload} {run.region}: not kept ({run.fidelity.get('error', 'no directory')})")
+                continue
+            again = Run(run.workload, run.region, run.limit, rejudge_run(Path(run.path), Path(scratch) / str(n), quiet), run.path)
+            runs.append(again)
+            progress.console.print(format_run(again))
+    return runs
+
+
+def runs_kernel(runs: list[Run]) -> str:
+    """The kernel the runs ran on (a rejudged listing may come from another machine)."""
+    return next((run.fidelity["kernel"] for run in runs if "kernel" in run.fidelity), os.uname().release)
+
+
 def write_files(args: argparse.Namespace, runs: list[Run]) -> None:
     if args.markdown:
-        args.markdown.write_text(markdown(cell_table(runs), os.uname().release))
+        args.markdown.write_text(markdown(cell_table(runs), runs_kernel(runs)))
     if args.json:
         args.json.write_text(json.dumps([run.__dict__ for run in runs], indent=1))
 

@@ -7,6 +7,7 @@ What the kernel did is not read from the trace's events: an observer of its own
 from before the workload starts until the capture ends."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -14,7 +15,7 @@ from typing import Callable
 from analyze.fidelity import compare
 from collect.capture import capture
 from collect.collector import CaptureOptions, Progress
-from collect.observer import Observer
+from collect.observer import Observation, Observer
 from replay import policy, run
 from traces.atomic import check_new_output, make_private_dir, write_json
 from traces.errors import UserError
@@ -42,14 +43,26 @@ def validate(output: Path, command: list[str], memory_max: int | None, memory_hi
     with Observer() as observer:
         capture(CaptureOptions(output=output / "trace", command=command, memory_max=memory_max, memory_high=memory_high,
                                buffer_kb=buffer_kb, on_workload=observer.follow), steps.capturing, steps.say)
-    trace = Trace.open(output / "trace")
+    fidelity = judge(Trace.open(output / "trace"), output / "result", observer.observation(), steps)
+    write_json(output / "fidelity.json", fidelity)
+    return fidelity
+
+
+def judge(trace: Trace, result_dir: Path, observation: Observation, steps: Steps) -> dict:
+    """Replay a validate trace under the model of the kernel it ran on into RESULT_DIR, and
+    compare with what that kernel did (`observation` and the trace's memcg counters)."""
     chosen, model = policy.for_kernel(trace.manifest["kernel"]["release"])
     steps.say(f"model: {model}")
     limits = run.limits_for(trace, None, None, swap=swap_active())
-    run.replay(trace, output / "result", [chosen], limits, run.ENGINES["fast"], steps.replaying)
-    fidelity = compare(trace, output / "result", chosen.name, model, observer.observation())
-    write_json(output / "fidelity.json", fidelity)
-    return fidelity
+    run.replay(trace, result_dir, [chosen], limits, run.ENGINES["fast"], steps.replaying)
+    return compare(trace, result_dir, chosen.name, model, observation)
+
+
+def rejudge(validated: Path, result_dir: Path, steps: Steps) -> dict:
+    """Judge an earlier validate run (its directory) again under today's model: the same
+    trace, the same observation (kept in its fidelity.json), a new replay into RESULT_DIR."""
+    earlier = json.loads((validated / "fidelity.json").read_text())
+    return judge(Trace.open(validated / "trace"), result_dir, Observation(**earlier["observer"]), steps)
 
 
 def swap_active() -> bool:
