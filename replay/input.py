@@ -1,11 +1,14 @@
 """From a trace to the replay's operations (replay.ops), as flat numpy arrays.
 
 What becomes an operation:
-- accounted, successful kmalloc and kmem_cache_alloc of at most 8 KiB: OBJ_ALLOC (larger
-  kmallocs come from the page allocator and show up as accounted page allocations);
-  kmallocs are placed in the kmalloc-cg-SIZE cache accounted kmallocs use;
+- accounted, successful kmalloc and kmem_cache_alloc of at most 8 KiB made in task context:
+  OBJ_ALLOC (larger kmallocs come from the page allocator and show up as accounted page
+  allocations); kmallocs are placed in the kmalloc-cg-SIZE cache accounted kmallocs use;
 - frees of those objects: OBJ_FREE, with the allocation's size, cache and pool;
-- accounted (__GFP_ACCOUNT) page allocations and their frees: PAGE_ALLOC, PAGE_FREE;
+- accounted (__GFP_ACCOUNT) page allocations made in task context and their frees: PAGE_ALLOC,
+  PAGE_FREE. An interrupt's accounted allocation is charged to no memcg, whichever task it
+  interrupted (current_obj_cgroup in 6.8+, memcg_kmem_bypass before: no memcg outside
+  in_task() unless one was made active), and so is its free: no operation;
 - the target memcg's NR_FILE_PAGES and NR_ANON_MAPPED changes: LRU_CHARGE and
   LRU_UNCHARGE of file and anon pages, charged with GFP_HIGHUSER_MOVABLE. Shmem (an
   NR_FILE_PAGES change the task follows with the same NR_SHMEM change) is swap-backed:
@@ -147,7 +150,7 @@ class InputStream:
         allocs = _object_allocations(events, self.slab_pools).with_columns(
             pl.lit(OBJ_ALLOC, pl.Int8).alias("op"), pl.lit(0, pl.Int64).alias("pages"),
         )
-        pages = events.filter((pl.col("kind") == "page_alloc") & pl.col("accounted") & ~pl.col("failed")).with_columns(
+        pages = events.filter((pl.col("kind") == "page_alloc") & charged_to_memcg()).with_columns(
             pl.lit(PAGE_ALLOC, pl.Int8).alias("op"), pl.lit(2, pl.Int64).pow(pl.col("order").cast(pl.Int64)).alias("pages"),
             pl.lit(POOL_KMEM_PAGES, pl.Int8).alias("pool"), pl.lit(None, pl.String).alias("cache"),
         )
@@ -235,10 +238,15 @@ OPERATION_SCHEMA = pl.Schema({
 CHARGED_SCHEMA = pl.Schema({"obj": pl.Int64, "op": pl.Int8, "cache": pl.String, "bytes_alloc": pl.Int64, "pages": pl.Int64, "pool": pl.Int8})
 
 
+def charged_to_memcg() -> pl.Expr:
+    """A successful accounted allocation of the task itself: one the kernel charges."""
+    return pl.col("accounted") & ~pl.col("failed") & (pl.col("ctx").fill_null("task") == "task")
+
+
 def _object_allocations(events: pl.LazyFrame, slab_pools: pl.LazyFrame) -> pl.LazyFrame:
     """Accounted, successful slab allocations, kmallocs named after their kmalloc-cg cache."""
     return (
-        events.filter(pl.col("kind").is_in(["kmalloc", "kmem_cache_alloc"]) & pl.col("accounted") & ~pl.col("failed")
+        events.filter(pl.col("kind").is_in(["kmalloc", "kmem_cache_alloc"]) & charged_to_memcg()
                       & (pl.col("bytes_alloc") <= KMALLOC_MAX_CACHE_SIZE))
         .with_columns(
             pl.when(pl.col("kind") == "kmalloc").then(pl.format("kmalloc-cg-{}", pl.col("bytes_alloc")))

@@ -106,3 +106,29 @@ def test_kernel_stacks_are_charged_as_kmem_pages():
     assert int(stacks.sum()) == changes.height > 0
     assert int(data.pages[stacks & (data.op == LRU_CHARGE)].sum()) == int(changes.filter(pl.col("val") > 0)["val"].sum())
     assert set(data.gfp[stacks & (data.op == LRU_CHARGE)].tolist()) == {trace.gfp_flags["GFP_KERNEL"]}
+
+
+def test_an_interrupts_accounted_allocations_are_charged_to_no_memcg(tmp_path):
+    # current_obj_cgroup (6.8+) and memcg_kmem_bypass (before) charge no memcg outside task
+    # context unless one was made active: a TCP server sock cloned in softirq from the
+    # SLAB_ACCOUNT cache, whichever task the softirq interrupted, is no charge, nor is its
+    # free. The task's own allocation of the same cache is one.
+    from replay.input import build
+    from replay.ops import OBJ_ALLOC, OBJ_FREE, PAGE_ALLOC
+    from test_trace_format import GFP, write_trace
+    from traces.reader import Trace
+
+    sock = {"kind": "kmem_cache_alloc", "cache": "TCP", "bytes_alloc": 2432, "accounted": True, "failed": False, "gfp": GFP["GFP_ATOMIC"]}
+    write_trace(tmp_path, [
+        {"ts_ns": 1, "ctx": "softirq", "obj": 1, **sock},
+        {"ts_ns": 2, "ctx": "task", "obj": 2, **sock, "gfp": GFP["GFP_KERNEL"]},
+        {"ts_ns": 3, "ctx": "hardirq", "kind": "page_alloc", "order": 0, "bytes_alloc": 4096, "accounted": True, "failed": False, "obj": 3,
+         "gfp": GFP["GFP_ATOMIC"] | GFP["__GFP_ACCOUNT"]},
+        {"ts_ns": 4, "ctx": "task", "kind": "kmem_cache_free", "cache": "TCP", "obj": 1},
+        {"ts_ns": 5, "ctx": "task", "kind": "kmem_cache_free", "cache": "TCP", "obj": 2},
+        {"ts_ns": 6, "ctx": "task", "kind": "page_free", "order": 0, "obj": 3},
+    ])
+    data = build(Trace.open(tmp_path))
+    assert data.op.tolist() == [OBJ_ALLOC, OBJ_FREE]
+    assert data.ts.tolist() == [2, 5]
+    assert PAGE_ALLOC not in data.op.tolist()
