@@ -24,7 +24,8 @@ import numpy as np
 from replay import model
 from replay.input import ReplayInput
 from replay.model import (
-    CARRY, FAILCNT, FILE_LRU, FREE_SLAB, GFP_DIRECT_RECLAIM, GFP_HIGH, GFP_NOFAIL, GFP_NORETRY, GFP_RETRY_MAYFAIL,
+    CARRY, FAILCNT, FILE_LRU, FREE_SLAB, GFP_DIRECT_RECLAIM, GFP_FS, GFP_HIGH, GFP_KERNEL, GFP_NOFAIL, GFP_NORETRY,
+    GFP_RETRY_MAYFAIL, SHRUNK_SLAB_COUNTS,
     HIGH, HIGH_MODE, LAST_TS, LRU_TAIL, MAX, MAX_RECLAIM_RETRIES, NOWAIT_HIGH_ORDER, N_KNOBS, N_STATS,
     OBJECT_CHARGING, OOM_KEPT, PAGE_NS_ABOVE_HIGH_CARRIES, POOLS, RECLAIMED_PAGES, RECLAIM_CALLS, RECLAIM_NS_PER_PAGE,
     SLAB_LISTED, STALL, STAT_FIELDS, STOCK_BATCH, SWAP, USAGE, WATERMARK_MARGIN,
@@ -196,4 +197,6 @@ def knobs_array(policy: Policy, limits: Limits, gfp: GfpBits) -> np.ndarray:
     knobs[RECLAIM_NS_PER_PAGE] = limits.reclaim_ns_per_page
     knobs[GFP_DIRECT_RECLAIM], knobs[GFP_NORETRY] = gfp.direct_reclaim, gfp.noretry
     knobs[GFP_RETRY_MAYFAIL], knobs[GFP_NOFAIL], knobs[GFP_HIGH] = gfp.retry_mayfail, gfp.nofail, gfp.high
+    knobs[GFP_FS], knobs[GFP_KERNEL] = gfp.fs, gfp.kernel
+    knobs[SHRUNK_SLAB_COUNTS] = policy.shrunk_slab_counts
     return knobs

@@ -85,8 +85,9 @@ SYNC, RETURN_TO_USER, MAINLINE, FAIL_NOWAIT, WATERMARK = (HIGH_MODES.index(mode)
 
 # knobs: the policy, limits and gfp bits, one int each.
 (OBJECT_CHARGING, NOWAIT_HIGH_ORDER, STOCK_BATCH, HIGH_MODE, MAX_RECLAIM_RETRIES, WATERMARK_MARGIN, SWAP,
- RECLAIM_NS_PER_PAGE, GFP_DIRECT_RECLAIM, GFP_NORETRY, GFP_RETRY_MAYFAIL, GFP_NOFAIL, GFP_HIGH) = range(13)
-N_KNOBS = GFP_HIGH + 1
+ RECLAIM_NS_PER_PAGE, SHRUNK_SLAB_COUNTS, GFP_DIRECT_RECLAIM, GFP_NORETRY, GFP_RETRY_MAYFAIL, GFP_NOFAIL, GFP_HIGH, GFP_FS,
+ GFP_KERNEL) = range(16)
+N_KNOBS = GFP_KERNEL + 1
 
 # memcg: the page counter and what its usage is made of.
 USAGE, MAX, HIGH, FAILCNT = range(4)
@@ -216,7 +217,7 @@ def try_charge_memcg(memcg, stats, knobs, per_cpu, per_task, gfp, nr_pages, cpu,
         if not gfp & knobs[GFP_DIRECT_RECLAIM]:
             return nomem(memcg, stats, knobs, gfp, nr_pages, reclaimed_once)
         stats[MAX_EVENTS] += 1
-        reclaimed = try_to_free_mem_cgroup_pages(memcg, stats, knobs, per_task, task, nr_pages, BY_MAX, False)
+        reclaimed = try_to_free_mem_cgroup_pages(memcg, stats, knobs, per_task, task, nr_pages, gfp, BY_MAX, False)
         reclaimed_once = True
         if margin(memcg) >= nr_pages:
             continue
@@ -271,7 +272,7 @@ def handle_high_after_charge(memcg, stats, knobs, per_task, gfp, nr_pages, batch
     if mode == SYNC or mode == FAIL_NOWAIT or mode == WATERMARK:
         if over and gfp & knobs[GFP_DIRECT_RECLAIM]:  # 4.2: only charges that may block
             stats[HIGH_EVENTS] += 1
-            try_to_free_mem_cgroup_pages(memcg, stats, knobs, per_task, task, nr_pages, BY_HIGH_SYNC, False)
+            try_to_free_mem_cgroup_pages(memcg, stats, knobs, per_task, task, nr_pages, gfp, BY_HIGH_SYNC, False)
         if mode == WATERMARK:
             watermark_reclaim(memcg, stats, knobs, per_task, task)
     elif mode == RETURN_TO_USER:
@@ -293,7 +294,8 @@ def watermark_reclaim(memcg, stats, knobs, per_task, task):
     wmark_high = memcg[MAX] - knobs[WATERMARK_MARGIN]
     if memcg[USAGE] > wmark_high:
         wmark_low = wmark_high - wmark_high // 256
-        try_to_free_mem_cgroup_pages(memcg, stats, knobs, per_task, task, memcg[USAGE] - wmark_low, BY_ASYNC, True)
+        try_to_free_mem_cgroup_pages(memcg, stats, knobs, per_task, task, memcg[USAGE] - wmark_low, knobs[GFP_KERNEL],
+                                     BY_ASYNC, True)
 
 
 @njit
@@ -312,7 +314,7 @@ def reclaim_high(memcg, stats, knobs, per_task, task, nr_pages, trigger):
     if memcg[USAGE] <= memcg[HIGH]:
         return 0
     stats[HIGH_EVENTS] += 1
-    return try_to_free_mem_cgroup_pages(memcg, stats, knobs, per_task, task, nr_pages, trigger, False)
+    return try_to_free_mem_cgroup_pages(memcg, stats, knobs, per_task, task, nr_pages, knobs[GFP_KERNEL], trigger, False)
 
 
 @njit
@@ -361,20 +363,26 @@ def calculate_high_delay(memcg, nr_pages):
 # -- reclaim and OOM ---------------------------------------------------------------------------
 
 @njit
-def try_to_free_mem_cgroup_pages(memcg, stats, knobs, per_task, task, nr_pages, trigger, exact):
+def try_to_free_mem_cgroup_pages(memcg, stats, knobs, per_task, task, nr_pages, gfp, trigger, exact):
     """Reclaim at least max(nr_pages, SWAP_CLUSTER_MAX): whole file folios, then
-    reclaimable slab, then anon pages."""
+    reclaimable slab, then anon pages; the pages that count as progress.
+
+    Slab goes only with __GFP_FS (super_cache_scan stops without it: a GFP_NOFS charge
+    shrinks no dentries or inodes). Since 6.5 (583c27a167c2) memcg reclaim does not count
+    what the shrinkers free: the usage drops, the returned progress does not grow."""
     want = nr_pages if exact else max(nr_pages, SWAP_CLUSTER_MAX)
-    got = shrink_file_lru(memcg, want)
-    got = reclaim_pages(memcg, POOL_SLAB_RECLAIMABLE, min(max(want - got, 0), memcg[POOLS + POOL_SLAB_RECLAIMABLE]), got)
+    lru = shrink_file_lru(memcg, want)
+    slab = 0
+    if gfp & knobs[GFP_FS]:
+        slab = reclaim_pages(memcg, POOL_SLAB_RECLAIMABLE, min(max(want - lru, 0), memcg[POOLS + POOL_SLAB_RECLAIMABLE]), 0)
     if knobs[SWAP]:
-        got = reclaim_pages(memcg, POOL_ANON, min(max(want - got, 0), memcg[POOLS + POOL_ANON]), got)
-    page_counter_uncharge(memcg, got)
+        lru = reclaim_pages(memcg, POOL_ANON, min(max(want - lru - slab, 0), memcg[POOLS + POOL_ANON]), lru)
+    page_counter_uncharge(memcg, lru + slab)
     stats[RECLAIM_CALLS + trigger] += 1
-    stats[RECLAIMED_PAGES + trigger] += got
+    stats[RECLAIMED_PAGES + trigger] += lru + slab
     if trigger != BY_ASYNC:
-        per_task[task, STALL] += got * knobs[RECLAIM_NS_PER_PAGE]
-    return got
+        per_task[task, STALL] += (lru + slab) * knobs[RECLAIM_NS_PER_PAGE]
+    return lru + slab if knobs[SHRUNK_SLAB_COUNTS] else lru
 
 
 @njit
@@ -480,7 +488,7 @@ def charge_that_ended_in_oom(memcg, stats, knobs, per_cpu, per_task, nr_pages, g
     can still be charged when the OOM killer runs. So much of the model's room as those
     stocks explain is held through the charge, and uncharged after it, when the drain work
     has run."""
-    held = min(max(room(memcg, knobs, per_cpu) - nr_pages + 1, 0), knobs[STOCK_BATCH] * (per_cpu.shape[0] - 1))
+    held = min(max(room(memcg, knobs, per_cpu, gfp) - nr_pages + 1, 0), knobs[STOCK_BATCH] * (per_cpu.shape[0] - 1))
     memcg[USAGE] += held
     outcome = try_charge_memcg(memcg, stats, knobs, per_cpu, per_task, gfp, nr_pages, cpu, task, irq)
     if outcome != FAILED:
@@ -490,9 +498,11 @@ def charge_that_ended_in_oom(memcg, stats, knobs, per_cpu, per_task, nr_pages, g
 
 
 @njit
-def room(memcg, knobs, per_cpu):
-    """What a charge could get: the margin, the page stocks and what reclaim can take."""
-    reclaimable = memcg[POOLS + POOL_FILE] + memcg[POOLS + POOL_SLAB_RECLAIMABLE]
+def room(memcg, knobs, per_cpu, gfp):
+    """What a charge of this gfp could get: the margin, the page stocks and what its reclaim can take."""
+    reclaimable = memcg[POOLS + POOL_FILE]
+    if gfp & knobs[GFP_FS]:
+        reclaimable += memcg[POOLS + POOL_SLAB_RECLAIMABLE]
     if knobs[SWAP]:
         reclaimable += memcg[POOLS + POOL_ANON]
     return margin(memcg) + per_cpu[:, PAGE_STOCK].sum() + reclaimable

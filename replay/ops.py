@@ -62,12 +62,15 @@ class GfpBits:
     retry_mayfail: int
     nofail: int
     high: int
+    fs: int  # __GFP_FS: without it, reclaim shrinks no file system caches (dentries, inodes)
+    kernel: int  # GFP_KERNEL: the gfp of the reclaim a task does on its own behalf (memory.high work)
 
     @classmethod
     def from_table(cls, table: dict[str, int]) -> "GfpBits":
         return cls(
             direct_reclaim=table["__GFP_DIRECT_RECLAIM"], noretry=table["__GFP_NORETRY"],
             retry_mayfail=table["__GFP_RETRY_MAYFAIL"], nofail=table["__GFP_NOFAIL"], high=table["__GFP_HIGH"],
+            fs=table["__GFP_FS"], kernel=table["GFP_KERNEL"],
         )
 
 

@@ -41,12 +41,18 @@ class Policy:
     # "watermark" (4.2, plus async reclaim whenever max - usage < watermark_margin).
     high_mode: str = "mainline"
     max_reclaim_retries: int = 16  # MAX_RECLAIM_RETRIES: 5 in 4.x, 16 in 6.x
+    # Whether slab the shrinkers free during memcg reclaim counts as its progress (a reclaim
+    # that made progress is retried without using up a retry): up to 6.4 it does, since
+    # "mm: vmscan: ignore non-LRU-based reclaim in memcg reclaim" (583c27a167c2, 6.5) not.
+    shrunk_slab_counts: bool = False
     watermark_margin_pages: int = 0
 
     def validate(self) -> None:
         for knob, allowed in (("charge_unit", CHARGE_UNITS), ("slab_growth_gfp", SLAB_GROWTH), ("high_mode", HIGH_MODES)):
             if getattr(self, knob) not in allowed:
                 raise UserError(f"policy {self.name}: {knob} = {getattr(self, knob)!r}; choose one of {', '.join(allowed)}")
+        if not isinstance(self.shrunk_slab_counts, bool):
+            raise UserError(f"policy {self.name}: shrunk_slab_counts = {self.shrunk_slab_counts!r}; give true or false")
         for knob, low in (("stock_batch", 1), ("max_reclaim_retries", 0), ("watermark_margin_pages", 0)):
             value = getattr(self, knob)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -58,7 +64,8 @@ class Policy:
         return {k: v for k, v in asdict(self).items() if k not in ("name", "description")}
 
 
-KERNEL_4X = dict(charge_unit="slab", slab_growth_gfp="nowait-high-order", stock_batch=32, max_reclaim_retries=5)
+KERNEL_4X = dict(charge_unit="slab", slab_growth_gfp="nowait-high-order", stock_batch=32, max_reclaim_retries=5,
+                 shrunk_slab_counts=True)
 
 BUILTIN = {
     p.name: p
@@ -73,6 +80,8 @@ BUILTIN = {
                high_mode="fail-nowait", **KERNEL_4X),
         Policy("watermark", "Davydov's memcg-internal watermarks: async reclaim whenever max - usage drops below a margin",
                high_mode="watermark", watermark_margin_pages=256, **KERNEL_4X),
+        Policy("mainline-6.1", "6.1 LTS: as today's kernel, but slab the shrinkers free counts as memcg reclaim progress",
+               shrunk_slab_counts=True),
         Policy("mainline-6.18", "today's kernel: object charging, caller's gfp, 64-page stocks, deferred and throttled memory.high"),
     )
 }
@@ -83,7 +92,10 @@ KERNEL_ERAS = (
     ((4, 2), "caller-gfp", "4.2: slab pages charged with the caller's gfp, memory.high reclaimed in the charge path"),
     ((4, 3), "nowait-slab-charge", "4.3: high-order slab charges without direct reclaim (6af3142bed1f)"),
     ((4, 4), "return-to-user", "4.4 to 6.0: memory.high reclaimed on return to user space (b23afb93d317)"),
-    ((6, 1), "mainline-6.18", "6.1 and later: object charging, 64-page stocks, throttled memory.high"),
+    ((6, 1), "mainline-6.1", "6.1 to 6.4: object charging, 64-page stocks, throttled memory.high"),
+    ((6, 5), "mainline-6.18", "6.5 and later: as 6.1, but memcg reclaim no longer counts slab the shrinkers free "
+                              "(583c27a167c2); later kernels differ only in the per-CPU stock's memcg count (6.16), "
+                              "which one memcg never exercises"),
 )
 
 

@@ -72,7 +72,7 @@ COUNT = Int(0, 2**63 - 1)
 LIMIT = (None, Int(0, MAX_BYTES))
 POLICY_SHAPE = {
     "description": str,
-    "knobs": MapOf((str, int)),
+    "knobs": MapOf((str, int, bool)),
     **{name: COUNT for name in ("peak_bytes", "failed", "forced", "stall_ns_total", "oom_kills", "fallbacks")},
     **{name: float for name in ("seconds_above_high", "page_seconds_above_high")},
     **{name: {trigger: COUNT for trigger in RECLAIM_TRIGGERS} for name in ("reclaim_calls", "reclaimed_pages")},

@@ -40,7 +40,8 @@ class GfpLayout:
 
     def __init__(self, table: dict[str, int], bases: tuple[str, ...], retry_mayfail: str) -> None:
         self.bits = GfpBits(direct_reclaim=table["__GFP_DIRECT_RECLAIM"], noretry=table["__GFP_NORETRY"],
-                            retry_mayfail=table[retry_mayfail], nofail=table["__GFP_NOFAIL"], high=table["__GFP_HIGH"])
+                            retry_mayfail=table[retry_mayfail], nofail=table["__GFP_NOFAIL"], high=table["__GFP_HIGH"],
+                            fs=table["__GFP_FS"], kernel=table["GFP_KERNEL"])
         self.bases = [table[name] for name in bases]
         self.modifiers = [self.bits.noretry, self.bits.retry_mayfail, self.bits.nofail, self.bits.high]
 
@@ -53,7 +54,7 @@ LAYOUTS = (
         "GFP_KERNEL", "GFP_KERNEL_ACCOUNT", "GFP_NOFS", "GFP_NOIO", "GFP_NOWAIT", "GFP_ATOMIC", "GFP_HIGHUSER_MOVABLE",
         "GFP_TRANSHUGE", "GFP_TRANSHUGE_LIGHT")),
     GfpLayout({"__GFP_DIRECT_RECLAIM": 0x10, "__GFP_HIGH": 0x20, "__GFP_REPEAT": 0x400, "__GFP_NOFAIL": 0x800,
-               "__GFP_NORETRY": 0x1000, "GFP_KERNEL": 0xD0, "GFP_NOFS": 0x50, "GFP_NOIO": 0x10, "GFP_ATOMIC": 0x20,
+               "__GFP_NORETRY": 0x1000, "__GFP_FS": 0x80, "GFP_KERNEL": 0xD0, "GFP_NOFS": 0x50, "GFP_NOIO": 0x10, "GFP_ATOMIC": 0x20,
                "GFP_NOWAIT": 0x0, "GFP_HIGHUSER_MOVABLE": 0x200DA},
               retry_mayfail="__GFP_REPEAT", bases=("GFP_KERNEL", "GFP_NOFS", "GFP_NOIO", "GFP_ATOMIC", "GFP_NOWAIT",
                                                    "GFP_HIGHUSER_MOVABLE")),

@@ -13,16 +13,17 @@ from replay.input import ReplayInput
 from replay.model import FILE_LRU, FREED_FOLIOS, HIGH, LRU_HEAD, LRU_TAIL, POOLS, SLAB_COUNT, USAGE
 from replay.ops import (
     LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, OBJ_ALLOC, OBJ_FREE, OOM_CHARGE, OUTCOME, PAGE_ALLOC, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER,
-    POOL_SLAB_UNRECLAIMABLE, TRIGGER, UNLIMITED, USER_RETURN, GfpBits, Limits,
+    POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, TRIGGER, UNLIMITED, USER_RETURN, GfpBits, Limits,
 )
 from replay.policy import BUILTIN
 from replay.run import ENGINES, replay_whole
 from traces.errors import UserError
 
 # The 6.18 gfp bits (include/linux/gfp_types.h), as the capturing kernel's table gives them.
-GFP = GfpBits(direct_reclaim=0x400, noretry=0x10000, retry_mayfail=0x4000, nofail=0x8000, high=0x20)
+GFP = GfpBits(direct_reclaim=0x400, noretry=0x10000, retry_mayfail=0x4000, nofail=0x8000, high=0x20, fs=0x80, kernel=0xCC0)
 GFP_KERNEL = 0xCC0
 GFP_NOWAIT = 0x2800
+GFP_NOFS = 0xC40
 GFP_ATOMIC = 0x820
 MAINLINE, SYNC_4X, RETURN_TO_USER = BUILTIN["mainline-6.18"], BUILTIN["nowait-slab-charge"], BUILTIN["return-to-user"]
 MS = 1_000_000
@@ -95,6 +96,42 @@ def test_a_large_overage_is_slept_off_on_return_to_user(engine):
     r = engine(data, MAINLINE, Limits(high_pages=25600))
     assert r.throttle_ns == 102 * MS and r.stall_ns[0] == 102 * MS
     assert r.reclaim_calls[TRIGGER["user_return"]] == 17
+
+
+def test_only_a_charge_with_gfp_fs_shrinks_reclaimable_slab(engine):
+    # usage 128 = max: 100 pages of reclaimable slab (dentries, inodes), nothing else to take.
+    # GFP_KERNEL: the batch and the page fail (failcnt 2), one reclaim call shrinks 32 pages
+    # of slab (SWAP_CLUSTER_MAX; usage 96), and the page fits (the batch was given up before
+    # the reclaim: try_charge_memcg retries with batch = nr_pages). GFP_NOFS: super_cache_scan stops without __GFP_FS, so every call gets
+    # nothing: one call, drain_all_stock, 16 retries (18 calls), no task holds anon pages to
+    # kill, and the charge fails.
+    pools = {POOL_SLAB_RECLAIMABLE: 100, POOL_OTHER: 28}
+    kernel = engine(scenario([page(gfp=GFP_KERNEL, obj=0)], pools), MAINLINE, Limits(max_pages=128))
+    assert list(kernel.outcome) == [OUTCOME["reclaimed"]]
+    assert kernel.reclaim_calls[TRIGGER["max"]] == 1 and kernel.reclaimed_pages[TRIGGER["max"]] == 32
+    assert kernel.failcnt == 2 and list(kernel.bucket_last) == [97]
+    nofs = engine(scenario([page(gfp=GFP_NOFS, obj=0)], pools), MAINLINE, Limits(max_pages=128))
+    assert list(nofs.outcome) == [OUTCOME["failed"]]
+    assert nofs.reclaim_calls[TRIGGER["max"]] == 18 and nofs.reclaimed_pages.sum() == 0
+    assert nofs.oom_kills == 0 and list(nofs.bucket_last) == [128]
+
+
+def test_shrunk_slab_is_reclaim_progress_up_to_6_4_and_not_since_6_5(engine):
+    # 64 pages over memory.high 25600 on return to user, 1000 pages of reclaimable slab and
+    # nothing else reclaimable. Each call frees slab: 64 pages, then 32 per retry. The
+    # penalty at usage U is ((U - 25600) << 20) // 25600 = o; o * o * 1000 >> 34 jiffies.
+    # 6.1 counts the slab as progress, so no retry is used up and it reclaims until the
+    # penalty is at most HZ/100: 20 calls later (usage 25920, 9 jiffies), no sleep. 6.5+
+    # counts nothing: 16 retries, then it sleeps off the overage left at usage 26048
+    # (o = 18350, 19 jiffies).
+    ops = [page(obj=0), {"op": USER_RETURN}]
+    pools = {POOL_OTHER: 26624 - 64 - 1000, POOL_SLAB_RECLAIMABLE: 1000}
+    counted = engine(scenario(ops, pools), BUILTIN["mainline-6.1"], Limits(high_pages=25600))
+    assert counted.reclaim_calls[TRIGGER["user_return"]] == 21 and counted.reclaimed_pages[TRIGGER["user_return"]] == 704
+    assert counted.throttle_ns == 0
+    uncounted = engine(scenario(ops, pools), MAINLINE, Limits(high_pages=25600))
+    assert uncounted.reclaim_calls[TRIGGER["user_return"]] == 17 and uncounted.reclaimed_pages[TRIGGER["user_return"]] == 576
+    assert uncounted.throttle_ns == 19 * MS
 
 
 def test_the_second_charge_over_high_reclaims_synchronously_in_mainline_only(engine):

@@ -8,6 +8,7 @@ import polars as pl
 import pytest
 
 from conftest import chargeplay
+from replay.policy import BUILTIN
 from replay.result_format import CHARGE_COLUMNS
 from test_cli_errors import assert_user_error
 from traces.samples import sample_path
@@ -45,7 +46,8 @@ def test_result_files_describe_every_policy_and_charge(tmp_path, sample):
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "summary.json").read_text())
     policies = list(summary["policies"])
-    assert policies == ["nowait-slab-charge", "caller-gfp", "return-to-user", "fail-nowait-above-high", "watermark", "mainline-6.18"]
+    assert policies == ["nowait-slab-charge", "caller-gfp", "return-to-user", "fail-nowait-above-high", "watermark", "mainline-6.1",
+                        "mainline-6.18"]
     assert summary["limits"]["high_bytes"] == 12 << 20 and summary["limits"]["max_bytes"] == 28 << 20  # from the manifest
     outcomes = pl.read_parquet(out / "outcomes.parquet")
     assert outcomes.columns == [*CHARGE_COLUMNS.names, *policies]
@@ -78,7 +80,7 @@ def test_policies_from_a_toml_file_are_listed_and_replayed(tmp_path):
     listed = chargeplay("policies", "--json", "--policies", str(toml))
     assert listed.returncode == 0, listed.stderr
     policies = {p["name"]: p for p in json.loads(listed.stdout)}
-    assert len(policies) == 7 and policies["big-stock"]["stock_batch"] == 512
+    assert len(policies) == len(BUILTIN) + 1 and policies["big-stock"]["stock_batch"] == 512
     assert policies["big-stock"]["high_mode"] == policies["mainline-6.18"]["high_mode"] == "mainline"
     s = replay(tmp_path, "file-storm", "--memory-max", "64M", "--policies", str(toml),
                "--policy", "mainline-6.18", "--policy", "big-stock")

@@ -26,7 +26,7 @@ HOSTILE_SYMBOL = "</script><script>alert(2)</script>"  # symbols land in the cha
 # In the kernel's table order (gfp_class takes the first composite wholly set).
 GFP = {"GFP_HIGHUSER_MOVABLE": 0x100CCA, "GFP_KERNEL_ACCOUNT": 0x400CC0, "GFP_KERNEL": 0xCC0, "GFP_ATOMIC": 0x820,
        "GFP_NOWAIT": 0x2800, "__GFP_HIGH": 0x20, "__GFP_DIRECT_RECLAIM": 0x400, "__GFP_RETRY_MAYFAIL": 0x4000,
-       "__GFP_NOFAIL": 0x8000, "__GFP_NORETRY": 0x10000, "__GFP_ACCOUNT": 1 << 22}
+       "__GFP_NOFAIL": 0x8000, "__GFP_NORETRY": 0x10000, "__GFP_FS": 0x80, "__GFP_ACCOUNT": 1 << 22}
 NODE_STAT_ITEMS = {"NR_FILE_PAGES": 1, "NR_ANON_MAPPED": 2, "NR_SHMEM": 3, "NR_KERNEL_STACK_KB": 4}
 BROWSER = shutil.which("chromium")
 

@@ -20,7 +20,7 @@ from traces.segments import SegmentWriter
 from traces.summary import summarize
 
 GFP = {"GFP_KERNEL_ACCOUNT": 0xCC0 | 1 << 22, "GFP_KERNEL": 0xCC0, "GFP_ATOMIC": 0x820, "GFP_NOWAIT": 0x2800, "__GFP_ACCOUNT": 1 << 22,
-       "__GFP_HIGH": 0x20, "__GFP_DIRECT_RECLAIM": 0x400, "__GFP_RETRY_MAYFAIL": 0x4000, "__GFP_NOFAIL": 0x8000, "__GFP_NORETRY": 0x10000}
+       "__GFP_HIGH": 0x20, "__GFP_FS": 0x80, "__GFP_DIRECT_RECLAIM": 0x400, "__GFP_RETRY_MAYFAIL": 0x4000, "__GFP_NOFAIL": 0x8000, "__GFP_NORETRY": 0x10000}
 
 
 def events(rows: list[dict]) -> pa.Table:

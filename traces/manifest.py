@@ -25,7 +25,8 @@ MAX_BYTES = 1 << 50  # 1 PiB: more than any memcg limit or counter
 LIMIT = (None, Int(0, MAX_BYTES))
 COUNT = Int(0, 2**63 - 1)
 # The gfp bits the charge path tests (replay.ops.GfpBits); every kernel's table has them.
-CHARGE_PATH_FLAGS = ("__GFP_DIRECT_RECLAIM", "__GFP_NORETRY", "__GFP_RETRY_MAYFAIL", "__GFP_NOFAIL", "__GFP_HIGH")
+CHARGE_PATH_FLAGS = ("__GFP_DIRECT_RECLAIM", "__GFP_NORETRY", "__GFP_RETRY_MAYFAIL", "__GFP_NOFAIL", "__GFP_HIGH", "__GFP_FS",
+                     "GFP_KERNEL")
 # What readers rely on, checked on open (other keys are free). new_manifest writes all of it.
 MANIFEST_SHAPE = {
     "status": str,
