@@ -109,15 +109,17 @@ def fidelity_table(prediction: dict[str, int], observation: dict[str, int | None
     return rows
 
 
-def compare(trace: Trace, result_dir: Path, policy_name: str, model: str, observation: Observation) -> dict:
+def compare(trace: Trace, result_dir: Path, policy_name: str, model: str, observation: Observation,
+            source_lost: int = 0) -> dict:
     """The fidelity of a replay result (one policy) against what the kernel did while the trace
-    was captured (the memcg's counters and the observer's figures)."""
+    was captured (the memcg's counters and the observer's figures). `source_lost`: events lost
+    by the trace the result replayed, when that is another run's (validation.predict_from)."""
     summary = read_summary(result_dir)
     series = read_timeseries(result_dir).filter(pl.col("policy") == policy_name)
     target = trace.manifest.get("target", {})
     version = target.get("cgroup_version")
     kernel = observed(trace, observation)
-    trace_lost = trace.manifest["lost"]["total"]
+    trace_lost = trace.manifest["lost"]["total"] + source_lost
     reason = uncertified(trace_lost, observation)
     unmeasured = {metric: observation.unmeasured[figure] for metric, figure in OBSERVED_BY_OBSERVER.items()
                   if figure in observation.unmeasured}

@@ -32,6 +32,9 @@ Run it as root from the project directory (validate needs tracefs and a memory c
 --json then names each run's directory. `--rejudge FILE` (FILE: such a --json) judges those
 runs again under today's model, without running anything: the same traces and the same
 observations, a new replay each. A model change is judged out of sample only on new runs.
+With --out-of-sample each kept run is predicted from its workload's calibration run instead
+(that trace replayed under the run's limit): no decision of the judged run's kernel (its
+reclaim, its OOM kills, its reclaim cost) then reaches the model.
 
 Inside a lab kernel: python -m lab run --kernel 6.12 --keep DIR -- .venv/bin/python
 benchmarks/fidelity_matrix.py --json {run}/out/matrix.json (under TCG a run takes minutes).
@@ -155,12 +158,14 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="write every run's fidelity.json here")
     parser.add_argument("--keep", type=Path, help="keep every run's validate directory under this directory")
     parser.add_argument("--rejudge", type=Path, help="judge the kept runs of this --json file again under today's model")
+    parser.add_argument("--out-of-sample", action="store_true",
+                        help="with --rejudge: predict each run from its workload's calibration run (kept beside it)")
     args = parser.parse_args()
     if os.geteuid() != 0 and not args.rejudge:
         print("error: run it as root: validate captures with tracefs in a new memcg", file=sys.stderr)
         return 2
     if args.rejudge:
-        runs = rejudge(args.rejudge)
+        runs = rejudge(args.rejudge, args.out_of_sample)
         write_files(args, runs)
     else:
         runs = run_matrix(args)
@@ -215,9 +220,10 @@ def scratch_directory(keep: Path | None) -> Iterator[Path]:
         yield Path(scratch)
 
 
-def rejudge(listing: Path) -> list[Run]:
-    """The kept runs of a --json listing, each judged again under today's model."""
-    from chargeplay.validation import Steps, rejudge as rejudge_run
+def rejudge(listing: Path, out_of_sample: bool) -> list[Run]:
+    """The kept runs of a --json listing, each judged again under today's model: replaying its
+    own trace, or (out of sample) its workload's calibration run's."""
+    from chargeplay.validation import Steps, predict_from, rejudge as rejudge_run
 
     quiet = Steps(capturing=lambda _: None, replaying=lambda _step, _done: None, say=lambda _: None)
     earlier = [Run(**run) for run in json.loads(listing.read_text())]
@@ -227,7 +233,12 @@ def rejudge(listing: Path) -> list[Run]:
             if run.path is None:
                 progress.console.print(f"{run.workload} {run.region}: not kept ({run.fidelity.get('error', 'no directory')})")
                 continue
-            again = Run(run.workload, run.region, run.limit, rejudge_run(Path(run.path), Path(scratch) / str(n), quiet), run.path)
+            result = Path(scratch) / str(n)
+            if out_of_sample:
+                fidelity = predict_from(calibration_of(run), Path(run.path), result, quiet)
+            else:
+                fidelity = rejudge_run(Path(run.path), result, quiet)
+            again = Run(run.workload, run.region, run.limit, fidelity, run.path)
             runs.append(again)
             progress.console.print(format_run(again))
     return runs
@@ -236,6 +247,15 @@ def rejudge(listing: Path) -> list[Run]:
 def runs_kernel(runs: list[Run]) -> str:
     """The kernel the runs ran on (a rejudged listing may come from another machine)."""
     return next((run.fidelity["kernel"] for run in runs if "kernel" in run.fidelity), os.uname().release)
+
+
+def calibration_of(run: Run) -> Path:
+    """The calibration run kept beside a run (validate() names both after the workload)."""
+    keep = Path(run.path).parent.parent
+    found = sorted(keep.glob(f"{run.workload}-calibration-*/v"))
+    if not found:
+        raise SystemExit(f"error: no calibration run of {run.workload} kept in {keep}")
+    return found[0]
 
 
 def write_files(args: argparse.Namespace, runs: list[Run]) -> None:

@@ -8,7 +8,7 @@ from before the workload starts until the capture ends."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -56,6 +56,25 @@ def judge(trace: Trace, result_dir: Path, observation: Observation, steps: Steps
     limits = run.limits_for(trace, None, None, swap=swap_active())
     run.replay(trace, result_dir, [chosen], limits, run.ENGINES["fast"], steps.replaying)
     return compare(trace, result_dir, chosen.name, model, observation)
+
+
+def predict_from(source_dir: Path, validated: Path, result_dir: Path, steps: Steps) -> dict:
+    """Judge an earlier validate run out of sample: the prediction is another run's trace of the
+    same workload (SOURCE_DIR, a validate directory whose limit the workload never reached)
+    replayed under the judged run's limits, so nothing the judged run's kernel decided (its
+    reclaim, its OOM kills, its reclaim cost) feeds the model; the kernel's side is the judged
+    run's own observation and counters."""
+    source, judged = Trace.open(source_dir / "trace"), Trace.open(validated / "trace")
+    earlier = json.loads((validated / "fidelity.json").read_text())
+    chosen, model = policy.for_kernel(judged.manifest["kernel"]["release"])
+    steps.say(f"model: {model}")
+    judged_limits = run.limits_for(judged, None, None, swap=swap_active())
+    limits = replace(run.limits_for(source, None, None, swap=judged_limits.swap),
+                     max_pages=judged_limits.max_pages, high_pages=judged_limits.high_pages)
+    run.replay(source, result_dir, [chosen], limits, run.ENGINES["fast"], steps.replaying)
+    fidelity = compare(judged, result_dir, chosen.name, model, Observation(**earlier["observer"]),
+                       source_lost=source.manifest["lost"]["total"])
+    return {**fidelity, "predicted_from": str(source.path)}
 
 
 def rejudge(validated: Path, result_dir: Path, steps: Steps) -> dict:
