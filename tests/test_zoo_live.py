@@ -32,6 +32,8 @@ import polars as pl
 import pytest
 
 from conftest import assert_user_error, chargeplay, wait_until
+from replay.input import build
+from replay.ops import OBJ_ALLOC
 from traces.reader import Trace
 from zoo import WORKLOADS, buffers, files, memory, mix, objects, pagecache, tasks
 from zoo.support import HOLD_SECONDS, PREFIX
@@ -362,6 +364,12 @@ def check_sockets_tcp(c: Capture) -> None:
     # The clients' and the listener's tcp_sock, in the task (the server ends come from softirq).
     tcp = c.allocs("sk_prot_alloc", cache="TCP", accounted=True)
     assert tcp.filter(pl.col("ctx") == "task").height >= connections + 1
+    # The server ends, cloned in softirq, are charged to no memcg: replay charges only the task's.
+    assert tcp.filter(pl.col("ctx") == "softirq").height >= connections
+    replayed = build(c.trace)
+    tcp_rows = set(tcp["row"].to_list())
+    charged_rows = {int(row) for row, op in zip(replayed.row, replayed.op) if op == OBJ_ALLOC and int(row) in tcp_rows}
+    assert charged_rows == set(tcp.filter(pl.col("ctx") == "task")["row"].to_list())
     # The data's skbs are allocated without __GFP_ACCOUNT.
     skbs = c.allocs("__alloc_skb", kind="kmem_cache_alloc")
     assert skbs.height >= connections and not skbs["accounted"].any()
