@@ -30,8 +30,10 @@ The approximations:
 - Open loop: the trace's timeline is fixed. Reclaim and throttling become stall time of the
   task, they do not delay its later events. Async reclaim (high_work, watermarks) is
   instantaneous and stalls nobody.
-- Reclaim takes file pages, then reclaimable slab, then anon pages if swap is on, at
-  `reclaim_ns_per_page` each. File pages go as whole folios, oldest first (the LRU's tail), so
+- Reclaim takes file pages, then reclaimable slab (for a charge with __GFP_FS), then anon
+  pages if swap is on, at `reclaim_ns_per_page` each. Which slab objects a shrinker could
+  free (an unused dentry) and which not (a tmpfs file's dentry and inode, pinned while the
+  file exists) the trace does not say: the model may take slab the kernel cannot. File pages go as whole folios, oldest first (the LRU's tail), so
   one large folio can satisfy a call; a freed folio leaves the LRU as the oldest one of its
   order (the trace does not say which). What reclaim takes is owed: the trace later frees some
   of those pages or objects itself, and such frees first pay off the debt instead of
