@@ -360,3 +360,16 @@ def test_toml_policies_are_validated(tmp_path):
         bad.write_text(text)
         with pytest.raises(UserError, match=message.replace("(", r"\(")):
             load_toml(bad)
+
+
+@pytest.mark.parametrize("release, expected", [
+    ("4.2.0", "caller-gfp"), ("4.3.5", "nowait-slab-charge"), ("5.15.0-91-generic", "return-to-user"),
+    ("6.1.0-57-amd64", "mainline-6.1"), ("6.4.16", "mainline-6.1"), ("6.5.0", "mainline-6.18"),
+    ("6.12.117+deb12-amd64", "mainline-6.18"), ("6.18.44-fc-v1098", "mainline-6.18"), ("7.1.3", "mainline-6.18"),
+])
+def test_validate_models_each_kernel_with_the_policy_of_its_era(release, expected):
+    # 583c27a167c2 (6.5) is the first change among the mainline eras that the model follows.
+    from replay.policy import for_kernel
+
+    chosen, why = for_kernel(release)
+    assert chosen.name == expected and release in why
