@@ -209,14 +209,14 @@ def read_kernel_enums(path: Path = VMLINUX_BTF) -> dict[str, dict[str, int]]:
 # struct layouts and tracepoint prototypes from BTF (the eBPF backend's)
 # ---------------------------------------------------------------------------
 
-_KIND_PTR, _KIND_STRUCT, _KIND_TYPEDEF, _KIND_FUNC_PROTO = 2, 4, 8, 13
+_KIND_PTR, _KIND_STRUCT, _KIND_TYPEDEF, _KIND_FUNC, _KIND_FUNC_PROTO = 2, 4, 8, 12, 13
 _KIND_QUALIFIERS = {9: "volatile", 10: "const", 11: "restrict", 18: ""}  # 18: TYPE_TAG
 _KIND_NAMED = {1: "", 4: "struct ", 5: "union ", 6: "enum ", 7: "struct ", 8: "", 16: "", 19: "enum "}
 
 
 class Btf:
-    """The types of a BTF blob, looked up by id: enough to read struct member offsets and
-    the C types of a raw tracepoint's arguments (its btf_trace_NAME typedef)."""
+    """The types of a BTF blob, looked up by id: enough to read struct member offsets, the C
+    types of a raw tracepoint's arguments (its btf_trace_NAME typedef) and of a function's."""
 
     def __init__(self, blob: bytes) -> None:
         self.order = _btf_byte_order(blob)
@@ -225,7 +225,7 @@ class Btf:
         self.by_name: dict[tuple[int, str], int] = {}
         for type_id, t in _btf_type_headers(self.types, self.order):
             self.headers.append(t)
-            if t.kind in (_KIND_STRUCT, _KIND_TYPEDEF) and t.name_off and (t.kind != _KIND_STRUCT or t.vlen):
+            if t.kind in (_KIND_STRUCT, _KIND_TYPEDEF, _KIND_FUNC) and t.name_off and (t.kind != _KIND_STRUCT or t.vlen):
                 self.by_name.setdefault((t.kind, _btf_string(self.strings, t.name_off)), type_id)
 
     def _items(self, t: _BtfTypeHeader, fmt: str) -> Iterator[tuple[int, ...]]:
@@ -272,6 +272,15 @@ class Btf:
         if proto.kind != _KIND_FUNC_PROTO:
             raise ValueError(f"BTF btf_trace_{event} is not a function pointer")
         return [self.type_name(param_type) for _name, param_type in self._items(proto, "II")][1:]
+
+    def function_args(self, function: str) -> list[str]:
+        """The C types of a kernel function's parameters. BTF lists the functions the compiler
+        kept (not those inlined everywhere), so a KeyError also means "nothing to probe"."""
+        type_id = self.by_name.get((_KIND_FUNC, function))
+        if type_id is None:
+            raise KeyError(f"BTF has no function {function}")
+        proto = self.headers[self.headers[type_id].size_or_type]  # FUNC -> FUNC_PROTO
+        return [self.type_name(param_type) for _name, param_type in self._items(proto, "II")]
 
 
 def read_btf(path: Path = VMLINUX_BTF) -> Btf:
