@@ -1,11 +1,12 @@
 """Leaving nothing behind: a guardian process, and removal of what dead collectors left.
 
-The collector removes its tracefs instances and child memcg itself. If it is killed
-(SIGKILL, OOM), its guardian, a small process watching a pipe from the collector,
+The collector removes its tracefs instances, kprobe events and child memcg itself. If it is
+killed (SIGKILL, OOM), its guardian, a small process watching a pipe from the collector,
 does it instead. If both are killed, the next `chargeplay collect` finds the leftovers
-by name (chargeplay-PID...) and removes those whose PID is no longer a chargeplay process.
+by name (chargeplay-PID..., kprobe group chargeplay_PID) and removes those whose PID is no
+longer a chargeplay process.
 
-Run as `python -m collect.cleanup INSTANCE_DIR... [--memcg DIR]` it is the guardian.
+Run as `python -m collect.cleanup INSTANCE_DIR... [--memcg DIR] [--kprobes GROUP]` it is the guardian.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from collect import cgroup
 from collect.cgroup import CgroupError, Memcg
+from collect.memcg_probes import owned_groups, remove_group
 from collect.tracefs import remove_instance
 
 OWNED_NAME = re.compile(r"^chargeplay-(\d+)(-memcg|-irq|-observer)?$")  # collect.observer: -observer
@@ -39,12 +41,16 @@ def _stale(path: Path) -> bool:
 
 
 def remove_stale(tracefs: Path) -> list[str]:
-    """Remove instances and child memcgs of collectors that are gone; say what went."""
+    """Remove instances, kprobe events and child memcgs of collectors that are gone; say what went."""
     removed = []
     for path in sorted((tracefs / "instances").iterdir()):
         if _stale(path):
             remove_instance(path)
             removed.append(f"tracefs instance {path}")
+    for group, pid in sorted(owned_groups(tracefs).items()):  # after the instances that enabled them
+        if not collector_alive(pid):
+            remove_group(tracefs, group)
+            removed.append(f"kprobe events {group}/* in {tracefs / 'kprobe_events'}")
     try:
         version, _ = cgroup.memory_hierarchy()
         parents = cgroup.child_parents()
@@ -67,21 +73,30 @@ def wait_or_kill(process: subprocess.Popen, timeout: float) -> None:
         process.wait()
 
 
-def start_guardian(instances: list[Path], memcg: Path | None) -> subprocess.Popen:
+def start_guardian(instances: list[Path], memcg: Path | None, kprobe_group: str | None = None) -> subprocess.Popen:
     """A process that cleans up after this one when its stdin pipe closes without warning.
     Its own session keeps a terminal's Ctrl-C from killing it with the collector."""
     args = [sys.executable, "-m", "collect.cleanup", *map(str, instances)]
     if memcg is not None:
         args += ["--memcg", str(memcg)]
+    if kprobe_group is not None:
+        args += ["--kprobes", kprobe_group]
     return subprocess.Popen(args, stdin=subprocess.PIPE, start_new_session=True)
 
 
+def _option(argv: list[str], name: str) -> str | None:
+    return argv[argv.index(name) + 1] if name in argv else None
+
+
 def _guard(argv: list[str]) -> None:
-    memcg = Path(argv[argv.index("--memcg") + 1]) if "--memcg" in argv else None
-    instances = [Path(a) for a in argv if a != "--memcg" and Path(a) != memcg]
+    memcg_value, kprobe_group = _option(argv, "--memcg"), _option(argv, "--kprobes")
+    memcg = Path(memcg_value) if memcg_value else None
+    instances = [Path(a) for a in argv if a not in {"--memcg", "--kprobes", memcg_value, kprobe_group}]
     sys.stdin.buffer.read()  # returns when the collector closes the pipe or dies
     for path in instances:
         remove_instance(path)
+    if kprobe_group is not None and instances:  # after the instances that enabled its events
+        remove_group(instances[0].parents[1], kprobe_group)  # TRACEFS/instances/NAME
     if memcg is not None and memcg.exists():
         version, _ = cgroup.memory_hierarchy()
         Memcg(memcg, version).remove()

@@ -27,6 +27,7 @@ from collect.cgroup import Memcg
 from collect.cleanup import remove_stale, start_guardian, wait_or_kill
 from collect.decode import TRACEPOINT_KINDS, Decoder
 from collect.kernel_tables import read_gfp_table, read_kernel_enums
+from collect.memcg_probes import stat_units
 from collect.ringbuf import RawEvents, concat
 from collect.slabs import slab_names_by_size, slab_table
 from collect.tracefs import tracefs_root
@@ -124,7 +125,8 @@ class Collector(ABC):
 
     def _capture(self, root: Path) -> Manifest:
         self._open_target()
-        self.guardian = start_guardian(self._owned_paths(root), self.memcg.path if self.created_memcg else None)
+        self.guardian = start_guardian(self._owned_paths(root), self.memcg.path if self.created_memcg else None,
+                                       self._owned_kprobe_group())
         self.gfp_flags, self.enums = read_gfp_table(root), read_kernel_enums()  # for the decoder and the manifest
         try:
             self._open_sources(root)
@@ -163,7 +165,8 @@ class Collector(ABC):
         # Cache names from /sys/kernel/slab (57 ms here) only where kmem_cache_alloc lacks its own (before 6.18).
         unnamed = any(kind == "kmem_cache_alloc" and "name" not in fmt.fields for kind, fmt in formats.values())
         decoder = Decoder(formats=formats, gfp_account=gfp_bit(self.gfp_flags, "__GFP_ACCOUNT"),
-                          trace_flags=self.enums["trace_flag_type"], slab_names=slab_names_by_size() if unnamed else {})
+                          trace_flags=self.enums["trace_flag_type"], slab_names=slab_names_by_size() if unnamed else {},
+                          stat_units=stat_units(self.enums))
         self.kinds, unavailable = kinds_on_this_kernel(decoder, found, wanted or [])
         for note in kind_notes(self.kinds, unavailable):
             self.say(note)
@@ -381,6 +384,10 @@ class Collector(ABC):
     @abstractmethod
     def _owned_paths(self, root: Path) -> list[Path]:
         """What the guardian removes if this process dies without cleaning up."""
+
+    def _owned_kprobe_group(self) -> str | None:
+        """The kprobe event group the guardian removes if this process dies (None: it makes none)."""
+        return None
 
     @abstractmethod
     def _open_sources(self, root: Path) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from collect.event_format import EventFormat, Field, read_event_format
+from collect.memcg_probes import PROBE_IP, VAL_IN_PAGES
 from collect.pseudonyms import ALLOC, FREE, PAGE_TAG, Pseudonyms
 from collect.ringbuf import RawEvents, concat, field_values, string_values
 from collect.symbols import CallSites
@@ -60,6 +61,20 @@ CACHE_INFERENCE = (
     "bytes_req and bytes_alloc (of a merged slab, the alias /proc/slabinfo lists, as kmem_cache_free names it); "
     f"where none or several are, {UNNAMED_CACHE}BYTES_ALLOC, a name no kernel cache has"
 )
+
+
+def memcg_state_val_in_pages(item: np.ndarray, val: np.ndarray, units: dict[int, int], page_size: int) -> np.ndarray:
+    """mm/memcontrol.c's memcg_state_val_in_pages, in C's arithmetic: val * unit is an int, the
+    division by PAGE_SIZE (unsigned long) makes it unsigned, max(..., 1UL) rounds a positive
+    sub-page change up to 1, and the int result keeps the low 32 bits, so a negative change
+    rounds away from zero (-64 bytes: -1 page). Items counted in pages pass unchanged."""
+    out = val.astype(np.int64)
+    for code, unit in units.items():
+        rows = (item == code) & (val != 0)
+        product = (val[rows].astype(np.int64) * unit).astype(np.int32).astype(np.int64)  # int * int
+        pages = np.maximum(product.astype(np.uint64) // np.uint64(page_size), np.uint64(1))
+        out[rows] = pages.astype(np.uint32).astype(np.int32)  # the int the function returns
+    return out
 
 
 class MissingField(Exception):
@@ -121,11 +136,12 @@ def load_formats(events_dir: Path, wanted: list[tuple[str, str]]) -> dict[int, t
 
 
 def source_entry(fmt: EventFormat, cols: Columns) -> dict:
-    """What the manifest says of one kind: its tracepoint, each column's field or rule (a
-    column not listed is null for the kind), which were inferred and which are null on this
-    kernel only because a field is missing."""
+    """What the manifest says of one kind: its tracepoint (or the function a kprobe event named
+    after it stands on), each column's field or rule (a column not listed is null for the
+    kind), which were inferred and which are null on this kernel only because a field is missing."""
     columns = {("obj" if name == RAW_ADDRESS else name): source for name, source in cols.sources.items()}
-    return {"tracepoint": f"{fmt.system}:{fmt.name}", "columns": columns, "inferred": dict(cols.inferred), "null": dict(cols.nulls)}
+    source = f"kprobe on {fmt.name}" if PROBE_IP in fmt.fields else f"{fmt.system}:{fmt.name}"
+    return {"tracepoint": source, "columns": columns, "inferred": dict(cols.inferred), "null": dict(cols.nulls)}
 
 
 @dataclass
@@ -198,6 +214,7 @@ class Decoder:
     call_sites: CallSites = field(default_factory=CallSites)
     slab_caches: dict[int, SlabCache] = field(default_factory=dict)  # by key, for records with a "cache" field
     slab_names: dict[tuple[int, int], str] = field(default_factory=dict)  # (object_size, size) -> the one slab's name
+    stat_units: dict[int, int] = field(default_factory=dict)  # memcg stat item -> its unit in bytes, if not pages (kprobe events)
     keep_addresses: bool = False  # then `addresses` collects (obj, raw address) of allocations
     addresses: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
 
@@ -304,7 +321,10 @@ class Decoder:
         if kind in ("memcg_state", "memcg_lruvec_state", "memcg_event"):
             copy("memcg_id", "id")
             copy("item", "item")
-            cols.put("val", rows, f["val"].astype(np.int64), "val")
+            if PROBE_IP in f and kind != "memcg_event":  # a kprobe on the function (collect.memcg_probes)
+                cols.put("val", rows, memcg_state_val_in_pages(f["item"], f["val"], self.stat_units, self.page_size), VAL_IN_PAGES)
+            else:
+                cols.put("val", rows, f["val"].astype(np.int64), "val")
         if kind == "reclaim_begin":
             copy("order", "order")
             copy("gfp", "gfp_flags")

@@ -5,7 +5,10 @@ Three private tracefs instances, so that each can be filtered in the kernel:
   chargeplay-PID       kmem allocations and frees (in task context), reclaim, syscall
                        exits, OOM victims and task names, for the workload's tasks only
                        (set_event_pid + event-fork: other tasks cost a pid check, no more)
-  chargeplay-PID-memcg memcg stat events, for the target memcg only (filter id == ID)
+  chargeplay-PID-memcg memcg stat events, for the target memcg only (filter id == ID): the
+                       memcg tracepoints, or on kernels without them (before 6.14) kprobe
+                       events in group chargeplay_PID on the functions they sit in
+                       (collect.memcg_probes)
   chargeplay-PID-irq   frees in interrupt context on any CPU: RCU callbacks free many of
                        the workload's objects in softirq, whichever task is current; only
                        frees of objects the workload allocated are kept
@@ -18,6 +21,7 @@ from typing import Callable
 
 from collect.collector import DRAIN_PAGES, TRACE_CLOCK, CaptureOptions, Collector, Progress, earliest
 from collect.decode import load_formats
+from collect.memcg_probes import GROUP_PREFIX, STAT_FUNCTIONS, MemcgProbes, plan_probes, read_probe_facts
 from collect.ringbuf import CpuReader, RawEvents, parse_pages
 from collect.tracefs import Instance, write_setting
 
@@ -51,9 +55,15 @@ class TracefsCollector(Collector):
     def _owned_paths(self, root: Path) -> list[Path]:
         return [root / "instances" / f"chargeplay-{os.getpid()}{suffix}" for suffix in INSTANCE_SUFFIXES]
 
+    def _owned_kprobe_group(self) -> str | None:
+        return f"{GROUP_PREFIX}{os.getpid()}"
+
     def _open_sources(self, root: Path) -> None:
-        wanted = TASK_EVENTS + MEMCG_EVENTS + FREE_EVENTS
-        self.decoder = self._new_decoder(load_formats(root / "events", wanted), wanted)
+        tracepoints = load_formats(root / "events", TASK_EVENTS + MEMCG_EVENTS + FREE_EVENTS)
+        probed = self._memcg_probes(root, {(fmt.system, fmt.name) for _, fmt in tracepoints.values()})
+        stood_in = {("memcg", f.tracepoint) for f in STAT_FUNCTIONS if f.name in self.probes.created}
+        wanted = [event for event in TASK_EVENTS + MEMCG_EVENTS + FREE_EVENTS if event not in stood_in]
+        self.decoder = self._new_decoder({**tracepoints, **probed}, wanted)
         usable = {(fmt.system, fmt.name) for _, fmt in self.decoder.formats.values()}
         me = os.getpid()
         task, memcg_events, irq = (Instance(root, f"chargeplay-{me}{s}") for s in INSTANCE_SUFFIXES)
@@ -66,7 +76,7 @@ class TracefsCollector(Collector):
         for system, event in TASK_EVENTS:
             if (system, event) in usable:
                 task.enable(system, event)
-        for system, event in MEMCG_EVENTS:
+        for system, event in MEMCG_EVENTS + [(fmt.system, fmt.name) for _, fmt in probed.values()]:
             if (system, event) in usable:
                 memcg_events.enable(system, event, f"id == {self.memcg.id}")
         trace_flags = self.enums["trace_flag_type"]
@@ -75,6 +85,17 @@ class TracefsCollector(Collector):
             task.enable(system, event, free_filter(event, irq_mask, in_irq=False))
             irq.enable(system, event, free_filter(event, irq_mask, in_irq=True))
         self.readers = [CpuReader(i.path, cpu) for i in self.instances for cpu in range(i.cpu_count())]
+
+    def _memcg_probes(self, root: Path, found: set[tuple[str, str]]) -> dict:
+        """Kprobe events for the memcg tracepoints this kernel lacks (collect.memcg_probes), with
+        their record layouts by event id; says what stands in, or why nothing can."""
+        missing = [event for system, event in MEMCG_EVENTS if (system, event) not in found]
+        plan = plan_probes(self._owned_kprobe_group(), missing, read_probe_facts(root) if missing else None)
+        self.probes = MemcgProbes(root, self._owned_kprobe_group(), plan)
+        formats = self.probes.create()
+        for note in plan.notes():
+            self.say(note)
+        return formats
 
     def _start_sources(self) -> None:
         for instance in self.instances[1:]:  # the task instance waits for the workload's pid
@@ -118,5 +139,9 @@ class TracefsCollector(Collector):
     def _close_sources(self) -> None:
         for reader in self.readers:
             reader.close()
-        for instance in self.instances:
-            instance.remove()
+        try:
+            for instance in self.instances:
+                instance.remove()
+        finally:
+            if hasattr(self, "probes"):
+                self.probes.remove()  # once no instance enables them
