@@ -1,9 +1,11 @@
 """What a kernel offers chargeplay, read from its own files: run inside a lab VM (the standard
-library and collect.cgroup's file readers only, so that it starts fast under TCG) or on the host.
+library and collect's file readers only, so that it starts fast under TCG) or on the host.
 
 Writes OUT/<release>/events/<system>/<event>/format for the tracepoint systems chargeplay
-reads, and OUT/<release>/facts.json. No addresses: kallsyms and available_filter_functions
-are only searched for names.
+reads, OUT/<release>/events/kprobes/<function>/format for the kprobe events that stand in for
+the memcg tracepoints where the kernel lacks them (created, dumped and removed), and
+OUT/<release>/facts.json. No addresses: kallsyms and available_filter_functions are only
+searched for names.
 """
 from __future__ import annotations
 
@@ -13,9 +15,11 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from collect.cgroup import create_child, read_keyed
+from collect.memcg_probes import GROUP_PREFIX, MemcgProbes, ProbeFacts, plan_probes, read_probe_facts
 
 TRACEFS = Path("/sys/kernel/tracing")
 CGROUP = Path("/sys/fs/cgroup")
@@ -62,6 +66,27 @@ def charge_functions() -> dict[str, list[str]]:
     return names
 
 
+def dump_probe_formats(out: Path, facts: ProbeFacts) -> list[str]:
+    """Create the memcg stat kprobes (collect.memcg_probes) for whichever memcg tracepoints this
+    kernel lacks, copy their format files to OUT/events/kprobes/FUNCTION/format and remove
+    them; returns the functions probed."""
+    missing = [e for e in ("mod_memcg_state", "mod_memcg_lruvec_state", "count_memcg_events")
+               if not (TRACEFS / "events" / "memcg" / e).is_dir()]
+    if not missing:
+        return []
+    group = f"{GROUP_PREFIX}{os.getpid()}"
+    probes = MemcgProbes(TRACEFS, group, plan_probes(group, missing, facts))
+    try:
+        probes.create()
+        for function in probes.created:
+            target = out / "events" / "kprobes" / function / "format"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text((TRACEFS / "events" / group / function / "format").read_text())
+        return list(probes.created)
+    finally:
+        probes.remove()
+
+
 def memory_high_enforced(megabytes: int = 24) -> dict[str, object]:
     """Allocate `megabytes` (touched) in a fresh child memcg whose memory.high is that size:
     with the interpreter's own memory it goes over, and the kernel must count `high` events."""
@@ -105,6 +130,8 @@ def facts(out: Path, high_test: bool) -> dict[str, object]:
         "events": found,
         "charge_functions": charge_functions(),
     }
+    probe_facts = read_probe_facts(TRACEFS)
+    result["memcg_probes"] = {**asdict(probe_facts), "formats_of": dump_probe_formats(out, probe_facts)}
     if high_test:
         result["memory_high"] = memory_high_enforced()
     (out / "facts.json").write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")

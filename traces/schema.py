@@ -30,9 +30,11 @@ KINDS = (
     "kmem_cache_free",  # kmem:kmem_cache_free
     "page_alloc",  # kmem:mm_page_alloc
     "page_free",  # kmem:mm_page_free
-    "memcg_state",  # memcg:mod_memcg_state (item: enum memcg_stat_item)
-    "memcg_lruvec_state",  # memcg:mod_memcg_lruvec_state (item: enum node_stat_item)
-    "memcg_event",  # memcg:count_memcg_events (item: enum vm_event_item)
+    # The memcg stat kinds: the memcg tracepoints (6.14+), or before them kprobe events on the
+    # functions they sit in, decoded to the same columns and units (collect.memcg_probes).
+    "memcg_state",  # memcg:mod_memcg_state (item: enum memcg_stat_item; val: pages)
+    "memcg_lruvec_state",  # memcg:mod_memcg_lruvec_state (item: enum node_stat_item; val: pages)
+    "memcg_event",  # memcg:count_memcg_events (item: enum vm_event_item; val: a count)
     "reclaim_begin",  # vmscan:mm_vmscan_memcg_reclaim_begin
     "reclaim_end",  # vmscan:mm_vmscan_memcg_reclaim_end (val: pages reclaimed)
     "user_return",  # raw_syscalls:sys_exit: the task returns to user space

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from collect.memcg_probes import STAT_FUNCTIONS
 from lab import kernels
 from labtools import lab
 
@@ -64,3 +65,13 @@ def test_memory_high_is_enforced(facts):
     assert high["events_after"]["high"] > 0
     assert high["peak"] > high["memory.high"]
     assert high["events_after"]["oom_kill"] == 0  # throttled and reclaimed, not killed
+
+
+def test_kprobes_can_stand_in_for_the_memcg_tracepoints(facts):
+    """Neither kernel has the memcg tracepoints (6.14+), and each can probe the functions they sit
+    in, with the arguments collect.memcg_probes expects: lab.facts made the events, copied their
+    formats and removed them."""
+    assert facts["events"]["memcg"] == []
+    probes = facts["memcg_probes"]
+    assert probes["kprobe_events"] and probes["members_missing"] == ""
+    assert probes["formats_of"] == [f.name for f in STAT_FUNCTIONS]

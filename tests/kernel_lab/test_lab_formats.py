@@ -39,3 +39,13 @@ def test_the_lts_kernels_differ_from_6_18_where_the_collector_must_adapt():
         assert not (kernel / "events" / "memcg").exists()
     assert "__GFP_ATOMIC" in read_gfp_table(next(k for k in LTS if k.name.startswith("6.1.")))
     assert "__GFP_ATOMIC" not in read_gfp_table(next(k for k in LTS if k.name.startswith("6.12.")))
+
+
+@pytest.mark.parametrize("kernel", LTS, ids=lambda k: k.name)
+def test_the_kprobe_events_made_there_have_the_memcg_tracepoints_fields(kernel):
+    """The kprobes that stand in for the memcg tracepoints (collect.memcg_probes) name their
+    fetch args as the tracepoints' fields, after the __probe_ip every kprobe record starts with."""
+    for function in ("__mod_memcg_lruvec_state", "__mod_memcg_state", "__count_memcg_events"):
+        event = read_event_format(kernel / "events", "kprobes", function)
+        assert list(event.fields)[4:] == ["__probe_ip", "id", "item", "val"]
+        assert (event.fields["id"].size, event.fields["item"].size, event.fields["item"].signed) == (8, 4, True)
