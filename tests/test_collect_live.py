@@ -14,6 +14,7 @@ import pytest
 
 from collect import cgroup
 from collect.cleanup import OWNED_NAME, collector_alive
+from collect.memcg_probes import owned_groups
 from conftest import CHARGEPLAY, SLOWDOWN, assert_user_error, chargeplay, wait_until
 from traces.reader import Trace
 
@@ -87,11 +88,13 @@ def assert_kmem_counter_matches_the_trace(trace: Trace, events: pl.DataFrame, pi
 
 
 def leftovers(tracefs: Path) -> list[str]:
-    """chargeplay-PID tracefs instances and child memcgs whose collector is gone (those of
-    collectors still running, e.g. other captures on the machine, are not left behind)."""
+    """chargeplay-PID tracefs instances, child memcgs and chargeplay_PID kprobe groups whose
+    collector is gone (those of collectors still running, e.g. other captures on the machine,
+    are not left behind)."""
     paths = [p for p in (tracefs / "instances").iterdir()]
     paths += [p for parent in cgroup.child_parents() for p in parent.iterdir() if p.is_dir()]
-    return [p.name for p in paths if (m := OWNED_NAME.match(p.name)) and not collector_alive(int(m.group(1)))]
+    left = [p.name for p in paths if (m := OWNED_NAME.match(p.name)) and not collector_alive(int(m.group(1)))]
+    return left + [group for group, pid in owned_groups(tracefs).items() if not collector_alive(pid)]
 
 
 def test_file_creation_is_recorded_as_accounted_dentries_of_the_workload_only(tracefs, tmp_path):
@@ -139,7 +142,8 @@ def test_file_creation_is_recorded_as_accounted_dentries_of_the_workload_only(tr
     assert frees["obj"].null_count() == 0 and by_outsider["comm"].null_count() == by_outsider.height
 
     # Memcg events are those of the target memcg, and they add up to its own kmem counter.
-    # Kernels before 6.14 have no memcg tracepoints: the manifest says so, and none are made up.
+    # Kernels before 6.14 have no memcg tracepoints: kprobes stand in for them where the kernel
+    # has kprobes (collect.memcg_probes); where it has neither the manifest says so, and none are made up.
     target = trace.manifest["target"]
     memcg_events = events.filter(pl.col("kind").is_in(MEMCG_KINDS))
     if "unavailable" in trace.manifest["kinds"]["memcg_state"]:

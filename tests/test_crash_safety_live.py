@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from collect import cgroup
+from collect.memcg_probes import GROUP_PREFIX
 from conftest import CHARGEPLAY, SLOWDOWN, chargeplay, wait_until
 from test_ebpf_live import our_bpf_programs
 from test_cli_errors import assert_user_error
@@ -31,10 +32,22 @@ KILL_POINTS = [round(0.2 * i, 1) for i in range(1, 25)]
 
 
 def owned_by(pid: int, tracefs: Path) -> list[Path]:
-    """The tracefs instances and child memcgs of collector `pid` (or validate's observer) that exist now."""
+    """The tracefs instances, kprobe groups (events/chargeplay_PID, on kernels where kprobes stand
+    in for the memcg tracepoints) and child memcgs of collector `pid` (or validate's observer)
+    that exist now."""
     names = {f"chargeplay-{pid}", f"chargeplay-{pid}-memcg", f"chargeplay-{pid}-irq", f"chargeplay-{pid}-observer"}
     paths = [p for p in (tracefs / "instances").iterdir() if p.name in names]
+    paths += [p for p in [tracefs / "events" / f"{GROUP_PREFIX}{pid}"] if p.is_dir()]
     return paths + [p for parent in cgroup.child_parents() for p in parent.iterdir() if p.name in names]
+
+
+def removal_said(path: Path, tracefs: Path) -> str:
+    """What the next capture says when it removes `path` (an owned_by path)."""
+    if path.parent.name == "instances":
+        return f"removed stale tracefs instance {path}"
+    if path.parent == tracefs / "events":
+        return f"removed stale kprobe events {path.name}/* in {tracefs / 'kprobe_events'}"
+    return f"removed stale memcg {path}"
 
 
 def guardians_of(pid: int) -> list[int]:
@@ -91,7 +104,7 @@ def kill_and_check(tracefs: Path, tmp_path: Path, seconds: float, backend: str) 
     result = chargeplay("collect", "-o", str(tmp_path / "next"), "--", "true")
     assert result.returncode == 0, result.stderr
     for path in left:
-        assert f"removed stale {'tracefs instance' if path.parent.name == 'instances' else 'memcg'} {path}" in result.stderr
+        assert removal_said(path, tracefs) in result.stderr
     assert owned_by(collector.pid, tracefs) == []
 
 
@@ -185,5 +198,5 @@ def test_the_next_validate_removes_what_a_killed_validate_and_its_guardians_left
     result = chargeplay("validate", "-o", str(tmp_path / "next"), "--memory-max", "28M", "--", "true")
     assert result.returncode == 0, result.stderr
     for path in left:
-        assert f"removed stale {'tracefs instance' if path.parent.name == 'instances' else 'memcg'} {path}" in result.stderr
+        assert removal_said(path, tracefs) in result.stderr
     assert owned_by(validate.pid, tracefs) == []
