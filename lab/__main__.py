@@ -34,7 +34,9 @@ RUNS = CACHE.parent / "chargeplay-lab-runs"
 # The live tests that run inside each kernel (make test runs them all natively), chosen for
 # what differs on these kernels and cgroup v2: capture checked against the memcg's own kmem
 # counter, memory.high set and enforced, --cgroup, a kill while tracing, the eBPF backend with
-# its charge probes attached and checked against memory.events, validate's observations on v2.
+# its charge probes attached and checked against memory.events, validate's observations on v2,
+# and the kprobes that stand in for the memcg tracepoints these kernels lack, checked against
+# the memcg's memory.stat (one capture: 72 s inside 6.1 on a quiet machine).
 # Every capture in the guest goes through the delegated parent guest.sh names.
 LIVE_TESTS = [
     "tests/test_collect_live.py::test_file_creation_is_recorded_as_accounted_dentries_of_the_workload_only",
@@ -44,6 +46,7 @@ LIVE_TESTS = [
     "tests/test_ebpf_live.py::test_auto_says_which_backend_it_chose_and_whether_charge_probes_attached",
     "tests/test_ebpf_live.py::test_charge_probes_agree_with_the_memcgs_own_events",
     "tests/test_validate_live.py::test_validate_on_cgroup_v2_observes_the_memcgs_own_events_and_peak",
+    "tests/test_memcg_probes_live.py::test_kprobes_record_the_memcgs_page_cache_and_anon_and_leave_nothing",
 ]
 # numba compiles for the CPU it runs on unless told otherwise; "generic" code has the same
 # cache key on this machine and on qemu's emulated CPU, so the guests load what this machine
