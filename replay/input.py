@@ -255,10 +255,11 @@ def _pinned_by_their_file(allocs: pl.LazyFrame, events: pl.LazyFrame) -> pl.Lazy
     """Such inodes, and the dentries made in the same system call as one (a socket, a pipe, a
     tmpfs file), go to the unreclaimable slab pool. A system call is a task's events since its
     last return to user space in the segment (one cut by a segment boundary pairs nothing)."""
-    returns = events.filter(pl.col("kind") == "user_return").select(pl.col("row").alias("syscall"), "pid")
+    returns = events.filter(pl.col("kind") == "user_return").select(pl.col("row").alias("syscall"), "pid").sort("syscall")
 
-    def in_syscall(frame: pl.LazyFrame) -> pl.LazyFrame:
-        return (frame.join_asof(returns, left_on="row", right_on="syscall", by="pid", strategy="backward", check_sortedness=False)
+    def in_syscall(frame: pl.LazyFrame) -> pl.LazyFrame:  # join_asof needs both sides sorted; joins do not keep order
+        return (frame.sort("row").join_asof(returns, left_on="row", right_on="syscall", by="pid", strategy="backward",
+                                            check_sortedness=False)
                 .with_columns(pl.col("syscall").fill_null(-1)))  # before the task's first return in the segment
 
     pinning = (in_syscall(allocs.filter(pl.col("cache").is_in(PINNING_INODE_CACHES))).select("pid", "syscall")
