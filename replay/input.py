@@ -254,7 +254,8 @@ PINNING_INODE_CACHES = ("sock_inode_cache", "inode_cache", "shmem_inode_cache")
 def _pinned_by_their_file(allocs: pl.LazyFrame, events: pl.LazyFrame) -> pl.LazyFrame:
     """Such inodes, and the dentries made in the same system call as one (a socket, a pipe, a
     tmpfs file), go to the unreclaimable slab pool. A system call is a task's events since its
-    last return to user space in the segment (one cut by a segment boundary pairs nothing)."""
+    last return to user space in the segment (one cut by a segment boundary pairs nothing).
+    Only dentries are paired: the other allocations keep their order and pay no join."""
     returns = events.filter(pl.col("kind") == "user_return").select(pl.col("row").alias("syscall"), "pid").sort("syscall")
 
     def in_syscall(frame: pl.LazyFrame) -> pl.LazyFrame:  # join_asof needs both sides sorted; joins do not keep order
@@ -262,15 +263,17 @@ def _pinned_by_their_file(allocs: pl.LazyFrame, events: pl.LazyFrame) -> pl.Lazy
                                             check_sortedness=False)
                 .with_columns(pl.col("syscall").fill_null(-1)))  # before the task's first return in the segment
 
-    pinning = (in_syscall(allocs.filter(pl.col("cache").is_in(PINNING_INODE_CACHES))).select("pid", "syscall")
-               .unique().with_columns(pl.lit(True).alias("pinned")))
-    return (
-        in_syscall(allocs).join(pinning, on=["pid", "syscall"], how="left")
-        .with_columns(
-            pl.when(pl.col("cache").is_in(PINNING_INODE_CACHES) | (pl.col("pinned").fill_null(False) & (pl.col("cache") == "dentry")))
-            .then(pl.lit(POOL_SLAB_UNRECLAIMABLE, pl.Int8)).otherwise(pl.col("pool")).alias("pool"))
+    inodes = allocs.filter(pl.col("cache").is_in(PINNING_INODE_CACHES))
+    pinning = in_syscall(inodes).select("pid", "syscall").unique().with_columns(pl.lit(True).alias("pinned"))
+    dentries = (
+        in_syscall(allocs.filter(pl.col("cache") == "dentry")).join(pinning, on=["pid", "syscall"], how="left")
+        .with_columns(pl.when(pl.col("pinned").fill_null(False)).then(pl.lit(POOL_SLAB_UNRECLAIMABLE, pl.Int8))
+                      .otherwise(pl.col("pool")).alias("pool"))
         .drop("syscall", "pinned")
     )
+    unreclaimable_inodes = inodes.with_columns(pl.lit(POOL_SLAB_UNRECLAIMABLE, pl.Int8).alias("pool"))
+    others = allocs.filter(~pl.col("cache").is_in([*PINNING_INODE_CACHES, "dentry"]).fill_null(False))
+    return pl.concat([others, unreclaimable_inodes, dentries], how="vertical_relaxed")
 
 
 def _object_allocations(events: pl.LazyFrame, slab_pools: pl.LazyFrame) -> pl.LazyFrame:
