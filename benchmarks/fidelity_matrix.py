@@ -77,8 +77,8 @@ class Run:
 
     @property
     def judged(self) -> list[str]:
-        """The metrics with a target in this run."""
-        return [metric for metric in self.rows if self.status(metric) != "no target"]
+        """The metrics with a target on this cgroup version (measured in this run or not)."""
+        return [metric for metric, row in self.rows.items() if row["target"] is not None]
 
     @property
     def all_met(self) -> bool:
@@ -136,16 +136,27 @@ def cell_table(runs: list[Run]) -> list[dict]:
     return table
 
 
+SHORT_NAMES = {"reclaim invocations": "reclaim calls", "peak usage": "peak", "charge failures (failcnt)": "failcnt",
+               "memory.events max": "events max", "memory.events high": "events high", "OOM kills": "OOM kills"}
+
+
 def markdown(table: list[dict], kernel: str) -> str:
-    metrics = sorted({key for row in table for key in row} - {"workload", "region", "limit", "runs", "all targets", "OOM kills missed"})
-    header = ["workload", "limit", "runs", "all targets", *metrics, "OOM kills missed"]
-    lines = [f"Kernel {kernel}: runs meeting each target, of the cell's runs.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in table:
-        values = [row["workload"], f"{row['limit']} ({row['region']})", row["runs"], row["all targets"],
-                  *(row.get(metric, "-") for metric in metrics), row["OOM kills missed"]]
-        lines.append("| " + " | ".join(map(str, values)) + " |")
+    """A row per workload, a column per limit region; each cell: runs meeting all targets of
+    its runs, then how many runs missed each target they missed."""
+    regions = [region for region in REGIONS if any(row["region"] == region for row in table)]
+    cells = {(row["workload"], row["region"]): row for row in table}
+    lines = [f"Kernel {kernel}: runs meeting every target / runs, and the runs missing each target missed.", "",
+             "| workload | " + " | ".join(regions) + " |", "|---|" + "---|" * len(regions)]
+    for workload in dict.fromkeys(row["workload"] for row in table):
+        values = [format_cell(cells[workload, region]) if (workload, region) in cells else "-" for region in regions]
+        lines.append(f"| {workload} | " + " | ".join(values) + " |")
     return "\n".join(lines) + "\n"
+
+
+def format_cell(row: dict) -> str:
+    missed = [f"{SHORT_NAMES[metric]} {row['runs'] - met}" for metric, met in row.items()
+              if metric in SHORT_NAMES and met < row["runs"]]
+    return f"{row['limit']}: {row['all targets']}/{row['runs']}" + (f" ({', '.join(missed)})" if missed else "")
 
 
 def main() -> int:

@@ -65,14 +65,13 @@ def predict_from(source_dir: Path, validated: Path, result_dir: Path, steps: Ste
     reclaim, its OOM kills, its reclaim cost) feeds the model; the kernel's side is the judged
     run's own observation and counters."""
     source, judged = Trace.open(source_dir / "trace"), Trace.open(validated / "trace")
-    earlier = json.loads((validated / "fidelity.json").read_text())
     chosen, model = policy.for_kernel(judged.manifest["kernel"]["release"])
     steps.say(f"model: {model}")
     judged_limits = run.limits_for(judged, None, None, swap=swap_active())
     limits = replace(run.limits_for(source, None, None, swap=judged_limits.swap),
                      max_pages=judged_limits.max_pages, high_pages=judged_limits.high_pages)
     run.replay(source, result_dir, [chosen], limits, run.ENGINES["fast"], steps.replaying)
-    fidelity = compare(judged, result_dir, chosen.name, model, Observation(**earlier["observer"]),
+    fidelity = compare(judged, result_dir, chosen.name, model, kept_observation(validated),
                        source_lost=source.manifest["lost"]["total"])
     return {**fidelity, "predicted_from": str(source.path)}
 
@@ -80,8 +79,12 @@ def predict_from(source_dir: Path, validated: Path, result_dir: Path, steps: Ste
 def rejudge(validated: Path, result_dir: Path, steps: Steps) -> dict:
     """Judge an earlier validate run (its directory) again under today's model: the same
     trace, the same observation (kept in its fidelity.json), a new replay into RESULT_DIR."""
-    earlier = json.loads((validated / "fidelity.json").read_text())
-    return judge(Trace.open(validated / "trace"), result_dir, Observation(**earlier["observer"]), steps)
+    return judge(Trace.open(validated / "trace"), result_dir, kept_observation(validated), steps)
+
+
+def kept_observation(validated: Path) -> Observation:
+    """What the observer saw during an earlier validate run, as its fidelity.json keeps it."""
+    return Observation(**json.loads((validated / "fidelity.json").read_text())["observer"])
 
 
 def swap_active() -> bool:

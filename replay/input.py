@@ -147,7 +147,7 @@ class InputStream:
 
     def _segment_operations(self, events: pl.LazyFrame, live: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         trace = self.trace
-        allocs = _object_allocations(events, self.slab_pools).with_columns(
+        allocs = _pinned_by_their_file(_object_allocations(events, self.slab_pools), events).with_columns(
             pl.lit(OBJ_ALLOC, pl.Int8).alias("op"), pl.lit(0, pl.Int64).alias("pages"),
         )
         pages = events.filter((pl.col("kind") == "page_alloc") & charged_to_memcg()).with_columns(
@@ -241,6 +241,39 @@ CHARGED_SCHEMA = pl.Schema({"obj": pl.Int64, "op": pl.Int8, "cache": pl.String, 
 def charged_to_memcg() -> pl.Expr:
     """A successful accounted allocation of the task itself: one the kernel charges."""
     return pl.col("accounted") & ~pl.col("failed") & (pl.col("ctx").fill_null("task") == "task")
+
+
+# Inodes of file systems that keep their files' dentries and inodes off every LRU a shrinker
+# walks: tmpfs pins a file's dentry while the file exists (shmem_mknod's extra dget); sockfs,
+# pipefs and the other pseudo file systems (the generic inode_cache) free inode and dentry at the
+# last close (generic_delete_inode, d_alloc_pseudo's always-delete dentries). Memcg reclaim can
+# take none of it, though the caches are SLAB_RECLAIM_ACCOUNT.
+PINNING_INODE_CACHES = ("sock_inode_cache", "inode_cache", "shmem_inode_cache")
+
+
+def _pinned_by_their_file(allocs: pl.LazyFrame, events: pl.LazyFrame) -> pl.LazyFrame:
+    """Such inodes, and the dentries made in the same system call as one (a socket, a pipe, a
+    tmpfs file), go to the unreclaimable slab pool. A system call is a task's events since its
+    last return to user space in the segment (one cut by a segment boundary pairs nothing).
+    Only dentries are paired: the other allocations keep their order and pay no join."""
+    returns = events.filter(pl.col("kind") == "user_return").select(pl.col("row").alias("syscall"), "pid").sort("syscall")
+
+    def in_syscall(frame: pl.LazyFrame) -> pl.LazyFrame:  # join_asof needs both sides sorted; joins do not keep order
+        return (frame.sort("row").join_asof(returns, left_on="row", right_on="syscall", by="pid", strategy="backward",
+                                            check_sortedness=False)
+                .with_columns(pl.col("syscall").fill_null(-1)))  # before the task's first return in the segment
+
+    inodes = allocs.filter(pl.col("cache").is_in(PINNING_INODE_CACHES))
+    pinning = in_syscall(inodes).select("pid", "syscall").unique().with_columns(pl.lit(True).alias("pinned"))
+    dentries = (
+        in_syscall(allocs.filter(pl.col("cache") == "dentry")).join(pinning, on=["pid", "syscall"], how="left")
+        .with_columns(pl.when(pl.col("pinned").fill_null(False)).then(pl.lit(POOL_SLAB_UNRECLAIMABLE, pl.Int8))
+                      .otherwise(pl.col("pool")).alias("pool"))
+        .drop("syscall", "pinned")
+    )
+    unreclaimable_inodes = inodes.with_columns(pl.lit(POOL_SLAB_UNRECLAIMABLE, pl.Int8).alias("pool"))
+    others = allocs.filter(~pl.col("cache").is_in([*PINNING_INODE_CACHES, "dentry"]).fill_null(False))
+    return pl.concat([others, unreclaimable_inodes, dentries], how="vertical_relaxed")
 
 
 def _object_allocations(events: pl.LazyFrame, slab_pools: pl.LazyFrame) -> pl.LazyFrame:

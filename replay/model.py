@@ -32,8 +32,9 @@ The approximations:
   instantaneous and stalls nobody.
 - Reclaim takes file pages, then reclaimable slab (for a charge with __GFP_FS), then anon
   pages if swap is on, at `reclaim_ns_per_page` each. Which slab objects a shrinker could
-  free (an unused dentry) and which not (a tmpfs file's dentry and inode, pinned while the
-  file exists) the trace does not say: the model may take slab the kernel cannot. File pages go as whole folios, oldest first (the LRU's tail), so
+  free (an unused dentry) and which not (an open file's) the trace does not say: the model
+  may take slab the kernel cannot (replay.input keeps out what tmpfs and pseudo file systems
+  pin). File pages go as whole folios, oldest first (the LRU's tail), so
   one large folio can satisfy a call; a freed folio leaves the LRU as the oldest one of its
   order (the trace does not say which). What reclaim takes is owed: the trace later frees some
   of those pages or objects itself, and such frees first pay off the debt instead of
@@ -123,6 +124,7 @@ ORDER, MIN_ORDER, OBJECTS, OBJECTS_MIN = range(4)  # geometry columns
 LAST_TS, SLAB_COUNT, BUCKET, BUCKET_START, BUCKET_END, FREE_SLAB = range(6)
 
 SATURATED = 1 << 62  # a throttle penalty past any clamp
+DEF_PRIORITY = 12  # reclaim's first, lightest scan: the LRU's size >> 12
 MAX_EXACT_OVERAGE = math.isqrt(((1 << 63) - 1) // HZ)  # overage**2 * HZ fits in int64 up to here
 
 
@@ -389,14 +391,29 @@ def try_to_free_mem_cgroup_pages(memcg, stats, knobs, per_task, task, nr_pages, 
 
 @njit
 def shrink_file_lru(memcg, want):
-    """Evict the oldest file folios, each whole, until `want` pages are freed; page by page
-    should the pool hold more than its folios."""
+    """do_try_to_free_pages' priority loop over the file LRU (shrink_lruvec, scanning files
+    only: no swap): at priority p, from DEF_PRIORITY down, the list's size then >> p pages
+    are scanned (get_scan_count), SWAP_CLUSTER_MAX at a time, oldest folio first and each
+    folio whole; reclaim stops after the round that brings the pages freed to `want`. So a
+    call frees more than it asked for where a window holds more (a large folio, a late
+    round). The model's file pool stands for the inactive list: it has no active list. Page
+    by page should the pool hold more than its folios."""
     got = 0
-    while got < want and memcg[POOLS + POOL_FILE]:
-        folio = oldest_folio(memcg)
-        if folio == 0:
-            folio = want - got
-        got = reclaim_pages(memcg, POOL_FILE, min(folio, memcg[POOLS + POOL_FILE]), got)
+    for priority in range(DEF_PRIORITY, -1, -1):
+        window = memcg[POOLS + POOL_FILE] >> priority
+        while window > 0 and memcg[POOLS + POOL_FILE]:
+            chunk = min(window, SWAP_CLUSTER_MAX)
+            window -= chunk
+            scanned = 0
+            while scanned < chunk and memcg[POOLS + POOL_FILE]:
+                folio = oldest_folio(memcg)
+                if folio == 0:
+                    folio = chunk - scanned
+                folio = min(folio, memcg[POOLS + POOL_FILE])
+                got = reclaim_pages(memcg, POOL_FILE, folio, got)
+                scanned += folio
+            if got >= want:
+                return got
     return got
 
 

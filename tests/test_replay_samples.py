@@ -5,6 +5,7 @@ import json
 import shutil
 
 import polars as pl
+import pyarrow as pa
 import pytest
 
 from conftest import chargeplay
@@ -134,3 +135,34 @@ def test_an_interrupts_accounted_allocations_are_charged_to_no_memcg(tmp_path):
     assert data.op.tolist() == [OBJ_ALLOC, OBJ_FREE]
     assert data.ts.tolist() == [2, 5]
     assert PAGE_ALLOC not in data.op.tolist()
+
+
+def test_dentries_and_inodes_of_sockets_pipes_and_tmpfs_files_are_unreclaimable_slab(tmp_path):
+    # Three system calls of one task, each ended by its return to user space: socket() makes a
+    # sockfs inode and its pseudo dentry, creat() on tmpfs a dentry and a shmem inode, creat()
+    # on ext4 a dentry and an ext4 inode. Only the last pair can go to a shrinker (an unused
+    # dentry and inode sit on the super block's LRUs); tmpfs pins its files' dentries, sockfs
+    # frees both at the last close. The caches are all SLAB_RECLAIM_ACCOUNT but shmem's.
+    from replay.input import build
+    from replay.ops import OBJ_ALLOC, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE
+    from test_trace_format import GFP, write_trace
+    from traces.atomic import write_parquet
+    from traces.reader import Trace
+    from traces.schema import SLAB_COLUMNS, table_schema
+
+    obj = iter(range(1, 100))
+    alloc = lambda cache, size: {"kind": "kmem_cache_alloc", "cache": cache, "bytes_alloc": size, "accounted": True,  # noqa: E731
+                                 "failed": False, "gfp": GFP["GFP_KERNEL"], "ctx": "task", "obj": next(obj)}
+    back = {"kind": "user_return", "ctx": "task"}
+    rows = [alloc("sock_inode_cache", 832), alloc("dentry", 192), back,
+            alloc("dentry", 192), alloc("shmem_inode_cache", 776), back,
+            alloc("dentry", 192), alloc("ext4_inode_cache", 1184), back]
+    write_trace(tmp_path, [{"ts_ns": n, **row} for n, row in enumerate(rows)])
+    caches = [("sock_inode_cache", 832, True), ("dentry", 192, True), ("shmem_inode_cache", 776, False), ("ext4_inode_cache", 1184, True)]
+    write_parquet(tmp_path / "slabs.parquet", pa.Table.from_pylist(
+        [{"name": name, "size": size, "object_size": size, "order": 0, "min_order": 0, "objs_per_slab": 4096 // size,
+          "account": True, "reclaim_account": reclaimable}
+         for name, size, reclaimable in caches], schema=table_schema(SLAB_COLUMNS)))
+    data = build(Trace.open(tmp_path))
+    pools = [int(pool) for op, pool in zip(data.op, data.pool) if op == OBJ_ALLOC]
+    assert pools == [POOL_SLAB_UNRECLAIMABLE] * 4 + [POOL_SLAB_RECLAIMABLE] * 2
