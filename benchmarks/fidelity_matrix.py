@@ -37,7 +37,7 @@ With --out-of-sample each kept run is predicted from its workload's calibration 
 reclaim, its OOM kills, its reclaim cost) then reaches the model.
 
 Inside a lab kernel: python -m lab run --kernel 6.12 --keep DIR -- .venv/bin/python
-benchmarks/fidelity_matrix.py --json {run}/out/matrix.json (under TCG a run takes minutes).
+benchmarks/fidelity_matrix.py --scale 0.25 --json {run}/out/matrix.json (under TCG a run takes minutes).
 """
 from __future__ import annotations
 
@@ -95,11 +95,11 @@ def zoo_workloads() -> list[str]:
     return [line.split()[0] for line in listing.stdout.splitlines() if line.strip()]
 
 
-def validate(workload: str, region: str, limit: int, scratch: Path) -> Run:
+def validate(workload: str, region: str, limit: int, scratch: Path, scale: float = 1.0) -> Run:
     """One run of `chargeplay validate` in a new directory under SCRATCH."""
     out = Path(tempfile.mkdtemp(prefix=f"{workload}-{region.replace(' ', '-')}-", dir=scratch)) / "v"
     done = subprocess.run([sys.executable, "-m", "chargeplay.cli", "validate", "-o", str(out), "--memory-max", f"{limit // MiB}M",
-                           "--", "python3", "-m", "zoo", workload], cwd=CHECKOUT, capture_output=True, text=True)
+                           "--", "python3", "-m", "zoo", "--scale", str(scale), workload], cwd=CHECKOUT, capture_output=True, text=True)
     if done.returncode != 0:
         return Run(workload, region, limit, {"error": (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]})
     return Run(workload, region, limit, json.loads((out / "fidelity.json").read_text()), str(out))
@@ -164,6 +164,8 @@ def main() -> int:
     parser.add_argument("--workload", action="append", help="a zoo workload (repeatable; default: all)")
     parser.add_argument("--region", action="append", choices=list(REGIONS), help="a limit region (repeatable; default: all)")
     parser.add_argument("--runs", type=int, default=3, help="runs per cell")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="the zoo's --scale: less work per run (the lab's emulated kernels run 10-40x slower)")
     parser.add_argument("--roomy", type=int, default=1024, help="MiB of memory.max for the calibration run")
     parser.add_argument("--markdown", type=Path, help="write the cell table here")
     parser.add_argument("--json", type=Path, help="write every run's fidelity.json here")
@@ -200,7 +202,7 @@ def run_matrix(args: argparse.Namespace) -> list[Run]:
     with scratch_directory(args.keep) as scratch, Progress() as progress:
         task = progress.add_task("fidelity matrix", total=len(workloads) * (1 + len(regions) * args.runs))
         for workload in workloads:
-            calibration = validate(workload, "calibration", args.roomy * MiB, scratch)
+            calibration = validate(workload, "calibration", args.roomy * MiB, scratch, args.scale)
             progress.advance(task)
             if "error" in calibration.fidelity:
                 progress.console.print(f"{workload}: calibration failed: {calibration.fidelity['error']}")
@@ -212,7 +214,7 @@ def run_matrix(args: argparse.Namespace) -> list[Run]:
                                    + ", ".join(f"{region} {limits[region] // MiB}M" for region in regions))
             for region in regions:
                 for _ in range(args.runs):
-                    run = validate(workload, region, limits[region], scratch)
+                    run = validate(workload, region, limits[region], scratch, args.scale)
                     runs.append(run)
                     progress.console.print(format_run(run))
                     progress.advance(task)
