@@ -20,6 +20,8 @@ What becomes an operation:
   memcg_charge_kernel_stack charges page by page with GFP_KERNEL (a vmalloc'ed stack's
   page allocations carry no __GFP_ACCOUNT, so they are not accounted page allocations):
   LRU_CHARGE and LRU_UNCHARGE of kmem pages;
+- the target memcg's MEMCG_SOCK changes (cgroup v2 only): socket buffers, LRU_CHARGE and
+  LRU_UNCHARGE of kmem pages, GFP_KERNEL in task context and GFP_ATOMIC in softirq;
 - the anon pages an OOM victim frees after its oom:mark_victim: LRU_OOM_FREED (the
   kernel's kill freed them; the model decides its own kills);
 - oom:mark_victim: OOM_CHARGE, the charge the invoking task could not make, of the order
@@ -187,6 +189,7 @@ class InputStream:
                 .otherwise(pl.lit(trace.gfp_flags.get("GFP_HIGHUSER_MOVABLE", 0), pl.UInt32)).alias("gfp"),
             )
         )
+        sockets = _socket_charges(trace, events)
         ooms = (
             events.filter(pl.col("kind") == "oom").drop("gfp", "order")
             .join_asof(self.reclaim_begins, on="row", by="pid", strategy="backward", check_sortedness=False)
@@ -198,7 +201,8 @@ class InputStream:
             pl.lit(USER_RETURN, pl.Int8).alias("op"), pl.lit(0, pl.Int64).alias("pages"), pl.lit(POOL_OTHER, pl.Int8).alias("pool"),
         )
         columns = OPERATION_SCHEMA.names()
-        ops = pl.concat([f.select(columns) for f in (allocs, pages, frees, lru, ooms, returns)], how="vertical_relaxed").sort("row").collect()
+        ops = pl.concat([f.select(columns) for f in (allocs, pages, frees, lru, sockets, ooms, returns)],
+                        how="vertical_relaxed").sort("row").collect()
         still_live = charged.join(frees.select("obj"), on="obj", how="anti").collect()
         return ops, still_live
 
@@ -236,6 +240,27 @@ OPERATION_SCHEMA = pl.Schema({
     "call_site": pl.Int32, "comm": pl.Categorical(),
 })
 CHARGED_SCHEMA = pl.Schema({"obj": pl.Int64, "op": pl.Int8, "cache": pl.String, "bytes_alloc": pl.Int64, "pages": pl.Int64, "pool": pl.Int8})
+
+
+def _socket_charges(trace: Trace, events: pl.LazyFrame) -> pl.LazyFrame:
+    """The target memcg's MEMCG_SOCK changes: socket buffers, which cgroup v2 charges to the
+    socket's memcg (mem_cgroup_charge_skmem; v1 keeps them in a counter of their own, and the
+    stat never moves). The charge has gfp_memcg_charge()'s gfp: GFP_KERNEL in task context,
+    GFP_ATOMIC in softirq (since 6.1, 4b1327be9fe5's fix), whichever task the softirq
+    interrupted; the uncharge goes through the per-CPU stock like other kernel pages."""
+    sock = trace.manifest.get("enums", {}).get("memcg_stat_item", {}).get("MEMCG_SOCK", -1)
+    in_task = pl.col("ctx").fill_null("task") == "task"
+    return (
+        events.filter((pl.col("kind") == "memcg_state") & (pl.col("item") == sock)
+                      & (pl.col("memcg_id") == trace.manifest["target"]["memcg_id"]) & (pl.col("val") != 0))
+        .with_columns(
+            pl.when(pl.col("val") > 0).then(pl.lit(LRU_CHARGE)).otherwise(pl.lit(LRU_UNCHARGE)).cast(pl.Int8).alias("op"),
+            pl.col("val").abs().alias("pages"),
+            pl.lit(POOL_KMEM_PAGES, pl.Int8).alias("pool"),
+            pl.when(in_task).then(pl.lit(trace.gfp_flags.get("GFP_KERNEL", 0), pl.UInt32))
+            .otherwise(pl.lit(trace.gfp_flags.get("GFP_ATOMIC", 0), pl.UInt32)).alias("gfp"),
+        )
+    )
 
 
 def charged_to_memcg() -> pl.Expr:

@@ -74,8 +74,8 @@ from numba.extending import intrinsic  # isort: skip
 from replay.ops import (
     HZ, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, MEMCG_CHARGE_BATCH_6X, MEMCG_DELAY_PRECISION_SHIFT,
     MEMCG_DELAY_SCALING_SHIFT, MEMCG_MAX_HIGH_DELAY_JIFFIES, OBJ_ALLOC, OBJ_EXT_BYTES, OBJ_FREE, OOM_CHARGE, OUTCOME,
-    PAGE_ALLOC, PAGE_ALLOC_COSTLY_ORDER, PAGE_FREE, PAGE_SHIFT, PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_SLAB_RECLAIMABLE,
-    POOL_SLAB_UNRECLAIMABLE, RECLAIM_TRIGGERS, SWAP_CLUSTER_MAX, TRIGGER, USER_RETURN,
+    PAGE_ALLOC, PAGE_ALLOC_COSTLY_ORDER, PAGE_FREE, PAGE_SHIFT, PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES,
+    POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, RECLAIM_TRIGGERS, SWAP_CLUSTER_MAX, TRIGGER, USER_RETURN,
 )
 from replay.policy import HIGH_MODES
 
@@ -778,6 +778,8 @@ def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, o
             if o == LRU_CHARGE and outcome[i] != FAILED:
                 lru_charged(memcg, per_task, pages[i], pool[i], t)
         elif o == PAGE_FREE:
+            uncharge_kmem_pages(memcg, knobs, per_cpu, pages[i], c, pool[i])
+        elif o == LRU_UNCHARGE and pool[i] == POOL_KMEM_PAGES:  # kernel stacks, socket buffers: through the stock
             uncharge_kmem_pages(memcg, knobs, per_cpu, pages[i], c, pool[i])
         elif o == LRU_UNCHARGE:
             uncharge_lru(memcg, per_task, pages[i], pool[i], t)

@@ -57,6 +57,20 @@ def engine(request):
     return lambda data, policy, limits: replay_whole(ENGINES[request.param], data, policy, limits, GFP, MS)
 
 
+def test_kmem_pages_uncharged_return_to_the_stock_but_lru_pages_to_the_counter(engine):
+    # 6.x: a kernel stack's or a socket buffer's page goes back through refill_stock
+    # (obj_cgroup_uncharge_pages, mem_cgroup_uncharge_skmem), so the counter keeps it; an anon
+    # page leaves the counter at once (uncharge_batch). Each charge takes a batch of 64
+    # (usage 64, 63 stocked); the stocked one comes back (64 in stock: a drain needs more than
+    # 64), and the usage stays 64. The anon charge is served from the stock; its uncharge: 63.
+    kmem = scenario([{"op": LRU_CHARGE, "pages": 1}, {"op": LRU_UNCHARGE, "pages": 1}])
+    r = engine(kmem, MAINLINE, Limits(max_pages=1000))
+    assert list(r.outcome) == [OUTCOME["charged"], 0] and list(r.bucket_last) == [64, 64]
+    lru = scenario([{"op": LRU_CHARGE, "pages": 1, "pool": POOL_ANON}, {"op": LRU_UNCHARGE, "pages": 1, "pool": POOL_ANON}])
+    r = engine(lru, MAINLINE, Limits(max_pages=1000))
+    assert list(r.bucket_last) == [64, 63]
+
+
 def test_a_stock_hit_skips_the_high_check(engine):
     # 4.2: the first charge takes a batch of 32 into the counter (usage 10 + 32 > high 20),
     # so it reclaims; the second is served from the 31 stocked pages and sees no limit.

@@ -137,6 +137,34 @@ def test_an_interrupts_accounted_allocations_are_charged_to_no_memcg(tmp_path):
     assert PAGE_ALLOC not in data.op.tolist()
 
 
+def test_socket_buffers_charged_to_the_memcg_are_kmem_pages_with_the_gfp_of_their_context(tmp_path):
+    # cgroup v2 charges socket buffers to the socket's memcg and counts them in MEMCG_SOCK
+    # (mem_cgroup_charge_skmem), with gfp_memcg_charge(): GFP_ATOMIC in softirq (the receive
+    # path, whichever task it interrupted), GFP_KERNEL in task context. Another memcg's
+    # changes and other items are not the target's socket charges.
+    from replay.input import build
+    from replay.ops import LRU_CHARGE, LRU_UNCHARGE, POOL_KMEM_PAGES
+    from test_trace_format import GFP, write_trace
+    from traces.atomic import write_json
+    from traces.manifest import MANIFEST
+    from traces.reader import Trace
+
+    sock, other_item = 7, 3
+    stat = lambda ts, ctx, val, memcg=1, item=sock: {"ts_ns": ts, "kind": "memcg_state", "ctx": ctx, "memcg_id": memcg,  # noqa: E731
+                                                     "item": item, "val": val}
+    write_trace(tmp_path, [stat(1, "softirq", 2), stat(2, "task", 1), stat(3, "task", -3), stat(4, "softirq", 5, memcg=2),
+                           stat(5, "task", 4, item=other_item)])
+    manifest = Trace.open(tmp_path).manifest
+    manifest["enums"] = {"memcg_stat_item": {"MEMCG_SOCK": sock, "MEMCG_PERCPU_B": other_item}}
+    write_json(tmp_path / MANIFEST, manifest)
+    data = build(Trace.open(tmp_path))
+    assert data.op.tolist() == [LRU_CHARGE, LRU_CHARGE, LRU_UNCHARGE]
+    assert data.pages.tolist() == [2, 1, 3]
+    assert data.gfp.tolist()[:2] == [GFP["GFP_ATOMIC"], GFP["GFP_KERNEL"]]
+    assert data.irq.tolist() == [True, False, False]
+    assert set(data.pool.tolist()) == {POOL_KMEM_PAGES}
+
+
 def test_dentries_and_inodes_of_sockets_pipes_and_tmpfs_files_are_unreclaimable_slab(tmp_path):
     # Three system calls of one task, each ended by its return to user space: socket() makes a
     # sockfs inode and its pseudo dentry, creat() on tmpfs a dentry and a shmem inode, creat()
