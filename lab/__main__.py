@@ -199,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         pytest = [f"{sys.prefix}/bin/python", "-m", "pytest", "-v", "--durations=0", *(command or LIVE_TESTS)]
         code = run_kernel(args.kernel, pytest, args.timeout)
         if code == vm.GUEST_DIED:  # pytest itself exits 0 to 5
-            print("lab: the guest died without an exit code (a kernel panic or qemu failing under TCG, seen once "
-                  "in CI on 6.12 in the first capture, cause unknown): running the live tests once more",
+            print("lab: the guest died without an exit code (its kernel's last words are above; multi-threaded TCG "
+                  "used to panic 6.12 this way, see lab/vm.py): running the live tests once more",
                   file=sys.stderr, flush=True)
             code = run_kernel(args.kernel, pytest, args.timeout)
         return code

@@ -18,8 +18,16 @@ from pathlib import Path
 from lab.kernels import Kernel, vng
 
 # KVM fails on these machines (qemu stops at "failed to set MSR 0x10a", or hangs with the
-# MSR masked): the lab runs under TCG, about 10-40x slower than native.
-QEMU_FLAGS = ["--disable-kvm", "--memory", "2G", "--cpus", "2", "--user", "root"]
+# MSR masked): the lab runs under TCG, about 10-40x slower than native. Multi-threaded TCG
+# (qemu 7.2) let a vCPU run a tracepoint site's int3 after the kernel had finished patching
+# it (text_poke_bp): "Oops: int3" in __schedule, a panic, vng's exit code 255, in about half
+# the 6.12 runs while a capture switched its tracepoints on or off. One thread runs both
+# vCPUs in turn, so a patched site is never stale on the other one.
+QEMU_FLAGS = ["--disable-kvm", "--qemu-opts=-accel tcg,thread=single", "--memory", "2G", "--cpus", "2",
+              "--user", "root",
+              # The guest kernel's console, which vng silences by default, at errors and worse
+              # (oopses, panics, OOM kills): when a guest dies, its last words are in our output.
+              "--verbose", "--append", "loglevel=4"]
 TIMED_OUT = 124  # like timeout(1)
 GUEST_DIED = 255  # vng's code when the guest ended without handing back its command's
 # A guest prints its first line (lab/guest.sh: "up after") 20-40 s after qemu starts; one that
