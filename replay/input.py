@@ -249,7 +249,6 @@ def _socket_charges(trace: Trace, events: pl.LazyFrame) -> pl.LazyFrame:
     GFP_ATOMIC in softirq (since 6.1, 4b1327be9fe5's fix), whichever task the softirq
     interrupted; the uncharge goes through the per-CPU stock like other kernel pages."""
     sock = trace.manifest.get("enums", {}).get("memcg_stat_item", {}).get("MEMCG_SOCK", -1)
-    in_task = pl.col("ctx").fill_null("task") == "task"
     return (
         events.filter((pl.col("kind") == "memcg_state") & (pl.col("item") == sock)
                       & (pl.col("memcg_id") == trace.manifest["target"]["memcg_id"]) & (pl.col("val") != 0))
@@ -257,15 +256,20 @@ def _socket_charges(trace: Trace, events: pl.LazyFrame) -> pl.LazyFrame:
             pl.when(pl.col("val") > 0).then(pl.lit(LRU_CHARGE)).otherwise(pl.lit(LRU_UNCHARGE)).cast(pl.Int8).alias("op"),
             pl.col("val").abs().alias("pages"),
             pl.lit(POOL_KMEM_PAGES, pl.Int8).alias("pool"),
-            pl.when(in_task).then(pl.lit(trace.gfp_flags.get("GFP_KERNEL", 0), pl.UInt32))
+            pl.when(in_task()).then(pl.lit(trace.gfp_flags.get("GFP_KERNEL", 0), pl.UInt32))
             .otherwise(pl.lit(trace.gfp_flags.get("GFP_ATOMIC", 0), pl.UInt32)).alias("gfp"),
         )
     )
 
 
+def in_task() -> pl.Expr:
+    """An event in task context (a trace without the context column: all of them)."""
+    return pl.col("ctx").fill_null("task") == "task"
+
+
 def charged_to_memcg() -> pl.Expr:
     """A successful accounted allocation of the task itself: one the kernel charges."""
-    return pl.col("accounted") & ~pl.col("failed") & (pl.col("ctx").fill_null("task") == "task")
+    return pl.col("accounted") & ~pl.col("failed") & in_task()
 
 
 # Inodes of file systems that keep their files' dentries and inodes off every LRU a shrinker

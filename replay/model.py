@@ -777,9 +777,7 @@ def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, o
             outcome[i] = charge(memcg, stats, knobs, per_cpu, per_task, pages[i], gfp[i], c, t, irq[i], pool[i])
             if o == LRU_CHARGE and outcome[i] != FAILED:
                 lru_charged(memcg, per_task, pages[i], pool[i], t)
-        elif o == PAGE_FREE:
-            uncharge_kmem_pages(memcg, knobs, per_cpu, pages[i], c, pool[i])
-        elif o == LRU_UNCHARGE and pool[i] == POOL_KMEM_PAGES:  # kernel stacks, socket buffers: through the stock
+        elif o == PAGE_FREE or (o == LRU_UNCHARGE and pool[i] == POOL_KMEM_PAGES):  # kernel stacks, socket buffers too
             uncharge_kmem_pages(memcg, knobs, per_cpu, pages[i], c, pool[i])
         elif o == LRU_UNCHARGE:
             uncharge_lru(memcg, per_task, pages[i], pool[i], t)
