@@ -32,20 +32,23 @@ What becomes an operation:
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Iterator
+from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
+from replay import events_to_operations as passes
+from replay.events_to_operations import KMALLOC_MAX_CACHE_SIZE
 from replay.object_slots import ObjectSlots
-from replay.ops import (
-    LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, OBJ_ALLOC, OOM_CHARGE, PAGE_ALLOC, PAGE_SIZE, POOL_ANON, POOL_FILE,
-    POOL_KMEM_PAGES, POOL_OTHER, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, USER_RETURN,
-)
+from replay.ops import PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_OTHER, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE
 from traces.reader import Trace
-
-KMALLOC_MAX_CACHE_SIZE = 2 * PAGE_SIZE
+from traces.schema import KINDS
 ARRAYS = ("ts", "cpu", "task", "irq", "op", "gfp", "pages", "bytes", "cache", "obj", "pool", "row")
 
 
@@ -89,8 +92,9 @@ class InputStream:
     """A trace's operations, segment by segment, so memory follows a segment, not the trace.
 
     A light first scan fixes what spans segments: task ids, cache ids and geometry, the
-    time span; objects allocated in one segment and freed in a later one are carried over
-    in a table of live charged allocations.
+    time span. The compiled pass (replay.events_to_operations) then walks each segment's
+    events in order, carrying from one segment to the next the live charged allocations and
+    each task's reclaim and OOM state. The next segment is read while one is replayed.
     """
 
     def __init__(self, trace: Trace) -> None:
@@ -99,30 +103,19 @@ class InputStream:
         facts = trace.facts  # measured when the trace was opened and checked
         self.t_first, self.t_last = facts.first_ns, facts.last_ns
         self.cpus = max(trace.manifest["kernel"]["cpus"] or 0, facts.max_cpu + 1)  # a CPU brought online during capture
-        self.task_pids = np.sort(events.select(pl.col("pid").unique()).collect()["pid"].to_numpy())
-        self.slab_pools = _slab_pools(trace).collect().lazy()  # read once, joined in every segment
-        sizes = (
-            _object_allocations(events, self.slab_pools).group_by("cache").agg(pl.col("bytes_alloc").max())
-            .collect().sort("cache")
-        )
+        pids, sizes = pl.collect_all([
+            events.select(pl.col("pid").unique().sort()),
+            _object_allocations(events).group_by("cache").agg(pl.col("bytes_alloc").max()).sort("cache"),
+        ])
+        self.task_pids = pids["pid"].to_numpy()
         self.cache_names: list[str] = sizes["cache"].to_list()
         self.cache_ids = {name: i for i, name in enumerate(self.cache_names)}
         self.geometry = _cache_geometry(trace, dict(sizes.iter_rows()))
         self.initial_pools = _initial_pools(trace)
-        self.reclaim_marks = (  # every reclaim_begin and reclaim_end: windows may span segments
-            events.with_row_index("row").filter(pl.col("kind").is_in(["reclaim_begin", "reclaim_end"]))
-            .select(pl.col("row").cast(pl.Int64), "pid", (pl.col("kind") == "reclaim_begin").alias("in_reclaim"))
-            .collect().lazy()
-        )
-        self.victims = (  # each OOM victim from its oom:mark_victim on
-            events.with_row_index("row").filter(pl.col("kind") == "oom")
-            .select(pl.col("row").cast(pl.Int64), pl.col("val").cast(pl.Int32).alias("pid"), pl.lit(True).alias("killed"))
-            .collect().lazy()
-        )
-        self.reclaim_begins = (  # the charge each OOM kill was for: the invoking task's last reclaim_begin
-            events.with_row_index("row").filter(pl.col("kind") == "reclaim_begin")
-            .select(pl.col("row").cast(pl.Int64), "pid", "gfp", "order").collect().lazy()
-        )
+        self.cache_pool, self.cache_class = _cache_kinds(trace, self.cache_names)
+        self.kmalloc_cache = np.array([self.cache_ids.get(f"kmalloc-cg-{size}", -1) for size in range(KMALLOC_MAX_CACHE_SIZE + 1)],
+                                      np.int32)
+        self.facts = _kernel_facts(trace)
 
     @property
     def segments(self) -> int:
@@ -131,191 +124,133 @@ class InputStream:
     def batches(self) -> Iterator[ReplayInput]:
         return (batch for batch, _ in self.described_batches())
 
-    def described_batches(self) -> Iterator[tuple[ReplayInput, pl.DataFrame]]:
+    def described_batches(self) -> Iterator[tuple[ReplayInput, pa.Table]]:
         """Each segment's operations, with what a result records of them and the engines do
         not read: every operation's call site and task name."""
-        live = pl.DataFrame(schema=CHARGED_SCHEMA)
+        tasks = np.zeros((len(self.task_pids), passes.N_TASK_STATE), np.int64)
+        tasks[:, [passes.BEGIN_ORDER, passes.DENTRIES, passes.LAST_LRU]] = -1
         slots = ObjectSlots()
-        offset = 0
-        for path in self.trace.segment_paths:
-            events = pl.scan_parquet(path).with_row_index("row", offset=offset).with_columns(
-                pl.col("row").cast(pl.Int64), pl.col("comm").cast(pl.Categorical),  # task names repeat: sorted as codes
-            )
-            ops, live = self._segment_operations(events, live)
-            offset += pl.scan_parquet(path).select(pl.len()).collect().item()
-            batch = self._arrays(ops)
-            batch.obj = slots.assign(batch.op, batch.obj)
-            yield batch, ops.select("call_site", "comm")
+        offset = operations = 0
+        paths = self.trace.segment_paths
+        with ThreadPoolExecutor(max_workers=1) as reader:
+            upcoming = reader.submit(_read_segment, paths[0]) if paths else None
+            for index in range(len(paths)):
+                table = upcoming.result()
+                upcoming = reader.submit(_read_segment, paths[index + 1]) if index + 1 < len(paths) else None
+                batch, src = self._segment_operations(table, tasks, slots, operations)
+                batch.row += offset
+                offset += table.num_rows
+                operations += len(batch)
+                yield batch, table.select(["call_site", "comm"]).take(src)
 
-    def _segment_operations(self, events: pl.LazyFrame, live: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-        trace = self.trace
-        allocs = _pinned_by_their_file(_object_allocations(events, self.slab_pools), events).with_columns(
-            pl.lit(OBJ_ALLOC, pl.Int8).alias("op"), pl.lit(0, pl.Int64).alias("pages"),
-        )
-        pages = events.filter((pl.col("kind") == "page_alloc") & charged_to_memcg()).with_columns(
-            pl.lit(PAGE_ALLOC, pl.Int8).alias("op"), pl.lit(2, pl.Int64).pow(pl.col("order").cast(pl.Int64)).alias("pages"),
-            pl.lit(POOL_KMEM_PAGES, pl.Int8).alias("pool"), pl.lit(None, pl.String).alias("cache"),
-        )
-        charged = pl.concat([live.lazy(), *(f.select(CHARGED_SCHEMA.names()).cast(CHARGED_SCHEMA) for f in (allocs, pages))])
-        frees = (
-            events.filter(pl.col("kind").is_in(["kfree", "kmem_cache_free", "page_free"]) & pl.col("obj").is_not_null())
-            .drop("cache", "bytes_alloc")
-            .join(charged, on="obj", how="inner")
-            .with_columns((pl.col("op") + 1).alias("op"))  # OBJ_FREE, PAGE_FREE follow their allocation codes
-        )
-        enums = trace.manifest.get("enums", {}).get("node_stat_item", {})
-        lru_items = {enums[name]: pool for name, pool in (("NR_FILE_PAGES", POOL_FILE), ("NR_ANON_MAPPED", POOL_ANON)) if name in enums}
-        stack, anon = enums.get("NR_KERNEL_STACK_KB", -1), enums.get("NR_ANON_MAPPED", -1)
-        shmem = enums.get("NR_SHMEM", -1)
-        lru = (
-            events.filter((pl.col("kind") == "memcg_lruvec_state") & pl.col("item").is_in([*lru_items, stack, shmem])
-                          & (pl.col("memcg_id") == trace.manifest["target"]["memcg_id"]) & (pl.col("val") != 0))
-            .sort("row")
-            .with_columns(((pl.col("item").shift(-1).over("pid") == shmem) & (pl.col("val").shift(-1).over("pid") == pl.col("val")))
-                          .fill_null(False).alias("swap_backed"))
-            .filter(pl.col("item") != shmem)
-            .join_asof(self.reclaim_marks, on="row", by="pid", strategy="backward", check_sortedness=False)  # the task's last mark before
-            .join_asof(self.victims, on="row", by="pid", strategy="backward", check_sortedness=False)
-            .with_columns(
-                pl.when(pl.col("val") > 0).then(pl.lit(LRU_CHARGE))
-                .when(pl.col("in_reclaim").fill_null(False) & (pl.col("item") != stack)).then(pl.lit(LRU_RECLAIMED))
-                .when(pl.col("killed").fill_null(False) & (pl.col("item") == anon)).then(pl.lit(LRU_OOM_FREED))
-                .otherwise(pl.lit(LRU_UNCHARGE)).cast(pl.Int8).alias("op"),
-                pl.col("val").abs().alias("pages"),
-                pl.when(pl.col("swap_backed")).then(pl.lit(POOL_ANON, pl.Int8))
-                .otherwise(pl.col("item").replace_strict({**lru_items, stack: POOL_KMEM_PAGES}, default=POOL_FILE, return_dtype=pl.Int8))
-                .alias("pool"),
-                pl.when(pl.col("item") == stack).then(pl.lit(trace.gfp_flags.get("GFP_KERNEL", 0), pl.UInt32))
-                .otherwise(pl.lit(trace.gfp_flags.get("GFP_HIGHUSER_MOVABLE", 0), pl.UInt32)).alias("gfp"),
-            )
-        )
-        sockets = _socket_charges(trace, events)
-        ooms = (
-            events.filter(pl.col("kind") == "oom").drop("gfp", "order")
-            .join_asof(self.reclaim_begins, on="row", by="pid", strategy="backward", check_sortedness=False)
-            .filter(pl.col("order").is_not_null())
-            .with_columns(pl.lit(OOM_CHARGE, pl.Int8).alias("op"), pl.lit(2, pl.Int64).pow(pl.col("order").cast(pl.Int64)).alias("pages"),
-                          pl.lit(POOL_ANON, pl.Int8).alias("pool"))
-        )
-        returns = events.filter(pl.col("kind") == "user_return").with_columns(
-            pl.lit(USER_RETURN, pl.Int8).alias("op"), pl.lit(0, pl.Int64).alias("pages"), pl.lit(POOL_OTHER, pl.Int8).alias("pool"),
-        )
-        columns = OPERATION_SCHEMA.names()
-        ops = pl.concat([f.select(columns) for f in (allocs, pages, frees, lru, sockets, ooms, returns)],
-                        how="vertical_relaxed").sort("row").collect()
-        still_live = charged.join(frees.select("obj"), on="obj", how="anti").collect()
-        return ops, still_live
+    def _segment_operations(self, table: pa.Table, tasks: np.ndarray, slots: ObjectSlots,
+                            first_op: int) -> tuple[ReplayInput, np.ndarray]:
+        """One segment's operations, and each one's event (its row in the segment)."""
+        kind = _codes(table.column("kind"), lambda name: KINDS.index(name) if name else -1)
+        in_task = _codes(table.column("ctx"), lambda ctx: ctx in (None, "task")).astype(np.bool_)  # no context column: task
+        nbytes = _numbers(table, "bytes_alloc", -1)
+        cache = np.where(kind == passes.KMALLOC, self.kmalloc_cache[np.clip(nbytes, 0, KMALLOC_MAX_CACHE_SIZE)],
+                         _codes(table.column("cache"), lambda name: self.cache_ids.get(name, -1)))
+        charged = _numbers(table, "accounted", False) & ~_numbers(table, "failed", True) & in_task
+        of_target = pc.fill_null(pc.equal(table.column("memcg_id"), self.trace.manifest["target"]["memcg_id"]), False)
+        of_target = pc.and_(of_target, pc.and_(pc.is_valid(table.column("item")), pc.is_valid(table.column("val"))))
+        task = np.searchsorted(self.task_pids, _numbers(table, "pid", 0)).astype(np.int32)
+        val = _numbers(table, "val", 0)
+        n = table.num_rows
+        out = (np.empty(n, np.int64), np.empty(n, np.int8), np.empty(n, np.int64), np.empty(n, np.int64),
+               np.empty(n, np.int64), np.empty(n, np.int32), np.empty(n, np.int64), np.empty(n, np.int8))
+        slots.make_room(n)
+        count = passes.segment_operations(
+            kind, task, in_task, charged, nbytes, cache, _numbers(table, "obj", -1), _numbers(table, "order", -1),
+            _numbers(table, "gfp", 0), _numbers(table, "item", 0), val, of_target.to_numpy(zero_copy_only=False),
+            self._victims(kind, val), *out, np.empty(n, np.int64), np.empty(n, np.int64), tasks,
+            slots.slot_of, slots.free, slots.counts, slots.live, self.cache_pool, self.cache_class, self.facts, first_op)
+        src, op, gfp, pages, nbytes, cache, obj, pool = (column[:count] for column in out)
+        return replace(
+            self.empty(), ts=_numbers(table, "ts_ns", 0)[src], cpu=_numbers(table, "cpu", 0)[src].astype(np.int32),
+            task=task[src], irq=~in_task[src], op=op, gfp=gfp, pages=pages, bytes=nbytes, cache=cache, obj=obj, pool=pool,
+            row=src.copy(),
+        ), src
 
-    def _arrays(self, ops: pl.DataFrame) -> ReplayInput:
-        return ReplayInput(
-            ts=ops["ts_ns"].to_numpy().astype(np.int64),
-            cpu=ops["cpu"].to_numpy().astype(np.int32),
-            task=np.searchsorted(self.task_pids, ops["pid"].to_numpy()).astype(np.int32),
-            irq=(ops["ctx"] != "task").fill_null(False).to_numpy(),
-            op=ops["op"].to_numpy().astype(np.int8),
-            gfp=ops["gfp"].fill_null(0).to_numpy().astype(np.int64),
-            pages=ops["pages"].fill_null(0).to_numpy().astype(np.int64),
-            bytes=ops["bytes_alloc"].fill_null(0).to_numpy().astype(np.int64),
-            cache=ops["cache"].replace_strict(self.cache_ids, default=-1, return_dtype=pl.Int32).to_numpy(),
-            obj=ops["obj"].fill_null(-1).to_numpy().astype(np.int64),
-            pool=ops["pool"].to_numpy().astype(np.int8),
-            row=ops["row"].to_numpy(),
-            **self.geometry,
-            cache_names=self.cache_names,
-            task_pids=self.task_pids,
-            initial_pools=self.initial_pools,
-            cpus=self.cpus,
-            t_first=self.t_first,
-            t_last=self.t_last,
-        )
+    def _victims(self, kind: np.ndarray, val: np.ndarray) -> np.ndarray:
+        """Each oom event's victim (its val, a pid) as a task id; -1 elsewhere."""
+        victim = np.full(len(kind), -1, np.int32)
+        ooms = np.flatnonzero(kind == passes.OOM)
+        at = np.minimum(np.searchsorted(self.task_pids, val[ooms]), max(len(self.task_pids) - 1, 0))
+        known = (self.task_pids[at] == val[ooms]) if len(self.task_pids) else np.zeros(len(ooms), np.bool_)
+        victim[ooms[known]] = at[known]
+        return victim
 
     def empty(self) -> ReplayInput:
         """No operations, but every fact that spans the trace: what an engine starts from."""
-        return self._arrays(pl.DataFrame(schema=OPERATION_SCHEMA))
-
-
-OPERATION_SCHEMA = pl.Schema({
-    "row": pl.Int64, "ts_ns": pl.Int64, "cpu": pl.UInt16, "pid": pl.Int32, "ctx": pl.String, "op": pl.Int8, "gfp": pl.UInt32,
-    "pages": pl.Int64, "bytes_alloc": pl.Int64, "cache": pl.String, "obj": pl.Int64, "pool": pl.Int8,
-    "call_site": pl.Int32, "comm": pl.Categorical(),
-})
-CHARGED_SCHEMA = pl.Schema({"obj": pl.Int64, "op": pl.Int8, "cache": pl.String, "bytes_alloc": pl.Int64, "pages": pl.Int64, "pool": pl.Int8})
-
-
-def _socket_charges(trace: Trace, events: pl.LazyFrame) -> pl.LazyFrame:
-    """The target memcg's MEMCG_SOCK changes: socket buffers, which cgroup v2 charges to the
-    socket's memcg (mem_cgroup_charge_skmem; v1 keeps them in a counter of their own, and the
-    stat never moves). The charge has gfp_memcg_charge()'s gfp: GFP_KERNEL in task context,
-    GFP_ATOMIC in softirq (since 6.1, 4b1327be9fe5's fix), whichever task the softirq
-    interrupted; the uncharge goes through the per-CPU stock like other kernel pages."""
-    sock = trace.manifest.get("enums", {}).get("memcg_stat_item", {}).get("MEMCG_SOCK", -1)
-    return (
-        events.filter((pl.col("kind") == "memcg_state") & (pl.col("item") == sock)
-                      & (pl.col("memcg_id") == trace.manifest["target"]["memcg_id"]) & (pl.col("val") != 0))
-        .with_columns(
-            pl.when(pl.col("val") > 0).then(pl.lit(LRU_CHARGE)).otherwise(pl.lit(LRU_UNCHARGE)).cast(pl.Int8).alias("op"),
-            pl.col("val").abs().alias("pages"),
-            pl.lit(POOL_KMEM_PAGES, pl.Int8).alias("pool"),
-            pl.when(in_task()).then(pl.lit(trace.gfp_flags.get("GFP_KERNEL", 0), pl.UInt32))
-            .otherwise(pl.lit(trace.gfp_flags.get("GFP_ATOMIC", 0), pl.UInt32)).alias("gfp"),
+        return ReplayInput(
+            ts=np.zeros(0, np.int64), cpu=np.zeros(0, np.int32), task=np.zeros(0, np.int32), irq=np.zeros(0, np.bool_),
+            op=np.zeros(0, np.int8), gfp=np.zeros(0, np.int64), pages=np.zeros(0, np.int64), bytes=np.zeros(0, np.int64),
+            cache=np.zeros(0, np.int32), obj=np.zeros(0, np.int64), pool=np.zeros(0, np.int8), row=np.zeros(0, np.int64),
+            **self.geometry, cache_names=self.cache_names, task_pids=self.task_pids, initial_pools=self.initial_pools,
+            cpus=self.cpus, t_first=self.t_first, t_last=self.t_last,
         )
-    )
 
 
-def in_task() -> pl.Expr:
-    """An event in task context (a trace without the context column: all of them)."""
-    return pl.col("ctx").fill_null("task") == "task"
+READ_COLUMNS = ["ts_ns", "cpu", "pid", "comm", "ctx", "kind", "memcg_id", "call_site", "cache", "obj", "bytes_alloc",
+                "order", "gfp", "accounted", "item", "val", "failed"]
 
 
-def charged_to_memcg() -> pl.Expr:
-    """A successful accounted allocation of the task itself: one the kernel charges."""
-    return pl.col("accounted") & ~pl.col("failed") & in_task()
+def _read_segment(path: Path) -> pa.Table:
+    return pq.read_table(path, columns=READ_COLUMNS, read_dictionary=["kind", "ctx", "cache", "comm"])
+
+
+def _codes(column: pa.ChunkedArray, code_of: Callable[[str | None], int]) -> np.ndarray:
+    """A dictionary-encoded string column as codes: each distinct string (and null) coded once."""
+    parts = [np.zeros(0, np.int64)]
+    for chunk in column.chunks:
+        lookup = np.array([code_of(value) for value in chunk.dictionary.to_pylist()] + [code_of(None)], np.int64)
+        parts.append(lookup[pc.fill_null(chunk.indices, len(lookup) - 1).to_numpy()])
+    return np.concatenate(parts)
+
+
+def _numbers(table: pa.Table, column: str, null: int | bool) -> np.ndarray:
+    return pc.fill_null(table.column(column), null).to_numpy()
+
+
+def _kernel_facts(trace: Trace) -> np.ndarray:
+    """The enum values and gfp masks the compiled pass needs (replay.events_to_operations FACTS)."""
+    enums = trace.manifest.get("enums", {})
+    node, memcg, gfp = enums.get("node_stat_item", {}), enums.get("memcg_stat_item", {}), trace.gfp_flags
+    facts = np.full(passes.N_FACTS, -1, np.int64)
+    facts[passes.NR_FILE_PAGES] = node.get("NR_FILE_PAGES", -1)
+    facts[passes.NR_ANON_MAPPED] = node.get("NR_ANON_MAPPED", -1)
+    facts[passes.NR_KERNEL_STACK_KB] = node.get("NR_KERNEL_STACK_KB", -1)
+    facts[passes.NR_SHMEM] = node.get("NR_SHMEM", -1)
+    facts[passes.MEMCG_SOCK] = memcg.get("MEMCG_SOCK", -1)
+    facts[passes.GFP_KERNEL] = gfp.get("GFP_KERNEL", 0)
+    facts[passes.GFP_HIGHUSER_MOVABLE] = gfp.get("GFP_HIGHUSER_MOVABLE", 0)
+    facts[passes.GFP_ATOMIC] = gfp.get("GFP_ATOMIC", 0)
+    return facts
 
 
 # Inodes of file systems that keep their files' dentries and inodes off every LRU a shrinker
 # walks: tmpfs pins a file's dentry while the file exists (shmem_mknod's extra dget); sockfs,
 # pipefs and the other pseudo file systems (the generic inode_cache) free inode and dentry at the
 # last close (generic_delete_inode, d_alloc_pseudo's always-delete dentries). Memcg reclaim can
-# take none of it, though the caches are SLAB_RECLAIM_ACCOUNT.
+# take none of it, though the caches are SLAB_RECLAIM_ACCOUNT. Such inodes, and the dentries made
+# in the same system call as one (a socket, a pipe, a tmpfs file), go to the unreclaimable slab
+# pool. A system call is a task's events since its last return to user space in the segment.
 PINNING_INODE_CACHES = ("sock_inode_cache", "inode_cache", "shmem_inode_cache")
 
 
-def _pinned_by_their_file(allocs: pl.LazyFrame, events: pl.LazyFrame) -> pl.LazyFrame:
-    """Such inodes, and the dentries made in the same system call as one (a socket, a pipe, a
-    tmpfs file), go to the unreclaimable slab pool. A system call is a task's events since its
-    last return to user space in the segment (one cut by a segment boundary pairs nothing).
-    Only dentries are paired: the other allocations keep their order and pay no join."""
-    returns = events.filter(pl.col("kind") == "user_return").select(pl.col("row").alias("syscall"), "pid").sort("syscall")
-
-    def in_syscall(frame: pl.LazyFrame) -> pl.LazyFrame:  # join_asof needs both sides sorted; joins do not keep order
-        return (frame.sort("row").join_asof(returns, left_on="row", right_on="syscall", by="pid", strategy="backward",
-                                            check_sortedness=False)
-                .with_columns(pl.col("syscall").fill_null(-1)))  # before the task's first return in the segment
-
-    inodes = allocs.filter(pl.col("cache").is_in(PINNING_INODE_CACHES))
-    pinning = in_syscall(inodes).select("pid", "syscall").unique().with_columns(pl.lit(True).alias("pinned"))
-    dentries = (
-        in_syscall(allocs.filter(pl.col("cache") == "dentry")).join(pinning, on=["pid", "syscall"], how="left")
-        .with_columns(pl.when(pl.col("pinned").fill_null(False)).then(pl.lit(POOL_SLAB_UNRECLAIMABLE, pl.Int8))
-                      .otherwise(pl.col("pool")).alias("pool"))
-        .drop("syscall", "pinned")
-    )
-    unreclaimable_inodes = inodes.with_columns(pl.lit(POOL_SLAB_UNRECLAIMABLE, pl.Int8).alias("pool"))
-    others = allocs.filter(~pl.col("cache").is_in([*PINNING_INODE_CACHES, "dentry"]).fill_null(False))
-    return pl.concat([others, unreclaimable_inodes, dentries], how="vertical_relaxed")
-
-
-def _object_allocations(events: pl.LazyFrame, slab_pools: pl.LazyFrame) -> pl.LazyFrame:
-    """Accounted, successful slab allocations, kmallocs named after their kmalloc-cg cache."""
+def _object_allocations(events: pl.LazyFrame) -> pl.LazyFrame:
+    """Accounted, successful slab allocations in task context, kmallocs named after their
+    kmalloc-cg cache (the caches and sizes the compiled pass will meet)."""
     return (
-        events.filter(pl.col("kind").is_in(["kmalloc", "kmem_cache_alloc"]) & charged_to_memcg()
-                      & (pl.col("bytes_alloc") <= KMALLOC_MAX_CACHE_SIZE))
-        .with_columns(
+        events.filter(pl.col("kind").is_in(["kmalloc", "kmem_cache_alloc"]) & pl.col("accounted") & ~pl.col("failed")
+                      & (pl.col("ctx").fill_null("task") == "task") & (pl.col("bytes_alloc") <= KMALLOC_MAX_CACHE_SIZE))
+        .select(
             pl.when(pl.col("kind") == "kmalloc").then(pl.format("kmalloc-cg-{}", pl.col("bytes_alloc")))
             .otherwise(pl.col("cache")).alias("cache"),
+            "bytes_alloc",
         )
-        .join(slab_pools, on="cache", how="left")
-        .with_columns(pl.col("pool").fill_null(POOL_SLAB_UNRECLAIMABLE))
+        .filter(pl.col("cache").is_not_null())
     )
 
 
@@ -331,15 +266,15 @@ def concat(parts: list[ReplayInput], stream: "InputStream") -> ReplayInput:
     return replace(empty, **joined)
 
 
-def _slab_pools(trace: Trace) -> pl.LazyFrame:
+def _cache_kinds(trace: Trace, cache_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per cache: its objects' pool (reclaimable slab for SLAB_RECLAIM_ACCOUNT caches) and
+    what its objects pin (replay.events_to_operations ORDINARY, PINNING_INODE, DENTRY)."""
     slabs = trace.side_table("slabs")
-    if slabs is None:
-        return pl.LazyFrame(schema={"cache": pl.String, "pool": pl.Int8})
-    return slabs.select(
-        pl.col("name").alias("cache"),
-        pl.when(pl.col("reclaim_account")).then(pl.lit(POOL_SLAB_RECLAIMABLE)).otherwise(pl.lit(POOL_SLAB_UNRECLAIMABLE))
-        .cast(pl.Int8).alias("pool"),
-    )
+    reclaimable = set() if slabs is None else set(slabs.filter(pl.col("reclaim_account")).collect()["name"].to_list())
+    pool = [POOL_SLAB_RECLAIMABLE if name in reclaimable else POOL_SLAB_UNRECLAIMABLE for name in cache_names]
+    kind = [passes.PINNING_INODE if name in PINNING_INODE_CACHES else passes.DENTRY if name == "dentry" else passes.ORDINARY
+            for name in cache_names]
+    return np.array(pool, np.int8), np.array(kind, np.int8)
 
 
 def _cache_geometry(trace: Trace, sizes: dict[str, int]) -> dict[str, np.ndarray]:

@@ -126,10 +126,10 @@ class OutcomeWriter:
     def __enter__(self) -> "OutcomeWriter":
         return self
 
-    def write(self, batch: ReplayInput, about: pl.DataFrame, outcomes: dict[str, np.ndarray]) -> None:
+    def write(self, batch: ReplayInput, about: pa.Table, outcomes: dict[str, np.ndarray]) -> None:
         """The charges of one batch: `about` holds the call_site and comm of every operation."""
         charges = np.isin(batch.op, CHARGE_OPS)
-        about = about.filter(pl.Series(charges)).to_arrow()
+        about = about.filter(pa.array(charges))
         gfp = pa.array(batch.gfp[charges]).dictionary_encode()  # few distinct values: each is classified once
         gfp_classes = pa.array([gfp_class(bits, self.gfp_flags) for bits in gfp.dictionary.to_pylist()], pa.string()).dictionary_encode()
         cache = batch.cache[charges]

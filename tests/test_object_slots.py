@@ -10,25 +10,31 @@ import polars as pl
 
 from replay import policy
 from replay.input import InputStream, build
-from replay.object_slots import ObjectSlots
-from replay.ops import LRU_CHARGE, OBJ_ALLOC, OBJ_FREE, PAGE_ALLOC, PAGE_FREE, GfpBits
+from replay.object_slots import NEVER_CHARGED, POOL, ObjectSlots, give_back_slot, take_slot
+from replay.ops import GfpBits
 from replay.run import ENGINES, limits_for, replay_whole, resolution_for
 from traces.reader import Trace
 from traces.samples import sample_path
 
 
 def test_slots_are_handed_out_again_after_a_free():
-    op = np.array([OBJ_ALLOC, PAGE_ALLOC, OBJ_FREE, OBJ_ALLOC, PAGE_FREE, OBJ_FREE, LRU_CHARGE, OBJ_ALLOC], np.int8)
-    obj = np.array([10, 11, 10, 12, 11, 99, -1, -1], np.int64)
-    # 10 -> 1, 11 -> 2, 10 gives 1 back, 12 takes it, 11 gives 2 back; 99 was never
-    # allocated: slot 0, where nothing is charged; no pseudonym stays -1.
-    assert ObjectSlots().assign(op, obj).tolist() == [1, 2, 1, 1, 2, 0, -1, -1]
-
-
-def test_slots_carry_from_one_batch_to_the_next():
     slots = ObjectSlots()
-    assert slots.assign(np.array([OBJ_ALLOC, OBJ_ALLOC], np.int8), np.array([5, 6])).tolist() == [1, 2]
-    assert slots.assign(np.array([OBJ_FREE, OBJ_ALLOC, OBJ_FREE], np.int8), np.array([6, 7, 5])).tolist() == [2, 2, 1]
+    take = lambda pseudonym: take_slot(slots.slot_of, slots.free, slots.counts, pseudonym)  # noqa: E731
+    give_back = lambda pseudonym: give_back_slot(slots.slot_of, slots.free, slots.counts, pseudonym)  # noqa: E731
+    # 10 -> 1, 11 -> 2, 10 gives 1 back, 12 takes it, 11 gives 2 back; 99 was never
+    # allocated: nothing to give back (slot 0, where nothing is ever charged).
+    assert [take(10), take(11), give_back(10), take(12), give_back(11), give_back(99)] == [1, 2, 1, 1, 2, NEVER_CHARGED]
+
+
+def test_slots_and_live_allocations_survive_growing():
+    slots = ObjectSlots()
+    first = take_slot(slots.slot_of, slots.free, slots.counts, 5)
+    slots.live[first, POOL] = 3
+    slots.make_room(5000)  # more than the first tables hold: they grow
+    assert len(slots.free) >= 5001 and len(slots.live) == len(slots.free)
+    assert slots.live[first, POOL] == 3
+    assert give_back_slot(slots.slot_of, slots.free, slots.counts, 5) == first
+    assert take_slot(slots.slot_of, slots.free, slots.counts, 7) == first
 
 
 def test_a_sample_replays_the_same_by_slot_as_by_pseudonym():

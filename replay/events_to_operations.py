@@ -1,0 +1,169 @@
+"""The compiled pass of replay.input: one segment's events, in trace order, to operations.
+
+replay.input says what becomes an operation and prepares each event's columns as codes
+(kind, dense task id, cache id, null-free numbers); this pass walks the events once with
+what must be remembered from one event to the next: the live charged allocations (by
+object slot, replay.object_slots), and per task whether it is inside a memcg reclaim,
+whether it was OOM-killed, its last reclaim_begin, and within the current system call its
+pinning inode and its dentries. One event makes at most one operation, so operations come
+out in trace order.
+"""
+from __future__ import annotations
+
+from common.jit import njit
+from replay.object_slots import ALLOC_OP, BYTES, CACHE, NEVER_CHARGED, OP, PAGES, POOL, give_back_slot, take_slot
+from replay.ops import (
+    LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, OBJ_ALLOC, OOM_CHARGE, PAGE_ALLOC, PAGE_SIZE, POOL_ANON, POOL_FILE,
+    POOL_KMEM_PAGES, POOL_OTHER, POOL_SLAB_UNRECLAIMABLE, USER_RETURN,
+)
+from traces.schema import KINDS
+
+KIND = {name: code for code, name in enumerate(KINDS)}
+KMALLOC, KMEM_CACHE_ALLOC, PAGE_ALLOC_EVENT = KIND["kmalloc"], KIND["kmem_cache_alloc"], KIND["page_alloc"]
+KFREE, KMEM_CACHE_FREE, PAGE_FREE_EVENT = KIND["kfree"], KIND["kmem_cache_free"], KIND["page_free"]
+MEMCG_STATE, MEMCG_LRUVEC_STATE = KIND["memcg_state"], KIND["memcg_lruvec_state"]
+RECLAIM_BEGIN, RECLAIM_END, USER_RETURN_EVENT, OOM = KIND["reclaim_begin"], KIND["reclaim_end"], KIND["user_return"], KIND["oom"]
+
+# The capturing kernel's enum values and gfp masks the pass needs (FACTS columns; -1: not in its tables).
+NR_FILE_PAGES, NR_ANON_MAPPED, NR_KERNEL_STACK_KB, NR_SHMEM, MEMCG_SOCK, GFP_KERNEL, GFP_HIGHUSER_MOVABLE, GFP_ATOMIC = range(8)
+N_FACTS = 8
+# Per task (TASK columns): across the trace, then within the current segment's system call.
+IN_RECLAIM, KILLED, BEGIN_GFP, BEGIN_ORDER, PINNED, DENTRIES, LAST_LRU, LAST_LRU_VAL = range(8)
+N_TASK_STATE = 8
+# Caches by what their objects pin (CACHE_CLASS values).
+ORDINARY, PINNING_INODE, DENTRY = range(3)
+KMALLOC_MAX_CACHE_SIZE = 2 * PAGE_SIZE  # larger kmallocs come from the page allocator
+
+
+@njit
+def segment_operations(kind, task, in_task, charged, nbytes, cache, obj, order, gfp, item, val, of_target, victim,
+                       out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool, next_dentry, free_op,
+                       tasks, slot_of, free_slots, slot_counts, live, cache_pool, cache_class, facts, first_op) -> int:
+    """The segment's operations into the out_ arrays (out_src: the event's row in the segment);
+    their number. `charged`: a successful accounted allocation in task context; `of_target`:
+    a stat change of the target memcg with an item and a value; `victim`: an oom event's
+    victim as a task id (-1: none). `first_op` numbers this segment's first operation."""
+    n = 0
+    for i in range(kind.shape[0]):
+        k, t = kind[i], task[i]
+        if k == KMALLOC or k == KMEM_CACHE_ALLOC:
+            if not charged[i] or nbytes[i] < 0 or nbytes[i] > KMALLOC_MAX_CACHE_SIZE or cache[i] < 0:
+                continue
+            c = cache[i]
+            pool = cache_pool[c]
+            if cache_class[c] == PINNING_INODE:
+                pool = POOL_SLAB_UNRECLAIMABLE
+                tasks[t, PINNED] = 1
+            slot = take_slot(slot_of, free_slots, slot_counts, obj[i]) if obj[i] >= 0 else -1
+            _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool,
+                  n, i, OBJ_ALLOC, gfp[i], 0, nbytes[i], c, slot, pool)
+            _remember(live, slot, OBJ_ALLOC, c, nbytes[i], 0, pool, first_op + n)
+            if cache_class[c] == DENTRY:  # its pool is known when its system call ends
+                next_dentry[n] = tasks[t, DENTRIES]
+                tasks[t, DENTRIES] = n
+            free_op[n] = -1
+            n += 1
+        elif k == PAGE_ALLOC_EVENT:
+            if not charged[i]:
+                continue
+            pages = 1 << order[i] if order[i] >= 0 else 0
+            slot = take_slot(slot_of, free_slots, slot_counts, obj[i]) if obj[i] >= 0 else -1
+            _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool,
+                  n, i, PAGE_ALLOC, gfp[i], pages, max(nbytes[i], 0), -1, slot, POOL_KMEM_PAGES)
+            _remember(live, slot, PAGE_ALLOC, -1, max(nbytes[i], 0), pages, POOL_KMEM_PAGES, first_op + n)
+            free_op[n] = -1
+            n += 1
+        elif k == KFREE or k == KMEM_CACHE_FREE or k == PAGE_FREE_EVENT:
+            slot = give_back_slot(slot_of, free_slots, slot_counts, obj[i]) if obj[i] >= 0 else NEVER_CHARGED
+            if slot == NEVER_CHARGED:
+                continue
+            _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool,
+                  n, i, live[slot, OP] + 1, gfp[i], live[slot, PAGES], live[slot, BYTES], live[slot, CACHE], slot,
+                  live[slot, POOL])  # OBJ_FREE, PAGE_FREE follow their allocation codes
+            allocated = live[slot, ALLOC_OP] - first_op
+            if allocated >= 0:  # in this segment: a dentry's pool may still change
+                free_op[allocated] = n
+            n += 1
+        elif k == MEMCG_LRUVEC_STATE:
+            it = item[i]
+            if not of_target[i] or val[i] == 0:
+                continue
+            if it == facts[NR_SHMEM]:  # the file pages the task just added or dropped are shmem: swap-backed
+                if tasks[t, LAST_LRU] >= 0 and tasks[t, LAST_LRU_VAL] == val[i]:
+                    out_pool[tasks[t, LAST_LRU]] = POOL_ANON
+                tasks[t, LAST_LRU] = -1
+                continue
+            if it != facts[NR_FILE_PAGES] and it != facts[NR_ANON_MAPPED] and it != facts[NR_KERNEL_STACK_KB]:
+                continue
+            stack = it == facts[NR_KERNEL_STACK_KB]
+            if val[i] > 0:
+                op = LRU_CHARGE
+            elif tasks[t, IN_RECLAIM] and not stack:
+                op = LRU_RECLAIMED
+            elif tasks[t, KILLED] and it == facts[NR_ANON_MAPPED]:
+                op = LRU_OOM_FREED
+            else:
+                op = LRU_UNCHARGE
+            pool = POOL_KMEM_PAGES if stack else POOL_ANON if it == facts[NR_ANON_MAPPED] else POOL_FILE
+            _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool,
+                  n, i, op, facts[GFP_KERNEL] if stack else facts[GFP_HIGHUSER_MOVABLE], abs(val[i]), max(nbytes[i], 0),
+                  -1, -1, pool)
+            tasks[t, LAST_LRU], tasks[t, LAST_LRU_VAL] = n, val[i]
+            n += 1
+        elif k == MEMCG_STATE:
+            if not of_target[i] or val[i] == 0 or item[i] != facts[MEMCG_SOCK]:
+                continue
+            _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool,
+                  n, i, LRU_CHARGE if val[i] > 0 else LRU_UNCHARGE, facts[GFP_KERNEL] if in_task[i] else facts[GFP_ATOMIC],
+                  abs(val[i]), max(nbytes[i], 0), -1, -1, POOL_KMEM_PAGES)
+            n += 1
+        elif k == RECLAIM_BEGIN:
+            tasks[t, IN_RECLAIM], tasks[t, BEGIN_GFP], tasks[t, BEGIN_ORDER] = 1, gfp[i], order[i]
+        elif k == RECLAIM_END:
+            tasks[t, IN_RECLAIM] = 0
+        elif k == OOM:
+            if victim[i] >= 0:
+                tasks[victim[i], KILLED] = 1
+            if tasks[t, BEGIN_ORDER] >= 0:  # the charge the kill was for: the task's last reclaim_begin
+                _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool,
+                      n, i, OOM_CHARGE, tasks[t, BEGIN_GFP], 1 << tasks[t, BEGIN_ORDER], max(nbytes[i], 0), -1, -1, POOL_ANON)
+                n += 1
+        elif k == USER_RETURN_EVENT:
+            _end_system_call(tasks, t, next_dentry, free_op, out_obj, out_pool, live)
+            _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool,
+                  n, i, USER_RETURN, gfp[i], 0, max(nbytes[i], 0), -1, -1, POOL_OTHER)
+            n += 1
+    for t in range(tasks.shape[0]):  # a system call cut by the segment's end pairs what it has
+        _end_system_call(tasks, t, next_dentry, free_op, out_obj, out_pool, live)
+        tasks[t, LAST_LRU] = -1
+    return n
+
+
+@njit
+def _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool,
+          n, src, op, gfp, pages, nbytes, cache, obj, pool) -> None:
+    out_src[n], out_op[n], out_gfp[n], out_pages[n] = src, op, gfp, pages
+    out_bytes[n], out_cache[n], out_obj[n], out_pool[n] = nbytes, cache, obj, pool
+
+
+@njit
+def _remember(live, slot, op, cache, nbytes, pages, pool, number) -> None:
+    if slot >= 0:
+        live[slot, OP], live[slot, CACHE], live[slot, BYTES] = op, cache, nbytes
+        live[slot, PAGES], live[slot, POOL], live[slot, ALLOC_OP] = pages, pool, number
+
+
+@njit
+def _end_system_call(tasks, t, next_dentry, free_op, out_obj, out_pool, live) -> None:
+    """The dentries a task made in a system call that also made a pinning inode (a socket, a
+    pipe, a tmpfs file) are pinned with it: unreclaimable, as is their free if it came already."""
+    d = tasks[t, DENTRIES]
+    while d >= 0:
+        if tasks[t, PINNED]:
+            out_pool[d] = POOL_SLAB_UNRECLAIMABLE
+            if free_op[d] >= 0:
+                out_pool[free_op[d]] = POOL_SLAB_UNRECLAIMABLE
+            elif out_obj[d] >= 0:
+                live[out_obj[d], POOL] = POOL_SLAB_UNRECLAIMABLE
+        d = next_dentry[d]
+    tasks[t, DENTRIES], tasks[t, PINNED] = -1, 0
