@@ -126,51 +126,58 @@ class InputStream:
 
     def described_batches(self) -> Iterator[tuple[ReplayInput, pa.Table]]:
         """Each segment's operations, with what a result records of them and the engines do
-        not read: every operation's call site and task name."""
-        tasks = np.zeros((len(self.task_pids), passes.N_TASK_STATE), np.int64)
-        tasks[:, [passes.BEGIN_ORDER, passes.DENTRIES, passes.LAST_LRU]] = -1
-        slots = ObjectSlots()
-        offset = operations = 0
+        not read: every operation's call site and task name. Worker threads read and decode
+        the next segments while the caller passes over and replays this one."""
+        carried = Carried(len(self.task_pids))
         paths = self.trace.segment_paths
-        with ThreadPoolExecutor(max_workers=1) as reader:
-            upcoming = reader.submit(_read_segment, paths[0]) if paths else None
+        with ThreadPoolExecutor(max_workers=READERS) as readers:
+            upcoming = [readers.submit(self._columns, path) for path in paths[:READERS]]
             for index in range(len(paths)):
-                table = upcoming.result()
-                upcoming = reader.submit(_read_segment, paths[index + 1]) if index + 1 < len(paths) else None
-                batch, src = self._segment_operations(table, tasks, slots, operations)
-                batch.row += offset
-                offset += table.num_rows
-                operations += len(batch)
-                yield batch, table.select(["call_site", "comm"]).take(src)
+                columns = upcoming.pop(0).result()
+                if index + READERS < len(paths):
+                    upcoming.append(readers.submit(self._columns, paths[index + READERS]))
+                yield self._segment_operations(columns, carried)
 
-    def _segment_operations(self, table: pa.Table, tasks: np.ndarray, slots: ObjectSlots,
-                            first_op: int) -> tuple[ReplayInput, np.ndarray]:
-        """One segment's operations, and each one's event (its row in the segment)."""
-        kind = _codes(table.column("kind"), lambda name: KINDS.index(name) if name else -1)
-        in_task = _codes(table.column("ctx"), lambda ctx: ctx in (None, "task")).astype(np.bool_)  # no context column: task
+    def _columns(self, path: Path) -> dict:
+        """A segment's events as the pass takes them: codes and null-free numbers."""
+        table = pq.read_table(path, columns=READ_COLUMNS, read_dictionary=["kind", "ctx", "cache", "comm"])
+        kind = _codes(table.column("kind"), lambda name: KINDS.index(name) if name else -1, np.int8)
+        in_task = _codes(table.column("ctx"), lambda ctx: ctx in (None, "task"), np.bool_)  # no context column: task
         nbytes = _numbers(table, "bytes_alloc", -1)
-        cache = np.where(kind == passes.KMALLOC, self.kmalloc_cache[np.clip(nbytes, 0, KMALLOC_MAX_CACHE_SIZE)],
-                         _codes(table.column("cache"), lambda name: self.cache_ids.get(name, -1)))
-        charged = _numbers(table, "accounted", False) & ~_numbers(table, "failed", True) & in_task
         of_target = pc.fill_null(pc.equal(table.column("memcg_id"), self.trace.manifest["target"]["memcg_id"]), False)
         of_target = pc.and_(of_target, pc.and_(pc.is_valid(table.column("item")), pc.is_valid(table.column("val"))))
-        task = np.searchsorted(self.task_pids, _numbers(table, "pid", 0)).astype(np.int32)
         val = _numbers(table, "val", 0)
-        n = table.num_rows
+        return dict(
+            kind=kind, task=np.searchsorted(self.task_pids, _numbers(table, "pid", 0)).astype(np.int32), in_task=in_task,
+            charged=_numbers(table, "accounted", False) & ~_numbers(table, "failed", True) & in_task, nbytes=nbytes,
+            cache=np.where(kind == passes.KMALLOC, self.kmalloc_cache[np.clip(nbytes, 0, KMALLOC_MAX_CACHE_SIZE)],
+                           _codes(table.column("cache"), lambda name: self.cache_ids.get(name, -1), np.int32)),
+            obj=_numbers(table, "obj", -1), order=_numbers(table, "order", -1), gfp=_numbers(table, "gfp", 0),
+            item=_numbers(table, "item", 0), val=val, of_target=of_target.to_numpy(zero_copy_only=False),
+            victim=self._victims(kind, val), ts=_numbers(table, "ts_ns", 0), cpu=_numbers(table, "cpu", 0),
+            about=table.select(["call_site", "comm"]),
+        )
+
+    def _segment_operations(self, events: dict, carried: "Carried") -> tuple[ReplayInput, pa.Table]:
+        """One segment's operations, and each one's call site and task name."""
+        n = len(events["kind"])
         out = (np.empty(n, np.int64), np.empty(n, np.int8), np.empty(n, np.int64), np.empty(n, np.int64),
                np.empty(n, np.int64), np.empty(n, np.int32), np.empty(n, np.int64), np.empty(n, np.int8))
-        slots.make_room(n)
+        slots = carried.slots
+        slots.make_room(int(np.count_nonzero(events["charged"])))  # only charged allocations take a slot
         count = passes.segment_operations(
-            kind, task, in_task, charged, nbytes, cache, _numbers(table, "obj", -1), _numbers(table, "order", -1),
-            _numbers(table, "gfp", 0), _numbers(table, "item", 0), val, of_target.to_numpy(zero_copy_only=False),
-            self._victims(kind, val), *out, np.empty(n, np.int64), np.empty(n, np.int64), tasks,
-            slots.slot_of, slots.free, slots.counts, slots.live, self.cache_pool, self.cache_class, self.facts, first_op)
+            *(events[name] for name in PASS_COLUMNS), *out, np.empty(n, np.int64), np.empty(n, np.int64), carried.tasks,
+            slots.slot_of, slots.free, slots.counts, slots.live, self.cache_pool, self.cache_class, self.facts,
+            carried.operations)
         src, op, gfp, pages, nbytes, cache, obj, pool = (column[:count] for column in out)
-        return replace(
-            self.empty(), ts=_numbers(table, "ts_ns", 0)[src], cpu=_numbers(table, "cpu", 0)[src].astype(np.int32),
-            task=task[src], irq=~in_task[src], op=op, gfp=gfp, pages=pages, bytes=nbytes, cache=cache, obj=obj, pool=pool,
-            row=src.copy(),
-        ), src
+        batch = replace(
+            self.empty(), ts=events["ts"][src], cpu=events["cpu"][src].astype(np.int32), task=events["task"][src],
+            irq=~events["in_task"][src], op=op, gfp=gfp, pages=pages, bytes=nbytes, cache=cache, obj=obj, pool=pool,
+            row=src + carried.rows,
+        )
+        carried.rows += n
+        carried.operations += count
+        return batch, events["about"].take(src)
 
     def _victims(self, kind: np.ndarray, val: np.ndarray) -> np.ndarray:
         """Each oom event's victim (its val, a pid) as a task id; -1 elsewhere."""
@@ -192,19 +199,29 @@ class InputStream:
         )
 
 
+class Carried:
+    """What the pass carries from one segment to the next."""
+
+    def __init__(self, tasks: int) -> None:
+        self.tasks = np.zeros((tasks, passes.N_TASK_STATE), np.int64)
+        self.tasks[:, [passes.BEGIN_ORDER, passes.DENTRIES, passes.LAST_LRU]] = -1
+        self.slots = ObjectSlots()
+        self.rows = 0  # events in the segments before
+        self.operations = 0  # and their operations
+
+
+READERS = 1  # segments read ahead, each by its own thread
+PASS_COLUMNS = ("kind", "task", "in_task", "charged", "nbytes", "cache", "obj", "order", "gfp", "item", "val", "of_target",
+                "victim")  # replay.events_to_operations.segment_operations's event arguments
 READ_COLUMNS = ["ts_ns", "cpu", "pid", "comm", "ctx", "kind", "memcg_id", "call_site", "cache", "obj", "bytes_alloc",
                 "order", "gfp", "accounted", "item", "val", "failed"]
 
 
-def _read_segment(path: Path) -> pa.Table:
-    return pq.read_table(path, columns=READ_COLUMNS, read_dictionary=["kind", "ctx", "cache", "comm"])
-
-
-def _codes(column: pa.ChunkedArray, code_of: Callable[[str | None], int]) -> np.ndarray:
+def _codes(column: pa.ChunkedArray, code_of: Callable[[str | None], int], dtype: type) -> np.ndarray:
     """A dictionary-encoded string column as codes: each distinct string (and null) coded once."""
-    parts = [np.zeros(0, np.int64)]
+    parts = [np.zeros(0, dtype)]
     for chunk in column.chunks:
-        lookup = np.array([code_of(value) for value in chunk.dictionary.to_pylist()] + [code_of(None)], np.int64)
+        lookup = np.array([code_of(value) for value in chunk.dictionary.to_pylist()] + [code_of(None)], dtype)
         parts.append(lookup[pc.fill_null(chunk.indices, len(lookup) - 1).to_numpy()])
     return np.concatenate(parts)
 
