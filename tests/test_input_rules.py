@@ -1,0 +1,109 @@
+"""What replay.input makes of a trace's events, on a hand-written trace of 18 events in two
+segments, each operation worked out by hand from the rules in replay/input.py's docstring."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from replay.input import InputStream, build
+from replay.ops import (
+    LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, OBJ_ALLOC, OBJ_FREE, OOM_CHARGE, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES,
+    POOL_OTHER, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, USER_RETURN,
+)
+from traces.atomic import write_json
+from traces.manifest import MANIFEST
+from traces.reader import Trace
+from traces.samples import sample_path
+from traces.schema import EVENT_SCHEMA
+from traces.segments import SegmentWriter
+
+LIKE = "socket-storm"  # its manifest (6.18's enums and gfp table) and slab table
+TASK, VICTIM = 100, 200
+
+
+@pytest.fixture(scope="module")
+def trace(tmp_path_factory) -> Trace:
+    like = sample_path(LIKE)
+    manifest = json.loads((like / MANIFEST).read_text())
+    node, memcg, gfp = manifest["enums"]["node_stat_item"], manifest["enums"]["memcg_stat_item"], manifest["gfp_flags"]
+    target = manifest["target"]["memcg_id"]
+    account = gfp["GFP_KERNEL_ACCOUNT"]
+
+    def event(kind: str, pid: int = TASK, ctx: str = "task", **columns) -> dict:
+        return dict(kind=kind, pid=pid, ctx=ctx, cpu=0, comm=f"task{pid}", **columns)
+
+    def alloc(kind: str, obj: int, size: int, cache: str | None = None, ctx: str = "task") -> dict:
+        return event(kind, ctx=ctx, obj=obj, cache=cache, bytes_req=size, bytes_alloc=size, gfp=account, accounted=True,
+                     failed=False, call_site=7)
+
+    def stat(kind: str, item: int, val: int, pid: int = TASK, ctx: str = "task") -> dict:
+        return event(kind, pid=pid, ctx=ctx, memcg_id=target, item=item, val=val)
+
+    events = [
+        event("user_return"),  # 0
+        alloc("kmem_cache_alloc", 1, 192, "dentry"),  # 1: a dentry, freed (2) in the system call
+        event("kmem_cache_free", obj=1, cache="dentry"),  # 2
+        alloc("kmem_cache_alloc", 2, 832, "sock_inode_cache"),  # 3: ... that also makes a socket's inode
+        event("user_return"),  # 4
+        alloc("kmem_cache_alloc", 3, 192, "dentry"),  # 5: a dentry of a system call with no pinning inode
+        stat("memcg_lruvec_state", node["NR_FILE_PAGES"], 4),  # 6: file pages the task follows with
+        stat("memcg_lruvec_state", node["NR_SHMEM"], 4),  # 7: ... the same shmem change: swap-backed
+        stat("memcg_lruvec_state", node["NR_FILE_PAGES"], 2),  # 8: file pages
+        alloc("kmalloc", 4, 64, ctx="softirq"),  # 9: an interrupt's allocation: no memcg
+        alloc("kmalloc", 5, 64),  # 10 (second segment)
+        event("reclaim_begin", gfp=account, order=0),  # 11
+        stat("memcg_lruvec_state", node["NR_FILE_PAGES"], -3),  # 12: the capturing kernel's own reclaim
+        event("reclaim_end", val=3),  # 13
+        event("oom", val=VICTIM),  # 14: the task's charge after reclaim OOM-killed VICTIM
+        stat("memcg_lruvec_state", node["NR_ANON_MAPPED"], -5, pid=VICTIM),  # 15: the victim's anon pages go
+        stat("memcg_state", memcg["MEMCG_SOCK"], 3, ctx="softirq"),  # 16: socket buffers charged in softirq
+        event("kfree", obj=3, cache="dentry"),  # 17: frees the dentry of row 5, a segment later
+    ]
+    for ts, row in enumerate(events):
+        row["ts_ns"] = 1_000 * (ts + 1)
+    path = tmp_path_factory.mktemp("trace") / "t"
+    manifest.update(segments=[], events=len(events))
+    writer = SegmentWriter(path, lambda segment: manifest["segments"].append(segment.__dict__), max_events=10)
+    writer.write(pa.Table.from_pylist(events, schema=EVENT_SCHEMA))
+    writer.close_segment()
+    (path / "slabs.parquet").write_bytes((like / "slabs.parquet").read_bytes())
+    write_json(path / MANIFEST, manifest)
+    return Trace.open(path)
+
+
+def test_each_event_makes_the_operation_the_rules_say(trace):
+    data = build(trace)
+    gfp = trace.gfp_flags
+    account = gfp["GFP_KERNEL_ACCOUNT"]
+    dentry, inode, kmalloc64 = (data.cache_names.index(name) for name in ("dentry", "sock_inode_cache", "kmalloc-cg-64"))
+    task, victim = (list(data.task_pids).index(pid) for pid in (TASK, VICTIM))
+    # row, op, pages, pool, cache, object slot, gfp, task, in interrupt
+    expected = [
+        (0, USER_RETURN, 0, POOL_OTHER, -1, -1, 0, task, False),
+        (1, OBJ_ALLOC, 0, POOL_SLAB_UNRECLAIMABLE, dentry, 1, account, task, False),  # pinned by the inode of row 3
+        (2, OBJ_FREE, 0, POOL_SLAB_UNRECLAIMABLE, dentry, 1, 0, task, False),  # its free too, though it came first
+        (3, OBJ_ALLOC, 0, POOL_SLAB_UNRECLAIMABLE, inode, 1, account, task, False),  # slot 1 again, freed at row 2
+        (4, USER_RETURN, 0, POOL_OTHER, -1, -1, 0, task, False),
+        (5, OBJ_ALLOC, 0, POOL_SLAB_RECLAIMABLE, dentry, 2, account, task, False),  # dentry: SLAB_RECLAIM_ACCOUNT
+        (6, LRU_CHARGE, 4, POOL_ANON, -1, -1, gfp["GFP_HIGHUSER_MOVABLE"], task, False),
+        (8, LRU_CHARGE, 2, POOL_FILE, -1, -1, gfp["GFP_HIGHUSER_MOVABLE"], task, False),
+        (10, OBJ_ALLOC, 0, POOL_SLAB_UNRECLAIMABLE, kmalloc64, 3, account, task, False),
+        (12, LRU_RECLAIMED, 3, POOL_FILE, -1, -1, gfp["GFP_HIGHUSER_MOVABLE"], task, False),
+        (14, OOM_CHARGE, 1, POOL_ANON, -1, -1, account, task, False),  # order and gfp of the reclaim_begin of row 11
+        (15, LRU_OOM_FREED, 5, POOL_ANON, -1, -1, gfp["GFP_HIGHUSER_MOVABLE"], victim, False),
+        (16, LRU_CHARGE, 3, POOL_KMEM_PAGES, -1, -1, gfp["GFP_ATOMIC"], task, True),
+        (17, OBJ_FREE, 0, POOL_SLAB_RECLAIMABLE, dentry, 2, 0, task, False),
+    ]
+    got = list(zip(data.row.tolist(), data.op.tolist(), data.pages.tolist(), data.pool.tolist(), data.cache.tolist(),
+                   data.obj.tolist(), data.gfp.tolist(), data.task.tolist(), data.irq.tolist()))
+    assert got == expected
+    assert data.bytes[data.op == OBJ_FREE].tolist() == [192, 192]  # a free has its allocation's size
+
+
+def test_the_segments_carry_what_spans_them(trace):
+    assert len(trace.segment_paths) == 2  # rows 0-9 and 10-17: the free of row 17 found its allocation of row 5
+    batches = [batch.row.tolist() for batch in InputStream(trace).batches()]
+    assert batches == [[0, 1, 2, 3, 4, 5, 6, 8], [10, 12, 14, 15, 16, 17]]
