@@ -3,7 +3,6 @@ segments, each operation worked out by hand from the rules in replay/input.py's 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pyarrow as pa
 import pytest
