@@ -115,7 +115,7 @@ class InputStream:
         self.cache_pool, self.cache_class = _cache_kinds(trace, self.cache_names)
         self.kmalloc_cache = np.array([self.cache_ids.get(f"kmalloc-cg-{size}", -1) for size in range(KMALLOC_MAX_CACHE_SIZE + 1)],
                                       np.int32)
-        self.facts = _kernel_facts(trace)
+        self.kernel_facts = _kernel_facts(trace)
 
     @property
     def segments(self) -> int:
@@ -167,7 +167,7 @@ class InputStream:
         slots.make_room(int(np.count_nonzero(events["charged"])))  # only charged allocations take a slot
         count = passes.segment_operations(
             *(events[name] for name in PASS_COLUMNS), *out, np.empty(n, np.int64), np.empty(n, np.int64), carried.tasks,
-            slots.slot_of, slots.free, slots.counts, slots.live, self.cache_pool, self.cache_class, self.facts,
+            slots.slot_of, slots.free, slots.counts, slots.live, self.cache_pool, self.cache_class, self.kernel_facts,
             carried.operations)
         src, op, gfp, pages, nbytes, cache, obj, pool = (column[:count] for column in out)
         batch = replace(
