@@ -22,7 +22,7 @@ from types import ModuleType
 import numpy as np
 
 from replay import model
-from replay.input import ReplayInput
+from replay.input import ARRAY_DTYPES, ReplayInput
 from replay.model import (
     CARRY, FAILCNT, FILE_LRU, FREE_SLAB, GFP_DIRECT_RECLAIM, GFP_FS, GFP_HIGH, GFP_KERNEL, GFP_NOFAIL, GFP_NORETRY,
     GFP_RETRY_MAYFAIL, SHRUNK_SLAB_COUNTS,
@@ -36,11 +36,9 @@ from replay.result import EngineResult
 from traces.errors import UserError
 
 BATCH_SIZE = 1 << 21  # operations per call of replay_batch: bounds the per-batch dtype conversions
-# Each input array's dtype in replay_batch (replay.input.ReplayInput's own, so that a
-# trace's batches need no conversion and the loop is compiled once).
-INPUT_DTYPES = (("ts", np.int64), ("cpu", np.int32), ("task", np.int32), ("irq", np.bool_), ("op", np.int8),
-                ("gfp", np.int64), ("pages", np.int64), ("bytes", np.int64), ("cache", np.int32),
-                ("obj", np.int64), ("pool", np.int8))
+# Each input array's dtype in replay_batch (ReplayInput's own, so that a trace's batches need
+# no conversion and the loop is compiled once); the trace row is the result's, not the model's.
+INPUT_DTYPES = tuple((name, dtype) for name, dtype in ARRAY_DTYPES.items() if name != "row")
 SLAB_ROWS = 1024  # the slab table's first size
 MAX_SLABS = np.iinfo(np.int32).max  # object_slab holds slab ids as int32: half the memory per object
 

@@ -49,7 +49,11 @@ from replay.object_slots import ObjectSlots
 from replay.ops import PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_OTHER, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE
 from traces.reader import Trace
 from traces.schema import KINDS
-ARRAYS = ("ts", "cpu", "task", "irq", "op", "gfp", "pages", "bytes", "cache", "obj", "pool", "row")
+# Each operation array of ReplayInput and its dtype: the engines' replay_batch takes them as
+# they are (replay.engine), so a trace's batches need no conversion.
+ARRAY_DTYPES = {"ts": np.int64, "cpu": np.int32, "task": np.int32, "irq": np.bool_, "op": np.int8, "gfp": np.int64,
+                "pages": np.int64, "bytes": np.int64, "cache": np.int32, "obj": np.int64, "pool": np.int8, "row": np.int64}
+ARRAYS = tuple(ARRAY_DTYPES)
 
 
 @dataclass
@@ -126,16 +130,16 @@ class InputStream:
 
     def described_batches(self) -> Iterator[tuple[ReplayInput, pa.Table]]:
         """Each segment's operations, with what a result records of them and the engines do
-        not read: every operation's call site and task name. Worker threads read and decode
-        the next segments while the caller passes over and replays this one."""
+        not read: every operation's call site and task name. A worker thread reads and decodes
+        the next segment while the caller passes over and replays this one (a second reader
+        held more memory and was no faster)."""
         carried = Carried(len(self.task_pids))
         paths = self.trace.segment_paths
-        with ThreadPoolExecutor(max_workers=READERS) as readers:
-            upcoming = [readers.submit(self._columns, path) for path in paths[:READERS]]
+        with ThreadPoolExecutor(max_workers=1) as reader:
+            upcoming = reader.submit(self._columns, paths[0]) if paths else None
             for index in range(len(paths)):
-                columns = upcoming.pop(0).result()
-                if index + READERS < len(paths):
-                    upcoming.append(readers.submit(self._columns, paths[index + READERS]))
+                columns = upcoming.result()
+                upcoming = reader.submit(self._columns, paths[index + 1]) if index + 1 < len(paths) else None
                 yield self._segment_operations(columns, carried)
 
     def _columns(self, path: Path) -> dict:
@@ -191,10 +195,8 @@ class InputStream:
     def empty(self) -> ReplayInput:
         """No operations, but every fact that spans the trace: what an engine starts from."""
         return ReplayInput(
-            ts=np.zeros(0, np.int64), cpu=np.zeros(0, np.int32), task=np.zeros(0, np.int32), irq=np.zeros(0, np.bool_),
-            op=np.zeros(0, np.int8), gfp=np.zeros(0, np.int64), pages=np.zeros(0, np.int64), bytes=np.zeros(0, np.int64),
-            cache=np.zeros(0, np.int32), obj=np.zeros(0, np.int64), pool=np.zeros(0, np.int8), row=np.zeros(0, np.int64),
-            **self.geometry, cache_names=self.cache_names, task_pids=self.task_pids, initial_pools=self.initial_pools,
+            **{name: np.zeros(0, dtype) for name, dtype in ARRAY_DTYPES.items()}, **self.geometry,
+            cache_names=self.cache_names, task_pids=self.task_pids, initial_pools=self.initial_pools,
             cpus=self.cpus, t_first=self.t_first, t_last=self.t_last,
         )
 
@@ -210,7 +212,6 @@ class Carried:
         self.operations = 0  # and their operations
 
 
-READERS = 1  # segments read ahead, each by its own thread
 PASS_COLUMNS = ("kind", "task", "in_task", "charged", "nbytes", "cache", "obj", "order", "gfp", "item", "val", "of_target",
                 "victim")  # replay.events_to_operations.segment_operations's event arguments
 READ_COLUMNS = ["ts_ns", "cpu", "pid", "comm", "ctx", "kind", "memcg_id", "call_site", "cache", "obj", "bytes_alloc",
