@@ -32,7 +32,8 @@ What becomes an operation:
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
@@ -130,17 +131,23 @@ class InputStream:
 
     def described_batches(self) -> Iterator[tuple[ReplayInput, pa.Table]]:
         """Each segment's operations, with what a result records of them and the engines do
-        not read: every operation's call site and task name. A worker thread reads and decodes
-        the next segment while the caller passes over and replays this one (a second reader
-        held more memory and was no faster)."""
+        not read: every operation's call site and task name. Three stages overlap: one worker
+        thread reads segment i+2, a second passes over segment i+1 (in order: the pass carries
+        state from segment to segment) while the caller replays segment i."""
         carried = Carried(len(self.task_pids))
         paths = self.trace.segment_paths
-        with ThreadPoolExecutor(max_workers=1) as reader:
-            upcoming = reader.submit(self._columns, paths[0]) if paths else None
+        with ThreadPoolExecutor(max_workers=1) as reader, ThreadPoolExecutor(max_workers=1) as passer:
+
+            def prepared(path: Path) -> Future:
+                columns = reader.submit(self._columns, path)
+                return passer.submit(lambda: self._segment_operations(columns.result(), carried))
+
+            upcoming = deque(prepared(path) for path in paths[:2])
             for index in range(len(paths)):
-                columns = upcoming.result()
-                upcoming = reader.submit(self._columns, paths[index + 1]) if index + 1 < len(paths) else None
-                yield self._segment_operations(columns, carried)
+                batch = upcoming.popleft().result()
+                if index + 2 < len(paths):
+                    upcoming.append(prepared(paths[index + 2]))
+                yield batch
 
     def _columns(self, path: Path) -> dict:
         """A segment's events as the pass takes them: codes and null-free numbers."""
