@@ -20,7 +20,7 @@ from collect.cgroup import CgroupError, Memcg
 from collect.memcg_probes import owned_groups, remove_group
 from collect.tracefs import remove_instance
 
-OWNED_NAME = re.compile(r"^chargeplay-(\d+)(-memcg|-irq|-observer)?$")  # collect.observer: -observer
+OWNED_NAME = re.compile(r"^chargeplay-(\d+)(-memcg|-others|-irq|-observer)?$")  # -irq: -others in earlier versions; -observer: collect.observer
 
 
 def collector_alive(pid: int) -> bool:

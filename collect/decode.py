@@ -239,8 +239,8 @@ class Decoder:
                 self.sources[kind] = source_entry(fmt, cols)
 
     def decode(self, raw: RawEvents) -> pa.Table:
-        """Frees in interrupt context come from an instance without a pid filter: they are
-        kept only when they free a workload object or were done by a workload task."""
+        """Frees by other tasks come from an instance without the workload's pid filter: a
+        free is kept only when it frees a workload object or was done by a workload task."""
         if self.t0 is None and len(raw):
             self.t0 = int(raw.ts[0])
         kind = np.full(len(raw), -1, dtype=np.int16)

@@ -2,16 +2,20 @@
 
 Three private tracefs instances, so that each can be filtered in the kernel:
 
-  chargeplay-PID       kmem allocations and frees (in task context), reclaim, syscall
-                       exits, OOM victims and task names, for the workload's tasks only
-                       (set_event_pid + event-fork: other tasks cost a pid check, no more)
-  chargeplay-PID-memcg memcg stat events, for the target memcg only (filter id == ID): the
-                       memcg tracepoints, or on kernels without them (before 6.14) kprobe
-                       events in group chargeplay_PID on the functions they sit in
-                       (collect.memcg_probes)
-  chargeplay-PID-irq   frees in interrupt context on any CPU: RCU callbacks free many of
-                       the workload's objects in softirq, whichever task is current; only
-                       frees of objects the workload allocated are kept
+  chargeplay-PID        kmem allocations and frees, reclaim, syscall exits, OOM victims
+                        and task names, for the workload's tasks only (set_event_pid +
+                        event-fork: other tasks cost a pid check, no more)
+  chargeplay-PID-memcg  memcg stat events, for the target memcg only (filter id == ID): the
+                        memcg tracepoints, or on kernels without them (before 6.14) kprobe
+                        events in group chargeplay_PID on the functions they sit in
+                        (collect.memcg_probes)
+  chargeplay-PID-others frees while any other task is current (set_event_notrace_pid +
+                        event-fork with the workload's and the collector's tasks, the task
+                        instance's complement): RCU callbacks free the workload's objects in
+                        softirq whichever task is current, and an exited task's mm_struct and
+                        page tables are freed by whichever task runs next on its CPU
+                        (finish_task_switch); only frees of objects the workload allocated
+                        are kept (tracefs cannot filter by object: user space does)
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ from collect.memcg_probes import GROUP_PREFIX, STAT_FUNCTIONS, MemcgProbes, plan
 from collect.ringbuf import CpuReader, RawEvents, parse_pages
 from collect.tracefs import Instance, write_setting
 
-INSTANCE_SUFFIXES = ("", "-memcg", "-irq")  # task, memcg and interrupt-context instances
+INSTANCE_SUFFIXES = ("", "-memcg", "-others")  # the task, memcg and other tasks' frees instances
 TASK_EVENTS = [
     ("kmem", "kmalloc"), ("kmem", "kmem_cache_alloc"), ("kmem", "mm_page_alloc"),
     ("vmscan", "mm_vmscan_memcg_reclaim_begin"), ("vmscan", "mm_vmscan_memcg_reclaim_end"),
@@ -34,14 +38,11 @@ TASK_EVENTS = [
 ]
 MEMCG_EVENTS = [("memcg", "mod_memcg_state"), ("memcg", "mod_memcg_lruvec_state"), ("memcg", "count_memcg_events")]
 FREE_EVENTS = [("kmem", "kfree"), ("kmem", "kmem_cache_free"), ("kmem", "mm_page_free")]
-IRQ_FLAGS = ("TRACE_FLAG_SOFTIRQ", "TRACE_FLAG_HARDIRQ", "TRACE_FLAG_NMI")
 
 
-def free_filter(event: str, irq_mask: int, in_irq: bool) -> str:
-    """Frees in task context go to the task instance, the others to the irq instance, so
-    none is recorded twice. kfree(NULL) and kfree(ZERO_SIZE_PTR) free nothing."""
-    context = f"(common_flags & {irq_mask})" if in_irq else f"!(common_flags & {irq_mask})"
-    return f"{context} && ptr > 16" if event == "kfree" else context
+def free_filter(event: str) -> str | None:
+    """kfree(NULL) and kfree(ZERO_SIZE_PTR) free nothing."""
+    return "ptr > 16" if event == "kfree" else None
 
 
 class TracefsCollector(Collector):
@@ -66,24 +67,25 @@ class TracefsCollector(Collector):
         self.decoder = self._new_decoder({**tracepoints, **probed}, wanted)
         usable = {(fmt.system, fmt.name) for _, fmt in self.decoder.formats.values()}
         me = os.getpid()
-        task, memcg_events, irq = (Instance(root, f"chargeplay-{me}{s}") for s in INSTANCE_SUFFIXES)
-        self.instances = [task, memcg_events, irq]
+        task, memcg_events, others = (Instance(root, f"chargeplay-{me}{s}") for s in INSTANCE_SUFFIXES)
+        self.instances = [task, memcg_events, others]
         for instance in self.instances:
             instance.write("trace_clock", TRACE_CLOCK)
             instance.write("buffer_size_kb", str(self.options.buffer_kb))
             instance.write("options/overwrite", "0")  # a full buffer drops new events and counts them
-        task.write("options/event-fork", "1")
+        for instance in (task, others):
+            instance.write("options/event-fork", "1")
+        for tid in os.listdir("/proc/self/task"):  # the collector's own frees are not the workload's
+            others.write("set_event_notrace_pid", tid, append=True)
         for system, event in TASK_EVENTS:
             if (system, event) in usable:
                 task.enable(system, event)
         for system, event in MEMCG_EVENTS + [(fmt.system, fmt.name) for _, fmt in probed.values()]:
             if (system, event) in usable:
                 memcg_events.enable(system, event, f"id == {self.memcg.id}")
-        trace_flags = self.enums["trace_flag_type"]
-        irq_mask = sum(trace_flags[flag] for flag in IRQ_FLAGS)
         for system, event in FREE_EVENTS:
-            task.enable(system, event, free_filter(event, irq_mask, in_irq=False))
-            irq.enable(system, event, free_filter(event, irq_mask, in_irq=True))
+            task.enable(system, event, free_filter(event))
+            others.enable(system, event, free_filter(event))
         self.readers = [CpuReader(i.path, cpu) for i in self.instances for cpu in range(i.cpu_count())]
 
     def _memcg_probes(self, root: Path, found: set[tuple[str, str]]) -> dict:
@@ -106,12 +108,16 @@ class TracefsCollector(Collector):
             instance.write("tracing_on", "0")
 
     def _admit_in_child(self, pid: int) -> None:
+        """The workload, a child of the collector, is on the others instance's notrace list
+        already (event-fork); it joins the task instance's pids."""
         task = self.instances[0]
         write_setting(task.path / "set_event_pid", str(pid), append=True)
         write_setting(task.path / "tracing_on", "1")
 
     def _admit(self, tid: int) -> None:
-        self.instances[0].write("set_event_pid", str(tid), append=True)
+        task, _, others = self.instances
+        others.write("set_event_notrace_pid", str(tid), append=True)  # first: no free is recorded twice
+        task.write("set_event_pid", str(tid), append=True)
 
     def _admit_done(self) -> None:
         self.instances[0].write("tracing_on", "1")

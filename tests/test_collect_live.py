@@ -190,6 +190,37 @@ def test_allocations_and_frees_share_a_pseudonym_and_no_address_is_stored(tracef
     assert not re.search(r"ffff[89a-f][0-9a-f]{11}", (tmp_path / "t" / "manifest.json").read_text())
 
 
+# Forks children that exit at once and reaps each. An exited task's mm_struct (an accounted
+# cache) is freed when its last reference goes, and the exiting task holds one as a lazy-TLB
+# user until it has switched away for good: the free comes in finish_task_switch ->
+# mmdrop_lazy_tlb_sched, run by whichever task the CPU runs next (kernel/sched/core.c), often
+# the idle task or the parent, not the child.
+FORKER = """
+import os, sys
+for _ in range(int(sys.argv[1])):
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    os.waitpid(child, 0)
+"""
+
+
+def test_an_exited_childs_mm_is_freed_whoever_the_cpu_runs_next(tracefs, tmp_path):
+    children = 100
+    result = chargeplay("collect", "-o", str(tmp_path / "t"), "--", sys.executable, "-c", FORKER, str(children))
+    assert result.returncode == 0, result.stderr
+    events = Trace.open(tmp_path / "t").events().filter(pl.col("cache") == "mm_struct").collect()
+    allocated = events.filter((pl.col("kind") == "kmem_cache_alloc") & pl.col("accounted"))
+    freed = events.filter(pl.col("kind") == "kmem_cache_free").drop_nulls("obj")
+    assert allocated.height >= children + 1  # the children's, and the exec'd workload's own
+    unfreed = allocated.join(freed, on="obj", how="anti")
+    # The workload's own mm goes after it exits (and so may after the capture), and a child's
+    # last switch may come after that: every other mm_struct's free is in the trace.
+    assert unfreed.height <= 3, unfreed
+    workload = set(allocated["pid"].to_list())
+    assert not set(freed["pid"].to_list()) <= workload  # some by tasks outside the workload
+
+
 def test_keep_addresses_stores_them_apart_and_they_are_the_kernels(tracefs, tmp_path):
     result = chargeplay("collect", "--keep-addresses", "--segment-seconds", "0.2", "-o", str(tmp_path / "t"), "--",
                         "sh", "-c", "for i in 1 2 3 4 5; do mkdir -p $0/d/$i; sleep 0.1; done; rm -r $0/d", str(tmp_path))

@@ -35,7 +35,7 @@ def owned_by(pid: int, tracefs: Path) -> list[Path]:
     """The tracefs instances, kprobe groups (events/chargeplay_PID, on kernels where kprobes stand
     in for the memcg tracepoints) and child memcgs of collector `pid` (or validate's observer)
     that exist now."""
-    names = {f"chargeplay-{pid}", f"chargeplay-{pid}-memcg", f"chargeplay-{pid}-irq", f"chargeplay-{pid}-observer"}
+    names = {f"chargeplay-{pid}", f"chargeplay-{pid}-memcg", f"chargeplay-{pid}-others", f"chargeplay-{pid}-observer"}
     paths = [p for p in (tracefs / "instances").iterdir() if p.name in names]
     paths += [p for p in [tracefs / "events" / f"{GROUP_PREFIX}{pid}"] if p.is_dir()]
     return paths + [p for parent in cgroup.child_parents() for p in parent.iterdir() if p.name in names]
