@@ -153,14 +153,15 @@ class InputStream:
         """A segment's events as the pass takes them: codes and null-free numbers."""
         table = pq.read_table(path, columns=READ_COLUMNS, read_dictionary=["kind", "ctx", "cache", "comm"])
         kind = _codes(table.column("kind"), lambda name: KINDS.index(name) if name else -1, np.int8)
-        in_task = _codes(table.column("ctx"), lambda ctx: ctx in (None, "task"), np.bool_)  # no context column: task
+        flags = pl.from_arrow(table.select(["ctx", "accounted", "failed"])).select(IN_TASK, CHARGED.fill_null(False))
+        in_task, charged = (flags.to_series(n).to_numpy() for n in range(2))
         nbytes = _numbers(table, "bytes_alloc", -1)
         of_target = pc.fill_null(pc.equal(table.column("memcg_id"), self.trace.manifest["target"]["memcg_id"]), False)
         of_target = pc.and_(of_target, pc.and_(pc.is_valid(table.column("item")), pc.is_valid(table.column("val"))))
         val = _numbers(table, "val", 0)
         return dict(
             kind=kind, task=np.searchsorted(self.task_pids, _numbers(table, "pid", 0)).astype(np.int32), in_task=in_task,
-            charged=_numbers(table, "accounted", False) & ~_numbers(table, "failed", True) & in_task, nbytes=nbytes,
+            charged=charged, nbytes=nbytes,
             cache=np.where(kind == passes.KMALLOC, self.kmalloc_cache[np.clip(nbytes, 0, KMALLOC_MAX_CACHE_SIZE)],
                            _codes(table.column("cache"), lambda name: self.cache_ids.get(name, -1), np.int32)),
             obj=_numbers(table, "obj", -1), order=_numbers(table, "order", -1), gfp=_numbers(table, "gfp", 0),
@@ -264,12 +265,17 @@ def _kernel_facts(trace: Trace) -> np.ndarray:
 PINNING_INODE_CACHES = ("sock_inode_cache", "inode_cache", "shmem_inode_cache")
 
 
+IN_TASK = (pl.col("ctx").fill_null("task") == "task").alias("in_task")  # no context column (eBPF): task
+# What charges the memcg: a successful accounted allocation in task context (null: no).
+CHARGED = (pl.col("accounted") & ~pl.col("failed") & IN_TASK).alias("charged")
+
+
 def _object_allocations(events: pl.LazyFrame) -> pl.LazyFrame:
-    """Accounted, successful slab allocations in task context, kmallocs named after their
-    kmalloc-cg cache (the caches and sizes the compiled pass will meet)."""
+    """Charged slab allocations, kmallocs named after their kmalloc-cg cache (the caches and
+    sizes the compiled pass will meet)."""
     return (
-        events.filter(pl.col("kind").is_in(["kmalloc", "kmem_cache_alloc"]) & pl.col("accounted") & ~pl.col("failed")
-                      & (pl.col("ctx").fill_null("task") == "task") & (pl.col("bytes_alloc") <= KMALLOC_MAX_CACHE_SIZE))
+        events.filter(pl.col("kind").is_in(["kmalloc", "kmem_cache_alloc"]) & CHARGED
+                      & (pl.col("bytes_alloc") <= KMALLOC_MAX_CACHE_SIZE))
         .select(
             pl.when(pl.col("kind") == "kmalloc").then(pl.format("kmalloc-cg-{}", pl.col("bytes_alloc")))
             .otherwise(pl.col("cache")).alias("cache"),
