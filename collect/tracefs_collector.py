@@ -10,12 +10,14 @@ Three private tracefs instances, so that each can be filtered in the kernel:
                         events in group chargeplay_PID on the functions they sit in
                         (collect.memcg_probes)
   chargeplay-PID-others frees while any other task is current (set_event_notrace_pid +
-                        event-fork with the workload's and the collector's tasks, the task
-                        instance's complement): RCU callbacks free the workload's objects in
-                        softirq whichever task is current, and an exited task's mm_struct and
-                        page tables are freed by whichever task runs next on its CPU
-                        (finish_task_switch); only frees of objects the workload allocated
-                        are kept (tracefs cannot filter by object: user space does)
+                        event-fork with the workload's tasks, the task instance's complement):
+                        RCU callbacks free the workload's objects in softirq whichever task is
+                        current, and an exited task's mm_struct and page tables are freed by
+                        whichever task runs next on its CPU (finish_task_switch); the
+                        collector's own frees are filtered out in task context only, since
+                        interrupts that come while it runs free the workload's objects too.
+                        Only frees of objects the workload allocated are kept (tracefs cannot
+                        filter by object: user space does)
 """
 from __future__ import annotations
 
@@ -39,10 +41,18 @@ TASK_EVENTS = [
 MEMCG_EVENTS = [("memcg", "mod_memcg_state"), ("memcg", "mod_memcg_lruvec_state"), ("memcg", "count_memcg_events")]
 FREE_EVENTS = [("kmem", "kfree"), ("kmem", "kmem_cache_free"), ("kmem", "mm_page_free")]
 
+IRQ_FLAGS = ("TRACE_FLAG_SOFTIRQ", "TRACE_FLAG_HARDIRQ", "TRACE_FLAG_NMI")
 
-def free_filter(event: str) -> str | None:
-    """kfree(NULL) and kfree(ZERO_SIZE_PTR) free nothing."""
-    return "ptr > 16" if event == "kfree" else None
+
+def free_filter(event: str, irq_mask: int, unless_by: list[int]) -> str | None:
+    """Frees, but not those the tasks `unless_by` do in task context. kfree(NULL) and
+    kfree(ZERO_SIZE_PTR) free nothing."""
+    predicates = []
+    if unless_by:
+        predicates.append(f"((common_flags & {irq_mask}) || ({' && '.join(f'common_pid != {tid}' for tid in unless_by)}))")
+    if event == "kfree":
+        predicates.append("ptr > 16")
+    return " && ".join(predicates) or None
 
 
 class TracefsCollector(Collector):
@@ -75,17 +85,17 @@ class TracefsCollector(Collector):
             instance.write("options/overwrite", "0")  # a full buffer drops new events and counts them
         for instance in (task, others):
             instance.write("options/event-fork", "1")
-        for tid in os.listdir("/proc/self/task"):  # the collector's own frees are not the workload's
-            others.write("set_event_notrace_pid", tid, append=True)
         for system, event in TASK_EVENTS:
             if (system, event) in usable:
                 task.enable(system, event)
         for system, event in MEMCG_EVENTS + [(fmt.system, fmt.name) for _, fmt in probed.values()]:
             if (system, event) in usable:
                 memcg_events.enable(system, event, f"id == {self.memcg.id}")
+        irq_mask = sum(self.enums["trace_flag_type"][flag] for flag in IRQ_FLAGS)
+        collector = sorted(int(tid) for tid in os.listdir("/proc/self/task"))
         for system, event in FREE_EVENTS:
-            task.enable(system, event, free_filter(event))
-            others.enable(system, event, free_filter(event))
+            task.enable(system, event, free_filter(event, irq_mask, unless_by=[]))
+            others.enable(system, event, free_filter(event, irq_mask, unless_by=collector))
         self.readers = [CpuReader(i.path, cpu) for i in self.instances for cpu in range(i.cpu_count())]
 
     def _memcg_probes(self, root: Path, found: set[tuple[str, str]]) -> dict:
@@ -108,16 +118,15 @@ class TracefsCollector(Collector):
             instance.write("tracing_on", "0")
 
     def _admit_in_child(self, pid: int) -> None:
-        """The workload, a child of the collector, is on the others instance's notrace list
-        already (event-fork); it joins the task instance's pids."""
-        task = self.instances[0]
-        write_setting(task.path / "set_event_pid", str(pid), append=True)
+        task, _, others = self.instances
+        write_setting(task.path / "set_event_pid", str(pid), append=True)  # first: no free goes unrecorded
+        write_setting(others.path / "set_event_notrace_pid", str(pid), append=True)
         write_setting(task.path / "tracing_on", "1")
 
     def _admit(self, tid: int) -> None:
         task, _, others = self.instances
-        others.write("set_event_notrace_pid", str(tid), append=True)  # first: no free is recorded twice
         task.write("set_event_pid", str(tid), append=True)
+        others.write("set_event_notrace_pid", str(tid), append=True)
 
     def _admit_done(self) -> None:
         self.instances[0].write("tracing_on", "1")

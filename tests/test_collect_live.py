@@ -214,9 +214,11 @@ def test_an_exited_childs_mm_is_freed_whoever_the_cpu_runs_next(tracefs, tmp_pat
     freed = events.filter(pl.col("kind") == "kmem_cache_free").drop_nulls("obj")
     assert allocated.height >= children + 1  # the children's, and the exec'd workload's own
     unfreed = allocated.join(freed, on="obj", how="anti")
-    # The workload's own mm goes after it exits (and so may after the capture), and a child's
-    # last switch may come after that: every other mm_struct's free is in the trace.
-    assert unfreed.height <= 3, unfreed
+    # The workload's own mm goes after it exits (and so may after the capture); a child whose
+    # last switch is to the collector has its mm freed in the collector's task context, whose
+    # frees the capture leaves out (README: how it captures). Before the others instance
+    # took task-context frees, 39 of 101 were missing here.
+    assert unfreed.height <= 10, unfreed
     workload = set(allocated["pid"].to_list())
     assert not set(freed["pid"].to_list()) <= workload  # some by tasks outside the workload
 
