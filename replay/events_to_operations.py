@@ -5,16 +5,16 @@ replay.input says what becomes an operation and prepares each event's columns as
 what must be remembered from one event to the next: the live charged allocations (by
 object slot, replay.object_slots), and per task whether it is inside a memcg reclaim,
 whether it was OOM-killed, its last reclaim_begin, and within the current system call its
-pinning inode and its dentries. One event makes at most one operation, so operations come
-out in trace order.
+pinning inode and its dentries; and the target memcg's anon pages unmapped and not yet freed.
+One event makes at most one operation, so operations come out in trace order.
 """
 from __future__ import annotations
 
 from common.jit import njit
 from replay.object_slots import ALLOC_OP, BYTES, CACHE, NEVER_CHARGED, OP, PAGES, POOL, give_back_slot, take_slot
 from replay.ops import (
-    LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, OBJ_ALLOC, OOM_CHARGE, PAGE_ALLOC, PAGE_SIZE, POOL_ANON, POOL_FILE,
-    POOL_KMEM_PAGES, POOL_OTHER, POOL_SLAB_UNRECLAIMABLE, USER_RETURN,
+    ANON_FREED, ANON_UNMAPPED, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, OBJ_ALLOC, OOM_CHARGE, PAGE_ALLOC,
+    PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER, POOL_SLAB_UNRECLAIMABLE, USER_RETURN,
 )
 from traces.schema import KINDS
 
@@ -25,8 +25,9 @@ MEMCG_STATE, MEMCG_LRUVEC_STATE = KIND["memcg_state"], KIND["memcg_lruvec_state"
 RECLAIM_BEGIN, RECLAIM_END, USER_RETURN_EVENT, OOM = KIND["reclaim_begin"], KIND["reclaim_end"], KIND["user_return"], KIND["oom"]
 
 # The capturing kernel's enum values and gfp masks the pass needs (FACTS columns; -1: not in its tables).
-NR_FILE_PAGES, NR_ANON_MAPPED, NR_KERNEL_STACK_KB, NR_SHMEM, MEMCG_SOCK, GFP_KERNEL, GFP_HIGHUSER_MOVABLE, GFP_ATOMIC = range(8)
-N_FACTS = 8
+(NR_FILE_PAGES, NR_ANON_MAPPED, NR_KERNEL_STACK_KB, NR_SHMEM, MEMCG_SOCK, GFP_KERNEL, GFP_HIGHUSER_MOVABLE, GFP_ATOMIC,
+ NR_INACTIVE_ANON, NR_ACTIVE_ANON) = range(10)
+N_FACTS = 10
 # Per task (TASK columns): across the trace, then within the current segment's system call.
 IN_RECLAIM, KILLED, BEGIN_GFP, BEGIN_ORDER, PINNED, DENTRIES, LAST_LRU, LAST_LRU_VAL = range(8)
 N_TASK_STATE = 8
@@ -38,11 +39,12 @@ KMALLOC_MAX_CACHE_SIZE = 2 * PAGE_SIZE  # larger kmallocs come from the page all
 @njit
 def segment_operations(kind, task, in_task, charged, nbytes, cache, obj, order, gfp, item, val, of_target, victim,
                        out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool, next_dentry, free_op,
-                       tasks, slot_of, free_slots, slot_counts, live, cache_pool, cache_class, facts, first_op) -> int:
+                       tasks, slot_of, free_slots, slot_counts, live, cache_pool, cache_class, facts, unmapped, first_op) -> int:
     """The segment's operations into the out_ arrays (out_src: the event's row in the segment);
     their number. `charged`: a successful accounted allocation in task context; `of_target`:
     a stat change of the target memcg with an item and a value; `victim`: an oom event's
-    victim as a task id (-1: none). `first_op` numbers this segment's first operation."""
+    victim as a task id (-1: none); unmapped[0]: the target's anon pages unmapped and not yet
+    freed. `first_op` numbers this segment's first operation."""
     n = 0
     for i in range(kind.shape[0]):
         k, t = kind[i], task[i]
@@ -93,6 +95,14 @@ def segment_operations(kind, task, in_task, charged, nbytes, cache, obj, order, 
                     out_pool[tasks[t, LAST_LRU]] = POOL_ANON
                 tasks[t, LAST_LRU] = -1
                 continue
+            if it == facts[NR_INACTIVE_ANON] or it == facts[NR_ACTIVE_ANON]:
+                if val[i] < 0 and unmapped[0] > 0:
+                    pages = min(-val[i], unmapped[0])
+                    unmapped[0] -= pages
+                    _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool,
+                          n, i, ANON_FREED, facts[GFP_HIGHUSER_MOVABLE], pages, 0, -1, -1, POOL_ANON)
+                    n += 1
+                continue
             if it != facts[NR_FILE_PAGES] and it != facts[NR_ANON_MAPPED] and it != facts[NR_KERNEL_STACK_KB]:
                 continue
             stack = it == facts[NR_KERNEL_STACK_KB]
@@ -102,6 +112,9 @@ def segment_operations(kind, task, in_task, charged, nbytes, cache, obj, order, 
                 op = LRU_RECLAIMED
             elif tasks[t, KILLED] and it == facts[NR_ANON_MAPPED]:
                 op = LRU_OOM_FREED
+            elif it == facts[NR_ANON_MAPPED] and facts[NR_INACTIVE_ANON] >= 0:
+                op = ANON_UNMAPPED  # still charged: the anon LRU says when it is freed
+                unmapped[0] -= val[i]
             else:
                 op = LRU_UNCHARGE
             pool = POOL_KMEM_PAGES if stack else POOL_ANON if it == facts[NR_ANON_MAPPED] else POOL_FILE

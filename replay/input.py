@@ -10,7 +10,13 @@ What becomes an operation:
   interrupted (current_obj_cgroup in 6.8+, memcg_kmem_bypass before: no memcg outside
   in_task() unless one was made active), and so is its free: no operation;
 - the target memcg's NR_FILE_PAGES and NR_ANON_MAPPED changes: LRU_CHARGE and
-  LRU_UNCHARGE of file and anon pages, charged with GFP_HIGHUSER_MOVABLE. Shmem (an
+  LRU_UNCHARGE of file and anon pages, charged with GFP_HIGHUSER_MOVABLE. Unmapped anon
+  pages stay charged until they are freed, which takes them off the anon LRU (the TLB
+  flush comes first: mmu_gather): an NR_ANON_MAPPED drop is ANON_UNMAPPED, and a drop of
+  NR_INACTIVE_ANON or NR_ACTIVE_ANON frees as many of the unmapped pages (ANON_FREED), in
+  whichever task's context it comes. Approximations: without swap anon pages do not move
+  between the two lists (where they do, a move frees pages early), and pages leaving the LRU
+  for another reason (shmem truncated, an OOM victim's pages) may too. Shmem (an
   NR_FILE_PAGES change the task follows with the same NR_SHMEM change) is swap-backed:
   the kernel keeps it on the anon LRU, so it joins the anon pool, which only swap can
   reclaim (and an OOM kill frees: an approximation, shmem outlives its mappers). Those that fall inside a reclaim_begin/end of the
@@ -180,7 +186,7 @@ class InputStream:
         count = passes.segment_operations(
             *(events[name] for name in PASS_COLUMNS), *out, np.empty(n, np.int64), np.empty(n, np.int64), carried.tasks,
             slots.slot_of, slots.free, slots.counts, slots.live, self.cache_pool, self.cache_class, self.kernel_facts,
-            carried.operations)
+            carried.unmapped, carried.operations)
         src, op, gfp, pages, nbytes, cache, obj, pool = (column[:count] for column in out)
         batch = replace(
             self.empty(), ts=events["ts"][src], cpu=events["cpu"][src].astype(np.int32), task=events["task"][src],
@@ -215,6 +221,7 @@ class Carried:
     def __init__(self, tasks: int) -> None:
         self.tasks = np.zeros((tasks, passes.N_TASK_STATE), np.int64)
         self.tasks[:, [passes.BEGIN_ORDER, passes.DENTRIES, passes.LAST_LRU]] = -1
+        self.unmapped = np.zeros(1, np.int64)  # the target's anon pages unmapped and not yet freed
         self.slots = ObjectSlots()
         self.rows = 0  # events in the segments before
         self.operations = 0  # and their operations
@@ -252,6 +259,8 @@ def _kernel_facts(trace: Trace) -> np.ndarray:
     facts[passes.GFP_KERNEL] = gfp.get("GFP_KERNEL", 0)
     facts[passes.GFP_HIGHUSER_MOVABLE] = gfp.get("GFP_HIGHUSER_MOVABLE", 0)
     facts[passes.GFP_ATOMIC] = gfp.get("GFP_ATOMIC", 0)
+    facts[passes.NR_INACTIVE_ANON] = node.get("NR_INACTIVE_ANON", -1)
+    facts[passes.NR_ACTIVE_ANON] = node.get("NR_ACTIVE_ANON", -1)
     return facts
 
 

@@ -11,8 +11,9 @@ native speed; each function takes the arrays it needs:
 
 - memcg: the page counter (usage, max, high, failcnt), what the usage is made of (pages per
   pool), the debt (pages reclaimed that the trace has yet to free; below 0: pages the
-  capturing kernel reclaimed and the model still holds), and the file LRU: a queue of folio
-  sizes in its tail that grows between batches, with freed folios per order;
+  capturing kernel reclaimed and the model still holds), anon pages unmapped and not yet
+  freed, and the file LRU: a queue of folio sizes in its tail that grows between batches,
+  with freed folios per order;
 - stats: the result's counters; knobs: the policy, limits and gfp bits as ints (string knobs
   become small codes; -ENOMEM is the outcome FAILED, not an exception);
 - per_cpu: page stock (memcg_stock_pcp) and object stock bytes (obj_stock_pcp);
@@ -41,8 +42,9 @@ The approximations:
   uncharging twice. The capturing kernel's own reclaim (LRU pages gone inside its
   reclaim_begin/end) is not replayed: it cancels the model's debt, and where the model has not
   reclaimed as much it leaves a credit.
-- An OOM kill picks the task holding the most anon pages (oom_badness, per task rather than
-  per process) and frees those pages; with no such task, the charge fails. A victim that is
+- An OOM kill picks the task holding the most anon pages mapped (oom_badness, per task
+  rather than per process) and frees those pages (pages unmapped and not yet freed are no
+  task's: they stay charged until the trace frees them); with no such task, the charge fails. A victim that is
   the charging task itself keeps its memory until its charge has failed (it exits then);
   another victim's memory goes at once. The trace's later frees of a victim's anon pages pay
   off what the kill took. The kernel's own kills are not replayed: an oom event replays the
@@ -72,7 +74,7 @@ from common.jit import njit  # before numba: it sets numba's cache directory
 from numba import config as numba_config  # isort: skip
 from numba.extending import intrinsic  # isort: skip
 from replay.ops import (
-    HZ, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, MEMCG_CHARGE_BATCH_6X, MEMCG_DELAY_PRECISION_SHIFT,
+    ANON_FREED, ANON_UNMAPPED, HZ, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, MEMCG_CHARGE_BATCH_6X, MEMCG_DELAY_PRECISION_SHIFT,
     MEMCG_DELAY_SCALING_SHIFT, MEMCG_MAX_HIGH_DELAY_JIFFIES, OBJ_ALLOC, OBJ_EXT_BYTES, OBJ_FREE, OOM_CHARGE, OUTCOME,
     PAGE_ALLOC, PAGE_ALLOC_COSTLY_ORDER, PAGE_FREE, PAGE_SHIFT, PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES,
     POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, RECLAIM_TRIGGERS, SWAP_CLUSTER_MAX, TRIGGER, USER_RETURN,
@@ -97,7 +99,8 @@ USAGE, MAX, HIGH, FAILCNT = range(4)
 POOLS = 4  # memcg[POOLS + pool]: pages per pool
 DEBT = POOLS + 6  # memcg[DEBT + pool]: pages reclaimed that the trace has yet to free
 LRU_HEAD, LRU_TAIL = DEBT + 6, DEBT + 7  # memcg[FILE_LRU + LRU_HEAD .. FILE_LRU + LRU_TAIL): file folios, oldest first
-FREED_FOLIOS = DEBT + 8  # memcg[FREED_FOLIOS + order]: freed folios still to leave the file LRU
+UNMAPPED = DEBT + 8  # anon pages unmapped and still charged (not yet freed)
+FREED_FOLIOS = DEBT + 9  # memcg[FREED_FOLIOS + order]: freed folios still to leave the file LRU
 FILE_LRU = FREED_FOLIOS + 64
 
 # stats: the result's counters, in the order of STAT_FIELDS; then reclaim calls and pages per trigger.
@@ -570,10 +573,30 @@ def free_oom_victim_anon(memcg, per_task, nr_pages, task):
 
 @njit
 def uncharge_lru(memcg, per_task, nr_pages, pool, task):
+    """LRU pages gone at once: anon pages unmapped and freed, file pages off the page cache."""
     if pool == POOL_ANON:
-        nr_pages = pay_oom_debt(per_task, nr_pages, task)
-        per_task[task, ANON] = max(per_task[task, ANON] - nr_pages, 0)
-    uncharge_folios(memcg, nr_pages, pool)
+        free_unmapped_anon(memcg, unmap_anon(memcg, per_task, nr_pages, task))
+    else:
+        uncharge_folios(memcg, nr_pages, pool)
+
+
+@njit
+def unmap_anon(memcg, per_task, nr_pages, task):
+    """zap_pte_range: the pages leave the task's rss (what an OOM kill of it would free), but
+    stay charged until freed (those the model's kill of it took already excepted); how many
+    stay charged."""
+    nr_pages = pay_oom_debt(per_task, nr_pages, task)
+    per_task[task, ANON] = max(per_task[task, ANON] - nr_pages, 0)
+    memcg[UNMAPPED] += nr_pages
+    return nr_pages
+
+
+@njit
+def free_unmapped_anon(memcg, nr_pages):
+    """Unmapped anon pages freed (mmu_gather's batch after the TLB flush): uncharged."""
+    nr_pages = min(nr_pages, memcg[UNMAPPED])
+    memcg[UNMAPPED] -= nr_pages
+    uncharge_folios(memcg, nr_pages, POOL_ANON)
 
 
 @njit
@@ -781,6 +804,10 @@ def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, o
             uncharge_kmem_pages(memcg, knobs, per_cpu, pages[i], c, pool[i])
         elif o == LRU_UNCHARGE:
             uncharge_lru(memcg, per_task, pages[i], pool[i], t)
+        elif o == ANON_UNMAPPED:
+            unmap_anon(memcg, per_task, pages[i], t)
+        elif o == ANON_FREED:
+            free_unmapped_anon(memcg, pages[i])
         elif o == LRU_RECLAIMED:
             memcg[DEBT + pool[i]] -= pages[i]
         elif o == LRU_OOM_FREED:

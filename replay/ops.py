@@ -18,6 +18,8 @@ USER_RETURN = 7  # the task returns to user space (syscall exit)
 LRU_RECLAIMED = 8  # the capturing kernel's own reclaim took file or anon pages (inside its reclaim_begin/end)
 OOM_CHARGE = 9  # the charge the capturing kernel OOM-killed for (oom:mark_victim, sized by the task's last reclaim_begin)
 LRU_OOM_FREED = 10  # the capturing kernel's OOM kill freed a victim's anon pages (its frees after its oom:mark_victim)
+ANON_UNMAPPED = 11  # a task unmapped anon pages (NR_ANON_MAPPED): they leave its rss, not yet the memcg
+ANON_FREED = 12  # unmapped anon pages are freed (they leave the anon LRU): uncharged
 
 # Pools the memcg's usage is split into; reclaim takes from some of them.
 POOL_FILE, POOL_ANON, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, POOL_KMEM_PAGES, POOL_OTHER = range(6)

@@ -1,4 +1,4 @@
-"""What replay.input makes of a trace's events, on a hand-written trace of 18 events in two
+"""What replay.input makes of a trace's events, on a hand-written trace of 25 events in three
 segments, each operation worked out by hand from the rules in replay/input.py's docstring."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 
 from replay.input import InputStream, build
 from replay.ops import (
-    LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, OBJ_ALLOC, OBJ_FREE, OOM_CHARGE, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES,
-    POOL_OTHER, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, USER_RETURN,
+    ANON_FREED, ANON_UNMAPPED, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, OBJ_ALLOC, OBJ_FREE, OOM_CHARGE, POOL_ANON,
+    POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, USER_RETURN,
 )
 from traces.atomic import write_json
 from traces.manifest import MANIFEST
@@ -60,6 +60,13 @@ def trace(tmp_path_factory) -> Trace:
         stat("memcg_lruvec_state", node["NR_ANON_MAPPED"], -5, pid=VICTIM),  # 15: the victim's anon pages go
         stat("memcg_state", memcg["MEMCG_SOCK"], 3, ctx="softirq"),  # 16: socket buffers charged in softirq
         event("kfree", obj=3, cache="dentry"),  # 17: frees the dentry of row 5, a segment later
+        stat("memcg_lruvec_state", node["NR_ANON_MAPPED"], 6),  # 18: anon pages mapped
+        stat("memcg_lruvec_state", node["NR_INACTIVE_ANON"], 6),  # 19: ... join the LRU: nothing freed
+        stat("memcg_lruvec_state", node["NR_ANON_MAPPED"], -6),  # 20 (third segment): unmapped, still charged
+        stat("memcg_lruvec_state", node["NR_INACTIVE_ANON"], -2, pid=VICTIM),  # 21: 2 leave the LRU: freed, whoever
+        stat("memcg_lruvec_state", node["NR_ACTIVE_ANON"], 2),  # 22: a list grows: nothing freed
+        stat("memcg_lruvec_state", node["NR_INACTIVE_ANON"], -3),  # 23: 3 freed
+        stat("memcg_lruvec_state", node["NR_ACTIVE_ANON"], -3),  # 24: of 3, the 1 still unmapped
     ]
     for ts, row in enumerate(events):
         row["ts_ns"] = 1_000 * (ts + 1)
@@ -95,6 +102,11 @@ def test_each_event_makes_the_operation_the_rules_say(trace):
         (15, LRU_OOM_FREED, 5, POOL_ANON, -1, -1, gfp["GFP_HIGHUSER_MOVABLE"], victim, False),
         (16, LRU_CHARGE, 3, POOL_KMEM_PAGES, -1, -1, gfp["GFP_ATOMIC"], task, True),
         (17, OBJ_FREE, 0, POOL_SLAB_RECLAIMABLE, dentry, 2, 0, task, False),
+        (18, LRU_CHARGE, 6, POOL_ANON, -1, -1, gfp["GFP_HIGHUSER_MOVABLE"], task, False),
+        (20, ANON_UNMAPPED, 6, POOL_ANON, -1, -1, gfp["GFP_HIGHUSER_MOVABLE"], task, False),
+        (21, ANON_FREED, 2, POOL_ANON, -1, -1, gfp["GFP_HIGHUSER_MOVABLE"], victim, False),
+        (23, ANON_FREED, 3, POOL_ANON, -1, -1, gfp["GFP_HIGHUSER_MOVABLE"], task, False),
+        (24, ANON_FREED, 1, POOL_ANON, -1, -1, gfp["GFP_HIGHUSER_MOVABLE"], task, False),
     ]
     got = list(zip(data.row.tolist(), data.op.tolist(), data.pages.tolist(), data.pool.tolist(), data.cache.tolist(),
                    data.obj.tolist(), data.gfp.tolist(), data.task.tolist(), data.irq.tolist()))
@@ -103,6 +115,7 @@ def test_each_event_makes_the_operation_the_rules_say(trace):
 
 
 def test_the_segments_carry_what_spans_them(trace):
-    assert len(trace.segment_paths) == 2  # rows 0-9 and 10-17: the free of row 17 found its allocation of row 5
+    assert len(trace.segment_paths) == 3  # rows 0-9, 10-19 and 20-24: the free of row 17 found its allocation of
+    # row 5, and rows 20-24 the unmapped pages of the segment before
     batches = [batch.row.tolist() for batch in InputStream(trace).batches()]
-    assert batches == [[0, 1, 2, 3, 4, 5, 6, 8], [10, 12, 14, 15, 16, 17]]
+    assert batches == [[0, 1, 2, 3, 4, 5, 6, 8], [10, 12, 14, 15, 16, 17, 18], [20, 21, 23, 24]]

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from replay.input import ReplayInput
 from replay.model import FILE_LRU, FREED_FOLIOS, HIGH, LRU_HEAD, LRU_TAIL, POOLS, SLAB_COUNT, USAGE
 from replay.ops import (
-    LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, OBJ_ALLOC, OBJ_FREE, OOM_CHARGE, OUTCOME, PAGE_ALLOC, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER,
+    ANON_FREED, ANON_UNMAPPED, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, OBJ_ALLOC, OBJ_FREE, OOM_CHARGE, OUTCOME, PAGE_ALLOC, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER,
     POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, TRIGGER, UNLIMITED, USER_RETURN, GfpBits, Limits,
 )
 from replay.policy import BUILTIN
@@ -321,6 +321,20 @@ def test_an_oom_charge_kills_when_the_models_room_is_what_other_cpus_stocks_may_
     assert r.outcome[1] == OUTCOME["oom"] and r.oom_kills == 1
     assert r.reclaim_calls[TRIGGER["max"]] == 18 and r.failcnt == 20
     assert list(r.bucket_last) == [56, 24, 24]
+
+
+def test_unmapped_anon_pages_stay_charged_until_freed_but_leave_the_tasks_rss(engine):
+    # max 70. Task 0 charges 40 anon pages (a batch of 64: 24 stocked), task 1 24 from the
+    # stock: usage 64. Task 0 unmaps 30: zap_pte_range drops its rss to 10, the pages stay
+    # charged until mmu_gather frees them. Task 0's 8 kernel pages then fail (64 + 8 > 70;
+    # reclaim finds no file pages, no swap) through 18 reclaim calls to the OOM killer, whose
+    # victim is the larger rss, task 1 (24 > 10): usage 40, then the charge fits (48). The
+    # unmapped 30 are freed (36 asked: only 30 were unmapped): 18. Were they uncharged at
+    # unmap, the 8 pages would have fitted (34 + 8) and nobody would have been killed.
+    ops = [anon(40, task=0), anon(24, task=1), anon(30, task=0, op=ANON_UNMAPPED), page(8), anon(36, task=0, op=ANON_FREED)]
+    r = engine(scenario(ops), MAINLINE, Limits(max_pages=70))
+    assert r.outcome[3] == OUTCOME["oom"] and r.oom_kills == 1 and r.reclaim_calls[TRIGGER["max"]] == 18
+    assert list(r.bucket_last) == [64, 64, 64, 48, 18]
 
 
 def file_folio(pages: int, op: int = LRU_CHARGE) -> dict:
