@@ -24,10 +24,10 @@ import numpy as np
 from replay import model
 from replay.input import ARRAY_DTYPES, ReplayInput
 from replay.model import (
-    CARRY, FAILCNT, FILE_LRU, FREE_SLAB, GFP_DIRECT_RECLAIM, GFP_FS, GFP_HIGH, GFP_KERNEL, GFP_NOFAIL, GFP_NORETRY,
+    CARRY, DYING, FAILCNT, FILE_LRU, FREE_SLAB, GFP_DIRECT_RECLAIM, GFP_FS, GFP_HIGH, GFP_KERNEL, GFP_NOFAIL, GFP_NORETRY,
     GFP_RETRY_MAYFAIL, SHRUNK_SLAB_COUNTS,
     HIGH, HIGH_MODE, LAST_TS, LRU_TAIL, MAX, MAX_RECLAIM_RETRIES, NOWAIT_HIGH_ORDER, N_KNOBS, N_STATS,
-    OBJECT_CHARGING, OOM_KEPT, PAGE_NS_ABOVE_HIGH_CARRIES, POOLS, RECLAIMED_PAGES, RECLAIM_CALLS, RECLAIM_NS_PER_PAGE,
+    OBJECT_CHARGING, PAGE_NS_ABOVE_HIGH_CARRIES, POOLS, RECLAIMED_PAGES, RECLAIM_CALLS, RECLAIM_NS_PER_PAGE,
     SLAB_LISTED, STALL, STAT_FIELDS, STOCK_BATCH, SWAP, USAGE, WATERMARK_MARGIN,
 )
 from replay.ops import LRU_CHARGE, POOL_FILE, RECLAIM_TRIGGERS, GfpBits, Limits
@@ -78,7 +78,7 @@ class Replay:
         self.memcg[LRU_TAIL] = held
         self.stats = np.zeros(N_STATS, np.int64)
         self.per_cpu = np.zeros((start.cpus, 2), np.int64)
-        self.per_task = np.zeros((start.tasks, OOM_KEPT + 1), np.int64)
+        self.per_task = np.zeros((start.tasks, DYING + 1), np.int64)
         self.charged = np.zeros(1, np.bool_)  # by object slot, then -1's slot; grows as feed() needs
         self.object_slab = np.full(1, -1, np.int32)  # likewise, when slabs are charged
         self.slabs = np.zeros((0, SLAB_LISTED + 1), np.int64)  # grows as feed() needs

@@ -5,7 +5,8 @@ replay.input says what becomes an operation and prepares each event's columns as
 what must be remembered from one event to the next: the live charged allocations (by
 object slot, replay.object_slots), and per task whether it is inside a memcg reclaim,
 whether it was OOM-killed, its last reclaim_begin, and within the current system call its
-pinning inode and its dentries; and the target memcg's anon pages unmapped and not yet freed.
+pinning inode and its dentries, and its last page allocation not (yet) charged with the memcg
+reclaims since; and the target memcg's anon pages unmapped and not yet freed.
 One event makes at most one operation, so operations come out in trace order.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from common.jit import njit
 from replay.object_slots import ALLOC_OP, BYTES, CACHE, NEVER_CHARGED, OP, PAGES, POOL, give_back_slot, take_slot
 from replay.ops import (
-    ANON_FREED, ANON_UNMAPPED, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, OBJ_ALLOC, OOM_CHARGE, PAGE_ALLOC,
+    ANON_FREED, ANON_UNMAPPED, FAILED_CHARGE, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, OBJ_ALLOC, OOM_CHARGE, PAGE_ALLOC,
     PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER, POOL_SLAB_UNRECLAIMABLE, USER_RETURN,
 )
 from traces.schema import KINDS
@@ -28,9 +29,12 @@ RECLAIM_BEGIN, RECLAIM_END, USER_RETURN_EVENT, OOM = KIND["reclaim_begin"], KIND
 (NR_FILE_PAGES, NR_ANON_MAPPED, NR_KERNEL_STACK_KB, NR_SHMEM, MEMCG_SOCK, GFP_KERNEL, GFP_HIGHUSER_MOVABLE, GFP_ATOMIC,
  NR_INACTIVE_ANON, NR_ACTIVE_ANON) = range(10)
 N_FACTS = 10
-# Per task (TASK columns): across the trace, then within the current segment's system call.
-IN_RECLAIM, KILLED, BEGIN_GFP, BEGIN_ORDER, PINNED, DENTRIES, LAST_LRU, LAST_LRU_VAL = range(8)
-N_TASK_STATE = 8
+# Per task (TASK columns): across the trace, then within the current segment's system call. FAULT_*: the
+# task's last page allocation not charged (FAULT_PAGES 0: none) and its memcg reclaims since; any charge
+# of the task, its oom event or its return to user space ends it.
+IN_RECLAIM, KILLED, BEGIN_GFP, BEGIN_ORDER, FAULT_OBJ, FAULT_PAGES, FAULT_RECLAIMS = range(7)
+PINNED, DENTRIES, LAST_LRU, LAST_LRU_VAL = range(7, 11)
+N_TASK_STATE = 11
 # Caches by what their objects pin (CACHE_CLASS values).
 ORDINARY, PINNING_INODE, DENTRY = range(3)
 KMALLOC_MAX_CACHE_SIZE = 2 * PAGE_SIZE  # larger kmallocs come from the page allocator
@@ -49,6 +53,8 @@ def segment_operations(kind, task, in_task, charged, nbytes, cache, obj, order, 
     for i in range(kind.shape[0]):
         k, t = kind[i], task[i]
         if k == KMALLOC or k == KMEM_CACHE_ALLOC:
+            if charged[i]:
+                tasks[t, FAULT_PAGES] = 0
             if not charged[i] or nbytes[i] < 0 or nbytes[i] > KMALLOC_MAX_CACHE_SIZE or cache[i] < 0:
                 continue
             c = cache[i]
@@ -66,8 +72,11 @@ def segment_operations(kind, task, in_task, charged, nbytes, cache, obj, order, 
             free_op[n] = -1
             n += 1
         elif k == PAGE_ALLOC_EVENT:
-            if not charged[i]:
+            if not charged[i]:  # a user or page cache folio is charged after its allocation, if at all
+                if in_task[i] and obj[i] >= 0 and order[i] >= 0:
+                    tasks[t, FAULT_OBJ], tasks[t, FAULT_PAGES], tasks[t, FAULT_RECLAIMS] = obj[i], 1 << order[i], 0
                 continue
+            tasks[t, FAULT_PAGES] = 0
             pages = 1 << order[i] if order[i] >= 0 else 0
             slot = take_slot(slot_of, free_slots, slot_counts, obj[i]) if obj[i] >= 0 else -1
             _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool,
@@ -76,6 +85,14 @@ def segment_operations(kind, task, in_task, charged, nbytes, cache, obj, order, 
             free_op[n] = -1
             n += 1
         elif k == KFREE or k == KMEM_CACHE_FREE or k == PAGE_FREE_EVENT:
+            if k == PAGE_FREE_EVENT and tasks[t, FAULT_PAGES] > 0 and obj[i] == tasks[t, FAULT_OBJ]:
+                if tasks[t, FAULT_RECLAIMS] > 0:  # its charge failed after memcg reclaim: the allocation is undone
+                    _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool,
+                          n, i, FAILED_CHARGE, tasks[t, BEGIN_GFP], tasks[t, FAULT_PAGES], max(nbytes[i], 0), -1, -1,
+                          POOL_ANON)
+                    n += 1
+                tasks[t, FAULT_PAGES] = 0
+                continue
             slot = give_back_slot(slot_of, free_slots, slot_counts, obj[i]) if obj[i] >= 0 else NEVER_CHARGED
             if slot == NEVER_CHARGED:
                 continue
@@ -108,6 +125,7 @@ def segment_operations(kind, task, in_task, charged, nbytes, cache, obj, order, 
             stack = it == facts[NR_KERNEL_STACK_KB]
             if val[i] > 0:
                 op = LRU_CHARGE
+                tasks[t, FAULT_PAGES] = 0
             elif tasks[t, IN_RECLAIM] and not stack:
                 op = LRU_RECLAIMED
             elif tasks[t, KILLED] and it == facts[NR_ANON_MAPPED]:
@@ -126,15 +144,19 @@ def segment_operations(kind, task, in_task, charged, nbytes, cache, obj, order, 
         elif k == MEMCG_STATE:
             if not of_target[i] or val[i] == 0 or item[i] != facts[MEMCG_SOCK]:
                 continue
+            if val[i] > 0:
+                tasks[t, FAULT_PAGES] = 0
             _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool,
                   n, i, LRU_CHARGE if val[i] > 0 else LRU_UNCHARGE, facts[GFP_KERNEL] if in_task[i] else facts[GFP_ATOMIC],
                   abs(val[i]), max(nbytes[i], 0), -1, -1, POOL_KMEM_PAGES)
             n += 1
         elif k == RECLAIM_BEGIN:
             tasks[t, IN_RECLAIM], tasks[t, BEGIN_GFP], tasks[t, BEGIN_ORDER] = 1, gfp[i], order[i]
+            tasks[t, FAULT_RECLAIMS] += 1
         elif k == RECLAIM_END:
             tasks[t, IN_RECLAIM] = 0
         elif k == OOM:
+            tasks[t, FAULT_PAGES] = 0  # OOM_CHARGE replays that charge
             if victim[i] >= 0:
                 tasks[victim[i], KILLED] = 1
             if tasks[t, BEGIN_ORDER] >= 0:  # the charge the kill was for: the task's last reclaim_begin
@@ -142,6 +164,7 @@ def segment_operations(kind, task, in_task, charged, nbytes, cache, obj, order, 
                       n, i, OOM_CHARGE, tasks[t, BEGIN_GFP], 1 << tasks[t, BEGIN_ORDER], max(nbytes[i], 0), -1, -1, POOL_ANON)
                 n += 1
         elif k == USER_RETURN_EVENT:
+            tasks[t, FAULT_PAGES] = 0
             _end_system_call(tasks, t, next_dentry, free_op, out_obj, out_pool, live)
             _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool,
                   n, i, USER_RETURN, gfp[i], 0, max(nbytes[i], 0), -1, -1, POOL_OTHER)

@@ -34,6 +34,14 @@ What becomes an operation:
   and gfp of that task's last reclaim_begin (the OOM killer runs in the charging task
   after reclaim failed). When the victim is that task, its charge fails and the trace has
   no other record of it;
+- a page allocation of a task, not charged, that the task frees before any charge of its
+  own, after one or more memcg reclaims: FAILED_CHARGE, the charge the kernel failed
+  without an OOM kill, of the allocation's order and the gfp of the last reclaim_begin
+  (a user or page cache folio is charged after its allocation; when the charge fails, the
+  folio is put back at once). Two kinds show up: a THP fault, whose failed charge makes 18
+  reclaim calls before the fault falls back to small pages, and a fault of an OOM victim
+  before it has exited, which makes 35 (out_of_memory picks the dying task itself, and its
+  charge then fails: passed_oom && task_is_dying);
 - returns to user space: USER_RETURN.
 """
 from __future__ import annotations

@@ -51,9 +51,12 @@ The approximations:
   charge the kernel could not make (OOM_CHARGE), and the anon pages the kernel's victim frees
   after it (LRU_OOM_FREED) only pay off what the model's own kill of that task took; a task
   the model has not killed keeps its own, until the model kills it (pages beyond its own, COW
-  originals another task charged, are uncharged). Through an OOM_CHARGE, as much of the
-  model's room as the other CPUs' page stocks could hold unseen is held (drain_all_stock only
-  schedules their drain): up to a batch per CPU.
+  originals another task charged, are uncharged). A charge the kernel failed without a kill
+  (FAILED_CHARGE: a THP fault's, a dying task's) is replayed the same way. Through either, as
+  much of the model's room as the other CPUs' page stocks could hold unseen is held
+  (drain_all_stock only schedules their drain): up to a batch per CPU. A task the model's OOM
+  killer chose stays dying until the trace's end, whatever the trace shows it doing: its
+  charges at the limit kill nobody and fail (task_is_dying).
 - Page stocks serve only this memcg, so the number of memcgs a CPU's stock caches (1 before
   6.16, NR_MEMCG_STOCK = 7 since) never matters: no other memcg evicts ours. drain_all_stock
   empties the page stocks only; the object stocks keep their bytes.
@@ -74,7 +77,7 @@ from common.jit import njit  # before numba: it sets numba's cache directory
 from numba import config as numba_config  # isort: skip
 from numba.extending import intrinsic  # isort: skip
 from replay.ops import (
-    ANON_FREED, ANON_UNMAPPED, HZ, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, MEMCG_CHARGE_BATCH_6X, MEMCG_DELAY_PRECISION_SHIFT,
+    ANON_FREED, ANON_UNMAPPED, FAILED_CHARGE, HZ, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, MEMCG_CHARGE_BATCH_6X, MEMCG_DELAY_PRECISION_SHIFT,
     MEMCG_DELAY_SCALING_SHIFT, MEMCG_MAX_HIGH_DELAY_JIFFIES, OBJ_ALLOC, OBJ_EXT_BYTES, OBJ_FREE, OOM_CHARGE, OUTCOME,
     PAGE_ALLOC, PAGE_ALLOC_COSTLY_ORDER, PAGE_FREE, PAGE_SHIFT, PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES,
     POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, RECLAIM_TRIGGERS, SWAP_CLUSTER_MAX, TRIGGER, USER_RETURN,
@@ -117,8 +120,8 @@ CARRY = 1 << 62
 PAGE_STOCK, OBJ_STOCK = range(2)  # per_cpu columns: pre-charged pages, pre-charged bytes
 # per_task columns: current->memcg_nr_pages_over_high, stall ns, anon pages held (what killing the task frees),
 # anon pages an OOM kill took that the trace has yet to free, anon pages the kernel's OOM victim freed that the
-# model holds until it kills it
-OVER_HIGH, STALL, ANON, OOM_DEBT, OOM_KEPT = range(5)
+# model holds until it kills it, whether the model's OOM killer chose it (it is dying: tsk_is_oom_victim)
+OVER_HIGH, STALL, ANON, OOM_DEBT, OOM_KEPT, DYING = range(6)
 # slabs columns; SLAB_NEXT_PARTIAL threads a partial list (SLAB_LISTED: the slab is on one) or the free rows
 SLAB_CACHE, SLAB_CAPACITY, SLAB_PAGES, SLAB_POOL, SLAB_USED, SLAB_NEXT_PARTIAL, SLAB_LISTED = range(7)
 CURRENT_SLAB, PARTIAL_HEAD = range(2)  # caches columns; -1: none
@@ -184,7 +187,7 @@ def drain_stock(memcg, per_cpu, cpu):
 @njit
 def drain_all_stock(memcg, per_cpu):
     """Drain every CPU's page stock at once (the kernel drains the others asynchronously:
-    charge_that_ended_in_oom accounts for that)."""
+    charge_the_kernel_could_not_make accounts for that)."""
     for cpu in range(per_cpu.shape[0]):
         drain_stock(memcg, per_cpu, cpu)
 
@@ -208,8 +211,7 @@ def try_charge_memcg(memcg, stats, knobs, per_cpu, per_task, gfp, nr_pages, cpu,
     FAILED for -ENOMEM."""
     batch = max(knobs[STOCK_BATCH], nr_pages)
     retries = knobs[MAX_RECLAIM_RETRIES]
-    drained = reclaimed_once = oom_killed = False
-    victim = -1
+    drained = reclaimed_once = passed_oom = oom_killed = False
     while True:
         if consume_stock(knobs, per_cpu, nr_pages, cpu):
             stats[STOCK_HITS] += 1
@@ -241,15 +243,15 @@ def try_charge_memcg(memcg, stats, knobs, per_cpu, per_task, gfp, nr_pages, cpu,
             continue
         if gfp & knobs[GFP_RETRY_MAYFAIL]:
             return nomem(memcg, stats, knobs, gfp, nr_pages, reclaimed_once)
-        if oom_killed and victim == task:  # passed_oom && task_is_dying(): the charge fails, the victim exits
-            exit_mmap(memcg, per_task, victim)
+        dying = per_task[task, DYING]
+        if passed_oom and dying:  # task_is_dying(): the charge fails, the victim exits
+            exit_mmap(memcg, per_task, task)
             return nomem(memcg, stats, knobs, gfp, nr_pages, reclaimed_once)
-        victim = mem_cgroup_oom(memcg, stats, per_task, nr_pages, task)
-        if victim >= 0:
-            oom_killed = True
-            retries = knobs[MAX_RECLAIM_RETRIES]
-            continue
-        return nomem(memcg, stats, knobs, gfp, nr_pages, reclaimed_once)
+        if mem_cgroup_oom(memcg, stats, per_task, nr_pages, task) < 0:
+            return nomem(memcg, stats, knobs, gfp, nr_pages, reclaimed_once)
+        passed_oom = True
+        oom_killed = oom_killed or not dying
+        retries = knobs[MAX_RECLAIM_RETRIES]
     stats[CHARGES] += 1
     if batch > nr_pages:
         refill_stock(memcg, knobs, per_cpu, batch - nr_pages, cpu)
@@ -470,9 +472,12 @@ def reclaim_pages(memcg, pool, nr_pages, got):
 def mem_cgroup_oom(memcg, stats, per_task, nr_pages, task):
     """Kill the task with the most anon pages (charges up to PAGE_ALLOC_COSTLY_ORDER); the
     victim, -1 if none holds any. Another task's memory goes at once, the charging task's
-    own when its charge has failed."""
+    own when its charge has failed. A dying charging task is picked again and nothing is
+    killed (out_of_memory: task_will_free_mem(current))."""
     if nr_pages > 1 << PAGE_ALLOC_COSTLY_ORDER:
         return -1
+    if per_task[task, DYING]:
+        return task
     victim = -1
     for t in range(per_task.shape[0]):
         if victim < 0 or per_task[t, ANON] > per_task[victim, ANON]:
@@ -480,6 +485,7 @@ def mem_cgroup_oom(memcg, stats, per_task, nr_pages, task):
     if victim < 0 or per_task[victim, ANON] == 0:
         return -1
     stats[OOM_KILLS] += 1
+    per_task[victim, DYING] = 1
     if victim != task:
         exit_mmap(memcg, per_task, victim)
     return victim
@@ -498,10 +504,12 @@ def exit_mmap(memcg, per_task, victim):
 
 
 @njit
-def charge_that_ended_in_oom(memcg, stats, knobs, per_cpu, per_task, nr_pages, gfp, cpu, task, irq):
-    """The charge the capturing kernel OOM-killed for (the trace has no other record of it
-    when it failed): try it; if the model can make it, cancel it (mem_cgroup_cancel_charge),
-    since where the kernel's retry succeeded the trace charges the pages itself.
+def charge_the_kernel_could_not_make(memcg, stats, knobs, per_cpu, per_task, nr_pages, gfp, cpu, task, irq):
+    """A charge the capturing kernel OOM-killed for (OOM_CHARGE) or failed (FAILED_CHARGE):
+    try it; if the model can make it, cancel it (mem_cgroup_cancel_charge), since where the
+    kernel's retry succeeded the trace charges the pages itself, and where it failed the
+    task went on without them (a THP fault falls back to small pages, which the trace
+    charges).
 
     The kernel's margin stayed below nr_pages through its reclaim and drain_all_stock, but
     the kernel may hold pages there the trace cannot show: drain_all_stock drains only the
@@ -812,8 +820,8 @@ def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, o
             memcg[DEBT + pool[i]] -= pages[i]
         elif o == LRU_OOM_FREED:
             free_oom_victim_anon(memcg, per_task, pages[i], t)
-        elif o == OOM_CHARGE:
-            outcome[i] = charge_that_ended_in_oom(memcg, stats, knobs, per_cpu, per_task, pages[i], gfp[i], c, t, irq[i])
+        elif o == OOM_CHARGE or o == FAILED_CHARGE:
+            outcome[i] = charge_the_kernel_could_not_make(memcg, stats, knobs, per_cpu, per_task, pages[i], gfp[i], c, t, irq[i])
         elif o == USER_RETURN:
             resume_user_mode_work(memcg, stats, knobs, per_task, t)
         if (o == OBJ_ALLOC or o == PAGE_ALLOC) and outcome[i] != FAILED:

@@ -20,6 +20,8 @@ OOM_CHARGE = 9  # the charge the capturing kernel OOM-killed for (oom:mark_victi
 LRU_OOM_FREED = 10  # the capturing kernel's OOM kill freed a victim's anon pages (its frees after its oom:mark_victim)
 ANON_UNMAPPED = 11  # a task unmapped anon pages (NR_ANON_MAPPED): they leave its rss, not yet the memcg
 ANON_FREED = 12  # unmapped anon pages are freed (they leave the anon LRU): uncharged
+FAILED_CHARGE = 13  # a charge the capturing kernel failed after memcg reclaim, without an OOM kill (a THP that fell
+# back to small pages, a dying task's fault): its page allocation is freed uncharged
 
 # Pools the memcg's usage is split into; reclaim takes from some of them.
 POOL_FILE, POOL_ANON, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, POOL_KMEM_PAGES, POOL_OTHER = range(6)

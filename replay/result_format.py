@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from common.version import __version__
 from replay.input import ReplayInput
-from replay.ops import LRU_CHARGE, OBJ_ALLOC, OOM_CHARGE, OUTCOMES, PAGE_ALLOC, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, RECLAIM_TRIGGERS
+from replay.ops import FAILED_CHARGE, LRU_CHARGE, OBJ_ALLOC, OOM_CHARGE, OUTCOMES, PAGE_ALLOC, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, RECLAIM_TRIGGERS
 from replay.policy import RESERVED_NAMES, Policy
 from traces.atomic import atomic_file, write_json, write_parquet
 from traces.checks import Int, MapOf, TraceError, check_shape, one_line, parquet_schema, read_json, show
@@ -49,6 +49,7 @@ CHARGE_KINDS: dict[str, tuple[int, int | None]] = {
     "file page": (LRU_CHARGE, POOL_FILE),
     "anon or shmem page": (LRU_CHARGE, POOL_ANON),  # shmem sits on the anon LRU
     "OOM charge": (OOM_CHARGE, None),  # the charge the capturing kernel OOM-killed for
+    "failed charge": (FAILED_CHARGE, None),  # one the capturing kernel failed without a kill (THP, dying task)
 }
 CHARGE_OPS = sorted({op for op, _ in CHARGE_KINDS.values()})
 

@@ -1,4 +1,4 @@
-"""What replay.input makes of a trace's events, on a hand-written trace of 25 events in three
+"""What replay.input makes of a trace's events, on a hand-written trace of 43 events in five
 segments, each operation worked out by hand from the rules in replay/input.py's docstring."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from replay.input import InputStream, build
 from replay.ops import (
-    ANON_FREED, ANON_UNMAPPED, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, OBJ_ALLOC, OBJ_FREE, OOM_CHARGE, POOL_ANON,
+    ANON_FREED, ANON_UNMAPPED, FAILED_CHARGE, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, OBJ_ALLOC, OBJ_FREE, OOM_CHARGE, POOL_ANON,
     POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, USER_RETURN,
 )
 from traces.atomic import write_json
@@ -29,7 +29,7 @@ def trace(tmp_path_factory) -> Trace:
     manifest = json.loads((like / MANIFEST).read_text())
     node, memcg, gfp = manifest["enums"]["node_stat_item"], manifest["enums"]["memcg_stat_item"], manifest["gfp_flags"]
     target = manifest["target"]["memcg_id"]
-    account = gfp["GFP_KERNEL_ACCOUNT"]
+    account, thp, user = gfp["GFP_KERNEL_ACCOUNT"], gfp["GFP_TRANSHUGE"], gfp["GFP_HIGHUSER_MOVABLE"]
 
     def event(kind: str, pid: int = TASK, ctx: str = "task", **columns) -> dict:
         return dict(kind=kind, pid=pid, ctx=ctx, cpu=0, comm=f"task{pid}", **columns)
@@ -37,6 +37,11 @@ def trace(tmp_path_factory) -> Trace:
     def alloc(kind: str, obj: int, size: int, cache: str | None = None, ctx: str = "task") -> dict:
         return event(kind, ctx=ctx, obj=obj, cache=cache, bytes_req=size, bytes_alloc=size, gfp=account, accounted=True,
                      failed=False, call_site=7)
+
+    def folio(kind: str, obj: int, order: int, gfp: int | None = None) -> dict:  # a user folio: charged apart
+        allocation = kind == "page_alloc"
+        return event(kind, obj=obj, order=order, bytes_alloc=4096 << order, gfp=gfp,
+                     accounted=False if allocation else None, failed=False if allocation else None)
 
     def stat(kind: str, item: int, val: int, pid: int = TASK, ctx: str = "task") -> dict:
         return event(kind, pid=pid, ctx=ctx, memcg_id=target, item=item, val=val)
@@ -67,6 +72,24 @@ def trace(tmp_path_factory) -> Trace:
         stat("memcg_lruvec_state", node["NR_ACTIVE_ANON"], 2),  # 22: a list grows: nothing freed
         stat("memcg_lruvec_state", node["NR_INACTIVE_ANON"], -3),  # 23: 3 freed
         stat("memcg_lruvec_state", node["NR_ACTIVE_ANON"], -3),  # 24: of 3, the 1 still unmapped
+        folio("page_alloc", 20, 9, thp),  # 25: a THP
+        event("reclaim_begin", gfp=thp, order=0),  # 26: its charge reclaims
+        event("reclaim_end", val=0),  # 27
+        event("reclaim_begin", gfp=thp, order=0),  # 28
+        event("reclaim_end", val=0),  # 29
+        folio("page_free", 20, 9),  # 30 (fourth segment): ... and fails: the THP is put back
+        folio("page_alloc", 21, 0, user),  # 31: a page
+        event("reclaim_begin", gfp=user, order=0),  # 32: its charge reclaims
+        event("reclaim_end", val=0),  # 33
+        stat("memcg_lruvec_state", node["NR_ANON_MAPPED"], 1),  # 34: ... and succeeds
+        folio("page_free", 21, 0),  # 35: a charged page freed: its anon stats say so, not this
+        folio("page_alloc", 22, 0, user),  # 36: a page never charged
+        folio("page_free", 22, 0),  # 37: ... freed with no reclaim in between
+        folio("page_alloc", 23, 0, user),  # 38
+        event("reclaim_begin", gfp=user, order=0),  # 39
+        event("reclaim_end", val=0),  # 40 (fifth segment)
+        event("user_return"),  # 41: the system call ended: whatever its allocations were
+        folio("page_free", 23, 0),  # 42: ... this free is no failed charge
     ]
     for ts, row in enumerate(events):
         row["ts_ns"] = 1_000 * (ts + 1)
@@ -107,6 +130,9 @@ def test_each_event_makes_the_operation_the_rules_say(trace):
         (21, ANON_FREED, 2, POOL_ANON, -1, -1, gfp["GFP_HIGHUSER_MOVABLE"], victim, False),
         (23, ANON_FREED, 3, POOL_ANON, -1, -1, gfp["GFP_HIGHUSER_MOVABLE"], task, False),
         (24, ANON_FREED, 1, POOL_ANON, -1, -1, gfp["GFP_HIGHUSER_MOVABLE"], task, False),
+        (30, FAILED_CHARGE, 512, POOL_ANON, -1, -1, gfp["GFP_TRANSHUGE"], task, False),  # order of row 25, gfp of 28
+        (34, LRU_CHARGE, 1, POOL_ANON, -1, -1, gfp["GFP_HIGHUSER_MOVABLE"], task, False),
+        (41, USER_RETURN, 0, POOL_OTHER, -1, -1, 0, task, False),
     ]
     got = list(zip(data.row.tolist(), data.op.tolist(), data.pages.tolist(), data.pool.tolist(), data.cache.tolist(),
                    data.obj.tolist(), data.gfp.tolist(), data.task.tolist(), data.irq.tolist()))
@@ -115,7 +141,7 @@ def test_each_event_makes_the_operation_the_rules_say(trace):
 
 
 def test_the_segments_carry_what_spans_them(trace):
-    assert len(trace.segment_paths) == 3  # rows 0-9, 10-19 and 20-24: the free of row 17 found its allocation of
-    # row 5, and rows 20-24 the unmapped pages of the segment before
+    assert len(trace.segment_paths) == 5  # rows 0-9, 10-19, ...: the free of row 17 found its allocation of
+    # row 5, rows 20-24 the unmapped pages of the segment before, and row 30 the THP of row 25
     batches = [batch.row.tolist() for batch in InputStream(trace).batches()]
-    assert batches == [[0, 1, 2, 3, 4, 5, 6, 8], [10, 12, 14, 15, 16, 17, 18], [20, 21, 23, 24]]
+    assert batches == [[0, 1, 2, 3, 4, 5, 6, 8], [10, 12, 14, 15, 16, 17, 18], [20, 21, 23, 24], [30, 34], [41]]

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from replay.input import ReplayInput
 from replay.model import FILE_LRU, FREED_FOLIOS, HIGH, LRU_HEAD, LRU_TAIL, POOLS, SLAB_COUNT, USAGE
 from replay.ops import (
-    ANON_FREED, ANON_UNMAPPED, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, OBJ_ALLOC, OBJ_FREE, OOM_CHARGE, OUTCOME, PAGE_ALLOC, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER,
+    ANON_FREED, ANON_UNMAPPED, FAILED_CHARGE, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, OBJ_ALLOC, OBJ_FREE, OOM_CHARGE, OUTCOME, PAGE_ALLOC, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER,
     POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, TRIGGER, UNLIMITED, USER_RETURN, GfpBits, Limits,
 )
 from replay.policy import BUILTIN
@@ -277,6 +277,43 @@ def test_a_charging_task_that_is_its_own_oom_victim_retries_then_fails_and_exits
     assert r.outcome[1] == OUTCOME["failed"] and r.oom_kills == 1
     assert r.reclaim_calls[TRIGGER["max"]] == 35
     assert list(r.bucket_last) == [64, 24, 24]
+
+
+def test_a_dying_tasks_next_charge_kills_nobody_and_fails(engine):
+    # max 64, 4 pages held. Task 0 charges 40 anon pages, task 1 20 (each batch of 64 fails
+    # first: failcnt 2): usage 64. Task 0's page: 18 reclaim calls, the OOM killer picks task
+    # 0 (40 > 20), 17 more calls, the charge fails and task 0's 40 pages go: 24 (35 calls).
+    # Then the kernel failed another charge of the dying task 0 (FAILED_CHARGE; its exit
+    # faults): the model's room (40 of margin) is held, being no more than the other CPU's
+    # stock could hold unseen (64). 18 calls; out_of_memory picks the dying task itself
+    # (task_will_free_mem) and kills nobody, so task 1 keeps its 20; 17 more calls; the
+    # charge fails (task_is_dying) and the held pages go: 24. 70 calls, one kill.
+    ops = [anon(40, task=0), anon(20, task=1), page(obj=0), {"op": FAILED_CHARGE, "pages": 1, "pool": POOL_ANON, "task": 0}]
+    r = engine(scenario(ops, pools={POOL_OTHER: 4}), MAINLINE, Limits(max_pages=64))
+    assert [r.outcome[2], r.outcome[3]] == [OUTCOME["failed"], OUTCOME["failed"]] and r.oom_kills == 1
+    assert r.reclaim_calls[TRIGGER["max"]] == 70
+    assert list(r.bucket_last) == [44, 64, 24, 24]
+
+
+def test_a_thp_charge_the_kernel_failed_is_failed_or_cancelled_and_kills_nobody(engine):
+    # Task 0 holds 200 anon pages (a charge above the batch takes itself: no stock) over 100
+    # held. The kernel failed a THP's charge (512 pages, GFP_TRANSHUGE: direct reclaim, no
+    # __GFP_NORETRY). Under max 600 the margin is 300 and nothing is reclaimable, so nothing
+    # is held: the charge fails before each of 18 reclaim calls (the first, then the drain,
+    # then 16 retries; no batch above the charge: failcnt 18), and mem_cgroup_oom refuses an order above
+    # PAGE_ALLOC_COSTLY_ORDER: no kill, failed, usage 300. Under max 1000 the margin is 700:
+    # a batch of 64 is held (what the other CPU's stock could hide), the 512 fit (876) and
+    # are cancelled with the held pages, as the trace charges the fallback's small pages
+    # itself: 300.
+    thp = 0x1824CA
+    ops = [anon(200, task=0), {"op": FAILED_CHARGE, "pages": 512, "pool": POOL_ANON, "task": 0, "gfp": thp}]
+    r = engine(scenario(ops, pools={POOL_OTHER: 100}), MAINLINE, Limits(max_pages=600))
+    assert r.outcome[1] == OUTCOME["failed"] and r.oom_kills == 0
+    assert r.reclaim_calls[TRIGGER["max"]] == 18 and r.failcnt == 18
+    assert list(r.bucket_last) == [300, 300]
+    r = engine(scenario(ops, pools={POOL_OTHER: 100}), MAINLINE, Limits(max_pages=1000))
+    assert r.outcome[1] == OUTCOME["charged"] and r.reclaim_calls[TRIGGER["max"]] == 0
+    assert list(r.bucket_last) == [300, 300]
 
 
 def test_the_kernels_oom_kill_is_left_to_the_model_when_its_room_is_more_than_stocks_explain(engine):
