@@ -29,7 +29,8 @@ Run it as root from the project directory (validate needs tracefs and a memory c
     .venv/bin/python benchmarks/fidelity_matrix.py [--workload NAME ...] [--runs N] [--markdown FILE]
 
 --keep DIR keeps every run's validate directory (trace, result, fidelity.json) under DIR, and
---json then names each run's directory. `--rejudge FILE` (FILE: such a --json) judges those
+--json then names each run's directory (relative to the --json file's own when under it, so
+that the two can be moved together). `--rejudge FILE` (FILE: such a --json) judges those
 runs again under today's model, without running anything: the same traces and the same
 observations, a new replay each. A model change is judged out of sample only on new runs.
 With --out-of-sample each kept run is predicted from its workload's calibration run instead
@@ -239,7 +240,8 @@ def rejudge(listing: Path, out_of_sample: bool) -> list[Run]:
     from chargeplay.validation import Steps, predict_from, rejudge as rejudge_run
 
     quiet = Steps(capturing=lambda _: None, replaying=lambda _step, _done: None, say=lambda _: None)
-    earlier = [Run(**run) for run in json.loads(listing.read_text())]
+    earlier = [Run(**{**run, "path": run.get("path") and str(listing.parent.resolve() / run["path"])})
+               for run in json.loads(listing.read_text())]  # a relative path is the listing's own run
     runs = []
     with tempfile.TemporaryDirectory(prefix="chargeplay-rejudge-") as scratch, Progress() as progress:
         for n, run in enumerate(progress.track(earlier, description="judging again")):
@@ -275,7 +277,16 @@ def write_files(args: argparse.Namespace, runs: list[Run]) -> None:
     if args.markdown:
         args.markdown.write_text(markdown(cell_table(runs), runs_kernel(runs)))
     if args.json:
-        args.json.write_text(json.dumps([run.__dict__ for run in runs], indent=1))
+        args.json.write_text(json.dumps([listed(run, args.json.parent.resolve()) for run in runs], indent=1))
+
+
+def listed(run: Run, base: Path) -> dict:
+    """A run as --json lists it: its directory relative to the listing's own where it lies
+    under it, so that the two can move together (the lab copies both out of its guest)."""
+    entry = dict(run.__dict__)
+    if run.path is not None and Path(run.path).is_relative_to(base):
+        entry["path"] = str(Path(run.path).relative_to(base))
+    return entry
 
 
 if __name__ == "__main__":
