@@ -217,8 +217,10 @@ def test_an_exited_childs_mm_is_freed_whoever_the_cpu_runs_next(tracefs, tmp_pat
     # The workload's own mm goes after it exits (and so may after the capture); a child whose
     # last switch is to the collector has its mm freed in the collector's task context, whose
     # frees the capture leaves out (README: how it captures). Before the others instance
-    # took task-context frees, 39 of 101 were missing here.
-    assert unfreed.height <= 10, unfreed
+    # took task-context frees, 39 of 101 were missing here; since, 10 or fewer on an idle
+    # machine and 12 with a CPU-bound job on the other CPU (the collector then runs next more
+    # often).
+    assert unfreed.height <= 20, unfreed
     workload = set(allocated["pid"].to_list())
     assert not set(freed["pid"].to_list()) <= workload  # some by tasks outside the workload
 
