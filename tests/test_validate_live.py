@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from collect import cgroup
-from conftest import OVER_MAX, chargeplay, trace_reclaims
+from conftest import OVER_MAX, SLOWDOWN, chargeplay, trace_reclaims
 
 WORKLOADS = Path(__file__).parent.parent / "traces" / "samples" / "workloads.py"
+MATRIX = Path(__file__).parent.parent / "benchmarks" / "fidelity_matrix.py"
 
 
 def validate(tmp_path: Path, storm: str) -> dict:
@@ -53,6 +55,31 @@ def test_the_model_predicts_the_kernels_reclaim_peak_and_oom_kills(memcg_control
         # 2026-12-02 the kernel kills nobody in most runs on the development machine (peak at
         # the limit, 0.6 s; 105 of 105 runs killed before), cause not yet known.
         pytest.skip("the OOM storm reached no OOM kill in this run: the model's OOM path went untested")
+
+
+# A cell of the fidelity matrix (README, Fidelity) that has met every target in every run so far
+# (5 of 5 on 6.18, 2 of 2 on 6.1 and on 6.12): thp at 0.7 P. Its fault's THP charge fails after
+# 18 reclaim calls, then a 4 KiB charge OOM-kills after 35 more. The lab's emulated kernels run
+# the zoo at a quarter of the work. anon-touch at 0.35 P, also 3 of 3 here, missed in the lab
+# (2026-12-04: 35 calls predicted for 70 and 140): its victim faulted again before it exited, a
+# miss the README reports.
+def test_a_cell_of_the_fidelity_matrix_meets_every_target(memcg_controller, tmp_path):
+    workload, region = "thp", "reclaim-bound"
+    listing = tmp_path / "matrix.json"
+    scale = "1.0" if SLOWDOWN == 1 else "0.25"
+    run = subprocess.run([sys.executable, str(MATRIX), "--workload", workload, "--region", region, "--runs", "1",
+                          "--scale", scale, "--json", str(listing)], capture_output=True, text=True,
+                         timeout=600 * SLOWDOWN)
+    assert run.returncode == 0, run.stderr[-2000:]
+    [cell] = json.loads(listing.read_text())
+    fidelity = cell["fidelity"]
+    assert fidelity["measured"], fidelity.get("reason") or fidelity.get("error")
+    assert fidelity["oom_kills_cross_check"]["agree"], fidelity["oom_kills_cross_check"]
+    targets = [row for row in fidelity["rows"] if row["met"] is not None]
+    assert {row["metric"] for row in targets} >= {"reclaim invocations", "peak usage", "OOM kills"}
+    assert [row for row in targets if not row["met"]] == []
+    rows = {row["metric"]: row for row in targets}
+    assert rows["OOM kills"]["observed"] >= 1 and rows["reclaim invocations"]["observed"] > 18  # the limit bit
 
 
 def test_a_capture_that_lost_events_certifies_nothing(memcg_controller, tmp_path):
