@@ -10,6 +10,8 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from collect.rmdir import rmdir_patiently
 from traces.errors import UserError
 
@@ -98,6 +100,13 @@ class Memcg:
     def pids(self) -> list[int]:
         return [int(p) for p in (self.path / "cgroup.procs").read_text().split()]
 
+    def threads(self) -> list[int]:
+        """Its threads' ids; none if it is gone."""
+        try:
+            return [int(t) for t in self._file("tasks", "cgroup.threads").read_text().split()]
+        except FileNotFoundError:
+            return []
+
     def sample(self) -> dict[str, int | None]:
         """The counters memcg.parquet records, in bytes (see traces.schema.MEMCG_COLUMNS)."""
         limits = self.limits()
@@ -154,19 +163,62 @@ class Memcg:
             "ancestors": ancestors,
         }
 
+    def descendants(self) -> list[Memcg]:
+        """Every memcg below this one (a workload may make its own), parents before children."""
+        return [Memcg(Path(directory), self.version) for directory, _, _ in os.walk(self.path)][1:]
+
     def remove(self, timeout: float = 10.0) -> None:
-        """Kill whatever still runs in this (our own) child memcg, then remove it."""
-        try:
-            rmdir_patiently(self.path, timeout, self._kill_tasks)
-        except OSError as err:
-            raise CgroupError(f"cannot remove {self.path}: {err.strerror}; remove it by hand") from None
+        """Kill whatever still runs in this (our own) child memcg or below it, then remove
+        the memcgs below it, deepest first, and it."""
+        for memcg in [*reversed(self.descendants()), self]:
+            try:
+                rmdir_patiently(memcg.path, timeout, self._kill_tasks)
+            except OSError as err:
+                raise CgroupError(f"cannot remove {memcg.path}: {err.strerror}; remove it by hand") from None
 
     def _kill_tasks(self) -> None:
-        for pid in self.pids() if self.path.exists() else []:
+        for memcg in [self, *self.descendants()]:
             try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+                pids = memcg.pids()
+            except FileNotFoundError:
+                continue  # removed meanwhile
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+class Subtree:
+    """The cgroup ids of a memcg and of every memcg seen below it. A workload may make memcgs
+    of its own during the capture (its charges count against the target's limit all the same):
+    the collector looks every tick, and again for an id not yet known before it takes it for
+    another memcg's. A memcg made and removed between two looks is never seen: its stat events
+    are dropped with those of memcgs elsewhere."""
+
+    def __init__(self, memcg: Memcg, root: Path) -> None:
+        self.memcg, self.root, self.target = memcg, root, memcg.id
+        self.paths: dict[int, str] = {}  # cgroup id -> path in the hierarchy, for every memcg ever seen
+        self.look()
+
+    def look(self) -> None:
+        for memcg in [self.memcg, *self.memcg.descendants()]:
+            try:
+                self.paths.setdefault(memcg.id, "/" + str(memcg.path.relative_to(self.root)))
+            except FileNotFoundError:
+                pass  # removed meanwhile
+
+    def holds(self, ids: np.ndarray) -> np.ndarray:
+        """Which of `ids` are of this subtree."""
+        inside = np.isin(ids, np.fromiter(self.paths, dtype=np.uint64))
+        if not inside.all():
+            self.look()
+            inside = np.isin(ids, np.fromiter(self.paths, dtype=np.uint64))
+        return inside
+
+    def descendants(self) -> list[dict]:
+        """The manifest's record of the memcgs seen below the target."""
+        return [{"path": path, "memcg_id": memcg_id} for memcg_id, path in self.paths.items() if memcg_id != self.target]
 
 
 # Where the workloads' memcgs go when not under this process's own cgroup: a cgroup delegated to

@@ -104,6 +104,7 @@ class Collector(ABC):
         self.progress = Progress()
         self.memcg: Memcg | None = None
         self.created_memcg = False
+        self.subtree: cgroup.Subtree | None = None  # the target and the memcgs its workload makes below it
         self.workload: subprocess.Popen | None = None
         self.stop_reason: str | None = None
         self.pending: RawEvents | None = None
@@ -197,6 +198,8 @@ class Collector(ABC):
         start_ns = time.monotonic_ns()
         self.decoder.t0 = start_ns
         self.decoder.keep_addresses = self.options.keep_addresses
+        self.subtree = cgroup.Subtree(self.memcg, self.hierarchy_root)
+        self.decoder.in_target = self.subtree.holds
         self.manifest["start"]["trace_ns"] = start_ns
         self._start_sources()
         self._sample(start_ns)  # the memcg as the workload finds it
@@ -252,10 +255,9 @@ class Collector(ABC):
         self.decoder.comms[self.workload.pid] = Path(self.options.command[0]).name[:15]
 
     def _follow_cgroup_tasks(self) -> None:
-        """Attach mode: trace every task of the cgroup, including ones that join later."""
-        tasks = self.memcg.path / ("tasks" if self.memcg.version == 1 else "cgroup.threads")
+        """Attach mode: trace every task of the cgroup and the cgroups below it, including ones that join later."""
         known = self.decoder.workload_pids
-        new = [int(t) for t in tasks.read_text().split() if int(t) not in known]
+        new = [tid for memcg in [self.memcg, *self.memcg.descendants()] for tid in memcg.threads() if tid not in known]
         for tid in new:
             self._admit(tid)
             self.decoder.comms[tid] = _comm_of(tid)
@@ -263,6 +265,7 @@ class Collector(ABC):
 
     def _tick(self, start_ns: int) -> bool:
         """Drain, sample, check whether to stop; True if a buffer still holds events."""
+        self.subtree.look()  # before a memcg made below the target is gone again with its stat events' ids
         backlog = self._drain(final=False)
         self._sample(start_ns)
         if self.workload is not None and self.workload.poll() is not None:
@@ -340,6 +343,8 @@ class Collector(ABC):
     def _write_manifest(self) -> None:
         per_cpu = self._lost_per_cpu() if self._sources_open() else {}
         self.manifest["lost"] = {"per_cpu": {str(c): n for c, n in per_cpu.items()}, "total": sum(per_cpu.values())}
+        if self.subtree is not None:
+            self.manifest["target"]["descendants"] = self.subtree.descendants()
         write_json(self.options.output / MANIFEST, self.manifest)
 
     def _finish_trace(self) -> None:

@@ -14,6 +14,7 @@ do without is not decoded at all (`unavailable`).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +49,8 @@ TRACEPOINT_KINDS: dict[tuple[str, str], str | None] = {
     ("kprobes", "memcg_charge"): "charge",  # no tracepoint: the eBPF backend's charge probes
 }
 # Kinds recorded without a pid filter: their pids say nothing of who the workload is.
-UNFILTERED_KINDS = FREE_KINDS + ("memcg_state", "memcg_lruvec_state", "memcg_event")
+STAT_KINDS = ("memcg_state", "memcg_lruvec_state", "memcg_event")
+UNFILTERED_KINDS = FREE_KINDS + STAT_KINDS
 NO_PFN = np.uint64(0xFFFFFFFFFFFFFFFF)
 RAW_ADDRESS = "_address"  # a column that never leaves the decoder
 KIND_CODE = {kind: code for code, kind in enumerate(KINDS)}
@@ -215,6 +217,8 @@ class Decoder:
     slab_caches: dict[int, SlabCache] = field(default_factory=dict)  # by key, for records with a "cache" field
     slab_names: dict[tuple[int, int], str] = field(default_factory=dict)  # (object_size, size) -> the one slab's name
     stat_units: dict[int, int] = field(default_factory=dict)  # memcg stat item -> its unit in bytes, if not pages (kprobe events)
+    # Which memcg ids are the target's or below it; None: every stat event recorded is the target's.
+    in_target: Callable[[np.ndarray], np.ndarray] | None = None
     keep_addresses: bool = False  # then `addresses` collects (obj, raw address) of allocations
     addresses: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
 
@@ -260,8 +264,17 @@ class Decoder:
         is_free = np.isin(kind, [KIND_CODE[k] for k in FREE_KINDS])
         unfiltered = np.isin(kind, [KIND_CODE[k] for k in UNFILTERED_KINDS])
         self.workload_pids.update(np.unique(self._pids(raw)[(kind >= 0) & ~unfiltered]).tolist())
-        keep = (kind >= 0) & ~(is_free & self._unwanted(raw, cols))
+        keep = (kind >= 0) & ~(is_free & self._unwanted(raw, cols)) & ~self._elsewhere(kind, cols)
         return self._table(raw, kind, cols, comm_changes, keep)
+
+    def _elsewhere(self, kind: np.ndarray, cols: Columns) -> np.ndarray:
+        """Stat events of memcgs outside the target's subtree: the kernel's filter (an id at
+        least the target's) also passes memcgs made after it elsewhere."""
+        elsewhere = np.zeros(len(kind), dtype=bool)
+        rows = np.flatnonzero(np.isin(kind, [KIND_CODE[k] for k in STAT_KINDS]))
+        if self.in_target is not None and len(rows):
+            elsewhere[rows] = ~self.in_target(cols.values["memcg_id"][rows])
+        return elsewhere
 
     def _pids(self, raw: RawEvents) -> np.ndarray:
         return self._common(raw, "common_pid", np.arange(len(raw)))

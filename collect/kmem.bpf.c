@@ -32,8 +32,10 @@
 //     (the workload's thread ids; a fork of a tracked task adds the child, its end removes it);
 //   - frees: by a tracked task, or of an object a tracked task allocated (`objects`),
 //     whoever frees it (RCU callbacks free the workload's objects from softirq);
-//   - memcg stat events: the target memcg only (`config[0]`, its cgroup id, set by the
-//     collector; 0 while the capture is off: then nothing is recorded).
+//   - memcg stat events: the target memcg and memcgs made after it (`config[0]`, its cgroup
+//     id, set by the collector; cgroup ids only grow, so the memcgs its workload makes below
+//     it pass, and user space keeps the target's subtree; 0 while the capture is off: then
+//     nothing is recorded).
 // Both filters are arrays, not hash maps: an array lookup is a few instructions, while a
 // hash map update cost about 300 ns per allocation here (a quarter of the capture's cost).
 //   - `tracked` has a slot per possible thread id (max_entries: /proc/sys/kernel/pid_max);
@@ -354,7 +356,8 @@ int cp_page_free(struct trace_event_raw_mm_page_free *args) {
 #define MEMCG_PROBE(event, record_struct, type)  \
 SEC("tracepoint/memcg/" #event)                  \
 int cp_##event(struct record_struct *args) {     \
-    if (args->id != target_memcg())              \
+    u64 target = target_memcg();                 \
+    if (target == 0 || args->id < target)        \
         return 0;                                \
     struct record r = {};                        \
     stamp(&r, type);                             \

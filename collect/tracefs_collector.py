@@ -5,9 +5,11 @@ Three private tracefs instances, so that each can be filtered in the kernel:
   chargeplay-PID        kmem allocations and frees, reclaim, syscall exits, OOM victims
                         and task names, for the workload's tasks only (set_event_pid +
                         event-fork: other tasks cost a pid check, no more)
-  chargeplay-PID-memcg  memcg stat events, for the target memcg only (filter id == ID): the
-                        memcg tracepoints, or on kernels without them (before 6.14) kprobe
-                        events in group chargeplay_PID on the functions they sit in
+  chargeplay-PID-memcg  memcg stat events of the target memcg and the memcgs its workload makes
+                        below it (filter id >= ID, as cgroup ids only grow; user space keeps
+                        the target's subtree, collect.cgroup.Subtree): the memcg
+                        tracepoints, or on kernels without them (before 6.14) kprobe events
+                        in group chargeplay_PID on the functions they sit in
                         (collect.memcg_probes)
   chargeplay-PID-others frees while any other task is current (set_event_notrace_pid +
                         event-fork with the workload's tasks, the task instance's complement):
@@ -90,7 +92,7 @@ class TracefsCollector(Collector):
                 task.enable(system, event)
         for system, event in MEMCG_EVENTS + [(fmt.system, fmt.name) for _, fmt in probed.values()]:
             if (system, event) in usable:
-                memcg_events.enable(system, event, f"id == {self.memcg.id}")
+                memcg_events.enable(system, event, f"id >= {self.memcg.id}")
         irq_mask = sum(self.enums["trace_flag_type"][flag] for flag in IRQ_FLAGS)
         collector = sorted(int(tid) for tid in os.listdir("/proc/self/task"))
         for system, event in FREE_EVENTS:

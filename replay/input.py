@@ -1,6 +1,8 @@
 """From a trace to the replay's operations (replay.ops), as flat numpy arrays.
 
-What becomes an operation:
+What becomes an operation ("the target memcg" includes the memcgs its workload made below it,
+the manifest's target.descendants: page counters are hierarchical, so their charges are the
+target's too):
 - accounted, successful kmalloc and kmem_cache_alloc of at most 8 KiB made in task context:
   OBJ_ALLOC (larger kmallocs come from the page allocator and show up as accounted page
   allocations); kmallocs are placed in the kmalloc-cg-SIZE cache accounted kmallocs use;
@@ -127,6 +129,9 @@ class InputStream:
             _object_allocations(events).group_by("cache").agg(pl.col("bytes_alloc").max()).sort("cache"),
         ])
         self.task_pids = pids["pid"].to_numpy()
+        target = trace.manifest["target"]
+        # A workload's own memcgs below the target charge the target too (hierarchical page counters).
+        self.target_memcgs = [target["memcg_id"], *(d["memcg_id"] for d in target.get("descendants") or [])]
         self.cache_names: list[str] = sizes["cache"].to_list()
         self.cache_ids = {name: i for i, name in enumerate(self.cache_names)}
         self.geometry = _cache_geometry(trace, dict(sizes.iter_rows()))
@@ -170,7 +175,7 @@ class InputStream:
         flags = pl.from_arrow(table.select(["ctx", "accounted", "failed"])).select(IN_TASK, CHARGED.fill_null(False))
         in_task, charged = (flags.to_series(n).to_numpy() for n in range(2))
         nbytes = _numbers(table, "bytes_alloc", -1)
-        of_target = pc.fill_null(pc.equal(table.column("memcg_id"), self.trace.manifest["target"]["memcg_id"]), False)
+        of_target = pc.fill_null(pc.is_in(table.column("memcg_id"), pa.array(self.target_memcgs, pa.uint64())), False)
         of_target = pc.and_(of_target, pc.and_(pc.is_valid(table.column("item")), pc.is_valid(table.column("val"))))
         val = _numbers(table, "val", 0)
         return dict(

@@ -357,6 +357,59 @@ def test_attach_to_an_existing_cgroup(tracefs, tmp_path):
     assert sleeper.pid in set(events.filter(pl.col("kind") == "user_return")["pid"].unique())
 
 
+# Moves itself into a memcg of its own below the target (zoo.mix.sibling_memcgs: zoo-main),
+# says READY, waits for GO, then charges 4 MiB of shmem there and goes back.
+SUBTREE_MAKER = """
+import os, sys, time
+from zoo.mix import sibling_memcgs
+ready, go, data = sys.argv[1:4]
+with sibling_memcgs(["main"]):
+    open(ready, "w").close()
+    while not os.path.exists(go):
+        time.sleep(0.01)
+    with open(data, "wb") as shmem:
+        shmem.write(b"x" * (4 << 20))
+    os.unlink(data)
+"""
+
+
+@pytest.mark.parametrize("backend", ["tracefs", "ebpf"])
+def test_stat_events_of_memcgs_below_the_target_are_kept_and_of_later_memcgs_elsewhere_not(tracefs, tmp_path, request,
+                                                                                            backend):
+    """The kernel-side filter passes every memcg made after the target (cgroup ids only grow);
+    the trace keeps the target's subtree and names it in the manifest."""
+    if backend == "ebpf":
+        request.getfixturevalue("ebpf")
+    ready, go, shm = tmp_path / "ready", tmp_path / "go", Path(f"/dev/shm/chargeplay-test-{os.getpid()}")
+    collect = subprocess.Popen([*CHARGEPLAY, "collect", "-o", str(tmp_path / "t"), "--backend", backend, "--memory-max", "256M",
+                                "--", sys.executable, "-c", SUBTREE_MAKER, str(ready), str(go), f"{shm}-in"],
+                               cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    elsewhere = cgroup.workload_parent()[2] / f"cp-test-elsewhere-{os.getpid()}"
+    try:
+        assert wait_until(ready.exists, timeout=30), collect.stderr.read() if collect.poll() is not None else "no READY"
+        elsewhere.mkdir()  # after the target: its id passes the kernel's filter
+        subprocess.run([sys.executable, "-c", f"p = '{shm}-out'; open(p, 'wb').write(b'x' * (4 << 20)); import os; os.unlink(p)"],
+                       preexec_fn=lambda: (elsewhere / "cgroup.procs").write_text(str(os.getpid())), check=True)
+        go.touch()
+        _, stderr = collect.communicate(timeout=60)
+    finally:
+        if collect.poll() is None:
+            collect.kill()
+            collect.wait()
+        cgroup.Memcg(elsewhere, cgroup.memory_hierarchy()[0]).remove()
+    assert collect.returncode == 0, stderr
+    trace = Trace.open(tmp_path / "t")
+    target = trace.manifest["target"]
+    [below] = target["descendants"]
+    assert below["path"] == target["cgroup_path"] + "/zoo-main"
+    events = trace.events().collect()
+    stat = events.filter(pl.col("kind").is_in(MEMCG_KINDS))
+    assert set(stat["memcg_id"].unique()) == {target["memcg_id"], below["memcg_id"]}
+    shmem = trace.manifest["enums"]["node_stat_item"]["NR_SHMEM"]
+    charged = stat.filter((pl.col("memcg_id") == below["memcg_id"]) & (pl.col("item") == shmem) & (pl.col("val") > 0))
+    assert charged["val"].sum() >= (4 << 20) // os.sysconf("SC_PAGE_SIZE")
+
+
 def test_the_workload_memcg_goes_under_CHARGEPLAY_CGROUP_PARENT(tracefs, tmp_path):
     """The delegated parent a supervisor names (cgroup v2 needs one without processes) holds the
     workload's memcg while it runs, and nothing after."""

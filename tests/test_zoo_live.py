@@ -36,7 +36,7 @@ from replay.input import build
 from replay.ops import OBJ_ALLOC
 from traces.reader import Trace
 from zoo import WORKLOADS, buffers, files, memory, mix, objects, pagecache, tasks
-from zoo.support import HOLD_SECONDS, PREFIX
+from zoo.support import HOLD_SECONDS, PREFIX, scaled
 
 ROOT = Path(__file__).resolve().parent.parent
 # The system's python3, as a lab guest has it (not a version manager's shim, whose shell script
@@ -55,7 +55,7 @@ SCALES = {
     "sockets-unix": 0.25, "sockets-tcp": 0.25, "sockets-udp": 0.25, "pipes": 0.25,
     "epoll": 0.1, "inotify": 0.1, "event-fds": 0.1, "xattrs": 0.1,
     "fork-churn": 0.1, "exec-churn": 0.06, "thread-churn": 0.04,
-    "anon-touch": 0.5, "page-tables": 0.25, "thp": 0.5, "mix": 0.2,
+    "anon-touch": 0.5, "page-tables": 0.25, "thp": 0.5, "mix": 0.2, "siblings": 0.2,
 }
 
 
@@ -562,16 +562,13 @@ def check_mix(c: Capture) -> None:
     assert n(c, "parts") == len(mix.MIX)
     scale = c.made["each_scale"]
 
-    def scaled(count: int) -> int:
-        return max(1, round(count * scale))
-
     # Four parts, told apart by what only they allocate; each must have run in a child of its
     # own (not the parent), as much as its scale says.
     signatures = {
-        "files-disk": (c.allocs("__d_alloc", kind="kmalloc", accounted=True), scaled(files.FILES) // 2),  # long names
-        "sockets-tcp": (c.allocs("sk_prot_alloc", cache="TCP").filter(pl.col("ctx") == "task"), scaled(buffers.TCP_CONNECTIONS)),
-        "pipes": (c.allocs("alloc_pipe_info", kind="kmalloc"), 2 * scaled(buffers.PIPES)),
-        "fork-churn": (c.allocs(cache="task_struct"), scaled(tasks.FORKS)),
+        "files-disk": (c.allocs("__d_alloc", kind="kmalloc", accounted=True), scaled(files.FILES, scale) // 2),  # long names
+        "sockets-tcp": (c.allocs("sk_prot_alloc", cache="TCP").filter(pl.col("ctx") == "task"), scaled(buffers.TCP_CONNECTIONS, scale)),
+        "pipes": (c.allocs("alloc_pipe_info", kind="kmalloc"), 2 * scaled(buffers.PIPES, scale)),
+        "fork-churn": (c.allocs(cache="task_struct"), scaled(tasks.FORKS, scale)),
     }
     pids = {}
     for name, (rows, least) in signatures.items():
@@ -584,8 +581,33 @@ def check_mix(c: Capture) -> None:
     last = {name: c.events.filter(pl.col("pid") == pid)["ts_ns"].max() for name, pid in pids.items()}
     assert max(first.values()) < min(last["sockets-tcp"], last["pipes"])
     # The other two: the file read in twice, the anon memory touched.
-    assert c.charged("NR_FILE_PAGES") >= 2 * scaled(pagecache.READ_FILE_MB) * MIB // PAGE
-    assert c.charged("NR_ANON_MAPPED") >= scaled(memory.ANON_MB) * MIB // PAGE
+    assert c.charged("NR_FILE_PAGES") >= 2 * scaled(pagecache.READ_FILE_MB, scale) * MIB // PAGE
+    assert c.charged("NR_ANON_MAPPED") >= scaled(memory.ANON_MB, scale) * MIB // PAGE
+
+
+def check_siblings(c: Capture) -> None:
+    """Each part charged its own memcg, below the target, and the capture recorded those
+    memcgs' counter changes: a page is charged to the memcg of the task that faults it in, an
+    object to the objcg of the task that allocates it (MEMCG_KMEM counts the pages charged)."""
+    scale = c.made["each_scale"]
+    target = c.trace.manifest["target"]
+    below = {Path(d["path"]).name: d["memcg_id"] for d in target["descendants"]}
+    assert below.keys() == {f"{mix.SIBLING_PREFIX}{name}" for name in [*mix.SIBLINGS, "main"]}
+    assert all(Path(d["path"]).parent == Path(target["cgroup_path"]) for d in target["descendants"])
+
+    def in_memcg(name: str) -> pl.DataFrame:
+        return c.events.filter(pl.col("memcg_id") == below[f"{mix.SIBLING_PREFIX}{name}"])
+
+    # pagecache-read's file, charged twice (see check_pagecache_read), to its own memcg.
+    file_pages = scaled(pagecache.READ_FILE_MB, scale) * MIB // PAGE
+    assert c.charged("NR_FILE_PAGES", in_memcg("pagecache-read")) >= 2 * file_pages
+    # files-tmpfs' shmem pages: one in every 16th file.
+    data_pages = len(range(0, scaled(files.FILES, scale), 16))
+    assert c.charged("NR_SHMEM", in_memcg("files-tmpfs")) >= data_pages
+    # sockets-unix's queued data: kmem of its memcg, and of the target above it (hierarchical).
+    queued = 2 * scaled(buffers.UNIX_PAIRS, scale) * buffers.UNIX_QUEUED
+    assert c.charged("MEMCG_KMEM", in_memcg("sockets-unix")) >= queued // PAGE
+    assert c.samples["kmem_usage"].max() >= queued
 
 
 CHECKS: dict[str, Callable[[Capture], None]] = {
@@ -595,7 +617,7 @@ CHECKS: dict[str, Callable[[Capture], None]] = {
     "pipes": check_pipes, "epoll": check_epoll, "inotify": check_inotify, "event-fds": check_event_fds,
     "xattrs": check_xattrs, "fork-churn": check_fork_churn, "exec-churn": check_exec_churn,
     "thread-churn": check_thread_churn, "anon-touch": check_anon_touch, "page-tables": check_page_tables,
-    "thp": check_thp, "mix": check_mix,
+    "thp": check_thp, "mix": check_mix, "siblings": check_siblings,
 }
 
 

@@ -40,6 +40,9 @@ MANIFEST_SHAPE = {
     "target": {
         "memcg_id": Int(0, 2**64 - 1), "max": Optional(LIMIT), "high": Optional(LIMIT), "high_requested": Optional(LIMIT),
         "ancestors": Optional([{"max": Optional(LIMIT), "high": Optional(LIMIT)}]), "command": Optional((None, [str])),
+        # The memcgs seen below the target during the capture (its workload's own): their stat
+        # events are recorded as the target's children's, and replayed as the target's.
+        "descendants": Optional([{"path": str, "memcg_id": Int(0, 2**64 - 1)}]),
     },
     "gfp_flags": MapOf(Int(0, 2**32 - 1), required=CHARGE_PATH_FLAGS),
     "enums": MapOf(MapOf(Int(-2**31, 2**31 - 1))),
