@@ -199,6 +199,7 @@ class Subtree:
     def __init__(self, memcg: Memcg, root: Path) -> None:
         self.memcg, self.root, self.target = memcg, root, memcg.id
         self.paths: dict[int, str] = {}  # cgroup id -> path in the hierarchy, for every memcg ever seen
+        self.oom_kills: dict[str, int] = {}  # v1: each memcg's own OOM kill count, as last read
         self.look()
 
     def look(self) -> None:
@@ -215,6 +216,18 @@ class Subtree:
             self.look()
             inside = np.isin(ids, np.fromiter(self.paths, dtype=np.uint64))
         return inside
+
+    def oom_kills_below(self) -> int:
+        """cgroup v1 counts an OOM kill in the victim's memcg only (memcg_memory_event stops at
+        the first memcg there; v2 counts it in every ancestor too): the kills in the memcgs below
+        the target, each memcg's as last read. A memcg removed since keeps its count; one
+        removed within a tick of a kill takes that kill with it."""
+        for memcg in self.memcg.descendants():
+            try:
+                self.oom_kills[str(memcg.path)] = read_keyed(memcg.path / "memory.oom_control").get("oom_kill", 0)
+            except FileNotFoundError:
+                pass  # removed meanwhile
+        return sum(self.oom_kills.values())
 
     def descendants(self) -> list[dict]:
         """The manifest's record of the memcgs seen below the target."""

@@ -306,6 +306,8 @@ class Collector(ABC):
     def _sample(self, start_ns: int) -> None:
         try:
             sample = self.memcg.sample()
+            if self.memcg.version == 1 and self.subtree is not None:
+                sample["events_oom_kill"] = (sample["events_oom_kill"] or 0) + self.subtree.oom_kills_below()
         except OSError:
             return  # the memcg went away with the workload; its last sample stands
         sample["ts_ns"] = time.monotonic_ns() - start_ns

@@ -410,6 +410,33 @@ def test_stat_events_of_memcgs_below_the_target_are_kept_and_of_later_memcgs_els
     assert charged["val"].sum() >= (4 << 20) // os.sysconf("SC_PAGE_SIZE")
 
 
+# A child in a memcg of its own below the target allocates until the OOM killer kills it.
+OOM_BELOW = """
+import os, time
+from zoo.mix import sibling_memcgs
+with sibling_memcgs(["main", "hog"]) as memcgs:
+    pid = os.fork()
+    if pid == 0:
+        open(os.path.join(memcgs["hog"], "cgroup.procs"), "w").write(str(os.getpid()))
+        hog = []
+        while True:
+            hog.append(b"x" * (1 << 20))
+    os.waitpid(pid, 0)
+    time.sleep(0.5)  # v1's count of the kill is in zoo-hog only, read every tick (0.1 s): gone with it
+"""
+
+
+def test_an_oom_kill_below_the_target_is_counted_as_the_targets(tracefs, tmp_path):
+    """v1 counts a kill only in the victim's memcg, v2 in its ancestors too: the sampled count
+    is the target's subtree's either way, one kill as the trace's one oom event says."""
+    result = chargeplay("collect", "-o", str(tmp_path / "t"), "--memory-max", "64M", "--", sys.executable, "-c", OOM_BELOW,
+                        cwd=Path(__file__).resolve().parent.parent, timeout=120)
+    assert result.returncode == 0, result.stderr
+    trace = Trace.open(tmp_path / "t")
+    assert trace.events().filter(pl.col("kind") == "oom").collect().height == 1
+    assert trace.side_table("memcg").collect()["events_oom_kill"].max() == 1
+
+
 def test_the_workload_memcg_goes_under_CHARGEPLAY_CGROUP_PARENT(tracefs, tmp_path):
     """The delegated parent a supervisor names (cgroup v2 needs one without processes) holds the
     workload's memcg while it runs, and nothing after."""

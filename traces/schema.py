@@ -92,7 +92,7 @@ MEMCG_COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
     ("failcnt", pa.int64(), "v1 memory.failcnt; v2 memory.events max"),
     ("kmem_usage", pa.int64(), "v1 memory.kmem.usage_in_bytes; v2 memory.stat kernel"),
     ("events_high", pa.int64(), "v2 memory.events high"),
-    ("events_oom_kill", pa.int64(), "v2 memory.events oom_kill; v1 memory.oom_control oom_kill"),
+    ("events_oom_kill", pa.int64(), "v2 memory.events oom_kill; v1 memory.oom_control oom_kill, with the memcgs' below it"),
     ("file", pa.int64(), "bytes of page cache (v1 cache, v2 file)"),
     ("anon", pa.int64(), "bytes of anonymous memory (v1 rss, v2 anon)"),
     ("shmem", pa.int64(), "bytes of shmem/tmpfs"),
