@@ -26,9 +26,9 @@ from replay.input import ARRAY_DTYPES, ReplayInput
 from replay.model import (
     CARRY, DYING, FAILCNT, FILE_LRU, FREE_SLAB, GFP_DIRECT_RECLAIM, GFP_FS, GFP_HIGH, GFP_KERNEL, GFP_NOFAIL, GFP_NORETRY,
     GFP_RETRY_MAYFAIL, SHRUNK_SLAB_COUNTS,
-    HIGH, HIGH_MODE, LAST_TS, LRU_TAIL, MAX, MAX_RECLAIM_RETRIES, NOWAIT_HIGH_ORDER, N_KNOBS, N_STATS,
-    OBJECT_CHARGING, PAGE_NS_ABOVE_HIGH_CARRIES, POOLS, RECLAIMED_PAGES, RECLAIM_CALLS, RECLAIM_NS_PER_PAGE,
-    SLAB_LISTED, STALL, STAT_FIELDS, STOCK_BATCH, SWAP, USAGE, WATERMARK_MARGIN,
+    HIGH, HIGH_MODE, LAST_TS, LRU_TAIL, MAX, MAX_MEMCGS, MAX_RECLAIM_RETRIES, NOWAIT_HIGH_ORDER, N_KNOBS, N_PER_CPU, N_STATS,
+    OBJ_STOCK_MEMCG, OBJECT_CHARGING, PAGE_NS_ABOVE_HIGH_CARRIES, POOLS, RECLAIMED_PAGES, RECLAIM_CALLS, RECLAIM_NS_PER_PAGE,
+    SLAB_LISTED, STALL, STAT_FIELDS, STOCK_BATCH, STOCK_MEMCGS, STOCK_SLOTS, SWAP, USAGE, WATERMARK_MARGIN,
 )
 from replay.ops import LRU_CHARGE, POOL_FILE, RECLAIM_TRIGGERS, GfpBits, Limits
 from replay.policy import HIGH_MODES, Policy
@@ -77,7 +77,9 @@ class Replay:
         self.memcg[FILE_LRU:FILE_LRU + held] = 1
         self.memcg[LRU_TAIL] = held
         self.stats = np.zeros(N_STATS, np.int64)
-        self.per_cpu = np.zeros((start.cpus, 2), np.int64)
+        self.per_cpu = np.zeros((start.cpus, N_PER_CPU), np.int64)
+        self.per_cpu[:, OBJ_STOCK_MEMCG] = -1  # no stock holds any memcg's charge yet
+        self.per_cpu[:, STOCK_SLOTS::2] = -1
         self.per_task = np.zeros((start.tasks, DYING + 1), np.int64)
         self.charged = np.zeros(1, np.bool_)  # by object slot, then -1's slot; grows as feed() needs
         self.object_slab = np.full(1, -1, np.int32)  # likewise, when slabs are charged
@@ -88,7 +90,7 @@ class Replay:
         self.cursor = np.zeros(FREE_SLAB + 1, np.int64)
         self.cursor[LAST_TS], self.cursor[FREE_SLAB] = start.t_first, -1
         self.bounds = {"cpu": (0, start.cpus), "task": (0, start.tasks), "obj": (-1, 0),
-                       "cache": (-1, len(self.geometry))}
+                       "cache": (-1, len(self.geometry)), "memcg": (0, MAX_MEMCGS)}
 
     def feed(self, batch: ReplayInput) -> np.ndarray:
         """Replay the next operations (batches of one trace, in order); their outcomes."""
@@ -197,4 +199,5 @@ def knobs_array(policy: Policy, limits: Limits, gfp: GfpBits) -> np.ndarray:
     knobs[GFP_RETRY_MAYFAIL], knobs[GFP_NOFAIL], knobs[GFP_HIGH] = gfp.retry_mayfail, gfp.nofail, gfp.high
     knobs[GFP_FS], knobs[GFP_KERNEL] = gfp.fs, gfp.kernel
     knobs[SHRUNK_SLAB_COUNTS] = policy.shrunk_slab_counts
+    knobs[STOCK_MEMCGS] = policy.stock_memcgs
     return knobs

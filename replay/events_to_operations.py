@@ -12,7 +12,7 @@ One event makes at most one operation, so operations come out in trace order.
 from __future__ import annotations
 
 from common.jit import njit
-from replay.object_slots import ALLOC_OP, BYTES, CACHE, NEVER_CHARGED, OP, PAGES, POOL, give_back_slot, take_slot
+from replay.object_slots import ALLOC_OP, BYTES, CACHE, MEMCG, NEVER_CHARGED, OP, PAGES, POOL, give_back_slot, take_slot
 from replay.ops import (
     ANON_FREED, ANON_UNMAPPED, FAILED_CHARGE, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, OBJ_ALLOC, OOM_CHARGE,
     PAGE_ALLOC, PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER, POOL_SLAB_UNRECLAIMABLE, USER_RETURN,
@@ -34,21 +34,26 @@ N_FACTS = 10
 # of the task, its oom event or its return to user space ends it.
 IN_RECLAIM, KILLED, BEGIN_GFP, BEGIN_ORDER, FAULT_OBJ, FAULT_PAGES, FAULT_RECLAIMS = range(7)
 PINNED, DENTRIES, LAST_LRU, LAST_LRU_VAL = range(7, 11)
-N_TASK_STATE = 11
+TASK_MEMCG = 11  # the memcg the task charges (an index as stat_memcg's), across the trace
+N_TASK_STATE = 12
 # Caches by what their objects pin (CACHE_CLASS values).
 ORDINARY, PINNING_INODE, DENTRY = range(3)
 KMALLOC_MAX_CACHE_SIZE = 2 * PAGE_SIZE  # larger kmallocs come from the page allocator
 
 
 @njit
-def segment_operations(kind, task, in_task, charged, nbytes, cache, obj, order, gfp, item, val, of_target, victim,
-                       out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool, next_dentry, free_op,
-                       tasks, slot_of, free_slots, slot_counts, live, cache_pool, cache_class, facts, unmapped, first_op) -> int:
+def segment_operations(kind, task, in_task, charged, nbytes, cache, obj, order, gfp, item, val, stat_memcg, victim,
+                       out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool, out_memcg,
+                       next_dentry, free_op, tasks, slot_of, free_slots, slot_counts, live, cache_pool, cache_class, facts,
+                       unmapped, first_op) -> int:
     """The segment's operations into the out_ arrays (out_src: the event's row in the segment);
-    their number. `charged`: a successful accounted allocation in task context; `of_target`:
-    a stat change of the target memcg with an item and a value; `victim`: an oom event's
+    their number. `charged`: a successful accounted allocation in task context; `stat_memcg`:
+    for a stat change with an item and a value of the target memcg or one below it, that
+    memcg's index (0: the target; -1: any other event); `victim`: an oom event's
     victim as a task id (-1: none); unmapped[0]: the target's anon pages unmapped and not yet
-    freed. `first_op` numbers this segment's first operation."""
+    freed. `first_op` numbers this segment's first operation. Each operation says which memcg
+    it charges (out_memcg, an index as stat_memcg's): a stat change its own; an allocation, its
+    task's (the memcg of the task's last charge of a page, 0 before any); a free, its allocation's."""
     n = 0
     for i in range(kind.shape[0]):
         k, t = kind[i], task[i]
@@ -63,9 +68,9 @@ def segment_operations(kind, task, in_task, charged, nbytes, cache, obj, order, 
                 pool = POOL_SLAB_UNRECLAIMABLE
                 tasks[t, PINNED] = 1
             slot = take_slot(slot_of, free_slots, slot_counts, obj[i]) if obj[i] >= 0 else -1
-            _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool,
-                  n, i, OBJ_ALLOC, gfp[i], 0, nbytes[i], c, slot, pool)
-            _remember(live, slot, OBJ_ALLOC, c, nbytes[i], 0, pool, first_op + n)
+            _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool, out_memcg,
+                  n, i, OBJ_ALLOC, gfp[i], 0, nbytes[i], c, slot, pool, tasks[t, TASK_MEMCG])
+            _remember(live, slot, OBJ_ALLOC, c, nbytes[i], 0, pool, first_op + n, tasks[t, TASK_MEMCG])
             if cache_class[c] == DENTRY:  # its pool is known when its system call ends
                 next_dentry[n] = tasks[t, DENTRIES]
                 tasks[t, DENTRIES] = n
@@ -79,34 +84,37 @@ def segment_operations(kind, task, in_task, charged, nbytes, cache, obj, order, 
             tasks[t, FAULT_PAGES] = 0
             pages = 1 << order[i] if order[i] >= 0 else 0
             slot = take_slot(slot_of, free_slots, slot_counts, obj[i]) if obj[i] >= 0 else -1
-            _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool,
-                  n, i, PAGE_ALLOC, gfp[i], pages, max(nbytes[i], 0), -1, slot, POOL_KMEM_PAGES)
-            _remember(live, slot, PAGE_ALLOC, -1, max(nbytes[i], 0), pages, POOL_KMEM_PAGES, first_op + n)
+            _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool, out_memcg,
+                  n, i, PAGE_ALLOC, gfp[i], pages, max(nbytes[i], 0), -1, slot, POOL_KMEM_PAGES, tasks[t, TASK_MEMCG])
+            _remember(live, slot, PAGE_ALLOC, -1, max(nbytes[i], 0), pages, POOL_KMEM_PAGES, first_op + n,
+                      tasks[t, TASK_MEMCG])
             free_op[n] = -1
             n += 1
         elif k == KFREE or k == KMEM_CACHE_FREE or k == PAGE_FREE_EVENT:
             if k == PAGE_FREE_EVENT and tasks[t, FAULT_PAGES] > 0 and obj[i] == tasks[t, FAULT_OBJ]:
                 if tasks[t, FAULT_RECLAIMS] > 0:  # its charge failed after memcg reclaim: the allocation is undone
-                    _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool,
+                    _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool, out_memcg,
                           n, i, FAILED_CHARGE, tasks[t, BEGIN_GFP], tasks[t, FAULT_PAGES], max(nbytes[i], 0), -1, -1,
-                          POOL_ANON)
+                          POOL_ANON, tasks[t, TASK_MEMCG])
                     n += 1
                 tasks[t, FAULT_PAGES] = 0
                 continue
             slot = give_back_slot(slot_of, free_slots, slot_counts, obj[i]) if obj[i] >= 0 else NEVER_CHARGED
             if slot == NEVER_CHARGED:
                 continue
-            _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool,
+            _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool, out_memcg,
                   n, i, live[slot, OP] + 1, gfp[i], live[slot, PAGES], live[slot, BYTES], live[slot, CACHE], slot,
-                  live[slot, POOL])  # OBJ_FREE, PAGE_FREE follow their allocation codes
+                  live[slot, POOL], live[slot, MEMCG])  # OBJ_FREE, PAGE_FREE follow their allocation codes
             allocated = live[slot, ALLOC_OP] - first_op
             if allocated >= 0:  # in this segment: a dentry's pool may still change
                 free_op[allocated] = n
             n += 1
         elif k == MEMCG_LRUVEC_STATE:
             it = item[i]
-            if not of_target[i] or val[i] == 0:
+            if stat_memcg[i] < 0 or val[i] == 0:
                 continue
+            if in_task[i] and val[i] > 0 and (it == facts[NR_FILE_PAGES] or it == facts[NR_ANON_MAPPED]):
+                tasks[t, TASK_MEMCG] = stat_memcg[i]  # a page is charged to the memcg of the task that faults it in
             if it == facts[NR_SHMEM]:  # the file pages the task just added or dropped are shmem: swap-backed
                 if tasks[t, LAST_LRU] >= 0 and tasks[t, LAST_LRU_VAL] == val[i]:
                     out_pool[tasks[t, LAST_LRU]] = POOL_ANON
@@ -116,8 +124,8 @@ def segment_operations(kind, task, in_task, charged, nbytes, cache, obj, order, 
                 if val[i] < 0 and unmapped[0] > 0:
                     pages = min(-val[i], unmapped[0])
                     unmapped[0] -= pages
-                    _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool,
-                          n, i, ANON_FREED, facts[GFP_HIGHUSER_MOVABLE], pages, 0, -1, -1, POOL_ANON)
+                    _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool, out_memcg,
+                          n, i, ANON_FREED, facts[GFP_HIGHUSER_MOVABLE], pages, 0, -1, -1, POOL_ANON, stat_memcg[i])
                     n += 1
                 continue
             if it != facts[NR_FILE_PAGES] and it != facts[NR_ANON_MAPPED] and it != facts[NR_KERNEL_STACK_KB]:
@@ -136,19 +144,19 @@ def segment_operations(kind, task, in_task, charged, nbytes, cache, obj, order, 
             else:
                 op = LRU_UNCHARGE
             pool = POOL_KMEM_PAGES if stack else POOL_ANON if it == facts[NR_ANON_MAPPED] else POOL_FILE
-            _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool,
+            _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool, out_memcg,
                   n, i, op, facts[GFP_KERNEL] if stack else facts[GFP_HIGHUSER_MOVABLE], abs(val[i]), max(nbytes[i], 0),
-                  -1, -1, pool)
+                  -1, -1, pool, stat_memcg[i])
             tasks[t, LAST_LRU], tasks[t, LAST_LRU_VAL] = n, val[i]
             n += 1
         elif k == MEMCG_STATE:
-            if not of_target[i] or val[i] == 0 or item[i] != facts[MEMCG_SOCK]:
+            if stat_memcg[i] < 0 or val[i] == 0 or item[i] != facts[MEMCG_SOCK]:
                 continue
             if val[i] > 0:
                 tasks[t, FAULT_PAGES] = 0
-            _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool,
+            _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool, out_memcg,
                   n, i, LRU_CHARGE if val[i] > 0 else LRU_UNCHARGE, facts[GFP_KERNEL] if in_task[i] else facts[GFP_ATOMIC],
-                  abs(val[i]), max(nbytes[i], 0), -1, -1, POOL_KMEM_PAGES)
+                  abs(val[i]), max(nbytes[i], 0), -1, -1, POOL_KMEM_PAGES, stat_memcg[i])
             n += 1
         elif k == RECLAIM_BEGIN:
             tasks[t, IN_RECLAIM], tasks[t, BEGIN_GFP], tasks[t, BEGIN_ORDER] = 1, gfp[i], order[i]
@@ -160,14 +168,15 @@ def segment_operations(kind, task, in_task, charged, nbytes, cache, obj, order, 
             if victim[i] >= 0:
                 tasks[victim[i], KILLED] = 1
             if tasks[t, BEGIN_ORDER] >= 0:  # the charge the kill was for: the task's last reclaim_begin
-                _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool,
-                      n, i, OOM_CHARGE, tasks[t, BEGIN_GFP], 1 << tasks[t, BEGIN_ORDER], max(nbytes[i], 0), -1, -1, POOL_ANON)
+                _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool, out_memcg,
+                      n, i, OOM_CHARGE, tasks[t, BEGIN_GFP], 1 << tasks[t, BEGIN_ORDER], max(nbytes[i], 0), -1, -1,
+                      POOL_ANON, tasks[t, TASK_MEMCG])
                 n += 1
         elif k == USER_RETURN_EVENT:
             tasks[t, FAULT_PAGES] = 0
             _end_system_call(tasks, t, next_dentry, free_op, out_obj, out_pool, live)
-            _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool,
-                  n, i, USER_RETURN, gfp[i], 0, max(nbytes[i], 0), -1, -1, POOL_OTHER)
+            _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool, out_memcg,
+                  n, i, USER_RETURN, gfp[i], 0, max(nbytes[i], 0), -1, -1, POOL_OTHER, tasks[t, TASK_MEMCG])
             n += 1
     for t in range(tasks.shape[0]):  # a system call cut by the segment's end pairs what it has
         _end_system_call(tasks, t, next_dentry, free_op, out_obj, out_pool, live)
@@ -176,17 +185,17 @@ def segment_operations(kind, task, in_task, charged, nbytes, cache, obj, order, 
 
 
 @njit
-def _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool,
-          n, src, op, gfp, pages, nbytes, cache, obj, pool) -> None:
+def _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool, out_memcg,
+          n, src, op, gfp, pages, nbytes, cache, obj, pool, memcg) -> None:
     out_src[n], out_op[n], out_gfp[n], out_pages[n] = src, op, gfp, pages
-    out_bytes[n], out_cache[n], out_obj[n], out_pool[n] = nbytes, cache, obj, pool
+    out_bytes[n], out_cache[n], out_obj[n], out_pool[n], out_memcg[n] = nbytes, cache, obj, pool, memcg
 
 
 @njit
-def _remember(live, slot, op, cache, nbytes, pages, pool, number) -> None:
+def _remember(live, slot, op, cache, nbytes, pages, pool, number, memcg) -> None:
     if slot >= 0:
         live[slot, OP], live[slot, CACHE], live[slot, BYTES] = op, cache, nbytes
-        live[slot, PAGES], live[slot, POOL], live[slot, ALLOC_OP] = pages, pool, number
+        live[slot, PAGES], live[slot, POOL], live[slot, ALLOC_OP], live[slot, MEMCG] = pages, pool, number, memcg
 
 
 @njit

@@ -69,7 +69,8 @@ from traces.schema import KINDS
 # Each operation array of ReplayInput and its dtype: the engines' replay_batch takes them as
 # they are (replay.engine), so a trace's batches need no conversion.
 ARRAY_DTYPES = {"ts": np.int64, "cpu": np.int32, "task": np.int32, "irq": np.bool_, "op": np.int8, "gfp": np.int64,
-                "pages": np.int64, "bytes": np.int64, "cache": np.int32, "obj": np.int64, "pool": np.int8, "row": np.int64}
+                "pages": np.int64, "bytes": np.int64, "cache": np.int32, "obj": np.int64, "pool": np.int8, "memcg": np.int16,
+                "row": np.int64}
 ARRAYS = tuple(ARRAY_DTYPES)
 
 
@@ -86,6 +87,7 @@ class ReplayInput:
     cache: np.ndarray  # int32 cache id (object operations), else -1
     obj: np.ndarray  # int64 object or page slot (replay.object_slots), else -1
     pool: np.ndarray  # int8 pool the memory belongs to
+    memcg: np.ndarray  # int16 the memcg charged: 0 the target, i its (i-1)th descendant (manifest target.descendants)
     row: np.ndarray  # int64 the event's row in the trace
     cache_order: np.ndarray  # per cache: preferred slab order
     cache_min_order: np.ndarray  # per cache: minimum order
@@ -175,8 +177,7 @@ class InputStream:
         flags = pl.from_arrow(table.select(["ctx", "accounted", "failed"])).select(IN_TASK, CHARGED.fill_null(False))
         in_task, charged = (flags.to_series(n).to_numpy() for n in range(2))
         nbytes = _numbers(table, "bytes_alloc", -1)
-        of_target = pc.fill_null(pc.is_in(table.column("memcg_id"), pa.array(self.target_memcgs, pa.uint64())), False)
-        of_target = pc.and_(of_target, pc.and_(pc.is_valid(table.column("item")), pc.is_valid(table.column("val"))))
+        with_change = pc.and_(pc.is_valid(table.column("item")), pc.is_valid(table.column("val"))).to_numpy(zero_copy_only=False)
         val = _numbers(table, "val", 0)
         return dict(
             kind=kind, task=np.searchsorted(self.task_pids, _numbers(table, "pid", 0)).astype(np.int32), in_task=in_task,
@@ -184,7 +185,7 @@ class InputStream:
             cache=np.where(kind == passes.KMALLOC, self.kmalloc_cache[np.clip(nbytes, 0, KMALLOC_MAX_CACHE_SIZE)],
                            _codes(table.column("cache"), lambda name: self.cache_ids.get(name, -1), np.int32)),
             obj=_numbers(table, "obj", -1), order=_numbers(table, "order", -1), gfp=_numbers(table, "gfp", 0),
-            item=_numbers(table, "item", 0), val=val, of_target=of_target.to_numpy(zero_copy_only=False),
+            item=_numbers(table, "item", 0), val=val, stat_memcg=self._memcg_indexes(_numbers(table, "memcg_id", 0), with_change),
             victim=self._victims(kind, val), ts=_numbers(table, "ts_ns", 0), cpu=_numbers(table, "cpu", 0),
             about=table.select(["call_site", "comm"]),
         )
@@ -193,22 +194,29 @@ class InputStream:
         """One segment's operations, and each one's call site and task name."""
         n = len(events["kind"])
         out = (np.empty(n, np.int64), np.empty(n, np.int8), np.empty(n, np.int64), np.empty(n, np.int64),
-               np.empty(n, np.int64), np.empty(n, np.int32), np.empty(n, np.int64), np.empty(n, np.int8))
+               np.empty(n, np.int64), np.empty(n, np.int32), np.empty(n, np.int64), np.empty(n, np.int8), np.empty(n, np.int16))
         slots = carried.slots
         slots.make_room(int(np.count_nonzero(events["charged"])))  # only charged allocations take a slot
         count = passes.segment_operations(
             *(events[name] for name in PASS_COLUMNS), *out, np.empty(n, np.int64), np.empty(n, np.int64), carried.tasks,
             slots.slot_of, slots.free, slots.counts, slots.live, self.cache_pool, self.cache_class, self.kernel_facts,
             carried.unmapped, carried.operations)
-        src, op, gfp, pages, nbytes, cache, obj, pool = (column[:count] for column in out)
+        src, op, gfp, pages, nbytes, cache, obj, pool, memcg = (column[:count] for column in out)
         batch = replace(
             self.empty(), ts=events["ts"][src], cpu=events["cpu"][src].astype(np.int32), task=events["task"][src],
             irq=~events["in_task"][src], op=op, gfp=gfp, pages=pages, bytes=nbytes, cache=cache, obj=obj, pool=pool,
-            row=src + carried.rows,
+            memcg=memcg, row=src + carried.rows,
         )
         carried.rows += n
         carried.operations += count
         return batch, events["about"].take(src)
+
+    def _memcg_indexes(self, memcg_id: np.ndarray, with_change: np.ndarray) -> np.ndarray:
+        """Each stat change's memcg as an index into target_memcgs; -1: another memcg's, or no change."""
+        ids = np.asarray(self.target_memcgs, np.uint64)
+        order = np.argsort(ids)
+        at = np.minimum(np.searchsorted(ids[order], memcg_id), len(ids) - 1)
+        return np.where((ids[order][at] == memcg_id) & with_change, order[at], -1).astype(np.int16)
 
     def _victims(self, kind: np.ndarray, val: np.ndarray) -> np.ndarray:
         """Each oom event's victim (its val, a pid) as a task id; -1 elsewhere."""
@@ -240,7 +248,7 @@ class Carried:
         self.operations = 0  # and their operations
 
 
-PASS_COLUMNS = ("kind", "task", "in_task", "charged", "nbytes", "cache", "obj", "order", "gfp", "item", "val", "of_target",
+PASS_COLUMNS = ("kind", "task", "in_task", "charged", "nbytes", "cache", "obj", "order", "gfp", "item", "val", "stat_memcg",
                 "victim")  # replay.events_to_operations.segment_operations's event arguments
 READ_COLUMNS = ["ts_ns", "cpu", "pid", "comm", "ctx", "kind", "memcg_id", "call_site", "cache", "obj", "bytes_alloc",
                 "order", "gfp", "accounted", "item", "val", "failed"]

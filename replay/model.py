@@ -12,11 +12,12 @@ native speed; each function takes the arrays it needs:
 - memcg: the page counter (usage, max, high, failcnt), what the usage is made of (pages per
   pool), the debt (pages reclaimed that the trace has yet to free; below 0: pages the
   capturing kernel reclaimed and the model still holds), anon pages unmapped and not yet
-  freed, and the file LRU: a queue of folio sizes in its tail that grows between batches,
-  with freed folios per order;
+  freed, each objcg's pre-charged bytes no stock holds, and the file LRU: a queue of folio
+  sizes in its tail that grows between batches, with freed folios per order;
 - stats: the result's counters; knobs: the policy, limits and gfp bits as ints (string knobs
   become small codes; -ENOMEM is the outcome FAILED, not an exception);
-- per_cpu: page stock (memcg_stock_pcp) and object stock bytes (obj_stock_pcp);
+- per_cpu: page stocks per memcg cached (memcg_stock_pcp) and object stock bytes of one objcg
+  (obj_stock_pcp);
 - per_task: current->memcg_nr_pages_over_high, stall, anon pages held, OOM debt;
 - objects by slot (replay.object_slots: reused once freed; -1, no object, gets the last
   one): whether their charge succeeded, and (slab charging) which slab holds them;
@@ -26,8 +27,10 @@ native speed; each function takes the arrays it needs:
 
 The approximations:
 
-- One memcg: the target. Its ancestors' limits are folded into its own (their usage in the
-  model is the workload's, so the tightest limit is the one that acts).
+- One page counter: the target's. Its ancestors' limits are folded into its own (their usage
+  in the model is the workload's, so the tightest limit is the one that acts). Memcgs the
+  workload made below it (replay.input) keep per-CPU stocks and objcg bytes of their own, but
+  their own limits (none in the zoo) are not modelled: their charges count against the target's.
 - Open loop: the trace's timeline is fixed. Reclaim and throttling become stall time of the
   task, they do not delay its later events. Async reclaim (high_work, watermarks) is
   instantaneous and stalls nobody.
@@ -57,9 +60,11 @@ The approximations:
   (drain_all_stock only schedules their drain): up to a batch per CPU. A task the model's OOM
   killer chose stays dying until the trace's end, whatever the trace shows it doing: its
   charges at the limit kill nobody and fail (task_is_dying).
-- Page stocks serve only this memcg, so the number of memcgs a CPU's stock caches (1 before
-  6.16, NR_MEMCG_STOCK = 7 since) never matters: no other memcg evicts ours. drain_all_stock
-  empties the page stocks only; the object stocks keep their bytes.
+- Page stocks are per CPU and memcg: a CPU caches stock_memcgs memcgs (1 before 6.16,
+  NR_MEMCG_STOCK = 7 since), and a memcg that finds its own stock empty charges the counter
+  while another's stock holds pages. Memcgs outside the target's subtree are not in the trace:
+  that they evict the workload's stocks on kernels before 6.16 is not modelled.
+  drain_all_stock empties the page stocks only; the object stocks keep their bytes.
 - The charge path is 6.x's for every policy: a __GFP_HIGH charge at max is forced (4.2 failed
   it) and an OOM kill happens in the charge (4.2 deferred it to the end of the page fault and
   failed the charge meanwhile).
@@ -78,7 +83,7 @@ from numba import config as numba_config  # isort: skip
 from numba.extending import intrinsic  # isort: skip
 from replay.ops import (
     ANON_FREED, ANON_UNMAPPED, FAILED_CHARGE, HZ, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, MEMCG_CHARGE_BATCH_6X, MEMCG_DELAY_PRECISION_SHIFT,
-    MEMCG_DELAY_SCALING_SHIFT, MEMCG_MAX_HIGH_DELAY_JIFFIES, OBJ_ALLOC, OBJ_EXT_BYTES, OBJ_FREE, OOM_CHARGE, OUTCOME,
+    MEMCG_DELAY_SCALING_SHIFT, MEMCG_MAX_HIGH_DELAY_JIFFIES, NR_MEMCG_STOCK, OBJ_ALLOC, OBJ_EXT_BYTES, OBJ_FREE, OOM_CHARGE, OUTCOME,
     PAGE_ALLOC, PAGE_ALLOC_COSTLY_ORDER, PAGE_FREE, PAGE_SHIFT, PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES,
     POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, RECLAIM_TRIGGERS, SWAP_CLUSTER_MAX, TRIGGER, USER_RETURN,
 )
@@ -93,8 +98,8 @@ SYNC, RETURN_TO_USER, MAINLINE, FAIL_NOWAIT, WATERMARK = (HIGH_MODES.index(mode)
 
 # knobs: the policy, limits and gfp bits, one int each.
 (OBJECT_CHARGING, NOWAIT_HIGH_ORDER, STOCK_BATCH, HIGH_MODE, MAX_RECLAIM_RETRIES, WATERMARK_MARGIN, SWAP,
- RECLAIM_NS_PER_PAGE, SHRUNK_SLAB_COUNTS, GFP_DIRECT_RECLAIM, GFP_NORETRY, GFP_RETRY_MAYFAIL, GFP_NOFAIL, GFP_HIGH, GFP_FS,
- GFP_KERNEL) = range(16)
+ RECLAIM_NS_PER_PAGE, SHRUNK_SLAB_COUNTS, STOCK_MEMCGS, GFP_DIRECT_RECLAIM, GFP_NORETRY, GFP_RETRY_MAYFAIL, GFP_NOFAIL, GFP_HIGH,
+ GFP_FS, GFP_KERNEL) = range(17)
 N_KNOBS = GFP_KERNEL + 1
 
 # memcg: the page counter and what its usage is made of.
@@ -104,7 +109,10 @@ DEBT = POOLS + 6  # memcg[DEBT + pool]: pages reclaimed that the trace has yet t
 LRU_HEAD, LRU_TAIL = DEBT + 6, DEBT + 7  # memcg[FILE_LRU + LRU_HEAD .. FILE_LRU + LRU_TAIL): file folios, oldest first
 UNMAPPED = DEBT + 8  # anon pages unmapped and still charged (not yet freed)
 FREED_FOLIOS = DEBT + 9  # memcg[FREED_FOLIOS + order]: freed folios still to leave the file LRU
-FILE_LRU = FREED_FOLIOS + 64
+# memcg[OBJCG_BYTES + i]: bytes pre-charged to memcg i's objcg that no object stock holds (nr_charged_bytes)
+OBJCG_BYTES = FREED_FOLIOS + 64
+MAX_MEMCGS = 256  # the target and the memcgs below it, by index (replay.input)
+FILE_LRU = OBJCG_BYTES + MAX_MEMCGS
 
 # stats: the result's counters, in the order of STAT_FIELDS; then reclaim calls and pages per trigger.
 STAT_FIELDS = ("charges", "stock_hits", "forced", "max_events", "high_events", "oom_kills", "high_order_attempts",
@@ -117,7 +125,12 @@ RECLAIMED_PAGES = RECLAIM_CALLS + len(RECLAIM_TRIGGERS)
 N_STATS = RECLAIMED_PAGES + len(RECLAIM_TRIGGERS)
 CARRY = 1 << 62
 
-PAGE_STOCK, OBJ_STOCK = range(2)  # per_cpu columns: pre-charged pages, pre-charged bytes
+# per_cpu columns: the object stock (pre-charged bytes, and the memcg of the objcg they are for; -1: none),
+# the page stock's next slot to evict, then per slot (STOCK_MEMCGS of them, up to NR_MEMCG_STOCK) the memcg
+# it caches (-1: free) and its pre-charged pages.
+OBJ_STOCK, OBJ_STOCK_MEMCG, STOCK_EVICT = range(3)
+STOCK_SLOTS = 3  # per_cpu[cpu, STOCK_SLOTS + 2 * slot]: the slot's memcg; + 1: its pages
+N_PER_CPU = STOCK_SLOTS + 2 * NR_MEMCG_STOCK
 # per_task columns: current->memcg_nr_pages_over_high, stall ns, anon pages held (what killing the task frees),
 # anon pages an OOM kill took that the trace has yet to free, anon pages the kernel's OOM victim freed that the
 # model holds until it kills it, whether the model's OOM killer chose it (it is dying: tsk_is_oom_victim)
@@ -161,59 +174,100 @@ def margin(memcg):
 # -- per-CPU page stock ----------------------------------------------------------------------
 
 @njit
-def consume_stock(knobs, per_cpu, nr_pages, cpu):
-    """Serve a charge of up to a batch from the CPU's stock: no page counter, no limit check."""
-    if nr_pages > knobs[STOCK_BATCH] or per_cpu[cpu, PAGE_STOCK] < nr_pages:
+def stock_slot(knobs, per_cpu, cpu, memcg_ix):
+    """The slot of the CPU's page stock that caches memcg memcg_ix (-1: a free slot); -1 if none."""
+    for slot in range(knobs[STOCK_MEMCGS]):
+        if per_cpu[cpu, STOCK_SLOTS + 2 * slot] == memcg_ix:
+            return slot
+    return -1
+
+
+@njit
+def consume_stock(knobs, per_cpu, nr_pages, cpu, memcg_ix):
+    """Serve a charge of up to a batch from the CPU's stock of its memcg: no page counter, no
+    limit check."""
+    if nr_pages > knobs[STOCK_BATCH]:
         return False
-    per_cpu[cpu, PAGE_STOCK] -= nr_pages
+    slot = stock_slot(knobs, per_cpu, cpu, memcg_ix)
+    if slot < 0 or per_cpu[cpu, STOCK_SLOTS + 2 * slot + 1] < nr_pages:
+        return False
+    per_cpu[cpu, STOCK_SLOTS + 2 * slot + 1] -= nr_pages
     return True
 
 
 @njit
-def refill_stock(memcg, knobs, per_cpu, nr_pages, cpu):
-    """Pre-charged pages go to the CPU's stock; a stock grown past a batch is drained."""
-    per_cpu[cpu, PAGE_STOCK] += nr_pages
-    if per_cpu[cpu, PAGE_STOCK] > knobs[STOCK_BATCH]:
-        drain_stock(memcg, per_cpu, cpu)
+def refill_stock(memcg, knobs, per_cpu, nr_pages, cpu, memcg_ix):
+    """Pre-charged pages go to the CPU's stock of their memcg. A CPU caches STOCK_MEMCGS
+    memcgs (1 before 6.16, NR_MEMCG_STOCK since): one not cached takes a free slot, else the
+    next slot round-robin (a random one before a 2026 stable fix), drained first. A stock
+    grown past a batch is drained; since 6.16 a refill of more than a batch is uncharged at once."""
+    if knobs[STOCK_MEMCGS] > 1 and nr_pages > knobs[STOCK_BATCH]:
+        page_counter_uncharge(memcg, nr_pages)
+        return
+    slot = stock_slot(knobs, per_cpu, cpu, memcg_ix)
+    if slot < 0:
+        slot = stock_slot(knobs, per_cpu, cpu, -1)
+        if slot < 0:
+            slot = per_cpu[cpu, STOCK_EVICT]
+            per_cpu[cpu, STOCK_EVICT] = (slot + 1) % knobs[STOCK_MEMCGS]
+            drain_stock(memcg, per_cpu, cpu, slot)
+        per_cpu[cpu, STOCK_SLOTS + 2 * slot] = memcg_ix
+    per_cpu[cpu, STOCK_SLOTS + 2 * slot + 1] += nr_pages
+    if per_cpu[cpu, STOCK_SLOTS + 2 * slot + 1] > knobs[STOCK_BATCH]:
+        drain_stock(memcg, per_cpu, cpu, slot)
 
 
 @njit
-def drain_stock(memcg, per_cpu, cpu):
-    """Uncharge what the CPU's stock holds."""
-    page_counter_uncharge(memcg, per_cpu[cpu, PAGE_STOCK])
-    per_cpu[cpu, PAGE_STOCK] = 0
+def drain_stock(memcg, per_cpu, cpu, slot):
+    """Uncharge what a slot of the CPU's stock holds; the slot is free again."""
+    page_counter_uncharge(memcg, per_cpu[cpu, STOCK_SLOTS + 2 * slot + 1])
+    per_cpu[cpu, STOCK_SLOTS + 2 * slot] = -1
+    per_cpu[cpu, STOCK_SLOTS + 2 * slot + 1] = 0
 
 
 @njit
 def drain_all_stock(memcg, per_cpu):
-    """Drain every CPU's page stock at once (the kernel drains the others asynchronously:
-    charge_the_kernel_could_not_make accounts for that)."""
+    """Drain every CPU's page stock at once, every memcg's: all are the target's or below it
+    (the kernel drains the other CPUs asynchronously: charge_the_kernel_could_not_make
+    accounts for that)."""
     for cpu in range(per_cpu.shape[0]):
-        drain_stock(memcg, per_cpu, cpu)
+        for slot in range(NR_MEMCG_STOCK):
+            drain_stock(memcg, per_cpu, cpu, slot)
+
+
+@njit
+def stocked_pages(per_cpu):
+    """Pages the page stocks hold, every CPU's and memcg's."""
+    pages = 0
+    for cpu in range(per_cpu.shape[0]):
+        for slot in range(NR_MEMCG_STOCK):
+            pages += per_cpu[cpu, STOCK_SLOTS + 2 * slot + 1]
+    return pages
 
 
 # -- try_charge_memcg (KERNEL-MODEL §2) and memory.high (§3) -----------------------------------
 
 @njit
-def charge(memcg, stats, knobs, per_cpu, per_task, nr_pages, gfp, cpu, task, irq, pool):
-    """A page charge of a pool: try_charge_memcg, then the pages count in their pool; the
-    outcome code."""
-    outcome = try_charge_memcg(memcg, stats, knobs, per_cpu, per_task, gfp, nr_pages, cpu, task, irq)
+def charge(memcg, stats, knobs, per_cpu, per_task, nr_pages, gfp, cpu, task, irq, pool, memcg_ix):
+    """A page charge of a pool to memcg memcg_ix: try_charge_memcg, then the pages count in
+    their pool; the outcome code."""
+    outcome = try_charge_memcg(memcg, stats, knobs, per_cpu, per_task, gfp, nr_pages, cpu, task, irq, memcg_ix)
     if outcome != FAILED:
         memcg[POOLS + pool] += nr_pages
     return outcome
 
 
 @njit
-def try_charge_memcg(memcg, stats, knobs, per_cpu, per_task, gfp, nr_pages, cpu, task, irq):
-    """Charge nr_pages (KERNEL-MODEL §2): the stock, then the counter with a batch, then
-    reclaim, drain, retries and the OOM killer, in the kernel's order; the outcome code,
-    FAILED for -ENOMEM."""
+def try_charge_memcg(memcg, stats, knobs, per_cpu, per_task, gfp, nr_pages, cpu, task, irq, memcg_ix):
+    """Charge nr_pages to memcg memcg_ix (KERNEL-MODEL §2): its stock, then the counter with
+    a batch, then reclaim, drain, retries and the OOM killer, in the kernel's order; the
+    outcome code, FAILED for -ENOMEM. Every memcg's pages count in the one page counter: the
+    target's, where the limits act (a memcg below it has none of its own)."""
     batch = max(knobs[STOCK_BATCH], nr_pages)
     retries = knobs[MAX_RECLAIM_RETRIES]
     drained = reclaimed_once = passed_oom = oom_killed = False
     while True:
-        if consume_stock(knobs, per_cpu, nr_pages, cpu):
+        if consume_stock(knobs, per_cpu, nr_pages, cpu, memcg_ix):
             stats[STOCK_HITS] += 1
             return STOCK
         if knobs[HIGH_MODE] == FAIL_NOWAIT and not gfp & knobs[GFP_DIRECT_RECLAIM] and memcg[USAGE] > memcg[HIGH]:
@@ -254,7 +308,7 @@ def try_charge_memcg(memcg, stats, knobs, per_cpu, per_task, gfp, nr_pages, cpu,
         retries = knobs[MAX_RECLAIM_RETRIES]
     stats[CHARGES] += 1
     if batch > nr_pages:
-        refill_stock(memcg, knobs, per_cpu, batch - nr_pages, cpu)
+        refill_stock(memcg, knobs, per_cpu, batch - nr_pages, cpu, memcg_ix)
     handle_high_after_charge(memcg, stats, knobs, per_task, gfp, nr_pages, batch, task, irq)
     if oom_killed:
         return OOM
@@ -504,7 +558,7 @@ def exit_mmap(memcg, per_task, victim):
 
 
 @njit
-def charge_the_kernel_could_not_make(memcg, stats, knobs, per_cpu, per_task, nr_pages, gfp, cpu, task, irq):
+def charge_the_kernel_could_not_make(memcg, stats, knobs, per_cpu, per_task, nr_pages, gfp, cpu, task, irq, memcg_ix):
     """A charge the capturing kernel OOM-killed for (OOM_CHARGE) or failed (FAILED_CHARGE):
     try it; if the model can make it, cancel it (mem_cgroup_cancel_charge), since where the
     kernel's retry succeeded the trace charges the pages itself, and where it failed the
@@ -520,7 +574,7 @@ def charge_the_kernel_could_not_make(memcg, stats, knobs, per_cpu, per_task, nr_
     has run."""
     held = min(max(room(memcg, knobs, per_cpu, gfp) - nr_pages + 1, 0), knobs[STOCK_BATCH] * (per_cpu.shape[0] - 1))
     memcg[USAGE] += held
-    outcome = try_charge_memcg(memcg, stats, knobs, per_cpu, per_task, gfp, nr_pages, cpu, task, irq)
+    outcome = try_charge_memcg(memcg, stats, knobs, per_cpu, per_task, gfp, nr_pages, cpu, task, irq, memcg_ix)
     if outcome != FAILED:
         page_counter_uncharge(memcg, nr_pages)
     page_counter_uncharge(memcg, held)
@@ -535,7 +589,7 @@ def room(memcg, knobs, per_cpu, gfp):
         reclaimable += memcg[POOLS + POOL_SLAB_RECLAIMABLE]
     if knobs[SWAP]:
         reclaimable += memcg[POOLS + POOL_ANON]
-    return margin(memcg) + per_cpu[:, PAGE_STOCK].sum() + reclaimable
+    return margin(memcg) + stocked_pages(per_cpu) + reclaimable
 
 
 # -- uncharging --------------------------------------------------------------------------------
@@ -619,11 +673,11 @@ def uncharge_folios(memcg, nr_pages, pool):
 
 
 @njit
-def uncharge_kmem_pages(memcg, knobs, per_cpu, nr_pages, cpu, pool):
+def uncharge_kmem_pages(memcg, knobs, per_cpu, nr_pages, cpu, pool, memcg_ix):
     nr_pages = min(pay_debt(memcg, pool, nr_pages), memcg[POOLS + pool])
     memcg[POOLS + pool] -= nr_pages
     if knobs[OBJECT_CHARGING]:
-        refill_stock(memcg, knobs, per_cpu, nr_pages, cpu)  # obj_cgroup_uncharge_pages goes through the stock
+        refill_stock(memcg, knobs, per_cpu, nr_pages, cpu, memcg_ix)  # obj_cgroup_uncharge_pages goes through the stock
     else:
         page_counter_uncharge(memcg, nr_pages)
 
@@ -631,47 +685,75 @@ def uncharge_kmem_pages(memcg, knobs, per_cpu, nr_pages, cpu, pool):
 # -- object charging (6.x obj_cgroup) ----------------------------------------------------------
 
 @njit
-def obj_cgroup_charge(memcg, stats, knobs, per_cpu, per_task, size, gfp, cpu, task, irq, pool):
-    """An object of `size` bytes (obj_full_size) from the CPU's byte stock, else whole pages
-    through the page path, the rest of the last page left in the byte stock."""
-    if per_cpu[cpu, OBJ_STOCK] >= size:  # consume_obj_stock
+def obj_cgroup_charge(memcg, stats, knobs, per_cpu, per_task, size, gfp, cpu, task, irq, pool, memcg_ix):
+    """An object of `size` bytes (obj_full_size) from the CPU's byte stock if it holds its
+    memcg's, else whole pages through the page path, the rest of the last page left in the
+    byte stock (which then holds this memcg's)."""
+    if per_cpu[cpu, OBJ_STOCK_MEMCG] == memcg_ix and per_cpu[cpu, OBJ_STOCK] >= size:  # consume_obj_stock
         per_cpu[cpu, OBJ_STOCK] -= size
         stats[STOCK_HITS] += 1
         return STOCK
     nr_pages, nr_bytes = size >> PAGE_SHIFT, size & (PAGE_SIZE - 1)
     if nr_bytes:
         nr_pages += 1
-    outcome = charge(memcg, stats, knobs, per_cpu, per_task, nr_pages, gfp, cpu, task, irq, pool)
+    outcome = charge(memcg, stats, knobs, per_cpu, per_task, nr_pages, gfp, cpu, task, irq, pool, memcg_ix)
     if outcome != FAILED and nr_bytes:
+        switch_obj_stock(memcg, knobs, per_cpu, cpu, pool, memcg_ix)
         per_cpu[cpu, OBJ_STOCK] += PAGE_SIZE - nr_bytes
     return outcome
 
 
 @njit
-def obj_cgroup_uncharge(memcg, knobs, per_cpu, size, cpu, pool):
-    """refill_obj_stock(allow_uncharge): whole pages above one go back to the page stock."""
+def obj_cgroup_uncharge(memcg, knobs, per_cpu, size, cpu, pool, memcg_ix):
+    """refill_obj_stock(allow_uncharge): the bytes go to the CPU's byte stock, made this
+    memcg's; whole pages above one go back to the page stock."""
+    switch_obj_stock(memcg, knobs, per_cpu, cpu, pool, memcg_ix)
     per_cpu[cpu, OBJ_STOCK] += size
     if per_cpu[cpu, OBJ_STOCK] > PAGE_SIZE:
         nr_pages = per_cpu[cpu, OBJ_STOCK] >> PAGE_SHIFT
         per_cpu[cpu, OBJ_STOCK] &= PAGE_SIZE - 1
-        own = min(nr_pages, memcg[POOLS + pool] + memcg[DEBT + pool])
-        uncharge_kmem_pages(memcg, knobs, per_cpu, own, cpu, pool)
-        if nr_pages > own:  # the byte stock is shared by both slab pools
-            uncharge_kmem_pages(memcg, knobs, per_cpu, nr_pages - own, cpu, POOL_SLAB_RECLAIMABLE + POOL_SLAB_UNRECLAIMABLE - pool)
+        uncharge_obj_pages(memcg, knobs, per_cpu, nr_pages, cpu, pool, memcg_ix)
+
+
+@njit
+def switch_obj_stock(memcg, knobs, per_cpu, cpu, pool, memcg_ix):
+    """refill_obj_stock's reset: a CPU's byte stock holds one objcg's bytes. Another's are
+    drained (drain_obj_stock): whole pages go back to that memcg's page stock, the rest stays
+    with its objcg (nr_charged_bytes); the new objcg's own such bytes come in."""
+    old = per_cpu[cpu, OBJ_STOCK_MEMCG]
+    if old == memcg_ix:
+        return
+    if old >= 0:
+        uncharge_obj_pages(memcg, knobs, per_cpu, per_cpu[cpu, OBJ_STOCK] >> PAGE_SHIFT, cpu, pool, old)
+        memcg[OBJCG_BYTES + old] += per_cpu[cpu, OBJ_STOCK] & (PAGE_SIZE - 1)
+    per_cpu[cpu, OBJ_STOCK] = memcg[OBJCG_BYTES + memcg_ix]
+    memcg[OBJCG_BYTES + memcg_ix] = 0
+    per_cpu[cpu, OBJ_STOCK_MEMCG] = memcg_ix
+
+
+@njit
+def uncharge_obj_pages(memcg, knobs, per_cpu, nr_pages, cpu, pool, memcg_ix):
+    """obj_cgroup_uncharge_pages: whole pages of a byte stock uncharged, from `pool` first (the
+    byte stock is shared by both slab pools)."""
+    own = min(nr_pages, memcg[POOLS + pool] + memcg[DEBT + pool])
+    uncharge_kmem_pages(memcg, knobs, per_cpu, own, cpu, pool, memcg_ix)
+    if nr_pages > own:
+        uncharge_kmem_pages(memcg, knobs, per_cpu, nr_pages - own, cpu, POOL_SLAB_RECLAIMABLE + POOL_SLAB_UNRECLAIMABLE - pool,
+                            memcg_ix)
 
 
 # -- slab charging (4.x per-memcg caches): slabs of each cache, charged whole --------------------
 
 @njit
 def slab_alloc_object(memcg, stats, knobs, per_cpu, per_task, slabs, caches, geometry, cursor, object_slab,
-                      slot, cache, gfp, cpu, task, irq, pool):
+                      slot, cache, gfp, cpu, task, irq, pool, memcg_ix):
     outcome = NO_CHARGE
     slab = caches[cache, CURRENT_SLAB]
     if slab < 0 or slabs[slab, SLAB_USED] == slabs[slab, SLAB_CAPACITY]:
         slab = take_partial(slabs, caches, cursor, cache)
     if slab < 0:
         slab, outcome = allocate_slab(memcg, stats, knobs, per_cpu, per_task, slabs, geometry, cursor,
-                                      cache, gfp, cpu, task, irq, pool)
+                                      cache, gfp, cpu, task, irq, pool, memcg_ix)
         if slab < 0:
             return outcome
     caches[cache, CURRENT_SLAB] = slab
@@ -700,7 +782,8 @@ def take_partial(slabs, caches, cursor, cache):
 
 
 @njit
-def allocate_slab(memcg, stats, knobs, per_cpu, per_task, slabs, geometry, cursor, cache, gfp, cpu, task, irq, pool):
+def allocate_slab(memcg, stats, knobs, per_cpu, per_task, slabs, geometry, cursor, cache, gfp, cpu, task, irq, pool,
+                  memcg_ix):
     """SLUB allocate_slab: try the cache's order with a no-retry gfp (and, in 4.3, without
     direct reclaim above the minimum order), then fall back to the minimum order with the
     caller's gfp. The new slab (-1 if none) and the outcome."""
@@ -710,10 +793,10 @@ def allocate_slab(memcg, stats, knobs, per_cpu, per_task, slabs, geometry, curso
         stats[HIGH_ORDER_ATTEMPTS] += 1
         if knobs[NOWAIT_HIGH_ORDER]:
             first_gfp &= ~knobs[GFP_DIRECT_RECLAIM]
-    outcome = charge(memcg, stats, knobs, per_cpu, per_task, 1 << order, first_gfp, cpu, task, irq, pool)
+    outcome = charge(memcg, stats, knobs, per_cpu, per_task, 1 << order, first_gfp, cpu, task, irq, pool, memcg_ix)
     if outcome != FAILED:
         return new_slab(slabs, cursor, cache, geometry[cache, OBJECTS], 1 << order, pool), outcome
-    outcome = charge(memcg, stats, knobs, per_cpu, per_task, 1 << min_order, gfp, cpu, task, irq, pool)
+    outcome = charge(memcg, stats, knobs, per_cpu, per_task, 1 << min_order, gfp, cpu, task, irq, pool, memcg_ix)
     if outcome == FAILED:
         return -1, outcome
     if order > min_order:
@@ -757,7 +840,7 @@ def slab_free_object(memcg, knobs, per_cpu, slabs, caches, cursor, object_slab, 
     cache = slabs[slab, SLAB_CACHE]
     current = caches[cache, CURRENT_SLAB] == slab
     if slabs[slab, SLAB_USED] == 0 and not current:
-        uncharge_kmem_pages(memcg, knobs, per_cpu, slabs[slab, SLAB_PAGES], 0, slabs[slab, SLAB_POOL])  # discard_slab
+        uncharge_kmem_pages(memcg, knobs, per_cpu, slabs[slab, SLAB_PAGES], 0, slabs[slab, SLAB_POOL], 0)  # discard_slab
         if not slabs[slab, SLAB_LISTED]:
             free_slab_row(slabs, cursor, slab)
     elif slabs[slab, SLAB_USED] == slabs[slab, SLAB_CAPACITY] - 1 and not current:
@@ -769,7 +852,7 @@ def slab_free_object(memcg, knobs, per_cpu, slabs, caches, cursor, object_slab, 
 # -- the loop ----------------------------------------------------------------------------------
 
 @njit
-def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, outcome, first,
+def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, memcg_of, outcome, first,
                  t_first, resolution_ns, memcg, stats, knobs, per_cpu, per_task, charged, object_slab,
                  slabs, caches, geometry, cursor, bucket_last, bucket_peak):
     """Replay a batch's operations from `first` on; outcome is the batch's slice of the result's.
@@ -783,7 +866,7 @@ def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, o
     bucket_last, bucket_peak = borrowed(bucket_last), borrowed(bucket_peak)
     no_object = charged.shape[0] - 1
     for i in range(first, ts.shape[0]):
-        t, c, o = task[i], cpu[i], op[i]
+        t, c, o, m = task[i], cpu[i], op[i], memcg_of[i]
         if o == OBJ_ALLOC and not knobs[OBJECT_CHARGING] and cursor[FREE_SLAB] < 0 and cursor[SLAB_COUNT] == slabs.shape[0]:
             return i
         now = ts[i]
@@ -795,21 +878,21 @@ def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, o
         elif o == OBJ_ALLOC:  # slab_post_alloc_hook: 6.x charges the object, 4.x the slab it lands in
             if knobs[OBJECT_CHARGING]:
                 outcome[i] = obj_cgroup_charge(memcg, stats, knobs, per_cpu, per_task, nbytes[i] + OBJ_EXT_BYTES,
-                                               gfp[i], c, t, irq[i], pool[i])
+                                               gfp[i], c, t, irq[i], pool[i], m)
             else:
                 outcome[i] = slab_alloc_object(memcg, stats, knobs, per_cpu, per_task, slabs, caches, geometry, cursor,
-                                               object_slab, slot, cache[i], gfp[i], c, t, irq[i], pool[i])
+                                               object_slab, slot, cache[i], gfp[i], c, t, irq[i], pool[i], m)
         elif o == OBJ_FREE:  # slab_free_hook
             if knobs[OBJECT_CHARGING]:
-                obj_cgroup_uncharge(memcg, knobs, per_cpu, nbytes[i] + OBJ_EXT_BYTES, c, pool[i])
+                obj_cgroup_uncharge(memcg, knobs, per_cpu, nbytes[i] + OBJ_EXT_BYTES, c, pool[i], m)
             else:
                 slab_free_object(memcg, knobs, per_cpu, slabs, caches, cursor, object_slab, slot)
         elif o == PAGE_ALLOC or o == LRU_CHARGE:
-            outcome[i] = charge(memcg, stats, knobs, per_cpu, per_task, pages[i], gfp[i], c, t, irq[i], pool[i])
+            outcome[i] = charge(memcg, stats, knobs, per_cpu, per_task, pages[i], gfp[i], c, t, irq[i], pool[i], m)
             if o == LRU_CHARGE and outcome[i] != FAILED:
                 lru_charged(memcg, per_task, pages[i], pool[i], t)
         elif o == PAGE_FREE or (o == LRU_UNCHARGE and pool[i] == POOL_KMEM_PAGES):  # kernel stacks, socket buffers too
-            uncharge_kmem_pages(memcg, knobs, per_cpu, pages[i], c, pool[i])
+            uncharge_kmem_pages(memcg, knobs, per_cpu, pages[i], c, pool[i], m)
         elif o == LRU_UNCHARGE:
             uncharge_lru(memcg, per_task, pages[i], pool[i], t)
         elif o == ANON_UNMAPPED:
@@ -821,7 +904,8 @@ def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, o
         elif o == LRU_OOM_FREED:
             free_oom_victim_anon(memcg, per_task, pages[i], t)
         elif o == OOM_CHARGE or o == FAILED_CHARGE:
-            outcome[i] = charge_the_kernel_could_not_make(memcg, stats, knobs, per_cpu, per_task, pages[i], gfp[i], c, t, irq[i])
+            outcome[i] = charge_the_kernel_could_not_make(memcg, stats, knobs, per_cpu, per_task, pages[i], gfp[i], c, t, irq[i],
+                                                          m)
         elif o == USER_RETURN:
             resume_user_mode_work(memcg, stats, knobs, per_task, t)
         if (o == OBJ_ALLOC or o == PAGE_ALLOC) and outcome[i] != FAILED:

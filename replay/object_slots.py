@@ -18,7 +18,8 @@ from common.jit import njit
 NEVER_CHARGED = 0
 HELD, NEXT = range(2)  # counts: slots on the free stack, the next slot never handed out
 # Per slot, what the allocation that holds it was (LIVE columns).
-OP, CACHE, BYTES, PAGES, POOL, ALLOC_OP = range(6)  # ALLOC_OP: the operation's number, counted over the trace
+# ALLOC_OP: the operation's number, counted over the trace; MEMCG: the memcg it charged (replay.events_to_operations)
+OP, CACHE, BYTES, PAGES, POOL, ALLOC_OP, MEMCG = range(7)
 
 
 @njit
@@ -33,14 +34,14 @@ class ObjectSlots:
         self.slot_of = _new_slot_map()  # pseudonym -> slot of each live object
         self.free = np.zeros(1024, np.int64)  # a stack of freed slots
         self.counts = np.array([0, NEVER_CHARGED + 1], np.int64)
-        self.live = np.zeros((1024, ALLOC_OP + 1), np.int64)
+        self.live = np.zeros((1024, MEMCG + 1), np.int64)
 
     def make_room(self, allocations: int) -> None:
         """Room for `allocations` more slots than were ever handed out."""
         room = int(self.counts[NEXT]) + allocations
         if room > len(self.free):  # the stack never holds more slots than were handed out
             self.free = np.concatenate([self.free, np.zeros(max(room, len(self.free)), np.int64)])
-            self.live = np.concatenate([self.live, np.zeros((len(self.free) - len(self.live), ALLOC_OP + 1), np.int64)])
+            self.live = np.concatenate([self.live, np.zeros((len(self.free) - len(self.live), MEMCG + 1), np.int64)])
 
 
 @njit

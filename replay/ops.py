@@ -50,6 +50,7 @@ OBJ_EXT_BYTES = 8  # obj_full_size(): the object plus its obj_cgroup pointer
 SWAP_CLUSTER_MAX = 32
 PAGE_ALLOC_COSTLY_ORDER = 3
 MEMCG_CHARGE_BATCH_6X = 64  # threshold for synchronous over-high handling in 6.x
+NR_MEMCG_STOCK = 7  # memcgs a CPU's page stock caches since 6.16 (f735eebe55f8); 1 before
 MEMCG_DELAY_PRECISION_SHIFT = 20
 MEMCG_DELAY_SCALING_SHIFT = 14
 HZ = 1000

@@ -14,6 +14,7 @@ import tomllib
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+from replay.ops import NR_MEMCG_STOCK
 from traces.errors import UserError
 
 CHARGE_UNITS = ("slab", "object")
@@ -32,8 +33,10 @@ class Policy:
     # __GFP_DIRECT_RECLAIM when SLUB tries an order above the cache's minimum.
     slab_growth_gfp: str = "caller"
     stock_batch: int = 64  # MEMCG_CHARGE_BATCH: 32 up to ~5.15, 64 from ~6.1
-    # No knob for how many memcgs a CPU's page stock caches (1 before 6.16, NR_MEMCG_STOCK = 7
-    # since): the replay has one memcg, which no other evicts, so the count changes nothing.
+    # How many memcgs a CPU's page stock caches: 1 before 6.16 (memcgs charging on one CPU
+    # drain each other's stock), NR_MEMCG_STOCK = 7 since (f735eebe55f8). It matters where the
+    # trace has memcgs below the target (sibling memcgs under a shared limit).
+    stock_memcgs: int = 1
     # memory.high: "sync" (4.2: reclaim in the charge path, blocking charges only),
     # "return-to-user" (4.4: reclaim the overage when the task returns to user space),
     # "mainline" (6.x: as 4.4, plus synchronous reclaim past 64 pages, async in irq, and
@@ -53,10 +56,12 @@ class Policy:
                 raise UserError(f"policy {self.name}: {knob} = {getattr(self, knob)!r}; choose one of {', '.join(allowed)}")
         if not isinstance(self.shrunk_slab_counts, bool):
             raise UserError(f"policy {self.name}: shrunk_slab_counts = {self.shrunk_slab_counts!r}; give true or false")
-        for knob, low in (("stock_batch", 1), ("max_reclaim_retries", 0), ("watermark_margin_pages", 0)):
+        for knob, low, high in (("stock_batch", 1, None), ("stock_memcgs", 1, NR_MEMCG_STOCK), ("max_reclaim_retries", 0, None),
+                                ("watermark_margin_pages", 0, None)):
             value = getattr(self, knob)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise UserError(f"policy {self.name}: {knob} = {value!r}; give a whole number >= {low}")
+            if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
+                within = f">= {low}" if high is None else f"from {low} to {high}"
+                raise UserError(f"policy {self.name}: {knob} = {value!r}; give a whole number {within}")
         if self.high_mode == "watermark" and self.watermark_margin_pages == 0:
             raise UserError(f"policy {self.name}: high_mode watermark needs watermark_margin_pages > 0")
 
@@ -82,7 +87,10 @@ BUILTIN = {
                high_mode="watermark", watermark_margin_pages=256, **KERNEL_4X),
         Policy("mainline-6.1", "6.1 LTS: as today's kernel, but slab the shrinkers free counts as memcg reclaim progress",
                shrunk_slab_counts=True),
-        Policy("mainline-6.18", "today's kernel: object charging, caller's gfp, 64-page stocks, deferred and throttled memory.high"),
+        Policy("mainline-6.12", "6.12 LTS: as today's kernel, but each CPU's page stock caches one memcg",
+               stock_memcgs=1),
+        Policy("mainline-6.18", "today's kernel: object charging, caller's gfp, 64-page stocks for up to 7 memcgs per CPU, "
+                                "deferred and throttled memory.high", stock_memcgs=NR_MEMCG_STOCK),
     )
 }
 
@@ -93,9 +101,10 @@ KERNEL_ERAS = (
     ((4, 3), "nowait-slab-charge", "4.3: high-order slab charges without direct reclaim (6af3142bed1f)"),
     ((4, 4), "return-to-user", "4.4 to 6.0: memory.high reclaimed on return to user space (b23afb93d317)"),
     ((6, 1), "mainline-6.1", "6.1 to 6.4: object charging, 64-page stocks, throttled memory.high"),
-    ((6, 5), "mainline-6.18", "6.5 and later: as 6.1, but memcg reclaim no longer counts slab the shrinkers free "
-                              "(583c27a167c2); later kernels differ only in the per-CPU stock's memcg count (6.16), "
-                              "which one memcg never exercises"),
+    ((6, 5), "mainline-6.12", "6.5 to 6.15: as 6.1, but memcg reclaim no longer counts slab the shrinkers free "
+                              "(583c27a167c2)"),
+    ((6, 16), "mainline-6.18", "6.16 and later: as 6.5, but each CPU's page stock caches up to 7 memcgs "
+                               "(f735eebe55f8)"),
 )
 
 

@@ -25,7 +25,7 @@ from replay.engine import Compiled, Interpreted
 from replay.input import ARRAYS, ReplayInput, build
 from replay.ops import (
     ANON_FREED, ANON_UNMAPPED, FAILED_CHARGE, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, OBJ_ALLOC, OBJ_FREE,
-    OOM_CHARGE, OUTCOMES, PAGE_ALLOC, PAGE_FREE, PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, RECLAIM_TRIGGERS, UNLIMITED, USER_RETURN,
+    NR_MEMCG_STOCK, OOM_CHARGE, OUTCOMES, PAGE_ALLOC, PAGE_FREE, PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, RECLAIM_TRIGGERS, UNLIMITED, USER_RETURN,
     GfpBits, Limits,
 )
 from replay.policy import BUILTIN, CHARGE_UNITS, HIGH_MODES, SLAB_GROWTH, Policy
@@ -68,7 +68,7 @@ RESOLUTIONS = (100_000, 1_000_000, 7_000_000, 50_000_000)
 # A generated operation's values, with ReplayInput's dtypes.
 ROW_COLUMNS = (("ts", np.int64), ("cpu", np.int32), ("task", np.int32), ("irq", np.bool_), ("op", np.int8),
                ("gfp", np.int64), ("pages", np.int64), ("bytes", np.int64), ("cache", np.int32), ("obj", np.int64),
-               ("pool", np.int8))
+               ("pool", np.int8), ("memcg", np.int16))
 
 
 @st.composite
@@ -96,6 +96,7 @@ steps = st.tuples(
     st.integers(0, 2),  # cpu
     st.sampled_from((False, False, False, True)),  # irq
     st.sampled_from((0, 1, 1000, 100_000, 1_000_000)),  # ns since the previous operation
+    st.sampled_from((0, 0, 1, 2)),  # memcg: the target, or one of two below it
 )
 
 
@@ -109,35 +110,35 @@ def scenarios(draw) -> tuple[ReplayInput, GfpBits, Limits, int]:
     tasks, cpus = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     initial = np.array(draw(st.lists(st.integers(0, 80), min_size=6, max_size=6)), np.int64)
     rows: list[tuple] = []  # one value per ROW_COLUMNS
-    live_objects: list[tuple[int, int]] = []  # (obj, cache)
-    live_pages: list[tuple[int, int]] = []  # (obj, pages)
+    live_objects: list[tuple[int, int, int]] = []  # (obj, cache, memcg)
+    live_pages: list[tuple[int, int, int]] = []  # (obj, pages, memcg)
     anon_charged = [0] * tasks  # anon pages each task charged: what an OOM victim of it frees
     objects = 0
     ts = draw(st.integers(0, 10**12))
     t_first = ts - draw(st.integers(0, 10**6))  # the trace starts before its first operation
-    for kind, pick, size, g, task, cpu, irq, dt in draw(st.lists(steps, min_size=20, max_size=200)):
+    for kind, pick, size, g, task, cpu, irq, dt, memcg in draw(st.lists(steps, min_size=20, max_size=200)):
         ts += dt
         gfp = palette[g % len(palette)]
         common = (ts, cpu % cpus, task % tasks, irq)
         if kind == OBJ_FREE and live_objects:
-            obj, cache = live_objects.pop(pick % len(live_objects))
-            rows.append((*common, OBJ_FREE, gfp, 0, geometry[cache][0], cache, obj, geometry[cache][5]))
+            obj, cache, charged_to = live_objects.pop(pick % len(live_objects))  # a free uncharges its allocation's memcg
+            rows.append((*common, OBJ_FREE, gfp, 0, geometry[cache][0], cache, obj, geometry[cache][5], charged_to))
         elif kind in (OBJ_ALLOC, OBJ_FREE):
             cache = size % len(geometry)
-            rows.append((*common, OBJ_ALLOC, gfp, 0, geometry[cache][0], cache, objects, geometry[cache][5]))
-            live_objects.append((objects, cache))
+            rows.append((*common, OBJ_ALLOC, gfp, 0, geometry[cache][0], cache, objects, geometry[cache][5], memcg))
+            live_objects.append((objects, cache, memcg))
             objects += 1
         elif kind == PAGE_FREE and live_pages:
-            obj, pages = live_pages.pop(pick % len(live_pages))
-            rows.append((*common, PAGE_FREE, gfp, pages, 0, -1, obj, POOL_KMEM_PAGES))
+            obj, pages, charged_to = live_pages.pop(pick % len(live_pages))
+            rows.append((*common, PAGE_FREE, gfp, pages, 0, -1, obj, POOL_KMEM_PAGES, charged_to))
         elif kind in (PAGE_ALLOC, PAGE_FREE):
             pages = 1 << min(size, 4)
-            rows.append((*common, PAGE_ALLOC, gfp, pages, 0, -1, objects, POOL_KMEM_PAGES))
-            live_pages.append((objects, pages))
+            rows.append((*common, PAGE_ALLOC, gfp, pages, 0, -1, objects, POOL_KMEM_PAGES, memcg))
+            live_pages.append((objects, pages, memcg))
             objects += 1
         elif kind in (LRU_CHARGE, LRU_UNCHARGE, LRU_RECLAIMED):
             pool = POOL_FILE if pick % 3 else POOL_ANON
-            rows.append((*common, kind, gfp, LRU_PAGES[size], 0, -1, -1, pool))
+            rows.append((*common, kind, gfp, LRU_PAGES[size], 0, -1, -1, pool, memcg))
             if kind == LRU_CHARGE and pool == POOL_ANON:
                 anon_charged[task % tasks] += LRU_PAGES[size]
         elif kind == LRU_OOM_FREED:
@@ -145,13 +146,13 @@ def scenarios(draw) -> tuple[ReplayInput, GfpBits, Limits, int]:
             # original): frees of pages nobody charged would only empty the memcg.
             pages = min(LRU_PAGES[size], anon_charged[task % tasks] + 1)
             anon_charged[task % tasks] = max(anon_charged[task % tasks] - pages, 0)
-            rows.append((*common, kind, gfp, pages, 0, -1, -1, POOL_ANON))
+            rows.append((*common, kind, gfp, pages, 0, -1, -1, POOL_ANON, memcg))
         elif kind in (ANON_UNMAPPED, ANON_FREED):
-            rows.append((*common, kind, gfp, LRU_PAGES[size], 0, -1, -1, POOL_ANON))
+            rows.append((*common, kind, gfp, LRU_PAGES[size], 0, -1, -1, POOL_ANON, memcg))
         elif kind in (OOM_CHARGE, FAILED_CHARGE):
-            rows.append((*common, kind, gfp, 1 << min(size, 4), 0, -1, -1, POOL_ANON))
+            rows.append((*common, kind, gfp, 1 << min(size, 4), 0, -1, -1, POOL_ANON, memcg))
         else:
-            rows.append((*common, USER_RETURN, 0, 0, 0, -1, -1, 0))
+            rows.append((*common, USER_RETURN, 0, 0, 0, -1, -1, 0, memcg))
     arrays = {name: np.array(column, dtype) for (name, dtype), column in zip(ROW_COLUMNS, zip(*rows))}
     _, order, min_order, per_slab, per_slab_min, _ = (np.array(column, np.int64) for column in zip(*geometry))
     data = ReplayInput(
@@ -175,6 +176,7 @@ def custom_policies(draw) -> Policy:
     policy = Policy(
         "custom", "drawn by hypothesis", charge_unit=draw(st.sampled_from(CHARGE_UNITS)),
         slab_growth_gfp=draw(st.sampled_from(SLAB_GROWTH)), stock_batch=draw(st.integers(1, 130)),
+        stock_memcgs=draw(st.integers(1, NR_MEMCG_STOCK)),
         high_mode=high_mode, max_reclaim_retries=draw(st.integers(0, 20)),
         watermark_margin_pages=draw(st.integers(1 if high_mode == "watermark" else 0, 300)),
     )
@@ -227,9 +229,9 @@ def paths_taken() -> Counter[str]:
     seen: Counter[str] = Counter()
 
     # A seed whose inputs reach every outcome; any change to the scenarios' draws moves them
-    # (2015's, 2018's, then 2019's stopped reaching the oom outcome: their kills all came in one-task
-    # scenarios, where the victim is the charging task, whose charge then fails).
-    @seed(2023)
+    # (2015's, 2018's, 2019's, then 2023's stopped reaching the oom outcome: their kills all came in
+    # one-task scenarios, where the victim is the charging task, whose charge then fails).
+    @seed(2025)
     @settings(deadline=None, max_examples=300, database=None)
     @given(scenarios())
     def replay_all_policies(scenario):

@@ -91,14 +91,18 @@ def trace(tmp_path_factory) -> Trace:
         event("user_return"),  # 41: the system call ended: whatever its allocations were
         folio("page_free", 23, 0),  # 42: ... this free is no failed charge
     ]
+    return written(tmp_path_factory.mktemp("trace") / "t", manifest, events)
+
+
+def written(path, manifest: dict, events: list[dict]) -> Trace:
+    """A trace of these events (a microsecond apart, ten to a segment) under LIKE's manifest and slab table."""
     for ts, row in enumerate(events):
         row["ts_ns"] = 1_000 * (ts + 1)
-    path = tmp_path_factory.mktemp("trace") / "t"
     manifest.update(segments=[], events=len(events))
     writer = SegmentWriter(path, lambda segment: manifest["segments"].append(segment.__dict__), max_events=10)
     writer.write(pa.Table.from_pylist(events, schema=EVENT_SCHEMA))
     writer.close_segment()
-    (path / "slabs.parquet").write_bytes((like / "slabs.parquet").read_bytes())
+    (path / "slabs.parquet").write_bytes((sample_path(LIKE) / "slabs.parquet").read_bytes())
     write_json(path / MANIFEST, manifest)
     return Trace.open(path)
 
@@ -145,3 +149,40 @@ def test_the_segments_carry_what_spans_them(trace):
     # row 5, rows 20-24 the unmapped pages of the segment before, and row 30 the THP of row 25
     batches = [batch.row.tolist() for batch in InputStream(trace).batches()]
     assert batches == [[0, 1, 2, 3, 4, 5, 6, 8], [10, 12, 14, 15, 16, 17, 18], [20, 21, 23, 24], [30, 34], [41]]
+
+
+def test_each_operation_charges_the_memcg_below_the_target_its_task_charges_pages_to(tmp_path):
+    """Memcgs a workload made below the target (manifest target.descendants, indexes 1 and 2):
+    a stat change is its memcg's; a task's allocations go to the memcg its last page charge in
+    task context went to (0, the target, before any); a free to its allocation's memcg."""
+    manifest = json.loads((sample_path(LIKE) / MANIFEST).read_text())
+    node, memcg, gfp = manifest["enums"]["node_stat_item"], manifest["enums"]["memcg_stat_item"], manifest["gfp_flags"]
+    target = manifest["target"]["memcg_id"]
+    manifest["target"]["descendants"] = [{"path": "/t/a", "memcg_id": target + 10}, {"path": "/t/b", "memcg_id": target + 20}]
+    a, b, elsewhere = target + 10, target + 20, target + 99
+    other = 300
+
+    def alloc(obj: int, pid: int = TASK) -> dict:
+        return dict(kind="kmalloc", pid=pid, ctx="task", obj=obj, bytes_req=64, bytes_alloc=64, gfp=gfp["GFP_KERNEL_ACCOUNT"],
+                    accounted=True, failed=False, call_site=7)
+
+    def stat(kind: str, item: int, of: int, pid: int, ctx: str = "task") -> dict:
+        return dict(kind=kind, pid=pid, ctx=ctx, memcg_id=of, item=item, val=1)
+
+    events = [
+        alloc(1),  # 0: before any page charge: the target's
+        stat("memcg_lruvec_state", node["NR_ANON_MAPPED"], a, TASK),  # 1: a's; TASK charges a from now on
+        alloc(2),  # 2: a's
+        stat("memcg_lruvec_state", node["NR_FILE_PAGES"], b, other),  # 3: b's; the other task charges b
+        dict(kind="kfree", pid=other, ctx="task", obj=2),  # 4: a's, whoever frees it
+        dict(kind="kfree", pid=other, ctx="task", obj=1),  # 5: the target's
+        stat("memcg_lruvec_state", node["NR_FILE_PAGES"], elsewhere, other),  # 6: not the target's subtree: nothing
+        alloc(3, other),  # 7: b's
+        stat("memcg_state", memcg["MEMCG_SOCK"], a, other, ctx="softirq"),  # 8: a's socket, in softirq
+        alloc(4, other),  # 9: still b's: an interrupt's charge says nothing of the task it interrupted
+    ]
+    data = build(written(tmp_path / "t", manifest, [{**e, "cpu": 0, "comm": "t"} for e in events]))
+    assert list(zip(data.row.tolist(), data.op.tolist(), data.memcg.tolist())) == [
+        (0, OBJ_ALLOC, 0), (1, LRU_CHARGE, 1), (2, OBJ_ALLOC, 1), (3, LRU_CHARGE, 2), (4, OBJ_FREE, 1), (5, OBJ_FREE, 0),
+        (7, OBJ_ALLOC, 2), (8, LRU_CHARGE, 1), (9, OBJ_ALLOC, 2),
+    ]

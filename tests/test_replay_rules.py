@@ -30,7 +30,7 @@ MS = 1_000_000
 
 
 def scenario(ops: list[dict], pools: dict[int, int] | None = None, cache: tuple[int, int, int, int] = (0, 0, 1, 1)) -> ReplayInput:
-    """A ReplayInput from operations given as dicts (op, gfp, pages, bytes, obj, task, cpu, irq, pool)."""
+    """A ReplayInput from operations given as dicts (op, gfp, pages, bytes, obj, task, cpu, irq, pool, memcg)."""
     n = len(ops)
     col = lambda key, default, dtype: np.array([o.get(key, default) for o in ops], dtype=dtype)  # noqa: E731
     initial = np.zeros(6, np.int64)
@@ -41,7 +41,8 @@ def scenario(ops: list[dict], pools: dict[int, int] | None = None, cache: tuple[
         ts=np.arange(n, dtype=np.int64) * MS, cpu=col("cpu", 0, np.int32), task=col("task", 0, np.int32),
         irq=col("irq", False, bool), op=col("op", 0, np.int8), gfp=col("gfp", GFP_KERNEL, np.int64),
         pages=col("pages", 0, np.int64), bytes=col("bytes", 0, np.int64), cache=col("cache", 0, np.int32),
-        obj=col("obj", -1, np.int64), pool=col("pool", POOL_KMEM_PAGES, np.int8), row=np.arange(n, dtype=np.int64),
+        obj=col("obj", -1, np.int64), pool=col("pool", POOL_KMEM_PAGES, np.int8), memcg=col("memcg", 0, np.int16),
+        row=np.arange(n, dtype=np.int64),
         cache_order=np.array([order]), cache_min_order=np.array([min_order]), cache_objects=np.array([objects]),
         cache_objects_min=np.array([objects_min]), cache_names=["test-cache"], task_pids=np.arange(2, dtype=np.int32),
         initial_pools=initial, cpus=2, t_first=0, t_last=max(n - 1, 0) * MS,
@@ -69,6 +70,41 @@ def test_kmem_pages_uncharged_return_to_the_stock_but_lru_pages_to_the_counter(e
     lru = scenario([{"op": LRU_CHARGE, "pages": 1, "pool": POOL_ANON}, {"op": LRU_UNCHARGE, "pages": 1, "pool": POOL_ANON}])
     r = engine(lru, MAINLINE, Limits(max_pages=1000))
     assert list(r.bucket_last) == [64, 63]
+
+
+def test_memcgs_on_one_cpu_keep_page_stocks_of_their_own_since_6_16_and_evict_each_other_before(engine):
+    # One-page charges on CPU 0 by two memcgs below the target, 1, 2, 1 (no limit reached). A
+    # charge that misses its memcg's stock charges a batch of 64 and stocks 63. 6.18 (up to 7
+    # memcgs per CPU): memcg 2 takes a free slot (usage 128) and memcg 1's second charge is
+    # served by its 63. 6.12 (one memcg per CPU): memcg 2's refill first drains memcg 1's 63
+    # (128 - 63 = 65); memcg 1's second charge misses and drains memcg 2's 63 (65 + 64 - 63).
+    # All three of one memcg: a batch, then two stock hits, on either kernel.
+    charged, stock = OUTCOME["charged"], OUTCOME["stock"]
+    data = scenario([page(obj=0, memcg=1), page(obj=1, memcg=2), page(obj=2, memcg=1)])
+    r = engine(data, MAINLINE, Limits(max_pages=1000))
+    assert list(r.bucket_last) == [64, 128, 128] and list(r.outcome) == [charged, charged, stock]
+    r = engine(data, BUILTIN["mainline-6.12"], Limits(max_pages=1000))
+    assert list(r.bucket_last) == [64, 65, 66] and list(r.outcome) == [charged, charged, charged]
+    one_memcg = scenario([page(obj=0), page(obj=1), page(obj=2)])
+    for policy in (MAINLINE, BUILTIN["mainline-6.12"]):
+        r = engine(one_memcg, policy, Limits(max_pages=1000))
+        assert list(r.bucket_last) == [64, 64, 64] and list(r.outcome) == [charged, stock, stock]
+
+
+def test_an_object_takes_the_object_stocks_bytes_only_while_they_are_its_memcgs(engine):
+    # 100-byte objects on CPU 0 by memcgs 1, 2, 1 (6.18). The first charges a page (a batch:
+    # 64, 63 stocked for memcg 1) and leaves the page's rest in the object stock. Memcg 2's
+    # object finds memcg 1's bytes there: it charges its own batch (128), and the object stock
+    # becomes memcg 2's (memcg 1's bytes go back to its objcg). Memcg 1's second object finds
+    # memcg 2's bytes: a page from memcg 1's page stock (128). One memcg: a batch, then two
+    # objects from the object stock (64 throughout).
+    obj = lambda n, memcg: {"op": OBJ_ALLOC, "obj": n, "bytes": 100, "memcg": memcg, "pool": POOL_SLAB_UNRECLAIMABLE}  # noqa: E731
+    charged, stock = OUTCOME["charged"], OUTCOME["stock"]
+    r = engine(scenario([obj(0, 1), obj(1, 2), obj(2, 1)]), MAINLINE, Limits(max_pages=1000))
+    assert list(r.bucket_last) == [64, 128, 128] and list(r.outcome) == [charged, charged, stock]
+    assert r.stock_hits == 1  # the page stock's; the object stock served nobody
+    r = engine(scenario([obj(0, 0), obj(1, 0), obj(2, 0)]), MAINLINE, Limits(max_pages=1000))
+    assert list(r.bucket_last) == [64, 64, 64] and list(r.outcome) == [charged, stock, stock]
 
 
 def test_a_stock_hit_skips_the_high_check(engine):
@@ -435,8 +471,9 @@ def test_toml_policies_are_validated(tmp_path):
 
 @pytest.mark.parametrize("release, expected", [
     ("4.2.0", "caller-gfp"), ("4.3.5", "nowait-slab-charge"), ("5.15.0-91-generic", "return-to-user"),
-    ("6.1.0-57-amd64", "mainline-6.1"), ("6.4.16", "mainline-6.1"), ("6.5.0", "mainline-6.18"),
-    ("6.12.117+deb12-amd64", "mainline-6.18"), ("6.18.44-fc-v1098", "mainline-6.18"), ("7.1.3", "mainline-6.18"),
+    ("6.1.0-57-amd64", "mainline-6.1"), ("6.4.16", "mainline-6.1"), ("6.5.0", "mainline-6.12"),
+    ("6.12.117+deb12-amd64", "mainline-6.12"), ("6.15.11", "mainline-6.12"), ("6.16.0", "mainline-6.18"),
+    ("6.18.44-fc-v1098", "mainline-6.18"), ("7.1.3", "mainline-6.18"),
 ])
 def test_validate_models_each_kernel_with_the_policy_of_its_era(release, expected):
     # 583c27a167c2 (6.5) is the first change among the mainline eras that the model follows.

@@ -48,7 +48,7 @@ def test_result_files_describe_every_policy_and_charge(tmp_path, sample):
     summary = json.loads((out / "summary.json").read_text())
     policies = list(summary["policies"])
     assert policies == ["nowait-slab-charge", "caller-gfp", "return-to-user", "fail-nowait-above-high", "watermark", "mainline-6.1",
-                        "mainline-6.18"]
+                        "mainline-6.12", "mainline-6.18"]
     assert summary["limits"]["high_bytes"] == 12 << 20 and summary["limits"]["max_bytes"] == 28 << 20  # from the manifest
     outcomes = pl.read_parquet(out / "outcomes.parquet")
     assert outcomes.columns == [*CHARGE_COLUMNS.names, *policies]
