@@ -36,7 +36,9 @@ RUNS = CACHE.parent / "chargeplay-lab-runs"
 # counter, memory.high set and enforced, --cgroup, a kill while tracing, the eBPF backend with
 # its charge probes attached and checked against memory.events, validate's observations on v2,
 # and the kprobes that stand in for the memcg tracepoints these kernels lack, checked against
-# the memcg's memory.stat (one capture: 72 s inside 6.1 on a quiet machine).
+# the memcg's memory.stat (one capture: 72 s inside 6.1 on a quiet machine), memcgs a workload
+# makes below the target (their stat events kept, their OOM kills counted), and the zoo's
+# sibling memcgs under a shared limit.
 # Every capture in the guest goes through the delegated parent guest.sh names.
 LIVE_TESTS = [
     "tests/test_collect_live.py::test_file_creation_is_recorded_as_accounted_dentries_of_the_workload_only",
@@ -48,6 +50,9 @@ LIVE_TESTS = [
     "tests/test_validate_live.py::test_validate_on_cgroup_v2_observes_the_memcgs_own_events_and_peak",
     "tests/test_validate_live.py::test_a_cell_of_the_fidelity_matrix_meets_every_target",
     "tests/test_memcg_probes_live.py::test_kprobes_record_the_memcgs_page_cache_and_anon_and_leave_nothing",
+    "tests/test_collect_live.py::test_stat_events_of_memcgs_below_the_target_are_kept_and_of_later_memcgs_elsewhere_not",
+    "tests/test_collect_live.py::test_an_oom_kill_below_the_target_is_counted_as_the_targets",
+    "tests/test_zoo_live.py::test_the_workload_charges_what_its_docstring_says[siblings]",
 ]
 # numba compiles for the CPU it runs on unless told otherwise; "generic" code has the same
 # cache key on this machine and on qemu's emulated CPU, so the guests load what this machine

@@ -402,6 +402,8 @@ def test_stat_events_of_memcgs_below_the_target_are_kept_and_of_later_memcgs_els
     target = trace.manifest["target"]
     [below] = target["descendants"]
     assert below["path"] == target["cgroup_path"] + "/zoo-main"
+    if "unavailable" in trace.manifest["kinds"]["memcg_state"]:
+        pytest.skip(f"{backend}: no memcg stat events on this kernel ({trace.manifest['kinds']['memcg_state']['unavailable']})")
     events = trace.events().collect()
     stat = events.filter(pl.col("kind").is_in(MEMCG_KINDS))
     assert set(stat["memcg_id"].unique()) == {target["memcg_id"], below["memcg_id"]}
