@@ -1,4 +1,5 @@
 """The target memcg: finding this process's own, creating a limited child, sampling it.
+Standard library only: a lab guest's system python3 runs it (lab/facts.py).
 
 cgroup v2 is used where its hierarchy has the memory controller; otherwise cgroup v1
 (hybrid hosts such as the development machines), where memory.high does not exist.
@@ -9,8 +10,6 @@ import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from collect.rmdir import rmdir_patiently
 from traces.errors import UserError
@@ -209,13 +208,8 @@ class Subtree:
             except FileNotFoundError:
                 pass  # removed meanwhile
 
-    def holds(self, ids: np.ndarray) -> np.ndarray:
-        """Which of `ids` are of this subtree."""
-        inside = np.isin(ids, np.fromiter(self.paths, dtype=np.uint64))
-        if not inside.all():
-            self.look()
-            inside = np.isin(ids, np.fromiter(self.paths, dtype=np.uint64))
-        return inside
+    def ids(self) -> list[int]:
+        return list(self.paths)
 
     def oom_kills_below(self) -> int:
         """cgroup v1 counts an OOM kill in the victim's memcg only (memcg_memory_event stops at

@@ -199,7 +199,7 @@ class Collector(ABC):
         self.decoder.t0 = start_ns
         self.decoder.keep_addresses = self.options.keep_addresses
         self.subtree = cgroup.Subtree(self.memcg, self.hierarchy_root)
-        self.decoder.in_target = self.subtree.holds
+        self.decoder.in_target = self._in_subtree
         self.manifest["start"]["trace_ns"] = start_ns
         self._start_sources()
         self._sample(start_ns)  # the memcg as the workload finds it
@@ -226,6 +226,13 @@ class Collector(ABC):
         when the two share a CPU, the workload waits rather than events being dropped."""
         self.workload_nice = os.getpriority(os.PRIO_PROCESS, 0)
         os.setpriority(os.PRIO_PROCESS, 0, max(self.workload_nice - COLLECTOR_PRIORITY_BOOST, -20))
+
+    def _in_subtree(self, ids: np.ndarray) -> np.ndarray:
+        """Which memcg ids are the target's or below it; an id not known yet makes the collector
+        look at the subtree again first."""
+        if not np.isin(ids, self.subtree.ids()).all():
+            self.subtree.look()
+        return np.isin(ids, self.subtree.ids())
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.stop_reason = signal.Signals(signum).name

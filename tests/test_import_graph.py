@@ -7,6 +7,7 @@ those inside functions and under TYPE_CHECKING, which an import-time check would
 from __future__ import annotations
 
 import ast
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,3 +125,29 @@ def test_imports_only_go_down() -> None:
 def test_no_import_cycle() -> None:
     cycle = find_cycle(project_imports())
     assert cycle is None, "import cycle:\n" + "\n".join(map(str, cycle))
+
+
+# Run inside a lab guest by its bare system python3, which has none of the project's dependencies.
+GUEST_SIDE = ("lab.facts",)
+
+
+def test_what_a_lab_guest_runs_needs_only_the_standard_library() -> None:
+    out: dict[str, set[str]] = {}
+    for edge in project_imports():
+        out.setdefault(edge.importer, set()).add(edge.imported)
+    reached, todo = set(), list(GUEST_SIDE)
+    while todo:
+        module = todo.pop()
+        if module not in reached:
+            reached.add(module)
+            todo += out.get(module, ())
+    third_party = []
+    for module in sorted(reached):
+        path = ROOT.joinpath(*module.split("."))
+        path = path.with_suffix(".py") if path.with_suffix(".py").is_file() else path / "__init__.py"
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            third_party += [f"{module} imports {name}" for name in names
+                            if name.split(".")[0] not in {*sys.stdlib_module_names, *FLOOR, "__future__"}]
+    assert "collect.cgroup" in reached and third_party == []
