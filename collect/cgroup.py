@@ -223,7 +223,7 @@ class Subtree:
                 pass  # removed meanwhile
         return sum(self.oom_kills.values())
 
-    def descendants(self) -> list[dict]:
+    def recorded_below(self) -> list[dict]:
         """The manifest's record of the memcgs seen below the target."""
         return [{"path": path, "memcg_id": memcg_id} for memcg_id, path in self.paths.items() if memcg_id != self.target]
 

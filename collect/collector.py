@@ -230,8 +230,10 @@ class Collector(ABC):
     def _in_subtree(self, ids: np.ndarray) -> np.ndarray:
         """Which memcg ids are the target's or below it; an id not known yet makes the collector
         look at the subtree again first."""
-        if not np.isin(ids, self.subtree.ids()).all():
-            self.subtree.look()
+        inside = np.isin(ids, self.subtree.ids())
+        if inside.all():
+            return inside
+        self.subtree.look()
         return np.isin(ids, self.subtree.ids())
 
     def _on_signal(self, signum: int, _frame: object) -> None:
@@ -353,7 +355,7 @@ class Collector(ABC):
         per_cpu = self._lost_per_cpu() if self._sources_open() else {}
         self.manifest["lost"] = {"per_cpu": {str(c): n for c, n in per_cpu.items()}, "total": sum(per_cpu.values())}
         if self.subtree is not None:
-            self.manifest["target"]["descendants"] = self.subtree.descendants()
+            self.manifest["target"]["descendants"] = self.subtree.recorded_below()
         write_json(self.options.output / MANIFEST, self.manifest)
 
     def _finish_trace(self) -> None:

@@ -215,15 +215,14 @@ class InputStream:
         """Each stat change's memcg as an index into target_memcgs; -1: another memcg's, or no change."""
         ids = np.asarray(self.target_memcgs, np.uint64)
         order = np.argsort(ids)
-        at = np.minimum(np.searchsorted(ids[order], memcg_id), len(ids) - 1)
-        return np.where((ids[order][at] == memcg_id) & with_change, order[at], -1).astype(np.int16)
+        at, known = _positions(ids[order], memcg_id)
+        return np.where(known & with_change, order[at], -1).astype(np.int16)
 
     def _victims(self, kind: np.ndarray, val: np.ndarray) -> np.ndarray:
         """Each oom event's victim (its val, a pid) as a task id; -1 elsewhere."""
         victim = np.full(len(kind), -1, np.int32)
         ooms = np.flatnonzero(kind == passes.OOM)
-        at = np.minimum(np.searchsorted(self.task_pids, val[ooms]), max(len(self.task_pids) - 1, 0))
-        known = (self.task_pids[at] == val[ooms]) if len(self.task_pids) else np.zeros(len(ooms), np.bool_)
+        at, known = _positions(self.task_pids, val[ooms])
         victim[ooms[known]] = at[known]
         return victim
 
@@ -261,6 +260,14 @@ def _codes(column: pa.ChunkedArray, code_of: Callable[[str | None], int], dtype:
         lookup = np.array([code_of(value) for value in chunk.dictionary.to_pylist()] + [code_of(None)], dtype)
         parts.append(lookup[pc.fill_null(chunk.indices, len(lookup) - 1).to_numpy()])
     return np.concatenate(parts)
+
+
+def _positions(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each value sits in the sorted `keys`, and whether it is there at all."""
+    if not len(keys):
+        return np.zeros(len(values), np.int64), np.zeros(len(values), np.bool_)
+    at = np.minimum(np.searchsorted(keys, values), len(keys) - 1)
+    return at, keys[at] == values
 
 
 def _numbers(table: pa.Table, column: str, null: int | bool) -> np.ndarray:

@@ -129,7 +129,7 @@ CARRY = 1 << 62
 # the page stock's next slot to evict, then per slot (STOCK_MEMCGS of them, up to NR_MEMCG_STOCK) the memcg
 # it caches (-1: free) and its pre-charged pages.
 OBJ_STOCK, OBJ_STOCK_MEMCG, STOCK_EVICT = range(3)
-STOCK_SLOTS = 3  # per_cpu[cpu, STOCK_SLOTS + 2 * slot]: the slot's memcg; + 1: its pages
+STOCK_SLOTS = 3  # per_cpu[cpu, cached_column(slot)]: the slot's memcg; per_cpu[cpu, pages_column(slot)]: its pages
 N_PER_CPU = STOCK_SLOTS + 2 * NR_MEMCG_STOCK
 # per_task columns: current->memcg_nr_pages_over_high, stall ns, anon pages held (what killing the task frees),
 # anon pages an OOM kill took that the trace has yet to free, anon pages the kernel's OOM victim freed that the
@@ -174,10 +174,22 @@ def margin(memcg):
 # -- per-CPU page stock ----------------------------------------------------------------------
 
 @njit
+def cached_column(slot):
+    """The per_cpu column of stock->cached[slot]: the memcg the slot caches."""
+    return STOCK_SLOTS + 2 * slot
+
+
+@njit
+def pages_column(slot):
+    """The per_cpu column of stock->nr_pages[slot]."""
+    return STOCK_SLOTS + 2 * slot + 1
+
+
+@njit
 def stock_slot(knobs, per_cpu, cpu, memcg_ix):
     """The slot of the CPU's page stock that caches memcg memcg_ix (-1: a free slot); -1 if none."""
     for slot in range(knobs[STOCK_MEMCGS]):
-        if per_cpu[cpu, STOCK_SLOTS + 2 * slot] == memcg_ix:
+        if per_cpu[cpu, cached_column(slot)] == memcg_ix:
             return slot
     return -1
 
@@ -189,9 +201,9 @@ def consume_stock(knobs, per_cpu, nr_pages, cpu, memcg_ix):
     if nr_pages > knobs[STOCK_BATCH]:
         return False
     slot = stock_slot(knobs, per_cpu, cpu, memcg_ix)
-    if slot < 0 or per_cpu[cpu, STOCK_SLOTS + 2 * slot + 1] < nr_pages:
+    if slot < 0 or per_cpu[cpu, pages_column(slot)] < nr_pages:
         return False
-    per_cpu[cpu, STOCK_SLOTS + 2 * slot + 1] -= nr_pages
+    per_cpu[cpu, pages_column(slot)] -= nr_pages
     return True
 
 
@@ -211,18 +223,18 @@ def refill_stock(memcg, knobs, per_cpu, nr_pages, cpu, memcg_ix):
             slot = per_cpu[cpu, STOCK_EVICT]
             per_cpu[cpu, STOCK_EVICT] = (slot + 1) % knobs[STOCK_MEMCGS]
             drain_stock(memcg, per_cpu, cpu, slot)
-        per_cpu[cpu, STOCK_SLOTS + 2 * slot] = memcg_ix
-    per_cpu[cpu, STOCK_SLOTS + 2 * slot + 1] += nr_pages
-    if per_cpu[cpu, STOCK_SLOTS + 2 * slot + 1] > knobs[STOCK_BATCH]:
+        per_cpu[cpu, cached_column(slot)] = memcg_ix
+    per_cpu[cpu, pages_column(slot)] += nr_pages
+    if per_cpu[cpu, pages_column(slot)] > knobs[STOCK_BATCH]:
         drain_stock(memcg, per_cpu, cpu, slot)
 
 
 @njit
 def drain_stock(memcg, per_cpu, cpu, slot):
     """Uncharge what a slot of the CPU's stock holds; the slot is free again."""
-    page_counter_uncharge(memcg, per_cpu[cpu, STOCK_SLOTS + 2 * slot + 1])
-    per_cpu[cpu, STOCK_SLOTS + 2 * slot] = -1
-    per_cpu[cpu, STOCK_SLOTS + 2 * slot + 1] = 0
+    page_counter_uncharge(memcg, per_cpu[cpu, pages_column(slot)])
+    per_cpu[cpu, cached_column(slot)] = -1
+    per_cpu[cpu, pages_column(slot)] = 0
 
 
 @njit
@@ -241,7 +253,7 @@ def stocked_pages(per_cpu):
     pages = 0
     for cpu in range(per_cpu.shape[0]):
         for slot in range(NR_MEMCG_STOCK):
-            pages += per_cpu[cpu, STOCK_SLOTS + 2 * slot + 1]
+            pages += per_cpu[cpu, pages_column(slot)]
     return pages
 
 
