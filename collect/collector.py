@@ -201,11 +201,12 @@ class Collector(ABC):
         self.subtree = cgroup.Subtree(self.memcg, self.hierarchy_root)
         self.decoder.in_target = self._in_subtree
         self.manifest["start"]["trace_ns"] = start_ns
-        self._start_sources()
-        self._sample(start_ns)  # the memcg as the workload finds it
-        self._start_workload()  # turns the task instance on once its pid filter is set
+        # In before the workload starts: whoever sees it running may already ask us to stop.
         previous = {signum: signal.signal(signum, self._on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
         try:
+            self._start_sources()
+            self._sample(start_ns)  # the memcg as the workload finds it
+            self._start_workload()  # turns the task instance on once its pid filter is set
             backlog = False
             while self.stop_reason is None:
                 if not backlog:

@@ -144,7 +144,7 @@ def test_a_full_disk_ends_the_capture_with_a_clear_error_and_a_readable_trace(tr
 
 def validate_capturing(tmp_path: Path, tracefs: Path, seconds: int) -> subprocess.Popen:
     """`chargeplay validate` of a `sleep SECONDS` workload, once its observer runs and its capture
-    runs the workload (and so handles SIGTERM: the handler goes in just after the workload starts)."""
+    runs the workload (its SIGTERM handler goes in before the workload starts)."""
     with (tmp_path / "validate.log").open("w") as log:
         validate = subprocess.Popen([*CHARGEPLAY, "validate", "-o", str(tmp_path / "v"), "--memory-max", "64M", "--",
                                      "sleep", str(seconds)], stdout=log, stderr=log)
