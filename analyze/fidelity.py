@@ -20,6 +20,7 @@ import polars as pl
 
 from collect.observer import Observation
 from replay.result_format import read_summary, read_timeseries
+from replay.run import unseen_charges
 from traces.manifest import TraceError
 from traces.reader import Trace
 
@@ -120,7 +121,8 @@ def compare(trace: Trace, result_dir: Path, policy_name: str, model: str, observ
     version = target.get("cgroup_version")
     kernel = observed(trace, observation)
     trace_lost = trace.manifest["lost"]["total"] + source_lost
-    reason = uncertified(trace_lost, observation)
+    unseen = unseen_charges(trace)
+    reason = f"{unseen}: nothing is certified" if unseen else uncertified(trace_lost, observation)
     unmeasured = {metric: observation.unmeasured[figure] for metric, figure in OBSERVED_BY_OBSERVER.items()
                   if figure in observation.unmeasured}
     not_measured = dict.fromkeys(kernel, reason) if reason else unmeasured

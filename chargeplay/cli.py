@@ -280,6 +280,9 @@ def replay(
         raise UserError(f"--engine {engine!r}: choose one of {', '.join(run.ENGINES)}")
     check_new_output(output)
     source = Trace.open(trace)
+    unseen = run.unseen_charges(source)
+    if unseen:
+        _say(f"warning: {unseen}")
     limits = run.limits_for(source, _size(memory_max, "--memory-max"), _size(memory_high, "--memory-high"), swap)
     with ProgressBar(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err) as bar:

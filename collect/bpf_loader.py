@@ -135,7 +135,8 @@ class Loader:
         self.facts_seconds = time.perf_counter() - started  # reading BTF in Python
         started = time.perf_counter()
         self.output, self.slab_account, self.absent = output, facts.slab_account, facts.absent
-        self.notes = [f"no memcg stat tracepoints in this kernel ({', '.join(facts.absent)}: Linux 6.14+): their events are not recorded"] if facts.absent else []
+        self.notes = ["the eBPF backend takes memcg stat events from their tracepoints only (Linux 6.14+); "
+                      "--backend tracefs records them on this kernel through kprobes"] if facts.absent else []
         try:
             self.bpf = BpfObject(BPF_OBJECT)
         except LibbpfError as error:

@@ -93,7 +93,9 @@ class EbpfCollector(Collector):
             self.say(note)
         if loader.charge_problem:
             self.say(f"charge probes unavailable: {loader.charge_problem}; recording tracepoints only")
-        self.decoder = self._new_decoder(record_formats())
+        formats = record_formats()
+        recorded = {type_id: entry for type_id, entry in formats.items() if entry[1].name not in loader.absent}
+        self.decoder = self._new_decoder(recorded, wanted=[(fmt.system, fmt.name) for _, fmt in formats.values()])
 
     def _start_sources(self) -> None:
         self.config[0] = self.memcg.id

@@ -63,6 +63,22 @@ def limits_for(trace: Trace, memory_max: int | None, memory_high: int | None, sw
     )
 
 
+# The memcg's stat events are where the model sees page cache and anon memory charged.
+STAT_KINDS = ("memcg_state", "memcg_lruvec_state")
+
+
+def unseen_charges(trace: Trace) -> str | None:
+    """Why the replay of this trace misses charges (its kernel gave no memcg stat events to the
+    capture), or None."""
+    kinds = trace.manifest.get("kinds", {})
+    missing = {kinds[kind]["unavailable"] for kind in STAT_KINDS if "unavailable" in kinds.get(kind, {})}
+    if not missing:
+        return None
+    return (f"{trace.path}: no memcg stat events ({'; '.join(sorted(missing))}): page cache and anon memory are not "
+            "replayed, so usage, reclaim and OOM kills are under-counted (capture with --backend tracefs, "
+            "which records them through kprobes)")
+
+
 def reclaim_cost(trace: Trace) -> int:
     """ns per reclaimed page, from the trace's own memcg reclaim begin/end pairs (per task)."""
     pairs = (

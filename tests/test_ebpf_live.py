@@ -202,3 +202,19 @@ def test_charge_probes_agree_with_the_memcgs_own_events(ebpf, tmp_path):
     assert failed_blocking <= events["max"] and events["max"] >= 1, (failed_blocking, events)
     # and the charges that led there were seen too
     assert tries.filter(~pl.col("failed")).height > 0
+
+
+def test_memcg_stat_events_the_kernel_cannot_give_are_said_in_the_manifest_and_by_replay(ebpf, tmp_path):
+    """Before 6.14 the kernel has no memcg tracepoints, and the eBPF backend no stand-in for
+    them: the trace must say so (manifest kinds), and replaying it must warn that page cache
+    and anon memory are missing, not under-count in silence."""
+    has_tracepoints = (ebpf / "events" / "memcg" / "mod_memcg_state").exists()
+    _capture_files(tmp_path, "ebpf", 200, "t")
+    trace = Trace.open(tmp_path / "t")
+    stat_events = trace.events().filter(pl.col("kind").is_in(["memcg_state", "memcg_lruvec_state"])).collect().height
+    result = chargeplay("replay", str(tmp_path / "t"), "-o", str(tmp_path / "r"), "--policy", "mainline-6.18")
+    assert result.returncode == 0, result.stderr
+    warned = "warning: " in result.stderr and "no memcg stat events (" in result.stderr and "no memcg:mod_memcg_state tracepoint" in result.stderr
+    for kind in ("memcg_state", "memcg_lruvec_state", "memcg_event"):
+        assert ("unavailable" in trace.manifest["kinds"][kind]) is not has_tracepoints, kind
+    assert (stat_events > 0, warned) == (has_tracepoints, not has_tracepoints), result.stderr
