@@ -26,7 +26,7 @@ from collect.memcg_probes import PROBE_IP, VAL_IN_PAGES
 from collect.pseudonyms import ALLOC, FREE, PAGE_TAG, Pseudonyms
 from collect.ringbuf import RawEvents, concat, field_values, string_values
 from collect.symbols import CallSites
-from traces.schema import ALLOC_KINDS, CHARGE_FUNCTIONS, CONTEXTS, EVENT_SCHEMA, FREE_KINDS, KINDS
+from traces.schema import ALLOC_KINDS, CHARGE_FUNCTIONS, CLONE_FLAGS, CONTEXTS, EVENT_SCHEMA, FREE_KINDS, KINDS
 
 # Tracepoint -> trace kind. Events mapped to None only update task names.
 TRACEPOINT_KINDS: dict[tuple[str, str], str | None] = {
@@ -43,15 +43,20 @@ TRACEPOINT_KINDS: dict[tuple[str, str], str | None] = {
     ("vmscan", "mm_vmscan_memcg_reclaim_end"): "reclaim_end",
     ("raw_syscalls", "sys_exit"): "user_return",
     ("oom", "mark_victim"): "oom",
-    ("sched", "sched_process_fork"): None,
-    ("sched", "sched_process_exec"): None,
+    ("task", "task_newtask"): "task_new",
+    ("sched", "sched_process_fork"): "task_new",  # eBPF: the raw tracepoint, with clone flags read off the tasks
+    ("sched", "sched_process_exec"): "task_exec",
+    ("sched", "sched_process_exit"): "task_exit",
     ("task", "task_rename"): None,
     ("kprobes", "memcg_charge"): "charge",  # no tracepoint: the eBPF backend's charge probes
 }
+# Kinds whose events also name a task (the new one, the one that executes a file).
+NAMING_KINDS = ("task_new", "task_exec")
 # Kinds recorded without a pid filter: their pids say nothing of who the workload is.
 STAT_KINDS = ("memcg_state", "memcg_lruvec_state", "memcg_event")
 UNFILTERED_KINDS = FREE_KINDS + STAT_KINDS
 NO_PFN = np.uint64(0xFFFFFFFFFFFFFFFF)
+CLONE_SHARING = sum(CLONE_FLAGS.values())
 RAW_ADDRESS = "_address"  # a column that never leaves the decoder
 KIND_CODE = {kind: code for code, kind in enumerate(KINDS)}
 # kmem_cache_alloc names its cache only since 6.18 (before, kmem_cache_free alone does). The
@@ -231,9 +236,9 @@ class Decoder:
         for type_id, (kind, fmt) in list(self.formats.items()):
             cols = Columns(0)
             try:
-                if kind is None:
+                if kind is None or kind in NAMING_KINDS:
                     self._comm_changes(nothing, none, fmt)
-                else:
+                if kind is not None:
                     self._fill(kind, fmt, nothing, none, cols)
             except MissingField as missing:
                 self.unavailable[f"{fmt.system}:{fmt.name}"] = str(missing)
@@ -255,8 +260,9 @@ class Decoder:
                 continue
             name, fmt = self.formats[int(type_id)]
             rows = np.flatnonzero(raw.type_id == type_id)
-            if name is None:
+            if name is None or name in NAMING_KINDS:
                 comm_changes += self._comm_changes(raw, rows, fmt)
+            if name is None:
                 continue
             kind[rows] = KIND_CODE[name]
             self._fill(name, fmt, raw, rows, cols)
@@ -347,6 +353,10 @@ class Decoder:
             copy("item", "id")
         if kind == "oom":
             copy("val", "pid")
+        if kind == "task_new":
+            new_pid = "pid" if "pid" in f else "child_pid"
+            cols.put("val", rows, f[new_pid].astype(np.int64), new_pid)
+            cols.put("item", rows, (f["clone_flags"] & CLONE_SHARING).astype(np.int32), "clone_flags & (CLONE_VM | CLONE_THREAD)")
         if kind == "charge":
             copy("item", "function")
             copy("gfp", "gfp_flags")
@@ -406,8 +416,8 @@ class Decoder:
         """(ts, pid, new name) for fork, exec and rename records."""
         ts = raw.ts[rows]
         f = FieldReader(fmt, raw, rows)
-        if fmt.name == "sched_process_fork":
-            pids, names = f["child_pid"], f.text("child_comm")
+        if fmt.name in ("task_newtask", "sched_process_fork"):  # the new task has its parent's name
+            pids, names = (f["pid"], f.text("comm")) if fmt.name == "task_newtask" else (f["child_pid"], f.text("child_comm"))
             self.workload_pids.update(pids.tolist())
         elif fmt.name == "sched_process_exec":
             # The kernel names the task after the file it executes (kbasename, 15 chars).

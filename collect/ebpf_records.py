@@ -40,10 +40,11 @@ RECORD_TYPES: dict[int, tuple[str, str, dict[str, str | tuple[str, bool]]]] = {
     11: ("vmscan", "mm_vmscan_memcg_reclaim_end", {"nr_reclaimed": "b"}),
     12: ("raw_syscalls", "sys_exit", {"id": ("a", True)}),
     13: ("oom", "mark_victim", {"pid": ("a4", True)}),
-    14: ("sched", "sched_process_fork", {"child_pid": ("a4", True), "child_comm": "name"}),
+    14: ("sched", "sched_process_fork", {"child_pid": ("a4", True), "child_comm": "name", "clone_flags": "b"}),
     15: ("sched", "sched_process_exec", {"pid": ("a4", True), "filename": "name"}),
     16: ("task", "task_rename", {"pid": ("a4", True), "newcomm": "comm"}),
     18: ("kprobes", "memcg_charge", {"function": "a4", "gfp_flags": "gfp", "pages": "b", "result": ("s", True)}),
+    19: ("sched", "sched_process_exit", {"pid": ("a4", True)}),
 }
 _COMMON = {"common_pid": Field("common_pid", *SLOTS["pid"], True, False)}
 

@@ -68,6 +68,9 @@ typedef __u64 u64;
 #define CACHE_SLOTS 1024
 
 // Record type ids (collect/ebpf_records.py: RECORD_TYPES).
+#define CLONE_VM 0x100  // include/uapi/linux/sched.h
+#define CLONE_THREAD 0x10000
+
 #define T_KMALLOC 1
 #define T_KMEM_CACHE_ALLOC 2
 #define T_KFREE 3
@@ -86,6 +89,7 @@ typedef __u64 u64;
 #define T_RENAME 16
 #define T_CACHE 17
 #define T_CHARGE 18
+#define T_EXIT 19
 
 // Counter slots (per CPU).
 #define LOST 0             // records dropped: output full
@@ -94,7 +98,8 @@ typedef __u64 u64;
 // The kernel's structs, only the members read; offsets come from the running kernel's BTF.
 #define KERNEL_STRUCT __attribute__((preserve_access_index))
 struct kmem_cache { const char *name; unsigned int object_size, size, flags; } KERNEL_STRUCT;
-struct task_struct { int pid; char comm[TASK_COMM_LEN]; } KERNEL_STRUCT;
+struct mm_struct;
+struct task_struct { int pid; int tgid; struct mm_struct *mm; char comm[TASK_COMM_LEN]; } KERNEL_STRUCT;
 struct trace_event_raw_mm_page_alloc { unsigned long pfn; unsigned int order; unsigned long gfp_flags; } KERNEL_STRUCT;
 struct trace_event_raw_mm_page_free { unsigned long pfn; unsigned int order; } KERNEL_STRUCT;
 struct trace_event_raw_memcg_rstat_stats { u64 id; int item; int val; } KERNEL_STRUCT;     // since 6.14
@@ -110,10 +115,10 @@ struct trace_event_raw_task_rename { int pid; char newcomm[TASK_COMM_LEN]; } KER
 // type: RECORD_TYPES in collect/ebpf_records.py.
 struct record {
     u64 ts;        // bpf_ktime_get_ns(): CLOCK_MONOTONIC
-    u64 a;         // call_site | memcg id | syscall id | pid (victim, child, exec, rename) | cache key
+    u64 a;         // call_site | memcg id | syscall id | pid (victim, child, exec, rename, exit) | cache key
     u64 p;         // object pointer | pfn
     u64 k;         // slab cache key (its address, never stored)
-    u32 b;         // bytes_req | val | nr_reclaimed | object_size
+    u32 b;         // bytes_req | val | nr_reclaimed | object_size | clone flags
     u32 c;         // bytes_alloc | size
     u32 gfp;       // gfp flags | memcg item | cache flags
     s32 pid;       // current thread id
@@ -428,6 +433,10 @@ int cp_fork(struct bpf_raw_tracepoint_args *ctx) {
     struct named_record n = {};
     stamp(&n.r, T_FORK);
     n.r.a = child_pid;
+    // The clone flags that decide what the child shares, read off the two tasks: the
+    // tracepoint has none (tracefs records task:task_newtask, which has them).
+    n.r.b = (BPF_CORE_READ(child, mm) == BPF_CORE_READ(parent, mm) ? CLONE_VM : 0)
+          | (BPF_CORE_READ(child, tgid) == BPF_CORE_READ(parent, tgid) ? CLONE_THREAD : 0);
     BPF_CORE_READ_STR_INTO(&n.name, child, comm);
     emit_named(ctx, &n);
     return 0;
@@ -454,6 +463,18 @@ int cp_rename(struct trace_event_raw_task_rename *args) {
     n.r.a = args->pid;
     bpf_probe_read_kernel(n.name, TASK_COMM_LEN, args->newcomm);
     emit_named(args, &n);
+    return 0;
+}
+
+SEC("tracepoint/sched/sched_process_exit")
+int cp_exit(void *args) {
+    u32 tid = current_tid();
+    if (!is_tracked(tid))
+        return 0;
+    struct record r = {};
+    stamp(&r, T_EXIT);
+    r.a = tid;
+    emit(args, &r);
     return 0;
 }
 

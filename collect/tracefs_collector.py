@@ -38,7 +38,7 @@ TASK_EVENTS = [
     ("kmem", "kmalloc"), ("kmem", "kmem_cache_alloc"), ("kmem", "mm_page_alloc"),
     ("vmscan", "mm_vmscan_memcg_reclaim_begin"), ("vmscan", "mm_vmscan_memcg_reclaim_end"),
     ("raw_syscalls", "sys_exit"), ("oom", "mark_victim"),
-    ("sched", "sched_process_fork"), ("sched", "sched_process_exec"), ("task", "task_rename"),
+    ("task", "task_newtask"), ("sched", "sched_process_exec"), ("sched", "sched_process_exit"), ("task", "task_rename"),
 ]
 MEMCG_EVENTS = [("memcg", "mod_memcg_state"), ("memcg", "mod_memcg_lruvec_state"), ("memcg", "count_memcg_events")]
 FREE_EVENTS = [("kmem", "kfree"), ("kmem", "kmem_cache_free"), ("kmem", "mm_page_free")]

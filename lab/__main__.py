@@ -53,6 +53,7 @@ LIVE_TESTS = [
     "tests/test_memcg_probes_live.py::test_kprobes_record_the_memcgs_page_cache_and_anon_and_leave_nothing",
     "tests/test_collect_live.py::test_stat_events_of_memcgs_below_the_target_are_kept_and_of_later_memcgs_elsewhere_not",
     "tests/test_collect_live.py::test_an_oom_kill_below_the_target_is_counted_as_the_targets",
+    "tests/test_collect_live.py::test_the_task_tree_is_recorded_forks_threads_execs_and_exits",
     "tests/test_zoo_live.py::test_the_workload_charges_what_its_docstring_says[siblings]",
 ]
 # numba compiles for the CPU it runs on unless told otherwise; "generic" code has the same

@@ -225,6 +225,41 @@ def test_an_exited_childs_mm_is_freed_whoever_the_cpu_runs_next(tracefs, tmp_pat
     assert not set(freed["pid"].to_list()) <= workload  # some by tasks outside the workload
 
 
+# A process, a thread of it and a process it forks that executes a file: each writes its
+# task id, which the trace's task tree must show.
+TASK_TREE = """
+import os, sys, threading
+out = sys.argv[1]
+thread = threading.Thread(target=lambda: open(out + ".thread", "w").write(str(threading.get_native_id())))
+thread.start()
+thread.join()
+child = os.fork()
+if child == 0:
+    os.execv("/bin/true", ["true"])
+os.waitpid(child, 0)
+open(out + ".process", "w").write(f"{os.getpid()} {child}")
+"""
+
+
+@pytest.mark.parametrize("backend", ["tracefs", "ebpf"])
+def test_the_task_tree_is_recorded_forks_threads_execs_and_exits(tracefs, tmp_path, request, backend):
+    if backend == "ebpf":
+        request.getfixturevalue("ebpf")
+    out = tmp_path / "tids"
+    result = chargeplay("collect", "-o", str(tmp_path / "t"), "--backend", backend, "--", sys.executable, "-c", TASK_TREE, str(out))
+    assert result.returncode == 0, result.stderr
+    parent, child = map(int, Path(f"{out}.process").read_text().split())
+    thread = int(Path(f"{out}.thread").read_text())
+    events = Trace.open(tmp_path / "t").events().filter(pl.col("kind").str.starts_with("task_")).collect()
+    new = {(row["pid"], row["val"]): row["item"] for row in events.filter(pl.col("kind") == "task_new").iter_rows(named=True)}
+    assert new == {(parent, thread): 0x100 | 0x10000, (parent, child): 0}  # CLONE_VM | CLONE_THREAD; a copy
+    # (The workload's own exec of python comes before tracefs turns its task instance on.)
+    execs = events.filter((pl.col("kind") == "task_exec") & (pl.col("pid") != parent))
+    assert execs.select("pid", "comm").rows() == [(child, "true")]
+    exits = events.filter(pl.col("kind") == "task_exit")["pid"].to_list()
+    assert exits == [thread, child, parent]  # in that order: the thread is joined, the child waited for
+
+
 def test_keep_addresses_stores_them_apart_and_they_are_the_kernels(tracefs, tmp_path):
     result = chargeplay("collect", "--keep-addresses", "--segment-seconds", "0.2", "-o", str(tmp_path / "t"), "--",
                         "sh", "-c", "for i in 1 2 3 4 5; do mkdir -p $0/d/$i; sleep 0.1; done; rm -r $0/d", str(tmp_path))

@@ -12,7 +12,8 @@ from collect.decode import Decoder
 from collect.ebpf_records import NAMED_RECORD_SIZE, RECORD_SIZE, raw_events, record_formats, slab_caches
 from collect.ringbuf import concat
 
-T_KMEM_CACHE_ALLOC, T_KMEM_CACHE_FREE, T_PAGE_ALLOC, T_MEMCG_STATE, T_FORK, T_CACHE = 2, 4, 5, 7, 14, 17
+T_KMEM_CACHE_ALLOC, T_KMEM_CACHE_FREE, T_PAGE_ALLOC, T_MEMCG_STATE, T_FORK, T_CACHE, T_EXIT = 2, 4, 5, 7, 14, 17, 19
+CLONE_VM, CLONE_THREAD = 0x100, 0x10000
 GFP_ACCOUNT, SLAB_ACCOUNT = 1 << 22, 1 << 13
 DENTRY, NAMES = 0xFFFF888000A00000, 0xFFFF888000B00000  # cache keys (their addresses)
 
@@ -36,7 +37,7 @@ def as_raw(records: list[bytes], size: int):
 
 def test_records_decode_to_event_rows():
     named = as_raw([
-        record(1_000, T_FORK, pid=10, a=11, name=b"child"),
+        record(1_000, T_FORK, pid=10, a=11, b=CLONE_VM | CLONE_THREAD, name=b"child"),
         record(1_500, T_CACHE, pid=11, a=DENTRY, b=192, c=192, gfp=SLAB_ACCOUNT | 1, name=b"dentry"),
         record(1_600, T_CACHE, pid=11, a=NAMES, b=4096, c=4096, gfp=0, name=b"names_cache"),
     ], NAMED_RECORD_SIZE)
@@ -48,14 +49,18 @@ def test_records_decode_to_event_rows():
         record(3_000, T_PAGE_ALLOC, pid=11, p=1234, s=1, gfp=GFP_ACCOUNT),
         record(4_000, T_MEMCG_STATE, pid=99, a=77, gfp=5, b=-3),
         record(5_000, T_KMEM_CACHE_FREE, pid=99, a=0xFFFFFFFF81000010, p=0xFFFF888000001000, k=DENTRY),
+        record(6_000, T_EXIT, pid=11, a=11),
     ], RECORD_SIZE)
     decoder = Decoder(formats=record_formats(), gfp_account=GFP_ACCOUNT, trace_flags={}, page_size=4096, t0=0)
     decoder.workload_pids.add(10)
     decoder.slab_caches.update(slab_caches(named, SLAB_ACCOUNT))
     rows = decoder.decode(concat([named, records])).to_pylist()
     kinds = [r["kind"] for r in rows]
-    assert kinds == ["kmem_cache_alloc"] * 4 + ["page_alloc", "memcg_state", "kmem_cache_free"]
-    dentry, names_accounted, names_plain, unknown, page, memcg, free = rows
+    assert kinds == ["task_new"] + ["kmem_cache_alloc"] * 4 + ["page_alloc", "memcg_state", "kmem_cache_free", "task_exit"]
+    new_thread, dentry, names_accounted, names_plain, unknown, page, memcg, free, exit_ = rows
+    # A thread (the BPF program compares the two tasks' mm and tgid), named as its parent was.
+    assert (new_thread["pid"], new_thread["val"], new_thread["item"]) == (10, 11, CLONE_VM | CLONE_THREAD)
+    assert (exit_["pid"], exit_["comm"]) == (11, "child")
     # The cache's facts stand in for the tracepoint's fields: SLAB_ACCOUNT or __GFP_ACCOUNT charges.
     assert (dentry["pid"], dentry["comm"], dentry["cpu"], dentry["cache"], dentry["bytes_req"], dentry["bytes_alloc"], dentry["node"]) \
         == (11, "child", 1, "dentry", 192, 192, -1)

@@ -82,7 +82,7 @@ def test_every_tracepoint_the_kernel_has_decodes(kernel: str) -> None:
     assert {k for k, e in kinds.items() if "unavailable" in e} == expected_missing
     assert {k for k, e in kinds.items() if "unavailable" not in e} == {
         "kmalloc", "kmem_cache_alloc", "kfree", "kmem_cache_free", "page_alloc", "page_free", "reclaim_begin",
-        "reclaim_end", "user_return", "oom", *(MEMCG_KINDS if kernel == K618 else ())}
+        "reclaim_end", "user_return", "oom", "task_new", "task_exec", "task_exit", *(MEMCG_KINDS if kernel == K618 else ())}
     assert set(unavailable) == {f"memcg:{e}" for _, e in MEMCG_EVENTS} if kernel != K618 else unavailable == {}
 
 
@@ -114,24 +114,41 @@ def test_slab_allocation_decodes_at_this_kernels_offsets(kernel: str) -> None:
     assert sources["columns"]["accounted"] == "accounted" and sources["null"] == {}
 
 
+# The clone flags glibc passes: fork() (SIGCHLD, CLONE_CHILD_SETTID, CLONE_CHILD_CLEARTID) and
+# pthread_create() (CLONE_VM, FS, FILES, SIGHAND, THREAD, SYSVSEM, SETTLS, PARENT_SETTID, CHILD_CLEARTID).
+FORK_FLAGS, THREAD_FLAGS = 0x01200011, 0x003D0F00
+
+
 @pytest.mark.parametrize("kernel", [K61, K612, K618])
-def test_task_names_from_fork_exec_and_rename(kernel: str) -> None:
-    """6.18's fork event has __data_loc names; 6.1's and 6.12's char[16]."""
-    fork, execve, rename = (fmt_of(kernel, *e) for e in (("sched", "sched_process_fork"), ("sched", "sched_process_exec"),
-                                                         ("task", "task_rename")))
+def test_the_task_tree_and_task_names_from_newtask_exec_exit_and_rename(kernel: str) -> None:
+    """A fork, a thread, an exec, a rename and an exit: rows of the task tree (a new task's
+    clone flags kept only for what it shares: a thread has CLONE_VM and CLONE_THREAD, a forked
+    process neither), and the names of later events."""
+    newtask, execve, rename, exit_ = (fmt_of(kernel, *e) for e in (("task", "task_newtask"), ("sched", "sched_process_exec"),
+                                                                   ("task", "task_rename"), ("sched", "sched_process_exit")))
     alloc = fmt_of(kernel, "kmem", "kmalloc")
     kmalloc = dict(call_site=0xFFFFFFFF81000000, bytes_req=8, bytes_alloc=8, gfp_flags=GFP_KERNEL_ACCOUNT, node=-1)
     d = decoder(kernel)
     d.workload_pids.add(10)
     rows = d.decode(raw([
-        record(fork, 10, parent_comm="sh", parent_pid=10, child_comm="sh", child_pid=11),
+        record(newtask, 10, pid=11, comm="sh", clone_flags=FORK_FLAGS, oom_score_adj=0),
         record(alloc, 11, ptr=0xFFFF888000002000, **kmalloc),
         record(execve, 11, filename="/usr/bin/python3", pid=11, old_pid=11),
         record(alloc, 11, ptr=0xFFFF888000003000, **kmalloc),
         record(rename, 11, pid=11, oldcomm="python3", newcomm="worker", oom_score_adj=0),
-        record(alloc, 11, ptr=0xFFFF888000004000, **kmalloc),
+        record(newtask, 11, pid=12, comm="worker", clone_flags=THREAD_FLAGS, oom_score_adj=0),
+        record(alloc, 12, ptr=0xFFFF888000004000, **kmalloc),
+        record(exit_, 12, comm="worker", pid=12, prio=120),
     ])).to_pylist()
-    assert [(r["pid"], r["comm"]) for r in rows] == [(11, "sh"), (11, "python3"), (11, "worker")]
+    assert [(r["kind"], r["pid"], r["comm"], r["val"], r["item"]) for r in rows] == [
+        ("task_new", 10, None, 11, 0),
+        ("kmalloc", 11, "sh", None, None),
+        ("task_exec", 11, "python3", None, None),
+        ("kmalloc", 11, "python3", None, None),
+        ("task_new", 11, "worker", 12, 0x100 | 0x10000),
+        ("kmalloc", 12, "worker", None, None),
+        ("task_exit", 12, "worker", None, None),
+    ]
 
 
 @pytest.mark.parametrize("kernel", [K61, K612, K618])

@@ -40,7 +40,15 @@ KINDS = (
     "user_return",  # raw_syscalls:sys_exit: the task returns to user space
     "oom",  # oom:mark_victim (val: the victim's pid)
     "charge",  # a call of a memcg charge function (CHARGE_FUNCTIONS), where a backend can observe one
+    # The workload's task tree (what a fork shares, whose memory an exit frees):
+    "task_new",  # task:task_newtask (eBPF: sched:sched_process_fork) by the parent (val: the new task's pid; item: CLONE_FLAGS)
+    "task_exec",  # sched:sched_process_exec (the task gets a new mm)
+    "task_exit",  # sched:sched_process_exit (the task exits; its mm goes with the last task using it)
 )
+
+# task_new: the clone flags kept in item, those that say what the new task shares with its
+# parent (include/uapi/linux/sched.h); the others are masked off.
+CLONE_FLAGS = {"CLONE_VM": 0x100, "CLONE_THREAD": 0x10000}
 
 ALLOC_KINDS = ("kmalloc", "kmem_cache_alloc", "page_alloc")
 FREE_KINDS = ("kfree", "kmem_cache_free", "page_free")
@@ -70,9 +78,10 @@ EVENT_COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
     ("gfp", pa.uint32(), "gfp flags, raw bits of the capturing kernel: decode with the manifest's gfp_flags table"),
     ("node", pa.int16(), "NUMA node asked for (-1: any)"),
     ("accounted", pa.bool_(), "allocation charged to a memcg: __GFP_ACCOUNT or a SLAB_ACCOUNT cache"),
-    ("item", pa.int32(), "memcg events: enum index (manifest enums); user_return: syscall number; charge: index into CHARGE_FUNCTIONS"),
+    ("item", pa.int32(), "memcg events: enum index (manifest enums); user_return: syscall number; charge: index into CHARGE_FUNCTIONS; "
+                         "task_new: its clone flags CLONE_VM (0x100) and CLONE_THREAD (0x10000), others masked off"),
     ("val", pa.int64(), "memcg events: delta (pages or events); reclaim_end: pages reclaimed; oom: victim pid; "
-                        "charge: pages asked for (the order, for the OOM)"),
+                        "charge: pages asked for (the order, for the OOM); task_new: the new task's pid"),
     ("failed", pa.bool_(), "allocation returned NULL (ptr 0) or no page (pfn -1); charge: the charge failed, or the OOM killed nothing"),
 )
 
