@@ -24,7 +24,8 @@ import numpy as np
 from replay import model
 from replay.input import ARRAY_DTYPES, ReplayInput
 from replay.model import (
-    CARRY, DYING, FAILCNT, FILE_LRU, FREE_SLAB, GFP_DIRECT_RECLAIM, GFP_FS, GFP_HIGH, GFP_KERNEL, GFP_NOFAIL, GFP_NORETRY,
+    new_per_task,
+    CARRY, FAILCNT, FILE_LRU, FREE_SLAB, GFP_DIRECT_RECLAIM, GFP_FS, GFP_HIGH, GFP_KERNEL, GFP_NOFAIL, GFP_NORETRY,
     GFP_RETRY_MAYFAIL, SHRUNK_SLAB_COUNTS,
     HIGH, HIGH_MODE, LAST_TS, LRU_TAIL, MAX, MAX_MEMCGS, MAX_RECLAIM_RETRIES, NOWAIT_HIGH_ORDER, N_KNOBS, N_PER_CPU, N_STATS,
     OBJ_STOCK_MEMCG, OBJECT_CHARGING, PAGE_NS_ABOVE_HIGH_CARRIES, POOLS, RECLAIMED_PAGES, RECLAIM_CALLS, RECLAIM_NS_PER_PAGE,
@@ -80,7 +81,7 @@ class Replay:
         self.per_cpu = np.zeros((start.cpus, N_PER_CPU), np.int64)
         self.per_cpu[:, OBJ_STOCK_MEMCG] = -1  # no stock holds any memcg's charge yet
         self.per_cpu[:, STOCK_SLOTS::2] = -1
-        self.per_task = np.zeros((start.tasks, DYING + 1), np.int64)
+        self.per_task = new_per_task(start.tasks)
         self.charged = np.zeros(1, np.bool_)  # by object slot, then -1's slot; grows as feed() needs
         self.object_slab = np.full(1, -1, np.int32)  # likewise, when slabs are charged
         self.slabs = np.zeros((0, SLAB_LISTED + 1), np.int64)  # grows as feed() needs

@@ -15,15 +15,18 @@ from common.jit import njit
 from replay.object_slots import ALLOC_OP, BYTES, CACHE, MEMCG, NEVER_CHARGED, OP, PAGES, POOL, give_back_slot, take_slot
 from replay.ops import (
     ANON_FREED, ANON_UNMAPPED, FAILED_CHARGE, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, OBJ_ALLOC, OOM_CHARGE,
-    PAGE_ALLOC, PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER, POOL_SLAB_UNRECLAIMABLE, USER_RETURN,
+    PAGE_ALLOC, PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER, POOL_SLAB_UNRECLAIMABLE, TASK_CLONE_VM, TASK_EXEC,
+    TASK_EXIT, TASK_FORK, USER_RETURN,
 )
-from traces.schema import KINDS
+from traces.schema import CLONE_FLAGS, KINDS
 
 KIND = {name: code for code, name in enumerate(KINDS)}
 KMALLOC, KMEM_CACHE_ALLOC, PAGE_ALLOC_EVENT = KIND["kmalloc"], KIND["kmem_cache_alloc"], KIND["page_alloc"]
 KFREE, KMEM_CACHE_FREE, PAGE_FREE_EVENT = KIND["kfree"], KIND["kmem_cache_free"], KIND["page_free"]
 MEMCG_STATE, MEMCG_LRUVEC_STATE = KIND["memcg_state"], KIND["memcg_lruvec_state"]
 RECLAIM_BEGIN, RECLAIM_END, USER_RETURN_EVENT, OOM = KIND["reclaim_begin"], KIND["reclaim_end"], KIND["user_return"], KIND["oom"]
+TASK_NEW, TASK_EXEC_EVENT, TASK_EXIT_EVENT = KIND["task_new"], KIND["task_exec"], KIND["task_exit"]
+CLONE_VM = CLONE_FLAGS["CLONE_VM"]
 
 # The capturing kernel's enum values and gfp masks the pass needs (FACTS columns; -1: not in its tables).
 (NR_FILE_PAGES, NR_ANON_MAPPED, NR_KERNEL_STACK_KB, NR_SHMEM, MEMCG_SOCK, GFP_KERNEL, GFP_HIGHUSER_MOVABLE, GFP_ATOMIC,
@@ -42,15 +45,15 @@ KMALLOC_MAX_CACHE_SIZE = 2 * PAGE_SIZE  # larger kmallocs come from the page all
 
 
 @njit
-def segment_operations(kind, task, in_task, charged, nbytes, cache, obj, order, gfp, item, val, stat_memcg, victim,
+def segment_operations(kind, task, in_task, charged, nbytes, cache, obj, order, gfp, item, val, stat_memcg, named_task,
                        out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool, out_memcg,
                        next_dentry, free_op, tasks, slot_of, free_slots, slot_counts, live, cache_pool, cache_class, facts,
                        unmapped, first_op) -> int:
     """The segment's operations into the out_ arrays (out_src: the event's row in the segment);
     their number. `charged`: a successful accounted allocation in task context; `stat_memcg`:
     for a stat change with an item and a value of the target memcg or one below it, that
-    memcg's index (0: the target; -1: any other event); `victim`: an oom event's
-    victim as a task id (-1: none); unmapped[0]: the target's anon pages unmapped and not yet
+    memcg's index (0: the target; -1: any other event); `named_task`: an oom event's
+    victim or a task_new's new task, as a task id (-1: none); unmapped[0]: the target's anon pages unmapped and not yet
     freed. `first_op` numbers this segment's first operation. Each operation says which memcg
     it charges (out_memcg, an index as stat_memcg's): a stat change its own; an allocation, its
     task's (the memcg of the task's last charge of a page, 0 before any); a free, its allocation's."""
@@ -165,13 +168,23 @@ def segment_operations(kind, task, in_task, charged, nbytes, cache, obj, order, 
             tasks[t, IN_RECLAIM] = 0
         elif k == OOM:
             tasks[t, FAULT_PAGES] = 0  # OOM_CHARGE replays that charge
-            if victim[i] >= 0:
-                tasks[victim[i], KILLED] = 1
+            if named_task[i] >= 0:
+                tasks[named_task[i], KILLED] = 1
             if tasks[t, BEGIN_ORDER] >= 0:  # the charge the kill was for: the task's last reclaim_begin
                 _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool, out_memcg,
                       n, i, OOM_CHARGE, tasks[t, BEGIN_GFP], 1 << tasks[t, BEGIN_ORDER], max(nbytes[i], 0), -1, -1,
                       POOL_ANON, tasks[t, TASK_MEMCG])
                 n += 1
+        elif k == TASK_NEW or k == TASK_EXEC_EVENT or k == TASK_EXIT_EVENT:
+            if k == TASK_NEW:
+                if named_task[i] < 0:
+                    continue
+                op = TASK_CLONE_VM if item[i] & CLONE_VM else TASK_FORK
+            else:
+                op = TASK_EXEC if k == TASK_EXEC_EVENT else TASK_EXIT
+            _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool, out_memcg,
+                  n, i, op, 0, 0, 0, -1, named_task[i], POOL_OTHER, tasks[t, TASK_MEMCG])
+            n += 1
         elif k == USER_RETURN_EVENT:
             tasks[t, FAULT_PAGES] = 0
             _end_system_call(tasks, t, next_dentry, free_op, out_obj, out_pool, live)

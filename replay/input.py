@@ -44,7 +44,11 @@ target's too):
   reclaim calls before the fault falls back to small pages, and a fault of an OOM victim
   before it has exited, which makes 35 (out_of_memory picks the dying task itself, and its
   charge then fails: passed_oom && task_is_dying);
-- returns to user space: USER_RETURN.
+- returns to user space: USER_RETURN;
+- the task tree: a task_new whose new task shares its parent's mm (CLONE_VM: a thread, a
+  vfork child) is TASK_CLONE_VM, one with a copy-on-write copy TASK_FORK (obj: the new task);
+  task_exec and task_exit are TASK_EXEC and TASK_EXIT. The model's OOM killer reads them: a
+  kill takes a whole process, and frees only the pages no other process still maps.
 """
 from __future__ import annotations
 
@@ -186,7 +190,7 @@ class InputStream:
                            _codes(table.column("cache"), lambda name: self.cache_ids.get(name, -1), np.int32)),
             obj=_numbers(table, "obj", -1), order=_numbers(table, "order", -1), gfp=_numbers(table, "gfp", 0),
             item=_numbers(table, "item", 0), val=val, stat_memcg=self._memcg_indexes(_numbers(table, "memcg_id", 0), with_change),
-            victim=self._victims(kind, val), ts=_numbers(table, "ts_ns", 0), cpu=_numbers(table, "cpu", 0),
+            named_task=self._named_tasks(kind, val), ts=_numbers(table, "ts_ns", 0), cpu=_numbers(table, "cpu", 0),
             about=table.select(["call_site", "comm"]),
         )
 
@@ -218,13 +222,14 @@ class InputStream:
         at, known = _positions(ids[order], memcg_id)
         return np.where(known & with_change, order[at], -1).astype(np.int16)
 
-    def _victims(self, kind: np.ndarray, val: np.ndarray) -> np.ndarray:
-        """Each oom event's victim (its val, a pid) as a task id; -1 elsewhere."""
-        victim = np.full(len(kind), -1, np.int32)
-        ooms = np.flatnonzero(kind == passes.OOM)
-        at, known = _positions(self.task_pids, val[ooms])
-        victim[ooms[known]] = at[known]
-        return victim
+    def _named_tasks(self, kind: np.ndarray, val: np.ndarray) -> np.ndarray:
+        """The task an oom event (its victim) or a task_new (the new task) names in its val, a
+        pid, as a task id; -1 elsewhere, and for a task with no event of its own in the trace."""
+        named = np.full(len(kind), -1, np.int32)
+        rows = np.flatnonzero((kind == passes.OOM) | (kind == passes.TASK_NEW))
+        at, known = _positions(self.task_pids, val[rows])
+        named[rows[known]] = at[known]
+        return named
 
     def empty(self) -> ReplayInput:
         """No operations, but every fact that spans the trace: what an engine starts from."""
@@ -248,7 +253,7 @@ class Carried:
 
 
 PASS_COLUMNS = ("kind", "task", "in_task", "charged", "nbytes", "cache", "obj", "order", "gfp", "item", "val", "stat_memcg",
-                "victim")  # replay.events_to_operations.segment_operations's event arguments
+                "named_task")  # replay.events_to_operations.segment_operations's event arguments
 READ_COLUMNS = ["ts_ns", "cpu", "pid", "comm", "ctx", "kind", "memcg_id", "call_site", "cache", "obj", "bytes_alloc",
                 "order", "gfp", "accounted", "item", "val", "failed"]
 

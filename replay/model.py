@@ -18,7 +18,8 @@ native speed; each function takes the arrays it needs:
   become small codes; -ENOMEM is the outcome FAILED, not an exception);
 - per_cpu: page stocks per memcg cached (memcg_stock_pcp) and object stock bytes of one objcg
   (obj_stock_pcp);
-- per_task: current->memcg_nr_pages_over_high, stall, anon pages held, OOM debt;
+- per_task: current->memcg_nr_pages_over_high, stall; per mm, anon pages held, OOM debt, the
+  tasks using it and the pages it maps copy-on-write ("tasks and their mm" below);
 - objects by slot (replay.object_slots: reused once freed; -1, no object, gets the last
   one): whether their charge succeeded, and (slab charging) which slab holds them;
 - slabs: rows of a table. Each cache's partial list is a stack threaded through the rows (a
@@ -45,9 +46,12 @@ The approximations:
   uncharging twice. The capturing kernel's own reclaim (LRU pages gone inside its
   reclaim_begin/end) is not replayed: it cancels the model's debt, and where the model has not
   reclaimed as much it leaves a credit.
-- An OOM kill picks the task holding the most anon pages mapped (oom_badness, per task
-  rather than per process) and frees those pages (pages unmapped and not yet freed are no
-  task's: they stay charged until the trace frees them); with no such task, the charge fails. A victim that is
+- An OOM kill picks the process whose mm maps the most anon pages (oom_badness: only anon
+  rss; its own and those it maps copy-on-write from its parent; file rss, which the trace
+  cannot show, is left out) and frees the pages its mm maps alone ("tasks and their mm"
+  below; pages unmapped and not yet freed are no task's: they stay charged until the trace
+  frees them); with no such process, the charge fails. A trace without task_new events
+  (before 2026-12-04) makes every task a process of its own. A victim that is
   the charging task itself keeps its memory until its charge has failed (it exits then);
   another victim's memory goes at once. The trace's later frees of a victim's anon pages pay
   off what the kill took. The kernel's own kills are not replayed: an oom event replays the
@@ -78,6 +82,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from common.jit import njit  # before numba: it sets numba's cache directory
 from numba import config as numba_config  # isort: skip
 from numba.extending import intrinsic  # isort: skip
@@ -85,7 +91,8 @@ from replay.ops import (
     ANON_FREED, ANON_UNMAPPED, FAILED_CHARGE, HZ, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, MEMCG_CHARGE_BATCH_6X, MEMCG_DELAY_PRECISION_SHIFT,
     MEMCG_DELAY_SCALING_SHIFT, MEMCG_MAX_HIGH_DELAY_JIFFIES, NR_MEMCG_STOCK, OBJ_ALLOC, OBJ_EXT_BYTES, OBJ_FREE, OOM_CHARGE, OUTCOME,
     PAGE_ALLOC, PAGE_ALLOC_COSTLY_ORDER, PAGE_FREE, PAGE_SHIFT, PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES,
-    POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, RECLAIM_TRIGGERS, SWAP_CLUSTER_MAX, TRIGGER, USER_RETURN,
+    POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, RECLAIM_TRIGGERS, SWAP_CLUSTER_MAX, TASK_CLONE_VM, TASK_EXEC, TASK_EXIT,
+    TASK_FORK, TRIGGER, USER_RETURN,
 )
 from replay.policy import HIGH_MODES
 
@@ -133,8 +140,12 @@ STOCK_SLOTS = 3  # per_cpu[cpu, cached_column(slot)]: the slot's memcg; per_cpu[
 N_PER_CPU = STOCK_SLOTS + 2 * NR_MEMCG_STOCK
 # per_task columns: current->memcg_nr_pages_over_high, stall ns, anon pages held (what killing the task frees),
 # anon pages an OOM kill took that the trace has yet to free, anon pages the kernel's OOM victim freed that the
-# model holds until it kills it, whether the model's OOM killer chose it (it is dying: tsk_is_oom_victim)
-OVER_HIGH, STALL, ANON, OOM_DEBT, OOM_KEPT, DYING = range(6)
+# model holds until it kills it, whether the model's OOM killer chose it (it is dying: tsk_is_oom_victim).
+# Then the task's mm (the row holding it), and on an mm's row: the tasks using it (0: gone), the anon pages it
+# maps copy-on-write from the mm it was forked from, and that mm's row (-1: none). ANON, OOM_DEBT, OOM_KEPT and
+# DYING are kept on the mm's row.
+OVER_HIGH, STALL, ANON, OOM_DEBT, OOM_KEPT, DYING, MM, USERS, INHERITED, COW_FROM = range(10)
+N_TASK_COLUMNS = 10
 # slabs columns; SLAB_NEXT_PARTIAL threads a partial list (SLAB_LISTED: the slab is on one) or the free rows
 SLAB_CACHE, SLAB_CAPACITY, SLAB_PAGES, SLAB_POOL, SLAB_USED, SLAB_NEXT_PARTIAL, SLAB_LISTED = range(7)
 CURRENT_SLAB, PARTIAL_HEAD = range(2)  # caches columns; -1: none
@@ -309,9 +320,9 @@ def try_charge_memcg(memcg, stats, knobs, per_cpu, per_task, gfp, nr_pages, cpu,
             continue
         if gfp & knobs[GFP_RETRY_MAYFAIL]:
             return nomem(memcg, stats, knobs, gfp, nr_pages, reclaimed_once)
-        dying = per_task[task, DYING]
+        dying = per_task[mm_of(per_task, task), DYING]
         if passed_oom and dying:  # task_is_dying(): the charge fails, the victim exits
-            exit_mmap(memcg, per_task, task)
+            exit_mmap(memcg, per_task, mm_of(per_task, task))
             return nomem(memcg, stats, knobs, gfp, nr_pages, reclaimed_once)
         if mem_cgroup_oom(memcg, stats, per_task, nr_pages, task) < 0:
             return nomem(memcg, stats, knobs, gfp, nr_pages, reclaimed_once)
@@ -435,6 +446,112 @@ def calculate_high_delay(memcg, nr_pages):
     return penalty * nr_pages // MEMCG_CHARGE_BATCH_6X
 
 
+# -- tasks and their mm ------------------------------------------------------------------------
+#
+# Tasks and the memory they map: which tasks share an mm, what a fork copies, what an OOM
+# kill frees (kernel/fork.c, fs/exec.c, kernel/exit.c, mm/oom_kill.c), for the model's OOM killer.
+#
+# A task's anon pages belong to its mm, held on one row of per_task: the row of the task that
+# made the mm (MM names it; a thread, or a vfork child before its exec, uses its parent's). A
+# forked process gets a copy-on-write copy: it maps all its parent's anon pages (INHERITED),
+# which count in its rss as in its parent's (copy_present_pte), and which stay charged while any
+# process still maps them. So an OOM kill frees only the pages its victim maps alone:
+#
+# - its own, less those a living child forked from it still maps;
+# - those it inherited, once the mm it inherited them from is gone and no other process
+#   forked from that mm is left.
+#
+# Approximations: a copy-on-write break (the child writes to an inherited page and gets its own
+# copy) is a new page of the child like any other, the inherited count does not shrink; a
+# child's inherited pages are its parent's at the fork, not what the parent maps later; what a
+# grandchild inherited is the parent's business only through its own parent. Tasks the trace
+# saw no task_new of (those older than the capture) are processes of their own.
+
+
+def new_per_task(tasks: int) -> np.ndarray:
+    """Every task a process of its own, until the trace says otherwise."""
+    per_task = np.zeros((tasks, N_TASK_COLUMNS), np.int64)
+    per_task[:, MM] = np.arange(tasks)
+    per_task[:, USERS] = 1
+    per_task[:, COW_FROM] = -1
+    return per_task
+
+
+@njit
+def mm_of(per_task, task):
+    return per_task[task, MM]
+
+
+@njit
+def copy_mm(per_task, parent, child, clone_vm):
+    """copy_process: the child uses its parent's mm (CLONE_VM: a thread, a vfork child) or a
+    copy of it (dup_mmap: the parent's anon pages, mapped copy-on-write)."""
+    mm = mm_of(per_task, parent)
+    if clone_vm:
+        per_task[child, MM] = mm
+        per_task[child, USERS] = 0
+        per_task[mm, USERS] += 1
+    else:
+        start_mm(per_task, child)
+        per_task[child, INHERITED] = per_task[mm, ANON] + per_task[mm, INHERITED]
+        per_task[child, COW_FROM] = mm
+
+
+@njit
+def begin_new_exec(per_task, task):
+    """exec: the task leaves its mm (its pages there go as the trace unmaps them) for a new one."""
+    exit_mm(per_task, task)
+    start_mm(per_task, task)
+
+
+@njit
+def start_mm(per_task, task):
+    per_task[task, MM] = task
+    per_task[task, USERS] = 1
+    per_task[task, INHERITED] = 0
+    per_task[task, COW_FROM] = -1
+
+
+@njit
+def exit_mm(per_task, task):
+    """The task stops using its mm; the last user takes it down (mmput): it maps nothing more."""
+    mm = mm_of(per_task, task)
+    per_task[mm, USERS] = max(per_task[mm, USERS] - 1, 0)
+    if per_task[mm, USERS] == 0:
+        per_task[mm, INHERITED] = 0
+
+
+@njit
+def alive(per_task, mm):
+    """The mm is in use by tasks the OOM killer has not chosen."""
+    return per_task[mm, USERS] > 0 and not per_task[mm, DYING]
+
+
+@njit
+def oom_badness(per_task, mm):
+    """The rss of an mm's anon pages (get_mm_rss: its own and those it maps copy-on-write)."""
+    return per_task[mm, ANON] + per_task[mm, INHERITED]
+
+
+@njit
+def anon_freed_by_kill(per_task, victim):
+    """The anon pages the victim's mm maps alone: what its exit frees (exit_mmap, the OOM reaper)."""
+    shared_with_children = 0
+    last_of_its_family = True
+    source = per_task[victim, COW_FROM]
+    for mm in range(per_task.shape[0]):
+        if mm == victim or not alive(per_task, mm):
+            continue
+        if per_task[mm, COW_FROM] == victim:
+            shared_with_children = max(shared_with_children, per_task[mm, INHERITED])
+        if source >= 0 and per_task[mm, COW_FROM] == source:
+            last_of_its_family = False
+    own = per_task[victim, ANON] - min(shared_with_children, per_task[victim, ANON])
+    if source >= 0 and (alive(per_task, source) or not last_of_its_family):
+        return own
+    return own + per_task[victim, INHERITED]
+
+
 # -- reclaim and OOM ---------------------------------------------------------------------------
 
 @njit
@@ -536,33 +653,36 @@ def reclaim_pages(memcg, pool, nr_pages, got):
 
 @njit
 def mem_cgroup_oom(memcg, stats, per_task, nr_pages, task):
-    """Kill the task with the most anon pages (charges up to PAGE_ALLOC_COSTLY_ORDER); the
-    victim, -1 if none holds any. Another task's memory goes at once, the charging task's
-    own when its charge has failed. A dying charging task is picked again and nothing is
-    killed (out_of_memory: task_will_free_mem(current))."""
+    """Kill the process with the most anon pages mapped (charges up to PAGE_ALLOC_COSTLY_ORDER):
+    the victim's mm, -1 if none maps any. Another process's memory goes at once, the charging
+    task's own when its charge has failed. A dying charging task is picked again and nothing
+    is killed (out_of_memory: task_will_free_mem(current))."""
     if nr_pages > 1 << PAGE_ALLOC_COSTLY_ORDER:
         return -1
-    if per_task[task, DYING]:
-        return task
+    own = mm_of(per_task, task)
+    if per_task[own, DYING]:
+        return own
     victim = -1
-    for t in range(per_task.shape[0]):
-        if victim < 0 or per_task[t, ANON] > per_task[victim, ANON]:
-            victim = t
-    if victim < 0 or per_task[victim, ANON] == 0:
+    for mm in range(per_task.shape[0]):
+        if per_task[mm, USERS] > 0 and (victim < 0 or oom_badness(per_task, mm) > oom_badness(per_task, victim)):
+            victim = mm
+    if victim < 0 or oom_badness(per_task, victim) == 0:
         return -1
     stats[OOM_KILLS] += 1
     per_task[victim, DYING] = 1
-    if victim != task:
+    if victim != own:
         exit_mmap(memcg, per_task, victim)
     return victim
 
 
 @njit
 def exit_mmap(memcg, per_task, victim):
-    """An OOM victim's anon pages are uncharged; owed until the trace frees them (those it
-    freed already, after the kernel's own kill of it, are not)."""
-    pages = min(per_task[victim, ANON], memcg[POOLS + POOL_ANON])
+    """An OOM victim's mm goes: the anon pages it maps alone are uncharged, owed until the trace
+    frees them (those it freed already, after the kernel's own kill of it, are not); those a
+    living process still maps copy-on-write stay charged."""
+    pages = min(anon_freed_by_kill(per_task, victim), memcg[POOLS + POOL_ANON])
     per_task[victim, ANON] = 0
+    per_task[victim, INHERITED] = 0
     per_task[victim, OOM_DEBT] += max(pages - per_task[victim, OOM_KEPT], 0)
     per_task[victim, OOM_KEPT] = 0
     memcg[POOLS + POOL_ANON] -= pages
@@ -616,19 +736,19 @@ def pay_debt(memcg, pool, nr_pages):
 
 @njit
 def lru_charged(memcg, per_task, nr_pages, pool, task):
-    """A file folio joins the LRU's young end; anon pages count for the charging task."""
+    """A file folio joins the LRU's young end; anon pages count for the charging task's mm."""
     if pool == POOL_FILE:
         memcg[FILE_LRU + memcg[LRU_TAIL]] = nr_pages
         memcg[LRU_TAIL] += 1
     elif pool == POOL_ANON:
-        per_task[task, ANON] += nr_pages
+        per_task[mm_of(per_task, task), ANON] += nr_pages
 
 
 @njit
-def pay_oom_debt(per_task, nr_pages, task):
-    """Anon pages the task frees that the model's OOM kill of it took already; the rest."""
-    paid = min(per_task[task, OOM_DEBT], nr_pages)
-    per_task[task, OOM_DEBT] -= paid
+def pay_oom_debt(per_task, nr_pages, mm):
+    """Anon pages an mm's task frees that the model's OOM kill of it took already; the rest."""
+    paid = min(per_task[mm, OOM_DEBT], nr_pages)
+    per_task[mm, OOM_DEBT] -= paid
     return nr_pages - paid
 
 
@@ -639,9 +759,10 @@ def free_oom_victim_anon(memcg, per_task, nr_pages, task):
     it (the model decides its own kills). Pages beyond both were charged by another task:
     COW originals its parent wrote to after the fork, which the victim mapped last. Its exit
     frees them whoever killed it, so they are uncharged."""
-    unpaid = pay_oom_debt(per_task, nr_pages, task)
-    kept = min(unpaid, max(per_task[task, ANON] - per_task[task, OOM_KEPT], 0))
-    per_task[task, OOM_KEPT] += kept
+    mm = mm_of(per_task, task)
+    unpaid = pay_oom_debt(per_task, nr_pages, mm)
+    kept = min(unpaid, max(per_task[mm, ANON] - per_task[mm, OOM_KEPT], 0))
+    per_task[mm, OOM_KEPT] += kept
     uncharge_folios(memcg, unpaid - kept, POOL_ANON)
 
 
@@ -659,8 +780,9 @@ def unmap_anon(memcg, per_task, nr_pages, task):
     """zap_pte_range: the pages leave the task's rss (what an OOM kill of it would free), but
     stay charged until freed (those the model's kill of it took already excepted); how many
     stay charged."""
-    nr_pages = pay_oom_debt(per_task, nr_pages, task)
-    per_task[task, ANON] = max(per_task[task, ANON] - nr_pages, 0)
+    mm = mm_of(per_task, task)
+    nr_pages = pay_oom_debt(per_task, nr_pages, mm)
+    per_task[mm, ANON] = max(per_task[mm, ANON] - nr_pages, 0)
     memcg[UNMAPPED] += nr_pages
     return nr_pages
 
@@ -920,6 +1042,12 @@ def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, m
                                                           m)
         elif o == USER_RETURN:
             resume_user_mode_work(memcg, stats, knobs, per_task, t)
+        elif o == TASK_FORK or o == TASK_CLONE_VM:
+            copy_mm(per_task, t, obj[i], o == TASK_CLONE_VM)
+        elif o == TASK_EXEC:
+            begin_new_exec(per_task, t)
+        elif o == TASK_EXIT:
+            exit_mm(per_task, t)
         if (o == OBJ_ALLOC or o == PAGE_ALLOC) and outcome[i] != FAILED:
             charged[slot] = True
         elif o == OBJ_FREE or o == PAGE_FREE:

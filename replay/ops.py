@@ -22,6 +22,10 @@ ANON_UNMAPPED = 11  # a task unmapped anon pages (NR_ANON_MAPPED): they leave it
 ANON_FREED = 12  # unmapped anon pages are freed (they leave the anon LRU): uncharged
 FAILED_CHARGE = 13  # a charge the capturing kernel failed after memcg reclaim, without an OOM kill (a THP that fell
 # back to small pages, a dying task's fault): its page allocation is freed uncharged
+TASK_FORK = 14  # a task is made with a copy-on-write copy of its parent's mm (task_new without CLONE_VM); obj: the new task
+TASK_CLONE_VM = 15  # a task is made sharing its parent's mm (a thread, a vfork child); obj: the new task
+TASK_EXEC = 16  # the task executes a file: a new mm
+TASK_EXIT = 17  # the task exits: it leaves its mm
 
 # Pools the memcg's usage is split into; reclaim takes from some of them.
 POOL_FILE, POOL_ANON, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, POOL_KMEM_PAGES, POOL_OTHER = range(6)

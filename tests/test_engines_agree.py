@@ -25,8 +25,8 @@ from replay.engine import Compiled, Interpreted
 from replay.input import ARRAYS, ReplayInput, build
 from replay.ops import (
     ANON_FREED, ANON_UNMAPPED, FAILED_CHARGE, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, OBJ_ALLOC, OBJ_FREE,
-    NR_MEMCG_STOCK, OOM_CHARGE, OUTCOMES, PAGE_ALLOC, PAGE_FREE, PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, RECLAIM_TRIGGERS, UNLIMITED, USER_RETURN,
-    GfpBits, Limits,
+    NR_MEMCG_STOCK, OOM_CHARGE, OUTCOMES, PAGE_ALLOC, PAGE_FREE, PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, RECLAIM_TRIGGERS, TASK_CLONE_VM, TASK_EXEC, TASK_EXIT, TASK_FORK,
+    UNLIMITED, USER_RETURN, GfpBits, Limits,
 )
 from replay.policy import BUILTIN, CHARGE_UNITS, HIGH_MODES, SLAB_GROWTH, Policy
 from replay.result import EngineResult
@@ -63,7 +63,8 @@ OBJECT_SIZES = (8, 64, 192, 512, 1024, 2048, 4096, 8192)
 LRU_PAGES = (1, 2, 8, 33, 64, 150, 256, 400)  # around the stock batches (32, 64), SWAP_CLUSTER_MAX; a large folio
 # Kinds weighted by repetition: allocations a little more often than frees.
 KINDS = ((OBJ_ALLOC,) * 4 + (OBJ_FREE,) * 3 + (PAGE_ALLOC,) * 2 + (PAGE_FREE,) + (LRU_CHARGE,) * 3 + (LRU_UNCHARGE,) * 2
-         + (LRU_RECLAIMED, LRU_OOM_FREED, OOM_CHARGE, FAILED_CHARGE, ANON_UNMAPPED, ANON_FREED) + (USER_RETURN,) * 2)
+         + (LRU_RECLAIMED, LRU_OOM_FREED, OOM_CHARGE, FAILED_CHARGE, ANON_UNMAPPED, ANON_FREED) + (USER_RETURN,) * 2
+         + (TASK_FORK, TASK_CLONE_VM, TASK_EXEC, TASK_EXIT))
 RESOLUTIONS = (100_000, 1_000_000, 7_000_000, 50_000_000)
 # A generated operation's values, with ReplayInput's dtypes.
 ROW_COLUMNS = (("ts", np.int64), ("cpu", np.int32), ("task", np.int32), ("irq", np.bool_), ("op", np.int8),
@@ -151,6 +152,10 @@ def scenarios(draw) -> tuple[ReplayInput, GfpBits, Limits, int]:
             rows.append((*common, kind, gfp, LRU_PAGES[size], 0, -1, -1, POOL_ANON, memcg))
         elif kind in (OOM_CHARGE, FAILED_CHARGE):
             rows.append((*common, kind, gfp, 1 << min(size, 4), 0, -1, -1, POOL_ANON, memcg))
+        elif kind in (TASK_FORK, TASK_CLONE_VM):  # obj: the new task (any task, as pids are reused)
+            rows.append((*common, kind, 0, 0, 0, -1, pick % tasks, POOL_OTHER, memcg))
+        elif kind in (TASK_EXEC, TASK_EXIT):
+            rows.append((*common, kind, 0, 0, 0, -1, -1, POOL_OTHER, memcg))
         else:
             rows.append((*common, USER_RETURN, 0, 0, 0, -1, -1, 0, memcg))
     arrays = {name: np.array(column, dtype) for (name, dtype), column in zip(ROW_COLUMNS, zip(*rows))}

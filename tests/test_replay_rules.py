@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from replay.input import ReplayInput
 from replay.model import FILE_LRU, FREED_FOLIOS, HIGH, LRU_HEAD, LRU_TAIL, POOLS, SLAB_COUNT, USAGE
 from replay.ops import (
-    ANON_FREED, ANON_UNMAPPED, FAILED_CHARGE, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, OBJ_ALLOC, OBJ_FREE, OOM_CHARGE, OUTCOME, PAGE_ALLOC, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER,
+    ANON_FREED, ANON_UNMAPPED, FAILED_CHARGE, TASK_CLONE_VM, TASK_FORK, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, OBJ_ALLOC, OBJ_FREE, OOM_CHARGE, OUTCOME, PAGE_ALLOC, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER,
     POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, TRIGGER, UNLIMITED, USER_RETURN, GfpBits, Limits,
 )
 from replay.policy import BUILTIN
@@ -29,7 +29,8 @@ MAINLINE, SYNC_4X, RETURN_TO_USER = BUILTIN["mainline-6.18"], BUILTIN["nowait-sl
 MS = 1_000_000
 
 
-def scenario(ops: list[dict], pools: dict[int, int] | None = None, cache: tuple[int, int, int, int] = (0, 0, 1, 1)) -> ReplayInput:
+def scenario(ops: list[dict], pools: dict[int, int] | None = None, cache: tuple[int, int, int, int] = (0, 0, 1, 1),
+             tasks: int = 2) -> ReplayInput:
     """A ReplayInput from operations given as dicts (op, gfp, pages, bytes, obj, task, cpu, irq, pool, memcg)."""
     n = len(ops)
     col = lambda key, default, dtype: np.array([o.get(key, default) for o in ops], dtype=dtype)  # noqa: E731
@@ -44,7 +45,7 @@ def scenario(ops: list[dict], pools: dict[int, int] | None = None, cache: tuple[
         obj=col("obj", -1, np.int64), pool=col("pool", POOL_KMEM_PAGES, np.int8), memcg=col("memcg", 0, np.int16),
         row=np.arange(n, dtype=np.int64),
         cache_order=np.array([order]), cache_min_order=np.array([min_order]), cache_objects=np.array([objects]),
-        cache_objects_min=np.array([objects_min]), cache_names=["test-cache"], task_pids=np.arange(2, dtype=np.int32),
+        cache_objects_min=np.array([objects_min]), cache_names=["test-cache"], task_pids=np.arange(tasks, dtype=np.int32),
         initial_pools=initial, cpus=2, t_first=0, t_last=max(n - 1, 0) * MS,
     )
 
@@ -299,6 +300,34 @@ def test_an_oom_kill_frees_the_largest_tasks_anon_pages_and_the_charge_goes_thro
     assert r.outcome[2] == OUTCOME["oom"] and r.oom_kills == 1
     assert r.reclaim_calls[TRIGGER["max"]] == 18 and r.max_events == 18 and r.failcnt == 21
     assert list(r.bucket_last) == [56, 64, 33, 33]
+
+
+def test_an_oom_kill_frees_only_what_no_forked_child_maps_and_the_last_of_a_family_frees_the_rest(engine):
+    # max 64, 4 pages held. Process 0 charges 20 anon pages (the batch of 64 fails first), forks
+    # process 1, which maps those 20 copy-on-write (in its rss too), and charges 20 more: 44.
+    # Process 1 charges 2 of its own (46); task 2 charges 18 kmem pages (64), then a page: the OOM
+    # killer weighs process 0 at 40 anon pages and process 1 at 2 + 20, and kills process 0. Its
+    # exit frees what it maps alone, 40 - 20 = 20 (the 20 process 1 still maps stay charged):
+    # 44, and the page fits (45). Task 2 charges 19 more (64) and a page: process 1 (22) is
+    # killed, the last process mapping the 20, which go with its own 2: 64 - 22 + 1 = 43.
+    fork = {"op": TASK_FORK, "task": 0, "obj": 1, "pool": POOL_OTHER}
+    ops = [anon(20, task=0), fork, anon(20, task=0), anon(2, task=1), page(18, task=2, obj=0), page(1, task=2, obj=1),
+           page(19, task=2, obj=2), page(1, task=2, obj=3)]
+    r = engine(scenario(ops, pools={POOL_OTHER: 4}, tasks=3), MAINLINE, Limits(max_pages=64))
+    assert [r.outcome[5], r.outcome[7]] == [OUTCOME["oom"], OUTCOME["oom"]] and r.oom_kills == 2
+    assert list(r.bucket_last) == [24, 24, 44, 46, 64, 45, 64, 43]
+
+
+def test_a_threads_anon_pages_are_its_processs_and_go_with_it(engine):
+    # max 64, 4 pages held. Task 0 charges 30 anon pages and makes a thread, task 1 (its mm
+    # shared: CLONE_VM), which charges 20: the process maps 50. Task 2 charges 10 (64), then
+    # one more: the OOM killer weighs the process at 50 (not 30 and 20 apart) and task 2 at 10,
+    # and the process's 50 go: 14, then the page: 15.
+    thread = {"op": TASK_CLONE_VM, "task": 0, "obj": 1, "pool": POOL_OTHER}
+    ops = [anon(30, task=0), thread, anon(20, task=1), anon(10, task=2), anon(1, task=2)]
+    r = engine(scenario(ops, pools={POOL_OTHER: 4}, tasks=3), MAINLINE, Limits(max_pages=64))
+    assert r.outcome[4] == OUTCOME["oom"] and r.oom_kills == 1
+    assert list(r.bucket_last) == [34, 34, 54, 64, 15]
 
 
 def test_a_charging_task_that_is_its_own_oom_victim_retries_then_fails_and_exits(engine):
