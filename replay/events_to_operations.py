@@ -180,6 +180,8 @@ def segment_operations(kind, task, in_task, charged, nbytes, cache, obj, order, 
                 if named_task[i] < 0:
                     continue
                 op = TASK_CLONE_VM if item[i] & CLONE_VM else TASK_FORK
+            elif k == TASK_EXIT_EVENT and tasks[t, KILLED]:
+                continue  # the kernel's OOM victim lives on in the model, holding its memory, until the model kills it
             else:
                 op = TASK_EXEC if k == TASK_EXEC_EVENT else TASK_EXIT
             _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool, out_memcg,

@@ -47,8 +47,10 @@ target's too):
 - returns to user space: USER_RETURN;
 - the task tree: a task_new whose new task shares its parent's mm (CLONE_VM: a thread, a
   vfork child) is TASK_CLONE_VM, one with a copy-on-write copy TASK_FORK (obj: the new task);
-  task_exec and task_exit are TASK_EXEC and TASK_EXIT. The model's OOM killer reads them: a
-  kill takes a whole process, and frees only the pages no other process still maps.
+  task_exec and task_exit are TASK_EXEC and TASK_EXIT, but for the exit of the kernel's OOM
+  victim: the model decides its own kills, and keeps that process alive, holding its memory,
+  until it kills it. The model's OOM killer reads them: a kill takes a whole process, and
+  frees only the pages no other process still maps.
 """
 from __future__ import annotations
 

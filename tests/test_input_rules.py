@@ -10,7 +10,8 @@ import pytest
 from replay.input import InputStream, build
 from replay.ops import (
     ANON_FREED, ANON_UNMAPPED, FAILED_CHARGE, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, OBJ_ALLOC, OBJ_FREE, OOM_CHARGE, POOL_ANON,
-    POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, USER_RETURN,
+    POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, TASK_CLONE_VM, TASK_EXEC, TASK_EXIT,
+    TASK_FORK, USER_RETURN,
 )
 from traces.atomic import write_json
 from traces.manifest import MANIFEST
@@ -185,4 +186,34 @@ def test_each_operation_charges_the_memcg_below_the_target_its_task_charges_page
     assert list(zip(data.row.tolist(), data.op.tolist(), data.memcg.tolist())) == [
         (0, OBJ_ALLOC, 0), (1, LRU_CHARGE, 1), (2, OBJ_ALLOC, 1), (3, LRU_CHARGE, 2), (4, OBJ_FREE, 1), (5, OBJ_FREE, 0),
         (7, OBJ_ALLOC, 2), (8, LRU_CHARGE, 1), (9, OBJ_ALLOC, 2),
+    ]
+
+
+def test_the_task_tree_makes_task_operations_but_the_kernels_oom_victim_lives_on(tmp_path):
+    """task_new is TASK_FORK or, with CLONE_VM, TASK_CLONE_VM (obj: the new task's id); exec and
+    exit are TASK_EXEC and TASK_EXIT, except the exit of the kernel's OOM victim: the model,
+    which decides its own kills, keeps that process (and what it holds) until it kills it."""
+    manifest = json.loads((sample_path(LIKE) / MANIFEST).read_text())
+    child, thread = 201, 202
+
+    def task(kind: str, pid: int, **columns) -> dict:
+        return dict(kind=kind, pid=pid, ctx="task", cpu=0, comm="t", **columns)
+
+    events = [
+        task("task_new", TASK, val=VICTIM, item=0),  # 0: a process
+        task("task_new", TASK, val=thread, item=0x100 | 0x10000),  # 1: a thread
+        task("task_new", VICTIM, val=child, item=0x100),  # 2: a vfork child
+        task("task_exec", child),  # 3
+        task("task_exit", child),  # 4
+        task("task_new", TASK, val=999, item=0),  # 5: a task with no event of its own: none to name
+        task("oom", TASK, val=VICTIM),  # 6: the kernel kills VICTIM (the task made no reclaim_begin: no charge to replay)
+        task("task_exit", VICTIM),  # 7: its exit: not replayed
+        task("task_exit", thread),  # 8
+    ]
+    data = build(written(tmp_path / "t", manifest, events))
+    ids = {pid: list(data.task_pids).index(pid) for pid in (TASK, VICTIM, child, thread)}
+    assert list(zip(data.row.tolist(), data.op.tolist(), data.task.tolist(), data.obj.tolist())) == [
+        (0, TASK_FORK, ids[TASK], ids[VICTIM]), (1, TASK_CLONE_VM, ids[TASK], ids[thread]),
+        (2, TASK_CLONE_VM, ids[VICTIM], ids[child]), (3, TASK_EXEC, ids[child], -1), (4, TASK_EXIT, ids[child], -1),
+        (8, TASK_EXIT, ids[thread], -1),
     ]
