@@ -91,7 +91,7 @@ class ReplayInput:
     pages: np.ndarray  # int64 pages (page and LRU operations)
     bytes: np.ndarray  # int64 object size (object operations)
     cache: np.ndarray  # int32 cache id (object operations), else -1
-    obj: np.ndarray  # int64 object or page slot (replay.object_slots), else -1
+    obj: np.ndarray  # int64 object or page slot (replay.object_slots); the new task (TASK_FORK, TASK_CLONE_VM); else -1
     pool: np.ndarray  # int8 pool the memory belongs to
     memcg: np.ndarray  # int16 the memcg charged: 0 the target, i its (i-1)th descendant (manifest target.descendants)
     row: np.ndarray  # int64 the event's row in the trace
