@@ -49,7 +49,7 @@ LIVE_TESTS = [
     "tests/test_ebpf_live.py::test_charge_probes_agree_with_the_memcgs_own_events",
     "tests/test_ebpf_live.py::test_memcg_stat_events_the_kernel_cannot_give_are_said_in_the_manifest_and_by_replay",
     "tests/test_validate_live.py::test_validate_on_cgroup_v2_observes_the_memcgs_own_events_and_peak",
-    "tests/test_validate_live.py::test_a_cell_of_the_fidelity_matrix_meets_every_target",
+    "tests/test_validate_live.py::test_a_cell_of_the_fidelity_matrix_meets_its_targets_in_most_runs",
     "tests/test_memcg_probes_live.py::test_kprobes_record_the_memcgs_page_cache_and_anon_and_leave_nothing",
     "tests/test_collect_live.py::test_stat_events_of_memcgs_below_the_target_are_kept_and_of_later_memcgs_elsewhere_not",
     "tests/test_collect_live.py::test_an_oom_kill_below_the_target_is_counted_as_the_targets",
