@@ -405,6 +405,7 @@ with sibling_memcgs(["main"]):
     with open(data, "wb") as shmem:
         shmem.write(b"x" * (4 << 20))
     os.unlink(data)
+    time.sleep(0.5)  # the collector finds memcgs below the target at its ticks (0.1 s): one gone sooner is missed
 """
 
 
