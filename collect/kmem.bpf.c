@@ -66,11 +66,10 @@ typedef __u64 u64;
 #define TASK_COMM_LEN 16
 #define PAGE_TAG (1ULL << 63)  // page frame numbers get their own key space in `objects`
 #define CACHE_SLOTS 1024
-
-// Record type ids (collect/ebpf_records.py: RECORD_TYPES).
 #define CLONE_VM 0x100  // include/uapi/linux/sched.h
 #define CLONE_THREAD 0x10000
 
+// Record type ids (collect/ebpf_records.py: RECORD_TYPES).
 #define T_KMALLOC 1
 #define T_KMEM_CACHE_ALLOC 2
 #define T_KFREE 3
