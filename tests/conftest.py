@@ -54,6 +54,20 @@ def chargeplay(*args: str, timeout: float = 120, **kwargs) -> subprocess.Complet
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
+# A busy process outside the workload, whose events must not reach a trace: it opens and closes
+# a file about 20,000 times a second (each a few allocations and frees, which tracefs's instance
+# for other tasks' frees sees), a busy neighbour rather than a storm. Flat out (about 830,000
+# frees a second) it filled that instance's buffer during one stall of a loaded CI machine:
+# losses under storms are counted, and measured by benchmarks/capture_storm.py.
+BUSY_NEIGHBOUR = r"""
+import os, time
+while True:
+    for _ in range(200):
+        os.close(os.open("/dev/null", os.O_RDONLY))
+    time.sleep(0.01)
+"""
+
+
 # A workload that drives its memcg over memory.max and reports what the memcg itself counted: a
 # child touches anonymous memory until the memcg's OOM killer stops it (the biggest task in the
 # memcg); the parent, in the same memcg (cgroup v2), then copies memory.events and memory.peak

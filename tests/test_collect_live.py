@@ -15,7 +15,7 @@ import pytest
 from collect import cgroup
 from collect.cleanup import OWNED_NAME, collector_alive
 from collect.memcg_probes import owned_groups
-from conftest import CHARGEPLAY, SLOWDOWN, assert_user_error, chargeplay, wait_until
+from conftest import BUSY_NEIGHBOUR, CHARGEPLAY, SLOWDOWN, assert_user_error, chargeplay, wait_until
 from traces.reader import Trace
 
 ALLOC_KINDS = ["kmalloc", "kmem_cache_alloc", "page_alloc"]
@@ -104,9 +104,7 @@ def test_file_creation_is_recorded_as_accounted_dentries_of_the_workload_only(tr
     pidfile = tmp_path / "pid"
     counter_args, counter_file = kmem_counter_args(tmp_path, "trace")
     # A busy process outside the workload: none of its events may reach the trace.
-    outsider = subprocess.Popen(
-        [sys.executable, "-c", "import os\nwhile True:\n    os.close(os.open('/dev/null', os.O_RDONLY))"]
-    )
+    outsider = subprocess.Popen([sys.executable, "-c", BUSY_NEIGHBOUR])
     try:
         result = chargeplay(
             "collect", "-o", str(tmp_path / "trace"), "--memory-max", "256M", "--",

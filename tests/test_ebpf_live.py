@@ -15,7 +15,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from conftest import CHARGEPLAY, OVER_MAX, SLOWDOWN, chargeplay, wait_until
+from conftest import BUSY_NEIGHBOUR, CHARGEPLAY, OVER_MAX, SLOWDOWN, chargeplay, wait_until
 from test_collect_live import ALLOC_KINDS, FILE_MAKER, assert_kmem_counter_matches_the_trace, kmem_counter_args, leftovers
 from collect import cgroup
 from collect.bpf_loader import CHARGE_PROBES, KPROBE_PROGRAMS, PROGRAM_PREFIX, Loader
@@ -66,9 +66,7 @@ def _capture_files(tmp_path: Path, backend: str, files: int, name: str, *options
 
 def test_both_backends_and_both_bpf_outputs_record_the_same_workload_alike(ebpf, tmp_path):
     files = 500
-    outsider = subprocess.Popen(
-        [sys.executable, "-c", "import os\nwhile True:\n    os.close(os.open('/dev/null', os.O_RDONLY))"]
-    )
+    outsider = subprocess.Popen([sys.executable, "-c", BUSY_NEIGHBOUR])
     captures = {"ringbuf": ("ebpf", "--bpf-output", "ringbuf"), "perf": ("ebpf", "--bpf-output", "perf"), "tracefs": ("tracefs",)}
     try:
         traces = {}
