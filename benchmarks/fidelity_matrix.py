@@ -18,9 +18,9 @@ What it prints
 --------------
 Per run: predicted/observed of every metric validate reports on this cgroup version, and
 which targets are met (validate's targets; a run whose trace lost events is "not measured",
-which counts as a miss). Per cell: how many runs meet each target and all of them. At the
-end, per kernel: the share of runs that meet all targets (target: 90%) and the OOM kills the
-model missed (target: none). --markdown FILE writes the cell table for the README, --json FILE
+which counts as a miss). Per cell: how many runs meet all targets, the runs missing each target
+they missed, and the runs not measured. At the end, per kernel: the share of runs that meet all
+targets (target: 90%) and the measured runs where the model missed an OOM kill (target: none). --markdown FILE writes the cell table for the README, --json FILE
 every run's fidelity.json, both rewritten after each cell (an interrupted matrix keeps what it
 measured). It asserts nothing.
 
@@ -86,9 +86,15 @@ class Run:
         return "error" not in self.fidelity and all(self.status(metric) == "met" for metric in self.judged)
 
     @property
+    def measured(self) -> bool:
+        """False where validate certified nothing (events lost) or failed."""
+        return "error" not in self.fidelity and self.fidelity.get("measured", True)
+
+    @property
     def missed_oom_kill(self) -> bool:
         kills = self.rows.get("OOM kills")
-        return kills is not None and kills["observed"] is not None and kills["observed"] > kills["predicted"]
+        return (self.measured and kills is not None and kills["observed"] is not None
+                and kills["observed"] > kills["predicted"])
 
 
 def zoo_workloads() -> list[str]:
@@ -131,7 +137,8 @@ def cell_table(runs: list[Run]) -> list[dict]:
         table.append({
             "workload": workload, "region": region, "limit": f"{cell[0].limit // MiB}M", "runs": len(cell),
             "all targets": sum(run.all_met for run in cell),
-            **{metric: sum(run.status(metric) == "met" for run in cell if metric in run.rows) for metric in metrics},
+            "not measured": sum(not run.measured for run in cell),
+            **{metric: sum(run.status(metric) != "not met" for run in cell if metric in run.rows) for metric in metrics},
             "OOM kills missed": sum(run.missed_oom_kill for run in cell),
         })
     return table
@@ -156,7 +163,7 @@ def markdown(table: list[dict], kernel: str) -> str:
 
 def format_cell(row: dict) -> str:
     missed = [f"{SHORT_NAMES[metric]} {row['runs'] - met}" for metric, met in row.items()
-              if metric in SHORT_NAMES and met < row["runs"]]
+              if metric in SHORT_NAMES and met < row["runs"]] + ([f"{row['not measured']} not measured"] if row["not measured"] else [])
     return f"{row['limit']}: {row['all targets']}/{row['runs']}" + (f" ({', '.join(missed)})" if missed else "")
 
 
