@@ -27,7 +27,7 @@ from replay.model import (
     CARRY, FAILCNT, FILE_LRU, FREE_SLAB, GFP_DIRECT_RECLAIM, GFP_FS, GFP_HIGH, GFP_KERNEL, GFP_NOFAIL, GFP_NORETRY,
     GFP_RETRY_MAYFAIL, SHRUNK_SLAB_COUNTS,
     HIGH, HIGH_MODE, LAST_TS, LRU_TAIL, MAX, MAX_MEMCGS, MAX_RECLAIM_RETRIES, NOWAIT_HIGH_ORDER, N_KNOBS, N_PER_CPU, N_STATS,
-    OBJ_STOCK_MEMCG, OBJECT_CHARGING, PAGE_NS_ABOVE_HIGH_CARRIES, POOLS, RECLAIMED_PAGES, RECLAIM_CALLS, RECLAIM_NS_PER_PAGE,
+    OBJ_STOCK_MEMCG, OBJECT_CHARGING, PAGE_NS_ABOVE_HIGH_CARRIES, POOLS, RCU_GRACE_NS, RECLAIMED_PAGES, RECLAIM_CALLS, RECLAIM_NS_PER_PAGE,
     SLAB_LISTED, STALL, STAT_FIELDS, STOCK_BATCH, STOCK_MEMCGS, STOCK_SLOTS, SWAP, USAGE, WATERMARK_MARGIN, new_per_task,
 )
 from replay.ops import LRU_CHARGE, POOL_FILE, RECLAIM_TRIGGERS, GfpBits, Limits
@@ -195,6 +195,7 @@ def knobs_array(policy: Policy, limits: Limits, gfp: GfpBits) -> np.ndarray:
     knobs[WATERMARK_MARGIN] = policy.watermark_margin_pages
     knobs[SWAP] = limits.swap
     knobs[RECLAIM_NS_PER_PAGE] = limits.reclaim_ns_per_page
+    knobs[RCU_GRACE_NS] = limits.rcu_grace_ns
     knobs[GFP_DIRECT_RECLAIM], knobs[GFP_NORETRY] = gfp.direct_reclaim, gfp.noretry
     knobs[GFP_RETRY_MAYFAIL], knobs[GFP_NOFAIL], knobs[GFP_HIGH] = gfp.retry_mayfail, gfp.nofail, gfp.high
     knobs[GFP_FS], knobs[GFP_KERNEL] = gfp.fs, gfp.kernel

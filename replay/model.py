@@ -12,8 +12,9 @@ native speed; each function takes the arrays it needs:
 - memcg: the page counter (usage, max, high, failcnt), what the usage is made of (pages per
   pool), the debt (pages reclaimed that the trace has yet to free; below 0: pages the
   capturing kernel reclaimed and the model still holds), anon pages unmapped and not yet
-  freed, each objcg's pre-charged bytes no stock holds, and the file LRU: a queue of folio
-  sizes in its tail that grows between batches, with freed folios per order;
+  freed, slab pages that reclaim shrank and RCU has yet to free, the time of the operation
+  being replayed, each objcg's pre-charged bytes no stock holds, and the file LRU: a queue of
+  folio sizes in its tail that grows between batches, with freed folios per order;
 - stats: the result's counters; knobs: the policy, limits and gfp bits as ints (string knobs
   become small codes; -ENOMEM is the outcome FAILED, not an exception);
 - per_cpu: page stocks per memcg cached (memcg_stock_pcp) and object stock bytes of one objcg
@@ -39,7 +40,9 @@ The approximations:
   pages if swap is on, at `reclaim_ns_per_page` each. Which slab objects a shrinker could
   free (an unused dentry) and which not (an open file's) the trace does not say: the model
   may take slab the kernel cannot (replay.input keeps out what tmpfs and pseudo file systems
-  pin). File pages go as whole folios, oldest first (the LRU's tail), so
+  pin). Shrunk slab leaves the counter one RCU grace period later (`rcu_grace_ns`: dentries
+  and inodes are freed by RCU callbacks), so the charge whose reclaim shrank it, and its
+  retries, find no room in it. File pages go as whole folios, oldest first (the LRU's tail), so
   one large folio can satisfy a call; a freed folio leaves the LRU as the oldest one of its
   order (the trace does not say which). What reclaim takes is owed: the trace later frees some
   of those pages or objects itself, and such frees first pay off the debt instead of
@@ -105,8 +108,8 @@ SYNC, RETURN_TO_USER, MAINLINE, FAIL_NOWAIT, WATERMARK = (HIGH_MODES.index(mode)
 
 # knobs: the policy, limits and gfp bits, one int each.
 (OBJECT_CHARGING, NOWAIT_HIGH_ORDER, STOCK_BATCH, HIGH_MODE, MAX_RECLAIM_RETRIES, WATERMARK_MARGIN, SWAP,
- RECLAIM_NS_PER_PAGE, SHRUNK_SLAB_COUNTS, STOCK_MEMCGS, GFP_DIRECT_RECLAIM, GFP_NORETRY, GFP_RETRY_MAYFAIL, GFP_NOFAIL, GFP_HIGH,
- GFP_FS, GFP_KERNEL) = range(17)
+ RECLAIM_NS_PER_PAGE, RCU_GRACE_NS, SHRUNK_SLAB_COUNTS, STOCK_MEMCGS, GFP_DIRECT_RECLAIM, GFP_NORETRY, GFP_RETRY_MAYFAIL,
+ GFP_NOFAIL, GFP_HIGH, GFP_FS, GFP_KERNEL) = range(18)
 N_KNOBS = GFP_KERNEL + 1
 
 # memcg: the page counter and what its usage is made of.
@@ -115,7 +118,10 @@ POOLS = 4  # memcg[POOLS + pool]: pages per pool
 DEBT = POOLS + 6  # memcg[DEBT + pool]: pages reclaimed that the trace has yet to free
 LRU_HEAD, LRU_TAIL = DEBT + 6, DEBT + 7  # memcg[FILE_LRU + LRU_HEAD .. FILE_LRU + LRU_TAIL): file folios, oldest first
 UNMAPPED = DEBT + 8  # anon pages unmapped and still charged (not yet freed)
-FREED_FOLIOS = DEBT + 9  # memcg[FREED_FOLIOS + order]: freed folios still to leave the file LRU
+# Shrunk slab pages waiting for RCU: those of the grace period under way (it ends at RCU_GP_END), and those
+# shrunk meanwhile, which wait for the next one. NOW: the time of the operation being replayed.
+RCU_WAITING, RCU_NEXT, RCU_GP_END, NOW = DEBT + 9, DEBT + 10, DEBT + 11, DEBT + 12
+FREED_FOLIOS = DEBT + 13  # memcg[FREED_FOLIOS + order]: freed folios still to leave the file LRU
 # memcg[OBJCG_BYTES + i]: bytes pre-charged to memcg i's objcg that no object stock holds (nr_charged_bytes)
 OBJCG_BYTES = FREED_FOLIOS + 64
 MAX_MEMCGS = 256  # the target and the memcgs below it, by index (replay.input)
@@ -569,12 +575,40 @@ def try_to_free_mem_cgroup_pages(memcg, stats, knobs, per_task, task, nr_pages, 
         slab = reclaim_pages(memcg, POOL_SLAB_RECLAIMABLE, min(max(want - lru, 0), memcg[POOLS + POOL_SLAB_RECLAIMABLE]), 0)
     if knobs[SWAP]:
         lru = reclaim_pages(memcg, POOL_ANON, min(max(want - lru - slab, 0), memcg[POOLS + POOL_ANON]), lru)
-    page_counter_uncharge(memcg, lru + slab)
+    page_counter_uncharge(memcg, lru)
+    call_rcu(memcg, knobs, slab)
     stats[RECLAIM_CALLS + trigger] += 1
     stats[RECLAIMED_PAGES + trigger] += lru + slab
     if trigger != BY_ASYNC:
         per_task[task, STALL] += (lru + slab) * knobs[RECLAIM_NS_PER_PAGE]
     return lru + slab if knobs[SHRUNK_SLAB_COUNTS] else lru
+
+
+@njit
+def call_rcu(memcg, knobs, nr_pages):
+    """Shrunk dentries and inodes are freed by RCU callbacks (dentry_free, i_callback), after a
+    grace period: one starts now if none is under way, else they wait for the next one. With
+    no grace period (rcu_grace_ns 0) they leave at once."""
+    if knobs[RCU_GRACE_NS] == 0:
+        page_counter_uncharge(memcg, nr_pages)
+        return
+    if nr_pages == 0:
+        return
+    if memcg[RCU_WAITING] == 0:
+        memcg[RCU_WAITING] = nr_pages
+        memcg[RCU_GP_END] = memcg[NOW] + knobs[RCU_GRACE_NS]
+    else:
+        memcg[RCU_NEXT] += nr_pages
+
+
+@njit
+def rcu_do_batch(memcg, knobs, now):
+    """The RCU callbacks of every grace period that has ended by `now` free what they hold."""
+    memcg[NOW] = now
+    while memcg[RCU_WAITING] and memcg[RCU_GP_END] <= now:
+        page_counter_uncharge(memcg, memcg[RCU_WAITING])
+        memcg[RCU_WAITING], memcg[RCU_NEXT] = memcg[RCU_NEXT], 0
+        memcg[RCU_GP_END] += knobs[RCU_GRACE_NS]
 
 
 @njit
@@ -1006,6 +1040,7 @@ def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, m
         now = ts[i]
         account_time(memcg, stats, cursor[LAST_TS], now)
         cursor[LAST_TS] = now
+        rcu_do_batch(memcg, knobs, now)
         slot = obj[i] if obj[i] >= 0 else no_object
         if (o == OBJ_FREE or o == PAGE_FREE) and not charged[slot]:
             pass  # the replay failed its allocation: nothing to uncharge

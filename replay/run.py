@@ -153,7 +153,7 @@ def summarize(
             "stall_ns_by_pid": {int(pid): int(ns) for pid, ns in zip(stream.task_pids, r.stall_ns) if ns},
         }
     limits_bytes = {"max_bytes": _bytes(limits.max_pages), "high_bytes": _bytes(limits.high_pages),
-                    "swap": limits.swap, "reclaim_ns_per_page": limits.reclaim_ns_per_page}
+                    "swap": limits.swap, "reclaim_ns_per_page": limits.reclaim_ns_per_page, "rcu_grace_ns": limits.rcu_grace_ns}
     return result_format.summary_document(trace, output, engine, policies, limits_bytes, figures)
 
 

@@ -150,37 +150,57 @@ def test_a_large_overage_is_slept_off_on_return_to_user(engine):
 
 
 def test_only_a_charge_with_gfp_fs_shrinks_reclaimable_slab(engine):
-    # usage 128 = max: 100 pages of reclaimable slab (dentries, inodes), nothing else to take.
+    # usage 128 = max: 100 pages of reclaimable slab (dentries, inodes), nothing else to take;
+    # shrunk slab leaves at once here (rcu_grace_ns 0; the next test has the grace period).
     # GFP_KERNEL: the batch and the page fail (failcnt 2), one reclaim call shrinks 32 pages
     # of slab (SWAP_CLUSTER_MAX; usage 96), and the page fits (the batch was given up before
     # the reclaim: try_charge_memcg retries with batch = nr_pages). GFP_NOFS: super_cache_scan stops without __GFP_FS, so every call gets
     # nothing: one call, drain_all_stock, 16 retries (18 calls), no task holds anon pages to
     # kill, and the charge fails.
     pools = {POOL_SLAB_RECLAIMABLE: 100, POOL_OTHER: 28}
-    kernel = engine(scenario([page(gfp=GFP_KERNEL, obj=0)], pools), MAINLINE, Limits(max_pages=128))
+    at_once = Limits(max_pages=128, rcu_grace_ns=0)
+    kernel = engine(scenario([page(gfp=GFP_KERNEL, obj=0)], pools), MAINLINE, at_once)
     assert list(kernel.outcome) == [OUTCOME["reclaimed"]]
     assert kernel.reclaim_calls[TRIGGER["max"]] == 1 and kernel.reclaimed_pages[TRIGGER["max"]] == 32
     assert kernel.failcnt == 2 and list(kernel.bucket_last) == [97]
-    nofs = engine(scenario([page(gfp=GFP_NOFS, obj=0)], pools), MAINLINE, Limits(max_pages=128))
+    nofs = engine(scenario([page(gfp=GFP_NOFS, obj=0)], pools), MAINLINE, at_once)
     assert list(nofs.outcome) == [OUTCOME["failed"]]
     assert nofs.reclaim_calls[TRIGGER["max"]] == 18 and nofs.reclaimed_pages.sum() == 0
     assert nofs.oom_kills == 0 and list(nofs.bucket_last) == [128]
+
+
+def test_shrunk_slab_leaves_the_counter_one_rcu_grace_period_later(engine):
+    # As above, but shrunk dentries and inodes are freed by RCU callbacks, 1 ms later here.
+    # At 0 ms a GFP_KERNEL page: each reclaim call shrinks 32 pages of slab (then the last 4)
+    # that stay charged, so every retry finds the counter full: 18 calls as for GFP_NOFS
+    # above, all 100 pages shrunk (32 waiting for the grace period the first call started,
+    # the 68 shrunk during it for the next), failcnt 19 (2 + one per call but the last), no
+    # anon to kill: the charge fails at usage 128. At 1 ms the first grace period ends: 32
+    # pages leave (96), and a GFP_NOFS page fits once its batch of 64 has failed (97; failcnt
+    # 20). At 2 ms the second ends: 68 leave (29), and a page charges its batch (93).
+    pools = {POOL_SLAB_RECLAIMABLE: 100, POOL_OTHER: 28}
+    ops = [page(gfp=GFP_KERNEL, obj=0), page(gfp=GFP_NOFS, obj=1), page(gfp=GFP_NOFS, obj=2)]
+    r = engine(scenario(ops, pools), MAINLINE, Limits(max_pages=128, rcu_grace_ns=MS))
+    assert list(r.outcome) == [OUTCOME["failed"], OUTCOME["charged"], OUTCOME["charged"]]
+    assert r.reclaim_calls[TRIGGER["max"]] == 18 and r.reclaimed_pages[TRIGGER["max"]] == 100
+    assert r.failcnt == 20 and r.oom_kills == 0 and list(r.bucket_last) == [128, 97, 93]
 
 
 def test_shrunk_slab_is_reclaim_progress_up_to_6_4_and_not_since_6_5(engine):
     # 64 pages over memory.high 25600 on return to user, 1000 pages of reclaimable slab and
     # nothing else reclaimable. Each call frees slab: 64 pages, then 32 per retry. The
     # penalty at usage U is ((U - 25600) << 20) // 25600 = o; o * o * 1000 >> 34 jiffies.
+    # Shrunk slab leaves at once (rcu_grace_ns 0).
     # 6.1 counts the slab as progress, so no retry is used up and it reclaims until the
     # penalty is at most HZ/100: 20 calls later (usage 25920, 9 jiffies), no sleep. 6.5+
     # counts nothing: 16 retries, then it sleeps off the overage left at usage 26048
     # (o = 18350, 19 jiffies).
     ops = [page(obj=0), {"op": USER_RETURN}]
     pools = {POOL_OTHER: 26624 - 64 - 1000, POOL_SLAB_RECLAIMABLE: 1000}
-    counted = engine(scenario(ops, pools), BUILTIN["mainline-6.1"], Limits(high_pages=25600))
+    counted = engine(scenario(ops, pools), BUILTIN["mainline-6.1"], Limits(high_pages=25600, rcu_grace_ns=0))
     assert counted.reclaim_calls[TRIGGER["user_return"]] == 21 and counted.reclaimed_pages[TRIGGER["user_return"]] == 704
     assert counted.throttle_ns == 0
-    uncounted = engine(scenario(ops, pools), MAINLINE, Limits(high_pages=25600))
+    uncounted = engine(scenario(ops, pools), MAINLINE, Limits(high_pages=25600, rcu_grace_ns=0))
     assert uncounted.reclaim_calls[TRIGGER["user_return"]] == 17 and uncounted.reclaimed_pages[TRIGGER["user_return"]] == 576
     assert uncounted.throttle_ns == 19 * MS
 
