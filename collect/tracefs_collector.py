@@ -16,8 +16,11 @@ Three private tracefs instances, so that each can be filtered in the kernel:
                         RCU callbacks free the workload's objects in softirq whichever task is
                         current, and an exited task's mm_struct and page tables are freed by
                         whichever task runs next on its CPU (finish_task_switch); the
-                        collector's own frees are filtered out in task context only, since
-                        interrupts that come while it runs free the workload's objects too.
+                        collector's own frees are filtered out in task context only (the
+                        interrupts that come while it runs free the workload's objects too),
+                        and not its mm_struct frees: an exited task's mm is freed by the
+                        collector when it runs next on that CPU (the page tables freed with
+                        it stay unseen).
                         Only frees of objects the workload allocated are kept (tracefs cannot
                         filter by object: user space does)
 """
@@ -47,11 +50,16 @@ IRQ_FLAGS = ("TRACE_FLAG_SOFTIRQ", "TRACE_FLAG_HARDIRQ", "TRACE_FLAG_NMI")
 
 
 def free_filter(event: str, irq_mask: int, unless_by: list[int]) -> str | None:
-    """Frees, but not those the tasks `unless_by` do in task context. kfree(NULL) and
-    kfree(ZERO_SIZE_PTR) free nothing."""
+    """Frees, but not those the tasks `unless_by` do in task context, other than an mm_struct's:
+    an exited task's mm is freed by whichever task its CPU runs next (finish_task_switch), often
+    the collector, which runs at a higher priority. kfree(NULL) and kfree(ZERO_SIZE_PTR) free
+    nothing."""
     predicates = []
     if unless_by:
-        predicates.append(f"((common_flags & {irq_mask}) || ({' && '.join(f'common_pid != {tid}' for tid in unless_by)}))")
+        others = " && ".join(f"common_pid != {tid}" for tid in unless_by)
+        if event == "kmem_cache_free":
+            others = f'({others}) || name == "mm_struct"'
+        predicates.append(f"((common_flags & {irq_mask}) || ({others}))")
     if event == "kfree":
         predicates.append("ptr > 16")
     return " && ".join(predicates) or None
