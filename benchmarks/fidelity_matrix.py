@@ -20,9 +20,9 @@ Per run: predicted/observed of every metric validate reports on this cgroup vers
 which targets are met (validate's targets; a run whose trace lost events is "not measured",
 which counts as a miss). Per cell: how many runs meet all targets, the runs missing each target
 they missed, and the runs not measured. At the end, per kernel: the share of runs that meet all
-targets (target: 90%) and the measured runs where the model missed an OOM kill (target: none). --markdown FILE writes the cell table for the README, --json FILE
-every run's fidelity.json, both rewritten after each cell (an interrupted matrix keeps what it
-measured). It asserts nothing.
+targets (target: 90%) and the measured runs where the model missed an OOM kill (target: none).
+--markdown FILE writes the cell table for the README, --json FILE every run's fidelity.json, both
+rewritten after each cell (an interrupted matrix keeps what it measured). It asserts nothing.
 
 Run it as root from the project directory (validate needs tracefs and a memory cgroup):
 
@@ -163,7 +163,9 @@ def markdown(table: list[dict], kernel: str) -> str:
 
 def format_cell(row: dict) -> str:
     missed = [f"{SHORT_NAMES[metric]} {row['runs'] - met}" for metric, met in row.items()
-              if metric in SHORT_NAMES and met < row["runs"]] + ([f"{row['not measured']} not measured"] if row["not measured"] else [])
+              if metric in SHORT_NAMES and met < row["runs"]]
+    if row["not measured"]:
+        missed.append(f"{row['not measured']} not measured")
     return f"{row['limit']}: {row['all targets']}/{row['runs']}" + (f" ({', '.join(missed)})" if missed else "")
 
 
