@@ -40,7 +40,8 @@ def report_figures(result: Result, metrics: dict) -> list[Figure]:
     ranking = pl.DataFrame(metrics["call_sites"], schema={"symbol": pl.String, "changed": pl.UInt32, "charges": pl.UInt32})
     return [
         ("Usage over time", "Each policy's memcg usage, at its peak in each interval, against memory.high (orange) and "
-         "memory.max (red). Where the lines part, the policies charged, reclaimed or failed differently.",
+         "memory.max (red), on the policy's own timeline: in closed loop a task's stall delays its later events, so a "
+         "policy that throttles runs longer. Where the lines part, the policies charged, reclaimed or failed differently.",
          charts.usage_over_time(result)),
         ("Above memory.high", "Page-seconds above memory.high: how far and how long usage stayed over the high limit.",
          charts.bar(result, "page_seconds_above_high", "Page-seconds above memory.high", "page-seconds")),
@@ -93,7 +94,9 @@ def _header(result: Result) -> str:
         ("workload", " ".join(target.get("command") or []) or str(target.get("cgroup_path"))),
         ("replayed by", f"chargeplay {result.summary['chargeplay_version']}, {result.summary['engine']} engine"),
         ("replayed with", f"memory.max {format_bytes(limits['max_bytes'])}, memory.high {format_bytes(limits['high_bytes'])}, "
-                          f"swap {'on' if limits['swap'] else 'off'}, reclaim {limits['reclaim_ns_per_page']} ns/page"),
+                          f"swap {'on' if limits['swap'] else 'off'}, reclaim {limits['reclaim_ns_per_call']:,} ns/call "
+                          f"+ {limits['reclaim_ns_per_page']:,} ns/page, "
+                          f"{limits['loop']} loop"),
     ]
     rows = "".join(f"<tr><td>{escape(k)}</td><td>{escape(v)}</td></tr>" for k, v in facts)
     return (f"<h1>chargeplay: how the memcg charge policies part ways</h1>\n"
@@ -109,6 +112,8 @@ SUMMARY_COLUMNS = (
     ("reclaims", lambda s: f"{sum(s['reclaim_calls'].values()):,}"),
     ("pages reclaimed", lambda s: f"{sum(s['reclaimed_pages'].values()):,}"),
     ("stall ms", lambda s: f"{s['stall_ns_total'] / 1e6:.1f}"),
+    ("run s", lambda s: f"{s['run_seconds']:.3f}"),
+    ("stretch", lambda s: f"{s['stretch']:+.1%}"),
     ("OOM kills", lambda s: f"{s['oom_kills']:,}"),
     ("fallbacks", lambda s: f"{s['fallbacks']:,}"),
 )

@@ -60,9 +60,9 @@ def feed_all(session, batches: list) -> None:
     session.finish()
 
 
-def core_rows(trace: Trace, events: int, engine_name: str) -> list[tuple[str, float, float, str]]:
+def core_rows(trace: Trace, events: int, engine_name: str, closed_loop: bool) -> list[tuple[str, float, float, str]]:
     """Steps 1-3, in this process."""
-    limits = limits_for(trace, None, 20 << 20, False)
+    limits = limits_for(trace, None, 20 << 20, False, closed_loop)
     engine = ENGINES[engine_name]
     scan_s, _ = timed(lambda: trace.events().select(COLUMNS).select(pl.all().null_count()).collect())
     rows = [("baseline: scan the replay's columns", scan_s, events / scan_s, "")]
@@ -79,12 +79,13 @@ def core_rows(trace: Trace, events: int, engine_name: str) -> list[tuple[str, fl
     return rows
 
 
-def end_to_end(trace_dir: Path, policies: list[str], engine_name: str) -> child_peak.Measured:
+def end_to_end(trace_dir: Path, policies: list[str], engine_name: str, closed_loop: bool) -> child_peak.Measured:
     """`chargeplay replay` as a child process, from its start to its result files written."""
     with tempfile.TemporaryDirectory() as scratch:
         measured = child_peak.run(
             [sys.executable, "-m", "chargeplay.cli", "replay", str(trace_dir), "-o", str(Path(scratch) / "r"),
-             "--memory-high", HIGH, "--engine", engine_name, *(arg for p in policies for arg in ("--policy", p))])
+             "--memory-high", HIGH, "--engine", engine_name, *(arg for p in policies for arg in ("--policy", p)),
+             *([] if closed_loop else ["--open-loop"])])
     if measured.returncode:
         print(measured.stderr, file=sys.stderr)
     return measured
@@ -97,6 +98,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "chargeplay-bench")
     parser.add_argument("--engine", default="fast", choices=sorted(ENGINES))
     parser.add_argument("--end-to-end-only", action="store_true", help="skip the steps that hold every operation")
+    parser.add_argument("--open-loop", action="store_true", help="replay in open loop (default: closed, as replay does)")
     args = parser.parse_args()
     console = Console()
 
@@ -106,19 +108,20 @@ def main() -> None:
         synthesize(Trace.open(sample_path(args.like)), path, args.events)
     trace = Trace.open(path)
     events = trace.facts.events
-    rows = [] if args.end_to_end_only else core_rows(trace, events, args.engine)
-    fixed = end_to_end(sample_path(args.like), ["mainline-6.18"], args.engine)  # start-up and finish, next to no events
+    closed_loop = not args.open_loop
+    rows = [] if args.end_to_end_only else core_rows(trace, events, args.engine, closed_loop)
+    fixed = end_to_end(sample_path(args.like), ["mainline-6.18"], args.engine, closed_loop)  # start-up and finish, next to no events
     rows.append((f"fixed cost: end to end on the {args.like} sample ({Trace.open(sample_path(args.like)).facts.events:,} "
                  f"events), one policy; {events / END_TO_END_TARGETS['one policy']:.2f} s is the one-policy target's "
                  f"budget", fixed.seconds, 0.0, ""))
     for label, policies in (("one policy", ["mainline-6.18"]), ("all policies", list(policy.BUILTIN))):
-        run = end_to_end(path, policies, args.engine)
+        run = end_to_end(path, policies, args.engine, closed_loop)
         rate = events / run.seconds
         met = rate >= END_TO_END_TARGETS[label] and run.peak_bytes <= MEMORY_TARGET and run.returncode == 0
         rows.append((f"end to end, {label} ({len(policies)}): {run.peak_bytes / (1 << 30):.2f} GiB peak, "
                      f"exit {run.returncode}", run.seconds, rate, "met" if met else "NOT met"))
 
-    table = Table(title=f"replay of {events:,} events ({path})")
+    table = Table(title=f"{'closed' if closed_loop else 'open'}-loop replay of {events:,} events ({path})")
     for column in ("step", "seconds", "trace events/s", "target"):
         table.add_column(column)
     for step, seconds, rate, target in rows:

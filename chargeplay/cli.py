@@ -261,6 +261,8 @@ def replay(
     memory_max: Annotated[Optional[str], typer.Option(help="memory.max to replay with (default: the trace's)")] = None,
     memory_high: Annotated[Optional[str], typer.Option(help="memory.high to replay with (default: the trace's)")] = None,
     swap: Annotated[bool, typer.Option("--swap", help="let reclaim take anon pages")] = False,
+    open_loop: Annotated[bool, typer.Option("--open-loop", help="keep the trace's timeline: a task's stall does not "
+                                            "delay its later events (default: closed loop, it does)")] = False,
     engine: Annotated[str, typer.Option(help="fast (numba) or reference (plain Python)")] = "fast",
 ) -> None:
     """Replay a trace under charge policies; write summary.json, timeseries.parquet, outcomes.parquet."""
@@ -283,7 +285,8 @@ def replay(
     unseen = run.unseen_charges(source)
     if unseen:
         _say(f"warning: {unseen}")
-    limits = run.limits_for(source, _size(memory_max, "--memory-max"), _size(memory_high, "--memory-high"), swap)
+    limits = run.limits_for(source, _size(memory_max, "--memory-max"), _size(memory_high, "--memory-high"), swap,
+                            closed_loop=not open_loop)
     with ProgressBar(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err) as bar:
         task = bar.add_task("reading the trace", total=len(chosen))
@@ -293,10 +296,12 @@ def replay(
 
         summary = run.replay(source, output, chosen, limits, run.ENGINES[engine], step)
         bar.update(task, completed=len(chosen), description="written")
-    rows = Table("policy", "peak", "s above high", "failed", "forced", "reclaims", "stall ms", "fallbacks")
+    rows = Table("policy", "peak", "s above high", "failed", "forced", "reclaims", "stall ms", "run s", "fallbacks",
+                 title=f"{summary['limits']['loop']} loop")
     for name, s in summary["policies"].items():
         rows.add_row(name, format_bytes(s["peak_bytes"]), f"{s['seconds_above_high']:.3f}", f"{s['failed']:,}", f"{s['forced']:,}",
-                     f"{sum(s['reclaim_calls'].values()):,}", f"{s['stall_ns_total'] / 1e6:.1f}", f"{s['fallbacks']:,}")
+                     f"{sum(s['reclaim_calls'].values()):,}", f"{s['stall_ns_total'] / 1e6:.1f}", f"{s['run_seconds']:.3f}",
+                     f"{s['fallbacks']:,}")
     Console().print(rows)
     err.print(f"{output}: summary.json, timeseries.parquet, outcomes.parquet", markup=False, highlight=False)
 

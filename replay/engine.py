@@ -24,11 +24,12 @@ import numpy as np
 from replay import model
 from replay.input import ARRAY_DTYPES, ReplayInput
 from replay.model import (
-    CARRY, FAILCNT, FILE_LRU, FREE_SLAB, GFP_DIRECT_RECLAIM, GFP_FS, GFP_HIGH, GFP_KERNEL, GFP_NOFAIL, GFP_NORETRY,
+    CARRY, CLOSED_LOOP, FAILCNT, FILE_LRU, FREE_SLAB, GFP_DIRECT_RECLAIM, GFP_FS, GFP_HIGH, GFP_KERNEL, GFP_NOFAIL, GFP_NORETRY,
     GFP_RETRY_MAYFAIL, SHRUNK_SLAB_COUNTS,
     HIGH, HIGH_MODE, LAST_TS, LRU_TAIL, MAX, MAX_MEMCGS, MAX_RECLAIM_RETRIES, NOWAIT_HIGH_ORDER, N_KNOBS, N_PER_CPU, N_STATS,
-    OBJ_STOCK_MEMCG, OBJECT_CHARGING, PAGE_NS_ABOVE_HIGH_CARRIES, POOLS, RCU_GRACE_NS, RECLAIMED_PAGES, RECLAIM_CALLS, RECLAIM_NS_PER_PAGE,
-    SLAB_LISTED, STALL, STAT_FIELDS, STOCK_BATCH, STOCK_MEMCGS, STOCK_SLOTS, SWAP, USAGE, WATERMARK_MARGIN, new_per_task,
+    N_CURSOR, OBJ_STOCK_MEMCG, OBJECT_CHARGING, PAGE_NS_ABOVE_HIGH_CARRIES, POOLS, RCU_GRACE_NS, RECLAIMED_PAGES, RECLAIM_CALLS,
+    RECLAIM_NS_PER_CALL, RECLAIM_NS_PER_PAGE, SLAB_COUNT, SLAB_LISTED, STALL, STAT_FIELDS, STOCK_BATCH, STOCK_MEMCGS, STOCK_SLOTS, SWAP, USAGE, WAITING,
+    WATERMARK_MARGIN, new_per_task,
 )
 from replay.ops import LRU_CHARGE, POOL_FILE, RECLAIM_TRIGGERS, GfpBits, Limits
 from replay.policy import HIGH_MODES, Policy
@@ -81,14 +82,16 @@ class Replay:
         self.per_cpu[:, OBJ_STOCK_MEMCG] = -1  # no stock holds any memcg's charge yet
         self.per_cpu[:, STOCK_SLOTS::2] = -1
         self.per_task = new_per_task(start.tasks)
-        self.charged = np.zeros(1, np.bool_)  # by object slot, then -1's slot; grows as feed() needs
+        self.object_state = np.zeros(1, np.int8)  # by object slot, then -1's slot; grows as feed() needs
+        self.object_task = np.full(1, -1, np.int32)  # likewise: the task that allocated it (the closed loop's)
         self.object_slab = np.full(1, -1, np.int32)  # likewise, when slabs are charged
         self.slabs = np.zeros((0, SLAB_LISTED + 1), np.int64)  # grows as feed() needs
         geometry = (start.cache_order, start.cache_min_order, start.cache_objects, start.cache_objects_min)
         self.geometry = np.stack(geometry, axis=1).astype(np.int64).reshape(-1, 4)
         self.caches = np.full((len(self.geometry), 2), -1, np.int64)
-        self.cursor = np.zeros(FREE_SLAB + 1, np.int64)
+        self.cursor = np.zeros(N_CURSOR, np.int64)
         self.cursor[LAST_TS], self.cursor[FREE_SLAB] = start.t_first, -1
+        self.waiting = np.zeros((start.tasks, 2), np.int64)  # the closed loop's heap: a task's first waiting operation
         self.bounds = {"cpu": (0, start.cpus), "task": (0, start.tasks), "obj": (-1, 0),
                        "cache": (-1, len(self.geometry)), "memcg": (0, MAX_MEMCGS)}
 
@@ -102,17 +105,21 @@ class Replay:
             stop = min(start + self.batch_size, len(batch))
             part = {name: np.ascontiguousarray(getattr(batch, name)[start:stop], dtype) for name, dtype in INPUT_DTYPES}
             self._room_for_folios(int(np.count_nonzero((part["op"] == LRU_CHARGE) & (part["pool"] == POOL_FILE))))
-            done = self._replay(part, outcome[start:stop], 0)
-            while done < stop - start:  # it stopped at an allocation the full slab table had no row for
-                self._grow_slabs()
-                done = self._replay(part, outcome[start:stop], done)
+            queued = np.empty((stop - start, 2), np.int64)  # the closed loop's queues of waiting operations
+            done = self._replay(part, outcome[start:stop], queued, 0)
+            while done < stop - start or self.cursor[WAITING]:  # it stopped for a slab row or a time bucket
+                if self.cursor[FREE_SLAB] < 0 and self.cursor[SLAB_COUNT] == len(self.slabs):
+                    self._grow_slabs()
+                else:
+                    self._grow_buckets()
+                done = self._replay(part, outcome[start:stop], queued, done)
         return outcome
 
-    def _replay(self, part: dict[str, np.ndarray], outcome: np.ndarray, first: int) -> int:
+    def _replay(self, part: dict[str, np.ndarray], outcome: np.ndarray, queued: np.ndarray, first: int) -> int:
         return self.model.replay_batch(
-            *part.values(), outcome, first, self.t_first, self.resolution_ns, self.memcg, self.stats, self.knobs,
-            self.per_cpu, self.per_task, self.charged, self.object_slab, self.slabs, self.caches, self.geometry,
-            self.cursor, self.result.bucket_last, self.result.bucket_peak)
+            *part.values(), outcome, queued, first, self.t_first, self.resolution_ns, self.memcg, self.stats, self.knobs,
+            self.per_cpu, self.per_task, self.object_state, self.object_slab, self.object_task, self.slabs, self.caches, self.geometry,
+            self.cursor, self.waiting, self.result.bucket_last, self.result.bucket_peak)
 
     def finish(self) -> EngineResult:
         """Counters, stall and time series of everything fed (outcomes came with each batch)."""
@@ -122,6 +129,8 @@ class Replay:
         result.page_ns_above_high += int(stats[PAGE_NS_ABOVE_HIGH_CARRIES]) * CARRY
         result.failcnt = int(self.memcg[FAILCNT])
         result.stall_ns[:] = self.per_task[:, STALL]
+        result.delay_ns[:] = [self.model.task_delay(self.knobs, self.per_task, task) for task in range(len(self.per_task))]
+        result.end_ns = int(self.cursor[LAST_TS]) - self.t_first
         result.reclaim_calls[:] = stats[RECLAIM_CALLS:RECLAIM_CALLS + len(RECLAIM_TRIGGERS)]
         result.reclaimed_pages[:] = stats[RECLAIMED_PAGES:RECLAIMED_PAGES + len(RECLAIM_TRIGGERS)]
         return result
@@ -148,12 +157,18 @@ class Replay:
 
     def _room_for_objects(self, objects: int) -> None:
         """Grow the per-object arrays (doubling) to hold slots below `objects`; -1's slot stays last."""
-        if objects > len(self.charged) - 1:
-            size = max(objects, 2 * (len(self.charged) - 1)) + 1
-            self.charged = _grown(self.charged, size, False)
+        if objects > len(self.object_state) - 1:
+            size = max(objects, 2 * (len(self.object_state) - 1)) + 1
+            self.object_state = _grown(self.object_state, size, 0)
+            self.object_task = _grown(self.object_task, size, -1)
             if not self.knobs[OBJECT_CHARGING]:
                 self.object_slab = _grown(self.object_slab, size, -1)
             self.bounds["obj"] = (-1, size - 1)
+
+    def _grow_buckets(self) -> None:
+        """Double the usage time series: closed-loop replay runs past the trace's end."""
+        result, size = self.result, 2 * len(self.result.bucket_last)
+        result.bucket_last, result.bucket_peak = (_grown_at_end(a, size) for a in (result.bucket_last, result.bucket_peak))
 
     def _grow_slabs(self) -> None:
         """Double the slab table."""
@@ -168,6 +183,12 @@ def _grown(array: np.ndarray, size: int, fill: object) -> np.ndarray:
     """`array` in `size` elements: its own but the last first, `fill` after them, its last last."""
     grown = np.full(size, fill, array.dtype)
     grown[:len(array) - 1], grown[-1] = array[:-1], array[-1]
+    return grown
+
+
+def _grown_at_end(array: np.ndarray, size: int) -> np.ndarray:
+    grown = np.full(size, -1, array.dtype)
+    grown[:len(array)] = array
     return grown
 
 
@@ -194,8 +215,9 @@ def knobs_array(policy: Policy, limits: Limits, gfp: GfpBits) -> np.ndarray:
     knobs[MAX_RECLAIM_RETRIES] = policy.max_reclaim_retries
     knobs[WATERMARK_MARGIN] = policy.watermark_margin_pages
     knobs[SWAP] = limits.swap
-    knobs[RECLAIM_NS_PER_PAGE] = limits.reclaim_ns_per_page
+    knobs[RECLAIM_NS_PER_CALL], knobs[RECLAIM_NS_PER_PAGE] = limits.reclaim_ns_per_call, limits.reclaim_ns_per_page
     knobs[RCU_GRACE_NS] = limits.rcu_grace_ns
+    knobs[CLOSED_LOOP] = limits.closed_loop
     knobs[GFP_DIRECT_RECLAIM], knobs[GFP_NORETRY] = gfp.direct_reclaim, gfp.noretry
     knobs[GFP_RETRY_MAYFAIL], knobs[GFP_NOFAIL], knobs[GFP_HIGH] = gfp.retry_mayfail, gfp.nofail, gfp.high
     knobs[GFP_FS], knobs[GFP_KERNEL] = gfp.fs, gfp.kernel

@@ -15,8 +15,8 @@ from common.jit import njit
 from replay.object_slots import ALLOC_OP, BYTES, CACHE, MEMCG, NEVER_CHARGED, OP, PAGES, POOL, give_back_slot, take_slot
 from replay.ops import (
     ANON_FREED, ANON_UNMAPPED, FAILED_CHARGE, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, OBJ_ALLOC, OOM_CHARGE,
-    PAGE_ALLOC, PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER, POOL_SLAB_UNRECLAIMABLE, TASK_CLONE_VM, TASK_EXEC,
-    TASK_EXIT, TASK_FORK, USER_RETURN,
+    PAGE_ALLOC, PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER, POOL_SLAB_UNRECLAIMABLE, RECLAIM_TIME,
+    TASK_CLONE_VM, TASK_EXEC, TASK_EXIT, TASK_FORK, USER_RETURN,
 )
 from traces.schema import CLONE_FLAGS, KINDS
 
@@ -38,14 +38,15 @@ N_FACTS = 10
 IN_RECLAIM, KILLED, BEGIN_GFP, BEGIN_ORDER, FAULT_OBJ, FAULT_PAGES, FAULT_RECLAIMS = range(7)
 PINNED, DENTRIES, LAST_LRU, LAST_LRU_VAL = range(7, 11)
 TASK_MEMCG = 11  # the memcg the task charges (an index as stat_memcg's), across the trace
-N_TASK_STATE = 12
+BEGIN_TS = 12  # the time of the task's last reclaim_begin
+N_TASK_STATE = 13
 # Caches by what their objects pin (CACHE_CLASS values).
 ORDINARY, PINNING_INODE, DENTRY = range(3)
 KMALLOC_MAX_CACHE_SIZE = 2 * PAGE_SIZE  # larger kmallocs come from the page allocator
 
 
 @njit
-def segment_operations(kind, task, in_task, charged, nbytes, cache, obj, order, gfp, item, val, stat_memcg, named_task,
+def segment_operations(ts, kind, task, in_task, charged, nbytes, cache, obj, order, gfp, item, val, stat_memcg, named_task,
                        out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool, out_memcg,
                        next_dentry, free_op, tasks, slot_of, free_slots, slot_counts, live, cache_pool, cache_class, facts,
                        unmapped, first_op) -> int:
@@ -163,8 +164,13 @@ def segment_operations(kind, task, in_task, charged, nbytes, cache, obj, order, 
             n += 1
         elif k == RECLAIM_BEGIN:
             tasks[t, IN_RECLAIM], tasks[t, BEGIN_GFP], tasks[t, BEGIN_ORDER] = 1, gfp[i], order[i]
+            tasks[t, BEGIN_TS] = ts[i]
             tasks[t, FAULT_RECLAIMS] += 1
         elif k == RECLAIM_END:
+            if tasks[t, IN_RECLAIM]:  # the task's stall, which the closed loop replaces with the policy's
+                _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool, out_memcg,
+                      n, i, RECLAIM_TIME, 0, 0, ts[i] - tasks[t, BEGIN_TS], -1, -1, POOL_OTHER, tasks[t, TASK_MEMCG])
+                n += 1
             tasks[t, IN_RECLAIM] = 0
         elif k == OOM:
             tasks[t, FAULT_PAGES] = 0  # OOM_CHARGE replays that charge

@@ -44,6 +44,8 @@ target's too):
   reclaim calls before the fault falls back to small pages, and a fault of an OOM victim
   before it has exited, which makes 35 (out_of_memory picks the dying task itself, and its
   charge then fails: passed_oom && task_is_dying);
+- the capturing kernel's memcg reclaims, each as the time it held its task (reclaim_begin to
+  reclaim_end): RECLAIM_TIME. Closed-loop replay replaces that stall with the policy's;
 - returns to user space: USER_RETURN;
 - the task tree: a task_new whose new task shares its parent's mm (CLONE_VM: a thread, a
   vfork child) is TASK_CLONE_VM, one with a copy-on-write copy TASK_FORK (obj: the new task);
@@ -202,6 +204,7 @@ class InputStream:
         out = (np.empty(n, np.int64), np.empty(n, np.int8), np.empty(n, np.int64), np.empty(n, np.int64),
                np.empty(n, np.int64), np.empty(n, np.int32), np.empty(n, np.int64), np.empty(n, np.int8), np.empty(n, np.int16))
         slots = carried.slots
+        slots.new_segment()
         slots.make_room(int(np.count_nonzero(events["charged"])))  # only charged allocations take a slot
         count = passes.segment_operations(
             *(events[name] for name in PASS_COLUMNS), *out, np.empty(n, np.int64), np.empty(n, np.int64), carried.tasks,
@@ -254,7 +257,7 @@ class Carried:
         self.operations = 0  # and their operations
 
 
-PASS_COLUMNS = ("kind", "task", "in_task", "charged", "nbytes", "cache", "obj", "order", "gfp", "item", "val", "stat_memcg",
+PASS_COLUMNS = ("ts", "kind", "task", "in_task", "charged", "nbytes", "cache", "obj", "order", "gfp", "item", "val", "stat_memcg",
                 "named_task")  # replay.events_to_operations.segment_operations's event arguments
 READ_COLUMNS = ["ts_ns", "cpu", "pid", "comm", "ctx", "kind", "memcg_id", "call_site", "cache", "obj", "bytes_alloc",
                 "order", "gfp", "accounted", "item", "val", "failed"]

@@ -22,7 +22,8 @@ native speed; each function takes the arrays it needs:
 - per_task: current->memcg_nr_pages_over_high, stall; per mm, anon pages held, OOM debt, the
   tasks using it and the pages it maps copy-on-write ("tasks and their mm" below);
 - objects by slot (replay.object_slots: reused once freed; -1, no object, gets the last
-  one): whether their charge succeeded, and (slab charging) which slab holds them;
+  one): whether the replay holds an object or pages there or failed their charge, which
+  task allocated them (the closed loop's), and (slab charging) which slab holds them;
 - slabs: rows of a table. Each cache's partial list is a stack threaded through the rows (a
   head per cache, a next per slab); it may hold discarded slabs, which take_partial skips. A
   discarded slab's row is reused (a free list threaded the same way) once no list holds it.
@@ -33,9 +34,10 @@ The approximations:
   in the model is the workload's, so the tightest limit is the one that acts). Memcgs the
   workload made below it (replay.input) keep per-CPU stocks and objcg bytes of their own, but
   their own limits (none in the zoo) are not modelled: their charges count against the target's.
-- Open loop: the trace's timeline is fixed. Reclaim and throttling become stall time of the
-  task, they do not delay its later events. Async reclaim (high_work, watermarks) is
-  instantaneous and stalls nobody.
+- Closed loop (the default; "the closed loop" below): reclaim and throttling are stall time of
+  the task, which delays its later operations. Open loop (CLOSED_LOOP off) keeps the trace's
+  timeline: the stall is only added up. Async reclaim (high_work, watermarks) is instantaneous
+  and stalls nobody.
 - Reclaim takes file pages, then reclaimable slab (for a charge with __GFP_FS), then anon
   pages if swap is on, at `reclaim_ns_per_page` each. Which slab objects a shrinker could
   free (an unused dentry) and which not (an open file's) the trace does not say: the model
@@ -94,7 +96,7 @@ from replay.ops import (
     ANON_FREED, ANON_UNMAPPED, FAILED_CHARGE, HZ, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, MEMCG_CHARGE_BATCH_6X, MEMCG_DELAY_PRECISION_SHIFT,
     MEMCG_DELAY_SCALING_SHIFT, MEMCG_MAX_HIGH_DELAY_JIFFIES, NR_MEMCG_STOCK, OBJ_ALLOC, OBJ_EXT_BYTES, OBJ_FREE, OOM_CHARGE, OUTCOME,
     PAGE_ALLOC, PAGE_ALLOC_COSTLY_ORDER, PAGE_FREE, PAGE_SHIFT, PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES,
-    POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, RECLAIM_TRIGGERS, SWAP_CLUSTER_MAX, TASK_CLONE_VM, TASK_EXEC, TASK_EXIT,
+    POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, RECLAIM_TIME, RECLAIM_TRIGGERS, SWAP_CLUSTER_MAX, TASK_CLONE_VM, TASK_EXEC, TASK_EXIT,
     TASK_FORK, TRIGGER, USER_RETURN,
 )
 from replay.policy import HIGH_MODES
@@ -108,8 +110,8 @@ SYNC, RETURN_TO_USER, MAINLINE, FAIL_NOWAIT, WATERMARK = (HIGH_MODES.index(mode)
 
 # knobs: the policy, limits and gfp bits, one int each.
 (OBJECT_CHARGING, NOWAIT_HIGH_ORDER, STOCK_BATCH, HIGH_MODE, MAX_RECLAIM_RETRIES, WATERMARK_MARGIN, SWAP,
- RECLAIM_NS_PER_PAGE, RCU_GRACE_NS, SHRUNK_SLAB_COUNTS, STOCK_MEMCGS, GFP_DIRECT_RECLAIM, GFP_NORETRY, GFP_RETRY_MAYFAIL,
- GFP_NOFAIL, GFP_HIGH, GFP_FS, GFP_KERNEL) = range(18)
+ RECLAIM_NS_PER_CALL, RECLAIM_NS_PER_PAGE, RCU_GRACE_NS, CLOSED_LOOP, SHRUNK_SLAB_COUNTS, STOCK_MEMCGS, GFP_DIRECT_RECLAIM,
+ GFP_NORETRY, GFP_RETRY_MAYFAIL, GFP_NOFAIL, GFP_HIGH, GFP_FS, GFP_KERNEL) = range(20)
 N_KNOBS = GFP_KERNEL + 1
 
 # memcg: the page counter and what its usage is made of.
@@ -149,15 +151,24 @@ N_PER_CPU = STOCK_SLOTS + 2 * NR_MEMCG_STOCK
 # model holds until it kills it, whether the model's OOM killer chose it (it is dying: tsk_is_oom_victim).
 # Then the task's mm (the row holding it), and on an mm's row: the tasks using it (0: gone), the anon pages it
 # maps copy-on-write from the mm it was forked from, and that mm's row (-1: none). ANON, OOM_DEBT, OOM_KEPT and
-# DYING are kept on the mm's row.
+# DYING are kept on the mm's row. Then the closed loop's (below): the capturing kernel's reclaim time of the
+# task, the delay it started with, its waiting operations (first and last; -1: none), whether its fork waits.
 OVER_HIGH, STALL, ANON, OOM_DEBT, OOM_KEPT, DYING, MM, USERS, INHERITED, COW_FROM = range(10)
-N_TASK_COLUMNS = 10
+KERNEL_STALL, STARTED_LATE, QUEUE_HEAD, QUEUE_TAIL, UNBORN = range(10, 15)
+N_TASK_COLUMNS = 15
 # slabs columns; SLAB_NEXT_PARTIAL threads a partial list (SLAB_LISTED: the slab is on one) or the free rows
 SLAB_CACHE, SLAB_CAPACITY, SLAB_PAGES, SLAB_POOL, SLAB_USED, SLAB_NEXT_PARTIAL, SLAB_LISTED = range(7)
 CURRENT_SLAB, PARTIAL_HEAD = range(2)  # caches columns; -1: none
 ORDER, MIN_ORDER, OBJECTS, OBJECTS_MIN = range(4)  # geometry columns
-# cursor: what the loop carries from one batch to the next; FREE_SLAB: the first reusable slab row, -1: none.
-LAST_TS, SLAB_COUNT, BUCKET, BUCKET_START, BUCKET_END, FREE_SLAB = range(6)
+# cursor: what the loop carries from one batch to the next; FREE_SLAB: the first reusable slab row, -1: none;
+# WAITING: the entries of the closed loop's heap (`waiting`, columns DUE and OP).
+LAST_TS, SLAB_COUNT, BUCKET, BUCKET_START, BUCKET_END, FREE_SLAB, WAITING = range(7)
+N_CURSOR = WAITING + 1
+DUE, OP = range(2)  # waiting columns
+NEXT, CLOCK = range(2)  # queued columns
+END_OF_TIME = np.iinfo(np.int64).max
+# object_state, by object slot: what the replay holds there
+IDLE, HOLDS_OBJECT, HOLDS_PAGES, FAILED_ALLOCATION = range(4)
 
 SATURATED = 1 << 62  # a throttle penalty past any clamp
 DEF_PRIORITY = 12  # reclaim's first, lightest scan: the LRU's size >> 12
@@ -480,6 +491,7 @@ def new_per_task(tasks: int) -> np.ndarray:
     per_task[:, MM] = np.arange(tasks)
     per_task[:, USERS] = 1
     per_task[:, COW_FROM] = -1
+    per_task[:, QUEUE_HEAD] = per_task[:, QUEUE_TAIL] = -1
     return per_task
 
 
@@ -580,7 +592,7 @@ def try_to_free_mem_cgroup_pages(memcg, stats, knobs, per_task, task, nr_pages, 
     stats[RECLAIM_CALLS + trigger] += 1
     stats[RECLAIMED_PAGES + trigger] += lru + slab
     if trigger != BY_ASYNC:
-        per_task[task, STALL] += (lru + slab) * knobs[RECLAIM_NS_PER_PAGE]
+        per_task[task, STALL] += knobs[RECLAIM_NS_PER_CALL] + (lru + slab) * knobs[RECLAIM_NS_PER_PAGE]
     return lru + slab if knobs[SHRUNK_SLAB_COUNTS] else lru
 
 
@@ -1020,75 +1032,262 @@ def slab_free_object(memcg, knobs, per_cpu, slabs, caches, cursor, object_slab, 
 # -- the loop ----------------------------------------------------------------------------------
 
 @njit
-def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, memcg_of, outcome, first,
-                 t_first, resolution_ns, memcg, stats, knobs, per_cpu, per_task, charged, object_slab,
-                 slabs, caches, geometry, cursor, bucket_last, bucket_peak):
-    """Replay a batch's operations from `first` on; outcome is the batch's slice of the result's.
-    The state arrays carry everything from one batch to the next. Returns where it stopped: the
-    batch's end, or an object allocation that could need a slab the full slab table has no row
-    for (the engine grows the table and calls again from there)."""
+def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, memcg_of, outcome, queued, first,
+                 t_first, resolution_ns, memcg, stats, knobs, per_cpu, per_task, object_state, object_slab, object_task,
+                 slabs, caches, geometry, cursor, waiting, bucket_last, bucket_peak):
+    """Replay a batch's operations from `first` on, each at its time on its task's clock (the
+    closed loop below); outcome is the batch's slice of the result's. The state arrays carry
+    everything from one batch to the next; every operation of a batch is replayed by its end.
+    Returns where it stopped: the batch's end, or the operation before which an operation due
+    first could need a slab row or a time bucket the tables have no room for (the engine grows
+    them and calls again from there: cursor[WAITING] says whether operations still wait)."""
     memcg, stats, knobs, per_cpu, per_task = (borrowed(memcg), borrowed(stats), borrowed(knobs), borrowed(per_cpu),
                                               borrowed(per_task))
-    charged, object_slab, slabs, caches = borrowed(charged), borrowed(object_slab), borrowed(slabs), borrowed(caches)
-    geometry, cursor = borrowed(geometry), borrowed(cursor)
-    bucket_last, bucket_peak = borrowed(bucket_last), borrowed(bucket_peak)
-    no_object = charged.shape[0] - 1
-    for i in range(first, ts.shape[0]):
-        t, c, o, m = task[i], cpu[i], op[i], memcg_of[i]
-        if o == OBJ_ALLOC and not knobs[OBJECT_CHARGING] and cursor[FREE_SLAB] < 0 and cursor[SLAB_COUNT] == slabs.shape[0]:
+    object_state, object_slab, object_task = borrowed(object_state), borrowed(object_slab), borrowed(object_task)
+    slabs, caches, geometry, cursor, waiting = borrowed(slabs), borrowed(caches), borrowed(geometry), borrowed(cursor), borrowed(waiting)
+    bucket_last, bucket_peak, queued = borrowed(bucket_last), borrowed(bucket_peak), borrowed(queued)
+    n = ts.shape[0]
+    for i in range(first, n + 1):
+        until = ts[i] if i < n else END_OF_TIME  # at the batch's end, whatever still waits
+        while cursor[WAITING] and waiting[0, DUE] <= until:
+            j, now = waiting[0, OP], max(waiting[0, DUE], cursor[LAST_TS])
+            if not room_for(op[j], now, t_first, resolution_ns, knobs, slabs, cursor, bucket_last):
+                return i
+            dequeue(waiting, cursor, per_task, queued, j)
+            replay_operation(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, memcg_of, outcome, j, now,
+                             t_first, resolution_ns, memcg, stats, knobs, per_cpu, per_task, object_state, object_slab,
+                             slabs, caches, geometry, cursor, bucket_last, bucket_peak)
+            task_went_on(ts, op, obj, nbytes, waiting, cursor, knobs, per_task, queued, j, queued[j, CLOCK], True)
+        if i == n:
+            break
+        if not room_for(op[i], ts[i], t_first, resolution_ns, knobs, slabs, cursor, bucket_last):
             return i
-        now = ts[i]
-        account_time(memcg, stats, cursor[LAST_TS], now)
-        cursor[LAST_TS] = now
-        rcu_do_batch(memcg, knobs, now)
-        slot = obj[i] if obj[i] >= 0 else no_object
-        if (o == OBJ_FREE or o == PAGE_FREE) and not charged[slot]:
-            pass  # the replay failed its allocation: nothing to uncharge
-        elif o == OBJ_ALLOC:  # slab_post_alloc_hook: 6.x charges the object, 4.x the slab it lands in
-            if knobs[OBJECT_CHARGING]:
-                outcome[i] = obj_cgroup_charge(memcg, stats, knobs, per_cpu, per_task, nbytes[i] + OBJ_EXT_BYTES,
-                                               gfp[i], c, t, irq[i], pool[i], m)
-            else:
-                outcome[i] = slab_alloc_object(memcg, stats, knobs, per_cpu, per_task, slabs, caches, geometry, cursor,
-                                               object_slab, slot, cache[i], gfp[i], c, t, irq[i], pool[i], m)
-        elif o == OBJ_FREE:  # slab_free_hook
-            if knobs[OBJECT_CHARGING]:
-                obj_cgroup_uncharge(memcg, knobs, per_cpu, nbytes[i] + OBJ_EXT_BYTES, c, pool[i], m)
-            else:
-                slab_free_object(memcg, knobs, per_cpu, slabs, caches, cursor, object_slab, slot)
-        elif o == PAGE_ALLOC or o == LRU_CHARGE:
-            outcome[i] = charge(memcg, stats, knobs, per_cpu, per_task, pages[i], gfp[i], c, t, irq[i], pool[i], m)
-            if o == LRU_CHARGE and outcome[i] != FAILED:
-                lru_charged(memcg, per_task, pages[i], pool[i], t)
-        elif o == PAGE_FREE or (o == LRU_UNCHARGE and pool[i] == POOL_KMEM_PAGES):  # kernel stacks, socket buffers too
-            uncharge_kmem_pages(memcg, knobs, per_cpu, pages[i], c, pool[i], m)
-        elif o == LRU_UNCHARGE:
-            uncharge_lru(memcg, per_task, pages[i], pool[i], t)
-        elif o == ANON_UNMAPPED:
-            unmap_anon(memcg, per_task, pages[i], t)
-        elif o == ANON_FREED:
-            free_unmapped_anon(memcg, pages[i])
-        elif o == LRU_RECLAIMED:
-            memcg[DEBT + pool[i]] -= pages[i]
-        elif o == LRU_OOM_FREED:
-            free_oom_victim_anon(memcg, per_task, pages[i], t)
-        elif o == OOM_CHARGE or o == FAILED_CHARGE:
-            outcome[i] = charge_the_kernel_could_not_make(memcg, stats, knobs, per_cpu, per_task, pages[i], gfp[i], c, t, irq[i],
-                                                          m)
-        elif o == USER_RETURN:
-            resume_user_mode_work(memcg, stats, knobs, per_task, t)
-        elif o == TASK_FORK or o == TASK_CLONE_VM:
-            copy_mm(per_task, t, obj[i], o == TASK_CLONE_VM)
-        elif o == TASK_EXEC:
-            begin_new_exec(per_task, t)
-        elif o == TASK_EXIT:
-            exit_mm(per_task, t)
-        if (o == OBJ_ALLOC or o == PAGE_ALLOC) and outcome[i] != FAILED:
-            charged[slot] = True
-        elif o == OBJ_FREE or o == PAGE_FREE:
-            charged[slot] = False
-        record_usage(memcg, stats, cursor, now - t_first, resolution_ns, bucket_last, bucket_peak)
-    return ts.shape[0]
+        if (op[i] == OBJ_ALLOC or op[i] == PAGE_ALLOC) and obj[i] >= 0:
+            object_task[obj[i]] = task[i]
+        clock = clock_of(task, irq, op, obj, object_task, i)
+        if clock < 0 or on_time(knobs, per_task, clock):
+            replay_operation(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, memcg_of, outcome, i, ts[i],
+                             t_first, resolution_ns, memcg, stats, knobs, per_cpu, per_task, object_state, object_slab,
+                             slabs, caches, geometry, cursor, bucket_last, bucket_peak)
+            task_went_on(ts, op, obj, nbytes, waiting, cursor, knobs, per_task, queued, i, clock, False)
+        else:
+            enqueue(ts, op, obj, nbytes, waiting, cursor, knobs, per_task, queued, i, clock)
+    return n
+
+
+@njit
+def room_for(o, now, t_first, resolution_ns, knobs, slabs, cursor, bucket_last):
+    """Whether the tables hold what replaying operation `o` at `now` may add: a slab row for an
+    object allocation (slab charging), the usage time bucket of `now`."""
+    if o == OBJ_ALLOC and not knobs[OBJECT_CHARGING] and cursor[FREE_SLAB] < 0 and cursor[SLAB_COUNT] == slabs.shape[0]:
+        return False
+    return (now - t_first) // resolution_ns < bucket_last.shape[0]
+
+
+@njit
+def replay_operation(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, memcg_of, outcome, i, now,
+                     t_first, resolution_ns, memcg, stats, knobs, per_cpu, per_task, object_state, object_slab,
+                     slabs, caches, geometry, cursor, bucket_last, bucket_peak):
+    """Operation i, at `now` (ns, the trace's clock shifted by its task's delay)."""
+    t, c, o, m = task[i], cpu[i], op[i], memcg_of[i]
+    account_time(memcg, stats, cursor[LAST_TS], now)
+    cursor[LAST_TS] = now
+    rcu_do_batch(memcg, knobs, now)
+    slot = obj[i] if obj[i] >= 0 else object_state.shape[0] - 1
+    if (o == OBJ_FREE or o == PAGE_FREE) and not freed_as_charged(object_state, slot, o):
+        pass  # the replay failed its allocation: nothing to uncharge
+    elif o == OBJ_ALLOC:  # slab_post_alloc_hook: 6.x charges the object, 4.x the slab it lands in
+        if knobs[OBJECT_CHARGING]:
+            outcome[i] = obj_cgroup_charge(memcg, stats, knobs, per_cpu, per_task, nbytes[i] + OBJ_EXT_BYTES,
+                                           gfp[i], c, t, irq[i], pool[i], m)
+        else:
+            outcome[i] = slab_alloc_object(memcg, stats, knobs, per_cpu, per_task, slabs, caches, geometry, cursor,
+                                           object_slab, slot, cache[i], gfp[i], c, t, irq[i], pool[i], m)
+    elif o == OBJ_FREE:  # slab_free_hook
+        if knobs[OBJECT_CHARGING]:
+            obj_cgroup_uncharge(memcg, knobs, per_cpu, nbytes[i] + OBJ_EXT_BYTES, c, pool[i], m)
+        else:
+            slab_free_object(memcg, knobs, per_cpu, slabs, caches, cursor, object_slab, slot)
+    elif o == PAGE_ALLOC or o == LRU_CHARGE:
+        outcome[i] = charge(memcg, stats, knobs, per_cpu, per_task, pages[i], gfp[i], c, t, irq[i], pool[i], m)
+        if o == LRU_CHARGE and outcome[i] != FAILED:
+            lru_charged(memcg, per_task, pages[i], pool[i], t)
+    elif o == PAGE_FREE or (o == LRU_UNCHARGE and pool[i] == POOL_KMEM_PAGES):  # kernel stacks, socket buffers too
+        uncharge_kmem_pages(memcg, knobs, per_cpu, pages[i], c, pool[i], m)
+    elif o == LRU_UNCHARGE:
+        uncharge_lru(memcg, per_task, pages[i], pool[i], t)
+    elif o == ANON_UNMAPPED:
+        unmap_anon(memcg, per_task, pages[i], t)
+    elif o == ANON_FREED:
+        free_unmapped_anon(memcg, pages[i])
+    elif o == LRU_RECLAIMED:
+        memcg[DEBT + pool[i]] -= pages[i]
+    elif o == LRU_OOM_FREED:
+        free_oom_victim_anon(memcg, per_task, pages[i], t)
+    elif o == OOM_CHARGE or o == FAILED_CHARGE:
+        outcome[i] = charge_the_kernel_could_not_make(memcg, stats, knobs, per_cpu, per_task, pages[i], gfp[i], c, t, irq[i],
+                                                      m)
+    elif o == USER_RETURN:
+        resume_user_mode_work(memcg, stats, knobs, per_task, t)
+    elif o == TASK_FORK or o == TASK_CLONE_VM:
+        copy_mm(per_task, t, obj[i], o == TASK_CLONE_VM)
+    elif o == TASK_EXEC:
+        begin_new_exec(per_task, t)
+    elif o == TASK_EXIT:
+        exit_mm(per_task, t)
+    elif o == RECLAIM_TIME:
+        per_task[t, KERNEL_STALL] += nbytes[i]
+    if o == OBJ_ALLOC or o == PAGE_ALLOC:
+        object_state[slot] = FAILED_ALLOCATION if outcome[i] == FAILED else HOLDS_OBJECT if o == OBJ_ALLOC else HOLDS_PAGES
+    record_usage(memcg, stats, cursor, now - t_first, resolution_ns, bucket_last, bucket_peak)
+
+
+@njit
+def freed_as_charged(object_state, slot, o):
+    """Whether a free finds in `slot` what the replay charged there (not an allocation it
+    failed); the slot is left empty."""
+    state = object_state[slot]
+    holds = HOLDS_OBJECT if o == OBJ_FREE else HOLDS_PAGES
+    if state == holds or state == FAILED_ALLOCATION:
+        object_state[slot] = IDLE
+    return state == holds
+
+
+# -- the closed loop ---------------------------------------------------------------------------
+#
+# Each task runs on its own clock (knob CLOSED_LOOP; off, every delay is 0 and the trace's order
+# stands). A task's delay is the stall the policy imposed on it (reclaim time, memory.high
+# penalty sleeps) beyond the capturing kernel's own reclaim time in the trace (RECLAIM_TIME),
+# never below 0, plus the delay its parent had when it forked it: a task cannot start before
+# its fork. Each of its operations happens at its trace time plus its delay at that moment.
+# Operations in interrupt context keep their trace time: they are the outside world's (a
+# packet), no task's. A free follows the task that allocated the object, whoever frees it (an
+# RCU callback, a softirq, a child's exit freeing what its parent's fork made): the object
+# lives as long after its allocation as in the trace.
+#
+# The replay takes operations in the order of those times. A task's operations wait in a queue
+# (queued[i, NEXT]: the next one on the same clock, -1 none; queued[i, CLOCK]: that task;
+# QUEUE_HEAD and QUEUE_TAIL per task) while it runs late; the first one of each such queue waits
+# in `waiting`, a binary heap of (time due, operation) with the earliest first (cursor[WAITING]:
+# its size). A task made by a fork that still waits waits too (UNBORN), until its fork is
+# replayed. So a task has an entry in the heap when it has waiting operations and is not
+# UNBORN: at most one per task.
+#
+# Approximations: tasks wait for no other task (a reader whose writer was throttled reads on
+# at its own time, but frees what it reads on the writer's clock; threads of a process run
+# on their own clocks); a batch's operations (a trace segment's, at most BATCH_SIZE of them)
+# are all replayed before the next batch's.
+
+@njit
+def task_delay(knobs, per_task, task):
+    """How far behind its trace the task runs, in ns."""
+    if not knobs[CLOSED_LOOP]:
+        return 0
+    return per_task[task, STARTED_LATE] + max(per_task[task, STALL] - per_task[task, KERNEL_STALL], 0)
+
+
+@njit
+def clock_of(task, irq, op, obj, object_task, i):
+    """The task on whose clock operation i runs; -1: none, it keeps its trace time."""
+    if (op[i] == OBJ_FREE or op[i] == PAGE_FREE) and obj[i] >= 0 and object_task[obj[i]] >= 0:
+        return object_task[obj[i]]
+    return -1 if irq[i] else task[i]
+
+
+@njit
+def on_time(knobs, per_task, task):
+    """Whether the task's next operation is replayed at its trace time: nothing of it waits."""
+    return per_task[task, QUEUE_HEAD] < 0 and not per_task[task, UNBORN] and task_delay(knobs, per_task, task) == 0
+
+
+@njit
+def due(ts, op, nbytes, knobs, per_task, task, i):
+    """When operation i is due on the task's clock: its trace time plus the task's delay. The
+    capturing kernel's reclaim that a RECLAIM_TIME closes is in the trace's timeline already:
+    it comes off the delay from its own time on."""
+    delay = task_delay(knobs, per_task, task)
+    if op[i] == RECLAIM_TIME and knobs[CLOSED_LOOP]:
+        delay = per_task[task, STARTED_LATE] + max(per_task[task, STALL] - per_task[task, KERNEL_STALL] - nbytes[i], 0)
+    return ts[i] + delay
+
+
+@njit
+def enqueue(ts, op, obj, nbytes, waiting, cursor, knobs, per_task, queued, i, clock):
+    """Operation i waits behind the operations on its clock; the first one waits for its time."""
+    if (op[i] == TASK_FORK or op[i] == TASK_CLONE_VM) and obj[i] != clock and per_task[obj[i], QUEUE_HEAD] < 0:
+        per_task[obj[i], UNBORN] = 1  # its operations wait for this one
+    queued[i, NEXT], queued[i, CLOCK] = -1, clock
+    if per_task[clock, QUEUE_HEAD] < 0:
+        per_task[clock, QUEUE_HEAD] = i
+        if not per_task[clock, UNBORN]:
+            heap_push(waiting, cursor, due(ts, op, nbytes, knobs, per_task, clock, i), i)
+    else:
+        queued[per_task[clock, QUEUE_TAIL], NEXT] = i
+    per_task[clock, QUEUE_TAIL] = i
+
+
+@njit
+def dequeue(waiting, cursor, per_task, queued, i):
+    """Operation i, the heap's earliest and the first on its clock, is due: the next one comes first."""
+    heap_pop(waiting, cursor)
+    clock = queued[i, CLOCK]
+    per_task[clock, QUEUE_HEAD] = queued[i, NEXT]
+    if queued[i, NEXT] < 0:
+        per_task[clock, QUEUE_TAIL] = -1
+
+
+@njit
+def task_went_on(ts, op, obj, nbytes, waiting, cursor, knobs, per_task, queued, i, clock, was_waiting):
+    """After operation i: a forked task starts on its parent's clock, and when i waited, the next
+    operation on its clock waits for its own time."""
+    if op[i] == TASK_FORK or op[i] == TASK_CLONE_VM:
+        child = obj[i]
+        per_task[child, STARTED_LATE] = task_delay(knobs, per_task, clock)
+        if per_task[child, UNBORN]:
+            per_task[child, UNBORN] = 0
+            first = per_task[child, QUEUE_HEAD]
+            if first >= 0:
+                heap_push(waiting, cursor, due(ts, op, nbytes, knobs, per_task, child, first), first)
+    first = per_task[clock, QUEUE_HEAD] if clock >= 0 else -1
+    if was_waiting and first >= 0:
+        heap_push(waiting, cursor, due(ts, op, nbytes, knobs, per_task, clock, first), first)
+
+
+@njit
+def heap_push(waiting, cursor, due, i):
+    k = cursor[WAITING]
+    cursor[WAITING] += 1
+    while k > 0:
+        parent = (k - 1) // 2
+        if not earlier(due, i, waiting[parent, DUE], waiting[parent, OP]):
+            break
+        waiting[k, DUE], waiting[k, OP] = waiting[parent, DUE], waiting[parent, OP]
+        k = parent
+    waiting[k, DUE], waiting[k, OP] = due, i
+
+
+@njit
+def heap_pop(waiting, cursor):
+    """Drop the earliest entry."""
+    cursor[WAITING] -= 1
+    size = cursor[WAITING]
+    due, i = waiting[size, DUE], waiting[size, OP]
+    k = 0
+    while 2 * k + 1 < size:
+        child = 2 * k + 1
+        if child + 1 < size and earlier(waiting[child + 1, DUE], waiting[child + 1, OP], waiting[child, DUE], waiting[child, OP]):
+            child += 1
+        if not earlier(waiting[child, DUE], waiting[child, OP], due, i):
+            break
+        waiting[k, DUE], waiting[k, OP] = waiting[child, DUE], waiting[child, OP]
+        k = child
+    waiting[k, DUE], waiting[k, OP] = due, i
+
+
+@njit
+def earlier(due, i, other_due, other_i):
+    """Time order; operations due at once go in trace order."""
+    return due < other_due or (due == other_due and i < other_i)
 
 
 @intrinsic

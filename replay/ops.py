@@ -26,6 +26,7 @@ TASK_FORK = 14  # a task is made with a copy-on-write copy of its parent's mm (t
 TASK_CLONE_VM = 15  # a task is made sharing its parent's mm (a thread, a vfork child); obj: the new task
 TASK_EXEC = 16  # the task executes a file: a new mm
 TASK_EXIT = 17  # the task exits: it leaves its mm
+RECLAIM_TIME = 18  # the capturing kernel held the task in memcg reclaim for `bytes` ns (reclaim_begin to reclaim_end)
 
 # Pools the memcg's usage is split into; reclaim takes from some of them.
 POOL_FILE, POOL_ANON, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, POOL_KMEM_PAGES, POOL_OTHER = range(6)
@@ -88,7 +89,12 @@ class Limits:
     max_pages: int = UNLIMITED
     high_pages: int = UNLIMITED
     swap: bool = False  # whether reclaim may take anon pages
-    reclaim_ns_per_page: int = 1000  # cost of reclaim, charged to the reclaiming task as stall
+    # The cost of a memcg reclaim call, charged to the reclaiming task as stall (replay.run.reclaim_cost)
+    reclaim_ns_per_call: int = 0
+    reclaim_ns_per_page: int = 1000
     # How long slab that reclaim shrank stays charged: an RCU grace period. 20 ms is what the development VM's
     # traces show from a memcg reclaim to the softirq frees of the dentries and inodes it pruned (14 to 40 ms).
     rcu_grace_ns: int = 20_000_000
+    # Closed loop: a task's stall delays its later operations (replay.model, "the closed loop"); open loop keeps
+    # the trace's timeline and only adds the stall up.
+    closed_loop: bool = True

@@ -13,6 +13,7 @@ from replay.ops import RECLAIM_TRIGGERS
 class EngineResult:
     outcome: np.ndarray  # uint8 per operation (replay.ops.OUTCOMES)
     stall_ns: np.ndarray  # int64 per task
+    delay_ns: np.ndarray  # int64 per task: how much later than in the trace it ended (closed loop; 0 in open loop)
     reclaim_calls: np.ndarray  # int64 per trigger (replay.ops.RECLAIM_TRIGGERS)
     reclaimed_pages: np.ndarray  # int64 per trigger
     bucket_last: np.ndarray  # int64 usage (pages) at the end of each time bucket; -1: no event in it
@@ -31,11 +32,12 @@ class EngineResult:
     page_ns_above_high: int = 0  # integral of (usage - high) over time, in page-nanoseconds
     throttle_ns: int = 0  # memory.high penalty sleeps (part of stall_ns)
     peak_pages: int = 0
+    end_ns: int = 0  # the last operation's time on the replay's clock, from the trace's start
 
     @classmethod
     def empty(cls, operations: int, tasks: int, buckets: int, resolution_ns: int) -> "EngineResult":
         return cls(
-            outcome=np.zeros(operations, np.uint8), stall_ns=np.zeros(tasks, np.int64),
+            outcome=np.zeros(operations, np.uint8), stall_ns=np.zeros(tasks, np.int64), delay_ns=np.zeros(tasks, np.int64),
             reclaim_calls=np.zeros(len(RECLAIM_TRIGGERS), np.int64), reclaimed_pages=np.zeros(len(RECLAIM_TRIGGERS), np.int64),
             bucket_last=np.full(buckets, -1, np.int64), bucket_peak=np.full(buckets, -1, np.int64),
             resolution_ns=resolution_ns,

@@ -38,7 +38,9 @@ from traces.reader import SIDE_TABLES, Trace
 
 SUMMARY, TIMESERIES, OUTCOMES_FILE = "summary.json", "timeseries.parquet", "outcomes.parquet"
 FILES = (SUMMARY, TIMESERIES, OUTCOMES_FILE)
-RESULT_FORMAT = 2  # 1: outcomes held only the trace row, and summary.json the trace's path as typed
+# 1: outcomes held only the trace row, and summary.json the trace's path as typed; 2: open loop only (no
+# limits.loop, run_seconds, stretch, delay_ns_by_pid)
+RESULT_FORMAT = 3
 
 # What a charge operation charged (outcomes.parquet's `kind`): its operation and, for the
 # memcg stat changes replayed as LRU charges, the pool (replay.input says which is which).
@@ -75,17 +77,19 @@ POLICY_SHAPE = {
     "description": str,
     "knobs": MapOf((str, int, bool)),
     **{name: COUNT for name in ("peak_bytes", "failed", "forced", "stall_ns_total", "oom_kills", "fallbacks")},
-    **{name: float for name in ("seconds_above_high", "page_seconds_above_high")},
+    **{name: float for name in ("seconds_above_high", "page_seconds_above_high", "run_seconds", "stretch")},
     **{name: {trigger: COUNT for trigger in RECLAIM_TRIGGERS} for name in ("reclaim_calls", "reclaimed_pages")},
     "failed_by_gfp_class": MapOf(COUNT),
     "stall_ns_by_pid": MapOf(COUNT, integer_keys=True),
+    "delay_ns_by_pid": MapOf(COUNT, integer_keys=True),
 }
 # What readers rely on in summary.json (other keys are free).
 SUMMARY_SHAPE = {
     "chargeplay_version": str,
     "engine": str,
     "trace": {"content_id": str, "path": str, "absolute_path": str},
-    "limits": {"max_bytes": LIMIT, "high_bytes": LIMIT, "swap": bool, "reclaim_ns_per_page": COUNT},
+    "limits": {"max_bytes": LIMIT, "high_bytes": LIMIT, "swap": bool, "reclaim_ns_per_call": COUNT, "reclaim_ns_per_page": COUNT,
+               "loop": str},
     "policies": MapOf(POLICY_SHAPE),
 }
 

@@ -12,7 +12,7 @@ import polars as pl
 
 from replay.input import InputStream, ReplayInput
 from replay import result_format
-from replay.ops import OUTCOME, OUTCOMES, PAGE_SIZE, RECLAIM_TRIGGERS, UNLIMITED, GfpBits, Limits
+from replay.ops import OUTCOME, OUTCOMES, PAGE_SIZE, RECLAIM_TRIGGERS, SWAP_CLUSTER_MAX, UNLIMITED, GfpBits, Limits
 from replay.policy import Policy
 from replay.engine import Compiled, Interpreted
 from replay.result import EngineResult
@@ -21,6 +21,9 @@ from traces.gfp import gfp_class
 from traces.manifest import TraceError
 from traces.reader import Trace
 
+# Without reclaim in the trace to measure: a memcg reclaim call that finds nothing took 45 to 65 us (median per
+# trace) in the development VM's zoo traces, and each page reclaimed 0.4 to 0.9 us more.
+DEFAULT_RECLAIM_NS_PER_CALL = 50_000
 DEFAULT_RECLAIM_NS_PER_PAGE = 1000
 MAX_BUCKETS = 10_000
 
@@ -45,7 +48,7 @@ def replay_whole(engine: type[Engine], data: ReplayInput, policy: Policy, limits
     return result
 
 
-def limits_for(trace: Trace, memory_max: int | None, memory_high: int | None, swap: bool) -> Limits:
+def limits_for(trace: Trace, memory_max: int | None, memory_high: int | None, swap: bool, closed_loop: bool = True) -> Limits:
     """The target's limits (the tightest along its ancestors), unless given; in pages."""
     target = trace.manifest.get("target", {})
     chain = [target, *target.get("ancestors", [])]
@@ -59,7 +62,8 @@ def limits_for(trace: Trace, memory_max: int | None, memory_high: int | None, sw
         max_pages=max_bytes // PAGE_SIZE if max_bytes else UNLIMITED,
         high_pages=high_bytes // PAGE_SIZE if high_bytes else UNLIMITED,
         swap=swap,
-        reclaim_ns_per_page=reclaim_cost(trace),
+        **reclaim_cost(trace),
+        closed_loop=closed_loop,
     )
 
 
@@ -79,18 +83,29 @@ def unseen_charges(trace: Trace) -> str | None:
             "which records them through kprobes)")
 
 
-def reclaim_cost(trace: Trace) -> int:
-    """ns per reclaimed page, from the trace's own memcg reclaim begin/end pairs (per task)."""
+def reclaim_cost(trace: Trace) -> dict[str, int]:
+    """What a memcg reclaim costs the task that makes it, from the trace's own reclaim begin/end
+    pairs (per task): ns per call, the median duration of the calls that reclaimed nothing, and
+    ns per page, the median of what each call that reclaimed a batch (SWAP_CLUSTER_MAX) or more
+    took beyond that, per page. Medians: a call
+    the scheduler preempted takes milliseconds. Most calls near an OOM kill reclaim nothing, so
+    a cost per page alone (their time over the few pages some call got) came out at milliseconds
+    a page."""
     pairs = (
         trace.events().filter(pl.col("kind").is_in(["reclaim_begin", "reclaim_end"]))
         .select("pid", "kind", "ts_ns", "val").collect()
         .with_columns(pl.col("ts_ns").shift(1).over("pid").alias("began"), pl.col("kind").shift(1).over("pid").alias("before"))
         .filter((pl.col("kind") == "reclaim_end") & (pl.col("before") == "reclaim_begin"))
     )
-    pages = int(pairs["val"].sum() or 0)
-    if not pages:
-        return DEFAULT_RECLAIM_NS_PER_PAGE
-    return max(int((pairs["ts_ns"] - pairs["began"]).sum() // pages), 1)
+    took = (pairs["ts_ns"] - pairs["began"]).to_numpy()
+    pages = pairs["val"].fill_null(0).to_numpy()
+    if (pages == 0).any():
+        per_call = int(np.median(took[pages == 0]))
+    else:  # every call reclaimed (or none was made): the default, but no more than the quickest took
+        per_call = int(took.min(initial=DEFAULT_RECLAIM_NS_PER_CALL))
+    busy = pages >= SWAP_CLUSTER_MAX  # a few pages cannot be told from a call's own cost
+    per_page = int(np.median(np.maximum(took[busy] - per_call, 0) / pages[busy])) if busy.any() else DEFAULT_RECLAIM_NS_PER_PAGE
+    return {"reclaim_ns_per_call": per_call, "reclaim_ns_per_page": per_page}
 
 
 def resolution_for(stream: InputStream) -> int:
@@ -110,6 +125,7 @@ def replay(
     make_private_dir(output)
     failed_gfp: dict[str, Counter[int]] = {name: Counter() for name in engines}  # failed charges per gfp value
     outcome_counts = {name: np.zeros(len(OUTCOMES), np.int64) for name in engines}
+    spans = TaskSpans(start.tasks)
     done = 0
     with result_format.OutcomeWriter(output, list(engines), trace.gfp_flags) as outcomes:
         for index, (batch, about) in enumerate(stream.described_batches()):
@@ -122,18 +138,37 @@ def replay(
                 failed_gfp[name].update(dict(zip(values.tolist(), counts.tolist())))
                 done += 1
             outcomes.write(batch, about, batch_outcomes)
+            spans.add(batch)
     results = {name: session.finish() for name, session in engines.items()}
     engine_name = next(name for name, known in ENGINES.items() if known is engine)
-    summary = summarize(trace, output, engine_name, policies, stream, results, outcome_counts, failed_gfp, limits)
+    summary = summarize(trace, output, engine_name, policies, stream, results, outcome_counts, failed_gfp, limits, spans)
     result_format.write_summary(output, summary)
     result_format.write_timeseries(output, timeseries(results, limits))
     return summary
 
 
+class TaskSpans:
+    """When each task's first and last operations are in the trace: its run time, which the
+    closed loop stretches."""
+
+    def __init__(self, tasks: int) -> None:
+        self.first = np.full(tasks, np.iinfo(np.int64).max, np.int64)
+        self.last = np.full(tasks, np.iinfo(np.int64).min, np.int64)
+
+    def add(self, batch: ReplayInput) -> None:
+        np.minimum.at(self.first, batch.task, batch.ts)
+        np.maximum.at(self.last, batch.task, batch.ts)
+
+    def stretch(self, delay_ns: np.ndarray) -> np.ndarray:
+        """Each task's delay over its run time in the trace (a task of one operation: over 1 ns)."""
+        return delay_ns / np.maximum(self.last - self.first, 1)
+
+
 def summarize(
     trace: Trace, output: Path, engine: str, policies: list[Policy], stream: InputStream, results: dict[str, EngineResult],
-    outcome_counts: dict[str, np.ndarray], failed_gfp: dict[str, Counter[int]], limits: Limits,
+    outcome_counts: dict[str, np.ndarray], failed_gfp: dict[str, Counter[int]], limits: Limits, spans: TaskSpans,
 ) -> dict:
+    trace_ns = max(stream.t_last - stream.t_first, 1)
     figures = {}
     for name, r in results.items():
         classes = Counter()
@@ -151,9 +186,15 @@ def summarize(
             "page_seconds_above_high": r.page_ns_above_high / 1e9,
             "stall_ns_total": int(r.stall_ns.sum()),
             "stall_ns_by_pid": {int(pid): int(ns) for pid, ns in zip(stream.task_pids, r.stall_ns) if ns},
+            "run_seconds": r.end_ns / 1e9,
+            "stretch": max(r.end_ns, trace_ns) / trace_ns - 1,
+            "delay_ns_by_pid": {int(pid): int(ns) for pid, ns in zip(stream.task_pids, r.delay_ns) if ns},
+            "stretch_by_pid": {int(pid): float(x) for pid, x in zip(stream.task_pids, spans.stretch(r.delay_ns)) if x},
         }
     limits_bytes = {"max_bytes": _bytes(limits.max_pages), "high_bytes": _bytes(limits.high_pages),
-                    "swap": limits.swap, "reclaim_ns_per_page": limits.reclaim_ns_per_page, "rcu_grace_ns": limits.rcu_grace_ns}
+                    "swap": limits.swap, "reclaim_ns_per_call": limits.reclaim_ns_per_call,
+                    "reclaim_ns_per_page": limits.reclaim_ns_per_page, "rcu_grace_ns": limits.rcu_grace_ns,
+                    "loop": "closed" if limits.closed_loop else "open"}
     return result_format.summary_document(trace, output, engine, policies, limits_bytes, figures)
 
 

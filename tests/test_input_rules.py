@@ -10,9 +10,10 @@ import pytest
 from replay.input import InputStream, build
 from replay.ops import (
     ANON_FREED, ANON_UNMAPPED, FAILED_CHARGE, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, OBJ_ALLOC, OBJ_FREE, OOM_CHARGE, POOL_ANON,
-    POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, TASK_CLONE_VM, TASK_EXEC, TASK_EXIT,
-    TASK_FORK, USER_RETURN,
+    POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, RECLAIM_TIME, TASK_CLONE_VM, TASK_EXEC,
+    TASK_EXIT, TASK_FORK, USER_RETURN,
 )
+from replay.run import reclaim_cost
 from traces.atomic import write_json
 from traces.manifest import MANIFEST
 from traces.reader import Trace
@@ -96,9 +97,10 @@ def trace(tmp_path_factory) -> Trace:
 
 
 def written(path, manifest: dict, events: list[dict]) -> Trace:
-    """A trace of these events (a microsecond apart, ten to a segment) under LIKE's manifest and slab table."""
+    """A trace of these events (a microsecond apart unless they say when, ten to a segment) under LIKE's
+    manifest and slab table."""
     for ts, row in enumerate(events):
-        row["ts_ns"] = 1_000 * (ts + 1)
+        row.setdefault("ts_ns", 1_000 * (ts + 1))
     manifest.update(segments=[], events=len(events))
     writer = SegmentWriter(path, lambda segment: manifest["segments"].append(segment.__dict__), max_events=10)
     writer.write(pa.Table.from_pylist(events, schema=EVENT_SCHEMA))
@@ -119,37 +121,46 @@ def test_each_event_makes_the_operation_the_rules_say(trace):
         (0, USER_RETURN, 0, POOL_OTHER, -1, -1, 0, task, False),
         (1, OBJ_ALLOC, 0, POOL_SLAB_UNRECLAIMABLE, dentry, 1, account, task, False),  # pinned by the inode of row 3
         (2, OBJ_FREE, 0, POOL_SLAB_UNRECLAIMABLE, dentry, 1, 0, task, False),  # its free too, though it came first
-        (3, OBJ_ALLOC, 0, POOL_SLAB_UNRECLAIMABLE, inode, 1, account, task, False),  # slot 1 again, freed at row 2
+        (3, OBJ_ALLOC, 0, POOL_SLAB_UNRECLAIMABLE, inode, 2, account, task, False),  # slot 1, freed at row 2, waits
         (4, USER_RETURN, 0, POOL_OTHER, -1, -1, 0, task, False),
-        (5, OBJ_ALLOC, 0, POOL_SLAB_RECLAIMABLE, dentry, 2, account, task, False),  # dentry: SLAB_RECLAIM_ACCOUNT
+        (5, OBJ_ALLOC, 0, POOL_SLAB_RECLAIMABLE, dentry, 3, account, task, False),  # dentry: SLAB_RECLAIM_ACCOUNT
         (6, LRU_CHARGE, 4, POOL_ANON, -1, -1, gfp["GFP_HIGHUSER_MOVABLE"], task, False),
         (8, LRU_CHARGE, 2, POOL_FILE, -1, -1, gfp["GFP_HIGHUSER_MOVABLE"], task, False),
-        (10, OBJ_ALLOC, 0, POOL_SLAB_UNRECLAIMABLE, kmalloc64, 3, account, task, False),
+        (10, OBJ_ALLOC, 0, POOL_SLAB_UNRECLAIMABLE, kmalloc64, 1, account, task, False),  # a new segment: slot 1 again
         (12, LRU_RECLAIMED, 3, POOL_FILE, -1, -1, gfp["GFP_HIGHUSER_MOVABLE"], task, False),
+        (13, RECLAIM_TIME, 0, POOL_OTHER, -1, -1, 0, task, False),
         (14, OOM_CHARGE, 1, POOL_ANON, -1, -1, account, task, False),  # order and gfp of the reclaim_begin of row 11
         (15, LRU_OOM_FREED, 5, POOL_ANON, -1, -1, gfp["GFP_HIGHUSER_MOVABLE"], victim, False),
         (16, LRU_CHARGE, 3, POOL_KMEM_PAGES, -1, -1, gfp["GFP_ATOMIC"], task, True),
-        (17, OBJ_FREE, 0, POOL_SLAB_RECLAIMABLE, dentry, 2, 0, task, False),
+        (17, OBJ_FREE, 0, POOL_SLAB_RECLAIMABLE, dentry, 3, 0, task, False),
         (18, LRU_CHARGE, 6, POOL_ANON, -1, -1, gfp["GFP_HIGHUSER_MOVABLE"], task, False),
         (20, ANON_UNMAPPED, 6, POOL_ANON, -1, -1, gfp["GFP_HIGHUSER_MOVABLE"], task, False),
         (21, ANON_FREED, 2, POOL_ANON, -1, -1, gfp["GFP_HIGHUSER_MOVABLE"], victim, False),
         (23, ANON_FREED, 3, POOL_ANON, -1, -1, gfp["GFP_HIGHUSER_MOVABLE"], task, False),
         (24, ANON_FREED, 1, POOL_ANON, -1, -1, gfp["GFP_HIGHUSER_MOVABLE"], task, False),
+        (27, RECLAIM_TIME, 0, POOL_OTHER, -1, -1, 0, task, False),
+        (29, RECLAIM_TIME, 0, POOL_OTHER, -1, -1, 0, task, False),
         (30, FAILED_CHARGE, 512, POOL_ANON, -1, -1, gfp["GFP_TRANSHUGE"], task, False),  # order of row 25, gfp of 28
+        (33, RECLAIM_TIME, 0, POOL_OTHER, -1, -1, 0, task, False),
         (34, LRU_CHARGE, 1, POOL_ANON, -1, -1, gfp["GFP_HIGHUSER_MOVABLE"], task, False),
+        (40, RECLAIM_TIME, 0, POOL_OTHER, -1, -1, 0, task, False),  # its reclaim_begin came a segment before
         (41, USER_RETURN, 0, POOL_OTHER, -1, -1, 0, task, False),
     ]
     got = list(zip(data.row.tolist(), data.op.tolist(), data.pages.tolist(), data.pool.tolist(), data.cache.tolist(),
                    data.obj.tolist(), data.gfp.tolist(), data.task.tolist(), data.irq.tolist()))
     assert got == expected
     assert data.bytes[data.op == OBJ_FREE].tolist() == [192, 192]  # a free has its allocation's size
+    # the capturing kernel's reclaims, each as the ns from its reclaim_begin (events are 1 us apart)
+    assert data.bytes[data.op == RECLAIM_TIME].tolist() == [2000, 1000, 1000, 1000, 1000]
 
 
 def test_the_segments_carry_what_spans_them(trace):
     assert len(trace.segment_paths) == 5  # rows 0-9, 10-19, ...: the free of row 17 found its allocation of
-    # row 5, rows 20-24 the unmapped pages of the segment before, and row 30 the THP of row 25
+    # row 5, rows 20-24 the unmapped pages of the segment before, row 30 the THP of row 25, and row 40 the
+    # reclaim_begin of row 39
     batches = [batch.row.tolist() for batch in InputStream(trace).batches()]
-    assert batches == [[0, 1, 2, 3, 4, 5, 6, 8], [10, 12, 14, 15, 16, 17, 18], [20, 21, 23, 24], [30, 34], [41]]
+    assert batches == [[0, 1, 2, 3, 4, 5, 6, 8], [10, 12, 13, 14, 15, 16, 17, 18], [20, 21, 23, 24, 27, 29], [30, 33, 34],
+                       [40, 41]]
 
 
 def test_each_operation_charges_the_memcg_below_the_target_its_task_charges_pages_to(tmp_path):
@@ -217,3 +228,17 @@ def test_the_task_tree_makes_task_operations_but_the_kernels_oom_victim_lives_on
         (2, TASK_CLONE_VM, ids[VICTIM], ids[child]), (3, TASK_EXEC, ids[child], -1), (4, TASK_EXIT, ids[child], -1),
         (8, TASK_EXIT, ids[thread], -1),
     ]
+
+
+def test_reclaim_costs_a_call_and_a_time_per_page_measured_by_medians(tmp_path):
+    # Three calls reclaim nothing, in 50 us, 70 us and 3 ms (preempted): 70 us a call, the median.
+    # Two reclaim a batch or more: 64 pages in 102 us and 32 in 86 us, 0.5 us a page beyond the
+    # call's own cost; 8 pages in 5 ms are too few to tell a page's cost from the call's.
+    manifest = json.loads((sample_path(LIKE) / MANIFEST).read_text())
+    calls = [(0, 50_000), (0, 70_000), (0, 3_000_000), (64, 102_000), (32, 86_000), (8, 5_000_000)]
+    events, t = [], 0
+    for pages, took in calls:
+        events += [dict(kind="reclaim_begin", pid=TASK, ctx="task", cpu=0, ts_ns=t + 1, gfp=0, order=0),
+                   dict(kind="reclaim_end", pid=TASK, ctx="task", cpu=0, ts_ns=t + 1 + took, val=pages)]
+        t += 10_000_000
+    assert reclaim_cost(written(tmp_path / "t", manifest, events)) == {"reclaim_ns_per_call": 70_000, "reclaim_ns_per_page": 500}

@@ -21,9 +21,12 @@ def test_slots_are_handed_out_again_after_a_free():
     slots = ObjectSlots()
     take = lambda pseudonym: take_slot(slots.slot_of, slots.free, slots.counts, pseudonym)  # noqa: E731
     give_back = lambda pseudonym: give_back_slot(slots.slot_of, slots.free, slots.counts, pseudonym)  # noqa: E731
-    # 10 -> 1, 11 -> 2, 10 gives 1 back, 12 takes it, 11 gives 2 back; 99 was never
-    # allocated: nothing to give back (slot 0, where nothing is ever charged).
-    assert [take(10), take(11), give_back(10), take(12), give_back(11), give_back(99)] == [1, 2, 1, 1, 2, NEVER_CHARGED]
+    # 10 -> 1, 11 -> 2, 10 gives 1 back, which waits for the next segment: 12 takes 3. In the
+    # next segment, 13 takes 1, 11 gives 2 back, and 14 takes 4; 99 was never allocated:
+    # nothing to give back (slot 0, where nothing is ever charged).
+    assert [take(10), take(11), give_back(10), take(12)] == [1, 2, 1, 3]
+    slots.new_segment()
+    assert [take(13), give_back(11), take(14), give_back(99)] == [1, 2, 4, NEVER_CHARGED]
 
 
 def test_slots_and_live_allocations_survive_growing():
@@ -34,6 +37,7 @@ def test_slots_and_live_allocations_survive_growing():
     assert len(slots.free) >= 5001 and len(slots.live) == len(slots.free)
     assert slots.live[first, POOL] == 3
     assert give_back_slot(slots.slot_of, slots.free, slots.counts, 5) == first
+    slots.new_segment()
     assert take_slot(slots.slot_of, slots.free, slots.counts, 7) == first
 
 

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from replay.input import ReplayInput
 from replay.model import FILE_LRU, FREED_FOLIOS, HIGH, LRU_HEAD, LRU_TAIL, POOLS, SLAB_COUNT, USAGE
 from replay.ops import (
-    ANON_FREED, ANON_UNMAPPED, FAILED_CHARGE, TASK_CLONE_VM, TASK_FORK, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, OBJ_ALLOC, OBJ_FREE, OOM_CHARGE, OUTCOME, PAGE_ALLOC, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER,
-    POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, TRIGGER, UNLIMITED, USER_RETURN, GfpBits, Limits,
+    ANON_FREED, ANON_UNMAPPED, FAILED_CHARGE, PAGE_FREE, TASK_CLONE_VM, TASK_FORK, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, OBJ_ALLOC, OBJ_FREE, OOM_CHARGE, OUTCOME, PAGE_ALLOC, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER,
+    POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, RECLAIM_TIME, TRIGGER, UNLIMITED, USER_RETURN, GfpBits, Limits,
 )
 from replay.policy import BUILTIN
 from replay.run import ENGINES, replay_whole
@@ -497,6 +497,65 @@ def test_watermark_reclaims_asynchronously_below_the_margin(engine):
     r = engine(data, policy, Limits(max_pages=1000))
     assert r.reclaim_calls[TRIGGER["async"]] == 1 and r.reclaimed_pages[TRIGGER["async"]] == 10
     assert r.stall_ns.sum() == 0
+
+
+# Closed loop: a task's stall delays its later operations. In each scenario below, task 0
+# charges 64 anon pages at 0 ms over memory.high 100M (usage 104M: 26560 pages held by
+# nobody, nothing reclaimable) and returns to user space at 1 ms: 17 fruitless reclaim
+# calls, then it sleeps off the overage, 102 ms as in the test above (102 jiffies at HZ 1000).
+THROTTLED = [{"op": LRU_CHARGE, "pages": 64, "pool": POOL_ANON}, {"op": USER_RETURN}]
+OVER_HIGH = {POOL_OTHER: 26624 - 64}
+
+
+def test_a_throttled_task_runs_102_ms_late_and_only_it(engine):
+    # At 2 ms task 0 frees its 64 pages: in closed loop at 104 ms. Task 1's charge of 64 file
+    # pages at 3 ms keeps its time (26688 pages; its over_high, 64, is not over a batch). So
+    # the series has 26624 at 0 and 1 ms, nothing at 2 ms, 26688 at 3 ms and 26624 at 104 ms.
+    ops = [*THROTTLED, {"op": LRU_UNCHARGE, "pages": 64, "pool": POOL_ANON},
+           {"op": LRU_CHARGE, "pages": 64, "pool": POOL_FILE, "task": 1}]
+    closed = engine(scenario(ops, OVER_HIGH), MAINLINE, Limits(high_pages=25600))
+    assert closed.throttle_ns == 102 * MS and list(closed.stall_ns) == [102 * MS, 0]
+    assert list(closed.delay_ns) == [102 * MS, 0] and closed.end_ns == 104 * MS
+    assert {t: int(u) for t, u in enumerate(closed.bucket_last) if u >= 0} == {0: 26624, 1: 26624, 3: 26688, 104: 26624}
+    # Open loop: the same stall, added up; every operation at its trace time.
+    opened = engine(scenario(ops, OVER_HIGH), MAINLINE, Limits(high_pages=25600, closed_loop=False))
+    assert opened.throttle_ns == 102 * MS and list(opened.delay_ns) == [0, 0] and opened.end_ns == 3 * MS
+    assert list(opened.bucket_last) == [26624, 26624, 26560, 26624]
+
+
+def test_a_forked_task_starts_on_its_parents_clock_less_the_capturing_kernels_reclaim(engine):
+    # At 2 ms the trace shows task 0 spent 40 ms in the capturing kernel's reclaim: that stall
+    # is in the trace's timeline already, so task 0 runs 102 - 40 = 62 ms late. At 3 ms it
+    # forks task 1 (at 65 ms), which charges 64 file pages at 4 ms: at 66 ms.
+    ops = [*THROTTLED, {"op": RECLAIM_TIME, "bytes": 40 * MS}, {"op": TASK_FORK, "obj": 1, "pool": POOL_OTHER},
+           {"op": LRU_CHARGE, "pages": 64, "pool": POOL_FILE, "task": 1}]
+    r = engine(scenario(ops, OVER_HIGH), MAINLINE, Limits(high_pages=25600))
+    assert list(r.delay_ns) == [62 * MS, 62 * MS] and r.end_ns == 66 * MS
+    assert {t: int(u) for t, u in enumerate(r.bucket_last) if u >= 0} == {0: 26624, 1: 26624, 64: 26624, 65: 26624, 66: 26688}
+
+
+def test_an_interrupt_keeps_its_time_but_its_free_follows_the_task_that_allocated(engine):
+    # Task 0 allocates a page at 2 ms: at 104 ms (no stock: a batch of 64, 63 stocked). A
+    # softirq charges 64 socket pages at 3 ms and keeps that time (GFP_ATOMIC; over high in
+    # interrupt context: high_work's reclaim, which finds nothing). An RCU callback frees task
+    # 0's page at 4 ms: on task 0's clock, at 106 ms (it goes back to the stock: the counter
+    # keeps it). So: 26624 until 1 ms, 26688 at 3 ms, 26752 at 104 and 106 ms.
+    ops = [*THROTTLED, page(obj=5), {"op": LRU_CHARGE, "pages": 64, "gfp": GFP_ATOMIC, "irq": True, "task": 1},
+           page(obj=5, op=PAGE_FREE, irq=True, task=1)]
+    r = engine(scenario(ops, OVER_HIGH), MAINLINE, Limits(high_pages=25600))
+    assert {t: int(u) for t, u in enumerate(r.bucket_last) if u >= 0} == {0: 26624, 1: 26624, 3: 26688, 104: 26752, 106: 26752}
+    assert r.reclaim_calls[TRIGGER["async"]] == 1 and r.end_ns == 106 * MS
+
+
+def test_another_tasks_free_follows_the_task_that_allocated(engine):
+    # Task 1 frees at 3 ms the page task 0 allocates at 2 ms, which comes at 104 ms (a batch of
+    # 64 charged, 63 stocked): the free comes at 105 ms, as long after the allocation as in the
+    # trace (back to the stock: the counter keeps it).
+    ops = [*THROTTLED, page(obj=5), page(obj=5, op=PAGE_FREE, task=1)]
+    r = engine(scenario(ops, OVER_HIGH), MAINLINE, Limits(high_pages=25600))
+    assert list(r.outcome) == [OUTCOME["charged"], OUTCOME["none"], OUTCOME["charged"], OUTCOME["none"]]
+    assert {t: int(u) for t, u in enumerate(r.bucket_last) if u >= 0} == {0: 26624, 1: 26624, 104: 26688, 105: 26688}
+    assert r.end_ns == 105 * MS
 
 
 def test_toml_policies_are_validated(tmp_path):
