@@ -1046,6 +1046,9 @@ def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, m
     object_state, object_slab, object_task = borrowed(object_state), borrowed(object_slab), borrowed(object_task)
     slabs, caches, geometry, cursor, waiting = borrowed(slabs), borrowed(caches), borrowed(geometry), borrowed(cursor), borrowed(waiting)
     bucket_last, bucket_peak, queued = borrowed(bucket_last), borrowed(bucket_peak), borrowed(queued)
+    ts, cpu, task, irq, op, gfp = borrowed(ts), borrowed(cpu), borrowed(task), borrowed(irq), borrowed(op), borrowed(gfp)
+    pages, nbytes, cache, obj, pool = borrowed(pages), borrowed(nbytes), borrowed(cache), borrowed(obj), borrowed(pool)
+    memcg_of, outcome = borrowed(memcg_of), borrowed(outcome)
     n = ts.shape[0]
     for i in range(first, n + 1):
         until = ts[i] if i < n else END_OF_TIME  # at the batch's end, whatever still waits
@@ -1075,16 +1078,16 @@ def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, m
     return n
 
 
-@njit
+@njit(inline="always")
 def room_for(o, now, t_first, resolution_ns, knobs, slabs, cursor, bucket_last):
     """Whether the tables hold what replaying operation `o` at `now` may add: a slab row for an
     object allocation (slab charging), the usage time bucket of `now`."""
     if o == OBJ_ALLOC and not knobs[OBJECT_CHARGING] and cursor[FREE_SLAB] < 0 and cursor[SLAB_COUNT] == slabs.shape[0]:
         return False
-    return (now - t_first) // resolution_ns < bucket_last.shape[0]
+    return now - t_first < bucket_last.shape[0] * resolution_ns
 
 
-@njit
+@njit(inline="always")
 def replay_operation(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, memcg_of, outcome, i, now,
                      t_first, resolution_ns, memcg, stats, knobs, per_cpu, per_task, object_state, object_slab,
                      slabs, caches, geometry, cursor, bucket_last, bucket_peak):
@@ -1142,7 +1145,7 @@ def replay_operation(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, poo
     record_usage(memcg, stats, cursor, now - t_first, resolution_ns, bucket_last, bucket_peak)
 
 
-@njit
+@njit(inline="always")
 def freed_as_charged(object_state, slot, o):
     """Whether a free finds in `slot` what the replay charged there (not an allocation it
     failed); the slot is left empty."""
@@ -1186,7 +1189,7 @@ def task_delay(knobs, per_task, task):
     return per_task[task, STARTED_LATE] + max(per_task[task, STALL] - per_task[task, KERNEL_STALL], 0)
 
 
-@njit
+@njit(inline="always")
 def clock_of(task, irq, op, obj, object_task, i):
     """The task on whose clock operation i runs; -1: none, it keeps its trace time."""
     if (op[i] == OBJ_FREE or op[i] == PAGE_FREE) and obj[i] >= 0 and object_task[obj[i]] >= 0:
@@ -1194,7 +1197,7 @@ def clock_of(task, irq, op, obj, object_task, i):
     return -1 if irq[i] else task[i]
 
 
-@njit
+@njit(inline="always")
 def on_time(knobs, per_task, task):
     """Whether the task's next operation is replayed at its trace time: nothing of it waits."""
     return per_task[task, QUEUE_HEAD] < 0 and not per_task[task, UNBORN] and task_delay(knobs, per_task, task) == 0
@@ -1236,7 +1239,7 @@ def dequeue(waiting, cursor, per_task, queued, i):
         per_task[clock, QUEUE_TAIL] = -1
 
 
-@njit
+@njit(inline="always")
 def task_went_on(ts, op, obj, nbytes, waiting, cursor, knobs, per_task, queued, i, clock, was_waiting):
     """After operation i: a forked task starts on its parent's clock, and when i waited, the next
     operation on its clock waits for its own time."""
