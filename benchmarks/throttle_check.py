@@ -1,0 +1,170 @@
+"""Closed-loop replay against the kernel: how much memory.high throttling slows a workload.
+
+For each zoo workload, on a cgroup v2 kernel (the lab's), as root from the project directory:
+
+1. capture it under a roomy memory.max and no memory.high (`chargeplay collect`): the trace,
+   and its peak P from the memcg's own counter;
+2. run it alone (no capture) in a memcg with that memory.max: wall time T0 (the best of --runs);
+3. run it alone with memory.high H = --high-fraction x P as well: wall time T1 (the median of
+   --runs; of two, the slower), memory.events high, and the time memory.current spent above H
+   (sampled every 5 ms, from the root memcg);
+4. replay the trace in closed loop under the model of the running kernel with memory.high H:
+   the time the policy adds (its run on its own clock less the trace's), high events, and
+   seconds above high.
+
+Observed stretch: T1 / T0 - 1. Predicted: the added time over T0. The targets (closed-loop
+issue): stretch within 15%, memory.events high within 10%. It prints every figure and the
+targets met, writes them with --json FILE, and asserts nothing.
+
+    .venv/bin/python benchmarks/throttle_check.py [--workload NAME ...] [--scale S] [--runs N] [--json FILE] [--keep DIR]
+
+Inside a lab kernel: python -m lab run --kernel 6.12 --keep DIR -- .venv/bin/python
+benchmarks/throttle_check.py --scale 0.25 --json {run}/out/throttle.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import polars as pl
+
+from collect.cgroup import create_child, memory_hierarchy, read_keyed
+from replay import policy, run
+from traces.reader import Trace
+
+ROOMY = 1 << 30
+DEFAULT_WORKLOADS = ["sockets-unix", "pipes", "epoll", "files-tmpfs"]
+TARGETS = {"stretch": 0.15, "high events": 0.10}
+
+
+def capture(workload: str, scale: float, trace: Path) -> None:
+    subprocess.run([sys.executable, "-m", "chargeplay.cli", "collect", "-o", str(trace), "--memory-max", str(ROOMY), "--",
+                    *zoo_command(workload, scale)], check=True, stdout=subprocess.DEVNULL)
+
+
+def zoo_command(workload: str, scale: float) -> list[str]:
+    return [sys.executable, "-m", "zoo", workload, "--scale", str(scale)]
+
+
+def run_alone(workload: str, scale: float, high: int | None) -> dict:
+    """The workload in a fresh memcg (memory.max ROOMY, memory.high `high`): its wall time, its
+    memory.events high and how long memory.current stayed above `high`."""
+    memcg, root = create_child(f"chargeplay-throttle-{os.getpid()}")
+    try:
+        memcg.set_limits(ROOMY, high)
+        sampler = in_cgroup(root, [sys.executable, "-c", SAMPLER, str(memcg.path / "memory.current"), str(high or ROOMY)],
+                            stdout=subprocess.PIPE, text=True)
+        start = time.monotonic()
+        child = in_cgroup(memcg.path, zoo_command(workload, scale), stdout=subprocess.DEVNULL)
+        child.wait()
+        seconds = time.monotonic() - start
+        sampler.send_signal(signal.SIGINT)
+        above = float(sampler.communicate()[0])
+        return {"seconds": seconds, "high_events": read_keyed(memcg.path / "memory.events").get("high", 0),
+                "seconds_above_high": above, "exit": child.returncode}
+    finally:
+        memcg.remove()
+
+
+def in_cgroup(cgroup: Path, command: list[str], **popen) -> subprocess.Popen:
+    procs = str(cgroup / "cgroup.procs")
+    return subprocess.Popen(command, preexec_fn=lambda: Path(procs).write_text(str(os.getpid())), **popen)
+
+
+# The sampler of memory.current runs in the root memcg: reading a cgroup file allocates an
+# accounted buffer, and a charge of another memcg on the workload's CPU evicts the workload's
+# page stock (one memcg per CPU before 6.16), which costs it a new batch over memory.high.
+# Sampled from the runner's memcg every 5 ms, that doubled the workload's memory.events high.
+SAMPLER = """
+import sys, time
+current, high = sys.argv[1], int(sys.argv[2])
+above, last = 0.0, time.monotonic()
+try:
+    while True:
+        time.sleep(0.005)
+        now = time.monotonic()
+        with open(current) as f:
+            above += now - last if int(f.read()) > high else 0.0
+        last = now
+except KeyboardInterrupt:
+    print(above)
+"""
+
+
+def predict(trace: Trace, high: int, result: Path) -> dict:
+    chosen, model = policy.for_kernel(trace.manifest["kernel"]["release"])
+    summary = run.replay(trace, result, [chosen], run.limits_for(trace, ROOMY, high, swap=False), run.ENGINES["fast"])
+    figures = summary["policies"][chosen.name]
+    trace_seconds = figures["run_seconds"] / (1 + figures["stretch"])
+    return {"model": model, "added_seconds": figures["run_seconds"] - trace_seconds, "high_events": figures["high_events"],
+            "seconds_above_high": figures["seconds_above_high"], "trace_seconds": trace_seconds}
+
+
+def check(workload: str, scale: float, runs: int, fraction: float, scratch: Path) -> dict:
+    trace_dir = scratch / workload / "trace"
+    capture(workload, scale, trace_dir)
+    trace = Trace.open(trace_dir)
+    peak = trace.side_table("memcg").select(pl.max_horizontal("usage", "max_usage").max()).collect().item()
+    high = int(peak * fraction)
+    alone = min((run_alone(workload, scale, None) for _ in range(runs)), key=lambda r: r["seconds"])
+    limited = [run_alone(workload, scale, high) for _ in range(runs)]
+    median = sorted(limited, key=lambda r: r["seconds"])[len(limited) // 2]
+    predicted = predict(trace, high, scratch / workload / "result")
+    observed_stretch = median["seconds"] / alone["seconds"] - 1
+    predicted_stretch = predicted["added_seconds"] / alone["seconds"]
+    return {
+        "workload": workload, "peak": peak, "high": high, "alone_seconds": alone["seconds"],
+        "limited_seconds": [r["seconds"] for r in limited], "observed": {**median, "stretch": observed_stretch},
+        "predicted": {**predicted, "stretch": predicted_stretch},
+        "met": {"stretch": within(predicted_stretch, observed_stretch, TARGETS["stretch"]),
+                "high events": within(predicted["high_events"], median["high_events"], TARGETS["high events"])},
+    }
+
+
+def within(predicted: float, observed: float, share: float) -> bool:
+    return abs(predicted - observed) <= share * abs(observed)
+
+
+def describe(row: dict) -> str:
+    o, p = row["observed"], row["predicted"]
+    return (f"{row['workload']:14} high {row['high'] / (1 << 20):.1f}M (peak {row['peak'] / (1 << 20):.1f}M): "
+            f"stretch {p['stretch']:+.1%} predicted / {o['stretch']:+.1%} observed ({row['alone_seconds']:.2f} s alone, "
+            f"{o['seconds']:.2f} s limited); high events {p['high_events']:,}/{o['high_events']:,}; "
+            f"s above high {p['seconds_above_high']:.2f}/{o['seconds_above_high']:.2f}; "
+            + ", ".join(f"{name} {'met' if met else 'MISSED'}" for name, met in row["met"].items()))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workload", action="append", help=f"zoo workload (repeatable; default: {', '.join(DEFAULT_WORKLOADS)})")
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--high-fraction", type=float, default=0.5, help="memory.high as a share of the workload's peak")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--keep", type=Path, help="keep each workload's trace and replay result under this directory")
+    args = parser.parse_args()
+    if memory_hierarchy()[0] != 2:
+        print("throttle_check needs cgroup v2, where memory.high lives: run it in the kernel lab", file=sys.stderr)
+        return 2
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="chargeplay-throttle-") as scratch:
+        for workload in args.workload or DEFAULT_WORKLOADS:
+            rows.append(check(workload, args.scale, args.runs, args.high_fraction, args.keep or Path(scratch)))
+            print(describe(rows[-1]), flush=True)
+            if args.json:
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps({"kernel": os.uname().release, "rows": rows}, indent=1))
+    met = {name: sum(row["met"][name] for row in rows) for name in TARGETS}
+    print(f"{os.uname().release}: " + ", ".join(f"{name} met in {n} of {len(rows)}" for name, n in met.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
