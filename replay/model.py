@@ -1184,9 +1184,15 @@ def freed_as_charged(object_state, slot, o):
 @njit
 def task_delay(knobs, per_task, task):
     """How far behind its trace the task runs, in ns."""
+    return delay_beyond(knobs, per_task, task, per_task[task, KERNEL_STALL])
+
+
+@njit
+def delay_beyond(knobs, per_task, task, kernel_stall):
+    """The task's delay when the capturing kernel has held it `kernel_stall` ns in reclaim."""
     if not knobs[CLOSED_LOOP]:
         return 0
-    return per_task[task, STARTED_LATE] + max(per_task[task, STALL] - per_task[task, KERNEL_STALL], 0)
+    return per_task[task, STARTED_LATE] + max(per_task[task, STALL] - kernel_stall, 0)
 
 
 @njit(inline="always")
@@ -1208,10 +1214,8 @@ def due(ts, op, nbytes, knobs, per_task, task, i):
     """When operation i is due on the task's clock: its trace time plus the task's delay. The
     capturing kernel's reclaim that a RECLAIM_TIME closes is in the trace's timeline already:
     it comes off the delay from its own time on."""
-    delay = task_delay(knobs, per_task, task)
-    if op[i] == RECLAIM_TIME and knobs[CLOSED_LOOP]:
-        delay = per_task[task, STARTED_LATE] + max(per_task[task, STALL] - per_task[task, KERNEL_STALL] - nbytes[i], 0)
-    return ts[i] + delay
+    kernel_stall = per_task[task, KERNEL_STALL] + (nbytes[i] if op[i] == RECLAIM_TIME else 0)
+    return ts[i] + delay_beyond(knobs, per_task, task, kernel_stall)
 
 
 @njit
@@ -1251,22 +1255,22 @@ def task_went_on(ts, op, obj, nbytes, waiting, cursor, knobs, per_task, queued, 
             first = per_task[child, QUEUE_HEAD]
             if first >= 0:
                 heap_push(waiting, cursor, due(ts, op, nbytes, knobs, per_task, child, first), first)
-    first = per_task[clock, QUEUE_HEAD] if clock >= 0 else -1
-    if was_waiting and first >= 0:
+    if was_waiting and per_task[clock, QUEUE_HEAD] >= 0:
+        first = per_task[clock, QUEUE_HEAD]
         heap_push(waiting, cursor, due(ts, op, nbytes, knobs, per_task, clock, first), first)
 
 
 @njit
-def heap_push(waiting, cursor, due, i):
+def heap_push(waiting, cursor, at, i):
     k = cursor[WAITING]
     cursor[WAITING] += 1
     while k > 0:
         parent = (k - 1) // 2
-        if not earlier(due, i, waiting[parent, DUE], waiting[parent, OP]):
+        if not earlier(at, i, waiting[parent, DUE], waiting[parent, OP]):
             break
         waiting[k, DUE], waiting[k, OP] = waiting[parent, DUE], waiting[parent, OP]
         k = parent
-    waiting[k, DUE], waiting[k, OP] = due, i
+    waiting[k, DUE], waiting[k, OP] = at, i
 
 
 @njit
@@ -1274,23 +1278,23 @@ def heap_pop(waiting, cursor):
     """Drop the earliest entry."""
     cursor[WAITING] -= 1
     size = cursor[WAITING]
-    due, i = waiting[size, DUE], waiting[size, OP]
+    at, i = waiting[size, DUE], waiting[size, OP]
     k = 0
     while 2 * k + 1 < size:
         child = 2 * k + 1
         if child + 1 < size and earlier(waiting[child + 1, DUE], waiting[child + 1, OP], waiting[child, DUE], waiting[child, OP]):
             child += 1
-        if not earlier(waiting[child, DUE], waiting[child, OP], due, i):
+        if not earlier(waiting[child, DUE], waiting[child, OP], at, i):
             break
         waiting[k, DUE], waiting[k, OP] = waiting[child, DUE], waiting[child, OP]
         k = child
-    waiting[k, DUE], waiting[k, OP] = due, i
+    waiting[k, DUE], waiting[k, OP] = at, i
 
 
 @njit
-def earlier(due, i, other_due, other_i):
+def earlier(at, i, other_at, other_i):
     """Time order; operations due at once go in trace order."""
-    return due < other_due or (due == other_due and i < other_i)
+    return at < other_at or (at == other_at and i < other_i)
 
 
 @intrinsic

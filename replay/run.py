@@ -87,10 +87,9 @@ def reclaim_cost(trace: Trace) -> dict[str, int]:
     """What a memcg reclaim costs the task that makes it, from the trace's own reclaim begin/end
     pairs (per task): ns per call, the median duration of the calls that reclaimed nothing, and
     ns per page, the median of what each call that reclaimed a batch (SWAP_CLUSTER_MAX) or more
-    took beyond that, per page. Medians: a call
-    the scheduler preempted takes milliseconds. Most calls near an OOM kill reclaim nothing, so
-    a cost per page alone (their time over the few pages some call got) came out at milliseconds
-    a page."""
+    took beyond that, per page. Medians: a call the scheduler preempted takes milliseconds. Most
+    calls near an OOM kill reclaim nothing, so a cost per page alone (their time over the few
+    pages some call got) came out at milliseconds a page."""
     pairs = (
         trace.events().filter(pl.col("kind").is_in(["reclaim_begin", "reclaim_end"]))
         .select("pid", "kind", "ts_ns", "val").collect()
