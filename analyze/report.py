@@ -17,6 +17,7 @@ from analyze import charts
 from analyze.divergence import divergence
 from analyze.fidelity import format_error, format_target, format_value
 from analyze.results import Result
+from replay.result_format import loop_description
 from common.units import format_bytes
 from common.version import __version__
 from traces.atomic import atomic_file
@@ -96,7 +97,7 @@ def _header(result: Result) -> str:
         ("replayed with", f"memory.max {format_bytes(limits['max_bytes'])}, memory.high {format_bytes(limits['high_bytes'])}, "
                           f"swap {'on' if limits['swap'] else 'off'}, reclaim {limits['reclaim_ns_per_call']:,} ns/call "
                           f"+ {limits['reclaim_ns_per_page']:,} ns/page, "
-                          f"{limits['loop']} loop"),
+                          f"{loop_description(limits)} loop"),
     ]
     rows = "".join(f"<tr><td>{escape(k)}</td><td>{escape(v)}</td></tr>" for k, v in facts)
     return (f"<h1>chargeplay: how the memcg charge policies part ways</h1>\n"

@@ -263,10 +263,13 @@ def replay(
     swap: Annotated[bool, typer.Option("--swap", help="let reclaim take anon pages")] = False,
     open_loop: Annotated[bool, typer.Option("--open-loop", help="keep the trace's timeline: a task's stall does not "
                                             "delay its later events (default: closed loop, it does)")] = False,
+    clock: Annotated[str, typer.Option(help="closed loop: which tasks wait for a stalled one: none (task, the default), "
+                                       "its threads (process) or all (workload)")] = "task",
     engine: Annotated[str, typer.Option(help="fast (numba) or reference (plain Python)")] = "fast",
 ) -> None:
     """Replay a trace under charge policies; write summary.json, timeseries.parquet, outcomes.parquet."""
-    from replay import run
+    from replay import result_format, run
+    from replay.ops import CLOCK_SHARING
     from traces.atomic import check_new_output
     from traces.reader import Trace
 
@@ -280,13 +283,15 @@ def replay(
         chosen = list(available.values())
     if engine not in run.ENGINES:
         raise UserError(f"--engine {engine!r}: choose one of {', '.join(run.ENGINES)}")
+    if clock not in CLOCK_SHARING:
+        raise UserError(f"--clock {clock!r}: choose one of {', '.join(CLOCK_SHARING)}")
     check_new_output(output)
     source = Trace.open(trace)
     unseen = run.unseen_charges(source)
     if unseen:
         _say(f"warning: {unseen}")
     limits = run.limits_for(source, _size(memory_max, "--memory-max"), _size(memory_high, "--memory-high"), swap,
-                            closed_loop=not open_loop)
+                            closed_loop=not open_loop, clock=clock)
     with ProgressBar(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err) as bar:
         task = bar.add_task("reading the trace", total=len(chosen))
@@ -297,7 +302,7 @@ def replay(
         summary = run.replay(source, output, chosen, limits, run.ENGINES[engine], step)
         bar.update(task, completed=len(chosen), description="written")
     rows = Table("policy", "peak", "s above high", "failed", "forced", "reclaims", "stall ms", "run s", "fallbacks",
-                 title=f"{summary['limits']['loop']} loop")
+                 title=f"{result_format.loop_description(summary['limits'])} loop")
     for name, s in summary["policies"].items():
         rows.add_row(name, format_bytes(s["peak_bytes"]), f"{s['seconds_above_high']:.3f}", f"{s['failed']:,}", f"{s['forced']:,}",
                      f"{sum(s['reclaim_calls'].values()):,}", f"{s['stall_ns_total'] / 1e6:.1f}", f"{s['run_seconds']:.3f}",

@@ -24,14 +24,14 @@ import numpy as np
 from replay import model
 from replay.input import ARRAY_DTYPES, ReplayInput
 from replay.model import (
-    CARRY, CLOSED_LOOP, FAILCNT, FILE_LRU, FREE_SLAB, GFP_DIRECT_RECLAIM, GFP_FS, GFP_HIGH, GFP_KERNEL, GFP_NOFAIL, GFP_NORETRY,
+    CARRY, CLOCKS, CLOSED_LOOP, FAILCNT, FILE_LRU, FREE_SLAB, GFP_DIRECT_RECLAIM, GFP_FS, GFP_HIGH, GFP_KERNEL, GFP_NOFAIL, GFP_NORETRY,
     GFP_RETRY_MAYFAIL, SHRUNK_SLAB_COUNTS,
     HIGH, HIGH_MODE, LAST_TS, LRU_TAIL, MAX, MAX_MEMCGS, MAX_RECLAIM_RETRIES, NOWAIT_HIGH_ORDER, N_KNOBS, N_PER_CPU, N_STATS,
     N_CURSOR, OBJ_STOCK_MEMCG, OBJECT_CHARGING, PAGE_NS_ABOVE_HIGH_CARRIES, POOLS, RCU_GRACE_NS, RECLAIMED_PAGES, RECLAIM_CALLS,
     RECLAIM_NS_PER_CALL, RECLAIM_NS_PER_PAGE, SLAB_COUNT, SLAB_LISTED, STALL, STAT_FIELDS, STOCK_BATCH, STOCK_MEMCGS, STOCK_SLOTS, SWAP, USAGE, WAITING,
     WATERMARK_MARGIN, new_per_task,
 )
-from replay.ops import LRU_CHARGE, POOL_FILE, RECLAIM_TRIGGERS, GfpBits, Limits
+from replay.ops import CLOCK_SHARING, LRU_CHARGE, POOL_FILE, RECLAIM_TRIGGERS, GfpBits, Limits
 from replay.policy import HIGH_MODES, Policy
 from replay.result import EngineResult
 from traces.errors import UserError
@@ -81,9 +81,10 @@ class Replay:
         self.per_cpu = np.zeros((start.cpus, N_PER_CPU), np.int64)
         self.per_cpu[:, OBJ_STOCK_MEMCG] = -1  # no stock holds any memcg's charge yet
         self.per_cpu[:, STOCK_SLOTS::2] = -1
-        self.per_task = new_per_task(start.tasks)
+        self.per_task = new_per_task(start.tasks, self.knobs[CLOCKS])
         self.object_state = np.zeros(1, np.int8)  # by object slot, then -1's slot; grows as feed() needs
         self.object_task = np.full(1, -1, np.int32)  # likewise: the task that allocated it (the closed loop's)
+        self.object_delay = np.zeros(1, np.int64)  # likewise: how late its allocation was replayed (ditto)
         self.object_slab = np.full(1, -1, np.int32)  # likewise, when slabs are charged
         self.slabs = np.zeros((0, SLAB_LISTED + 1), np.int64)  # grows as feed() needs
         geometry = (start.cache_order, start.cache_min_order, start.cache_objects, start.cache_objects_min)
@@ -91,7 +92,6 @@ class Replay:
         self.caches = np.full((len(self.geometry), 2), -1, np.int64)
         self.cursor = np.zeros(N_CURSOR, np.int64)
         self.cursor[LAST_TS], self.cursor[FREE_SLAB] = start.t_first, -1
-        self.waiting = np.zeros((start.tasks, 2), np.int64)  # the closed loop's heap: a task's first waiting operation
         self.bounds = {"cpu": (0, start.cpus), "task": (0, start.tasks), "obj": (-1, 0),
                        "cache": (-1, len(self.geometry)), "memcg": (0, MAX_MEMCGS)}
 
@@ -106,20 +106,23 @@ class Replay:
             part = {name: np.ascontiguousarray(getattr(batch, name)[start:stop], dtype) for name, dtype in INPUT_DTYPES}
             self._room_for_folios(int(np.count_nonzero((part["op"] == LRU_CHARGE) & (part["pool"] == POOL_FILE))))
             queued = np.empty((stop - start, 2), np.int64)  # the closed loop's queues of waiting operations
-            done = self._replay(part, outcome[start:stop], queued, 0)
+            # its heap: each task's first waiting operation, and frees that wait on no clock
+            waiting = np.empty((len(self.per_task) + stop - start, 2), np.int64)
+            done = self._replay(part, outcome[start:stop], queued, waiting, 0)
             while done < stop - start or self.cursor[WAITING]:  # it stopped for a slab row or a time bucket
                 if self.cursor[FREE_SLAB] < 0 and self.cursor[SLAB_COUNT] == len(self.slabs):
                     self._grow_slabs()
                 else:
                     self._grow_buckets()
-                done = self._replay(part, outcome[start:stop], queued, done)
+                done = self._replay(part, outcome[start:stop], queued, waiting, done)
         return outcome
 
-    def _replay(self, part: dict[str, np.ndarray], outcome: np.ndarray, queued: np.ndarray, first: int) -> int:
+    def _replay(self, part: dict[str, np.ndarray], outcome: np.ndarray, queued: np.ndarray, waiting: np.ndarray,
+                first: int) -> int:
         return self.model.replay_batch(
             *part.values(), outcome, queued, first, self.t_first, self.resolution_ns, self.memcg, self.stats, self.knobs,
-            self.per_cpu, self.per_task, self.object_state, self.object_slab, self.object_task, self.slabs, self.caches, self.geometry,
-            self.cursor, self.waiting, self.result.bucket_last, self.result.bucket_peak)
+            self.per_cpu, self.per_task, self.object_state, self.object_slab, self.object_task, self.object_delay, self.slabs,
+            self.caches, self.geometry, self.cursor, waiting, self.result.bucket_last, self.result.bucket_peak)
 
     def finish(self) -> EngineResult:
         """Counters, stall and time series of everything fed (outcomes came with each batch)."""
@@ -161,6 +164,7 @@ class Replay:
             size = max(objects, 2 * (len(self.object_state) - 1)) + 1
             self.object_state = _grown(self.object_state, size, 0)
             self.object_task = _grown(self.object_task, size, -1)
+            self.object_delay = _grown(self.object_delay, size, 0)
             if not self.knobs[OBJECT_CHARGING]:
                 self.object_slab = _grown(self.object_slab, size, -1)
             self.bounds["obj"] = (-1, size - 1)
@@ -218,6 +222,7 @@ def knobs_array(policy: Policy, limits: Limits, gfp: GfpBits) -> np.ndarray:
     knobs[RECLAIM_NS_PER_CALL], knobs[RECLAIM_NS_PER_PAGE] = limits.reclaim_ns_per_call, limits.reclaim_ns_per_page
     knobs[RCU_GRACE_NS] = limits.rcu_grace_ns
     knobs[CLOSED_LOOP] = limits.closed_loop
+    knobs[CLOCKS] = CLOCK_SHARING.index(limits.clock)
     knobs[GFP_DIRECT_RECLAIM], knobs[GFP_NORETRY] = gfp.direct_reclaim, gfp.noretry
     knobs[GFP_RETRY_MAYFAIL], knobs[GFP_NOFAIL], knobs[GFP_HIGH] = gfp.retry_mayfail, gfp.nofail, gfp.high
     knobs[GFP_FS], knobs[GFP_KERNEL] = gfp.fs, gfp.kernel

@@ -93,7 +93,7 @@ from common.jit import njit  # before numba: it sets numba's cache directory
 from numba import config as numba_config  # isort: skip
 from numba.extending import intrinsic  # isort: skip
 from replay.ops import (
-    ANON_FREED, ANON_UNMAPPED, FAILED_CHARGE, HZ, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, MEMCG_CHARGE_BATCH_6X, MEMCG_DELAY_PRECISION_SHIFT,
+    ANON_FREED, ANON_UNMAPPED, CLOCK_SHARING, FAILED_CHARGE, HZ, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, MEMCG_CHARGE_BATCH_6X, MEMCG_DELAY_PRECISION_SHIFT,
     MEMCG_DELAY_SCALING_SHIFT, MEMCG_MAX_HIGH_DELAY_JIFFIES, NR_MEMCG_STOCK, OBJ_ALLOC, OBJ_EXT_BYTES, OBJ_FREE, OOM_CHARGE, OUTCOME,
     PAGE_ALLOC, PAGE_ALLOC_COSTLY_ORDER, PAGE_FREE, PAGE_SHIFT, PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES,
     POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, RECLAIM_TIME, RECLAIM_TRIGGERS, SWAP_CLUSTER_MAX, TASK_CLONE_VM, TASK_EXEC, TASK_EXIT,
@@ -107,11 +107,12 @@ FALLBACK, FORCED, OOM, FAILED = OUTCOME["fallback"], OUTCOME["forced"], OUTCOME[
 BY_MAX, BY_HIGH_SYNC, BY_USER_RETURN, BY_ASYNC = (TRIGGER[t] for t in ("max", "high_sync", "user_return", "async"))
 SYNC, RETURN_TO_USER, MAINLINE, FAIL_NOWAIT, WATERMARK = (HIGH_MODES.index(mode) for mode in (
     "sync", "return-to-user", "mainline", "fail-nowait", "watermark"))
+OWN_CLOCKS, SHARED_BY_PROCESS, SHARED_BY_WORKLOAD = (CLOCK_SHARING.index(c) for c in ("task", "process", "workload"))
 
 # knobs: the policy, limits and gfp bits, one int each.
 (OBJECT_CHARGING, NOWAIT_HIGH_ORDER, STOCK_BATCH, HIGH_MODE, MAX_RECLAIM_RETRIES, WATERMARK_MARGIN, SWAP,
- RECLAIM_NS_PER_CALL, RECLAIM_NS_PER_PAGE, RCU_GRACE_NS, CLOSED_LOOP, SHRUNK_SLAB_COUNTS, STOCK_MEMCGS, GFP_DIRECT_RECLAIM,
- GFP_NORETRY, GFP_RETRY_MAYFAIL, GFP_NOFAIL, GFP_HIGH, GFP_FS, GFP_KERNEL) = range(20)
+ RECLAIM_NS_PER_CALL, RECLAIM_NS_PER_PAGE, RCU_GRACE_NS, CLOSED_LOOP, CLOCKS, SHRUNK_SLAB_COUNTS, STOCK_MEMCGS,
+ GFP_DIRECT_RECLAIM, GFP_NORETRY, GFP_RETRY_MAYFAIL, GFP_NOFAIL, GFP_HIGH, GFP_FS, GFP_KERNEL) = range(21)
 N_KNOBS = GFP_KERNEL + 1
 
 # memcg: the page counter and what its usage is made of.
@@ -152,10 +153,11 @@ N_PER_CPU = STOCK_SLOTS + 2 * NR_MEMCG_STOCK
 # Then the task's mm (the row holding it), and on an mm's row: the tasks using it (0: gone), the anon pages it
 # maps copy-on-write from the mm it was forked from, and that mm's row (-1: none). ANON, OOM_DEBT, OOM_KEPT and
 # DYING are kept on the mm's row. Then the closed loop's (below): the capturing kernel's reclaim time of the
-# task, the delay it started with, its waiting operations (first and last; -1: none), whether its fork waits.
+# task, the delay it started with, its waiting operations (first and last; -1: none), whether its fork waits,
+# the task whose clock it runs on, and the stall of all tasks on its clock (these six on the clock's row).
 OVER_HIGH, STALL, ANON, OOM_DEBT, OOM_KEPT, DYING, MM, USERS, INHERITED, COW_FROM = range(10)
-KERNEL_STALL, STARTED_LATE, QUEUE_HEAD, QUEUE_TAIL, UNBORN = range(10, 15)
-N_TASK_COLUMNS = 15
+KERNEL_STALL, STARTED_LATE, QUEUE_HEAD, QUEUE_TAIL, UNBORN, RUNS_ON, CLOCK_STALL = range(10, 17)
+N_TASK_COLUMNS = 17
 # slabs columns; SLAB_NEXT_PARTIAL threads a partial list (SLAB_LISTED: the slab is on one) or the free rows
 SLAB_CACHE, SLAB_CAPACITY, SLAB_PAGES, SLAB_POOL, SLAB_USED, SLAB_NEXT_PARTIAL, SLAB_LISTED = range(7)
 CURRENT_SLAB, PARTIAL_HEAD = range(2)  # caches columns; -1: none
@@ -440,7 +442,7 @@ def mem_cgroup_handle_over_high(memcg, stats, knobs, per_task, task, trigger):
                 retries -= 1
             in_retry = True
             continue
-        per_task[task, STALL] += penalty * (1_000_000_000 // HZ)
+        stall(per_task, task, penalty * (1_000_000_000 // HZ))
         stats[THROTTLE_NS] += penalty * (1_000_000_000 // HZ)
         return
 
@@ -485,13 +487,15 @@ def calculate_high_delay(memcg, nr_pages):
 # saw no task_new of (those older than the capture) are processes of their own.
 
 
-def new_per_task(tasks: int) -> np.ndarray:
-    """Every task a process of its own, until the trace says otherwise."""
+def new_per_task(tasks: int, clocks: int) -> np.ndarray:
+    """Every task a process of its own, until the trace says otherwise; each on its own clock,
+    or all on task 0's (knob CLOCKS: SHARED_BY_WORKLOAD)."""
     per_task = np.zeros((tasks, N_TASK_COLUMNS), np.int64)
     per_task[:, MM] = np.arange(tasks)
     per_task[:, USERS] = 1
     per_task[:, COW_FROM] = -1
     per_task[:, QUEUE_HEAD] = per_task[:, QUEUE_TAIL] = -1
+    per_task[:, RUNS_ON] = 0 if clocks == SHARED_BY_WORKLOAD else np.arange(tasks)
     return per_task
 
 
@@ -592,7 +596,7 @@ def try_to_free_mem_cgroup_pages(memcg, stats, knobs, per_task, task, nr_pages, 
     stats[RECLAIM_CALLS + trigger] += 1
     stats[RECLAIMED_PAGES + trigger] += lru + slab
     if trigger != BY_ASYNC:
-        per_task[task, STALL] += knobs[RECLAIM_NS_PER_CALL] + (lru + slab) * knobs[RECLAIM_NS_PER_PAGE]
+        stall(per_task, task, knobs[RECLAIM_NS_PER_CALL] + (lru + slab) * knobs[RECLAIM_NS_PER_PAGE])
     return lru + slab if knobs[SHRUNK_SLAB_COUNTS] else lru
 
 
@@ -1034,7 +1038,7 @@ def slab_free_object(memcg, knobs, per_cpu, slabs, caches, cursor, object_slab, 
 @njit
 def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, memcg_of, outcome, queued, first,
                  t_first, resolution_ns, memcg, stats, knobs, per_cpu, per_task, object_state, object_slab, object_task,
-                 slabs, caches, geometry, cursor, waiting, bucket_last, bucket_peak):
+                 object_delay, slabs, caches, geometry, cursor, waiting, bucket_last, bucket_peak):
     """Replay a batch's operations from `first` on, each at its time on its task's clock (the
     closed loop below); outcome is the batch's slice of the result's. The state arrays carry
     everything from one batch to the next; every operation of a batch is replayed by its end.
@@ -1044,6 +1048,7 @@ def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, m
     memcg, stats, knobs, per_cpu, per_task = (borrowed(memcg), borrowed(stats), borrowed(knobs), borrowed(per_cpu),
                                               borrowed(per_task))
     object_state, object_slab, object_task = borrowed(object_state), borrowed(object_slab), borrowed(object_task)
+    object_delay = borrowed(object_delay)
     slabs, caches, geometry, cursor, waiting = borrowed(slabs), borrowed(caches), borrowed(geometry), borrowed(cursor), borrowed(waiting)
     bucket_last, bucket_peak, queued = borrowed(bucket_last), borrowed(bucket_peak), borrowed(queued)
     ts, cpu, task, irq, op, gfp = borrowed(ts), borrowed(cpu), borrowed(task), borrowed(irq), borrowed(op), borrowed(gfp)
@@ -1057,6 +1062,7 @@ def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, m
             if not room_for(op[j], now, t_first, resolution_ns, knobs, slabs, cursor, bucket_last):
                 return i
             dequeue(waiting, cursor, per_task, queued, j)
+            ran_late(op, obj, object_delay, j, now - ts[j])
             replay_operation(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, memcg_of, outcome, j, now,
                              t_first, resolution_ns, memcg, stats, knobs, per_cpu, per_task, object_state, object_slab,
                              slabs, caches, geometry, cursor, bucket_last, bucket_peak)
@@ -1067,8 +1073,14 @@ def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, m
             return i
         if (op[i] == OBJ_ALLOC or op[i] == PAGE_ALLOC) and obj[i] >= 0:
             object_task[obj[i]] = task[i]
-        clock = clock_of(task, irq, op, obj, object_task, i)
-        if clock < 0 or on_time(knobs, per_task, clock):
+        if op[i] == TASK_FORK or op[i] == TASK_CLONE_VM:
+            per_task[obj[i], RUNS_ON] = clock_at_birth(knobs, per_task, task[i], obj[i], op[i] == TASK_CLONE_VM)
+        clock = clock_of(per_task, task, irq, op, obj, object_task, object_state, i)
+        if clock < 0 and op_delay(op, obj, object_delay, i) > 0:
+            queued[i, CLOCK] = -1  # on no clock: it waits for its own time
+            heap_push(waiting, cursor, ts[i] + op_delay(op, obj, object_delay, i), i)
+        elif clock < 0 or on_time(knobs, per_task, clock):
+            ran_late(op, obj, object_delay, i, 0)
             replay_operation(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, memcg_of, outcome, i, ts[i],
                              t_first, resolution_ns, memcg, stats, knobs, per_cpu, per_task, object_state, object_slab,
                              slabs, caches, geometry, cursor, bucket_last, bucket_peak)
@@ -1139,7 +1151,7 @@ def replay_operation(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, poo
     elif o == TASK_EXIT:
         exit_mm(per_task, t)
     elif o == RECLAIM_TIME:
-        per_task[t, KERNEL_STALL] += nbytes[i]
+        per_task[per_task[t, RUNS_ON], KERNEL_STALL] += nbytes[i]
     if o == OBJ_ALLOC or o == PAGE_ALLOC:
         object_state[slot] = FAILED_ALLOCATION if outcome[i] == FAILED else HOLDS_OBJECT if o == OBJ_ALLOC else HOLDS_PAGES
     record_usage(memcg, stats, cursor, now - t_first, resolution_ns, bucket_last, bucket_peak)
@@ -1164,9 +1176,11 @@ def freed_as_charged(object_state, slot, o):
 # never below 0, plus the delay its parent had when it forked it: a task cannot start before
 # its fork. Each of its operations happens at its trace time plus its delay at that moment.
 # Operations in interrupt context keep their trace time: they are the outside world's (a
-# packet), no task's. A free follows the task that allocated the object, whoever frees it (an
-# RCU callback, a softirq, a child's exit freeing what its parent's fork made): the object
-# lives as long after its allocation as in the trace.
+# packet), no task's. A free by another clock than the allocation's (a reader's, an RCU
+# callback's, a softirq's, a child's exit freeing what its parent's fork made) comes as late
+# as the allocation came: the object lives as long as in the trace, and a throttled writer's
+# data is still read and freed while it sleeps. Until its allocation is replayed, it waits
+# behind it on the allocation's clock.
 #
 # The replay takes operations in the order of those times. A task's operations wait in a queue
 # (queued[i, NEXT]: the next one on the same clock, -1 none; queued[i, CLOCK]: that task;
@@ -1174,33 +1188,78 @@ def freed_as_charged(object_state, slot, o):
 # in `waiting`, a binary heap of (time due, operation) with the earliest first (cursor[WAITING]:
 # its size). A task made by a fork that still waits waits too (UNBORN), until its fork is
 # replayed. So a task has an entry in the heap when it has waiting operations and is not
-# UNBORN: at most one per task.
+# UNBORN: at most one per task. A free on no clock that comes late waits in the heap on its
+# own (queued[i, CLOCK] -1): at most one entry per operation of the batch besides.
 #
-# Approximations: tasks wait for no other task (a reader whose writer was throttled reads on
-# at its own time, but frees what it reads on the writer's clock; threads of a process run
-# on their own clocks); a batch's operations (a trace segment's, at most BATCH_SIZE of them)
-# are all replayed before the next batch's.
+# Which tasks share a clock (knob CLOCKS) is a choice about the workload, which the trace cannot
+# tell: OWN_CLOCKS (the default), each task on its own, as the kernel throttles each task
+# alone, so a reader whose writer was throttled reads on at its own time (but frees what it
+# reads on the writer's clock); SHARED_BY_PROCESS, a task made with CLONE_VM (a thread, a vfork
+# child) runs on its creator's clock, for thread pools that wait for their slowest member; and
+# SHARED_BY_WORKLOAD, all on one, as if every task waited for every other (a pipeline in lock
+# step). Own clocks bound the workload's stretch from below, one clock from above. The clock
+# is the row of the task that owns it (RUNS_ON): its stall, reclaim time and start.
+#
+# Approximations: a batch's operations (a trace segment's, at most BATCH_SIZE of them) are all
+# replayed before the next batch's; a vfork child stays on its parent's clock after its exec.
 
 @njit
 def task_delay(knobs, per_task, task):
     """How far behind its trace the task runs, in ns."""
-    return delay_beyond(knobs, per_task, task, per_task[task, KERNEL_STALL])
+    clock = per_task[task, RUNS_ON]
+    return delay_beyond(knobs, per_task, clock, per_task[clock, KERNEL_STALL])
 
 
 @njit
-def delay_beyond(knobs, per_task, task, kernel_stall):
-    """The task's delay when the capturing kernel has held it `kernel_stall` ns in reclaim."""
+def delay_beyond(knobs, per_task, clock, kernel_stall):
+    """The clock's delay when the capturing kernel has held its tasks `kernel_stall` ns in reclaim."""
     if not knobs[CLOSED_LOOP]:
         return 0
-    return per_task[task, STARTED_LATE] + max(per_task[task, STALL] - kernel_stall, 0)
+    return per_task[clock, STARTED_LATE] + max(per_task[clock, CLOCK_STALL] - kernel_stall, 0)
 
 
 @njit(inline="always")
-def clock_of(task, irq, op, obj, object_task, i):
-    """The task on whose clock operation i runs; -1: none, it keeps its trace time."""
+def stall(per_task, task, ns):
+    """The policy holds the task `ns` in reclaim or asleep: its clock falls behind as much."""
+    per_task[task, STALL] += ns
+    per_task[per_task[task, RUNS_ON], CLOCK_STALL] += ns
+
+
+@njit(inline="always")
+def clock_at_birth(knobs, per_task, parent, child, clone_vm):
+    """The clock a task made by `parent` runs on: its own, or its creator's (knob CLOCKS)."""
+    if knobs[CLOCKS] == SHARED_BY_WORKLOAD or (knobs[CLOCKS] == SHARED_BY_PROCESS and clone_vm):
+        return per_task[parent, RUNS_ON]
+    return child
+
+
+@njit(inline="always")
+def clock_of(per_task, task, irq, op, obj, object_task, object_state, i):
+    """The task on whose clock operation i runs; -1: none (op_delay says when it runs)."""
     if (op[i] == OBJ_FREE or op[i] == PAGE_FREE) and obj[i] >= 0 and object_task[obj[i]] >= 0:
-        return object_task[obj[i]]
-    return -1 if irq[i] else task[i]
+        allocator = per_task[object_task[obj[i]], RUNS_ON]
+        if object_state[obj[i]] == IDLE:  # its allocation still waits on that clock: the free waits behind it
+            return allocator
+        if irq[i] or per_task[task[i], RUNS_ON] != allocator:
+            return -1
+    return -1 if irq[i] else per_task[task[i], RUNS_ON]
+
+
+@njit(inline="always")
+def ran_late(op, obj, object_delay, i, late):
+    """Operation i runs `late` ns after its trace time: a free of what it allocates on another
+    clock comes as late."""
+    if (op[i] == OBJ_ALLOC or op[i] == PAGE_ALLOC) and obj[i] >= 0:
+        object_delay[obj[i]] = late
+
+
+@njit(inline="always")
+def op_delay(op, obj, object_delay, i):
+    """How late an operation on no clock runs: a free of an object another clock allocated, as
+    late as its allocation ran; anything else (an interrupt's) at its trace time."""
+    if (op[i] == OBJ_FREE or op[i] == PAGE_FREE) and obj[i] >= 0:
+        return object_delay[obj[i]]
+    return 0
 
 
 @njit(inline="always")
@@ -1221,7 +1280,8 @@ def due(ts, op, nbytes, knobs, per_task, task, i):
 @njit
 def enqueue(ts, op, obj, nbytes, waiting, cursor, knobs, per_task, queued, i, clock):
     """Operation i waits behind the operations on its clock; the first one waits for its time."""
-    if (op[i] == TASK_FORK or op[i] == TASK_CLONE_VM) and obj[i] != clock and per_task[obj[i], QUEUE_HEAD] < 0:
+    if ((op[i] == TASK_FORK or op[i] == TASK_CLONE_VM) and born_on_own_clock(per_task, obj[i], clock)
+            and per_task[obj[i], QUEUE_HEAD] < 0):
         per_task[obj[i], UNBORN] = 1  # its operations wait for this one
     queued[i, NEXT], queued[i, CLOCK] = -1, clock
     if per_task[clock, QUEUE_HEAD] < 0:
@@ -1235,9 +1295,11 @@ def enqueue(ts, op, obj, nbytes, waiting, cursor, knobs, per_task, queued, i, cl
 
 @njit
 def dequeue(waiting, cursor, per_task, queued, i):
-    """Operation i, the heap's earliest and the first on its clock, is due: the next one comes first."""
+    """Operation i, the heap's earliest and the first on its clock (if on one), is due: the next one comes first."""
     heap_pop(waiting, cursor)
     clock = queued[i, CLOCK]
+    if clock < 0:
+        return
     per_task[clock, QUEUE_HEAD] = queued[i, NEXT]
     if queued[i, NEXT] < 0:
         per_task[clock, QUEUE_TAIL] = -1
@@ -1247,7 +1309,7 @@ def dequeue(waiting, cursor, per_task, queued, i):
 def task_went_on(ts, op, obj, nbytes, waiting, cursor, knobs, per_task, queued, i, clock, was_waiting):
     """After operation i: a forked task starts on its parent's clock, and when i waited, the next
     operation on its clock waits for its own time."""
-    if op[i] == TASK_FORK or op[i] == TASK_CLONE_VM:
+    if (op[i] == TASK_FORK or op[i] == TASK_CLONE_VM) and born_on_own_clock(per_task, obj[i], clock):
         child = obj[i]
         per_task[child, STARTED_LATE] = task_delay(knobs, per_task, clock)
         if per_task[child, UNBORN]:
@@ -1255,9 +1317,15 @@ def task_went_on(ts, op, obj, nbytes, waiting, cursor, knobs, per_task, queued, 
             first = per_task[child, QUEUE_HEAD]
             if first >= 0:
                 heap_push(waiting, cursor, due(ts, op, nbytes, knobs, per_task, child, first), first)
-    if was_waiting and per_task[clock, QUEUE_HEAD] >= 0:
+    if was_waiting and clock >= 0 and per_task[clock, QUEUE_HEAD] >= 0:
         first = per_task[clock, QUEUE_HEAD]
         heap_push(waiting, cursor, due(ts, op, nbytes, knobs, per_task, clock, first), first)
+
+
+@njit(inline="always")
+def born_on_own_clock(per_task, child, clock):
+    """Whether a task made on `clock` starts a clock of its own (which its fork's delay starts)."""
+    return per_task[child, RUNS_ON] == child and child != clock
 
 
 @njit

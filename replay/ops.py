@@ -47,6 +47,9 @@ OUTCOMES = (
 OUTCOME = {name: code for code, name in enumerate(OUTCOMES)}
 
 RECLAIM_TRIGGERS = ("max", "high_sync", "user_return", "async")
+# Which tasks run on one clock in closed loop (replay.model, "the closed loop"): each its own, a
+# process's threads one, or the whole workload one.
+CLOCK_SHARING = ("task", "process", "workload")
 TRIGGER = {name: code for code, name in enumerate(RECLAIM_TRIGGERS)}
 
 PAGE_SHIFT = 12
@@ -98,3 +101,8 @@ class Limits:
     # Closed loop: a task's stall delays its later operations (replay.model, "the closed loop"); open loop keeps
     # the trace's timeline and only adds the stall up.
     closed_loop: bool = True
+    clock: str = "task"  # which tasks share a clock in closed loop: one of CLOCK_SHARING
+
+    def __post_init__(self) -> None:
+        if self.clock not in CLOCK_SHARING:
+            raise ValueError(f"clock {self.clock!r}: choose one of {', '.join(CLOCK_SHARING)}")

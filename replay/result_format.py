@@ -94,6 +94,12 @@ SUMMARY_SHAPE = {
 }
 
 
+def loop_description(limits: dict) -> str:
+    """summary.json's loop: open, or closed with which tasks share a clock (`clock`, which
+    results from before the knob lack: each task had its own)."""
+    return "open" if limits["loop"] == "open" else f"closed ({limits.get('clock', 'task')} clocks)"
+
+
 # -- writing -----------------------------------------------------------------------------------
 
 def summary_document(trace: Trace, output: Path, engine: str, policies: list[Policy], limits: dict,

@@ -48,7 +48,8 @@ def replay_whole(engine: type[Engine], data: ReplayInput, policy: Policy, limits
     return result
 
 
-def limits_for(trace: Trace, memory_max: int | None, memory_high: int | None, swap: bool, closed_loop: bool = True) -> Limits:
+def limits_for(trace: Trace, memory_max: int | None, memory_high: int | None, swap: bool, closed_loop: bool = True,
+               clock: str = "task") -> Limits:
     """The target's limits (the tightest along its ancestors), unless given; in pages."""
     target = trace.manifest.get("target", {})
     chain = [target, *target.get("ancestors", [])]
@@ -64,6 +65,7 @@ def limits_for(trace: Trace, memory_max: int | None, memory_high: int | None, sw
         swap=swap,
         **reclaim_cost(trace),
         closed_loop=closed_loop,
+        clock=clock,
     )
 
 
@@ -193,7 +195,7 @@ def summarize(
     limits_bytes = {"max_bytes": _bytes(limits.max_pages), "high_bytes": _bytes(limits.high_pages),
                     "swap": limits.swap, "reclaim_ns_per_call": limits.reclaim_ns_per_call,
                     "reclaim_ns_per_page": limits.reclaim_ns_per_page, "rcu_grace_ns": limits.rcu_grace_ns,
-                    "loop": "closed" if limits.closed_loop else "open"}
+                    "loop": "closed" if limits.closed_loop else "open", "clock": limits.clock}
     return result_format.summary_document(trace, output, engine, policies, limits_bytes, figures)
 
 

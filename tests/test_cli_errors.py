@@ -101,6 +101,14 @@ def test_info_on_a_corrupted_segment(sample_copy):
     assert_user_error(chargeplay("info", str(sample_copy)), segment.name)
 
 
+def test_replay_choices_the_model_does_not_have(tmp_path):
+    trace = str(sample_path(DEFAULT_SAMPLE))
+    for option, value in (("--clock", "thread"), ("--policy", "nope"), ("--engine", "turbo")):
+        result = chargeplay("replay", trace, "-o", str(tmp_path / "r"), option, value)
+        assert_user_error(result, f"{value!r}")
+        assert not (tmp_path / "r").exists()
+
+
 def test_an_internal_error_is_a_bug_with_its_traceback_not_a_user_error(capsys):
     def broken() -> None:
         int("x")  # a ValueError that no input check raised on purpose

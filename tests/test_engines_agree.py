@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from replay.engine import Compiled, Interpreted, Replay
 from replay.input import ARRAYS, ReplayInput, build
 from replay.ops import (
-    ANON_FREED, ANON_UNMAPPED, FAILED_CHARGE, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, OBJ_ALLOC, OBJ_FREE,
+    ANON_FREED, ANON_UNMAPPED, CLOCK_SHARING, FAILED_CHARGE, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, OBJ_ALLOC, OBJ_FREE,
     NR_MEMCG_STOCK, OOM_CHARGE, OUTCOMES, PAGE_ALLOC, PAGE_FREE, PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, RECLAIM_TRIGGERS, TASK_CLONE_VM, TASK_EXEC, TASK_EXIT, TASK_FORK,
     UNLIMITED, USER_RETURN, GfpBits, Limits,
 )
@@ -172,7 +172,7 @@ def scenarios(draw) -> tuple[ReplayInput, GfpBits, Limits, int]:
     high_pages = draw(st.sampled_from((UNLIMITED, max(usage + draw(st.integers(-80, 150)), 0))))
     limits = Limits(max_pages=max_pages, high_pages=high_pages, swap=draw(st.booleans()),
                     reclaim_ns_per_call=draw(st.integers(0, 100_000)), reclaim_ns_per_page=draw(st.integers(0, 5000)), rcu_grace_ns=draw(st.integers(0, 3 * 10**6)),
-                    closed_loop=draw(st.booleans()))
+                    closed_loop=draw(st.booleans()), clock=draw(st.sampled_from(CLOCK_SHARING)))
     return data, layout.bits, limits, draw(st.sampled_from(RESOLUTIONS))
 
 

@@ -558,6 +558,55 @@ def test_another_tasks_free_follows_the_task_that_allocated(engine):
     assert r.end_ns == 105 * MS
 
 
+def test_a_reader_frees_what_a_throttled_writer_sent_before_its_sleep_on_time(engine):
+    # Task 0 allocates 128 pages at 0 ms: a batch of 128, usage 26496 + 128 = 26624 over high
+    # 25600, and 128 pages over high is more than a batch: it is throttled at once, 102 jiffies
+    # (as above) * 128 / 64 = 204 ms. Task 1 frees them at 1 ms: the allocation ran on time,
+    # so the free does too, though its allocator sleeps (128 pages back to the stock are
+    # more than a batch: drained to the counter, 26496). Task 0's own next step, at 2 ms,
+    # comes at 206 ms.
+    ops = [page(pages=128, obj=5), page(pages=128, obj=5, op=PAGE_FREE, task=1), {"op": USER_RETURN}]
+    r = engine(scenario(ops, {POOL_OTHER: 26496}), MAINLINE, Limits(high_pages=25600))
+    assert r.throttle_ns == 204 * MS and list(r.delay_ns) == [204 * MS, 0]
+    assert {t: int(u) for t, u in enumerate(r.bucket_last) if u >= 0} == {0: 26624, 1: 26496, 206: 26496}
+
+
+def test_which_tasks_wait_with_a_throttled_one_is_the_clock_knob(engine):
+    # Task 0 makes task 1 at 0 ms and is throttled 102 ms (its charge at 1 ms, its return to
+    # user space at 2 ms); task 1 charges 64 file pages at 3 ms (26624 + 64 pages). On clocks
+    # of their own (the default) task 1 keeps its time; on a process's clock a thread (made
+    # with CLONE_VM) waits with its creator, at 105 ms, and a forked process does not; on the
+    # workload's clock every task waits. The stall stays the throttled task's own.
+    def run(make: int, clock: str) -> tuple:
+        ops = [{"op": make, "obj": 1, "pool": POOL_OTHER}, *THROTTLED,
+               {"op": LRU_CHARGE, "pages": 64, "pool": POOL_FILE, "task": 1}]
+        r = engine(scenario(ops, OVER_HIGH), MAINLINE, Limits(high_pages=25600, clock=clock))
+        charged = [t for t, u in enumerate(r.bucket_last) if u == 26688]
+        return list(r.stall_ns), list(r.delay_ns), charged, r.end_ns
+
+    on_time = ([102 * MS, 0], [102 * MS, 0], [3], 3 * MS)
+    waited = ([102 * MS, 0], [102 * MS, 102 * MS], [105], 105 * MS)
+    assert run(TASK_CLONE_VM, "task") == on_time
+    assert run(TASK_CLONE_VM, "process") == waited
+    assert run(TASK_FORK, "process") == on_time
+    assert run(TASK_FORK, "workload") == waited
+
+
+def test_on_the_workloads_clock_any_tasks_stall_delays_all(engine):
+    # No fork in the trace: task 1 is throttled (102 ms), task 0 charges 64 file pages at 3 ms.
+    ops = [{**op, "task": 1} for op in THROTTLED] + [{"op": LRU_CHARGE, "pages": 64, "pool": POOL_FILE}]
+    alone = engine(scenario(ops, OVER_HIGH), MAINLINE, Limits(high_pages=25600))
+    shared = engine(scenario(ops, OVER_HIGH), MAINLINE, Limits(high_pages=25600, clock="workload"))
+    assert list(alone.delay_ns) == [0, 102 * MS] and alone.end_ns == 2 * MS
+    assert list(shared.delay_ns) == [102 * MS, 102 * MS] and shared.end_ns == 104 * MS
+    assert list(shared.stall_ns) == [0, 102 * MS]
+
+
+def test_a_clock_the_model_does_not_know_is_refused():
+    with pytest.raises(ValueError, match="clock 'thread': choose one of task, process, workload"):
+        Limits(clock="thread")
+
+
 def test_toml_policies_are_validated(tmp_path):
     from replay.policy import load_toml
 
