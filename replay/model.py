@@ -1106,7 +1106,7 @@ def replay_operation(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, poo
     """Operation i, at `now` (ns, the trace's clock shifted by its task's delay)."""
     t, c, o, m = task[i], cpu[i], op[i], memcg_of[i]
     account_time(memcg, stats, cursor[LAST_TS], now)
-    cursor[LAST_TS] = now
+    cursor[LAST_TS] = max(cursor[LAST_TS], now)  # behind it only after a batch whose end ran late operations
     rcu_do_batch(memcg, knobs, now)
     slot = obj[i] if obj[i] >= 0 else object_state.shape[0] - 1
     if (o == OBJ_FREE or o == PAGE_FREE) and not freed_as_charged(object_state, slot, o):
@@ -1176,11 +1176,13 @@ def freed_as_charged(object_state, slot, o):
 # never below 0, plus the delay its parent had when it forked it: a task cannot start before
 # its fork. Each of its operations happens at its trace time plus its delay at that moment.
 # Operations in interrupt context keep their trace time: they are the outside world's (a
-# packet), no task's. A free by another clock than the allocation's (a reader's, an RCU
-# callback's, a softirq's, a child's exit freeing what its parent's fork made) comes as late
-# as the allocation came: the object lives as long as in the trace, and a throttled writer's
-# data is still read and freed while it sleeps. Until its allocation is replayed, it waits
-# behind it on the allocation's clock.
+# packet), no task's. A free by a task on another clock than the allocation's (a reader's, a
+# child's exit freeing what its parent's fork made) comes as late as the allocation came: the
+# object lives as long as in the trace, and a throttled writer's data is still read and freed
+# while it sleeps. A free in interrupt context (an RCU callback, a softirq) is deferred work
+# most often set off by the task that allocated the object (its close, its unlink): it runs on
+# that task's clock, behind its earlier operations. So does any free whose allocation has not
+# been replayed yet.
 #
 # The replay takes operations in the order of those times. A task's operations wait in a queue
 # (queued[i, NEXT]: the next one on the same clock, -1 none; queued[i, CLOCK]: that task;
@@ -1201,7 +1203,9 @@ def freed_as_charged(object_state, slot, o):
 # is the row of the task that owns it (RUNS_ON): its stall, reclaim time and start.
 #
 # Approximations: a batch's operations (a trace segment's, at most BATCH_SIZE of them) are all
-# replayed before the next batch's; a vfork child stays on its parent's clock after its exec.
+# replayed before the next batch's, so the next batch's on-time operations may come before
+# what the last one ran late (its clock, LAST_TS, stays put: no time is counted twice); a
+# vfork child stays on its parent's clock after its exec.
 
 @njit
 def task_delay(knobs, per_task, task):
@@ -1238,9 +1242,9 @@ def clock_of(per_task, task, irq, op, obj, object_task, object_state, i):
     """The task on whose clock operation i runs; -1: none (op_delay says when it runs)."""
     if (op[i] == OBJ_FREE or op[i] == PAGE_FREE) and obj[i] >= 0 and object_task[obj[i]] >= 0:
         allocator = per_task[object_task[obj[i]], RUNS_ON]
-        if object_state[obj[i]] == IDLE:  # its allocation still waits on that clock: the free waits behind it
+        if object_state[obj[i]] == IDLE or irq[i]:  # its allocation waits on that clock, or a deferred free
             return allocator
-        if irq[i] or per_task[task[i], RUNS_ON] != allocator:
+        if per_task[task[i], RUNS_ON] != allocator:
             return -1
     return -1 if irq[i] else per_task[task[i], RUNS_ON]
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replay.input import ReplayInput
+from replay.input import ARRAYS, ReplayInput
 from replay.model import FILE_LRU, FREED_FOLIOS, HIGH, LRU_HEAD, LRU_TAIL, POOLS, SLAB_COUNT, USAGE
 from replay.ops import (
     ANON_FREED, ANON_UNMAPPED, FAILED_CHARGE, PAGE_FREE, TASK_CLONE_VM, TASK_FORK, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, OBJ_ALLOC, OBJ_FREE, OOM_CHARGE, OUTCOME, PAGE_ALLOC, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER,
@@ -558,17 +558,38 @@ def test_another_tasks_free_follows_the_task_that_allocated(engine):
     assert r.end_ns == 105 * MS
 
 
-def test_a_reader_frees_what_a_throttled_writer_sent_before_its_sleep_on_time(engine):
+def test_a_reader_frees_what_a_throttled_writer_sent_on_time_an_interrupt_after_the_sleep(engine):
     # Task 0 allocates 128 pages at 0 ms: a batch of 128, usage 26496 + 128 = 26624 over high
     # 25600, and 128 pages over high is more than a batch: it is throttled at once, 102 jiffies
     # (as above) * 128 / 64 = 204 ms. Task 1 frees them at 1 ms: the allocation ran on time,
     # so the free does too, though its allocator sleeps (128 pages back to the stock are
     # more than a batch: drained to the counter, 26496). Task 0's own next step, at 2 ms,
-    # comes at 206 ms.
-    ops = [page(pages=128, obj=5), page(pages=128, obj=5, op=PAGE_FREE, task=1), {"op": USER_RETURN}]
-    r = engine(scenario(ops, {POOL_OTHER: 26496}), MAINLINE, Limits(high_pages=25600))
+    # comes at 206 ms. Freed in interrupt context instead (deferred work of task 0's), the
+    # pages go on task 0's clock, after its sleep: at 205 ms.
+    reader = [page(pages=128, obj=5), page(pages=128, obj=5, op=PAGE_FREE, task=1), {"op": USER_RETURN}]
+    r = engine(scenario(reader, {POOL_OTHER: 26496}), MAINLINE, Limits(high_pages=25600))
     assert r.throttle_ns == 204 * MS and list(r.delay_ns) == [204 * MS, 0]
     assert {t: int(u) for t, u in enumerate(r.bucket_last) if u >= 0} == {0: 26624, 1: 26496, 206: 26496}
+    interrupt = [reader[0], {**reader[1], "irq": True}, reader[2]]
+    r = engine(scenario(interrupt, {POOL_OTHER: 26496}), MAINLINE, Limits(high_pages=25600))
+    assert {t: int(u) for t, u in enumerate(r.bucket_last) if u >= 0} == {0: 26624, 205: 26496, 206: 26496}
+
+
+def test_a_delay_across_batches_is_not_counted_twice():
+    # Batch 1: task 0 is throttled 102 ms (at 1 ms) and uncharges at 2 ms: at 104 ms, replayed
+    # by the batch's end. Batch 2: task 1, on time, charges at 3 ms and uncharges at 4 ms,
+    # earlier than what batch 1 ran last. Usage is above high all along: 104 ms above it, and
+    # the run ends at 104 ms, not at 4 ms nor 105 ms.
+    ops = [*THROTTLED, {"op": LRU_UNCHARGE, "pages": 64, "pool": POOL_ANON},
+           {"op": LRU_CHARGE, "pages": 64, "pool": POOL_FILE, "task": 1},
+           {"op": LRU_UNCHARGE, "pages": 64, "pool": POOL_FILE, "task": 1}]
+    data = scenario(ops, OVER_HIGH)
+    for name, replay_class in ENGINES.items():
+        session = replay_class(data, MAINLINE, Limits(high_pages=25600), GFP, MS)
+        for lo, hi in ((0, 3), (3, 5)):
+            session.feed(replace(data, **{k: getattr(data, k)[lo:hi] for k in ARRAYS}))
+        r = session.finish()
+        assert (r.ns_above_high, r.end_ns) == (104 * MS, 104 * MS), name
 
 
 def test_which_tasks_wait_with_a_throttled_one_is_the_clock_knob(engine):
