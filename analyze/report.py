@@ -17,6 +17,7 @@ from analyze import charts
 from analyze.divergence import divergence
 from analyze.fidelity import format_error, format_target, format_value
 from analyze.results import Result
+from analyze.verdict import verdict
 from replay.result_format import loop_description
 from common.units import format_bytes
 from common.version import __version__
@@ -37,7 +38,7 @@ Figure = tuple[str, str, alt.TopLevelMixin]  # title, what it shows, chart
 
 def report_figures(result: Result, metrics: dict) -> list[Figure]:
     divergent = result.divergent_charges
-    baseline = BASELINE if BASELINE in result.policies else result.policies[0]
+    baseline = baseline_of(result)
     ranking = pl.DataFrame(metrics["call_sites"], schema={"symbol": pl.String, "changed": pl.UInt32, "charges": pl.UInt32})
     return [
         ("Usage over time", "Each policy's memcg usage, at its peak in each interval, against memory.high (orange) and "
@@ -60,9 +61,15 @@ def report_figures(result: Result, metrics: dict) -> list[Figure]:
     ]
 
 
+def baseline_of(result: Result) -> str:
+    return BASELINE if BASELINE in result.policies else result.policies[0]
+
+
 def build_report(result: Result, figures: list[Figure], metrics: dict, fidelity: dict | None = None) -> str:
-    """The HTML page: facts, tables (fidelity first, when validating), and every figure with its sentence."""
-    body = [_header(result), *([_fidelity_table(fidelity)] if fidelity else []), _summary_table(result), _pairs_table(metrics)]
+    """The HTML page: facts, the verdict, tables (fidelity first, when validating), and every
+    figure with its sentence."""
+    body = [_header(result), _verdict(result), *([_fidelity_table(fidelity)] if fidelity else []), _summary_table(result),
+            _pairs_table(metrics)]
     scripts = []
     for n, (title, sentence, chart) in enumerate(figures):
         body.append(f'<h2>{escape(title)}</h2>\n<p class="what">{escape(sentence)}</p>\n<div id="chart{n}"></div>')
@@ -118,6 +125,11 @@ SUMMARY_COLUMNS = (
     ("OOM kills", lambda s: f"{s['oom_kills']:,}"),
     ("fallbacks", lambda s: f"{s['fallbacks']:,}"),
 )
+
+
+def _verdict(result: Result) -> str:
+    items = "".join(f"<li>{escape(sentence)}</li>" for sentence in verdict(result.summary, baseline_of(result)))
+    return f'<h2>Verdict</h2>\n<ul class="verdict">{items}</ul>'
 
 
 def _summary_table(result: Result) -> str:

@@ -223,6 +223,18 @@ def test_the_report_draws_every_chart_offline_without_console_messages(tmp_path)
     drawn = DrawnCharts(dom)
     assert sorted(drawn.charts) == list(range(7))
 
+    # The verdict opens the page, before the summary table: the best at keeping memory.high is
+    # the policy with the fewest page-seconds above it (then seconds above it, then peak).
+    verdict = dom.split('<ul class="verdict">')[1].split("</ul>")[0]
+    assert dom.index('<ul class="verdict">') < dom.index("<h2>Summary</h2>")
+    keeping = {p: (policies[p]["page_seconds_above_high"], policies[p]["seconds_above_high"], policies[p]["peak_bytes"])
+               for p in names}
+    best = min(names, key=keeping.get)
+    assert len(set(keeping.values())) > 1 and [p for p in names if keeping[p] == keeping[best]] == [best]
+    first = re.sub("<[^>]+>", "", verdict.split("</li>")[0])
+    assert first.startswith(f"Best at keeping memory.high (15.0 MiB): {best}, ")
+    assert verdict.count("<li>") >= 2 * len(names) - 1  # a cost per policy, what sets each apart from the baseline
+
     # 0, usage over time: a line per policy, the memory.high and memory.max rules at the
     # summary's limits (the demo replays with 15 and 16 MiB), a legend entry per policy
     # (Vega orders a nominal legend's entries by value).
