@@ -1195,11 +1195,11 @@ def freed_as_charged(object_state, slot, o):
 #
 # Which tasks share a clock (knob CLOCKS) is a choice about the workload, which the trace cannot
 # tell: OWN_CLOCKS (the default), each task on its own, as the kernel throttles each task
-# alone, so a reader whose writer was throttled reads on at its own time (but frees what it
-# reads on the writer's clock); SHARED_BY_PROCESS, a task made with CLONE_VM (a thread, a vfork
+# alone, so a reader whose writer was throttled reads on at its own time (and frees what it
+# reads as late as the writer sent it); SHARED_BY_PROCESS, a task made with CLONE_VM (a thread, a vfork
 # child) runs on its creator's clock, for thread pools that wait for their slowest member; and
 # SHARED_BY_WORKLOAD, all on one, as if every task waited for every other (a pipeline in lock
-# step). Own clocks bound the workload's stretch from below, one clock from above. The clock
+# step). Own clocks roughly bound the workload's stretch from below, one clock from above. The clock
 # is the row of the task that owns it (RUNS_ON): its stall, reclaim time and start.
 #
 # Approximations: a batch's operations (a trace segment's, at most BATCH_SIZE of them) are all
