@@ -1076,9 +1076,10 @@ def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, m
         if op[i] == TASK_FORK or op[i] == TASK_CLONE_VM:
             per_task[obj[i], RUNS_ON] = clock_at_birth(knobs, per_task, task[i], obj[i], op[i] == TASK_CLONE_VM)
         clock = clock_of(per_task, task, irq, op, obj, object_task, object_state, i)
-        if clock < 0 and op_delay(op, obj, object_delay, i) > 0:
+        late = op_delay(op, obj, object_delay, i) if clock < 0 else 0
+        if late > 0:
             queued[i, CLOCK] = -1  # on no clock: it waits for its own time
-            heap_push(waiting, cursor, ts[i] + op_delay(op, obj, object_delay, i), i)
+            heap_push(waiting, cursor, ts[i] + late, i)
         elif clock < 0 or on_time(knobs, per_task, clock):
             ran_late(op, obj, object_delay, i, 0)
             replay_operation(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, memcg_of, outcome, i, ts[i],
