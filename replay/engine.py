@@ -85,6 +85,7 @@ class Replay:
         self.object_state = np.zeros(1, np.int8)  # by object slot, then -1's slot; grows as feed() needs
         self.object_task = np.full(1, -1, np.int32)  # likewise: the task that allocated it (the closed loop's)
         self.object_delay = np.zeros(1, np.int64)  # likewise: how late its allocation was replayed (ditto)
+        self.object_born = np.zeros(1, np.int64)  # likewise: its allocation's trace time (ditto)
         self.object_slab = np.full(1, -1, np.int32)  # likewise, when slabs are charged
         self.slabs = np.zeros((0, SLAB_LISTED + 1), np.int64)  # grows as feed() needs
         geometry = (start.cache_order, start.cache_min_order, start.cache_objects, start.cache_objects_min)
@@ -121,8 +122,8 @@ class Replay:
                 first: int) -> int:
         return self.model.replay_batch(
             *part.values(), outcome, queued, first, self.t_first, self.resolution_ns, self.memcg, self.stats, self.knobs,
-            self.per_cpu, self.per_task, self.object_state, self.object_slab, self.object_task, self.object_delay, self.slabs,
-            self.caches, self.geometry, self.cursor, waiting, self.result.bucket_last, self.result.bucket_peak)
+            self.per_cpu, self.per_task, self.object_state, self.object_slab, self.object_task, self.object_delay,
+            self.object_born, self.slabs, self.caches, self.geometry, self.cursor, waiting, self.result.bucket_last, self.result.bucket_peak)
 
     def finish(self) -> EngineResult:
         """Counters, stall and time series of everything fed (outcomes came with each batch)."""
@@ -165,6 +166,7 @@ class Replay:
             self.object_state = _grown(self.object_state, size, 0)
             self.object_task = _grown(self.object_task, size, -1)
             self.object_delay = _grown(self.object_delay, size, 0)
+            self.object_born = _grown(self.object_born, size, 0)
             if not self.knobs[OBJECT_CHARGING]:
                 self.object_slab = _grown(self.object_slab, size, -1)
             self.bounds["obj"] = (-1, size - 1)

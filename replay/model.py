@@ -154,10 +154,13 @@ N_PER_CPU = STOCK_SLOTS + 2 * NR_MEMCG_STOCK
 # maps copy-on-write from the mm it was forked from, and that mm's row (-1: none). ANON, OOM_DEBT, OOM_KEPT and
 # DYING are kept on the mm's row. Then the closed loop's (below): the capturing kernel's reclaim time of the
 # task, the delay it started with, its waiting operations (first and last; -1: none), whether its fork waits,
-# the task whose clock it runs on, and the stall of all tasks on its clock (these six on the clock's row).
+# the task whose clock it runs on, the stall of all tasks on its clock, the interrupts' frees waiting for the
+# delay at their set-off (first and last; -1: none), and the trace time of the last operation that changed
+# the clock's delay and the delay before it (these ten on the clock's row).
 OVER_HIGH, STALL, ANON, OOM_DEBT, OOM_KEPT, DYING, MM, USERS, INHERITED, COW_FROM = range(10)
 KERNEL_STALL, STARTED_LATE, QUEUE_HEAD, QUEUE_TAIL, UNBORN, RUNS_ON, CLOCK_STALL = range(10, 17)
-N_TASK_COLUMNS = 17
+DEFERRED_HEAD, DEFERRED_TAIL, STALLED_AT, DELAY_BEFORE_STALL = range(17, 21)
+N_TASK_COLUMNS = 21
 # slabs columns; SLAB_NEXT_PARTIAL threads a partial list (SLAB_LISTED: the slab is on one) or the free rows
 SLAB_CACHE, SLAB_CAPACITY, SLAB_PAGES, SLAB_POOL, SLAB_USED, SLAB_NEXT_PARTIAL, SLAB_LISTED = range(7)
 CURRENT_SLAB, PARTIAL_HEAD = range(2)  # caches columns; -1: none
@@ -495,6 +498,8 @@ def new_per_task(tasks: int, clocks: int) -> np.ndarray:
     per_task[:, USERS] = 1
     per_task[:, COW_FROM] = -1
     per_task[:, QUEUE_HEAD] = per_task[:, QUEUE_TAIL] = -1
+    per_task[:, DEFERRED_HEAD] = per_task[:, DEFERRED_TAIL] = -1
+    per_task[:, STALLED_AT] = np.iinfo(np.int64).min  # never stalled
     per_task[:, RUNS_ON] = 0 if clocks == SHARED_BY_WORKLOAD else np.arange(tasks)
     return per_task
 
@@ -1038,7 +1043,7 @@ def slab_free_object(memcg, knobs, per_cpu, slabs, caches, cursor, object_slab, 
 @njit
 def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, memcg_of, outcome, queued, first,
                  t_first, resolution_ns, memcg, stats, knobs, per_cpu, per_task, object_state, object_slab, object_task,
-                 object_delay, slabs, caches, geometry, cursor, waiting, bucket_last, bucket_peak):
+                 object_delay, object_born, slabs, caches, geometry, cursor, waiting, bucket_last, bucket_peak):
     """Replay a batch's operations from `first` on, each at its time on its task's clock (the
     closed loop below); outcome is the batch's slice of the result's. The state arrays carry
     everything from one batch to the next; every operation of a batch is replayed by its end.
@@ -1048,7 +1053,7 @@ def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, m
     memcg, stats, knobs, per_cpu, per_task = (borrowed(memcg), borrowed(stats), borrowed(knobs), borrowed(per_cpu),
                                               borrowed(per_task))
     object_state, object_slab, object_task = borrowed(object_state), borrowed(object_slab), borrowed(object_task)
-    object_delay = borrowed(object_delay)
+    object_delay, object_born = borrowed(object_delay), borrowed(object_born)
     slabs, caches, geometry, cursor, waiting = borrowed(slabs), borrowed(caches), borrowed(geometry), borrowed(cursor), borrowed(waiting)
     bucket_last, bucket_peak, queued = borrowed(bucket_last), borrowed(bucket_peak), borrowed(queued)
     ts, cpu, task, irq, op, gfp = borrowed(ts), borrowed(cpu), borrowed(task), borrowed(irq), borrowed(op), borrowed(gfp)
@@ -1061,23 +1066,27 @@ def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, m
             j, now = waiting[0, OP], max(waiting[0, DUE], cursor[LAST_TS])
             if not room_for(op[j], now, t_first, resolution_ns, knobs, slabs, cursor, bucket_last):
                 return i
-            dequeue(waiting, cursor, per_task, queued, j)
+            clock = dequeue(waiting, cursor, per_task, queued, j)
             ran_late(op, obj, object_delay, j, now - ts[j])
+            delay = task_delay(knobs, per_task, clock) if clock >= 0 else 0
             replay_operation(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, memcg_of, outcome, j, now,
                              t_first, resolution_ns, memcg, stats, knobs, per_cpu, per_task, object_state, object_slab,
                              slabs, caches, geometry, cursor, bucket_last, bucket_peak)
-            task_went_on(ts, op, obj, nbytes, waiting, cursor, knobs, per_task, queued, j, queued[j, CLOCK], True)
+            task_went_on(ts, op, obj, nbytes, waiting, cursor, knobs, per_task, queued, j, clock, True, delay)
         if i == n:
             break
         if not room_for(op[i], ts[i], t_first, resolution_ns, knobs, slabs, cursor, bucket_last):
             return i
         if (op[i] == OBJ_ALLOC or op[i] == PAGE_ALLOC) and obj[i] >= 0:
             object_task[obj[i]] = task[i]
+            object_born[obj[i]] = ts[i]
         if op[i] == TASK_FORK or op[i] == TASK_CLONE_VM:
             per_task[obj[i], RUNS_ON] = clock_at_birth(knobs, per_task, task[i], obj[i], op[i] == TASK_CLONE_VM)
         clock = clock_of(per_task, task, irq, op, obj, object_task, object_state, i)
         late = op_delay(op, obj, object_delay, i) if clock < 0 else 0
-        if late > 0:
+        if clock >= 0 and deferred_free(irq, op, obj, object_state, i):
+            wait_for_set_off(ts, knobs, per_task, queued, waiting, cursor, i, clock, object_born[obj[i]])
+        elif late > 0:
             queued[i, CLOCK] = -1  # on no clock: it waits for its own time
             heap_push(waiting, cursor, ts[i] + late, i)
         elif clock < 0 or on_time(knobs, per_task, clock):
@@ -1085,7 +1094,7 @@ def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, m
             replay_operation(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, memcg_of, outcome, i, ts[i],
                              t_first, resolution_ns, memcg, stats, knobs, per_cpu, per_task, object_state, object_slab,
                              slabs, caches, geometry, cursor, bucket_last, bucket_peak)
-            task_went_on(ts, op, obj, nbytes, waiting, cursor, knobs, per_task, queued, i, clock, False)
+            task_went_on(ts, op, obj, nbytes, waiting, cursor, knobs, per_task, queued, i, clock, False, 0)
         else:
             enqueue(ts, op, obj, nbytes, waiting, cursor, knobs, per_task, queued, i, clock)
     return n
@@ -1181,9 +1190,12 @@ def freed_as_charged(object_state, slot, o):
 # child's exit freeing what its parent's fork made) comes as late as the allocation came: the
 # object lives as long as in the trace, and a throttled writer's data is still read and freed
 # while it sleeps. A free in interrupt context (an RCU callback, a softirq) is deferred work
-# most often set off by the task that allocated the object (its close, its unlink): it runs on
-# that task's clock, behind its earlier operations. So does any free whose allocation has not
-# been replayed yet.
+# most often set off by the task that allocated the object (its close, its unlink), which the
+# trace does not show: taken to be set off one RCU grace period (knob RCU_GRACE_NS) before it
+# ran, or at the allocation if that is later, it comes as long after its set-off as in the
+# trace, at its trace time plus the allocating task's delay at the set-off. So a close and the
+# callback it queues move together, and a sleep after the close does not hold the callback. A
+# free whose allocation has not been replayed yet waits behind it on that task's clock.
 #
 # The replay takes operations in the order of those times. A task's operations wait in a queue
 # (queued[i, NEXT]: the next one on the same clock, -1 none; queued[i, CLOCK]: that task;
@@ -1192,7 +1204,12 @@ def freed_as_charged(object_state, slot, o):
 # its size). A task made by a fork that still waits waits too (UNBORN), until its fork is
 # replayed. So a task has an entry in the heap when it has waiting operations and is not
 # UNBORN: at most one per task. A free on no clock that comes late waits in the heap on its
-# own (queued[i, CLOCK] -1): at most one entry per operation of the batch besides.
+# own (queued[i, CLOCK] -1): at most one entry per operation of the batch besides. So does an
+# interrupt's free, once its task's delay at the set-off is known: while operations of the task
+# from before the set-off still wait, it waits on the task's list of deferred frees
+# (DEFERRED_HEAD and DEFERRED_TAIL, threaded by queued[i, NEXT], its set-off in queued[i, CLOCK]).
+# For a set-off already past, the clock keeps one step of history: the trace time of its last
+# operation that changed its delay, and the delay before (STALLED_AT, DELAY_BEFORE_STALL).
 #
 # Which tasks share a clock (knob CLOCKS) is a choice about the workload, which the trace cannot
 # tell: OWN_CLOCKS (the default), each task on its own, as the kernel throttles each task
@@ -1206,7 +1223,8 @@ def freed_as_charged(object_state, slot, o):
 # Approximations: a batch's operations (a trace segment's, at most BATCH_SIZE of them) are all
 # replayed before the next batch's, so the next batch's on-time operations may come before
 # what the last one ran late (its clock, LAST_TS, stays put: no time is counted twice); a
-# vfork child stays on its parent's clock after its exec.
+# vfork child stays on its parent's clock after its exec; an interrupt's free whose task stalled
+# twice or more between its set-off and its trace time waits for all those stalls but the last.
 
 @njit
 def task_delay(knobs, per_task, task):
@@ -1300,20 +1318,24 @@ def enqueue(ts, op, obj, nbytes, waiting, cursor, knobs, per_task, queued, i, cl
 
 @njit
 def dequeue(waiting, cursor, per_task, queued, i):
-    """Operation i, the heap's earliest and the first on its clock (if on one), is due: the next one comes first."""
+    """Operation i, the heap's earliest and the first on its clock (if on one), is due: the next one
+    comes first. Returns its clock (-1: none)."""
     heap_pop(waiting, cursor)
     clock = queued[i, CLOCK]
-    if clock < 0:
-        return
-    per_task[clock, QUEUE_HEAD] = queued[i, NEXT]
-    if queued[i, NEXT] < 0:
-        per_task[clock, QUEUE_TAIL] = -1
+    if clock >= 0:
+        per_task[clock, QUEUE_HEAD] = queued[i, NEXT]
+        if queued[i, NEXT] < 0:
+            per_task[clock, QUEUE_TAIL] = -1
+    return clock
 
 
 @njit(inline="always")
-def task_went_on(ts, op, obj, nbytes, waiting, cursor, knobs, per_task, queued, i, clock, was_waiting):
-    """After operation i: a forked task starts on its parent's clock, and when i waited, the next
-    operation on its clock waits for its own time."""
+def task_went_on(ts, op, obj, nbytes, waiting, cursor, knobs, per_task, queued, i, clock, was_waiting, delay_before):
+    """After operation i, replayed with its clock `delay_before` behind: a forked task starts on
+    its parent's clock; when i waited, the next operation on its clock waits for its own time;
+    deferred frees whose set-off i passed wait for theirs."""
+    if clock >= 0 and task_delay(knobs, per_task, clock) != delay_before:
+        per_task[clock, STALLED_AT], per_task[clock, DELAY_BEFORE_STALL] = ts[i], delay_before
     if (op[i] == TASK_FORK or op[i] == TASK_CLONE_VM) and born_on_own_clock(per_task, obj[i], clock):
         child = obj[i]
         per_task[child, STARTED_LATE] = task_delay(knobs, per_task, clock)
@@ -1325,6 +1347,62 @@ def task_went_on(ts, op, obj, nbytes, waiting, cursor, knobs, per_task, queued, 
     if was_waiting and clock >= 0 and per_task[clock, QUEUE_HEAD] >= 0:
         first = per_task[clock, QUEUE_HEAD]
         heap_push(waiting, cursor, due(ts, op, nbytes, knobs, per_task, clock, first), first)
+    if clock >= 0:
+        release_deferred_frees(ts, knobs, per_task, queued, waiting, cursor, clock)
+
+
+@njit(inline="always")
+def deferred_free(irq, op, obj, object_state, i):
+    """Whether operation i is an interrupt's free of an object whose allocation was replayed."""
+    return irq[i] and (op[i] == OBJ_FREE or op[i] == PAGE_FREE) and obj[i] >= 0 and object_state[obj[i]] != IDLE
+
+
+@njit(inline="always")
+def before_set_off(ts, per_task, clock, set_off):
+    """Whether operations of the clock from before trace time `set_off` still wait."""
+    head = per_task[clock, QUEUE_HEAD]
+    return head >= 0 and ts[head] <= set_off
+
+
+@njit(inline="always")
+def delay_at(knobs, per_task, clock, set_off):
+    """The clock's delay when its tasks were at trace time `set_off` (replayed up to there)."""
+    if per_task[clock, STALLED_AT] > set_off:
+        return per_task[clock, DELAY_BEFORE_STALL]
+    return task_delay(knobs, per_task, clock)
+
+
+@njit
+def wait_for_set_off(ts, knobs, per_task, queued, waiting, cursor, i, clock, born):
+    """Interrupt's free i comes at its trace time plus its clock's delay at its set-off (the
+    closed loop above); while that delay is not known yet, it waits on the clock's deferred list."""
+    set_off = max(ts[i] - knobs[RCU_GRACE_NS], born)
+    queued[i, NEXT] = -1
+    if before_set_off(ts, per_task, clock, set_off):
+        queued[i, CLOCK] = set_off
+        if per_task[clock, DEFERRED_HEAD] < 0:
+            per_task[clock, DEFERRED_HEAD] = i
+        else:
+            queued[per_task[clock, DEFERRED_TAIL], NEXT] = i
+        per_task[clock, DEFERRED_TAIL] = i
+    else:
+        queued[i, CLOCK] = -1  # in the heap, on no clock
+        heap_push(waiting, cursor, ts[i] + delay_at(knobs, per_task, clock, set_off), i)
+
+
+@njit
+def release_deferred_frees(ts, knobs, per_task, queued, waiting, cursor, clock):
+    """The clock's deferred frees whose set-off its tasks have passed wait for their time, in order."""
+    while per_task[clock, DEFERRED_HEAD] >= 0:
+        i = per_task[clock, DEFERRED_HEAD]
+        set_off = queued[i, CLOCK]
+        if before_set_off(ts, per_task, clock, set_off):
+            return
+        per_task[clock, DEFERRED_HEAD] = queued[i, NEXT]
+        if queued[i, NEXT] < 0:
+            per_task[clock, DEFERRED_TAIL] = -1
+        queued[i, CLOCK] = -1
+        heap_push(waiting, cursor, ts[i] + delay_at(knobs, per_task, clock, set_off), i)
 
 
 @njit(inline="always")

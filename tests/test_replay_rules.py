@@ -547,6 +547,24 @@ def test_an_interrupt_keeps_its_time_but_its_free_follows_the_task_that_allocate
     assert r.reclaim_calls[TRIGGER["async"]] == 1 and r.end_ns == 106 * MS
 
 
+def test_an_interrupts_free_comes_as_late_as_its_task_ran_when_it_set_it_off(engine):
+    # Task 0 allocates 64 pages at 0 ms (a batch of 64: no stock; usage 26624), returns to
+    # user space at 1 ms (throttled 102 ms, as above) and charges 1 anon page at 2 ms (its
+    # close, say). An RCU callback frees the 64 pages at 3 ms, taken to be set off a grace
+    # period earlier. Grace 3 ms: set off at the allocation (0 ms), before the sleep, so it
+    # runs during it, at 3 ms (back to the stock: 64, not more than a batch, stays); the
+    # anon page at 104 ms takes 1 of them. Grace 1 ms: set off at 2 ms, after the sleep, so it
+    # waits for task 0's 2 ms step (104 ms: no stock, a batch of 64, 26688, 63 stocked) and
+    # comes at 3 + 102 = 105 ms (63 + 64 stocked is more than a batch: drained, 26561).
+    ops = [page(pages=64, obj=5), {"op": USER_RETURN}, {"op": LRU_CHARGE, "pages": 1, "pool": POOL_ANON},
+           page(pages=64, obj=5, op=PAGE_FREE, irq=True, task=1)]
+    during = engine(scenario(ops, {POOL_OTHER: 26560}), MAINLINE, Limits(high_pages=25600, rcu_grace_ns=3 * MS))
+    assert {t: int(u) for t, u in enumerate(during.bucket_last) if u >= 0} == {0: 26624, 1: 26624, 3: 26624, 104: 26624}
+    after = engine(scenario(ops, {POOL_OTHER: 26560}), MAINLINE, Limits(high_pages=25600, rcu_grace_ns=1 * MS))
+    assert {t: int(u) for t, u in enumerate(after.bucket_last) if u >= 0} == {0: 26624, 1: 26624, 104: 26688, 105: 26561}
+    assert (during.end_ns, after.end_ns) == (104 * MS, 105 * MS)
+
+
 def test_another_tasks_free_follows_the_task_that_allocated(engine):
     # Task 1 frees at 3 ms the page task 0 allocates at 2 ms, which comes at 104 ms (a batch of
     # 64 charged, 63 stocked): the free comes at 105 ms, as long after the allocation as in the
@@ -564,8 +582,9 @@ def test_a_reader_frees_what_a_throttled_writer_sent_on_time_an_interrupt_after_
     # (as above) * 128 / 64 = 204 ms. Task 1 frees them at 1 ms: the allocation ran on time,
     # so the free does too, though its allocator sleeps (128 pages back to the stock are
     # more than a batch: drained to the counter, 26496). Task 0's own next step, at 2 ms,
-    # comes at 206 ms. Freed in interrupt context instead (deferred work of task 0's), the
-    # pages go on task 0's clock, after its sleep: at 205 ms.
+    # comes at 206 ms. Freed in interrupt context instead (deferred work of task 0's, set off
+    # no earlier than the allocation, after which task 0 slept), the free comes as late as task
+    # 0 ran then: at 205 ms.
     reader = [page(pages=128, obj=5), page(pages=128, obj=5, op=PAGE_FREE, task=1), {"op": USER_RETURN}]
     r = engine(scenario(reader, {POOL_OTHER: 26496}), MAINLINE, Limits(high_pages=25600))
     assert r.throttle_ns == 204 * MS and list(r.delay_ns) == [204 * MS, 0]
