@@ -122,9 +122,10 @@ DEBT = POOLS + 6  # memcg[DEBT + pool]: pages reclaimed that the trace has yet t
 LRU_HEAD, LRU_TAIL = DEBT + 6, DEBT + 7  # memcg[FILE_LRU + LRU_HEAD .. FILE_LRU + LRU_TAIL): file folios, oldest first
 UNMAPPED = DEBT + 8  # anon pages unmapped and still charged (not yet freed)
 # Shrunk slab pages waiting for RCU: those of the grace period under way (it ends at RCU_GP_END), and those
-# shrunk meanwhile, which wait for the next one. NOW: the time of the operation being replayed.
-RCU_WAITING, RCU_NEXT, RCU_GP_END, NOW = DEBT + 9, DEBT + 10, DEBT + 11, DEBT + 12
-FREED_FOLIOS = DEBT + 13  # memcg[FREED_FOLIOS + order]: freed folios still to leave the file LRU
+# shrunk meanwhile, which wait for the next one. NOW: the time of the operation being replayed; TRACE_NOW:
+# its time in the trace.
+RCU_WAITING, RCU_NEXT, RCU_GP_END, NOW, TRACE_NOW = DEBT + 9, DEBT + 10, DEBT + 11, DEBT + 12, DEBT + 13
+FREED_FOLIOS = DEBT + 14  # memcg[FREED_FOLIOS + order]: freed folios still to leave the file LRU
 # memcg[OBJCG_BYTES + i]: bytes pre-charged to memcg i's objcg that no object stock holds (nr_charged_bytes)
 OBJCG_BYTES = FREED_FOLIOS + 64
 MAX_MEMCGS = 256  # the target and the memcgs below it, by index (replay.input)
@@ -445,7 +446,7 @@ def mem_cgroup_handle_over_high(memcg, stats, knobs, per_task, task, trigger):
                 retries -= 1
             in_retry = True
             continue
-        stall(per_task, task, penalty * (1_000_000_000 // HZ))
+        stall(memcg, knobs, per_task, task, penalty * (1_000_000_000 // HZ))
         stats[THROTTLE_NS] += penalty * (1_000_000_000 // HZ)
         return
 
@@ -601,7 +602,7 @@ def try_to_free_mem_cgroup_pages(memcg, stats, knobs, per_task, task, nr_pages, 
     stats[RECLAIM_CALLS + trigger] += 1
     stats[RECLAIMED_PAGES + trigger] += lru + slab
     if trigger != BY_ASYNC:
-        stall(per_task, task, knobs[RECLAIM_NS_PER_CALL] + (lru + slab) * knobs[RECLAIM_NS_PER_PAGE])
+        stall(memcg, knobs, per_task, task, knobs[RECLAIM_NS_PER_CALL] + (lru + slab) * knobs[RECLAIM_NS_PER_PAGE])
     return lru + slab if knobs[SHRUNK_SLAB_COUNTS] else lru
 
 
@@ -1068,11 +1069,10 @@ def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, m
                 return i
             clock = dequeue(waiting, cursor, per_task, queued, j)
             ran_late(op, obj, object_delay, j, now - ts[j])
-            delay = task_delay(knobs, per_task, clock) if clock >= 0 else 0
             replay_operation(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, memcg_of, outcome, j, now,
                              t_first, resolution_ns, memcg, stats, knobs, per_cpu, per_task, object_state, object_slab,
                              slabs, caches, geometry, cursor, bucket_last, bucket_peak)
-            task_went_on(ts, op, obj, nbytes, waiting, cursor, knobs, per_task, queued, j, clock, True, delay)
+            task_went_on(ts, op, obj, nbytes, waiting, cursor, knobs, per_task, queued, j, clock, True)
         if i == n:
             break
         if not room_for(op[i], ts[i], t_first, resolution_ns, knobs, slabs, cursor, bucket_last):
@@ -1094,7 +1094,7 @@ def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, m
             replay_operation(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, memcg_of, outcome, i, ts[i],
                              t_first, resolution_ns, memcg, stats, knobs, per_cpu, per_task, object_state, object_slab,
                              slabs, caches, geometry, cursor, bucket_last, bucket_peak)
-            task_went_on(ts, op, obj, nbytes, waiting, cursor, knobs, per_task, queued, i, clock, False, 0)
+            task_went_on(ts, op, obj, nbytes, waiting, cursor, knobs, per_task, queued, i, clock, False)
         else:
             enqueue(ts, op, obj, nbytes, waiting, cursor, knobs, per_task, queued, i, clock)
     return n
@@ -1118,6 +1118,7 @@ def replay_operation(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, poo
     account_time(memcg, stats, cursor[LAST_TS], now)
     cursor[LAST_TS] = max(cursor[LAST_TS], now)  # behind it only after a batch whose end ran late operations
     rcu_do_batch(memcg, knobs, now)
+    memcg[TRACE_NOW] = ts[i]
     slot = obj[i] if obj[i] >= 0 else object_state.shape[0] - 1
     if (o == OBJ_FREE or o == PAGE_FREE) and not freed_as_charged(object_state, slot, o):
         pass  # the replay failed its allocation: nothing to uncharge
@@ -1161,6 +1162,7 @@ def replay_operation(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, poo
     elif o == TASK_EXIT:
         exit_mm(per_task, t)
     elif o == RECLAIM_TIME:
+        delay_changes(memcg, knobs, per_task, per_task[t, RUNS_ON])
         per_task[per_task[t, RUNS_ON], KERNEL_STALL] += nbytes[i]
     if o == OBJ_ALLOC or o == PAGE_ALLOC:
         object_state[slot] = FAILED_ALLOCATION if outcome[i] == FAILED else HOLDS_OBJECT if o == OBJ_ALLOC else HOLDS_PAGES
@@ -1242,10 +1244,18 @@ def delay_beyond(knobs, per_task, clock, kernel_stall):
 
 
 @njit(inline="always")
-def stall(per_task, task, ns):
+def stall(memcg, knobs, per_task, task, ns):
     """The policy holds the task `ns` in reclaim or asleep: its clock falls behind as much."""
+    delay_changes(memcg, knobs, per_task, per_task[task, RUNS_ON])
     per_task[task, STALL] += ns
     per_task[per_task[task, RUNS_ON], CLOCK_STALL] += ns
+
+
+@njit(inline="always")
+def delay_changes(memcg, knobs, per_task, clock):
+    """The operation under way changes the clock's delay: keep the delay from before it."""
+    if per_task[clock, STALLED_AT] != memcg[TRACE_NOW]:
+        per_task[clock, STALLED_AT], per_task[clock, DELAY_BEFORE_STALL] = memcg[TRACE_NOW], task_delay(knobs, per_task, clock)
 
 
 @njit(inline="always")
@@ -1330,12 +1340,10 @@ def dequeue(waiting, cursor, per_task, queued, i):
 
 
 @njit(inline="always")
-def task_went_on(ts, op, obj, nbytes, waiting, cursor, knobs, per_task, queued, i, clock, was_waiting, delay_before):
-    """After operation i, replayed with its clock `delay_before` behind: a forked task starts on
-    its parent's clock; when i waited, the next operation on its clock waits for its own time;
-    deferred frees whose set-off i passed wait for theirs."""
-    if clock >= 0 and task_delay(knobs, per_task, clock) != delay_before:
-        per_task[clock, STALLED_AT], per_task[clock, DELAY_BEFORE_STALL] = ts[i], delay_before
+def task_went_on(ts, op, obj, nbytes, waiting, cursor, knobs, per_task, queued, i, clock, was_waiting):
+    """After operation i: a forked task starts on its parent's clock; when i waited, the next
+    operation on its clock waits for its own time; deferred frees whose set-off i passed wait
+    for theirs."""
     if (op[i] == TASK_FORK or op[i] == TASK_CLONE_VM) and born_on_own_clock(per_task, obj[i], clock):
         child = obj[i]
         per_task[child, STARTED_LATE] = task_delay(knobs, per_task, clock)
@@ -1347,7 +1355,7 @@ def task_went_on(ts, op, obj, nbytes, waiting, cursor, knobs, per_task, queued, 
     if was_waiting and clock >= 0 and per_task[clock, QUEUE_HEAD] >= 0:
         first = per_task[clock, QUEUE_HEAD]
         heap_push(waiting, cursor, due(ts, op, nbytes, knobs, per_task, clock, first), first)
-    if clock >= 0:
+    if clock >= 0 and per_task[clock, DEFERRED_HEAD] >= 0:
         release_deferred_frees(ts, knobs, per_task, queued, waiting, cursor, clock)
 
 
