@@ -86,6 +86,13 @@ def _size(value: Optional[str], option: str) -> Optional[int]:
         raise UserError(f"{option}: {error}") from None
 
 
+def _budget(value: Optional[str]) -> Optional[int]:
+    budget = _size(value, "--max-size")
+    if budget == 0:
+        raise UserError("--max-size 0: a flight recorder keeps at least its newest segment; give a size like 512M")
+    return budget
+
+
 @app.command()
 @user_errors
 def info(
@@ -115,6 +122,11 @@ def _print_summary(s: dict[str, Any]) -> None:
         f"{s['segments']} segments, {format_bytes(s['bytes_on_disk'])} on disk ({s['bytes_per_event']} bytes/event)",
         markup=False, highlight=False,
     )
+    if s["dropped"]:
+        d = s["dropped"]
+        out.print(f"flight recorder: dropped the oldest {d['segments']} segments ({d['events']:,} events, {format_bytes(d['bytes'])}; "
+                  f"{d['first_ts_ns'] / 1e9:.1f} to {d['last_ts_ns'] / 1e9:.1f} s into the capture), the last at "
+                  f"{d['last_dropped_wall']}", markup=False, highlight=False)
     kinds = Table("kind", "events", title="events by kind", title_justify="left")
     for kind, count in s["events_by_kind"].items():
         kinds.add_row(kind, f"{count:,}")
@@ -139,10 +151,13 @@ def collect(
     backend: Annotated[str, typer.Option(envvar="CHARGEPLAY_BACKEND", help="tracefs, ebpf, or auto (eBPF when the BPF object loads (libbpf1, kernel BTF), else tracefs; says which)")] = "tracefs",
     bpf_output: Annotated[str, typer.Option(help="eBPF records through: ringbuf, perf (per-CPU perf buffers), or auto (ringbuf where the kernel has it)")] = "auto",
     keep_addresses: Annotated[bool, typer.Option(help="also store raw kernel addresses of objects and call sites (addresses/); they reveal the KASLR offset")] = False,
+    max_size: Annotated[Optional[str], typer.Option(help="flight recorder: keep the newest closed segments within this size, e.g. 512M; the oldest are dropped (the manifest says which)")] = None,
+    stop_on: Annotated[Optional[list[str]], typer.Option(help="end the capture when the target memcg's count rises: oom-kill, high:N (memory.events high, cgroup v2) or max:N (memory.events max; v1: memory.failcnt); repeatable")] = None,
 ) -> None:
     """Capture a workload's kernel-memory events (root): `chargeplay collect -o T --memory-max 64M -- CMD...`."""
     from collect.capture import capture
     from collect.collector import CaptureOptions
+    from collect.flight_recorder import parse_trigger
 
     if bool(command) == bool(cgroup):
         raise UserError("give either a command after -- or --cgroup PATH with --duration")
@@ -152,7 +167,8 @@ def collect(
         output=output, command=command or None, cgroup_path=cgroup,
         memory_max=_size(memory_max, "--memory-max"), memory_high=_size(memory_high, "--memory-high"),
         duration=duration, segment_events=segment_events, segment_seconds=segment_seconds, backend=backend,
-        bpf_output=bpf_output, keep_addresses=keep_addresses,
+        bpf_output=bpf_output, keep_addresses=keep_addresses, max_size=_budget(max_size),
+        stop_on=[parse_trigger(text) for text in stop_on or []],
     )
     if command:
         _check_command(command[0])

@@ -26,6 +26,7 @@ from collect import cgroup, pseudonyms, ringbuf
 from collect.cgroup import Memcg
 from collect.cleanup import remove_stale, start_guardian, wait_or_kill
 from collect.decode import TRACEPOINT_KINDS, Decoder
+from collect.flight_recorder import DiskBudget, Trigger, samples_since
 from collect.kernel_tables import read_gfp_table, read_kernel_enums
 from collect.memcg_probes import stat_units
 from collect.ringbuf import RawEvents, concat
@@ -78,6 +79,8 @@ class CaptureOptions:
     backend: str = "tracefs"  # tracefs, ebpf, or auto (eBPF when the BPF object loads, else tracefs)
     bpf_output: str = "auto"  # eBPF: ringbuf, perf (buffers), or auto (the ring buffer where the kernel has one)
     keep_addresses: bool = False  # also store raw kernel addresses (addresses/): never by default
+    max_size: int | None = None  # keep the newest closed segments within this many bytes (collect.flight_recorder)
+    stop_on: list[Trigger] = field(default_factory=list)  # end the capture when one fires
     on_workload: Callable[[int], None] | None = None  # told the workload's pid once it runs (validate's observer follows it)
 
 
@@ -109,6 +112,7 @@ class Collector(ABC):
         self.stop_reason: str | None = None
         self.pending: RawEvents | None = None
         self.samples: list[dict] = []
+        self.first_sample: dict | None = None  # what the triggers measure from
 
     # -- setting up -------------------------------------------------------------------
 
@@ -157,6 +161,8 @@ class Collector(ABC):
             self.memcg.set_limits(self.options.memory_max, self.options.memory_high)
         else:
             self.memcg, self.hierarchy_root = cgroup.existing(self.options.cgroup_path or "")
+        for trigger in self.options.stop_on:
+            trigger.check_version(self.memcg.version)
 
     def _new_decoder(self, formats: dict, wanted: list[tuple[str, str]] | None = None) -> Decoder:
         """A decoder of the source's records (`formats`: type id -> (kind, layout)), and what
@@ -184,7 +190,9 @@ class Collector(ABC):
         )
         self.manifest["sample_interval_s"] = self.options.tick
         self.manifest["addresses_kept"] = self.options.keep_addresses
+        self.manifest["flight_recorder"] = {"max_size": self.options.max_size, "stop_on": [t.given for t in self.options.stop_on]}
         self._write_manifest()
+        self.budget = DiskBudget(self.options.output, self.options.max_size) if self.options.max_size else None
         self.writer = SegmentWriter(
             self.options.output, self._segment_closed, self.options.segment_events, self.options.segment_seconds
         )
@@ -277,8 +285,10 @@ class Collector(ABC):
         """Drain, sample, check whether to stop; True if a buffer still holds events."""
         self.subtree.look()  # before a memcg made below the target is gone again with its stat events' ids
         backlog = self._drain(final=False)
-        self._sample(start_ns)
-        if self.workload is not None and self.workload.poll() is not None:
+        fired = self._fired(self._sample(start_ns))
+        if fired is not None:
+            self.stop_reason = fired
+        elif self.workload is not None and self.workload.poll() is not None:
             self.stop_reason = f"workload exited with status {self.workload.returncode}"
         elif self.options.duration is not None and self.progress.seconds >= self.options.duration:
             self.stop_reason = "duration reached"
@@ -286,6 +296,14 @@ class Collector(ABC):
             self._follow_cgroup_tasks()
         self.report(self.progress)
         return backlog
+
+    def _fired(self, sample: dict | None) -> str | None:
+        """Why a --stop-on trigger ends the capture at this sample (None: none fired)."""
+        for trigger in self.options.stop_on if sample is not None else []:
+            why = trigger.fired(self.first_sample, sample, self.memcg.version)
+            if why is not None:
+                return why
+        return None
 
     def _drain(self, final: bool) -> bool:
         """Read every buffer, merge by time and write what no buffer can still precede;
@@ -313,15 +331,18 @@ class Collector(ABC):
         self.writer.write(table)
         self.progress.events += table.num_rows
 
-    def _sample(self, start_ns: int) -> None:
+    def _sample(self, start_ns: int) -> dict | None:
+        """Sample the memcg's counters (None: it is gone)."""
         try:
             sample = self.memcg.sample()
             if self.memcg.version == 1 and self.subtree is not None:
                 sample["events_oom_kill"] = (sample["events_oom_kill"] or 0) + self.subtree.oom_kills_below()
         except OSError:
-            return  # the memcg went away with the workload; its last sample stands
+            return None  # the memcg went away with the workload; its last sample stands
         sample["ts_ns"] = time.monotonic_ns() - start_ns
         self.samples.append(sample)
+        self.first_sample = self.first_sample or sample
+        return sample
 
     def _lost_total(self) -> int:
         per_cpu = self._lost_per_cpu()
@@ -332,9 +353,14 @@ class Collector(ABC):
     def _segment_closed(self, segment: Segment) -> None:
         self.manifest["segments"].append(segment.__dict__)
         self.manifest["events"] += segment.events
-        self._write_samples()
         self._write_addresses(Path(segment.file).name)
+        gone = self.budget.over_budget(self.manifest, wall_now()) if self.budget else []
+        if gone:
+            self.samples = samples_since(self.samples, self.manifest["segments"][0]["first_ts_ns"])
+        self._write_samples()
         self._write_manifest()
+        for path in gone:  # once the manifest no longer lists them
+            path.unlink(missing_ok=True)
 
     def _write_addresses(self, segment_file: str) -> None:
         """--keep-addresses: the addresses of the objects allocated since the last segment

@@ -38,7 +38,7 @@ RUNS = CACHE.parent / "chargeplay-lab-runs"
 # and the kprobes that stand in for the memcg tracepoints these kernels lack, checked against
 # the memcg's memory.stat (one capture: 72 s inside 6.1 on a quiet machine), memcgs a workload
 # makes below the target (their stat events kept, their OOM kills counted), and the zoo's
-# sibling memcgs under a shared limit.
+# sibling memcgs under a shared limit, and the flight recorder's triggers on v2's memory.events.
 # Every capture in the guest goes through the delegated parent guest.sh names.
 LIVE_TESTS = [
     "tests/test_collect_live.py::test_file_creation_is_recorded_as_accounted_dentries_of_the_workload_only",
@@ -55,6 +55,8 @@ LIVE_TESTS = [
     "tests/test_collect_live.py::test_an_oom_kill_below_the_target_is_counted_as_the_targets",
     "tests/test_collect_live.py::test_the_task_tree_is_recorded_forks_threads_execs_and_exits",
     "tests/test_zoo_live.py::test_the_workload_charges_what_its_docstring_says[siblings]",
+    "tests/test_flight_recorder_live.py::test_a_count_of_memory_events_rising_ends_the_capture[high:5]",
+    "tests/test_flight_recorder_live.py::test_an_oom_kill_ends_the_capture_with_the_lead_up_kept",
 ]
 # numba compiles for the CPU it runs on unless told otherwise; "generic" code has the same
 # cache key on this machine and on qemu's emulated CPU, so the guests load what this machine

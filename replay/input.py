@@ -374,12 +374,16 @@ def _cache_geometry(trace: Trace, sizes: dict[str, int]) -> dict[str, np.ndarray
 
 
 def _initial_pools(trace: Trace) -> np.ndarray:
-    """What the memcg held when the capture started, from its first counter sample."""
+    """What the memcg held when the trace's events begin, from its last counter sample before
+    them (the first, when none is: a capture samples before its workload starts; a flight
+    recorder's trace begins where it dropped its older segments)."""
     pools = np.zeros(6, np.int64)
     samples = trace.side_table("memcg")
     if samples is None:
         return pools
-    first = samples.sort("ts_ns").head(1).collect().to_dicts()
+    samples = samples.sort("ts_ns")
+    before = samples.filter(pl.col("ts_ns") <= trace.facts.first_ns).tail(1).collect()
+    first = (before if before.height else samples.head(1).collect()).to_dicts()
     if not first:
         return pools
     sample = first[0]

@@ -27,6 +27,17 @@ def test_size_that_is_not_a_size(tmp_path):
     assert_user_error(chargeplay("collect", "-o", str(tmp_path / "t"), "--memory-max", "64Q", "--", "true"), "64Q", "--memory-max")
 
 
+@pytest.mark.parametrize(("option", "value", "words"), [
+    ("--stop-on", "oom", ["--stop-on oom", "oom-kill, high:N or max:N"]),
+    ("--stop-on", "high:0", ["--stop-on high:0", "N > 0"]),
+    ("--max-size", "0", ["--max-size 0", "512M"]),
+    ("--max-size", "lots", ["--max-size", "lots"]),
+])
+def test_flight_recorder_option_not_understood(tmp_path, option, value, words):
+    assert_user_error(chargeplay("collect", "-o", str(tmp_path / "t"), option, value, "--", "true"), *words)
+    assert not (tmp_path / "t").exists()
+
+
 def test_command_not_found(tmp_path):
     assert_user_error(chargeplay("collect", "-o", str(tmp_path / "t"), "--", "no-such-command-xyz"), "no-such-command-xyz")
 

@@ -55,6 +55,9 @@ MANIFEST_SHAPE = {
     })),
     "segments": [{"file": str}],
     "events": COUNT,
+    # A flight recorder's (collect --max-size): the oldest segments it removed, up to `through`.
+    "dropped": Optional({"segments": COUNT, "events": COUNT, "bytes": COUNT, "through": str, "first_ts_ns": COUNT,
+                         "last_ts_ns": COUNT, "last_dropped_wall": str}),
 }
 
 

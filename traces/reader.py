@@ -35,8 +35,9 @@ def _out_of(column: str, low: int, high: int) -> pl.Expr:
     return (pl.col(column) < low) | (pl.col(column) > high)
 
 
-def event_checks(rows: int) -> list[Check]:
-    """What replay and info rely on, beyond types: a row breaking any of these is refused."""
+def event_checks(recorded: int) -> list[Check]:
+    """What replay and info rely on, beyond types: a row breaking any of these is refused.
+    `recorded`: the events the capture recorded (with those a flight recorder dropped)."""
     ts, kind = pl.col("ts_ns"), pl.col("kind")
     return [
         ("ts_ns", ts.is_null() | _out_of("ts_ns", 0, MAX_NS), f"is null or outside 0..{MAX_NS}"),
@@ -44,7 +45,7 @@ def event_checks(rows: int) -> list[Check]:
         ("pid", pl.col("pid").is_null(), "is null"),
         ("kind", kind.is_null() | ~kind.is_in(KINDS), f"is not one of {', '.join(KINDS)}"),
         ("ctx", ~pl.col("ctx").is_in(CONTEXTS), f"is not one of {', '.join(CONTEXTS)}"),
-        ("obj", _out_of("obj", 0, rows - 1), f"is not a pseudonym (0..{rows - 1}: one per event at most)"),
+        ("obj", _out_of("obj", 0, recorded - 1), f"is not a pseudonym (0..{recorded - 1}: one per event recorded at most)"),
         ("bytes_req", _out_of("bytes_req", 0, MAX_VALUE), f"is outside 0..{MAX_VALUE}"),
         ("bytes_alloc", _out_of("bytes_alloc", 0, MAX_VALUE), f"is outside 0..{MAX_VALUE}"),
         ("order", _out_of("order", 0, MAX_ORDER), f"is not a page order (0..{MAX_ORDER})"),
@@ -95,7 +96,8 @@ class Trace:
             table = path / f"{name}.parquet"
             if table.exists() or table.is_symlink():
                 _check_table(path, table, SIDE_TABLES[name], pl.scan_parquet(table), SIDE_TABLE_CHECKS[name], [(table, None)])
-        return cls(path, manifest, segments, rows, _event_facts(path, segments, rows))
+        dropped = (manifest.get("dropped") or {}).get("events", 0)
+        return cls(path, manifest, segments, rows, _event_facts(path, segments, rows, sum(rows) + dropped))
 
     @property
     def status(self) -> str:
@@ -122,11 +124,11 @@ def _scan(segments: list[Path]) -> pl.LazyFrame:
     return pl.scan_parquet(segments) if segments else pl.LazyFrame(schema=EVENT_POLARS_SCHEMA)
 
 
-def _event_facts(root: Path, segments: list[Path], rows: list[int]) -> Facts:
+def _event_facts(root: Path, segments: list[Path], rows: list[int], recorded: int) -> Facts:
     """One streaming pass over the events: every column decoded, the checks' columns checked
     (a TraceError at the first wrong row), the CPU range measured; then the time order."""
     files = list(zip(segments, rows))
-    measured = _check_table(root, None, EVENT_SCHEMA, _scan(segments), event_checks(sum(rows)), files,
+    measured = _check_table(root, None, EVENT_SCHEMA, _scan(segments), event_checks(recorded), files,
                             measure=[pl.col("cpu").max().alias("max_cpu")])
     first, last = _check_time_order(files)
     return Facts(sum(rows), first, last, measured["max_cpu"] or 0)
@@ -157,8 +159,11 @@ def _check_time_order(files: list[tuple[Path, int]]) -> tuple[int, int]:
 
 def _segments(root: Path, manifest: Manifest) -> list[Path]:
     """The segments on disk, each inside the trace; segments closed after the manifest was last
-    written (a collector killed in between) are found too, but one it lists must be there."""
-    paths = sorted((root / "events").glob("part-*.parquet"))
+    written (a collector killed in between) are found too, but one it lists must be there.
+    Segments a flight recorder dropped (up to `dropped.through`) are not, though one may remain
+    on disk when the collector was killed before removing it."""
+    dropped = (manifest.get("dropped") or {}).get("through")
+    paths = sorted(p for p in (root / "events").glob("part-*.parquet") if not dropped or p.name > Path(dropped).name)
     for listed in manifest["segments"]:
         path = root / listed["file"]
         inside(root, path)

@@ -63,4 +63,5 @@ def summarize(trace: Trace) -> dict[str, Any]:
         "segments": len(trace.segment_paths),
         "bytes_on_disk": disk,
         "bytes_per_event": round(disk / total, 2) if total else None,
+        "dropped": manifest.get("dropped"),  # a flight recorder's oldest segments, removed
     }
