@@ -22,6 +22,7 @@ from replay.result_format import loop_description
 from common.units import format_bytes
 from common.version import __version__
 from traces.atomic import atomic_file
+from traces.manifest import losses
 
 BASELINE = "mainline-6.18"
 STYLE = """
@@ -128,7 +129,9 @@ SUMMARY_COLUMNS = (
 
 
 def _verdict(result: Result) -> str:
-    items = "".join(f"<li>{escape(sentence)}</li>" for sentence in verdict(result.summary, baseline_of(result)))
+    lost = losses(result.trace.manifest)
+    sentences = ([f"Careful: {lost}."] if lost else []) + verdict(result.summary, baseline_of(result))
+    items = "".join(f"<li>{escape(sentence)}</li>" for sentence in sentences)
     return f'<h2>Verdict</h2>\n<ul class="verdict">{items}</ul>'
 
 

@@ -21,6 +21,7 @@ from chargeplay import __version__
 from common.units import format_bytes, parse_size
 from replay import policy
 from traces.errors import UserError
+from traces.manifest import losses
 from traces.samples import DEFAULT_SAMPLE, sample_path
 
 # Each command imports the heavy modules it needs (polars, pyarrow, numba, altair) when it runs:
@@ -84,6 +85,12 @@ def _size(value: Optional[str], option: str) -> Optional[int]:
         return parse_size(value)
     except ValueError as error:
         raise UserError(f"{option}: {error}") from None
+
+
+def _buffer(kb: int) -> int:
+    if kb < 4:
+        raise UserError(f"--buffer-kb {kb}: a trace buffer needs at least one page per CPU; give 4 or more (default 32768)")
+    return kb
 
 
 def _budget(value: Optional[str]) -> Optional[int]:
@@ -151,6 +158,7 @@ def collect(
     backend: Annotated[str, typer.Option(envvar="CHARGEPLAY_BACKEND", help="tracefs, ebpf, or auto (eBPF when the BPF object loads (libbpf1, kernel BTF), else tracefs; says which)")] = "tracefs",
     bpf_output: Annotated[str, typer.Option(help="eBPF records through: ringbuf, perf (per-CPU perf buffers), or auto (ringbuf where the kernel has it)")] = "auto",
     keep_addresses: Annotated[bool, typer.Option(help="also store raw kernel addresses of objects and call sites (addresses/); they reveal the KASLR offset")] = False,
+    buffer_kb: Annotated[int, typer.Option(help="trace buffer per CPU, KiB: larger loses fewer events in a storm, at that much memory")] = 32 * 1024,
     max_size: Annotated[Optional[str], typer.Option(help="flight recorder: keep the newest closed segments within this size, e.g. 512M; the oldest are dropped (the manifest says which)")] = None,
     stop_on: Annotated[Optional[list[str]], typer.Option(help="end the capture when the target memcg's count rises: oom-kill, high:N (memory.events high, cgroup v2) or max:N (memory.events max; v1: memory.failcnt); repeatable")] = None,
 ) -> None:
@@ -167,7 +175,7 @@ def collect(
         output=output, command=command or None, cgroup_path=cgroup,
         memory_max=_size(memory_max, "--memory-max"), memory_high=_size(memory_high, "--memory-high"),
         duration=duration, segment_events=segment_events, segment_seconds=segment_seconds, backend=backend,
-        bpf_output=bpf_output, keep_addresses=keep_addresses, max_size=_budget(max_size),
+        bpf_output=bpf_output, keep_addresses=keep_addresses, max_size=_budget(max_size), buffer_kb=_buffer(buffer_kb),
         stop_on=[parse_trigger(text) for text in stop_on or []],
     )
     if command:
@@ -324,6 +332,8 @@ def replay(
                      f"{sum(s['reclaim_calls'].values()):,}", f"{s['stall_ns_total'] / 1e6:.1f}", f"{s['run_seconds']:.3f}",
                      f"{s['fallbacks']:,}")
     Console().print(rows)
+    if (lost := losses(source.manifest)) is not None:
+        err.print(f"warning: {lost} (summary.json: trace.lost)", markup=False, highlight=False)
     err.print(f"{output}: summary.json, timeseries.parquet, outcomes.parquet", markup=False, highlight=False)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from collect import ebpf
 from collect.collector import CaptureError, CaptureOptions, Progress
 from collect.tracefs_collector import TracefsCollector
 from traces.manifest import Manifest
@@ -22,6 +21,8 @@ def capture(options: CaptureOptions, report: Callable[[Progress], None], say: Ca
     if options.bpf_output not in BPF_OUTPUTS:
         raise CaptureError(f"--bpf-output {options.bpf_output}: choose one of {', '.join(BPF_OUTPUTS)}")
     if options.backend != "tracefs":
+        from collect import ebpf  # libbpf and its record layouts: not on the tracefs backend's way to its workload
+
         try:
             loader = ebpf.Loader(options)  # loads and attaches kmem.bpf.o, in this process
         except ebpf.Unavailable as why:

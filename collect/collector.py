@@ -27,6 +27,7 @@ from collect.cgroup import Memcg
 from collect.cleanup import remove_stale, start_guardian, wait_or_kill
 from collect.decode import TRACEPOINT_KINDS, Decoder
 from collect.flight_recorder import DiskBudget, Trigger, samples_since
+from collect.lost_spans import add_lost
 from collect.kernel_tables import read_gfp_table, read_kernel_enums
 from collect.memcg_probes import stat_units
 from collect.ringbuf import RawEvents, concat
@@ -113,6 +114,8 @@ class Collector(ABC):
         self.pending: RawEvents | None = None
         self.samples: list[dict] = []
         self.first_sample: dict | None = None  # what the triggers measure from
+        self.lost_spans: list[dict] = []  # collect.lost_spans
+        self.last_drain_ns = 0  # trace time of the last drain
 
     # -- setting up -------------------------------------------------------------------
 
@@ -323,7 +326,10 @@ class Collector(ABC):
         if ready:
             self._write(self.decoder.decode(_take(merged, order[:ready])))
         self.progress.seconds = (now - self.decoder.t0) / 1e9
-        self.progress.lost = self._lost_total()
+        lost = self._lost_total()
+        if lost > self.progress.lost:
+            add_lost(self.lost_spans, self.last_drain_ns, now - self.decoder.t0, lost - self.progress.lost)
+        self.progress.lost, self.last_drain_ns = lost, now - self.decoder.t0
         self.progress.bytes_written = _bytes_in(self.options.output / "events")
         return unread_after is not None
 
@@ -380,7 +386,8 @@ class Collector(ABC):
 
     def _write_manifest(self) -> None:
         per_cpu = self._lost_per_cpu() if self._sources_open() else {}
-        self.manifest["lost"] = {"per_cpu": {str(c): n for c, n in per_cpu.items()}, "total": sum(per_cpu.values())}
+        self.manifest["lost"] = {"per_cpu": {str(c): n for c, n in per_cpu.items()}, "total": sum(per_cpu.values()),
+                                 "spans": self.lost_spans}
         if self.subtree is not None:
             self.manifest["target"]["descendants"] = self.subtree.recorded_below()
         write_json(self.options.output / MANIFEST, self.manifest)

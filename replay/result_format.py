@@ -110,7 +110,8 @@ def summary_document(trace: Trace, output: Path, engine: str, policies: list[Pol
         "chargeplay_version": __version__,
         "engine": engine,
         "trace": {"content_id": content_id(trace), "path": os.path.relpath(trace.path.resolve(), output.resolve()),
-                  "absolute_path": str(trace.path.resolve())},
+                  "absolute_path": str(trace.path.resolve()),
+                  "lost": {"events": trace.manifest["lost"]["total"], "spans": trace.manifest["lost"].get("spans")}},
         "limits": limits,
         "policies": {p.name: {"description": p.description, "knobs": p.knobs(), **figures[p.name]} for p in policies},
     }

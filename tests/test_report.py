@@ -123,6 +123,21 @@ def test_each_charge_is_labelled_by_what_the_replay_charged(tmp_path):
     assert pair["by"]["task"] == [{"task": "child (8)", "charges": 1}]
 
 
+def test_a_trace_that_lost_events_opens_the_verdict_with_where(tmp_path):
+    tiny_trace(tmp_path / "trace")
+    manifest = json.loads((tmp_path / "trace" / MANIFEST).read_text())
+    manifest["lost"] = {"total": 40, "per_cpu": {"0": 40}, "spans": [{"from_ns": 0, "to_ns": 2_500_000_000, "events": 40}]}
+    write_json(tmp_path / "trace" / MANIFEST, manifest)
+    replayed = chargeplay("replay", str(tmp_path / "trace"), "-o", str(tmp_path / "result"))
+    assert replayed.returncode == 0, replayed.stderr
+    assert "warning: the trace lost 40 events in 1 span of 2.5 s (0.0-2.5 s into the capture)" in replayed.stderr
+    reported = chargeplay("report", str(tmp_path / "result"), "-o", str(tmp_path / "r.html"))
+    assert reported.returncode == 0, reported.stderr
+    verdict = (tmp_path / "r.html").read_text().split('<ul class="verdict"><li>', 1)[1]
+    assert verdict.startswith("Careful: the trace lost 40 events in 1 span of 2.5 s (0.0-2.5 s into the capture): "
+                              "figures from it under-count there.</li>")
+
+
 def test_report_errors_are_one_line(tmp_path):
     assert_user_error(chargeplay("report", str(tmp_path), "-o", str(tmp_path / "r.html")), "summary.json")
 

@@ -37,7 +37,7 @@ def test_the_summary_says_what_produced_the_result(replayed):
     summary = json.loads((result / "summary.json").read_text())
     assert summary["chargeplay_version"] == __version__ and summary["engine"] == "reference"
     assert summary["trace"] == {"content_id": content_id(Trace.open(trace)), "path": "../trace",
-                                "absolute_path": str(trace.resolve())}
+                                "absolute_path": str(trace.resolve()), "lost": {"events": 0, "spans": None}}
     assert {name: p["knobs"] for name, p in summary["policies"].items()} == {
         name: BUILTIN[name].knobs() for name in ("caller-gfp", "mainline-6.18")}
     assert summary["limits"]["max_bytes"] == Trace.open(trace).manifest["target"]["max"]

@@ -46,7 +46,9 @@ MANIFEST_SHAPE = {
     },
     "gfp_flags": MapOf(Int(0, 2**32 - 1), required=CHARGE_PATH_FLAGS),
     "enums": MapOf(MapOf(Int(-2**31, 2**31 - 1))),
-    "lost": {"total": COUNT, "per_cpu": dict},
+    # spans: when the buffers dropped records, between two drains (collect.lost_spans); traces
+    # from before 2026-12-05 have none.
+    "lost": {"total": COUNT, "per_cpu": dict, "spans": Optional([{"from_ns": COUNT, "to_ns": COUNT, "events": COUNT}])},
     # Per kind, what its columns meant on the capturing kernel (collect.decode.source_entry);
     # traces from before it was recorded have none.
     "kinds": Optional(MapOf({
@@ -59,6 +61,20 @@ MANIFEST_SHAPE = {
     "dropped": Optional({"segments": COUNT, "events": COUNT, "bytes": COUNT, "through": str, "first_ts_ns": COUNT,
                          "last_ts_ns": COUNT, "last_dropped_wall": str}),
 }
+
+
+def losses(manifest: Manifest) -> str | None:
+    """What a trace that lost events must say wherever its figures are shown (None: it lost none)."""
+    lost = manifest["lost"]
+    if not lost["total"]:
+        return None
+    spans = lost.get("spans")
+    if spans is None:
+        return f"the trace lost {lost['total']:,} events, when is not recorded (a trace from before 2026-12-05): figures from it under-count"
+    covered = sum(span["to_ns"] - span["from_ns"] for span in spans) / 1e9
+    where = ", ".join(f"{span['from_ns'] / 1e9:.1f}-{span['to_ns'] / 1e9:.1f} s" for span in spans[:3]) + (", ..." if len(spans) > 3 else "")
+    return (f"the trace lost {lost['total']:,} events in {len(spans)} span{'s' if len(spans) != 1 else ''} of {covered:.1f} s "
+            f"({where} into the capture): figures from it under-count there")
 
 
 def boot_id() -> str:
