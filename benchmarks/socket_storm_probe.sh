@@ -11,7 +11,7 @@ cg=/sys/fs/cgroup/lab/workloads/storm-$$
 mkdir $cg || exit 1
 echo 8M > $cg/memory.max; echo 4M > $cg/memory.high
 cat > $out/storm.py <<'PY'
-import os, sys, time, socket, tempfile, shutil
+import sys, time, tempfile, shutil
 sys.path.insert(0, "traces/samples")
 import workloads as w
 d = tempfile.mkdtemp(prefix="probe-", dir="/var/tmp")
@@ -20,16 +20,7 @@ t0 = time.monotonic()
 log.write(f"start {d}\n")
 w.fill_page_cache(d)
 log.write(f"{time.monotonic() - t0:.2f} cache filled\n")
-alive = []
-for i in range(6000):
-    left, right = socket.socketpair()
-    left.send(b"y" * 2048)
-    alive.append((left, right))
-    if len(alive) > 256:
-        for s in alive.pop(0):
-            s.close()
-    if i % 100 == 0:
-        log.write(f"{time.monotonic() - t0:.2f} sockets {i}\n")
+w.socket_storm(6000, lambda made: log.write(f"{time.monotonic() - t0:.2f} sockets {made}\n"))
 log.write(f"{time.monotonic() - t0:.2f} done\n")
 shutil.rmtree(d)
 PY

@@ -16,6 +16,7 @@ import signal
 import socket
 import tempfile
 import time
+from typing import Callable
 
 CACHE_MB = 24
 
@@ -38,16 +39,19 @@ def file_storm(directory: str, count: int) -> None:
             os.unlink(path)
 
 
-def socket_storm(count: int) -> None:
-    """Socket pairs that each carry a message: sock inodes, skbs, accounted buffers."""
+def socket_storm(count: int, progress: Callable[[int], None] = lambda made: None) -> None:
+    """Socket pairs that each carry a message: sock inodes, skbs, accounted buffers.
+    `progress` is told every hundredth pair made (benchmarks/socket_storm_probe.sh watches it)."""
     alive = []
-    for _ in range(count):
+    for made in range(count):
         left, right = socket.socketpair()
         left.send(b"y" * 2048)
         alive.append((left, right))
         if len(alive) > 256:
             for sock in alive.pop(0):
                 sock.close()
+        if made % 100 == 0:
+            progress(made)
 
 
 def fork_storm(count: int) -> None:
