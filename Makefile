@@ -9,7 +9,11 @@ DEBIAN_TEST_PACKAGES := chromium $(BPF_BUILD_PACKAGES)
 BPF_OBJECT := collect/kmem.bpf.o
 BPF_ARCH := $(subst x86_64,x86,$(subst aarch64,arm64,$(shell uname -m)))
 
-.PHONY: setup demo test test-packages bench bpf lab lab-packages
+# The collector's inner loops (collect/walks.c), loaded with ctypes: plain C, for any compiler
+# that builds pip's compiled packages; no CPU-specific code, so the lab's emulated CPUs run it too.
+NATIVE := collect/walks.so
+
+.PHONY: setup demo test test-packages bench bpf native lab lab-packages
 
 # -qq: pip still prints errors, but not this machine kind's warnings about index folders
 # its global configuration names and that hold no copy of a package.
@@ -19,7 +23,12 @@ $(BIN)/chargeplay: pyproject.toml
 	$(BIN)/pip install -qq -e '.[test]'
 	touch $@
 
-setup: $(BIN)/chargeplay
+$(NATIVE): collect/walks.c
+	cc -O2 -Wall -Wextra -shared -fPIC $< -o $@
+
+native: $(NATIVE)
+
+setup: $(BIN)/chargeplay $(NATIVE)
 
 demo: setup
 	$(BIN)/chargeplay demo

@@ -4,9 +4,11 @@ The workload is two processes (one per core of the development VMs) that create,
 and unlink files in /dev/shm as fast as they can for --seconds: every iteration
 allocates and frees names, dentries, inodes and files. The capture's rate is the events
 written to the trace over the span they cover (first to last event: the storm, not the
-interpreter's start-up before it); drops are the events the buffers refused; the collector's peak RSS comes from its manifest. Target for
-the eBPF backend: >= 1 million events/s sustained with zero drops. It prints figures; it
-asserts nothing.
+interpreter's start-up before it); drops are the events the buffers refused; the collector's
+peak RSS comes from its manifest. Targets (issue: a production collector): at least 3 million
+events/s written with none lost, and a peak RSS of at most 150 MiB (tracefs) or 250 MiB (eBPF,
+whose RSS counts its mapped ring buffers twice: the kernel maps their data pages twice). It
+prints figures; it asserts nothing.
 
     .venv/bin/python benchmarks/capture_storm.py [--seconds S] [--backend ebpf tracefs] [--bpf-output ringbuf perf]
 """
@@ -39,7 +41,8 @@ if os.fork() == 0:
 storm("parent")
 os.wait()
 """
-TARGET_RATE = 1_000_000
+TARGET_RATE = 3_000_000
+TARGET_RSS_MIB = {"tracefs": 150, "ebpf": 250}
 
 
 def chargeplay(*args: str) -> subprocess.CompletedProcess:
@@ -54,7 +57,7 @@ def main() -> None:
     args = parser.parse_args()
     runs = [(backend, output) for backend in args.backend for output in (args.bpf_output if backend == "ebpf" else ["-"])]
     print(f"{'backend':8} {'output':8} {'events':>12} {'storm s':>8} {'events/s':>12} {'lost':>10} {'bytes/event':>12}"
-          f" {'collector peak RSS':>19}  target {TARGET_RATE:,}/s, 0 lost")
+          f" {'collector peak RSS':>19}  {TARGET_RATE:,}/s, 0 lost   RSS")
     for backend, output in runs:
         with tempfile.TemporaryDirectory() as scratch, tempfile.TemporaryDirectory(dir="/dev/shm") as shm:
             trace = Path(scratch) / "t"
@@ -69,9 +72,10 @@ def main() -> None:
             span = captured.events().select(pl.col("ts_ns").max() - pl.col("ts_ns").min()).collect().item() / 1e9
             peak_rss = captured.manifest["collector"]["max_rss_bytes"]
         rate = info["events"] / max(span, 1e-9)
-        met = "met" if rate >= TARGET_RATE and info["lost_events"] == 0 else "NOT met"
+        rate_met = "met" if rate >= TARGET_RATE and info["lost_events"] == 0 else "NOT met"
+        rss_met = "met" if peak_rss <= TARGET_RSS_MIB[backend] * 2**20 else "NOT met"
         print(f"{backend:8} {output:8} {info['events']:>12,} {span:>8.2f} {rate:>12,.0f} {info['lost_events']:>10,} "
-              f"{info['bytes_per_event']:>12} {peak_rss / 2**20:>15.0f} MiB  {met}")
+              f"{info['bytes_per_event']:>12} {peak_rss / 2**20:>15.0f} MiB  {rate_met:20} {rss_met} (<= {TARGET_RSS_MIB[backend]} MiB)")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.jit import njit
+from collect.native import pointer, walks
 
 _SYSCALLS = {"x86_64": {"bpf": 321, "perf_event_open": 298}, "aarch64": {"bpf": 280, "perf_event_open": 241}}
 _SYS = _SYSCALLS.get(platform.machine(), _SYSCALLS["x86_64"])
@@ -131,24 +131,12 @@ def _perf_event_open(cpu: int) -> int:
     return fd
 
 
-@njit
-def _perf_samples(words, offsets_out):
-    """Payload offsets (bytes) of the PERF_RECORD_SAMPLE records in 8-byte words of perf
-    records; other records (PERF_RECORD_LOST) are skipped: the BPF program counts the
-    records it could not write itself. Returns how many, and the bytes of whole records
-    (a record cut by the end of `words` is left for the next read)."""
-    n = 0
-    at = 0
-    while at < words.size:
-        header = words[at]
-        size = int(header >> np.uint64(48)) // 8
-        if size == 0 or at + size > words.size:
-            break
-        if header & np.uint64(0xFFFFFFFF) == PERF_RECORD_SAMPLE:
-            offsets_out[n] = at * 8 + 12  # header, then u32 size, then the payload
-            n += 1
-        at += size
-    return n, at * 8
+def _perf_samples(words: np.ndarray, offsets_out: np.ndarray) -> tuple[int, int]:
+    """Payload offsets (bytes) of the PERF_RECORD_SAMPLE records in 8-byte words of perf records
+    (collect/walks.c: perf_samples), and the bytes of the whole records among them."""
+    whole = ct.c_int64(0)
+    n = walks().perf_samples(pointer(words, np.uint64), words.size, pointer(offsets_out, np.int64), ct.byref(whole))
+    return n, whole.value
 
 
 class PerfReader:
@@ -194,11 +182,6 @@ class PerfReader:
             buffer.close()
             os.close(fd)
         self.buffers = []
-
-
-def warm_up() -> None:
-    """Compile (or load from numba's cache) the perf record walk before capturing."""
-    _perf_samples(np.zeros(2, np.uint64), np.empty(1, np.int64))
 
 
 _MAP_CREATE, _MAP_TYPE_RINGBUF = 0, 27

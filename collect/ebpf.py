@@ -87,7 +87,6 @@ class EbpfCollector(Collector):
         else:
             self.outputs = [RingReader(fd, n * mmap.PAGESIZE, size)
                             for fd, n, size in zip(loader.output_fds, pages, (RECORD_SIZE, NAMED_RECORD_SIZE))]
-        bpf_outputs.warm_up()
         self.tracked, self.config, self.counters = loader.tracked, loader.config, loader.counters
         for note in loader.notes:
             self.say(note)

@@ -82,9 +82,3 @@ class DiskBudget:
             gone += [self.trace_dir / oldest["file"], self.trace_dir / "addresses" / Path(oldest["file"]).name]
         return gone
 
-
-def samples_since(samples: list[dict], first_ts_ns: int) -> list[dict]:
-    """The memcg samples from the last one at or before `first_ts_ns` on: what the memcg held
-    when the kept events begin, and everything after."""
-    before = [n for n, sample in enumerate(samples) if sample["ts_ns"] <= first_ts_ns]
-    return samples[before[-1]:] if before else samples

@@ -27,15 +27,16 @@ Payload lengths are rounded up to 4 bytes.
 """
 from __future__ import annotations
 
+import ctypes as ct
 import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.jit import njit
 import numpy as np
 
 from collect.event_format import Field
+from collect.native import pointer, walks
 
 PAGE_HEADER_SIZE = 16  # u64 time_stamp + u64 commit
 MIN_EVENT_SIZE = 8  # smallest data event: header + one payload word
@@ -73,90 +74,6 @@ class RawEvents:
         return len(self.ts)
 
 
-# Page walk; word indices are u32 offsets into the whole buffer.
-_COMMIT_LENGTH_MASK = (1 << 30) - 1
-_MISSED_EVENTS = 1 << 31
-_MISSED_STORED = 1 << 30
-_TYPE_PADDING = 29
-_TYPE_TIME_EXTEND = 30
-_TYPE_TIME_STAMP = 31
-_TS_SHIFT = 27
-_TS_MSB = 0xF8 << 56
-
-
-@njit
-def _fix_absolute_ts(absolute: np.uint64, running: np.uint64) -> np.uint64:
-    """Give a 59-bit absolute timestamp the 5 MSBs of the running one (kernel: rb_fix_abs_ts)."""
-    msb = running & np.uint64(_TS_MSB)
-    if msb:
-        absolute |= msb
-        if absolute < running:
-            absolute += np.uint64(1) << np.uint64(59)
-    return absolute
-
-
-@njit
-def _walk_pages(words, page_words, cpu, ts_out, cpu_out, type_out, start_out, length_out):
-    """Decode the data events of every page into the *_out arrays; returns (count, missed).
-
-    A malformed event (impossible length) ends the walk of its page rather than the decode.
-    """
-    n = 0
-    missed = np.uint64(0)
-    capacity = (page_words - 4) * 4  # data bytes a page can hold
-    for page in range(words.size // page_words):
-        base = page * page_words
-        ts = np.uint64(words[base]) | (np.uint64(words[base + 1]) << np.uint64(32))
-        commit = np.int64(words[base + 2])  # flags live in the low 32 bits of the local_t
-        size = min(commit & _COMMIT_LENGTH_MASK, capacity) // 4 * 4
-        if commit & _MISSED_EVENTS:
-            if commit & _MISSED_STORED and size + 8 <= capacity:
-                count_at = base + 4 + size // 4
-                missed += np.uint64(words[count_at]) | (np.uint64(words[count_at + 1]) << np.uint64(32))
-            else:
-                missed += np.uint64(1)
-        pos = base + 4
-        end = base + 4 + size // 4
-        while pos < end:
-            header = words[pos]
-            type_len = np.int64(header & 31)
-            delta = np.uint64(header >> 5)
-            # array[0]: a length, a time extension or the first payload word, by type.
-            array0 = np.int64(words[pos + 1]) if pos + 1 < end else np.int64(0)
-            if type_len == _TYPE_PADDING:
-                if delta == 0 or array0 == 0:
-                    break  # the rest of the page is empty
-                pos += 1 + array0 // 4
-                continue
-            if type_len == _TYPE_TIME_EXTEND:
-                ts += (np.uint64(array0) << np.uint64(_TS_SHIFT)) + delta
-                pos += 2
-                continue
-            if type_len == _TYPE_TIME_STAMP:
-                ts = _fix_absolute_ts((np.uint64(array0) << np.uint64(_TS_SHIFT)) + delta, ts)
-                pos += 2
-                continue
-            if type_len == 0:
-                if array0 < 8:
-                    break  # corrupt: a long event carries at least one payload word
-                payload = pos + 2
-                following = pos + 1 + array0 // 4
-            else:
-                payload = pos + 1
-                following = pos + 1 + type_len
-            if following > end:
-                break  # truncated at the commit boundary
-            ts += delta
-            ts_out[n] = ts
-            cpu_out[n] = cpu
-            type_out[n] = words[payload] & 0xFFFF
-            start_out[n] = payload * 4
-            length_out[n] = (following - payload) * 4
-            n += 1
-            pos = following
-    return n, missed
-
-
 def parse_pages(buf: bytes | np.ndarray, cpu: int, page_size: int = 4096) -> RawEvents:
     """Decode whole trace_pipe_raw pages of one CPU (concatenated, in read order)."""
     data = np.frombuffer(buf, dtype=np.uint8) if isinstance(buf, (bytes, bytearray, memoryview)) else buf
@@ -176,10 +93,11 @@ def parse_pages(buf: bytes | np.ndarray, cpu: int, page_size: int = 4096) -> Raw
         np.empty(bound, np.int64),
         np.empty(bound, np.int32),
     )
-    words = data.view("<u4")
-    n, missed = _walk_pages(words, page_size // 4, np.uint16(cpu), *outs)
+    missed = ct.c_uint64(0)
+    n = walks().walk_pages(data.ctypes.data, len(data) // 4, page_size // 4, cpu,
+                           *(out.ctypes.data for out in outs), ct.byref(missed))
     ts, cpus, type_id, start, length = (out[:n].copy() for out in outs)
-    return RawEvents(ts=ts, cpu=cpus, type_id=type_id, start=start, length=length, data=data, missed=int(missed))
+    return RawEvents(ts=ts, cpu=cpus, type_id=type_id, start=start, length=length, data=data, missed=missed.value)
 
 
 def concat(parts: list[RawEvents]) -> RawEvents:
@@ -198,21 +116,23 @@ def concat(parts: list[RawEvents]) -> RawEvents:
     )
 
 
+def compact(raw: RawEvents) -> RawEvents:
+    """A copy holding only these events' bytes, so held-back events do not pin whole pages."""
+    start = np.zeros(len(raw), np.int64)
+    np.cumsum(raw.length[:-1], out=start[1:])
+    data = np.empty(int(raw.length.sum()), np.uint8)
+    walks().copy_spans(pointer(raw.data, np.uint8), pointer(np.ascontiguousarray(raw.start), np.int64),
+                       pointer(np.ascontiguousarray(raw.length), np.int32), len(raw), data.ctypes.data)
+    return RawEvents(ts=raw.ts, cpu=raw.cpu, type_id=raw.type_id, start=start, length=raw.length, data=data, missed=0)
+
+
 def _field_bytes(raw: RawEvents, select: np.ndarray, offset: int, size: int) -> np.ndarray:
     """An (n, size) uint8 matrix: `size` bytes at `offset` into each selected payload."""
-    at = raw.start[select] + offset
+    at = np.ascontiguousarray(raw.start[select] + offset, np.int64)
     out = np.empty((len(at), size), np.uint8)
-    _gather(raw.data, at, out)
+    # a loop, not an (n, size) index matrix, which costs eight times the bytes it gathers
+    walks().gather(pointer(raw.data, np.uint8), pointer(at, np.int64), len(at), size, out.ctypes.data)
     return out
-
-
-@njit
-def _gather(data, at, out):
-    """out[i] = data[at[i] : at[i] + out.shape[1]]: a loop, not an (n, size) index matrix,
-    which costs eight times the bytes it gathers."""
-    for i in range(at.size):
-        for k in range(out.shape[1]):
-            out[i, k] = data[at[i] + k]
 
 
 def field_values(raw: RawEvents, select: np.ndarray, field: Field) -> np.ndarray:
@@ -235,44 +155,25 @@ def string_values(raw: RawEvents, select: np.ndarray, field: Field) -> np.ndarra
     start = raw.start[select] + (loc & 0xFFFF)
     end = np.empty(len(loc), np.int64)
     digest = np.empty(len(loc), np.uint64)
-    _c_string_spans(raw.data, start, loc >> 16, end, digest)
+    _c_string_spans(raw.data, start, np.ascontiguousarray(loc >> 16), end, digest)
     _, first, inverse = np.unique(digest, return_index=True, return_inverse=True)
     inverse = inverse.reshape(-1)
-    if not _spans_equal(raw.data, start, end, first[inverse]):
+    if not _spans_equal(raw.data, start, end, np.ascontiguousarray(first[inverse], np.int64)):
         return _decode_each(raw.data, start, end)  # a hash collision: compare the bytes themselves
     distinct = [raw.data[start[i] : end[i]].tobytes().decode("utf-8", errors="replace") for i in first]
     return np.array(distinct, dtype=object)[inverse]
 
 
-_FNV_OFFSET = 0xCBF29CE484222325
-_FNV_PRIME = 0x100000001B3
-
-
-@njit
-def _c_string_spans(data, start, length, end_out, digest_out):
+def _c_string_spans(data: np.ndarray, start: np.ndarray, length: np.ndarray, end_out: np.ndarray, digest_out: np.ndarray) -> None:
     """End (first NUL, or start+length) and FNV-1a hash of each string."""
-    for i in range(start.size):
-        position = start[i]
-        limit = min(position + length[i], data.size)
-        digest = np.uint64(_FNV_OFFSET)
-        while position < limit and data[position] != 0:
-            digest = (digest ^ np.uint64(data[position])) * np.uint64(_FNV_PRIME)
-            position += 1
-        end_out[i] = position
-        digest_out[i] = digest
+    walks().c_string_spans(pointer(data, np.uint8), len(data), pointer(start, np.int64), pointer(length, np.int64),
+                           len(start), pointer(end_out, np.int64), pointer(digest_out, np.uint64))
 
 
-@njit
-def _spans_equal(data, start, end, other):
+def _spans_equal(data: np.ndarray, start: np.ndarray, end: np.ndarray, other: np.ndarray) -> bool:
     """Whether every string i has the same bytes as string other[i]."""
-    for i in range(start.size):
-        j = other[i]
-        if end[i] - start[i] != end[j] - start[j]:
-            return False
-        for k in range(end[i] - start[i]):
-            if data[start[i] + k] != data[start[j] + k]:
-                return False
-    return True
+    return bool(walks().spans_equal(pointer(data, np.uint8), pointer(start, np.int64), pointer(end, np.int64),
+                                    pointer(other, np.int64), len(start)))
 
 
 def _decode_each(data: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
@@ -299,8 +200,8 @@ class CpuReader:
         self.page_size = page_size or _subbuf_size(instance)
         self._fd = os.open(instance / "per_cpu" / f"cpu{cpu}" / "trace_pipe_raw", os.O_RDONLY | os.O_NONBLOCK)
 
-    def read_available(self, max_pages: int | None = None) -> bytes:
-        """The whole pages readable now, at most max_pages (b"" when the buffer is empty)."""
+    def read_available(self, max_pages: int | None = None) -> bytearray:
+        """The whole pages readable now, at most max_pages (empty when the buffer is)."""
         pages = bytearray()
         while max_pages is None or len(pages) < max_pages * self.page_size:
             try:
@@ -314,7 +215,7 @@ class CpuReader:
             if len(page) != self.page_size:
                 raise OSError(f"trace_pipe_raw of cpu{self.cpu} returned {len(page)} bytes, not a {self.page_size}-byte page")
             pages += page
-        return bytes(pages)
+        return pages  # not copied into bytes: under a storm that is megabytes a drain
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -332,20 +233,3 @@ def _subbuf_size(instance: Path) -> int:
     """The instance's sub-buffer size in bytes; kernels before 6.8 only have 4096-byte pages."""
     setting = instance / "buffer_subbuf_size_kb"
     return int(setting.read_text()) * 1024 if setting.exists() else 4096
-
-
-def warm_up() -> None:
-    """Compile (or load from numba's cache) the page walker and string helpers now: the first
-    compile takes seconds, and during a capture the buffers would fill meanwhile. numba compiles
-    once per argument type, and read-only arrays are a type of their own: the pages a capture
-    reads are bytes (read-only), several pages' events are joined in a new (writable) array."""
-    parse_pages(bytes(4096), cpu=0)  # one empty page
-    record = bytearray(16)
-    record[8:12] = np.uint32((2 << 16) | 12).tobytes()  # data_loc: 2 bytes at 12
-    record[12] = ord("x")
-    for data in (np.frombuffer(bytes(record), np.uint8), np.array(record, np.uint8)):
-        one = RawEvents(
-            ts=np.zeros(1, np.uint64), cpu=np.zeros(1, np.uint16), type_id=np.zeros(1, np.uint16),
-            start=np.zeros(1, np.int64), length=np.full(1, 16, np.int32), data=data, missed=0,
-        )
-        string_values(one, np.arange(1), Field("name", 8, 4, False, True))

@@ -6,6 +6,7 @@ the way the kernel's %pS does ("d_alloc+0x2c/0x90 [module]") and only that is st
 """
 from __future__ import annotations
 
+from array import array
 from pathlib import Path
 
 import numpy as np
@@ -29,36 +30,58 @@ class CallSites:
         return mapped[inverse]
 
     def symbol_table(self, kallsyms: Path = Path("/proc/kallsyms")) -> pa.Table:
-        resolve = Kallsyms(kallsyms).resolve
         ids = sorted(self.ids.items(), key=lambda item: item[1])
         return pa.table(
-            {"id": [i for _, i in ids], "symbol": [resolve(address) for address, _ in ids]},
+            {"id": [i for _, i in ids], "symbol": resolve([address for address, _ in ids], kallsyms)},
             schema=table_schema(SYMBOL_COLUMNS),
         )
 
 
-class Kallsyms:
-    """Text symbols of the running kernel and its modules, sorted by address."""
+def resolve(addresses: list[int], kallsyms: Path) -> list[str]:
+    """Each address as function+0xoffset/0xsize [module], or "?" when no text symbol covers it
+    (also when kptr_restrict hides addresses: then kallsyms lists all as zero).
 
-    def __init__(self, path: Path) -> None:
-        entries: list[tuple[int, str, str]] = []
-        for line in path.read_text().splitlines():
-            parts = line.split()
-            if len(parts) >= 3 and parts[1] in TEXT_TYPES:
-                module = parts[3].strip("[]") if len(parts) > 3 else ""
-                entries.append((int(parts[0], 16), parts[2], module))
-        entries.sort()
-        self.addresses = np.array([e[0] for e in entries], dtype=np.uint64)
-        self.entries = entries
-
-    def resolve(self, address: int) -> str:
-        """function+0xoffset/0xsize [module], or "?" when no symbol covers the address
-        (also when kptr_restrict hides addresses: then kallsyms lists all as zero)."""
-        i = int(np.searchsorted(self.addresses, np.uint64(address), side="right")) - 1
-        if i < 0 or self.addresses[i] == 0:
-            return "?"
-        start, name, module = self.entries[i]
+    kallsyms lists about 120,000 symbols and a capture resolves a few hundred, so the file is
+    read twice rather than held: once for the symbols' addresses, once for the names wanted.
+    """
+    starts, line_numbers = _text_symbol_starts(kallsyms)
+    # By address; of aliases (equal addresses) the first listed comes last, and is the one found,
+    # as the kernel's own lookup (get_symbol_pos) picks it.
+    order = np.lexsort((-line_numbers, starts))
+    starts, line_numbers = starts[order], line_numbers[order]
+    found = np.searchsorted(starts, np.array(addresses, np.uint64), side="right") - 1
+    names = _names_on(kallsyms, {int(line_numbers[i]) for i in found if i >= 0})
+    resolved = []
+    for address, i in zip(addresses, found.tolist()):
+        if i < 0 or starts[i] == 0:
+            resolved.append("?")
+            continue
+        name, module = names[int(line_numbers[i])]
         # The next symbol's start bounds this one, as kallsyms_lookup_size_offset does.
-        size = int(self.addresses[i + 1]) - start if i + 1 < len(self.entries) else 0
-        text = f"{name}+{address - start:#x}/{size:#x}"
-        return f"{text} [{module}]" if module else text
+        size = int(starts[i + 1]) - int(starts[i]) if i + 1 < len(starts) else 0
+        text = f"{name}+{address - int(starts[i]):#x}/{size:#x}"
+        resolved.append(f"{text} [{module}]" if module else text)
+    return resolved
+
+
+def _text_symbol_starts(kallsyms: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The addresses of the text symbols, and the lines that list them."""
+    starts, line_numbers = array("Q"), array("q")
+    with open(kallsyms) as lines:
+        for number, line in enumerate(lines):
+            parts = line.split(maxsplit=3)
+            if len(parts) >= 3 and parts[1] in TEXT_TYPES:
+                starts.append(int(parts[0], 16))
+                line_numbers.append(number)
+    return np.array(starts, np.uint64), np.array(line_numbers, np.int64)
+
+
+def _names_on(kallsyms: Path, wanted: set[int]) -> dict[int, tuple[str, str]]:
+    """Symbol name and module ("" for the kernel's own) of the wanted lines."""
+    names = {}
+    with open(kallsyms) as lines:
+        for number, line in enumerate(lines):
+            if number in wanted:
+                parts = line.split()
+                names[number] = (parts[2], parts[3].strip("[]") if len(parts) > 3 else "")
+    return names

@@ -72,6 +72,8 @@ class TracefsCollector(Collector):
         super().__init__(options, report, say)
         self.instances: list[Instance] = []
         self.readers: list[CpuReader] = []
+        self.last_read_ts: dict[CpuReader, int] = {}  # the last event read from each buffer
+        self.behind_at: int | None = None  # the earliest such of the buffers the last drain left events in
 
     def _owned_paths(self, root: Path) -> list[Path]:
         return [root / "instances" / f"chargeplay-{os.getpid()}{suffix}" for suffix in INSTANCE_SUFFIXES]
@@ -144,11 +146,22 @@ class TracefsCollector(Collector):
     def _read_parts(self) -> tuple[list[RawEvents], int | None]:
         parts, unread_after = [], None
         for reader in self.readers:
+            last_read = self.last_read_ts.get(reader, 0)
+            if self.behind_at is not None and last_read > self.behind_at:
+                # Ahead of a buffer the last drain left events in: all this one holds is later, and
+                # would only wait in memory until that one catches up (under a storm, the CPU the
+                # collector shares with the workload writes fewer events, and its buffer runs ahead).
+                # Unread, it holds events from its last one read on.
+                unread_after = earliest(unread_after, last_read)
+                continue
             pages = reader.read_available(DRAIN_PAGES)
             part = parse_pages(pages, reader.cpu, reader.page_size)
             parts.append(part)
+            if len(part):
+                self.last_read_ts[reader] = int(part.ts.max())
             if len(pages) == DRAIN_PAGES * reader.page_size and len(part):
                 unread_after = earliest(unread_after, int(part.ts.max()))
+        self.behind_at = unread_after
         return parts, unread_after
 
     def _sources_open(self) -> bool:

@@ -62,14 +62,11 @@ LIVE_TESTS = [
 # cache key on this machine and on qemu's emulated CPU, so the guests load what this machine
 # compiled (lab/guest.sh sets the same).
 GENERIC_CPU = {"NUMBA_CPU_NAME": "generic"}
-# Every numba function a capture and `validate` run: the collectors' warm-ups, and the replay
-# engine under every built-in policy, on a bundled trace of a lab kernel.
+# Every numba function `validate` and replay run: the replay engine under every built-in policy,
+# on a bundled trace of a lab kernel.
 WARM_UP = """
 import subprocess, sys, tempfile
-from collect import bpf_outputs, pseudonyms, ringbuf
 from traces.samples import sample_path
-for module in (ringbuf, pseudonyms, bpf_outputs):
-    module.warm_up()
 with tempfile.TemporaryDirectory() as scratch:
     done = subprocess.run([sys.prefix + "/bin/chargeplay", "replay", str(sample_path("file-storm-6.12")),
                            "-o", scratch + "/result"], capture_output=True, text=True)

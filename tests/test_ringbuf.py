@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from collect import ringbuf
 from collect.event_format import EventFormat, Field, parse_event_format, read_event_format
-from collect.ringbuf import CpuReader, RawEvents, concat, field_values, parse_pages, string_values
+from collect.ringbuf import CpuReader, RawEvents, compact, concat, field_values, parse_pages, string_values
 
 KMEM_EVENTS = ("kmalloc", "kmem_cache_alloc", "kfree")
 PAGE = 4096
@@ -177,6 +177,18 @@ def test_concat_keeps_offsets_into_the_joined_bytes() -> None:
     assert both.cpu.tolist() == [0, 1]
     assert field_values(both, np.array([0, 1]), Field("v", 8, 8, True, False)).tolist() == [111, 222]
 
+
+
+def test_compact_keeps_only_the_chosen_events_bytes() -> None:
+    events = concat([parse_pages(page(10, data_event(1, record(1, struct.pack("<q", 111)))
+                                         + data_event(1, record(2, struct.pack("<qq", 222, 333)))
+                                         + data_event(1, record(3, struct.pack("<q", 444)))), cpu=0)])
+    held = compact(RawEvents(ts=events.ts[[2, 1]], cpu=events.cpu[[2, 1]], type_id=events.type_id[[2, 1]],
+                             start=events.start[[2, 1]], length=events.length[[2, 1]], data=events.data, missed=0))
+    # the third event's 16 bytes (8 of common fields, one value), then the second's 24: nothing else
+    assert held.start.tolist() == [0, 16] and held.length.tolist() == [16, 24] and len(held.data) == 40
+    assert field_values(held, np.array([0, 1]), Field("v", 8, 8, True, False)).tolist() == [444, 222]
+    assert field_values(held, np.array([1]), Field("w", 16, 8, True, False)).tolist() == [333]
 
 EVENT_SPECS = st.lists(
     st.one_of(

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from traces.atomic import atomic_file, make_private_dir
 from traces.schema import EVENT_SCHEMA
 
-ROW_GROUP_ROWS = 256 * 1024
+ROW_GROUP_ROWS = 64 * 1024
 
 # Dictionary pages for the low-cardinality columns; delta encoding for the monotone
 # ones (timestamps, sequential object pseudonyms). Measured: about 2x smaller than
