@@ -158,6 +158,7 @@ def collect(
     backend: Annotated[str, typer.Option(envvar="CHARGEPLAY_BACKEND", help="tracefs, ebpf, or auto (eBPF when the BPF object loads (libbpf1, kernel BTF), else tracefs; says which)")] = "tracefs",
     bpf_output: Annotated[str, typer.Option(help="eBPF records through: ringbuf, perf (per-CPU perf buffers), or auto (ringbuf where the kernel has it)")] = "auto",
     keep_addresses: Annotated[bool, typer.Option(help="also store raw kernel addresses of objects and call sites (addresses/); they reveal the KASLR offset")] = False,
+    all_allocations: Annotated[bool, typer.Option(help="record the slab allocations memcg does not charge too; by default only the accounted ones, all replay and analysis use")] = False,
     buffer_kb: Annotated[int, typer.Option(help="trace buffer per CPU, KiB: larger loses fewer events in a storm, at that much memory")] = 32 * 1024,
     max_size: Annotated[Optional[str], typer.Option(help="flight recorder: keep the newest closed segments within this size, e.g. 512M; the oldest are dropped (the manifest says which)")] = None,
     stop_on: Annotated[Optional[list[str]], typer.Option(help="end the capture when the target memcg's count rises: oom-kill, high:N (memory.events high, cgroup v2) or max:N (memory.events max; v1: memory.failcnt); repeatable")] = None,
@@ -175,7 +176,8 @@ def collect(
         output=output, command=command or None, cgroup_path=cgroup,
         memory_max=_size(memory_max, "--memory-max"), memory_high=_size(memory_high, "--memory-high"),
         duration=duration, segment_events=segment_events, segment_seconds=segment_seconds, backend=backend,
-        bpf_output=bpf_output, keep_addresses=keep_addresses, max_size=_budget(max_size), buffer_kb=_buffer(buffer_kb),
+        bpf_output=bpf_output, keep_addresses=keep_addresses, all_allocations=all_allocations, max_size=_budget(max_size),
+        buffer_kb=_buffer(buffer_kb),
         stop_on=[parse_trigger(text) for text in stop_on or []],
     )
     if command:

@@ -26,7 +26,9 @@ from pathlib import Path
 from collect.bpf_outputs import BpfMap
 from collect.libbpf import BpfObject, LibbpfError, libbpf
 from traces.errors import UserError
-from collect.kernel_tables import VMLINUX_BTF, read_btf, read_btf_enums
+from traces.gfp import gfp_bit
+from collect.kernel_tables import VMLINUX_BTF, read_btf, read_btf_enums, read_gfp_table
+from collect.tracefs import tracefs_root
 from traces.schema import CHARGE_FUNCTIONS
 
 BPF_OBJECT = Path(__file__).with_name("kmem.bpf.o")
@@ -64,7 +66,8 @@ class Unavailable(UserError):
 
 class Settings(ct.Structure):
     """kmem.bpf.c's `settings` (its read-only data)."""
-    _fields_ = [("perf_output", ct.c_uint32), ("object_slots_log2", ct.c_uint32)]
+    _fields_ = [("perf_output", ct.c_uint32), ("object_slots_log2", ct.c_uint32), ("gfp_account", ct.c_uint32),
+                ("slab_account", ct.c_uint32), ("all_allocations", ct.c_uint32)]
 
 
 def check_available() -> None:
@@ -97,6 +100,7 @@ def _kprobes_problem() -> str | None:
 @dataclass
 class KernelFacts:
     slab_account: int  # the SLAB_ACCOUNT bit of struct kmem_cache's flags
+    gfp_account: int  # __GFP_ACCOUNT
     absent: list[str]  # optional tracepoints this kernel lacks
 
 
@@ -120,7 +124,11 @@ def kernel_facts() -> KernelFacts:
         slab_account = 1 << read_btf_enums(["_slab_flag_bits"])["_slab_flag_bits"]["_SLAB_ACCOUNT"]
     except KeyError:
         slab_account = SLAB_ACCOUNT_BEFORE_6_9
-    return KernelFacts(slab_account, absent)
+    try:
+        gfp_account = gfp_bit(read_gfp_table(tracefs_root()), "__GFP_ACCOUNT")
+    except (OSError, KeyError, ValueError) as error:
+        raise Unavailable(f"cannot read the kernel's gfp flags: {error}") from None
+    return KernelFacts(slab_account, gfp_account, absent)
 
 
 class Loader:
@@ -128,13 +136,16 @@ class Loader:
     `pages` (records, named) pages; "perf": perf buffers the reader sizes); its maps by file
     descriptor, and what this kernel did not allow (notes, charge_problem)."""
 
-    def __init__(self, output: str, pages: tuple[int, int]) -> None:
+    def __init__(self, output: str, pages: tuple[int, int], all_allocations: bool = False) -> None:
         check_available()
         started = time.perf_counter()
         facts = kernel_facts()
         self.facts_seconds = time.perf_counter() - started  # reading BTF in Python
         started = time.perf_counter()
         self.output, self.slab_account, self.absent = output, facts.slab_account, facts.absent
+        self.settings = Settings(perf_output=output == "perf", object_slots_log2=OBJECT_SLOTS_LOG2,
+                                 gfp_account=facts.gfp_account, slab_account=facts.slab_account,
+                                 all_allocations=all_allocations)
         self.notes = ["the eBPF backend takes memcg stat events from their tracepoints only (Linux 6.14+); "
                       "--backend tracefs records them on this kernel through kprobes"] if facts.absent else []
         try:
@@ -162,7 +173,7 @@ class Loader:
             bpf.set_max_entries(name, n * mmap.PAGESIZE)
         bpf.set_max_entries("tracked", int(Path("/proc/sys/kernel/pid_max").read_text()))
         bpf.set_max_entries("objects", 1 << OBJECT_SLOTS_LOG2)
-        bpf.set_rodata(bytes(Settings(perf_output=output == "perf", object_slots_log2=OBJECT_SLOTS_LOG2)))
+        bpf.set_rodata(bytes(self.settings))
         for program, event in OPTIONAL_TRACEPOINTS.items():
             bpf.set_autoload(program, event not in self.absent)
         bpf.load()

@@ -84,6 +84,7 @@ class CaptureOptions:
     backend: str = "tracefs"  # tracefs, ebpf, or auto (eBPF when the BPF object loads, else tracefs)
     bpf_output: str = "auto"  # eBPF: ringbuf, perf (buffers), or auto (the ring buffer where the kernel has one)
     keep_addresses: bool = False  # also store raw kernel addresses (addresses/): never by default
+    all_allocations: bool = False  # record slab allocations memcg does not charge too (default: the accounted only)
     max_size: int | None = None  # keep the newest closed segments within this many bytes (collect.flight_recorder)
     stop_on: list[Trigger] = field(default_factory=list)  # end the capture when one fires
     on_workload: Callable[[int], None] | None = None  # told the workload's pid once it runs (validate's observer follows it)
@@ -199,6 +200,7 @@ class Collector(ABC):
         )
         self.manifest["sample_interval_s"] = self.options.tick
         self.manifest["addresses_kept"] = self.options.keep_addresses
+        self.manifest["slab_allocations"] = "all" if self.options.all_allocations else "accounted"
         self.manifest["flight_recorder"] = {"max_size": self.options.max_size, "stop_on": [t.given for t in self.options.stop_on]}
         self._write_manifest()
         self.budget = DiskBudget(self.options.output, self.options.max_size) if self.options.max_size else None

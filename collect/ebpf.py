@@ -61,7 +61,7 @@ class Loader(bpf_loader.Loader):
 
     def __init__(self, options: CaptureOptions) -> None:
         output, output_note = choose_output(options.bpf_output)
-        super().__init__(output, _output_pages(options.buffer_kb))
+        super().__init__(output, _output_pages(options.buffer_kb), options.all_allocations)
         if output_note:
             self.notes.insert(0, output_note)
 

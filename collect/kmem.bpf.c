@@ -30,6 +30,9 @@
 // Filtering happens here:
 //   - allocations, reclaim, syscall exits, OOM victims, renames: tasks in `tracked` only
 //     (the workload's thread ids; a fork of a tracked task adds the child, its end removes it);
+//   - slab allocations: only those memcg charges (the tracepoints' `accounted`: __GFP_ACCOUNT,
+//     or a SLAB_ACCOUNT cache), unless `settings.all_allocations`: under a storm most slab
+//     allocations are not accounted, and replay and analysis need only the accounted ones;
 //   - frees: by a tracked task, or of an object a tracked task allocated (`objects`),
 //     whoever frees it (RCU callbacks free the workload's objects from softirq);
 //   - memcg stat events: the target memcg and memcgs made after it (`config[0]`, its cgroup
@@ -137,6 +140,9 @@ struct named_record {
 const volatile struct {
     u32 perf_output;        // 1: per-CPU perf buffers (*_perf), else ring buffers (*_ring)
     u32 object_slots_log2;  // log2 of `objects`' max_entries
+    u32 gfp_account;        // __GFP_ACCOUNT, this kernel's
+    u32 slab_account;       // SLAB_ACCOUNT in struct kmem_cache's flags, this kernel's
+    u32 all_allocations;    // 1: every slab allocation of the workload, accounted or not
 } settings = {};
 
 // The loader sizes each ring buffer (max_entries, bytes) and each array before load.
@@ -263,10 +269,18 @@ static __always_inline void name_cache(void *ctx, struct kmem_cache *cache) {
     *slot = key;  // after the record: a record that finds the slot set comes later
 }
 
+// Whether a slab allocation is recorded: as the tracepoints' own `accounted` field says
+// (kmalloc has no cache here: its accounted caches are chosen by __GFP_ACCOUNT).
+static __always_inline int wanted_slab_alloc(u64 gfp, struct kmem_cache *cache) {
+    if (settings.all_allocations || (gfp & settings.gfp_account))
+        return 1;
+    return cache && (BPF_CORE_READ(cache, flags) & settings.slab_account);
+}
+
 // kmalloc(call_site, ptr, bytes_req, bytes_alloc, gfp_flags, node)
 SEC("raw_tp/kmalloc")
 int cp_kmalloc(struct bpf_raw_tracepoint_args *ctx) {
-    if (!is_tracked(current_tid()))
+    if (!is_tracked(current_tid()) || !wanted_slab_alloc(ctx->args[4], 0))
         return 0;
     struct record r = {};
     stamp(&r, T_KMALLOC);
@@ -284,7 +298,7 @@ int cp_kmalloc(struct bpf_raw_tracepoint_args *ctx) {
 // kmem_cache_alloc(call_site, ptr, struct kmem_cache *s, gfp_flags, node)
 SEC("raw_tp/kmem_cache_alloc")
 int cp_kmem_cache_alloc(struct bpf_raw_tracepoint_args *ctx) {
-    if (!is_tracked(current_tid()))
+    if (!is_tracked(current_tid()) || !wanted_slab_alloc(ctx->args[3], (struct kmem_cache *)ctx->args[2]))
         return 0;
     struct record r = {};
     stamp(&r, T_KMEM_CACHE_ALLOC);

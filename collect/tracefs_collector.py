@@ -35,6 +35,7 @@ from collect.decode import load_formats
 from collect.memcg_probes import GROUP_PREFIX, STAT_FUNCTIONS, MemcgProbes, plan_probes, read_probe_facts
 from collect.ringbuf import CpuReader, RawEvents, parse_pages
 from collect.tracefs import Instance, write_setting
+from traces.gfp import gfp_bit
 
 INSTANCE_SUFFIXES = ("", "-memcg", "-others")  # the task, memcg and other tasks' frees instances
 TASK_EVENTS = [
@@ -99,7 +100,7 @@ class TracefsCollector(Collector):
             instance.write("options/event-fork", "1")
         for system, event in TASK_EVENTS:
             if (system, event) in usable:
-                task.enable(system, event)
+                task.enable(system, event, None if self.options.all_allocations else self._accounted_only(event))
         for system, event in MEMCG_EVENTS + [(fmt.system, fmt.name) for _, fmt in probed.values()]:
             if (system, event) in usable:
                 memcg_events.enable(system, event, f"id >= {self.memcg.id}")
@@ -109,6 +110,17 @@ class TracefsCollector(Collector):
             task.enable(system, event, free_filter(event, irq_mask, unless_by=[]))
             others.enable(system, event, free_filter(event, irq_mask, unless_by=collector))
         self.readers = [CpuReader(i.path, cpu) for i in self.instances for cpu in range(i.cpu_count())]
+
+    def _accounted_only(self, event: str) -> str | None:
+        """The filter that keeps only the slab allocations memcg charges, as the tracepoint's own
+        `accounted` field says (kmem_cache_alloc, 6.0+); kmalloc has no such field, and its
+        accounted caches are chosen by __GFP_ACCOUNT. None where the kernel cannot say."""
+        fields = next((fmt.fields for _, fmt in self.decoder.formats.values() if fmt.name == event), {})
+        if event == "kmem_cache_alloc" and "accounted" in fields:
+            return "accounted == 1"
+        if event == "kmalloc":
+            return f"gfp_flags & {gfp_bit(self.gfp_flags, '__GFP_ACCOUNT'):#x}"
+        return None
 
     def _memcg_probes(self, root: Path, found: set[tuple[str, str]]) -> dict:
         """Kprobe events for the memcg tracepoints this kernel lacks (collect.memcg_probes), with

@@ -156,7 +156,9 @@ def test_file_creation_is_recorded_as_accounted_dentries_of_the_workload_only(tr
 
 
 def test_allocations_and_frees_share_a_pseudonym_and_no_address_is_stored(tracefs, tmp_path):
-    result = chargeplay("collect", "-o", str(tmp_path / "t"), "--", "sh", "-c", "mkdir -p $0/d && rm -r $0/d", str(tmp_path))
+    # --all-allocations: names_cache buffers (below) are not charged, so recorded only when asked.
+    result = chargeplay("collect", "-o", str(tmp_path / "t"), "--all-allocations", "--",
+                        "sh", "-c", "mkdir -p $0/d && rm -r $0/d", str(tmp_path))
     assert result.returncode == 0, result.stderr
     events = Trace.open(tmp_path / "t").events().collect()
     allocated = events.filter(pl.col("kind") == "kmem_cache_alloc").select("obj", "cache")
@@ -257,6 +259,38 @@ def test_the_task_tree_is_recorded_forks_threads_execs_and_exits(tracefs, tmp_pa
     assert execs.select("pid", "comm").rows() == [(child, "true")]
     exits = events.filter(pl.col("kind") == "task_exit")["pid"].to_list()
     assert exits == [thread, child, parent]  # in that order: the thread is joined, the child waited for
+
+
+# Opens and closes a file N times: each open takes a names_cache buffer for the path (getname:
+# names_cache has no SLAB_ACCOUNT and the gfp no __GFP_ACCOUNT, so it is not charged) and a
+# struct file from the filp cache (SLAB_ACCOUNT: charged).
+OPENER = """
+import os, sys
+for _ in range(int(sys.argv[1])):
+    os.close(os.open(sys.argv[2], os.O_RDONLY))
+"""
+
+
+@pytest.mark.parametrize("backend", ["tracefs", "ebpf"])
+def test_only_slab_allocations_memcg_charges_are_recorded_unless_all_are_asked_for(tracefs, tmp_path, request, backend):
+    if backend == "ebpf":
+        request.getfixturevalue("ebpf")
+    opens = 500
+    allocations = {}
+    for flags in ([], ["--all-allocations"]):
+        trace = tmp_path / f"t{len(flags)}"
+        result = chargeplay("collect", "-o", str(trace), "--backend", backend, *flags, "--",
+                            sys.executable, "-c", OPENER, str(opens), "/etc/hostname")
+        assert result.returncode == 0, result.stderr
+        opened = Trace.open(trace)
+        assert opened.manifest["slab_allocations"] == ("all" if flags else "accounted")
+        allocations[bool(flags)] = (opened.events().filter(pl.col("kind").is_in(["kmalloc", "kmem_cache_alloc"]))
+                                    .group_by("cache", "accounted").len().collect())
+    for everything, found in allocations.items():
+        counts = {(row["cache"], row["accounted"]): row["len"] for row in found.iter_rows(named=True)}
+        assert counts.get(("filp", True), 0) >= opens  # charged: recorded either way
+        assert counts.get(("names_cache", False), 0) >= (opens if everything else 0)
+        assert not everything == (found.filter(~pl.col("accounted")).height == 0)  # uncharged: only when asked
 
 
 # What a capture must not map: the replay's compiler (numba, llvmlite's LLVM) and the analysis
