@@ -54,7 +54,7 @@ LIVE_TESTS = [
     "tests/test_collect_live.py::test_stat_events_of_memcgs_below_the_target_are_kept_and_of_later_memcgs_elsewhere_not",
     "tests/test_collect_live.py::test_an_oom_kill_below_the_target_is_counted_as_the_targets",
     "tests/test_collect_live.py::test_the_task_tree_is_recorded_forks_threads_execs_and_exits",
-    "tests/test_collect_live.py::test_only_slab_allocations_memcg_charges_are_recorded_unless_all_are_asked_for[ebpf]",
+    "tests/test_collect_live.py::test_only_slab_allocations_memcg_charges_are_recorded_unless_all_are_asked_for",
     "tests/test_zoo_live.py::test_the_workload_charges_what_its_docstring_says[siblings]",
     "tests/test_flight_recorder_live.py::test_a_count_of_memory_events_rising_ends_the_capture[high:5]",
     "tests/test_flight_recorder_live.py::test_an_oom_kill_ends_the_capture_with_the_lead_up_kept",

@@ -284,13 +284,15 @@ def test_only_slab_allocations_memcg_charges_are_recorded_unless_all_are_asked_f
         assert result.returncode == 0, result.stderr
         opened = Trace.open(trace)
         assert opened.manifest["slab_allocations"] == ("all" if flags else "accounted")
-        allocations[bool(flags)] = (opened.events().filter(pl.col("kind").is_in(["kmalloc", "kmem_cache_alloc"]))
-                                    .group_by("cache", "accounted").len().collect())
-    for everything, found in allocations.items():
-        counts = {(row["cache"], row["accounted"]): row["len"] for row in found.iter_rows(named=True)}
-        assert counts.get(("filp", True), 0) >= opens  # charged: recorded either way
-        assert counts.get(("names_cache", False), 0) >= (opens if everything else 0)
-        assert not everything == (found.filter(~pl.col("accounted")).height == 0)  # uncharged: only when asked
+        slab = opened.events().filter(pl.col("kind").is_in(["kmalloc", "kmem_cache_alloc"]))
+        allocations[bool(flags)] = dict(slab.group_by("accounted").len().collect().iter_rows())
+    # (By charge, not cache name: before 6.18 the tracepoint has no name, and tracefs guesses.)
+    for everything, counts in allocations.items():
+        assert counts.get(True, 0) >= opens  # a struct file an open, charged: recorded either way
+        if everything:
+            assert counts.get(False, 0) >= opens  # a names_cache buffer an open, uncharged
+        else:
+            assert counts.get(False, 0) == 0
 
 
 # What a capture must not map: the replay's compiler (numba, llvmlite's LLVM) and the analysis
