@@ -35,7 +35,6 @@ from collect.decode import load_formats
 from collect.memcg_probes import GROUP_PREFIX, STAT_FUNCTIONS, MemcgProbes, plan_probes, read_probe_facts
 from collect.ringbuf import CpuReader, RawEvents, parse_pages
 from collect.tracefs import Instance, write_setting
-from traces.gfp import gfp_bit
 
 INSTANCE_SUFFIXES = ("", "-memcg", "-others")  # the task, memcg and other tasks' frees instances
 TASK_EVENTS = [
@@ -119,7 +118,7 @@ class TracefsCollector(Collector):
         if event == "kmem_cache_alloc" and "accounted" in fields:
             return "accounted == 1"
         if event == "kmalloc":
-            return f"gfp_flags & {gfp_bit(self.gfp_flags, '__GFP_ACCOUNT'):#x}"
+            return f"gfp_flags & {self.decoder.gfp_account:#x}"
         return None
 
     def _memcg_probes(self, root: Path, found: set[tuple[str, str]]) -> dict:
