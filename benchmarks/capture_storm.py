@@ -7,8 +7,7 @@ written to the trace over the span they cover (first to last event: the storm, n
 interpreter's start-up before it); drops are the events the buffers refused; the collector's
 peak RSS comes from its manifest. Targets (issue: a production collector): at least 3 million
 events/s written with none lost, and a peak RSS of at most 150 MiB (tracefs) or 250 MiB (eBPF,
-whose RSS counts its mapped ring buffers twice: the kernel maps their data pages twice). It
-prints figures; it asserts nothing.
+whose RSS counts its mapped ring buffer). It prints figures; it asserts nothing.
 
     .venv/bin/python benchmarks/capture_storm.py [--seconds S] [--backend ebpf tracefs] [--bpf-output ringbuf perf]
 """

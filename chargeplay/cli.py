@@ -87,9 +87,13 @@ def _size(value: Optional[str], option: str) -> Optional[int]:
         raise UserError(f"{option}: {error}") from None
 
 
-def _buffer(kb: int) -> int:
-    if kb < 4:
-        raise UserError(f"--buffer-kb {kb}: a trace buffer needs at least one page per CPU; give 4 or more (default 32768)")
+BUFFER_HELP = ("trace buffer per CPU, KiB: larger loses fewer events in a storm, at that much memory "
+               "(default: tracefs 32768 in each of its 3 instances; eBPF 16384 in its one ring, which counts in its RSS)")
+
+
+def _buffer(kb: int | None) -> int | None:
+    if kb is not None and kb < 4:
+        raise UserError(f"--buffer-kb {kb}: a trace buffer needs at least one page per CPU; give 4 or more (or leave the default)")
     return kb
 
 
@@ -159,7 +163,7 @@ def collect(
     bpf_output: Annotated[str, typer.Option(help="eBPF records through: ringbuf, perf (per-CPU perf buffers), or auto (ringbuf where the kernel has it)")] = "auto",
     keep_addresses: Annotated[bool, typer.Option(help="also store raw kernel addresses of objects and call sites (addresses/); they reveal the KASLR offset")] = False,
     all_allocations: Annotated[bool, typer.Option(help="record the slab allocations memcg does not charge too; by default only the accounted ones, all replay and analysis use")] = False,
-    buffer_kb: Annotated[int, typer.Option(help="trace buffer per CPU, KiB: larger loses fewer events in a storm, at that much memory")] = 32 * 1024,
+    buffer_kb: Annotated[Optional[int], typer.Option(help=BUFFER_HELP)] = None,
     max_size: Annotated[Optional[str], typer.Option(help="flight recorder: keep the newest closed segments within this size, e.g. 512M; the oldest are dropped (the manifest says which)")] = None,
     stop_on: Annotated[Optional[list[str]], typer.Option(help="end the capture when the target memcg's count rises: oom-kill, high:N (memory.events high, cgroup v2) or max:N (memory.events max; v1: memory.failcnt); repeatable")] = None,
 ) -> None:
@@ -226,7 +230,7 @@ def validate(
     output: Annotated[Path, typer.Option("-o", "--output", help="directory to create: trace, result, fidelity.json, report.html")] = ...,
     memory_max: Annotated[Optional[str], typer.Option(help="memcg hard limit for the workload, e.g. 28M")] = None,
     memory_high: Annotated[Optional[str], typer.Option(help="memcg high limit (cgroup v2 only), e.g. 24M")] = None,
-    buffer_kb: Annotated[int, typer.Option(help="the capture's trace buffer per CPU, KiB: a trace that loses events certifies nothing")] = 32 * 1024,
+    buffer_kb: Annotated[Optional[int], typer.Option(help=BUFFER_HELP + "; a trace that loses events certifies nothing")] = None,
 ) -> None:
     """Capture a workload under a limit (root), replay it under the running kernel's model, compare with what the kernel did."""
     from analyze import fidelity as fidelity_check
@@ -235,6 +239,7 @@ def validate(
     from chargeplay import validation
 
     _check_command(command[0])
+    buffer_kb = _buffer(buffer_kb)
     with _live(transient=True) as live:
 
         def replaying(step: str, _done: int) -> None:

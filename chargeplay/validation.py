@@ -31,7 +31,7 @@ class Steps:
     say: Callable[[str], None]
 
 
-def validate(output: Path, command: list[str], memory_max: int | None, memory_high: int | None, buffer_kb: int,
+def validate(output: Path, command: list[str], memory_max: int | None, memory_high: int | None, buffer_kb: int | None,
              steps: Steps) -> dict:
     """Capture COMMAND in a fresh limited memcg into OUTPUT/trace (`buffer_kb`: the capture's
     per-CPU trace buffer), replay it under the running kernel's model into OUTPUT/result, and

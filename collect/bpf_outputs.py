@@ -72,9 +72,10 @@ class BpfMap:
 class RingReader:
     """Batch consumer of a BPF ring buffer map of fixed-size records.
 
-    The consumer page is mapped read-write, the producer page and data read-only; the
-    kernel maps the data twice in a row, so a batch is one contiguous slice even where it
-    wraps. Each record is an 8-byte header (u32 length, bit 31 busy, bit 30 discarded;
+    The consumer page is mapped read-write, the producer page and data read-only. The data
+    is mapped once, not twice in a row as libbpf does so that a batch is one slice where it
+    wraps: the batch is copied out anyway, in two slices where it wraps, and a second mapping
+    would count the ring twice in this process's RSS. Each record is an 8-byte header (u32 length, bit 31 busy, bit 30 discarded;
     u32 page offset) and the payload, padded to 8 bytes.
     """
 
@@ -86,7 +87,7 @@ class RingReader:
         self.size, self.payload = size, payload
         self.stride = self.HEADER + (payload + 7) // 8 * 8
         self._consumer = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
-        self._producer = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+        self._producer = mmap.mmap(map_fd, page + size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
         self.consumer_pos = np.frombuffer(self._consumer, np.uint64, 1)
         self.producer_pos = np.frombuffer(self._producer, np.uint64, 1)
         self.data = np.frombuffer(self._producer, np.uint8, offset=page)
@@ -97,7 +98,8 @@ class RingReader:
         consumer, producer = int(self.consumer_pos[0]), int(self.producer_pos[0])
         start = consumer & (self.size - 1)
         length = producer - consumer if limit is None else min(producer - consumer, limit * self.stride)
-        chunk = self.data[start : start + length].copy()
+        end = start + length
+        chunk = self.data[start:end].copy() if end <= self.size else np.concatenate((self.data[start:], self.data[: end - self.size]))
         if chunk.size % self.stride:
             raise RuntimeError(f"BPF ring buffer holds {chunk.size} bytes, not whole {self.stride}-byte records")
         lengths = chunk.view(np.uint32)[:: self.stride // 4]

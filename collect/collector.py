@@ -80,7 +80,7 @@ class CaptureOptions:
     tick: float = 0.1
     segment_events: int = 2_000_000
     segment_seconds: float = 30.0
-    buffer_kb: int = 32 * 1024
+    buffer_kb: int | None = None  # KiB per CPU; None: the backend's DEFAULT_BUFFER_KB
     backend: str = "tracefs"  # tracefs, ebpf, or auto (eBPF when the BPF object loads, else tracefs)
     bpf_output: str = "auto"  # eBPF: ringbuf, perf (buffers), or auto (the ring buffer where the kernel has one)
     keep_addresses: bool = False  # also store raw kernel addresses (addresses/): never by default

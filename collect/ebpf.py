@@ -27,7 +27,6 @@ from collect.bpf_outputs import BpfMap, PerfReader, RingReader
 from collect.collector import DRAIN_RECORDS, CaptureOptions, Collector, Progress, earliest
 from collect.ebpf_records import NAMED_RECORD_SIZE, RECORD_SIZE, raw_events, record_formats, slab_caches
 from collect.ringbuf import RawEvents
-from collect.tracefs_collector import INSTANCE_SUFFIXES
 
 __all__ = ["Loader", "EbpfCollector", "Unavailable", "check_available"]
 LOST_SLOT, OBJECTS_EVICTED_SLOT = 0, 1  # counters[] in kmem.bpf.c
@@ -38,12 +37,17 @@ def _power_of_two(n: int) -> int:
     return 1 << (max(n, 1).bit_length() - 1)
 
 
-def _output_pages(buffer_kb: int) -> tuple[int, int]:
-    """Pages for the `records` and `named` ring buffers: what the tracefs backend allocates
-    in all (buffer_kb for each CPU of each of its INSTANCE_SUFFIXES), rounded down to a
-    power of two, and a sixteenth of that for the rare named records. The kernel
+# KiB per CPU in the one records ring: a tick (0.1 s) of the most a CPU writes, 2 M records/s
+# of 64 bytes (the storm of benchmarks/capture_storm.py: 32 MiB on 2 CPUs kept it lossless,
+# 16 did not). The ring is mapped into this process, so it counts in its RSS, unlike tracefs's.
+DEFAULT_BUFFER_KB = 16 * 1024
+
+
+def _output_pages(buffer_kb: int | None) -> tuple[int, int]:
+    """Pages for the `records` and `named` ring buffers: buffer_kb for each CPU, rounded
+    down to a power of two, and a sixteenth of that for the rare named records. The kernel
     allocates a ring buffer whole when the map is created."""
-    records = _power_of_two(buffer_kb * 1024 * len(INSTANCE_SUFFIXES) * (os.cpu_count() or 1) // mmap.PAGESIZE)
+    records = _power_of_two((buffer_kb or DEFAULT_BUFFER_KB) * 1024 * (os.cpu_count() or 1) // mmap.PAGESIZE)
     return records, max(records // 16, 16)
 
 
@@ -142,6 +146,7 @@ class EbpfCollector(Collector):
             loader = self.loader
             self.manifest["ebpf"] = {"output": loader.output, "objects_evicted": sum(self._counter(OBJECTS_EVICTED_SLOT)),
                                      "record_bytes": RECORD_SIZE, "ctx": "not recorded (null)",
+                                     "buffer_bytes": [page_count * mmap.PAGESIZE for page_count in _output_pages(self.options.buffer_kb)],
                                      "btf_seconds": round(loader.facts_seconds, 4), "load_seconds": round(loader.load_seconds, 4), "tracepoints_absent": loader.absent,
                                      "charge_probes": loader.charge_functions}
         super()._write_manifest()

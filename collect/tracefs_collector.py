@@ -37,6 +37,7 @@ from collect.ringbuf import CpuReader, RawEvents, parse_pages
 from collect.tracefs import Instance, write_setting
 
 INSTANCE_SUFFIXES = ("", "-memcg", "-others")  # the task, memcg and other tasks' frees instances
+DEFAULT_BUFFER_KB = 32 * 1024  # each CPU's buffer in each instance: kernel memory, in no RSS
 TASK_EVENTS = [
     ("kmem", "kmalloc"), ("kmem", "kmem_cache_alloc"), ("kmem", "mm_page_alloc"),
     ("vmscan", "mm_vmscan_memcg_reclaim_begin"), ("vmscan", "mm_vmscan_memcg_reclaim_end"),
@@ -93,7 +94,7 @@ class TracefsCollector(Collector):
         self.instances = [task, memcg_events, others]
         for instance in self.instances:
             instance.write("trace_clock", TRACE_CLOCK)
-            instance.write("buffer_size_kb", str(self.options.buffer_kb))
+            instance.write("buffer_size_kb", str(self.options.buffer_kb or DEFAULT_BUFFER_KB))
             instance.write("options/overwrite", "0")  # a full buffer drops new events and counts them
         for instance in (task, others):
             instance.write("options/event-fork", "1")

@@ -47,6 +47,7 @@ LIVE_TESTS = [
     "tests/test_crash_safety_live.py::test_sigkill_of_collector_and_guardian_at_any_point[4.0]",
     "tests/test_ebpf_live.py::test_auto_says_which_backend_it_chose_and_whether_charge_probes_attached",
     "tests/test_ebpf_live.py::test_charge_probes_agree_with_the_memcgs_own_events",
+    "tests/test_ebpf_live.py::test_records_that_go_round_a_small_ring_buffer_many_times_arrive_whole",
     "tests/test_ebpf_live.py::test_memcg_stat_events_the_kernel_cannot_give_are_said_in_the_manifest_and_by_replay",
     "tests/test_validate_live.py::test_validate_on_cgroup_v2_observes_the_memcgs_own_events_and_peak",
     "tests/test_validate_live.py::test_a_cell_of_the_fidelity_matrix_meets_its_targets_in_most_runs",

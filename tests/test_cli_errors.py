@@ -38,6 +38,12 @@ def test_flight_recorder_option_not_understood(tmp_path, option, value, words):
     assert not (tmp_path / "t").exists()
 
 
+@pytest.mark.parametrize("command", ["collect", "validate"])
+def test_a_trace_buffer_smaller_than_a_page(tmp_path, command):
+    assert_user_error(chargeplay(command, "-o", str(tmp_path / "t"), "--buffer-kb", "2", "--", "true"), "--buffer-kb 2", "4 or more")
+    assert not (tmp_path / "t").exists()
+
+
 def test_command_not_found(tmp_path):
     assert_user_error(chargeplay("collect", "-o", str(tmp_path / "t"), "--", "no-such-command-xyz"), "no-such-command-xyz")
 

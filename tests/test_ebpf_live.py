@@ -19,6 +19,7 @@ from conftest import BUSY_NEIGHBOUR, CHARGEPLAY, OVER_MAX, SLOWDOWN, chargeplay,
 from test_collect_live import ALLOC_KINDS, FILE_MAKER, assert_kmem_counter_matches_the_trace, kmem_counter_args, leftovers
 from collect import cgroup
 from collect.bpf_loader import CHARGE_PROBES, KPROBE_PROGRAMS, PROGRAM_PREFIX, Loader
+from collect.ebpf_records import RECORD_SIZE
 from traces.gfp import gfp_bit
 from traces.reader import Trace
 from traces.schema import CHARGE_FUNCTIONS
@@ -106,6 +107,25 @@ def test_both_backends_and_both_bpf_outputs_record_the_same_workload_alike(ebpf,
         assert "dentry" in common
         assert {f for f in slab_facts[name] if f[0] in common} == {f for f in slab_facts["tracefs"] if f[0] in common}
     assert leftovers(ebpf) == []
+
+
+def test_records_that_go_round_a_small_ring_buffer_many_times_arrive_whole(ebpf, tmp_path):
+    """A shell that forks and execs 3 programs per round, slowly enough that each 0.1 s drain
+    finds the ring (--buffer-kb 512: 1 MiB on 2 CPUs) far from full, writes many times the
+    ring's size: the forks and execs are all there (the shell's own exec besides), which a
+    batch misread where it wraps would break."""
+    rounds = 100
+    script = f"i=0; while [ $i -lt {rounds} ]; do touch {tmp_path}/x; rm {tmp_path}/x; sleep 0.05; i=$((i+1)); done"
+    result = chargeplay("collect", "-o", str(tmp_path / "t"), "--backend", "ebpf", "--bpf-output", "ringbuf",
+                        "--buffer-kb", "512", "--", "sh", "-c", script)
+    assert result.returncode == 0, result.stderr
+    trace = Trace.open(tmp_path / "t")
+    assert trace.manifest["lost"]["total"] == 0
+    events = trace.events().collect()
+    records_ring = trace.manifest["ebpf"]["buffer_bytes"][0]
+    assert events.height * (8 + RECORD_SIZE) > 5 * records_ring  # a header and the record, each
+    kinds = dict(events.group_by("kind").len().iter_rows())
+    assert (kinds["task_new"], kinds["task_exec"]) == (3 * rounds, 3 * rounds + 1)
 
 
 def _charge_probe_problem(tracefs: Path) -> str | None:
