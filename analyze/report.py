@@ -1,5 +1,4 @@
-"""`chargeplay report`: one self-contained HTML file (the Vega libraries inlined, so it opens
-offline), with the trace's facts, a summary table and every chart with a sentence on what
+"""`chargeplay report`: one self-contained HTML file (analyze.html), with the trace's facts, a summary table and every chart with a sentence on what
 it shows. Every string that came from a trace is escaped: task names, cache names and
 symbols are data, never markup."""
 from __future__ import annotations
@@ -8,14 +7,12 @@ import json
 from html import escape
 from pathlib import Path
 
-import altair as alt
 import polars as pl
-import vl_convert as vlc
-from altair.utils._importers import vl_version_for_vl_convert
 
 from analyze import charts
 from analyze.divergence import divergence
 from analyze.fidelity import format_error, format_target, format_value
+from analyze.html import Figure, page, png
 from analyze.results import Result
 from analyze.verdict import verdict
 from replay.result_format import loop_description
@@ -25,18 +22,6 @@ from traces.atomic import atomic_file
 from traces.manifest import losses
 
 BASELINE = "mainline-6.18"
-STYLE = """
-body { font: 15px/1.5 system-ui, sans-serif; margin: 2em auto; max-width: 1000px; color: #222; }
-h1 { font-size: 1.6em; } h2 { font-size: 1.2em; margin-top: 2em; }
-table { border-collapse: collapse; margin: 1em 0; } td, th { padding: 2px 10px; border-bottom: 1px solid #ddd; text-align: right; }
-td:first-child, th:first-child { text-align: left; } .facts td { text-align: left; }
-p.what { color: #444; max-width: 46em; } p.warning { color: #a00; font-weight: bold; max-width: 46em; }
-"""
-
-
-Figure = tuple[str, str, alt.TopLevelMixin]  # title, what it shows, chart
-
-
 def report_figures(result: Result, metrics: dict) -> list[Figure]:
     divergent = result.divergent_charges
     baseline = baseline_of(result)
@@ -71,24 +56,7 @@ def build_report(result: Result, figures: list[Figure], metrics: dict, fidelity:
     figure with its sentence."""
     body = [_header(result), _verdict(result), *([_fidelity_table(fidelity)] if fidelity else []), _summary_table(result),
             _pairs_table(metrics)]
-    scripts = []
-    for n, (title, sentence, chart) in enumerate(figures):
-        body.append(f'<h2>{escape(title)}</h2>\n<p class="what">{escape(sentence)}</p>\n<div id="chart{n}"></div>')
-        spec = script_json(chart.to_dict(format="vega-lite"))
-        scripts.append(f"vegaEmbed('#chart{n}', {spec}, {{actions: false, renderer: 'svg'}}).catch(e => console.error(e));")
-    bundle = vlc.javascript_bundle(vl_version=vl_version_for_vl_convert())
-    return (
-        f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<title>chargeplay report: {escape(str(result.trace.path.name))}</title>"
-        f"<style>{STYLE}</style><script>{bundle}</script></head>\n<body>\n"
-        + "\n".join(body)
-        + f"\n<script>\n{chr(10).join(scripts)}\n</script>\n</body></html>\n"
-    )
-
-
-def script_json(value: object) -> str:
-    """JSON safe inside <script>: no trace string can close the element or look like markup."""
-    return json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return page(f"chargeplay report: {result.trace.path.name}", body, figures)
 
 
 def _header(result: Result) -> str:
@@ -187,7 +155,7 @@ def write_report(result: Result, output: Path, png_dir: Path | None = None, metr
         png_dir.mkdir(parents=True, exist_ok=True)
         for n, (title, _, chart) in enumerate(figures):
             with atomic_file(png_dir / f"{n + 1:02d}-{title.lower().replace(' ', '-')}.png") as out:
-                out.write(vlc.vegalite_to_png(chart.to_dict(format="vega-lite"), vl_version=vl_version_for_vl_convert()))
+                out.write(png(chart))
     if metrics_json is not None:
         with atomic_file(metrics_json) as out:
             out.write(json.dumps(metrics, indent=2).encode())

@@ -282,40 +282,57 @@ def policies(
     Console().print(table)
 
 
+def _chosen_policies(names: Optional[list[str]], policies_file: Optional[Path]) -> list[policy.Policy]:
+    """The policies --policy names (default: all built-in and the --policies file's)."""
+    available = {**policy.BUILTIN, **(policy.load_toml(policies_file) if policies_file else {})}
+    missing = [name for name in names or [] if name not in available]
+    if missing:
+        raise UserError(f"no policy {missing[0]!r}; choose from {', '.join(available)}")
+    return [available[name] for name in names] if names else list(available.values())
+
+
+def _check_engine_and_clock(engine: str, clock: str) -> None:
+    from replay.ops import CLOCK_SHARING
+    from replay.run import ENGINES
+
+    if engine not in ENGINES:
+        raise UserError(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    if clock not in CLOCK_SHARING:
+        raise UserError(f"--clock {clock!r}: choose one of {', '.join(CLOCK_SHARING)}")
+
+
+def _steps_bar() -> ProgressBar:
+    """A progress bar of steps, each described as it begins."""
+    return ProgressBar(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err)
+
+
+POLICY_HELP = "a policy to run (repeatable; default: all built-in)"
+POLICIES_FILE_HELP = "TOML file of extra policies (all are run unless --policy picks)"
+OPEN_LOOP_HELP = "keep the trace's timeline: a task's stall does not delay its later events (default: closed loop, it does)"
+CLOCK_HELP = "closed loop: which tasks wait for a stalled one: none (task, the default), its threads (process) or all (workload)"
+
+
 @app.command()
 @user_errors
 def replay(
     trace: Annotated[Path, typer.Argument(help="trace directory")],
     output: Annotated[Path, typer.Option("-o", "--output", help="result directory to create")] = ...,
-    policy_names: Annotated[Optional[list[str]], typer.Option("--policy", help="a policy to run (repeatable; default: all built-in)")] = None,
-    policies_file: Annotated[Optional[Path], typer.Option("--policies", help="TOML file of extra policies (all are run unless --policy picks)")] = None,
+    policy_names: Annotated[Optional[list[str]], typer.Option("--policy", help=POLICY_HELP)] = None,
+    policies_file: Annotated[Optional[Path], typer.Option("--policies", help=POLICIES_FILE_HELP)] = None,
     memory_max: Annotated[Optional[str], typer.Option(help="memory.max to replay with (default: the trace's)")] = None,
     memory_high: Annotated[Optional[str], typer.Option(help="memory.high to replay with (default: the trace's)")] = None,
     swap: Annotated[bool, typer.Option("--swap", help="let reclaim take anon pages")] = False,
-    open_loop: Annotated[bool, typer.Option("--open-loop", help="keep the trace's timeline: a task's stall does not "
-                                            "delay its later events (default: closed loop, it does)")] = False,
-    clock: Annotated[str, typer.Option(help="closed loop: which tasks wait for a stalled one: none (task, the default), "
-                                       "its threads (process) or all (workload)")] = "task",
+    open_loop: Annotated[bool, typer.Option("--open-loop", help=OPEN_LOOP_HELP)] = False,
+    clock: Annotated[str, typer.Option(help=CLOCK_HELP)] = "task",
     engine: Annotated[str, typer.Option(help="fast (numba) or reference (plain Python)")] = "fast",
 ) -> None:
     """Replay a trace under charge policies; write summary.json, timeseries.parquet, outcomes.parquet."""
     from replay import result_format, run
-    from replay.ops import CLOCK_SHARING
     from traces.atomic import check_new_output
     from traces.reader import Trace
 
-    available = {**policy.BUILTIN, **(policy.load_toml(policies_file) if policies_file else {})}
-    if policy_names:
-        missing = [name for name in policy_names if name not in available]
-        if missing:
-            raise UserError(f"no policy {missing[0]!r}; choose from {', '.join(available)}")
-        chosen = [available[name] for name in policy_names]
-    else:
-        chosen = list(available.values())
-    if engine not in run.ENGINES:
-        raise UserError(f"--engine {engine!r}: choose one of {', '.join(run.ENGINES)}")
-    if clock not in CLOCK_SHARING:
-        raise UserError(f"--clock {clock!r}: choose one of {', '.join(CLOCK_SHARING)}")
+    chosen = _chosen_policies(policy_names, policies_file)
+    _check_engine_and_clock(engine, clock)
     check_new_output(output)
     source = Trace.open(trace)
     unseen = run.unseen_charges(source)
@@ -323,8 +340,7 @@ def replay(
         _say(f"warning: {unseen}")
     limits = run.limits_for(source, _size(memory_max, "--memory-max"), _size(memory_high, "--memory-high"), swap,
                             closed_loop=not open_loop, clock=clock)
-    with ProgressBar(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=err) as bar:
+    with _steps_bar() as bar:
         task = bar.add_task("reading the trace", total=len(chosen))
 
         def step(name: str, done: int) -> None:
@@ -342,6 +358,87 @@ def replay(
     if (lost := losses(source.manifest)) is not None:
         err.print(f"warning: {lost} (summary.json: trace.lost)", markup=False, highlight=False)
     err.print(f"{output}: summary.json, timeseries.parquet, outcomes.parquet", markup=False, highlight=False)
+
+
+MAX_SWEEP_LIMITS = 200
+
+
+def _limit_range(value: str, option: str) -> list[int]:
+    """FROM:TO:STEP, sizes: FROM, FROM+STEP, ... up to TO."""
+    parts = value.split(":")
+    if len(parts) != 3:
+        raise UserError(f"{option} {value}: a sweep takes FROM:TO:STEP, e.g. {option} 8M:64M:4M")
+    first, last, step = (_size(part, option) for part in parts)
+    if None in (first, last, step) or not 4096 <= first <= last or step <= 0:
+        raise UserError(f"{option} {value}: FROM must be at least 4K and at most TO, and STEP more than 0, e.g. 8M:64M:4M")
+    count = (last - first) // step + 1
+    if count > MAX_SWEEP_LIMITS:
+        raise UserError(f"{option} {value}: {count:,} limits; a sweep takes at most {MAX_SWEEP_LIMITS}: give a larger STEP")
+    return [first + n * step for n in range(count)]
+
+
+@app.command()
+@user_errors
+def sweep(
+    trace: Annotated[Path, typer.Argument(help="trace directory")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="directory to create: sweep.parquet, sweep.json, sweep.html")] = ...,
+    memory_high: Annotated[Optional[str], typer.Option(help="memory.high: FROM:TO:STEP to sweep (e.g. 4M:32M:2M), or one size (default: the trace's)")] = None,
+    memory_max: Annotated[Optional[str], typer.Option(help="memory.max: FROM:TO:STEP to sweep, or one size (default: the trace's)")] = None,
+    criterion: Annotated[str, typer.Option(help="what the recommended limit must achieve: conditions on stretch (%), oom, "
+                                           "failed, fallbacks (counts), above (s), stall (ms), joined by commas")] = "stretch<=5%,oom=0",
+    policy_names: Annotated[Optional[list[str]], typer.Option("--policy", help=POLICY_HELP)] = None,
+    policies_file: Annotated[Optional[Path], typer.Option("--policies", help=POLICIES_FILE_HELP)] = None,
+    swap: Annotated[bool, typer.Option("--swap", help="let reclaim take anon pages")] = False,
+    open_loop: Annotated[bool, typer.Option("--open-loop", help=OPEN_LOOP_HELP)] = False,
+    clock: Annotated[str, typer.Option(help=CLOCK_HELP)] = "task",
+    engine: Annotated[str, typer.Option(help="fast (numba) or reference (plain Python)")] = "fast",
+) -> None:
+    """Replay a trace under each memory.high (or memory.max) of a range; chart what each costs, name the smallest that meets a criterion."""
+    from analyze.criterion import parse_criterion, recommend
+    from analyze.sweep_page import AT_RECOMMENDED, LIMIT_NAMES, at_recommended, describe, write_sweep
+    from replay import run
+    from replay.result_format import loop_description
+    from replay.sweep import sweep as run_sweep
+    from traces.atomic import check_new_output
+    from traces.reader import Trace
+
+    ranges = {name: value for name, value in (("memory_high", memory_high), ("memory_max", memory_max)) if value and ":" in value}
+    if len(ranges) != 1:
+        raise UserError("sweep one limit: give --memory-high FROM:TO:STEP (or --memory-max FROM:TO:STEP), the other as one size or not at all")
+    (swept, text), = ranges.items()
+    values = _limit_range(text, f"--{swept.replace('_', '-')}")
+    fixed_name = "memory_max" if swept == "memory_high" else "memory_high"
+    fixed = _size(memory_max if swept == "memory_high" else memory_high, f"--{fixed_name.replace('_', '-')}")
+    conditions = parse_criterion(criterion)
+    chosen = _chosen_policies(policy_names, policies_file)
+    _check_engine_and_clock(engine, clock)
+    check_new_output(output)
+    source = Trace.open(trace)
+    sizes = {swept: values[0], fixed_name: fixed}
+    base = run.limits_for(source, sizes["memory_max"], sizes["memory_high"], swap, closed_loop=not open_loop, clock=clock)
+    with _steps_bar() as bar:
+        task = bar.add_task(f"sweeping {LIMIT_NAMES[swept]}", total=len(values) * len(chosen))
+        table = run_sweep(source, chosen, base, swept, values, run.ENGINES[engine], lambda done: bar.update(task, completed=done))
+    recommended = recommend(table, conditions)
+    limits = run.limits_document(base)
+    fixed_bytes = limits["max_bytes" if swept == "memory_high" else "high_bytes"]
+    document = {
+        "chargeplay_version": __version__, "trace": str(source.path), "swept": {"limit": swept, "values": values},
+        "fixed": f"{LIMIT_NAMES[fixed_name]} {format_bytes(fixed_bytes) if fixed_bytes is not None else 'unlimited'}"
+                 + ("" if fixed is not None else " (the trace's)"),
+        "replayed_with": f"{loop_description(limits)} loop, swap {'on' if swap else 'off'}, {engine} engine",
+        "criterion": describe(conditions), "criterion_text": criterion, "recommended": recommended,
+        "lost": losses(source.manifest),  # what a trace that lost events must say, or None
+    }
+    write_sweep(output, table, document)
+    rows = Table("policy", f"recommended {LIMIT_NAMES[swept]}", *AT_RECOMMENDED,
+                 title=f"the smallest {LIMIT_NAMES[swept]} swept where {criterion} holds (and at every larger one)")
+    for name, cells in at_recommended(table, recommended).items():
+        rows.add_row(name, *cells)
+    Console().print(rows)
+    if document["lost"] is not None:
+        err.print(f"warning: {document['lost']}", markup=False, highlight=False)
+    err.print(f"{output}: sweep.parquet, sweep.json, sweep.html", markup=False, highlight=False)
 
 
 @app.command()

@@ -113,6 +113,63 @@ def resolution_for(stream: InputStream) -> int:
     return max(1_000_000, math.ceil((stream.t_last - stream.t_first + 1) / MAX_BUCKETS))
 
 
+class PolicyRuns:
+    """Every policy's engine over one trace under one set of limits, fed batch by batch, with
+    what the summary counts besides the engines' own results."""
+
+    def __init__(self, trace: Trace, stream: InputStream, policies: list[Policy], limits: Limits, engine: type[Engine]) -> None:
+        self.trace, self.stream, self.limits = trace, stream, limits
+        start = stream.empty()
+        gfp = GfpBits.from_table(trace.gfp_flags)
+        self.engines = {p.name: engine(start, p, limits, gfp, resolution_for(stream)) for p in policies}
+        self.failed_gfp: dict[str, Counter[int]] = {name: Counter() for name in self.engines}  # failed charges per gfp value
+        self.outcome_counts = {name: np.zeros(len(OUTCOMES), np.int64) for name in self.engines}
+        self.spans = TaskSpans(start.tasks)
+
+    def feed(self, batch: ReplayInput, before_each: Callable[[str], None] = lambda name: None) -> dict[str, np.ndarray]:
+        """The next batch through every policy; each one's outcomes."""
+        outcomes = {}
+        for name, session in self.engines.items():
+            before_each(name)
+            outcomes[name] = session.feed(batch)
+            self.outcome_counts[name] += np.bincount(outcomes[name], minlength=len(OUTCOMES))
+            values, counts = np.unique(batch.gfp[outcomes[name] == OUTCOME["failed"]], return_counts=True)
+            self.failed_gfp[name].update(dict(zip(values.tolist(), counts.tolist())))
+        self.spans.add(batch)
+        return outcomes
+
+    def finish(self) -> dict[str, EngineResult]:
+        return {name: session.finish() for name, session in self.engines.items()}
+
+    def figures(self, results: dict[str, EngineResult]) -> dict[str, dict]:
+        """Each policy's figures, as summary.json's `policies` holds them."""
+        trace_ns = max(self.stream.t_last - self.stream.t_first, 1)
+        task_pids = self.stream.task_pids
+        figures = {}
+        for name, r in results.items():
+            classes = Counter()
+            for bits, count in self.failed_gfp[name].items():
+                classes[gfp_class(bits, self.trace.gfp_flags)] += count
+            figures[name] = {
+                **{k: v for k, v in r.counters().items() if k != "resolution_ns"},
+                "failed": int(self.outcome_counts[name][OUTCOME["failed"]]),
+                "failed_by_gfp_class": dict(sorted(classes.items())),
+                "outcomes": {OUTCOMES[code]: int(n) for code, n in enumerate(self.outcome_counts[name]) if n},
+                "reclaim_calls": dict(zip(RECLAIM_TRIGGERS, r.reclaim_calls.tolist())),
+                "reclaimed_pages": dict(zip(RECLAIM_TRIGGERS, r.reclaimed_pages.tolist())),
+                "peak_bytes": r.peak_pages * PAGE_SIZE,
+                "seconds_above_high": r.ns_above_high / 1e9,
+                "page_seconds_above_high": r.page_ns_above_high / 1e9,
+                "stall_ns_total": int(r.stall_ns.sum()),
+                "stall_ns_by_pid": {int(pid): int(ns) for pid, ns in zip(task_pids, r.stall_ns) if ns},
+                "run_seconds": r.end_ns / 1e9,
+                "stretch": max(r.end_ns, trace_ns) / trace_ns - 1,
+                "delay_ns_by_pid": {int(pid): int(ns) for pid, ns in zip(task_pids, r.delay_ns) if ns},
+                "stretch_by_pid": {int(pid): float(x) for pid, x in zip(task_pids, self.spans.stretch(r.delay_ns)) if x},
+            }
+        return figures
+
+
 def replay(
     trace: Trace, output: Path, policies: list[Policy], limits: Limits, engine: type[Engine],
     progress: Callable[[str, int], None] = lambda step, done: None,
@@ -120,29 +177,21 @@ def replay(
     """Replay every policy in one pass over the trace's segments; write the result files."""
     check_new_output(output)
     stream = InputStream(trace)
-    gfp = GfpBits.from_table(trace.gfp_flags)
-    start = stream.empty()
-    engines = {p.name: engine(start, p, limits, gfp, resolution_for(stream)) for p in policies}
+    runs = PolicyRuns(trace, stream, policies, limits, engine)
     make_private_dir(output)
-    failed_gfp: dict[str, Counter[int]] = {name: Counter() for name in engines}  # failed charges per gfp value
-    outcome_counts = {name: np.zeros(len(OUTCOMES), np.int64) for name in engines}
-    spans = TaskSpans(start.tasks)
     done = 0
-    with result_format.OutcomeWriter(output, list(engines), trace.gfp_flags) as outcomes:
+    with result_format.OutcomeWriter(output, list(runs.engines), trace.gfp_flags) as outcomes:
         for index, (batch, about) in enumerate(stream.described_batches()):
-            batch_outcomes = {}
-            for name, session in engines.items():
+
+            def before_each(name: str) -> None:
+                nonlocal done
                 progress(f"segment {index + 1}/{stream.segments}: {name}", done)
-                batch_outcomes[name] = session.feed(batch)
-                outcome_counts[name] += np.bincount(batch_outcomes[name], minlength=len(OUTCOMES))
-                values, counts = np.unique(batch.gfp[batch_outcomes[name] == OUTCOME["failed"]], return_counts=True)
-                failed_gfp[name].update(dict(zip(values.tolist(), counts.tolist())))
                 done += 1
-            outcomes.write(batch, about, batch_outcomes)
-            spans.add(batch)
-    results = {name: session.finish() for name, session in engines.items()}
+
+            outcomes.write(batch, about, runs.feed(batch, before_each))
+    results = runs.finish()
     engine_name = next(name for name, known in ENGINES.items() if known is engine)
-    summary = summarize(trace, output, engine_name, policies, stream, results, outcome_counts, failed_gfp, limits, spans)
+    summary = result_format.summary_document(trace, output, engine_name, policies, limits_document(limits), runs.figures(results))
     result_format.write_summary(output, summary)
     result_format.write_timeseries(output, timeseries(results, limits))
     return summary
@@ -165,38 +214,12 @@ class TaskSpans:
         return delay_ns / np.maximum(self.last - self.first, 1)
 
 
-def summarize(
-    trace: Trace, output: Path, engine: str, policies: list[Policy], stream: InputStream, results: dict[str, EngineResult],
-    outcome_counts: dict[str, np.ndarray], failed_gfp: dict[str, Counter[int]], limits: Limits, spans: TaskSpans,
-) -> dict:
-    trace_ns = max(stream.t_last - stream.t_first, 1)
-    figures = {}
-    for name, r in results.items():
-        classes = Counter()
-        for bits, count in failed_gfp[name].items():
-            classes[gfp_class(bits, trace.gfp_flags)] += count
-        figures[name] = {
-            **{k: v for k, v in r.counters().items() if k != "resolution_ns"},
-            "failed": int(outcome_counts[name][OUTCOME["failed"]]),
-            "failed_by_gfp_class": dict(sorted(classes.items())),
-            "outcomes": {OUTCOMES[code]: int(n) for code, n in enumerate(outcome_counts[name]) if n},
-            "reclaim_calls": dict(zip(RECLAIM_TRIGGERS, r.reclaim_calls.tolist())),
-            "reclaimed_pages": dict(zip(RECLAIM_TRIGGERS, r.reclaimed_pages.tolist())),
-            "peak_bytes": r.peak_pages * PAGE_SIZE,
-            "seconds_above_high": r.ns_above_high / 1e9,
-            "page_seconds_above_high": r.page_ns_above_high / 1e9,
-            "stall_ns_total": int(r.stall_ns.sum()),
-            "stall_ns_by_pid": {int(pid): int(ns) for pid, ns in zip(stream.task_pids, r.stall_ns) if ns},
-            "run_seconds": r.end_ns / 1e9,
-            "stretch": max(r.end_ns, trace_ns) / trace_ns - 1,
-            "delay_ns_by_pid": {int(pid): int(ns) for pid, ns in zip(stream.task_pids, r.delay_ns) if ns},
-            "stretch_by_pid": {int(pid): float(x) for pid, x in zip(stream.task_pids, spans.stretch(r.delay_ns)) if x},
-        }
-    limits_bytes = {"max_bytes": _bytes(limits.max_pages), "high_bytes": _bytes(limits.high_pages),
-                    "swap": limits.swap, "reclaim_ns_per_call": limits.reclaim_ns_per_call,
-                    "reclaim_ns_per_page": limits.reclaim_ns_per_page, "rcu_grace_ns": limits.rcu_grace_ns,
-                    "loop": "closed" if limits.closed_loop else "open", "clock": limits.clock}
-    return result_format.summary_document(trace, output, engine, policies, limits_bytes, figures)
+def limits_document(limits: Limits) -> dict:
+    """The limits as summary.json says them: bytes (None: unlimited) and the reclaim and loop settings."""
+    return {"max_bytes": _bytes(limits.max_pages), "high_bytes": _bytes(limits.high_pages),
+            "swap": limits.swap, "reclaim_ns_per_call": limits.reclaim_ns_per_call,
+            "reclaim_ns_per_page": limits.reclaim_ns_per_page, "rcu_grace_ns": limits.rcu_grace_ns,
+            "loop": "closed" if limits.closed_loop else "open", "clock": limits.clock}
 
 
 def _bytes(pages: int) -> int | None:

@@ -42,3 +42,7 @@ def test_a_storm_into_a_small_buffer_loses_events_and_replay_says_where(tracefs,
     replayed = chargeplay("replay", str(tmp_path / "t"), "-o", str(tmp_path / "r"), "--memory-max", "64M", "--policy", "mainline-6.18")
     assert replayed.returncode == 0 and f"warning: the trace lost {lost['total']:,} events in" in replayed.stderr
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["trace"]["lost"] == {"events": lost["total"], "spans": lost["spans"]}
+    swept = chargeplay("sweep", str(tmp_path / "t"), "-o", str(tmp_path / "s"), "--memory-high", "32M:64M:32M", "--memory-max", "64M",
+                       "--policy", "mainline-6.18")
+    assert swept.returncode == 0 and f"warning: the trace lost {lost['total']:,} events in" in swept.stderr
+    assert json.loads((tmp_path / "s" / "sweep.json").read_text())["lost"] == losses(trace.manifest)

@@ -1,0 +1,48 @@
+"""A self-contained HTML page of tables and Altair charts: the Vega libraries inlined, so it
+opens offline. Callers escape what they put in the body; chart data goes in as JSON that no
+string can break out of."""
+from __future__ import annotations
+
+import json
+from html import escape
+
+import altair as alt
+import vl_convert as vlc
+from altair.utils._importers import vl_version_for_vl_convert
+
+STYLE = """
+body { font: 15px/1.5 system-ui, sans-serif; margin: 2em auto; max-width: 1000px; color: #222; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.2em; margin-top: 2em; }
+table { border-collapse: collapse; margin: 1em 0; } td, th { padding: 2px 10px; border-bottom: 1px solid #ddd; text-align: right; }
+td:first-child, th:first-child { text-align: left; } .facts td { text-align: left; }
+p.what { color: #444; max-width: 46em; } p.warning { color: #a00; font-weight: bold; max-width: 46em; }
+"""
+
+Figure = tuple[str, str, alt.TopLevelMixin]  # title, what it shows, chart
+
+
+def page(title: str, body: list[str], figures: list[Figure]) -> str:
+    """The page: `body` (HTML, escaped by the caller), then each figure under its title and
+    sentence, drawn by vega-embed into `<div id="chartN">`."""
+    parts, scripts = list(body), []
+    for n, (heading, sentence, chart) in enumerate(figures):
+        parts.append(f'<h2>{escape(heading)}</h2>\n<p class="what">{escape(sentence)}</p>\n<div id="chart{n}"></div>')
+        spec = script_json(chart.to_dict(format="vega-lite"))
+        scripts.append(f"vegaEmbed('#chart{n}', {spec}, {{actions: false, renderer: 'svg'}}).catch(e => console.error(e));")
+    bundle = vlc.javascript_bundle(vl_version=vl_version_for_vl_convert())
+    return (
+        f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<title>{escape(title)}</title>"
+        f"<style>{STYLE}</style><script>{bundle}</script></head>\n<body>\n"
+        + "\n".join(parts)
+        + f"\n<script>\n{chr(10).join(scripts)}\n</script>\n</body></html>\n"
+    )
+
+
+def script_json(value: object) -> str:
+    """JSON safe inside <script>: no trace string can close the element or look like markup."""
+    return json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def png(chart: alt.TopLevelMixin) -> bytes:
+    return vlc.vegalite_to_png(chart.to_dict(format="vega-lite"), vl_version=vl_version_for_vl_convert())

@@ -1,0 +1,49 @@
+"""`chargeplay sweep`: one trace replayed under each limit of a range, every policy at each,
+so that what each limit costs can be charted and the smallest one that meets a criterion
+named (analyze.criterion). One pass over the trace per limit, all policies in it; nothing
+per operation is kept."""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable
+
+import polars as pl
+
+from replay.input import InputStream
+from replay.ops import Limits, PAGE_SIZE
+from replay.policy import Policy
+from replay.run import Engine, PolicyRuns, limits_document
+from traces.reader import Trace
+
+SWEPT = ("memory_high", "memory_max")  # the limit a sweep varies
+# Each policy's figures at each limit (summary.json's names), and the reclaim calls summed.
+FIGURES = ("peak_bytes", "seconds_above_high", "page_seconds_above_high", "stretch", "run_seconds", "stall_ns_total",
+           "throttle_ns", "failed", "forced", "oom_kills", "fallbacks", "failcnt", "high_events", "max_events")
+
+
+def limits_at(base: Limits, swept: str, value_bytes: int) -> Limits:
+    """`base` with the swept limit at value_bytes."""
+    pages = value_bytes // PAGE_SIZE
+    return replace(base, high_pages=pages) if swept == "memory_high" else replace(base, max_pages=pages)
+
+
+def sweep(trace: Trace, policies: list[Policy], base: Limits, swept: str, values: list[int], engine: type[Engine],
+          progress: Callable[[int], None] = lambda done: None) -> pl.DataFrame:
+    """A row per limit and policy: the limits replayed with and the policy's figures.
+    `progress` is told how many (limit, policy) replays have begun."""
+    stream = InputStream(trace)
+    rows, begun = [], 0
+    for value in values:
+        progress(begun)
+        limits = limits_at(base, swept, value)
+        runs = PolicyRuns(trace, stream, policies, limits, engine)
+        for batch in stream.batches():
+            runs.feed(batch)
+        begun += len(policies)
+        document = limits_document(limits)
+        for name, figures in runs.figures(runs.finish()).items():
+            rows.append({"policy": name, "limit_bytes": value, "max_bytes": document["max_bytes"], "high_bytes": document["high_bytes"],
+                         **{figure: figures[figure] for figure in FIGURES},
+                         "reclaim_calls": sum(figures["reclaim_calls"].values())})
+    progress(begun)
+    return pl.DataFrame(rows, schema_overrides={"max_bytes": pl.Int64, "high_bytes": pl.Int64})
