@@ -1,6 +1,6 @@
 """Where, when and for whom two policies part ways.
 
-For each pair of policies: the first time their usage differs, the charges whose outcome
+For each pair of policies (each against a baseline, or every two): the first time their usage differs, the charges whose outcome
 differs (grouped by call site, what was charged, cache, gfp class and task), and the
 differences in time above memory.high, failures, stall and min-order fallbacks. Across all
 pairs: the call sites a policy change affects most.
@@ -50,11 +50,19 @@ def call_site_ranking(divergent: pl.DataFrame, per_site: pl.DataFrame) -> pl.Dat
     )
 
 
-def divergence(result: Result) -> dict:
-    """Every pair's divergence and the call-site ranking (charges that fare the same under all
-    policies cannot tell any two apart, so only the divergent ones are looked at)."""
+def pairs_of(policies: list[str], baseline: str | None) -> list[tuple[str, str]]:
+    """The baseline against each other policy, or (None) every two policies."""
+    if baseline is None:
+        return list(combinations(policies, 2))
+    return [(baseline, other) for other in policies if other != baseline]
+
+
+def divergence(result: Result, baseline: str | None = None) -> dict:
+    """The divergence of each pair (pairs_of) and the call-site ranking (charges that fare the
+    same under all policies cannot tell any two apart, so only the divergent ones are looked at)."""
     divergent = result.divergent_charges
     return {
-        "pairs": [pair_divergence(result, divergent, a, b) for a, b in combinations(result.policies, 2)],
+        "baseline": baseline,
+        "pairs": [pair_divergence(result, divergent, a, b) for a, b in pairs_of(result.policies, baseline)],
         "call_sites": call_site_ranking(divergent, result.charges_per_call_site()).head(50).to_dicts(),
     }

@@ -1,5 +1,5 @@
-"""`chargeplay report`: one self-contained HTML file (analyze.html), with the trace's facts, a summary table and every chart with a sentence on what
-it shows. Every string that came from a trace is escaped: task names, cache names and
+"""`chargeplay report`: one self-contained HTML file (analyze.html), with the trace's facts,
+a summary table and every chart with a sentence on what it shows. Every string that came from a trace is escaped: task names, cache names and
 symbols are data, never markup."""
 from __future__ import annotations
 
@@ -15,16 +15,16 @@ from analyze.fidelity import format_error, format_target, format_value
 from analyze.html import Figure, page, png
 from analyze.results import Result
 from analyze.verdict import verdict
+from replay import policy
 from replay.result_format import loop_description
 from common.units import format_bytes
 from common.version import __version__
 from traces.atomic import atomic_file
+from traces.errors import UserError
 from traces.manifest import losses
 
-BASELINE = "mainline-6.18"
-def report_figures(result: Result, metrics: dict) -> list[Figure]:
+def report_figures(result: Result, metrics: dict, baseline: str) -> list[Figure]:
     divergent = result.divergent_charges
-    baseline = baseline_of(result)
     ranking = pl.DataFrame(metrics["call_sites"], schema={"symbol": pl.String, "changed": pl.UInt32, "charges": pl.UInt32})
     return [
         ("Usage over time", "Each policy's memcg usage, at its peak in each interval, against memory.high (orange) and "
@@ -47,14 +47,25 @@ def report_figures(result: Result, metrics: dict) -> list[Figure]:
     ]
 
 
-def baseline_of(result: Result) -> str:
-    return BASELINE if BASELINE in result.policies else result.policies[0]
+def baseline_of(result: Result, requested: str | None = None) -> str:
+    """The policy the others are compared with: `requested`, else the model of the trace's
+    kernel (policy.for_kernel) if it was replayed, else the first policy replayed."""
+    if requested is not None:
+        if requested not in result.policies:
+            raise UserError(f"--baseline {requested!r}: {result.path} replayed {', '.join(result.policies)}; choose one of them")
+        return requested
+    release = result.trace.manifest.get("kernel", {}).get("release")
+    try:
+        model = policy.for_kernel(release)[0].name if release else None
+    except UserError:  # a release that names no version
+        model = None
+    return model if model in result.policies else result.policies[0]
 
 
-def build_report(result: Result, figures: list[Figure], metrics: dict, fidelity: dict | None = None) -> str:
+def build_report(result: Result, figures: list[Figure], metrics: dict, baseline: str, fidelity: dict | None = None) -> str:
     """The HTML page: facts, the verdict, tables (fidelity first, when validating), and every
     figure with its sentence."""
-    body = [_header(result), _verdict(result), *([_fidelity_table(fidelity)] if fidelity else []), _summary_table(result),
+    body = [_header(result), _verdict(result, baseline), *([_fidelity_table(fidelity)] if fidelity else []), _summary_table(result),
             _pairs_table(metrics)]
     return page(f"chargeplay report: {result.trace.path.name}", body, figures)
 
@@ -96,9 +107,9 @@ SUMMARY_COLUMNS = (
 )
 
 
-def _verdict(result: Result) -> str:
+def _verdict(result: Result, baseline: str) -> str:
     lost = losses(result.trace.manifest)
-    sentences = ([f"Careful: {lost}."] if lost else []) + verdict(result.summary, baseline_of(result))
+    sentences = ([f"Careful: {lost}."] if lost else []) + verdict(result.summary, baseline)
     items = "".join(f"<li>{escape(sentence)}</li>" for sentence in sentences)
     return f'<h2>Verdict</h2>\n<ul class="verdict">{items}</ul>'
 
@@ -140,17 +151,20 @@ def _pairs_table(metrics: dict) -> str:
         )
     head = "".join(f"<th>{h}</th>" for h in ("policies A / B", "usage first differs", "charges with another outcome",
                                              "Δ s above high", "Δ failed", "Δ stall ms", "Δ fallbacks", "call site most affected"))
-    return ("<h2>Pairs</h2>\n<p class=\"what\">For each pair of policies: when their usage first differs, how many "
+    which = "every two policies" if metrics["baseline"] is None else f"each policy B against the baseline A, {metrics['baseline']}"
+    return (f"<h2>Pairs</h2>\n<p class=\"what\">For {escape(which)}: when their usage first differs, how many "
             f"charges change outcome, and B minus A for the main figures.</p>\n<table><tr>{head}</tr>{''.join(rows)}</table>")
 
 
 def write_report(result: Result, output: Path, png_dir: Path | None = None, metrics_json: Path | None = None,
-                 fidelity: dict | None = None) -> dict:
-    """Write the HTML report (and, if asked, each chart as PNG and the metrics as JSON)."""
-    metrics = divergence(result)
-    figures = report_figures(result, metrics)
+                 fidelity: dict | None = None, baseline: str | None = None, all_pairs: bool = False) -> dict:
+    """Write the HTML report (and, if asked, each chart as PNG and the metrics as JSON): pairs
+    of the baseline (baseline_of) and each other policy, or every two policies."""
+    base = baseline_of(result, baseline)
+    metrics = divergence(result, None if all_pairs else base)
+    figures = report_figures(result, metrics, base)
     with atomic_file(output) as out:
-        out.write(build_report(result, figures, metrics, fidelity).encode())
+        out.write(build_report(result, figures, metrics, base, fidelity).encode())
     if png_dir is not None:
         png_dir.mkdir(parents=True, exist_ok=True)
         for n, (title, _, chart) in enumerate(figures):

@@ -448,13 +448,16 @@ def report(
     output: Annotated[Path, typer.Option("-o", "--output", help="HTML file to write")] = ...,
     png: Annotated[Optional[Path], typer.Option(help="also write each chart as PNG into this directory")] = None,
     metrics: Annotated[Optional[Path], typer.Option("--json", help="also write the divergence metrics as JSON")] = None,
+    baseline: Annotated[Optional[str], typer.Option(help="the policy the others are compared with (default: the model of "
+                                                    "the trace's kernel, if replayed)")] = None,
+    all_pairs: Annotated[bool, typer.Option("--all-pairs", help="compare every two policies, not each with the baseline")] = False,
 ) -> None:
     """Write one self-contained HTML report: where, when and for whom the policies part ways."""
     from analyze.report import write_report
     from analyze.results import Result
 
     with err.status("writing the report"):
-        write_report(Result.open(result), output, png, metrics)
+        write_report(Result.open(result), output, png, metrics, baseline=baseline, all_pairs=all_pairs)
     err.print(f"report: {output}", markup=False, highlight=False)
 
 

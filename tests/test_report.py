@@ -19,6 +19,7 @@ from conftest import assert_user_error, chargeplay
 from traces.atomic import write_json, write_parquet
 from traces.manifest import MANIFEST, new_manifest
 from traces.schema import EVENT_SCHEMA, MEMCG_COLUMNS, SYMBOL_COLUMNS, table_schema
+from traces.samples import sample_path
 from traces.segments import SegmentWriter
 
 HOSTILE = "<img src=x onerror=alert(1)>"
@@ -79,6 +80,40 @@ def test_divergence_of_a_tiny_trace_by_hand(result):
     same = pairs[("nowait-slab-charge", "mainline-6.18")]
     assert same["differing_charges"] == 0 and same["first_usage_difference_ns"] == 0
     assert metrics["call_sites"] == [{"symbol": "nowait_site+0x1/0x10", "changed": 1, "charges": 1}]
+
+
+def test_pairs_are_each_policy_against_the_baseline_unless_all_are_asked_for(result, tmp_path):
+    """The tiny trace was recorded here, so its kernel's model is the default baseline (6.16 and
+    later: mainline-6.18); --baseline picks another; --all-pairs compares every two."""
+    names = result.policies
+
+    def pairs(*options: str) -> tuple[str | None, list[tuple[str, str]]]:
+        out = tmp_path / f"m{len(list(tmp_path.iterdir()))}"
+        made = chargeplay("report", str(result.path), "-o", str(out.with_suffix(".html")), "--json", str(out.with_suffix(".json")), *options)
+        assert made.returncode == 0, made.stderr
+        metrics = json.loads(out.with_suffix(".json").read_text())
+        return metrics["baseline"], [tuple(pair["policies"]) for pair in metrics["pairs"]]
+
+    release = result.trace.manifest["kernel"]["release"]
+    assert tuple(int(n) for n in release.split(".")[:2]) >= (6, 16)
+    assert pairs() == ("mainline-6.18", [("mainline-6.18", p) for p in names if p != "mainline-6.18"])
+    assert pairs("--baseline", "caller-gfp") == ("caller-gfp", [("caller-gfp", p) for p in names if p != "caller-gfp"])
+    assert pairs("--all-pairs") == (None, [(a, b) for i, a in enumerate(names) for b in names[i + 1:]])
+    assert_user_error(chargeplay("report", str(result.path), "-o", str(tmp_path / "x.html"), "--baseline", "mainline-9"),
+                      "--baseline 'mainline-9'", "choose one of them")
+    assert not (tmp_path / "x.html").exists()
+
+
+def test_the_default_baseline_is_the_model_of_the_traces_kernel(tmp_path):
+    """file-storm-6.1 was captured on 6.1: its model, mainline-6.1, is the baseline (the first
+    policy replayed is another)."""
+    replayed = chargeplay("replay", str(sample_path("file-storm-6.1")), "-o", str(tmp_path / "r"), "--memory-high", "8M",
+                          "--policy", "caller-gfp", "--policy", "mainline-6.18", "--policy", "mainline-6.1")
+    assert replayed.returncode == 0, replayed.stderr
+    made = chargeplay("report", str(tmp_path / "r"), "-o", str(tmp_path / "r.html"), "--json", str(tmp_path / "m.json"))
+    assert made.returncode == 0, made.stderr
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert [pair["policies"] for pair in metrics["pairs"]] == [["mainline-6.1", "caller-gfp"], ["mainline-6.1", "mainline-6.18"]]
 
 
 def stack_trace(path) -> None:
