@@ -2,14 +2,41 @@
 downsampled keeping their peaks, the rest is aggregated before it reaches a chart."""
 from __future__ import annotations
 
+from itertools import cycle
+
 import altair as alt
 import polars as pl
 
 from analyze.results import Result
 from replay.ops import RECLAIM_TRIGGERS
+from replay.policy import BUILTIN
 
 MAX_POINTS = 4800  # per chart, over all its series: Vega-Lite data stays under Altair's 5,000-row limit
 MIB = 1 << 20
+# Vega's tableau10 and tableau20's light halves: each built-in policy keeps its colour in every
+# report and sweep; policies of a TOML file take the rest, in their order.
+PALETTE = ("#4c78a8", "#f58518", "#e45756", "#72b7b2", "#54a24b", "#eeca3b", "#b279a2", "#ff9da6", "#9d755d", "#bab0ac",
+           "#9ecae9", "#ffbf79", "#88d27a", "#83bcb6", "#ff9d98", "#d6a5c9", "#d8b5a5", "#79706e")
+BUILTIN_COLOURS = dict(zip(BUILTIN, PALETTE))
+COUNT_AXIS = alt.Axis(tickMinStep=1, format="d")  # no 0.5 of a charge
+DECADES = 100  # values whose largest is this many times the smallest non-zero one get a log scale
+
+
+def policy_colour(policies: list[str], legend: bool = True) -> alt.Color:
+    """Colour by policy, each built-in one in its own colour whatever else was replayed."""
+    spare = cycle([colour for colour in PALETTE if colour not in BUILTIN_COLOURS.values()])
+    colours = [BUILTIN_COLOURS.get(name) or next(spare) for name in policies]
+    return alt.Color("policy:N", scale=alt.Scale(domain=policies, range=colours), sort=policies,
+                     legend=alt.Legend() if legend else None)
+
+
+def value_scale(values: pl.Series) -> tuple[alt.Scale, str]:
+    """A log scale (symlog: logarithmic away from zero, linear near it, so zero stays on the
+    axis) where the values span decades, else linear; and what to add to the axis title."""
+    nonzero = values.filter(values > 0)
+    if nonzero.len() and nonzero.max() >= DECADES * nonzero.min():
+        return alt.Scale(type="symlog"), " (log scale)"
+    return alt.Scale(), ""
 WIDTH = 720
 
 
@@ -34,28 +61,31 @@ def usage_over_time(result: Result) -> alt.Chart:
     lines = alt.Chart(data).mark_line(interpolate="step-after").encode(
         x=alt.X("seconds:Q", title="seconds since the trace's first event"),
         y=alt.Y("peak MiB:Q", title="memcg usage, MiB (peak per interval)"),
-        color=alt.Color("policy:N"),
+        color=policy_colour(result.policies),
         tooltip=["policy:N", alt.Tooltip("seconds:Q", format=".3f"), alt.Tooltip("peak MiB:Q", format=".2f")],
     )
     limits = result.summary["limits"]
-    rules = [
-        alt.Chart(pl.DataFrame({"limit": [name], "MiB": [limits[key] / MIB]}))
-        .mark_rule(strokeDash=[6, 3], color=colour).encode(y="MiB:Q", tooltip=["limit:N", "MiB:Q"])
-        for name, key, colour in (("memory.high", "high_bytes", "orange"), ("memory.max", "max_bytes", "red"))
-        if limits.get(key)
-    ]
-    return alt.layer(lines, *rules).properties(width=WIDTH, height=300, title="Usage over time, with memory.high and memory.max")
+    drawn = [(name, limits[key] / MIB) for name, key in (("memory.high", "high_bytes"), ("memory.max", "max_bytes")) if limits.get(key)]
+    if not drawn:
+        return lines.properties(width=WIDTH, height=300, title="Usage over time")
+    # The limits in black, told apart by their dashes, in a legend of their own (not policy colours).
+    rules = alt.Chart(pl.DataFrame({"limit": [name for name, _ in drawn], "MiB": [mib for _, mib in drawn]})).mark_rule(color="black").encode(
+        y="MiB:Q", tooltip=["limit:N", "MiB:Q"],
+        strokeDash=alt.StrokeDash("limit:N", scale=alt.Scale(domain=["memory.high", "memory.max"], range=[[6, 3], [1, 2]]),
+                                  legend=alt.Legend(title="limit")),
+    )
+    return alt.layer(lines, rules).properties(width=WIDTH, height=300, title="Usage over time, with memory.high and memory.max")
 
 
-def _per_policy(result: Result, field: str, scale: float = 1.0) -> pl.DataFrame:
-    return pl.DataFrame({"policy": result.policies, "value": [result.summary["policies"][p][field] / scale for p in result.policies]})
+def _per_policy(result: Result, field: str) -> pl.DataFrame:
+    return pl.DataFrame({"policy": result.policies, "value": [result.summary["policies"][p][field] for p in result.policies]})
 
 
-def bar(result: Result, field: str, title: str, axis: str, scale: float = 1.0) -> alt.Chart:
-    data = _per_policy(result, field, scale)
+def bar(result: Result, field: str, title: str, axis: str, count: bool = False) -> alt.Chart:
+    data = _per_policy(result, field)
     return alt.Chart(data).mark_bar().encode(
-        x=alt.X("value:Q", title=axis), y=alt.Y("policy:N", sort=result.policies, title=None),
-        color=alt.Color("policy:N", legend=None), tooltip=["policy:N", "value:Q"],
+        x=alt.X("value:Q", title=axis, axis=COUNT_AXIS if count else alt.Axis()), y=alt.Y("policy:N", sort=result.policies, title=None),
+        color=policy_colour(result.policies, legend=False), tooltip=["policy:N", "value:Q"],
     ).properties(width=WIDTH, height=22 * len(result.policies), title=title)
 
 
@@ -65,7 +95,7 @@ def failures_by_gfp_class(result: Result) -> alt.Chart:
     rows = rows or [{"policy": p, "gfp class": "(none failed)", "failed": 0} for p in result.policies]  # an empty chart warns
     data = pl.DataFrame(rows, schema={"policy": pl.String, "gfp class": pl.String, "failed": pl.Int64})
     return alt.Chart(data).mark_bar().encode(
-        x=alt.X("failed:Q", title="failed charges"), y=alt.Y("policy:N", sort=result.policies, title=None),
+        x=alt.X("failed:Q", title="failed charges", axis=COUNT_AXIS), y=alt.Y("policy:N", sort=result.policies, title=None),
         color="gfp class:N", tooltip=["policy:N", "gfp class:N", "failed:Q"],
     ).properties(width=WIDTH, height=22 * len(result.policies), title="Failed charges by gfp class")
 
@@ -74,12 +104,12 @@ def reclaim_by_trigger(result: Result) -> alt.Chart:
     rows = [{"policy": p, "trigger": t, "calls": result.summary["policies"][p]["reclaim_calls"][t]}
             for p in result.policies for t in RECLAIM_TRIGGERS]
     return alt.Chart(pl.DataFrame(rows)).mark_bar().encode(
-        x=alt.X("calls:Q", title="reclaim invocations"), y=alt.Y("policy:N", sort=result.policies, title=None),
+        x=alt.X("calls:Q", title="reclaim invocations", axis=COUNT_AXIS), y=alt.Y("policy:N", sort=result.policies, title=None),
         color=alt.Color("trigger:N", sort=list(RECLAIM_TRIGGERS)), tooltip=["policy:N", "trigger:N", "calls:Q"],
     ).properties(width=WIDTH, height=22 * len(result.policies), title="Reclaim invocations by trigger")
 
 
-def stall_by_task(result: Result, top: int = 15) -> alt.Chart:
+def stall_by_task(result: Result, top: int = 10) -> alt.Chart:
     rows = [{"policy": p, "pid": int(pid), "stall ms": ns / 1e6}
             for p in result.policies for pid, ns in result.summary["policies"][p]["stall_ns_by_pid"].items()]
     data = pl.DataFrame(rows, schema={"policy": pl.String, "pid": pl.Int64, "stall ms": pl.Float64})
@@ -87,9 +117,11 @@ def stall_by_task(result: Result, top: int = 15) -> alt.Chart:
     names = _task_names(result)
     data = data.filter(pl.col("pid").is_in(tasks.implode())).with_columns(
         pl.format("{} ({})", pl.col("pid").replace_strict(names, default="?", return_dtype=pl.String), pl.col("pid")).alias("task"))
+    scale, scaled = value_scale(data["stall ms"])
     return alt.Chart(data).mark_bar().encode(
-        x=alt.X("stall ms:Q", title="stall, ms (reclaim and throttling)"), y=alt.Y("task:N", title=None),
-        color="policy:N", yOffset="policy:N", tooltip=["task:N", "policy:N", alt.Tooltip("stall ms:Q", format=".2f")],
+        x=alt.X("stall ms:Q", title="stall, ms (reclaim and throttling)" + scaled, scale=scale), y=alt.Y("task:N", title=None),
+        color=policy_colour(result.policies), yOffset=alt.YOffset("policy:N", sort=result.policies),
+        tooltip=["task:N", "policy:N", alt.Tooltip("stall ms:Q", format=".2f")],
     ).properties(width=WIDTH, title=f"Stall time per task (top {top})")
 
 

@@ -18,15 +18,19 @@ td:first-child, th:first-child { text-align: left; } .facts td { text-align: lef
 p.what { color: #444; max-width: 46em; } p.warning { color: #a00; font-weight: bold; max-width: 46em; }
 """
 
-Figure = tuple[str, str, alt.TopLevelMixin]  # title, what it shows, chart
+Figure = tuple[str, str, alt.TopLevelMixin | None]  # title, what it shows, chart (None: nothing to draw, the sentence says so)
 
 
 def page(title: str, body: list[str], figures: list[Figure]) -> str:
     """The page: `body` (HTML, escaped by the caller), then each figure under its title and
-    sentence, drawn by vega-embed into `<div id="chartN">`."""
+    sentence, its chart drawn by vega-embed into `<div id="chartN">` (N counting the charts)."""
     parts, scripts = list(body), []
-    for n, (heading, sentence, chart) in enumerate(figures):
-        parts.append(f'<h2>{escape(heading)}</h2>\n<p class="what">{escape(sentence)}</p>\n<div id="chart{n}"></div>')
+    for heading, sentence, chart in figures:
+        parts.append(f'<h2>{escape(heading)}</h2>\n<p class="what">{escape(sentence)}</p>')
+        if chart is None:
+            continue
+        n = len(scripts)
+        parts.append(f'<div id="chart{n}"></div>')
         spec = script_json(chart.to_dict(format="vega-lite"))
         scripts.append(f"vegaEmbed('#chart{n}', {spec}, {{actions: false, renderer: 'svg'}}).catch(e => console.error(e));")
     bundle = vlc.javascript_bundle(vl_version=vl_version_for_vl_convert())

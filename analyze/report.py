@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 from html import escape
 from pathlib import Path
+from typing import Callable
 
+import altair as alt
 import polars as pl
 
 from analyze import charts
@@ -24,26 +26,40 @@ from traces.errors import UserError
 from traces.manifest import losses
 
 def report_figures(result: Result, metrics: dict, baseline: str) -> list[Figure]:
+    """Every figure, in the page's order; one with nothing to show is its sentence alone."""
     divergent = result.divergent_charges
     ranking = pl.DataFrame(metrics["call_sites"], schema={"symbol": pl.String, "changed": pl.UInt32, "charges": pl.UInt32})
+    figures = result.summary["policies"].values()
+
+    def none_of(field: str) -> bool:
+        return not any(f[field] for f in figures)
+
+    def section(title: str, sentence: str, chart: Callable[[], alt.TopLevelMixin], empty: str | None) -> Figure:
+        return (title, empty, None) if empty else (title, sentence, chart())
+
     return [
-        ("Usage over time", "Each policy's memcg usage, at its peak in each interval, against memory.high (orange) and "
-         "memory.max (red), on the policy's own timeline: in closed loop a task's stall delays its later events, so a "
+        ("Usage over time", "Each policy's memcg usage, at its peak in each interval, against memory.high and memory.max "
+         "(black, dashed and dotted), on the policy's own timeline: in closed loop a task's stall delays its later events, so a "
          "policy that throttles runs longer. Where the lines part, the policies charged, reclaimed or failed differently.",
          charts.usage_over_time(result)),
-        ("Above memory.high", "Page-seconds above memory.high: how far and how long usage stayed over the high limit.",
-         charts.bar(result, "page_seconds_above_high", "Page-seconds above memory.high", "page-seconds")),
-        ("Failed charges", "Charges each policy refused, by the gfp class of the allocation: these allocations return NULL.",
-         charts.failures_by_gfp_class(result)),
-        ("Reclaim", "How often each policy reclaimed, and why: at memory.max, synchronously over memory.high, on return "
-         "to user space, or asynchronously.", charts.reclaim_by_trigger(result)),
-        ("Stall", "Time tasks spent in reclaim or throttled by the memory.high penalty, per task.", charts.stall_by_task(result)),
-        ("Min-order fallbacks", "High-order slab charges that failed and fell back to the cache's minimum order.",
-         charts.bar(result, "fallbacks", "High-order slab charges that fell back", "fallbacks")),
-        ("Divergence by call site", f"For the call sites whose charges fare differently most often, how many charges each "
-         f"policy treats differently from {baseline}: one gets its memory without trouble, the other must reclaim, falls back "
-         "to a smaller slab, is forced over the limit, OOM-kills or fails.",
-         charts.divergence_heatmap(ranking, divergent, baseline, result.policies)),
+        section("Above memory.high", "Page-seconds above memory.high: how far and how long usage stayed over the high limit.",
+                lambda: charts.bar(result, "page_seconds_above_high", "Page-seconds above memory.high", "page-seconds"),
+                "No policy's usage went above memory.high." if none_of("page_seconds_above_high") else None),
+        section("Failed charges", "Charges each policy refused, by the gfp class of the allocation: these allocations return NULL.",
+                lambda: charts.failures_by_gfp_class(result), "No policy failed a charge." if none_of("failed") else None),
+        section("Reclaim", "How often each policy reclaimed, and why: at memory.max, synchronously over memory.high, on return "
+                "to user space, or asynchronously.", lambda: charts.reclaim_by_trigger(result),
+                "No policy reclaimed." if not any(sum(f["reclaim_calls"].values()) for f in figures) else None),
+        section("Stall", "Time tasks spent in reclaim or throttled by the memory.high penalty, per task.",
+                lambda: charts.stall_by_task(result), "No task stalled under any policy." if none_of("stall_ns_total") else None),
+        section("Min-order fallbacks", "High-order slab charges that failed and fell back to the cache's minimum order.",
+                lambda: charts.bar(result, "fallbacks", "High-order slab charges that fell back", "fallbacks", count=True),
+                "No high-order slab charge fell back to the minimum order." if none_of("fallbacks") else None),
+        section("Divergence by call site", f"For the call sites whose charges fare differently most often, how many charges each "
+                f"policy treats differently from {baseline}: one gets its memory without trouble, the other must reclaim, falls "
+                "back to a smaller slab, is forced over the limit, OOM-kills or fails.",
+                lambda: charts.divergence_heatmap(ranking, divergent, baseline, result.policies),
+                "Every charge fared the same under every policy: no call site sets them apart." if divergent.is_empty() else None),
     ]
 
 
@@ -168,8 +184,9 @@ def write_report(result: Result, output: Path, png_dir: Path | None = None, metr
     if png_dir is not None:
         png_dir.mkdir(parents=True, exist_ok=True)
         for n, (title, _, chart) in enumerate(figures):
-            with atomic_file(png_dir / f"{n + 1:02d}-{title.lower().replace(' ', '-')}.png") as out:
-                out.write(png(chart))
+            if chart is not None:
+                with atomic_file(png_dir / f"{n + 1:02d}-{title.lower().replace(' ', '-')}.png") as out:
+                    out.write(png(chart))
     if metrics_json is not None:
         with atomic_file(metrics_json) as out:
             out.write(json.dumps(metrics, indent=2).encode())

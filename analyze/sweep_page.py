@@ -9,7 +9,7 @@ from pathlib import Path
 import altair as alt
 import polars as pl
 
-from analyze.charts import MIB, WIDTH
+from analyze.charts import COUNT_AXIS, MIB, WIDTH, policy_colour, value_scale
 from analyze.criterion import METRICS, Condition
 from analyze.html import Figure, page
 from common.units import format_bytes
@@ -27,21 +27,15 @@ CURVES = (
     ("peak_bytes", "Peak usage", "peak usage, MiB", 1 / MIB),
 )
 COUNTS = ("failed", "oom_kills")  # integer ticks
-DECADES = 100  # a curve whose largest value is this many times its smallest non-zero one is drawn on a log scale
 
 
 def curve(table: pl.DataFrame, column: str, axis: str, scale: float, limit_name: str, policies: list[str]) -> alt.Chart:
     data = table.select("policy", (pl.col("limit_bytes") / MIB).alias("limit MiB"), (pl.col(column) * scale).alias("value"))
-    counts = column in COUNTS
-    nonzero = data.filter(pl.col("value") > 0)["value"]
-    spans_decades = nonzero.len() > 0 and nonzero.max() >= DECADES * nonzero.min()
-    # symlog: logarithmic far from zero, linear near it, so zero stays on the axis
-    scale = alt.Scale(type="symlog") if spans_decades else alt.Scale()
+    scale, scaled = value_scale(data["value"])
     return alt.Chart(data).mark_line(point=True).encode(
         x=alt.X("limit MiB:Q", title=f"{limit_name}, MiB"),
-        y=alt.Y("value:Q", title=axis + (" (log scale)" if spans_decades else ""), scale=scale,
-                axis=alt.Axis(tickMinStep=1, format="d") if counts else alt.Axis()),
-        color=alt.Color("policy:N", sort=policies),
+        y=alt.Y("value:Q", title=axis + scaled, scale=scale, axis=COUNT_AXIS if column in COUNTS else alt.Axis()),
+        color=policy_colour(policies),
         tooltip=["policy:N", "limit MiB:Q", alt.Tooltip("value:Q", title=axis, format=",.3~f")],
     ).properties(width=WIDTH, height=220, title=f"{axis} against {limit_name}")
 

@@ -221,7 +221,7 @@ class DrawnCharts(HTMLParser):
         mark = re.match(r"mark-(\w+) role-mark\b", self.stack[-1][1]) if self.stack else None
         if chart is not None and mark and attrs.get("role") == "graphics-symbol":
             fields = dict(item.split(": ", 1) for item in attrs.get("aria-label", "").split("; ") if ": " in item)
-            self.charts[chart]["marks"].append((mark.group(1), fields, attrs.get("d", "")))
+            self.charts[chart]["marks"].append((mark.group(1), fields, attrs.get("d", ""), attrs.get("stroke") or attrs.get("fill")))
         if tag not in VOID:
             self.stack.append((tag, attrs.get("class") or "", chart))
 
@@ -234,7 +234,11 @@ class DrawnCharts(HTMLParser):
             self.charts[self.stack[-1][2]]["legend"].append(data)
 
     def marks(self, chart: int, kind: str) -> list[tuple[dict[str, str], str]]:
-        return [(fields, path) for mark, fields, path in self.charts[chart]["marks"] if mark == kind]
+        return [(fields, path) for mark, fields, path, _ in self.charts[chart]["marks"] if mark == kind]
+
+    def colours(self, chart: int, kind: str) -> dict[str, str]:
+        """Each policy's colour in a chart's marks of one kind (stroke or fill)."""
+        return {fields["policy"]: colour for mark, fields, _, colour in self.charts[chart]["marks"] if mark == kind}
 
 
 def bar_width(path: str) -> float:
@@ -271,7 +275,10 @@ def test_the_report_draws_every_chart_offline_without_console_messages(tmp_path)
     policies, limits = summary["policies"], summary["limits"]
     names = list(policies)
     drawn = DrawnCharts(dom)
-    assert sorted(drawn.charts) == list(range(7))
+    # Nothing failed in the demo: that section is one sentence, no chart; the other six draw.
+    assert not any(policies[p]["failed"] for p in names)
+    assert "<h2>Failed charges</h2>\n<p class=\"what\">No policy failed a charge.</p>\n<h2>" in dom
+    assert sorted(drawn.charts) == list(range(6))
 
     # The verdict opens the page, before the summary table: the best at keeping memory.high is
     # the policy with the fewest page-seconds above it (then seconds above it, then peak).
@@ -286,49 +293,60 @@ def test_the_report_draws_every_chart_offline_without_console_messages(tmp_path)
     assert verdict.count("<li>") >= 2 * len(names) - 1  # a cost per policy, what sets each apart from the baseline
 
     # 0, usage over time: a line per policy, the memory.high and memory.max rules at the
-    # summary's limits (the demo replays with 15 and 16 MiB), a legend entry per policy
-    # (Vega orders a nominal legend's entries by value).
+    # summary's limits (the demo replays with 15 and 16 MiB), a legend entry per policy in the
+    # summary's order, and one per limit.
     lines = drawn.marks(0, "line")
     assert sorted(fields["policy"] for fields, _ in lines) == sorted(names)
     assert all(path.count("L") > 10 for _, path in lines)  # a drawn series, not a dot
     rules = {fields["limit"]: float(fields["MiB"]) for fields, _ in drawn.marks(0, "rule")}
     assert rules == {"memory.high": limits["high_bytes"] / (1 << 20), "memory.max": limits["max_bytes"] / (1 << 20)} == {
         "memory.high": 15, "memory.max": 16}
-    assert drawn.charts[0]["legend"] == sorted(names)
+    assert drawn.charts[0]["legend"] == [*names, "memory.high", "memory.max"]
 
-    # 1 and 5: page-seconds above memory.high and min-order fallbacks, a bar per policy.
+    # 1 and 4: page-seconds above memory.high and min-order fallbacks, a bar per policy.
     assert_bars_show(drawn, 1, {p: policies[p]["page_seconds_above_high"] for p in names})
-    assert_bars_show(drawn, 5, {p: policies[p]["fallbacks"] for p in names})
-    assert drawn.charts[1]["legend"] == drawn.charts[5]["legend"] == []
+    assert_bars_show(drawn, 4, {p: policies[p]["fallbacks"] for p in names})
+    assert drawn.charts[1]["legend"] == drawn.charts[4]["legend"] == []
 
-    # 2, failed charges: a bar per policy and gfp class that failed (a placeholder class when
-    # none did), a legend entry per class.
-    failed = {(p, c): n for p in names for c, n in policies[p]["failed_by_gfp_class"].items()}
-    failed = failed or {(p, "(none failed)"): 0 for p in names}
-    assert {(f["policy"], f["gfp class"]): int(f["failed"]) for f, _ in drawn.marks(2, "rect")} == failed
-    assert drawn.charts[2]["legend"] == sorted({c for _, c in failed})
-
-    # 3, reclaim: a bar per policy and trigger, with the summary's calls; triggers in the
+    # 2, reclaim: a bar per policy and trigger, with the summary's calls; triggers in the
     # legend in the summary's order.
     triggers = list(policies[names[0]]["reclaim_calls"])
-    assert {(f["policy"], f["trigger"]): int(f["calls"]) for f, _ in drawn.marks(3, "rect")} == {
+    assert {(f["policy"], f["trigger"]): int(f["calls"]) for f, _ in drawn.marks(2, "rect")} == {
         (p, t): policies[p]["reclaim_calls"][t] for p in names for t in triggers}
-    assert drawn.charts[3]["legend"] == triggers == ["max", "high_sync", "user_return", "async"]
+    assert drawn.charts[2]["legend"] == triggers == ["max", "high_sync", "user_return", "async"]
 
-    # 4, stall: a bar per policy and task (the demo's one stalled task), in milliseconds (the
+    # 3, stall: a bar per policy and task (the demo's one stalled task), in milliseconds (the
     # axis field's value; the tooltip's is rounded).
     stalls = {(f["policy"], int(re.search(r"\((\d+)\)$", f["task"]).group(1))): float(f["stall, ms (reclaim and throttling)"])
-              for f, _ in drawn.marks(4, "rect")}
+              for f, _ in drawn.marks(3, "rect")}
     assert stalls == pytest.approx({(p, int(pid)): ns / 1e6 for p in names for pid, ns in policies[p]["stall_ns_by_pid"].items()})
-    assert drawn.charts[4]["legend"] == sorted(names)
+    assert drawn.charts[3]["legend"] == names
 
-    # 6, divergence heat map: a cell per call site the metrics rank and policy but the
+    # 5, divergence heat map: a cell per call site the metrics rank and policy but the
     # baseline, and a gradient legend (no entries).
     baseline = "mainline-6.18"
     sites = [row["symbol"] for row in divergence(result)["call_sites"][:25]]
-    cells = [(f["symbol"], f["policy"]) for f, _ in drawn.marks(6, "rect")]
+    cells = [(f["symbol"], f["policy"]) for f, _ in drawn.marks(5, "rect")]
     assert sorted(cells) == sorted((s, p) for s in sites for p in names if p != baseline) and sites
-    assert "role-legend-gradient" in dom.split('<div id="chart6"')[1]
+    assert "role-legend-gradient" in dom.split('<div id="chart5"')[1]
+
+
+@pytest.mark.skipif(BROWSER is None, reason="needs Chromium (Debian package chromium) to open the report")
+def test_a_policy_has_the_same_colour_in_every_report(result, tmp_path):
+    """All eight built-in policies in one report, two of them (in the other order) in another:
+    each keeps its colour, and no two policies share one."""
+    subset = tmp_path / "subset"
+    replayed = chargeplay("replay", str(result.trace.path), "-o", str(subset), "--policy", "mainline-6.18", "--policy", "caller-gfp")
+    assert replayed.returncode == 0, replayed.stderr
+    colours = []
+    for name, source in (("all", result.path), ("two", subset)):
+        made = chargeplay("report", str(source), "-o", str(tmp_path / f"{name}.html"))
+        assert made.returncode == 0, made.stderr
+        dom, _ = render(tmp_path / f"{name}.html", tmp_path)
+        colours.append(DrawnCharts(dom).colours(0, "line"))
+    every, two = colours
+    assert sorted(every) == sorted(result.policies) and len(set(every.values())) == len(every)
+    assert two == {"mainline-6.18": every["mainline-6.18"], "caller-gfp": every["caller-gfp"]}
 
 
 @pytest.mark.skipif(BROWSER is None, reason="needs Chromium (Debian package chromium) to open the report")
