@@ -56,8 +56,9 @@ def report_figures(result: Result, metrics: dict, baseline: str) -> list[Figure]
                 lambda: charts.bar(result, "fallbacks", "High-order slab charges that fell back", "fallbacks", count=True),
                 "No high-order slab charge fell back to the minimum order." if none_of("fallbacks") else None),
         section("Divergence by call site", f"For the call sites whose charges fare differently most often, how many charges each "
-                f"policy treats differently from {baseline}: one gets its memory without trouble, the other must reclaim, falls "
-                "back to a smaller slab, is forced over the limit, OOM-kills or fails.",
+                f"policy treats differently from {baseline}: one gets its memory without trouble, the other leaves usage above "
+                "memory.high, reclaims or sleeps for it, must reclaim at max, falls back to a smaller slab, is forced over the "
+                "limit, OOM-kills or fails.",
                 lambda: charts.divergence_heatmap(ranking, divergent, baseline, result.policies),
                 "Every charge fared the same under every policy: no call site sets them apart." if divergent.is_empty() else None),
     ]

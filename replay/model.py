@@ -104,6 +104,7 @@ from replay.policy import HIGH_MODES
 # Outcome codes and reclaim triggers, as plain ints the compiled code can use.
 STOCK, NO_CHARGE, CHARGED, RECLAIMED = OUTCOME["stock"], OUTCOME["no_charge"], OUTCOME["charged"], OUTCOME["reclaimed"]
 FALLBACK, FORCED, OOM, FAILED = OUTCOME["fallback"], OUTCOME["forced"], OUTCOME["oom"], OUTCOME["failed"]
+CHARGED_ABOVE_HIGH, RECLAIMED_FOR_HIGH = OUTCOME["above_high"], OUTCOME["reclaimed_for_high"]
 BY_MAX, BY_HIGH_SYNC, BY_USER_RETURN, BY_ASYNC = (TRIGGER[t] for t in ("max", "high_sync", "user_return", "async"))
 SYNC, RETURN_TO_USER, MAINLINE, FAIL_NOWAIT, WATERMARK = (HIGH_MODES.index(mode) for mode in (
     "sync", "return-to-user", "mainline", "fail-nowait", "watermark"))
@@ -355,10 +356,16 @@ def try_charge_memcg(memcg, stats, knobs, per_cpu, per_task, gfp, nr_pages, cpu,
     stats[CHARGES] += 1
     if batch > nr_pages:
         refill_stock(memcg, knobs, per_cpu, batch - nr_pages, cpu, memcg_ix)
+    high_reclaims, throttled = stats[RECLAIM_CALLS + BY_HIGH_SYNC], stats[THROTTLE_NS]
     handle_high_after_charge(memcg, stats, knobs, per_task, gfp, nr_pages, batch, task, irq)
     if oom_killed:
         return OOM
-    return RECLAIMED if reclaimed_once else CHARGED
+    if reclaimed_once:
+        return RECLAIMED
+    # What memory.high did to this charge: the divergence the 2015 thread argued about.
+    if stats[RECLAIM_CALLS + BY_HIGH_SYNC] != high_reclaims or stats[THROTTLE_NS] != throttled:
+        return RECLAIMED_FOR_HIGH
+    return CHARGED_ABOVE_HIGH if memcg[USAGE] > memcg[HIGH] else CHARGED
 
 
 @njit

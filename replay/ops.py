@@ -38,7 +38,9 @@ OUTCOMES = (
     "stock",  # charged from a per-CPU stock: no page counter, no limit checks
     "no_charge",  # an object that fit in an already charged slab (slab charging)
     "charged",  # the page counter was charged without reclaim
-    "reclaimed",  # charged after memcg reclaim
+    "above_high",  # charged without reclaim, leaving usage above memory.high: its high work deferred or not done
+    "reclaimed_for_high",  # charged, then the task reclaimed or was throttled for memory.high before it returned
+    "reclaimed",  # charged after memcg reclaim (at memory.max)
     "fallback",  # a high-order slab charge failed; the minimum order was charged instead
     "forced",  # charged past memory.max (__GFP_HIGH or __GFP_NOFAIL)
     "oom",  # charged after a memcg OOM kill

@@ -110,11 +110,23 @@ def test_an_object_takes_the_object_stocks_bytes_only_while_they_are_its_memcgs(
 
 def test_a_stock_hit_skips_the_high_check(engine):
     # 4.2: the first charge takes a batch of 32 into the counter (usage 10 + 32 > high 20),
-    # so it reclaims; the second is served from the 31 stocked pages and sees no limit.
+    # so it reclaims for memory.high before it returns; the second is served from the 31
+    # stocked pages and sees no limit.
     data = scenario([page(obj=0), page(obj=1)], pools={POOL_OTHER: 10})
     r = engine(data, SYNC_4X, Limits(high_pages=20))
-    assert list(r.outcome) == [OUTCOME["charged"], OUTCOME["stock"]]
+    assert list(r.outcome) == [OUTCOME["reclaimed_for_high"], OUTCOME["stock"]]
     assert r.high_events == 1 and r.reclaim_calls[TRIGGER["high_sync"]] == 1
+
+
+def test_a_charge_that_may_not_block_is_left_above_high_where_a_blocking_one_reclaims(engine):
+    # The 2015 thread's case: 4.2 reclaims memory.high only in charges that may block. The
+    # same charge (a batch of 32 over usage 10, high 20) with GFP_NOWAIT is charged and left
+    # above high, nothing reclaimed; with GFP_KERNEL it reclaims (the test above).
+    r = engine(scenario([page(gfp=GFP_NOWAIT, obj=0)], pools={POOL_OTHER: 10}), SYNC_4X, Limits(high_pages=20))
+    assert list(r.outcome) == [OUTCOME["above_high"]] and r.reclaim_calls.sum() == 0 and r.high_events == 0
+    # Under high, the same charge is just charged.
+    r = engine(scenario([page(gfp=GFP_NOWAIT, obj=0)], pools={POOL_OTHER: 10}), SYNC_4X, Limits(high_pages=64))
+    assert list(r.outcome) == [OUTCOME["charged"]]
 
 
 def test_at_max_gfp_nowait_fails_while_gfp_atomic_is_forced(engine):
@@ -568,10 +580,11 @@ def test_an_interrupts_free_comes_as_late_as_its_task_ran_when_it_set_it_off(eng
 def test_another_tasks_free_follows_the_task_that_allocated(engine):
     # Task 1 frees at 3 ms the page task 0 allocates at 2 ms, which comes at 104 ms (a batch of
     # 64 charged, 63 stocked): the free comes at 105 ms, as long after the allocation as in the
-    # trace (back to the stock: the counter keeps it).
+    # trace (back to the stock: the counter keeps it). Both charges leave usage above high, 64
+    # pages over at most: no more than a batch, so the throttling waits for the return to user.
     ops = [*THROTTLED, page(obj=5), page(obj=5, op=PAGE_FREE, task=1)]
     r = engine(scenario(ops, OVER_HIGH), MAINLINE, Limits(high_pages=25600))
-    assert list(r.outcome) == [OUTCOME["charged"], OUTCOME["none"], OUTCOME["charged"], OUTCOME["none"]]
+    assert list(r.outcome) == [OUTCOME["above_high"], OUTCOME["none"], OUTCOME["above_high"], OUTCOME["none"]]
     assert {t: int(u) for t, u in enumerate(r.bucket_last) if u >= 0} == {0: 26624, 1: 26624, 104: 26688, 105: 26688}
     assert r.end_ns == 105 * MS
 
@@ -588,6 +601,7 @@ def test_a_reader_frees_what_a_throttled_writer_sent_on_time_an_interrupt_after_
     reader = [page(pages=128, obj=5), page(pages=128, obj=5, op=PAGE_FREE, task=1), {"op": USER_RETURN}]
     r = engine(scenario(reader, {POOL_OTHER: 26496}), MAINLINE, Limits(high_pages=25600))
     assert r.throttle_ns == 204 * MS and list(r.delay_ns) == [204 * MS, 0]
+    assert r.outcome[0] == OUTCOME["reclaimed_for_high"]  # throttled in the charge, before the allocation returned
     assert {t: int(u) for t, u in enumerate(r.bucket_last) if u >= 0} == {0: 26624, 1: 26496, 206: 26496}
     interrupt = [reader[0], {**reader[1], "irq": True}, reader[2]]
     r = engine(scenario(interrupt, {POOL_OTHER: 26496}), MAINLINE, Limits(high_pages=25600))

@@ -116,6 +116,21 @@ def test_the_default_baseline_is_the_model_of_the_traces_kernel(tmp_path):
     assert [pair["policies"] for pair in metrics["pairs"]] == [["mainline-6.1", "caller-gfp"], ["mainline-6.1", "mainline-6.18"]]
 
 
+def test_the_seed_pair_parts_at_real_call_sites_over_memory_high(tmp_path):
+    """The 2015 thread's pair on the bundled file-storm under memory.high 15 MiB: 4.3 charges a
+    high-order slab without direct reclaim, so where usage is over high such a charge cannot
+    reclaim for it and leaves the memcg above high, while charging with the caller's gfp
+    reclaims. The charges that part them are named by their kernel call sites."""
+    replayed = chargeplay("replay", str(sample_path("file-storm")), "-o", str(tmp_path / "r"), "--memory-max", "16M",
+                          "--memory-high", "15M", "--policy", "nowait-slab-charge", "--policy", "caller-gfp")
+    assert replayed.returncode == 0, replayed.stderr
+    divergent = Result.open(tmp_path / "r").divergent_charges
+    parted = divergent.filter((pl.col("nowait-slab-charge") == "above_high") & (pl.col("caller-gfp") == "reclaimed_for_high"))
+    sites = set(parted["symbol"])
+    assert any(re.fullmatch(r"\w+\+0x[0-9a-f]+/0x[0-9a-f]+", site) for site in sites), sites
+    assert set(parted["kind"]) >= {"slab object"}
+
+
 def stack_trace(path) -> None:
     """A memcg 32 pages below memory.max (1000 pages), 100 of its pages file cache. Task 7
     allocates a GFP_KERNEL_ACCOUNT page (call site 0) on CPU 0; then, on CPU 1, task 8's
