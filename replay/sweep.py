@@ -36,14 +36,19 @@ def sweep(trace: Trace, policies: list[Policy], base: Limits, swept: str, values
     for value in values:
         progress(begun)
         limits = limits_at(base, swept, value)
-        runs = PolicyRuns(trace, stream, policies, limits, engine)
-        for batch in stream.batches():
-            runs.feed(batch)
         begun += len(policies)
         document = limits_document(limits)
-        for name, figures in runs.figures(runs.finish()).items():
+        for name, figures in _figures(trace, stream, policies, limits, engine).items():
             rows.append({"policy": name, "limit_bytes": value, "max_bytes": document["max_bytes"], "high_bytes": document["high_bytes"],
                          **{figure: figures[figure] for figure in FIGURES},
                          "reclaim_calls": sum(figures["reclaim_calls"].values())})
     progress(begun)
     return pl.DataFrame(rows, schema_overrides={"max_bytes": pl.Int64, "high_bytes": pl.Int64})
+
+
+def _figures(trace: Trace, stream: InputStream, policies: list[Policy], limits: Limits, engine: type[Engine]) -> dict[str, dict]:
+    """Every policy's figures under one set of limits (its engines gone when it returns)."""
+    runs = PolicyRuns(trace, stream, policies, limits, engine)
+    for batch in stream.batches():
+        runs.feed(batch)
+    return runs.figures(runs.finish())
