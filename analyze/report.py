@@ -71,12 +71,7 @@ def baseline_of(result: Result, requested: str | None = None) -> str:
         if requested not in result.policies:
             raise UserError(f"--baseline {requested!r}: {result.path} replayed {', '.join(result.policies)}; choose one of them")
         return requested
-    release = result.trace.manifest.get("kernel", {}).get("release")
-    try:
-        model = policy.for_kernel(release)[0].name if release else None
-    except UserError:  # a release that names no version
-        model = None
-    return model if model in result.policies else result.policies[0]
+    return policy.kernel_model_among(result.trace.manifest.get("kernel", {}).get("release"), result.policies)
 
 
 def build_report(result: Result, figures: list[Figure], metrics: dict, baseline: str, fidelity: dict | None = None) -> str:

@@ -96,13 +96,14 @@ def describe(conditions: list[Condition]) -> str:
     return "; ".join(f"{c.text} ({METRICS[c.metric][2]})" for c in conditions)
 
 
-def write_sweep(output: Path, table: pl.DataFrame, document: dict) -> None:
-    """sweep.parquet (a row per limit and policy), sweep.json (what was swept, the
-    recommendations) and sweep.html, in a new directory."""
+def write_sweep(output: Path, table: pl.DataFrame, document: dict, html: str) -> None:
+    """sweep.parquet (a row per trace, limit and policy), sweep.json (what was swept, the
+    recommendations) and sweep.html (`html`: this module's page, or analyze.fleet_page's), in a
+    new directory."""
     make_private_dir(output)
     with atomic_file(output / "sweep.parquet") as out:
         table.write_parquet(out)
     with atomic_file(output / "sweep.json") as out:
         out.write(json.dumps(document, indent=2).encode())
     with atomic_file(output / "sweep.html") as out:
-        out.write(build_sweep_page(table, document).encode())
+        out.write(html.encode())

@@ -380,7 +380,7 @@ def _limit_range(value: str, option: str) -> list[int]:
 @app.command()
 @user_errors
 def sweep(
-    trace: Annotated[Path, typer.Argument(help="trace directory")],
+    traces: Annotated[list[Path], typer.Argument(help="trace directories, or directories of them (several: a fleet)")],
     output: Annotated[Path, typer.Option("-o", "--output", help="directory to create: sweep.parquet, sweep.json, sweep.html")] = ...,
     memory_high: Annotated[Optional[str], typer.Option(help="memory.high: FROM:TO:STEP to sweep (e.g. 4M:32M:2M), or one size (default: the trace's)")] = None,
     memory_max: Annotated[Optional[str], typer.Option(help="memory.max: FROM:TO:STEP to sweep, or one size (default: the trace's)")] = None,
@@ -392,13 +392,19 @@ def sweep(
     open_loop: Annotated[bool, typer.Option("--open-loop", help=OPEN_LOOP_HELP)] = False,
     clock: Annotated[str, typer.Option(help=CLOCK_HELP)] = "task",
     engine: Annotated[str, typer.Option(help="fast (numba) or reference (plain Python)")] = "fast",
+    executor: Annotated[str, typer.Option(help="where the traces' sweeps run: local (this process), dask (a local cluster "
+                                          "of worker processes) or dask=ADDRESS (a scheduler's workers)")] = "local",
 ) -> None:
-    """Replay a trace under each memory.high (or memory.max) of a range; chart what each costs, name the smallest that meets a criterion."""
+    """Replay traces under each memory.high (or memory.max) of a range; chart what each costs, name the smallest that meets a criterion."""
+    import polars as pl
+
     from analyze.criterion import parse_criterion, recommend
-    from analyze.sweep_page import AT_RECOMMENDED, LIMIT_NAMES, at_recommended, describe, write_sweep
-    from replay import run
+    from analyze.fleet_page import build_fleet_page, fleet_recommendations, fleet_summary
+    from analyze.sweep_page import AT_RECOMMENDED, LIMIT_NAMES, at_recommended, build_sweep_page, describe, write_sweep
+    from chargeplay import fleet
     from replay.result_format import loop_description
-    from replay.sweep import sweep as run_sweep
+    from replay.run import limits_document
+    from replay.sweep import SweepSpec, sweep_path
     from traces.atomic import check_new_output
     from traces.reader import Trace
 
@@ -412,32 +418,58 @@ def sweep(
     conditions = parse_criterion(criterion)
     chosen = _chosen_policies(policy_names, policies_file)
     _check_engine_and_clock(engine, clock)
+    fleet.parse_executor(executor)
     check_new_output(output)
-    source = Trace.open(trace)
-    sizes = {swept: values[0], fixed_name: fixed}
-    base = run.limits_for(source, sizes["memory_max"], sizes["memory_high"], swap, closed_loop=not open_loop, clock=clock)
-    with _steps_bar() as bar:
-        task = bar.add_task(f"sweeping {LIMIT_NAMES[swept]}", total=len(values) * len(chosen))
-        table = run_sweep(source, chosen, base, swept, values, run.ENGINES[engine], lambda done: bar.update(task, completed=done))
-    recommended = recommend(table, conditions)
-    limits = run.limits_document(base)
-    fixed_bytes = limits["max_bytes" if swept == "memory_high" else "high_bytes"]
+    paths = fleet.trace_paths(traces)
+    sources = {str(path): Trace.open(path) for path in paths}  # each refused here, in one line, if it is no whole trace
+    spec = SweepSpec(chosen, swept, values, fixed, swap, not open_loop, clock, engine)
+    first = limits_document(spec.base(next(iter(sources.values()))))
+    fixed_bytes = first["max_bytes" if swept == "memory_high" else "high_bytes"]
+    if fixed is not None or len(paths) == 1:
+        fixed_text = (format_bytes(fixed_bytes) if fixed_bytes is not None else "unlimited") + ("" if fixed is not None else " (the trace's)")
+    else:
+        fixed_text = "each trace's own"
+    lost = {path: said for path, source in sources.items() if (said := losses(source.manifest))}
     document = {
-        "chargeplay_version": __version__, "trace": str(source.path), "swept": {"limit": swept, "values": values},
-        "fixed": f"{LIMIT_NAMES[fixed_name]} {format_bytes(fixed_bytes) if fixed_bytes is not None else 'unlimited'}"
-                 + ("" if fixed is not None else " (the trace's)"),
-        "replayed_with": f"{loop_description(limits)} loop, swap {'on' if swap else 'off'}, {engine} engine",
-        "criterion": describe(conditions), "criterion_text": criterion, "recommended": recommended,
-        "lost": losses(source.manifest),  # what a trace that lost events must say, or None
+        "chargeplay_version": __version__, "swept": {"limit": swept, "values": values}, "fixed": f"{LIMIT_NAMES[fixed_name]} {fixed_text}",
+        "replayed_with": f"{loop_description(first)} loop, swap {'on' if swap else 'off'}, {engine} engine",
+        "criterion": describe(conditions), "criterion_text": criterion,
     }
-    write_sweep(output, table, document)
-    rows = Table("policy", f"recommended {LIMIT_NAMES[swept]}", *AT_RECOMMENDED,
-                 title=f"the smallest {LIMIT_NAMES[swept]} swept where {criterion} holds (and at every larger one)")
-    for name, cells in at_recommended(table, recommended).items():
-        rows.add_row(name, *cells)
+    if len(paths) == 1:
+        with _steps_bar() as bar:
+            task = bar.add_task(f"sweeping {LIMIT_NAMES[swept]}", total=len(values) * len(chosen))
+            tables = [sweep_path(str(paths[0]), spec, lambda done: bar.update(task, completed=done))]
+    else:
+        with fleet.executor(executor) as pool, _steps_bar() as bar:
+            task = bar.add_task(f"sweeping {len(paths)} traces ({executor})", total=len(paths))
+            tables = pool.run(paths, spec, lambda path: bar.advance(task))
+    table = pl.concat(tables)
+    if len(paths) == 1:
+        path = str(paths[0])
+        recommended = recommend(table, conditions)
+        document |= {"trace": path, "recommended": recommended, "lost": lost.get(path)}
+        write_sweep(output, table, document, build_sweep_page(table, document))
+        rows = Table("policy", f"recommended {LIMIT_NAMES[swept]}", *AT_RECOMMENDED,
+                     title=f"the smallest {LIMIT_NAMES[swept]} swept where {criterion} holds (and at every larger one)")
+        for name, cells in at_recommended(table, recommended).items():
+            rows.add_row(name, *cells)
+    else:
+        recommended = fleet_recommendations(table, conditions)
+        baselines = {path: policy.kernel_model_among(source.manifest["kernel"].get("release"), [p.name for p in chosen])
+                     for path, source in sources.items()}
+        summary = fleet_summary(recommended, baselines)
+        document |= {"traces": list(sources), "executor": executor, "recommended": recommended, "baselines": baselines,
+                     "fleet": summary, "lost": lost}
+        write_sweep(output, table, document, build_fleet_page(document))
+        rows = Table("policy", "traces met", "smallest", "median", "largest", "differ from baseline",
+                     title=f"recommended {LIMIT_NAMES[swept]} across {len(paths)} traces ({criterion})")
+        for name, s in summary.items():
+            rows.add_row(name, f"{s['traces'] - s['none_in_range']} of {s['traces']}",
+                         *(format_bytes(s[k]) if s[k] is not None else "-" for k in ("smallest", "median", "largest")),
+                         f"{len(s['differs_from_baseline'])}")
     Console().print(rows)
-    if document["lost"] is not None:
-        err.print(f"warning: {document['lost']}", markup=False, highlight=False)
+    for path, said in lost.items():
+        err.print(f"warning: {said}" if len(paths) == 1 else f"warning: {path}: {said}", markup=False, highlight=False)
     err.print(f"{output}: sweep.parquet, sweep.json, sweep.html", markup=False, highlight=False)
 
 

@@ -119,6 +119,16 @@ def for_kernel(release: str) -> tuple[Policy, str]:
     return BUILTIN[name], f"{name} for kernel {release} ({what})"
 
 
+def kernel_model_among(release: str | None, names: list[str]) -> str:
+    """What a trace's policies are compared with: the model of its kernel (for_kernel) if it
+    is among `names`, else the first of them."""
+    try:
+        model = for_kernel(release)[0].name if release else None
+    except UserError:  # a release that names no version
+        model = None
+    return model if model in names else names[0]
+
+
 def get(name: str) -> Policy:
     if name not in BUILTIN:
         raise UserError(f"no policy {name!r}; the built-in policies are {', '.join(BUILTIN)} (see chargeplay policies)")

@@ -1,10 +1,11 @@
-"""`chargeplay sweep`: one trace replayed under each limit of a range, every policy at each,
+"""`chargeplay sweep`: a trace replayed under each limit of a range, every policy at each,
 so that what each limit costs can be charted and the smallest one that meets a criterion
 named (analyze.criterion). One pass over the trace per limit, all policies in it; nothing
-per operation is kept."""
+per operation is kept. `sweep_path` is the whole sweep of one trace as a task a worker
+process runs (chargeplay.fleet): plain arguments in, a table out."""
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import polars as pl
@@ -12,10 +13,9 @@ import polars as pl
 from replay.input import InputStream
 from replay.ops import Limits, PAGE_SIZE
 from replay.policy import Policy
-from replay.run import Engine, PolicyRuns, limits_document
+from replay.run import ENGINES, Engine, PolicyRuns, limits_document, limits_for
 from traces.reader import Trace
 
-SWEPT = ("memory_high", "memory_max")  # the limit a sweep varies
 # Each policy's figures at each limit (summary.json's names), and the reclaim calls summed.
 FIGURES = ("peak_bytes", "seconds_above_high", "page_seconds_above_high", "stretch", "run_seconds", "stall_ns_total",
            "throttle_ns", "failed", "forced", "oom_kills", "fallbacks", "failcnt", "high_events", "max_events")
@@ -52,3 +52,28 @@ def _figures(trace: Trace, stream: InputStream, policies: list[Policy], limits: 
     for batch in stream.batches():
         runs.feed(batch)
     return runs.figures(runs.finish())
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """What to sweep, the same for every trace of a fleet."""
+    policies: list[Policy]
+    swept: str  # "memory_high" or "memory_max"
+    values: list[int]  # bytes
+    fixed: int | None  # the other limit, bytes (None: each trace's own)
+    swap: bool = False
+    closed_loop: bool = True
+    clock: str = "task"
+    engine: str = "fast"
+
+    def base(self, trace: Trace) -> Limits:
+        """The trace's limits with the swept one at its first value and the other as given."""
+        sizes = {self.swept: self.values[0], "memory_high" if self.swept == "memory_max" else "memory_max": self.fixed}
+        return limits_for(trace, sizes["memory_max"], sizes["memory_high"], self.swap, self.closed_loop, self.clock)
+
+
+def sweep_path(path: str, spec: SweepSpec, progress: Callable[[int], None] = lambda done: None) -> pl.DataFrame:
+    """The sweep of the trace at `path`, with a `trace` column naming it."""
+    trace = Trace.open(path)
+    table = sweep(trace, spec.policies, spec.base(trace), spec.swept, spec.values, ENGINES[spec.engine], progress)
+    return table.select(pl.lit(str(path)).alias("trace"), pl.all())

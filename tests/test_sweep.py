@@ -3,10 +3,12 @@ limit that meets it, and the page that charts it."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from analyze.criterion import parse_criterion, recommend
 from conftest import assert_user_error, chargeplay
@@ -128,3 +130,72 @@ def test_the_sweep_page_draws_a_curve_per_policy_and_the_recommendations(swept, 
     shown = dom.split('<table class="recommended">')[1].split("</table>")[0]
     for policy, limit in recommended.items():
         assert f"<td>{policy}</td><td>{'none in the range' if limit is None else f'{limit / MIB:.1f} MiB'}</td>" in shown
+
+
+FLEET = ("file-storm", "file-storm-6.1")
+FLEET_OPTIONS = ("--memory-high", "6M:30M:8M", "--memory-max", "32M", "--policy", "mainline-6.1", "--policy", "mainline-6.18",
+                 "--policy", "caller-gfp")
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory) -> Path:
+    """A directory of two traces, swept as a fleet in this process."""
+    root = tmp_path_factory.mktemp("fleet")
+    for name in FLEET:
+        shutil.copytree(sample_path(name), root / "traces" / name)
+    result = chargeplay("sweep", str(root / "traces"), "-o", str(root / "local"), *FLEET_OPTIONS)
+    assert result.returncode == 0, result.stderr
+    return root
+
+
+def test_a_fleet_sweep_recommends_for_each_trace_what_its_own_sweep_does(fleet):
+    document = json.loads((fleet / "local" / "sweep.json").read_text())
+    traces = [str(fleet / "traces" / name) for name in FLEET]
+    assert document["traces"] == traces
+    for trace in traces:
+        alone = fleet / f"alone-{Path(trace).name}"
+        result = chargeplay("sweep", trace, "-o", str(alone), *FLEET_OPTIONS)
+        assert result.returncode == 0, result.stderr
+        assert document["recommended"][trace] == json.loads((alone / "sweep.json").read_text())["recommended"]
+    # Each trace's baseline is the model of the kernel it was captured on (6.18 here, 6.1 in the lab).
+    assert document["baselines"] == dict(zip(traces, ["mainline-6.18", "mainline-6.1"]))
+    for name, summary in document["fleet"].items():
+        limits = [document["recommended"][t][name] for t in traces]
+        assert summary["none_in_range"] == limits.count(None)
+        assert summary["differs_from_baseline"] == [t for t in traces if document["recommended"][t][name] !=
+                                                    document["recommended"][t][document["baselines"][t]]]
+
+
+def test_a_fleet_sweep_on_a_local_dask_cluster_gives_what_it_gives_here(fleet):
+    """Two worker processes of a real Dask cluster, one task per trace: the same table."""
+    pytest.importorskip("distributed", reason="needs Dask distributed (pip install 'chargeplay[fleet]'; make test installs it)")
+    result = chargeplay("sweep", str(fleet / "traces"), "-o", str(fleet / "dask"), *FLEET_OPTIONS, "--executor", "dask", timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert_frame_equal(pl.read_parquet(fleet / "dask" / "sweep.parquet"), pl.read_parquet(fleet / "local" / "sweep.parquet"))
+    local, dask = (json.loads((fleet / run / "sweep.json").read_text()) for run in ("local", "dask"))
+    assert dask["executor"] == "dask" and dask["recommended"] == local["recommended"] and dask["fleet"] == local["fleet"]
+
+
+@pytest.mark.parametrize(("executor", "words"), [
+    ("spark", ["--executor 'spark'", "local, dask"]),
+    ("dask=tcp://127.0.0.1:9", ["--executor dask=tcp://127.0.0.1:9", "no scheduler answered"]),
+])
+def test_an_executor_it_cannot_use_is_one_line(tmp_path, executor, words):
+    result = chargeplay("sweep", str(sample_path("file-storm")), str(sample_path("fork-storm")), "-o", str(tmp_path / "s"),
+                        "--memory-high", "8M:16M:8M", "--executor", executor, timeout=120)
+    assert_user_error(result, *words)
+
+
+def test_a_directory_without_traces_is_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert_user_error(chargeplay("sweep", str(tmp_path / "empty"), "-o", str(tmp_path / "s"), "--memory-high", "8M:16M:8M"),
+                      "neither a trace nor a directory of traces")
+
+
+@pytest.mark.skipif(BROWSER is None, reason="needs Chromium (Debian package chromium) to open the report")
+def test_the_fleet_page_draws_each_traces_recommendation(fleet, tmp_path):
+    dom, log = render(fleet / "local" / "sweep.html", tmp_path)
+    assert "CONSOLE" not in log, [line for line in log.splitlines() if "CONSOLE" in line]
+    recommended = json.loads((fleet / "local" / "sweep.json").read_text())["recommended"]
+    drawn = {(f["trace"], f["policy"], float(f["limit MiB"])) for f, _ in DrawnCharts(dom).marks(0, "symbol")}
+    assert drawn == {(t, p, limit / MIB) for t, limits in recommended.items() for p, limit in limits.items() if limit is not None}
