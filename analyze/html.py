@@ -21,9 +21,10 @@ p.what { color: #444; max-width: 46em; } p.warning { color: #a00; font-weight: b
 Figure = tuple[str, str, alt.TopLevelMixin | None]  # title, what it shows, chart (None: nothing to draw, the sentence says so)
 
 
-def page(title: str, body: list[str], figures: list[Figure]) -> str:
+def page(title: str, body: list[str], figures: list[Figure], script: str = "") -> str:
     """The page: `body` (HTML, escaped by the caller), then each figure under its title and
-    sentence, its chart drawn by vega-embed into `<div id="chartN">` (N counting the charts)."""
+    sentence, its chart drawn by vega-embed into `<div id="chartN">` (N counting the charts);
+    `script` (the caller's own, no trace data in it) runs after."""
     parts, scripts = list(body), []
     for heading, sentence, chart in figures:
         parts.append(f'<h2>{escape(heading)}</h2>\n<p class="what">{escape(sentence)}</p>')
@@ -39,7 +40,7 @@ def page(title: str, body: list[str], figures: list[Figure]) -> str:
         f"<title>{escape(title)}</title>"
         f"<style>{STYLE}</style><script>{bundle}</script></head>\n<body>\n"
         + "\n".join(parts)
-        + f"\n<script>\n{chr(10).join(scripts)}\n</script>\n</body></html>\n"
+        + f"\n<script>\n{chr(10).join(scripts)}\n{script}</script>\n</body></html>\n"
     )
 
 

@@ -13,6 +13,7 @@ import polars as pl
 
 from analyze import charts
 from analyze.divergence import divergence
+from analyze.drill_down import drill_down
 from analyze.fidelity import format_error, format_target, format_value
 from analyze.html import Figure, page, png
 from analyze.results import Result
@@ -77,9 +78,10 @@ def baseline_of(result: Result, requested: str | None = None) -> str:
 def build_report(result: Result, figures: list[Figure], metrics: dict, baseline: str, fidelity: dict | None = None) -> str:
     """The HTML page: facts, the verdict, tables (fidelity first, when validating), and every
     figure with its sentence."""
+    drill, script = drill_down(result.divergent_charges, [tuple(pair["policies"]) for pair in metrics["pairs"]])
     body = [_header(result), _verdict(result, baseline), *([_fidelity_table(fidelity)] if fidelity else []), _summary_table(result),
-            _pairs_table(metrics)]
-    return page(f"chargeplay report: {result.trace.path.name}", body, figures)
+            _pairs_table(metrics), drill]
+    return page(f"chargeplay report: {result.trace.path.name}", body, figures, script)
 
 
 def _header(result: Result) -> str:

@@ -1,6 +1,7 @@
 """Divergence metrics worked out by hand on a tiny trace, and the report in a real browser."""
 from __future__ import annotations
 
+import html
 import json
 import re
 from collections import Counter
@@ -204,12 +205,13 @@ def elements(html: str) -> Counter[str]:
     return names
 
 
-def render(page, tmp_path) -> tuple[str, str]:
-    """The DOM after scripts ran (vega-embed draws each chart as SVG), and the browser's log."""
+def render(page, tmp_path, fragment: str = "") -> tuple[str, str]:
+    """The DOM after scripts ran (vega-embed draws each chart as SVG), and the browser's log;
+    `fragment`: the URL's, e.g. "#drill=TEXT"."""
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
              "--enable-logging=stderr", "--log-level=0", "--virtual-time-budget=15000", "--window-size=1100,4200"]
-    shown = subprocess.run([BROWSER, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    shown = subprocess.run([BROWSER, *flags, "--dump-dom", page.as_uri() + fragment], capture_output=True, text=True, timeout=120)
     return shown.stdout, shown.stderr
 
 
@@ -362,6 +364,41 @@ def test_a_policy_has_the_same_colour_in_every_report(result, tmp_path):
     every, two = colours
     assert sorted(every) == sorted(result.policies) and len(set(every.values())) == len(every)
     assert two == {"mainline-6.18": every["mainline-6.18"], "caller-gfp": every["caller-gfp"]}
+
+
+def drill_rows(dom: str, table: int) -> list[tuple[bool, list[str]]]:
+    """A drill-down table's body rows as the browser left them: (hidden, cell texts)."""
+    body = dom.split(f'id="drill{table}"')[1].split("<tbody>")[1].split("</tbody>")[0]
+    return [("hidden" in attrs, [html.unescape(re.sub("<[^>]+>", "", cell)) for cell in re.findall(r"<td[^>]*>(.*?)</td>", cells)])
+            for attrs, cells in re.findall(r"<tr([^>]*)>(.*?)</tr>", body)]
+
+
+@pytest.mark.skipif(BROWSER is None, reason="needs Chromium (Debian package chromium) to open the report")
+def test_the_drill_down_lists_every_place_the_pair_parts_and_filters_and_sorts(tmp_path):
+    """The seed pair on file-storm: each row's charges counted afresh from outcomes.parquet
+    (stock and already charged slabs as charged); the page opened with #drill= hides the rows
+    without the text, and #sort= orders the rows by that column, largest first."""
+    replayed = chargeplay("replay", str(sample_path("file-storm")), "-o", str(tmp_path / "r"), "--memory-max", "16M",
+                          "--memory-high", "15M", "--policy", "nowait-slab-charge", "--policy", "caller-gfp")
+    assert replayed.returncode == 0, replayed.stderr
+    made = chargeplay("report", str(tmp_path / "r"), "-o", str(tmp_path / "r.html"))
+    assert made.returncode == 0, made.stderr
+    same = {"stock": "charged", "no_charge": "charged"}
+    outcomes = pl.read_parquet(tmp_path / "r" / "outcomes.parquet").with_columns(
+        cs.categorical().cast(pl.String)).with_columns(pl.col("nowait-slab-charge", "caller-gfp").replace(same))
+    symbols = pl.read_parquet(sample_path("file-storm") / "symbols.parquet").rename({"id": "call_site"})
+    parted = outcomes.filter(pl.col("nowait-slab-charge") != pl.col("caller-gfp")).join(symbols, on="call_site", how="left")
+    expected = {(symbol or f"[{kind}]", cache or "-", kind, gfp, a, b): n for symbol, cache, kind, gfp, a, b, n in parted.group_by(
+        "symbol", "cache", "kind", "gfp_class", "nowait-slab-charge", "caller-gfp").len().iter_rows()}
+
+    dom, _ = render(tmp_path / "r.html", tmp_path, "#drill=ext4_alloc_inode")
+    rows = drill_rows(dom, 0)
+    assert {tuple(cells[:6]): int(cells[6].replace(",", "")) for _, cells in rows} == expected
+    assert {hidden for hidden, cells in rows if "ext4_alloc_inode" in cells[0]} == {False}
+    assert {hidden for hidden, cells in rows if "ext4_alloc_inode" not in cells[0]} == {True}
+    dom, _ = render(tmp_path / "r.html", tmp_path, "#sort=call%20site")
+    sites = [cells[0] for hidden, cells in drill_rows(dom, 0)]
+    assert sites == sorted(sites, reverse=True) and len(set(sites)) > 1
 
 
 @pytest.mark.skipif(BROWSER is None, reason="needs Chromium (Debian package chromium) to open the report")
