@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 from html import escape
+from pathlib import Path
 
 import altair as alt
 import vl_convert as vlc
 from altair.utils._importers import vl_version_for_vl_convert
+
+from traces.atomic import atomic_file
 
 STYLE = """
 body { font: 15px/1.5 system-ui, sans-serif; margin: 2em auto; max-width: 1000px; color: #222; }
@@ -49,5 +52,22 @@ def script_json(value: object) -> str:
     return json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def png(chart: alt.TopLevelMixin) -> bytes:
-    return vlc.vegalite_to_png(chart.to_dict(format="vega-lite"), vl_version=vl_version_for_vl_convert())
+def write_page(output: Path, html: str, figures: list[Figure], png_dir: Path | None, data: dict, data_json: Path | None) -> None:
+    """The page at `output`; if asked, each chart as PNG into png_dir and `data` (what the page
+    shows, as figures) as JSON."""
+    with atomic_file(output) as out:
+        out.write(html.encode())
+    if png_dir is not None:
+        write_pngs(figures, png_dir)
+    if data_json is not None:
+        with atomic_file(data_json) as out:
+            out.write(json.dumps(data, indent=2).encode())
+
+
+def write_pngs(figures: list[Figure], directory: Path) -> None:
+    """Each figure's chart as NN-title.png (NN: its place among the figures)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for n, (title, _, chart) in enumerate(figures):
+        if chart is not None:
+            with atomic_file(directory / f"{n + 1:02d}-{title.lower().replace(' ', '-')}.png") as out:
+                out.write(vlc.vegalite_to_png(chart.to_dict(format="vega-lite"), vl_version=vl_version_for_vl_convert()))

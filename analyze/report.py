@@ -3,7 +3,6 @@ a summary table and every chart with a sentence on what it shows. Every string t
 symbols are data, never markup."""
 from __future__ import annotations
 
-import json
 from html import escape
 from pathlib import Path
 from typing import Callable
@@ -15,14 +14,13 @@ from analyze import charts
 from analyze.divergence import divergence
 from analyze.drill_down import drill_down
 from analyze.fidelity import format_error, format_target, format_value
-from analyze.html import Figure, page, png
+from analyze.html import Figure, page, write_page
 from analyze.results import Result
 from analyze.verdict import verdict
 from replay import policy
 from replay.result_format import loop_description
 from common.units import format_bytes
 from common.version import __version__
-from traces.atomic import atomic_file
 from traces.errors import UserError
 from traces.manifest import losses
 
@@ -177,15 +175,5 @@ def write_report(result: Result, output: Path, png_dir: Path | None = None, metr
     base = baseline_of(result, baseline)
     metrics = divergence(result, None if all_pairs else base)
     figures = report_figures(result, metrics, base)
-    with atomic_file(output) as out:
-        out.write(build_report(result, figures, metrics, base, fidelity).encode())
-    if png_dir is not None:
-        png_dir.mkdir(parents=True, exist_ok=True)
-        for n, (title, _, chart) in enumerate(figures):
-            if chart is not None:
-                with atomic_file(png_dir / f"{n + 1:02d}-{title.lower().replace(' ', '-')}.png") as out:
-                    out.write(png(chart))
-    if metrics_json is not None:
-        with atomic_file(metrics_json) as out:
-            out.write(json.dumps(metrics, indent=2).encode())
+    write_page(output, build_report(result, figures, metrics, base, fidelity), figures, png_dir, metrics, metrics_json)
     return metrics

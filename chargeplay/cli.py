@@ -476,20 +476,28 @@ def sweep(
 @app.command()
 @user_errors
 def report(
-    result: Annotated[Path, typer.Argument(help="result directory `chargeplay replay -o` wrote")],
+    results: Annotated[list[Path], typer.Argument(help="result directories `chargeplay replay -o` wrote (several: side by side)")],
     output: Annotated[Path, typer.Option("-o", "--output", help="HTML file to write")] = ...,
     png: Annotated[Optional[Path], typer.Option(help="also write each chart as PNG into this directory")] = None,
-    metrics: Annotated[Optional[Path], typer.Option("--json", help="also write the divergence metrics as JSON")] = None,
+    metrics: Annotated[Optional[Path], typer.Option("--json", help="also write the divergence metrics (several results: "
+                                                    "the compared figures) as JSON")] = None,
     baseline: Annotated[Optional[str], typer.Option(help="the policy the others are compared with (default: the model of "
                                                     "the trace's kernel, if replayed)")] = None,
     all_pairs: Annotated[bool, typer.Option("--all-pairs", help="compare every two policies, not each with the baseline")] = False,
 ) -> None:
-    """Write one self-contained HTML report: where, when and for whom the policies part ways."""
+    """Write one self-contained HTML report: where, when and for whom the policies part ways; several results side by side."""
+    from analyze.compare_page import write_comparison
     from analyze.report import write_report
     from analyze.results import Result
 
+    if len(results) > 1 and (baseline or all_pairs):
+        raise UserError("--baseline and --all-pairs are for the report of one result; several are compared policy by policy")
+    opened = [Result.open(result) for result in results]
     with err.status("writing the report"):
-        write_report(Result.open(result), output, png, metrics, baseline=baseline, all_pairs=all_pairs)
+        if len(opened) == 1:
+            write_report(opened[0], output, png, metrics, baseline=baseline, all_pairs=all_pairs)
+        else:
+            write_comparison(opened, output, png, metrics)
     err.print(f"report: {output}", markup=False, highlight=False)
 
 

@@ -420,3 +420,53 @@ def test_trace_strings_are_inert_in_the_report(tmp_path):
     assert elements(dom)["script"] == elements(html)["script"]  # no script element added
     metrics = json.loads(json.dumps(divergence(Result.open(tmp_path / "result"))))
     assert any(HOSTILE in row["task"] for pair in metrics["pairs"] for row in pair["by"]["task"])
+
+
+@pytest.fixture(scope="module")
+def two_results(tmp_path_factory) -> list:
+    """file-storm captured on 6.18 and on 6.1, replayed alike; the second with one policy more."""
+    root = tmp_path_factory.mktemp("two")
+    for name, extra in (("file-storm", []), ("file-storm-6.1", ["--policy", "watermark"])):
+        replayed = chargeplay("replay", str(sample_path(name)), "-o", str(root / name), "--memory-max", "28M", "--memory-high", "12M",
+                              "--policy", "mainline-6.1", "--policy", "caller-gfp", *extra)
+        assert replayed.returncode == 0, replayed.stderr
+    return [root / "file-storm", root / "file-storm-6.1"]
+
+
+def test_several_results_are_compared_policy_by_policy(two_results, tmp_path):
+    made = chargeplay("report", *map(str, two_results), "-o", str(tmp_path / "c.html"), "--json", str(tmp_path / "c.json"))
+    assert made.returncode == 0, made.stderr
+    compared = json.loads((tmp_path / "c.json").read_text())
+    assert compared["policies"] == ["mainline-6.1", "caller-gfp"]  # watermark: in one result only
+    assert [r["kernel"].split(".")[:2] for r in compared["results"]] == [["6", "18"], ["6", "1"]]
+    for path in two_results:
+        summary = json.loads((path / "summary.json").read_text())["policies"]
+        for name in compared["policies"]:
+            assert compared["figures"][path.name][name] == {key: summary[name][key] for key in compared["figures"][path.name][name]}
+    page = (tmp_path / "c.html").read_text()
+    table = page.split('<table class="side-by-side">')[1].split("</table>")[0]
+    assert table.count("<tr>") == 1 + 2 * 2  # the heading, then a row per policy and result
+
+
+@pytest.mark.skipif(BROWSER is None, reason="needs Chromium (Debian package chromium) to open the report")
+def test_the_comparison_draws_each_result(two_results, tmp_path):
+    made = chargeplay("report", *map(str, two_results), "-o", str(tmp_path / "c.html"))
+    assert made.returncode == 0, made.stderr
+    dom, log = render(tmp_path / "c.html", tmp_path)
+    assert "CONSOLE" not in log, [line for line in log.splitlines() if "CONSOLE" in line]
+    drawn = DrawnCharts(dom)
+    assert sorted(drawn.charts) == [0, 1, 2]
+    # usage: a line per policy in each result's panel
+    assert sorted(f["policy"] for f, _ in drawn.marks(0, "line")) == sorted(["mainline-6.1", "caller-gfp"] * 2)
+    bars = {(f["result"], f["policy"]): float(f["value"]) for f, _ in drawn.marks(1, "rect")}
+    assert bars == pytest.approx({(path.name, name): json.loads((path / "summary.json").read_text())["policies"][name]["page_seconds_above_high"]
+                                  for path in two_results for name in ("mainline-6.1", "caller-gfp")})
+
+
+def test_results_without_a_policy_in_common_or_with_pair_options_are_one_line(two_results, tmp_path):
+    other = tmp_path / "other"
+    replayed = chargeplay("replay", str(sample_path("file-storm")), "-o", str(other), "--memory-high", "12M", "--policy", "watermark")
+    assert replayed.returncode == 0, replayed.stderr
+    assert_user_error(chargeplay("report", str(two_results[0]), str(other), "-o", str(tmp_path / "x.html")), "no policy was replayed in all")
+    assert_user_error(chargeplay("report", *map(str, two_results), "-o", str(tmp_path / "x.html"), "--all-pairs"), "one result")
+    assert not (tmp_path / "x.html").exists()
