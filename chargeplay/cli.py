@@ -392,7 +392,7 @@ def sweep(
     open_loop: Annotated[bool, typer.Option("--open-loop", help=OPEN_LOOP_HELP)] = False,
     clock: Annotated[str, typer.Option(help=CLOCK_HELP)] = "task",
     engine: Annotated[str, typer.Option(help="fast (numba) or reference (plain Python)")] = "fast",
-    executor: Annotated[str, typer.Option(help="where the traces' sweeps run: local (this process), dask (a local cluster "
+    executor: Annotated[str, typer.Option(help="where several traces' sweeps run: local (this process), dask (a local cluster "
                                           "of worker processes) or dask=ADDRESS (a scheduler's workers)")] = "local",
 ) -> None:
     """Replay traces under each memory.high (or memory.max) of a range; chart what each costs, name the smallest that meets a criterion."""
