@@ -87,6 +87,19 @@ def _size(value: Optional[str], option: str) -> Optional[int]:
         raise UserError(f"{option}: {error}") from None
 
 
+def _limit(value: Optional[str], option: str) -> Optional[int]:
+    """A memory.max or memory.high to replay with: a size of at least a page, or `max` for no
+    limit, as the kernel writes it; None: not given (the trace's own)."""
+    from replay.ops import PAGE_SIZE, UNLIMITED
+
+    if value == "max":
+        return UNLIMITED * PAGE_SIZE
+    size = _size(value, option)
+    if size is not None and size < PAGE_SIZE:
+        raise UserError(f"{option} {value}: a limit below one page ({PAGE_SIZE} bytes); give a size like 64M, or max for no limit")
+    return size
+
+
 BUFFER_HELP = ("trace buffer per CPU, KiB: larger loses fewer events in a storm, at that much memory "
                "(default: tracefs 32768 in each of its 3 instances; eBPF 16384 in its one ring, which counts in its RSS)")
 
@@ -328,6 +341,7 @@ def replay(
 ) -> None:
     """Replay a trace under charge policies; write summary.json, timeseries.parquet, outcomes.parquet."""
     from replay import result_format, run
+    from replay.ops import PAGE_SIZE, UNLIMITED
     from traces.atomic import check_new_output
     from traces.reader import Trace
 
@@ -338,8 +352,11 @@ def replay(
     unseen = run.unseen_charges(source)
     if unseen:
         _say(f"warning: {unseen}")
-    limits = run.limits_for(source, _size(memory_max, "--memory-max"), _size(memory_high, "--memory-high"), swap,
+    limits = run.limits_for(source, _limit(memory_max, "--memory-max"), _limit(memory_high, "--memory-high"), swap,
                             closed_loop=not open_loop, clock=clock)
+    if limits.max_pages < limits.high_pages < UNLIMITED:
+        _say(f"warning: memory.high {format_bytes(limits.high_pages * PAGE_SIZE)} is above memory.max "
+             f"{format_bytes(limits.max_pages * PAGE_SIZE)}: usage never reaches it, so it never acts (as in the kernel)")
     with _steps_bar() as bar:
         task = bar.add_task("reading the trace", total=len(chosen))
 
@@ -414,7 +431,7 @@ def sweep(
     (swept, text), = ranges.items()
     values = _limit_range(text, f"--{swept.replace('_', '-')}")
     fixed_name = "memory_max" if swept == "memory_high" else "memory_high"
-    fixed = _size(memory_max if swept == "memory_high" else memory_high, f"--{fixed_name.replace('_', '-')}")
+    fixed = _limit(memory_max if swept == "memory_high" else memory_high, f"--{fixed_name.replace('_', '-')}")
     conditions = parse_criterion(criterion)
     chosen = _chosen_policies(policy_names, policies_file)
     _check_engine_and_clock(engine, clock)
@@ -574,6 +591,19 @@ def scrub(
 def _check_command(name: str) -> None:
     if shutil.which(name) is None:
         raise UserError(f"command not found: {name!r}; give a program on PATH or a path to one")
+
+
+@app.callback(invoke_without_command=True)
+def _options(
+    context: typer.Context,
+    version: Annotated[bool, typer.Option("--version", help="print chargeplay's version and exit", is_eager=True)] = False,
+) -> None:
+    if version:
+        print(f"chargeplay {__version__}")
+        raise typer.Exit()
+    if context.invoked_subcommand is None:
+        print(context.get_help())
+        raise typer.Exit(EXIT_USER_ERROR)
 
 
 def main() -> None:

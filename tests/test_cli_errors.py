@@ -11,7 +11,9 @@ import pytest
 import typer
 
 from chargeplay.cli import user_errors
+from common.version import __version__
 from conftest import CHARGEPLAY, assert_user_error, chargeplay
+from test_report import tiny_trace
 from traces.errors import UserError
 from traces.samples import DEFAULT_SAMPLE, sample_path
 
@@ -42,6 +44,34 @@ def test_flight_recorder_option_not_understood(tmp_path, option, value, words):
 def test_a_trace_buffer_smaller_than_a_page(tmp_path, command):
     assert_user_error(chargeplay(command, "-o", str(tmp_path / "t"), "--buffer-kb", "2", "--", "true"), "--buffer-kb 2", "4 or more")
     assert not (tmp_path / "t").exists()
+
+
+def test_version():
+    shown = chargeplay("--version")
+    assert shown.returncode == 0 and shown.stdout == f"chargeplay {__version__}\n"
+
+
+@pytest.mark.parametrize("value", ["0", "1", "4095"])
+def test_a_limit_below_a_page(tmp_path, value):
+    assert_user_error(chargeplay("replay", str(sample_path(DEFAULT_SAMPLE)), "-o", str(tmp_path / "r"), "--memory-max", value),
+                      f"--memory-max {value}", "below one page", "max for no limit")
+    assert not (tmp_path / "r").exists()
+
+
+def test_max_removes_the_traces_limit_and_a_high_above_max_is_said(tmp_path):
+    """The tiny trace of the report tests records memory.high 150 pages and memory.max 1000."""
+    tiny_trace(tmp_path / "trace")
+    limits = {}
+    for name, options in (("own", []), ("no-high", ["--memory-high", "max"]), ("no-max", ["--memory-max", "max"])):
+        replayed = chargeplay("replay", str(tmp_path / "trace"), "-o", str(tmp_path / name), "--policy", "mainline-6.18", *options)
+        assert replayed.returncode == 0 and "warning: memory.high" not in replayed.stderr, replayed.stderr
+        limits[name] = json.loads((tmp_path / name / "summary.json").read_text())["limits"]
+    assert (limits["own"]["high_bytes"], limits["own"]["max_bytes"]) == (150 * 4096, 1000 * 4096)
+    assert (limits["no-high"]["high_bytes"], limits["no-high"]["max_bytes"]) == (None, 1000 * 4096)
+    assert (limits["no-max"]["high_bytes"], limits["no-max"]["max_bytes"]) == (150 * 4096, None)
+    above = chargeplay("replay", str(tmp_path / "trace"), "-o", str(tmp_path / "above"), "--policy", "mainline-6.18",
+                       "--memory-high", "20M", "--memory-max", "16M")
+    assert above.returncode == 0 and "warning: memory.high 20.0 MiB is above memory.max 16.0 MiB" in above.stderr
 
 
 def test_command_not_found(tmp_path):
