@@ -593,17 +593,13 @@ def _check_command(name: str) -> None:
         raise UserError(f"command not found: {name!r}; give a program on PATH or a path to one")
 
 
-@app.callback(invoke_without_command=True)
+@app.callback(invoke_without_command=True)  # without a command: --version alone (no arguments at all show the help)
 def _options(
-    context: typer.Context,
     version: Annotated[bool, typer.Option("--version", help="print chargeplay's version and exit", is_eager=True)] = False,
 ) -> None:
     if version:
         print(f"chargeplay {__version__}")
         raise typer.Exit()
-    if context.invoked_subcommand is None:
-        print(context.get_help())
-        raise typer.Exit(EXIT_USER_ERROR)
 
 
 def main() -> None:
