@@ -53,20 +53,27 @@ class Policy:
     def validate(self) -> None:
         for knob, allowed in (("charge_unit", CHARGE_UNITS), ("slab_growth_gfp", SLAB_GROWTH), ("high_mode", HIGH_MODES)):
             if getattr(self, knob) not in allowed:
-                raise UserError(f"policy {self.name}: {knob} = {getattr(self, knob)!r}; choose one of {', '.join(allowed)}")
+                raise UserError(f"policy {self.name}: {knob} = {toml_text(getattr(self, knob))}; choose one of {', '.join(allowed)}")
         if not isinstance(self.shrunk_slab_counts, bool):
-            raise UserError(f"policy {self.name}: shrunk_slab_counts = {self.shrunk_slab_counts!r}; give true or false")
+            raise UserError(f"policy {self.name}: shrunk_slab_counts = {toml_text(self.shrunk_slab_counts)}; give true or false")
         for knob, low, high in (("stock_batch", 1, None), ("stock_memcgs", 1, NR_MEMCG_STOCK), ("max_reclaim_retries", 0, None),
                                 ("watermark_margin_pages", 0, None)):
             value = getattr(self, knob)
             if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
                 within = f">= {low}" if high is None else f"from {low} to {high}"
-                raise UserError(f"policy {self.name}: {knob} = {value!r}; give a whole number {within}")
+                raise UserError(f"policy {self.name}: {knob} = {toml_text(value)}; give a whole number {within}")
         if self.high_mode == "watermark" and self.watermark_margin_pages == 0:
             raise UserError(f"policy {self.name}: high_mode watermark needs watermark_margin_pages > 0")
 
     def knobs(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k not in ("name", "description")}
+
+
+def toml_text(value: object) -> str:
+    """A value as a TOML file writes it (true, "lazy", 3), for messages about one."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f'"{value}"' if isinstance(value, str) else str(value)
 
 
 KERNEL_4X = dict(charge_unit="slab", slab_growth_gfp="nowait-high-order", stock_batch=32, max_reclaim_retries=5,
@@ -148,19 +155,36 @@ def load_toml(path: Path) -> dict[str, Policy]:
     tables = document.get("policy")
     if not isinstance(tables, dict) or not tables:
         raise UserError(f"{path}: no [policy.NAME] tables; see chargeplay policies --help")
-    known = {f.name for f in fields(Policy)} - {"name"}
     policies = {}
     for name, table in tables.items():
-        if name in RESERVED_NAMES:
-            raise UserError(f"{path}: policy.{name}: {name!r} is a column of the result and the report; choose another name")
-        if not isinstance(table, dict):
-            raise UserError(f"{path}: policy.{name} is not a table")
-        unknown = set(table) - known - {"base"}
-        if unknown:
-            raise UserError(f"{path}: policy {name}: unknown keys {', '.join(sorted(unknown))}; the knobs are {', '.join(sorted(known))}")
-        base = get(table["base"]) if "base" in table else Policy(name, "")
-        settings = {k: v for k, v in table.items() if k != "base"}
-        policy = replace(base, name=name, description=settings.pop("description", base.description), **settings)
-        policy.validate()
-        policies[name] = policy
+        try:
+            policies[name] = _policy_of(name, table)
+        except UserError as error:
+            raise UserError(f"{path}: {error}") from None
     return policies
+
+
+def _policy_of(name: str, table: object) -> Policy:
+    """One [policy.NAME] table as a validated Policy."""
+    known = {f.name for f in fields(Policy)} - {"name"}
+    if name in RESERVED_NAMES:
+        raise UserError(f"policy.{name}: {name!r} is a column of the result and the report; choose another name")
+    if name in BUILTIN:
+        raise UserError(f"policy.{name}: a built-in policy's name; give yours another (base = \"{name}\" starts from it)")
+    if not isinstance(table, dict):
+        raise UserError(f"policy.{name} is not a table")
+    nested = [key for key, value in table.items() if isinstance(value, dict)]
+    if nested:  # [policy.mainline-6.18] unquoted reads as a table "18" inside a table "mainline-6"
+        raise UserError(f"[policy.{name}.{nested[0]}] is a table inside a table: quote a name with dots, "
+                        f"[policy.\"{name}.{nested[0]}\"]")
+    unknown = set(table) - known - {"base"}
+    if unknown:
+        raise UserError(f"policy {name}: unknown keys {', '.join(sorted(unknown))}; the knobs are {', '.join(sorted(known))}")
+    if not isinstance(table.get("description", ""), str) or not isinstance(table.get("base", ""), str):
+        key = "description" if not isinstance(table.get("description", ""), str) else "base"
+        raise UserError(f"policy {name}: {key} = {toml_text(table[key])}; give a string in quotes")
+    base = get(table["base"]) if "base" in table else Policy(name, "")
+    settings = {k: v for k, v in table.items() if k != "base"}
+    policy = replace(base, name=name, description=settings.pop("description", base.description), **settings)
+    policy.validate()
+    return policy
