@@ -506,10 +506,18 @@ def report(
     from analyze.compare_page import write_comparison
     from analyze.report import write_report
     from analyze.results import Result
+    from traces.atomic import check_new_file, check_new_output, make_private_dir
 
     if len(results) > 1 and (baseline or all_pairs):
         raise UserError("--baseline and --all-pairs are for the report of one result; several are compared policy by policy")
+    written = [output, *([metrics] if metrics else [])]
+    for path in written:
+        check_new_file(path)
+    if png is not None:
+        check_new_output(png)
     opened = [Result.open(result) for result in results]
+    for path in written:
+        make_private_dir(path.parent)
     with err.status("writing the report"):
         if len(opened) == 1:
             write_report(opened[0], output, png, metrics, baseline=baseline, all_pairs=all_pairs)

@@ -188,3 +188,22 @@ def test_a_file_the_system_refuses_is_one_line_naming_it(tmp_path, capsys):
         user_errors(writes_into_a_directory)()
     assert exit.value.exit_code == 2
     assert capsys.readouterr().err == f"error: {tmp_path / 'report.html'}: Is a directory\n"
+
+
+def test_report_writes_only_new_files_and_makes_their_directories(sample_copy, tmp_path):
+    """One rule for every -o: nothing already there is overwritten, missing parents are made; and
+    a --png that cannot be written is refused before the page is."""
+    replayed = chargeplay("replay", str(sample_copy), "-o", str(tmp_path / "r"), "--policy", "mainline-6.18", "--memory-high", "20M")
+    assert replayed.returncode == 0, replayed.stderr
+    existing = tmp_path / "old.html"
+    existing.write_text("kept")
+    assert_user_error(chargeplay("report", str(tmp_path / "r"), "-o", str(existing)), f"{existing} exists", "nothing is overwritten")
+    assert existing.read_text() == "kept"
+    (tmp_path / "dir").mkdir()
+    assert_user_error(chargeplay("report", str(tmp_path / "r"), "-o", str(tmp_path / "dir")), "exists")
+    (tmp_path / "png-file").write_text("")
+    assert_user_error(chargeplay("report", str(tmp_path / "r"), "-o", str(tmp_path / "new.html"), "--png", str(tmp_path / "png-file")),
+                      "png-file")
+    assert not (tmp_path / "new.html").exists()
+    made = chargeplay("report", str(tmp_path / "r"), "-o", str(tmp_path / "a" / "b" / "r.html"), "--json", str(tmp_path / "c" / "m.json"))
+    assert made.returncode == 0 and (tmp_path / "a" / "b" / "r.html").exists() and (tmp_path / "c" / "m.json").exists()

@@ -39,6 +39,13 @@ def check_new_output(path: Path) -> None:
         raise UserError(f"{path} exists and is not an empty directory; choose a new -o path")
 
 
+def check_new_file(path: Path) -> None:
+    """Refuse an output file that exists (or a directory, or a link, at its name): the same
+    rule as for output directories, nothing already written is overwritten."""
+    if path.is_symlink() or path.exists():
+        raise UserError(f"{path} exists; choose a new -o path (nothing is overwritten)")
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
