@@ -134,8 +134,23 @@ def info(
     _print_summary(summary)
 
 
+PIPED_WIDTH = 200  # columns when stdout is no terminal (rich would take 80 and cut names short)
+
+
+def _stdout() -> Console:
+    return Console(width=None if sys.stdout.isatty() else PIPED_WIDTH)
+
+
+def _table(*headings: str, **options: Any) -> Table:
+    """A table whose cells fold onto more lines where the terminal is narrow, never cut short."""
+    table = Table(**options)
+    for heading in headings:
+        table.add_column(heading, overflow="fold")
+    return table
+
+
 def _print_summary(s: dict[str, Any]) -> None:
-    out = Console()
+    out = _stdout()
     target = s["target"]
     out.print(f"[bold]{s['path']}[/]  status [bold]{s['status']}[/]" + (f" ({s['stop_reason']})" if s["stop_reason"] else ""), highlight=False)
     out.print(
@@ -151,11 +166,11 @@ def _print_summary(s: dict[str, Any]) -> None:
         out.print(f"flight recorder: dropped the oldest {d['segments']} segments ({d['events']:,} events, {format_bytes(d['bytes'])}; "
                   f"{d['first_ts_ns'] / 1e9:.1f} to {d['last_ts_ns'] / 1e9:.1f} s into the capture), the last at "
                   f"{d['last_dropped_wall']}", markup=False, highlight=False)
-    kinds = Table("kind", "events", title="events by kind", title_justify="left")
+    kinds = _table("kind", "events", title="events by kind", title_justify="left")
     for kind, count in s["events_by_kind"].items():
         kinds.add_row(kind, f"{count:,}")
     out.print(kinds)
-    classes = Table("gfp class", "allocations", "accounted", "failed", "accounted bytes", title="allocations by gfp class", title_justify="left")
+    classes = _table("gfp class", "allocations", "accounted", "failed", "accounted bytes", title="allocations by gfp class", title_justify="left")
     for row in s["gfp_classes"]:
         classes.add_row(row["gfp_class"], f"{row['allocations']:,}", f"{row['accounted']:,}", f"{row['failed']:,}", format_bytes(row["accounted_bytes"]))
     out.print(classes)
@@ -263,13 +278,13 @@ def validate(
                                      buffer_kb, steps)
         live.update("writing the report")
         write_report(Result.open(output / "result"), output / "report.html", fidelity=result)
-    table = Table("metric", "predicted", "observed", "relative error", "target",
+    table = _table("metric", "predicted", "observed", "relative error", "target",
                   title=f"fidelity: {result['model']}", title_justify="left")
     for row in result["rows"]:
         table.add_row(row["metric"], fidelity_check.format_value(row["predicted"], row["unit"]),
                       fidelity_check.format_value(row["observed"], row["unit"]),
                       fidelity_check.format_error(row), fidelity_check.format_target(row))
-    Console().print(table)
+    _stdout().print(table)
     if not result["measured"]:
         _say(f"warning: {result['reason']}")
     oom = result["oom_kills_cross_check"]
@@ -289,10 +304,10 @@ def policies(
     if as_json:
         print(json.dumps([{"name": p.name, "description": p.description, **p.knobs()} for p in chosen], indent=2))
         return
-    table = Table("policy", "what it is", "knobs")
+    table = _table("policy", "what it is", "knobs")
     for p in chosen:
         table.add_row(p.name, p.description, ", ".join(f"{k}={v}" for k, v in p.knobs().items()))
-    Console().print(table)
+    _stdout().print(table)
 
 
 def _chosen_policies(names: Optional[list[str]], policies_file: Optional[Path]) -> list[policy.Policy]:
@@ -365,13 +380,13 @@ def replay(
 
         summary = run.replay(source, output, chosen, limits, run.ENGINES[engine], step)
         bar.update(task, completed=len(chosen), description="written")
-    rows = Table("policy", "peak", "s above high", "failed", "forced", "reclaims", "stall ms", "run s", "fallbacks",
-                 title=f"{result_format.loop_description(summary['limits'])} loop")
+    rows = _table("policy", "peak", "s above high", "failed", "forced", "reclaims", "stall ms", "run s", "fallbacks", "failcnt",
+                  "OOM kills", title=f"{result_format.loop_description(summary['limits'])} loop")
     for name, s in summary["policies"].items():
         rows.add_row(name, format_bytes(s["peak_bytes"]), f"{s['seconds_above_high']:.3f}", f"{s['failed']:,}", f"{s['forced']:,}",
                      f"{sum(s['reclaim_calls'].values()):,}", f"{s['stall_ns_total'] / 1e6:.1f}", f"{s['run_seconds']:.3f}",
-                     f"{s['fallbacks']:,}")
-    Console().print(rows)
+                     f"{s['fallbacks']:,}", f"{s['failcnt']:,}", f"{s['oom_kills']:,}")
+    _stdout().print(rows)
     if (lost := losses(source.manifest)) is not None:
         err.print(f"warning: {lost} (summary.json: trace.lost)", markup=False, highlight=False)
     err.print(f"{output}: summary.json, timeseries.parquet, outcomes.parquet", markup=False, highlight=False)
@@ -466,7 +481,7 @@ def sweep(
         recommended = recommend(table, conditions)
         document |= {"trace": path, "recommended": recommended, "lost": lost.get(path)}
         write_sweep(output, table, document, build_sweep_page(table, document))
-        rows = Table("policy", f"recommended {LIMIT_NAMES[swept]}", *AT_RECOMMENDED,
+        rows = _table("policy", f"recommended {LIMIT_NAMES[swept]}", *AT_RECOMMENDED,
                      title=f"the smallest {LIMIT_NAMES[swept]} swept where {criterion} holds (and at every larger one)")
         for name, cells in at_recommended(table, recommended).items():
             rows.add_row(name, *cells)
@@ -478,13 +493,13 @@ def sweep(
         document |= {"traces": list(sources), "executor": executor, "recommended": recommended, "baselines": baselines,
                      "fleet": summary, "lost": lost}
         write_sweep(output, table, document, build_fleet_page(document))
-        rows = Table("policy", "traces met", "smallest", "median", "largest", "differ from baseline",
+        rows = _table("policy", "traces met", "smallest", "median", "largest", "differ from baseline",
                      title=f"recommended {LIMIT_NAMES[swept]} across {len(paths)} traces ({criterion})")
         for name, s in summary.items():
             rows.add_row(name, f"{s['traces'] - s['none_in_range']} of {s['traces']}",
                          *(format_bytes(s[k]) if s[k] is not None else "-" for k in ("smallest", "median", "largest")),
                          f"{len(s['differs_from_baseline'])}")
-    Console().print(rows)
+    _stdout().print(rows)
     for path, said in lost.items():
         err.print(f"warning: {said}" if len(paths) == 1 else f"warning: {path}: {said}", markup=False, highlight=False)
     err.print(f"{output}: sweep.parquet, sweep.json, sweep.html", markup=False, highlight=False)

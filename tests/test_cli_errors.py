@@ -3,6 +3,7 @@ error: said to be a bug, with its traceback, exit code 70."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -207,3 +208,14 @@ def test_report_writes_only_new_files_and_makes_their_directories(sample_copy, t
     assert not (tmp_path / "new.html").exists()
     made = chargeplay("report", str(tmp_path / "r"), "-o", str(tmp_path / "a" / "b" / "r.html"), "--json", str(tmp_path / "c" / "m.json"))
     assert made.returncode == 0 and (tmp_path / "a" / "b" / "r.html").exists() and (tmp_path / "c" / "m.json").exists()
+
+
+
+def test_tables_are_whole_when_piped(tmp_path):
+    """Through a pipe (as here) a table is as wide as it needs: no policy name or heading cut
+    short; the replay table has the memcg's failcnt and OOM kills."""
+    shown = chargeplay("replay", str(sample_path(DEFAULT_SAMPLE)), "-o", str(tmp_path / "r"), "--memory-high", "15M")
+    assert shown.returncode == 0, shown.stderr
+    cells = {cell.strip() for line in shown.stdout.splitlines() for cell in re.split("[│┃]", line)}
+    assert "…" not in shown.stdout
+    assert {"fail-nowait-above-high", "nowait-slab-charge", "failcnt", "OOM kills", "s above high"} <= cells
