@@ -87,6 +87,9 @@ def _size(value: Optional[str], option: str) -> Optional[int]:
         raise UserError(f"{option}: {error}") from None
 
 
+SIZES = "; K, M, G and T are KiB, MiB, GiB and TiB"
+
+
 def _limit(value: Optional[str], option: str) -> Optional[int]:
     """A memory.max or memory.high to replay with: a size of at least a page, or `max` for no
     limit, as the kernel writes it; None: not given (the trace's own)."""
@@ -181,8 +184,8 @@ def _print_summary(s: dict[str, Any]) -> None:
 def collect(
     command: Annotated[Optional[list[str]], typer.Argument(help="workload to run in a new limited memcg (after --)")] = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="trace directory to create")] = ...,
-    memory_max: Annotated[Optional[str], typer.Option(help="memcg hard limit for the workload, e.g. 64M")] = None,
-    memory_high: Annotated[Optional[str], typer.Option(help="memcg high limit (cgroup v2 only), e.g. 48M")] = None,
+    memory_max: Annotated[Optional[str], typer.Option(help="memcg hard limit for the workload, e.g. 64M" + SIZES)] = None,
+    memory_high: Annotated[Optional[str], typer.Option(help="memcg high limit (cgroup v2 only), e.g. 48M" + SIZES)] = None,
     duration: Annotated[Optional[float], typer.Option(help="stop after this many seconds")] = None,
     cgroup: Annotated[Optional[str], typer.Option(help="trace an existing cgroup instead of running a command")] = None,
     segment_events: Annotated[int, typer.Option(help="close a segment after this many events")] = 2_000_000,
@@ -256,8 +259,8 @@ def _capture_display(live: Live) -> Callable[[Progress], None]:
 def validate(
     command: Annotated[list[str], typer.Argument(help="workload to run in a new limited memcg (after --)")],
     output: Annotated[Path, typer.Option("-o", "--output", help="directory to create: trace, result, fidelity.json, report.html")] = ...,
-    memory_max: Annotated[Optional[str], typer.Option(help="memcg hard limit for the workload, e.g. 28M")] = None,
-    memory_high: Annotated[Optional[str], typer.Option(help="memcg high limit (cgroup v2 only), e.g. 24M")] = None,
+    memory_max: Annotated[Optional[str], typer.Option(help="memcg hard limit for the workload, e.g. 28M" + SIZES)] = None,
+    memory_high: Annotated[Optional[str], typer.Option(help="memcg high limit (cgroup v2 only), e.g. 24M" + SIZES)] = None,
     buffer_kb: Annotated[Optional[int], typer.Option(help=BUFFER_HELP + "; a trace that loses events certifies nothing")] = None,
 ) -> None:
     """Capture a workload under a limit (root), replay it under the running kernel's model, compare with what the kernel did."""
@@ -347,8 +350,8 @@ def replay(
     output: Annotated[Path, typer.Option("-o", "--output", help="result directory to create")] = ...,
     policy_names: Annotated[Optional[list[str]], typer.Option("--policy", help=POLICY_HELP)] = None,
     policies_file: Annotated[Optional[Path], typer.Option("--policies", help=POLICIES_FILE_HELP)] = None,
-    memory_max: Annotated[Optional[str], typer.Option(help="memory.max to replay with (default: the trace's)")] = None,
-    memory_high: Annotated[Optional[str], typer.Option(help="memory.high to replay with (default: the trace's)")] = None,
+    memory_max: Annotated[Optional[str], typer.Option(help="memory.max to replay with, or max for none (default: the trace's)" + SIZES)] = None,
+    memory_high: Annotated[Optional[str], typer.Option(help="memory.high to replay with, or max for none (default: the trace's)" + SIZES)] = None,
     swap: Annotated[bool, typer.Option("--swap", help="let reclaim take anon pages")] = False,
     open_loop: Annotated[bool, typer.Option("--open-loop", help=OPEN_LOOP_HELP)] = False,
     clock: Annotated[str, typer.Option(help=CLOCK_HELP)] = "task",
@@ -414,8 +417,8 @@ def _limit_range(value: str, option: str) -> list[int]:
 def sweep(
     traces: Annotated[list[Path], typer.Argument(help="trace directories, or directories of them (several: a fleet)")],
     output: Annotated[Path, typer.Option("-o", "--output", help="directory to create: sweep.parquet, sweep.json, sweep.html")] = ...,
-    memory_high: Annotated[Optional[str], typer.Option(help="memory.high: FROM:TO:STEP to sweep (e.g. 4M:32M:2M), or one size (default: the trace's)")] = None,
-    memory_max: Annotated[Optional[str], typer.Option(help="memory.max: FROM:TO:STEP to sweep, or one size (default: the trace's)")] = None,
+    memory_high: Annotated[Optional[str], typer.Option(help="memory.high: FROM:TO:STEP to sweep (e.g. 4M:32M:2M), or one size (default: the trace's)" + SIZES)] = None,
+    memory_max: Annotated[Optional[str], typer.Option(help="memory.max: FROM:TO:STEP to sweep, or one size (default: the trace's)" + SIZES)] = None,
     criterion: Annotated[str, typer.Option(help="what the recommended limit must achieve: conditions on stretch (%), oom, "
                                            "failed, fallbacks (counts), above (s), stall (ms), joined by commas")] = "stretch<=5%,oom=0",
     policy_names: Annotated[Optional[list[str]], typer.Option("--policy", help=POLICY_HELP)] = None,
