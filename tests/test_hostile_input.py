@@ -177,7 +177,8 @@ def test_replay_refuses_an_output_that_is_a_symlink(tmp_path):
 
 def test_report_writes_through_no_link_at_its_output_or_temporary_name(good_result, tmp_path):
     """In a shared directory, links planted at the report's name and at its temporary name
-    (.NAME.tmp) must not make the report overwrite what they point to."""
+    (.NAME.tmp) must not make the report overwrite what they point to: a link at its name is
+    something already there, refused in one line; one at the temporary name is replaced."""
     victims = [tmp_path / "victim1", tmp_path / "victim2"]
     for victim in victims:
         victim.write_text("precious")
@@ -185,6 +186,8 @@ def test_report_writes_through_no_link_at_its_output_or_temporary_name(good_resu
     shared.mkdir()
     (shared / "report.html").symlink_to(victims[0])
     (shared / ".report.html.tmp").symlink_to(victims[1])
+    assert_user_error(chargeplay("report", str(good_result), "-o", str(shared / "report.html")), "report.html exists")
+    (shared / "report.html").unlink()
     reported = chargeplay("report", str(good_result), "-o", str(shared / "report.html"))
     assert reported.returncode == 0, reported.stderr
     assert [victim.read_text() for victim in victims] == ["precious", "precious"]
