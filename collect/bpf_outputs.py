@@ -69,14 +69,20 @@ class BpfMap:
         os.close(self.fd)
 
 
+def _copy_wrapping(data: np.ndarray, start: int, length: int) -> np.ndarray:
+    """`length` bytes of a ring's data from `start`, copied out: in two slices where they wrap."""
+    end = start + length
+    return data[start:end].copy() if end <= data.size else np.concatenate((data[start:], data[: end - data.size]))
+
+
 class RingReader:
     """Batch consumer of a BPF ring buffer map of fixed-size records.
 
     The consumer page is mapped read-write, the producer page and data read-only. The data
     is mapped once, not twice in a row as libbpf does so that a batch is one slice where it
     wraps: the batch is copied out anyway, in two slices where it wraps, and a second mapping
-    would count the ring twice in this process's RSS. Each record is an 8-byte header (u32 length, bit 31 busy, bit 30 discarded;
-    u32 page offset) and the payload, padded to 8 bytes.
+    would count the ring twice in this process's RSS. Each record is an 8-byte header (u32
+    length, bit 31 busy, bit 30 discarded; u32 page offset) and the payload, padded to 8 bytes.
     """
 
     HEADER = 8
@@ -98,8 +104,7 @@ class RingReader:
         consumer, producer = int(self.consumer_pos[0]), int(self.producer_pos[0])
         start = consumer & (self.size - 1)
         length = producer - consumer if limit is None else min(producer - consumer, limit * self.stride)
-        end = start + length
-        chunk = self.data[start:end].copy() if end <= self.size else np.concatenate((self.data[start:], self.data[: end - self.size]))
+        chunk = _copy_wrapping(self.data, start, length)
         if chunk.size % self.stride:
             raise RuntimeError(f"BPF ring buffer holds {chunk.size} bytes, not whole {self.stride}-byte records")
         lengths = chunk.view(np.uint32)[:: self.stride // 4]
@@ -169,14 +174,13 @@ class PerfReader:
             control = np.frombuffer(buffer, np.uint64, 2, offset=_DATA_HEAD)
             head, tail = int(control[0]), int(control[1])
             data = np.frombuffer(buffer, np.uint8, self.size, offset=mmap.PAGESIZE)
-            start, length = tail % self.size, head - tail if limit_bytes is None else min(head - tail, limit_bytes)
-            first = data[start : start + length]
-            chunk = np.concatenate([first, data[: length - first.size]])
+            length = head - tail if limit_bytes is None else min(head - tail, limit_bytes)
+            chunk = _copy_wrapping(data, tail % self.size, length)
             offsets = np.empty(chunk.size // 16, np.int64)
             n, whole = _perf_samples(chunk.view(np.uint64), offsets)
             control[1] = tail + whole  # the kernel may reuse the space now
             cpus.append((chunk, offsets[:n], tail + whole < head))
-            del control, data, first
+            del control, data
         return cpus
 
     def close(self) -> None:

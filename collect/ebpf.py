@@ -65,7 +65,8 @@ class Loader(bpf_loader.Loader):
 
     def __init__(self, options: CaptureOptions) -> None:
         output, output_note = choose_output(options.bpf_output)
-        super().__init__(output, _output_pages(options.buffer_kb), options.all_allocations)
+        self.pages = _output_pages(options.buffer_kb)  # (records, named)
+        super().__init__(output, self.pages, options.all_allocations)
         if output_note:
             self.notes.insert(0, output_note)
 
@@ -83,7 +84,7 @@ class EbpfCollector(Collector):
 
     def _open_sources(self, root: Path) -> None:
         loader = self.loader
-        pages = _output_pages(self.options.buffer_kb)
+        pages = loader.pages
         if loader.output == "perf":  # the same pages, split between the CPUs
             cpus = len(bpf_outputs.online_cpus())
             self.outputs = [PerfReader(BpfMap(fd, ct.c_uint32, ct.c_uint32), _power_of_two(n // cpus), size)
@@ -146,7 +147,7 @@ class EbpfCollector(Collector):
             loader = self.loader
             self.manifest["ebpf"] = {"output": loader.output, "objects_evicted": sum(self._counter(OBJECTS_EVICTED_SLOT)),
                                      "record_bytes": RECORD_SIZE, "ctx": "not recorded (null)",
-                                     "buffer_bytes": [page_count * mmap.PAGESIZE for page_count in _output_pages(self.options.buffer_kb)],
+                                     "buffer_bytes": [page_count * mmap.PAGESIZE for page_count in loader.pages],
                                      "btf_seconds": round(loader.facts_seconds, 4), "load_seconds": round(loader.load_seconds, 4), "tracepoints_absent": loader.absent,
                                      "charge_probes": loader.charge_functions}
         super()._write_manifest()
