@@ -1,9 +1,9 @@
 """Where, when and for whom two policies part ways.
 
-For each pair of policies (each against a baseline, or every two): the first time their usage differs, the charges whose outcome
-differs (grouped by call site, what was charged, cache, gfp class and task), and the
-differences in time above memory.high, failures, stall and min-order fallbacks. Across all
-pairs: the call sites a policy change affects most.
+For each pair of policies (each against a baseline, or every two): the first time their
+usage differs, the charges whose outcome differs (grouped by call site, what was charged,
+cache, gfp class and task), and the differences in time above memory.high, failures, stall
+and min-order fallbacks. Across all pairs: the call sites a policy change affects most.
 """
 from __future__ import annotations
 

@@ -10,8 +10,8 @@ import polars as pl
 
 from analyze.charts import MIB, WIDTH, policy_colour
 from analyze.criterion import Condition, recommend
-from analyze.html import page
-from analyze.sweep_page import LIMIT_NAMES
+from analyze.html import facts_table, page
+from analyze.sweep_page import LIMIT_NAMES, sweep_facts
 from common.units import format_bytes
 
 
@@ -44,13 +44,7 @@ def build_fleet_page(document: dict) -> str:
     limit_name = LIMIT_NAMES[swept["limit"]]
     recommended, summary = document["recommended"], document["fleet"]
     policies = list(summary)
-    facts = [
-        ("traces", f"{len(recommended)}, swept with --executor {document['executor']}"),
-        ("swept", f"{limit_name} from {format_bytes(swept['values'][0])} to {format_bytes(swept['values'][-1])}, "
-                  f"{len(swept['values'])} limits"),
-        ("the other limit", document["fixed"]), ("replayed with", document["replayed_with"]), ("criterion", document["criterion"]),
-    ]
-    rows = "".join(f"<tr><td>{escape(k)}</td><td>{escape(str(v))}</td></tr>" for k, v in facts)
+    facts = facts_table([("traces", f"{len(recommended)}, swept with --executor {document['executor']}"), *sweep_facts(document)])
     careful = "".join(f'<p class="warning">Careful: {escape(trace)}: {escape(lost)}.</p>' for trace, lost in document["lost"].items())
     across = "".join(
         f"<tr><td>{escape(name)}</td><td>{s['traces'] - s['none_in_range']} of {s['traces']}</td><td>{escape(_limit(s['smallest']))}</td>"
@@ -59,7 +53,7 @@ def build_fleet_page(document: dict) -> str:
     per_trace = "".join(f"<tr><td>{escape(trace)}</td>" + "".join(f"<td>{escape(_limit(limits[p]))}</td>" for p in policies) + "</tr>"
                         for trace, limits in recommended.items())
     body = [
-        f"<h1>chargeplay sweep of {len(recommended)} traces: which {escape(limit_name)} to set</h1>\n<table class=\"facts\">{rows}</table>",
+        f"<h1>chargeplay sweep of {len(recommended)} traces: which {escape(limit_name)} to set</h1>\n{facts}",
         careful,
         f"<h2>Across the fleet</h2>\n<p class=\"what\">Per policy, how many traces a limit in the range meets the criterion for, "
         f"and the recommended {escape(limit_name)} (the smallest from which it holds) across them; and in how many traces the "

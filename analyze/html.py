@@ -47,6 +47,12 @@ def page(title: str, body: list[str], figures: list[Figure], script: str = "") -
     )
 
 
+def facts_table(facts: list[tuple[str, object]]) -> str:
+    """A page's facts, a row each: name, then value (both escaped)."""
+    rows = "".join(f"<tr><td>{escape(name)}</td><td>{escape(str(value))}</td></tr>" for name, value in facts)
+    return f'<table class="facts">{rows}</table>'
+
+
 def script_json(value: object) -> str:
     """JSON safe inside <script>: no trace string can close the element or look like markup."""
     return json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")

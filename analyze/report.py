@@ -1,6 +1,6 @@
 """`chargeplay report`: one self-contained HTML file (analyze.html), with the trace's facts,
-a summary table and every chart with a sentence on what it shows. Every string that came from a trace is escaped: task names, cache names and
-symbols are data, never markup."""
+a summary table and every chart with a sentence on what it shows. Every string that came
+from a trace is escaped: task names, cache names and symbols are data, never markup."""
 from __future__ import annotations
 
 from html import escape
@@ -14,7 +14,7 @@ from analyze import charts
 from analyze.divergence import divergence
 from analyze.drill_down import drill_down
 from analyze.fidelity import format_error, format_target, format_value
-from analyze.html import Figure, page, write_page
+from analyze.html import Figure, facts_table, page, write_page
 from analyze.results import Result
 from analyze.verdict import verdict
 from replay import policy
@@ -98,9 +98,8 @@ def _header(result: Result) -> str:
                           f"+ {limits['reclaim_ns_per_page']:,} ns/page, "
                           f"{loop_description(limits)} loop"),
     ]
-    rows = "".join(f"<tr><td>{escape(k)}</td><td>{escape(v)}</td></tr>" for k, v in facts)
     return (f"<h1>chargeplay: how the memcg charge policies part ways</h1>\n"
-            f"<table class=\"facts\">{rows}</table>\n<p class=\"what\">chargeplay {escape(__version__)}</p>")
+            f"{facts_table(facts)}\n<p class=\"what\">chargeplay {escape(__version__)}</p>")
 
 
 SUMMARY_COLUMNS = (

@@ -2,7 +2,6 @@
 against the limit, and the smallest limit that meets the criterion, per policy."""
 from __future__ import annotations
 
-import json
 from html import escape
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import polars as pl
 
 from analyze.charts import COUNT_AXIS, MIB, WIDTH, policy_colour, value_scale
 from analyze.criterion import METRICS, Condition
-from analyze.html import Figure, page
+from analyze.html import Figure, facts_table, page, write_page
 from common.units import format_bytes
 from traces.atomic import atomic_file, make_private_dir
 
@@ -47,22 +46,24 @@ def sweep_figures(table: pl.DataFrame, swept: str) -> list[Figure]:
             for column, title, axis, scale in CURVES]
 
 
+def sweep_facts(document: dict) -> list[tuple[str, str]]:
+    """What a sweep's page says of how it ran: the range, the other limit, the replay, the criterion."""
+    swept = document["swept"]
+    return [
+        ("swept", f"{LIMIT_NAMES[swept['limit']]} from {format_bytes(swept['values'][0])} to {format_bytes(swept['values'][-1])}, "
+                  f"{len(swept['values'])} limits"),
+        ("the other limit", document["fixed"]), ("replayed with", document["replayed_with"]), ("criterion", document["criterion"]),
+    ]
+
+
 def build_sweep_page(table: pl.DataFrame, document: dict) -> str:
     """The page: what was swept, the recommendations, then a curve per figure."""
     swept = document["swept"]
     limit_name = LIMIT_NAMES[swept["limit"]]
-    facts = [
-        ("trace", document["trace"]),
-        ("swept", f"{limit_name} from {format_bytes(swept['values'][0])} to {format_bytes(swept['values'][-1])}, "
-                  f"{len(swept['values'])} limits"),
-        ("the other limit", document["fixed"]),
-        ("replayed with", document["replayed_with"]),
-        ("criterion", document["criterion"]),
-    ]
-    rows = "".join(f"<tr><td>{escape(k)}</td><td>{escape(str(v))}</td></tr>" for k, v in facts)
     careful = [f'<p class="warning">Careful: {escape(document["lost"])}.</p>'] if document["lost"] else []
-    body = [f"<h1>chargeplay sweep: which {escape(limit_name)} to set</h1>\n<table class=\"facts\">{rows}</table>",
-            *careful, _recommendations(table, document, limit_name)]
+    facts = facts_table([("trace", document["trace"]), *sweep_facts(document)])
+    body = [f"<h1>chargeplay sweep: which {escape(limit_name)} to set</h1>\n{facts}", *careful,
+            _recommendations(table, document, limit_name)]
     return page(f"chargeplay sweep: {document['trace']}", body, sweep_figures(table, swept["limit"]))
 
 
@@ -103,7 +104,4 @@ def write_sweep(output: Path, table: pl.DataFrame, document: dict, html: str) ->
     make_private_dir(output)
     with atomic_file(output / "sweep.parquet") as out:
         table.write_parquet(out)
-    with atomic_file(output / "sweep.json") as out:
-        out.write(json.dumps(document, indent=2).encode())
-    with atomic_file(output / "sweep.html") as out:
-        out.write(html.encode())
+    write_page(output / "sweep.html", html, [], None, document, output / "sweep.json")
