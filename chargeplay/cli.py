@@ -400,11 +400,13 @@ MAX_SWEEP_LIMITS = 200
 
 def _limit_range(value: str, option: str) -> list[int]:
     """FROM:TO:STEP, sizes: FROM, FROM+STEP, ... up to TO."""
+    from replay.ops import PAGE_SIZE
+
     parts = value.split(":")
     if len(parts) != 3:
         raise UserError(f"{option} {value}: a sweep takes FROM:TO:STEP, e.g. {option} 8M:64M:4M")
     first, last, step = (_size(part, option) for part in parts)
-    if None in (first, last, step) or not 4096 <= first <= last or step <= 0:
+    if None in (first, last, step) or not PAGE_SIZE <= first <= last or step <= 0:
         raise UserError(f"{option} {value}: FROM must be at least 4K and at most TO, and STEP more than 0, e.g. 8M:64M:4M")
     count = (last - first) // step + 1
     if count > MAX_SWEEP_LIMITS:
@@ -439,17 +441,17 @@ def sweep(
     from chargeplay import fleet
     from replay.result_format import loop_description
     from replay.run import limits_document
-    from replay.sweep import SweepSpec, sweep_path
+    from replay.sweep import OTHER_LIMIT, SweepSpec, sweep_path
     from traces.atomic import check_new_output
     from traces.reader import Trace
 
-    ranges = {name: value for name, value in (("memory_high", memory_high), ("memory_max", memory_max)) if value and ":" in value}
+    given = {"memory_high": memory_high, "memory_max": memory_max}
+    ranges = [name for name, value in given.items() if value and ":" in value]
     if len(ranges) != 1:
         raise UserError("sweep one limit: give --memory-high FROM:TO:STEP (or --memory-max FROM:TO:STEP), the other as one size or not at all")
-    (swept, text), = ranges.items()
-    values = _limit_range(text, f"--{swept.replace('_', '-')}")
-    fixed_name = "memory_max" if swept == "memory_high" else "memory_high"
-    fixed = _limit(memory_max if swept == "memory_high" else memory_high, f"--{fixed_name.replace('_', '-')}")
+    swept, fixed_name = ranges[0], OTHER_LIMIT[ranges[0]]
+    values = _limit_range(given[swept], f"--{swept.replace('_', '-')}")
+    fixed = _limit(given[fixed_name], f"--{fixed_name.replace('_', '-')}")
     conditions = parse_criterion(criterion)
     chosen = _chosen_policies(policy_names, policies_file)
     _check_engine_and_clock(engine, clock)
@@ -459,7 +461,7 @@ def sweep(
     sources = {str(path): Trace.open(path) for path in paths}  # each refused here, in one line, if it is no whole trace
     spec = SweepSpec(chosen, swept, values, fixed, swap, not open_loop, clock, engine)
     first = limits_document(spec.base(next(iter(sources.values()))))
-    fixed_bytes = first["max_bytes" if swept == "memory_high" else "high_bytes"]
+    fixed_bytes = first["max_bytes" if fixed_name == "memory_max" else "high_bytes"]
     if fixed is not None or len(paths) == 1:
         fixed_text = (format_bytes(fixed_bytes) if fixed_bytes is not None else "unlimited") + ("" if fixed is not None else " (the trace's)")
     else:

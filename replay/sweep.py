@@ -16,6 +16,7 @@ from replay.policy import Policy
 from replay.run import ENGINES, Engine, PolicyRuns, limits_document, limits_for
 from traces.reader import Trace
 
+OTHER_LIMIT = {"memory_high": "memory_max", "memory_max": "memory_high"}  # the one a sweep keeps, by the one it varies
 # Each policy's figures at each limit (summary.json's names), and the reclaim calls summed.
 FIGURES = ("peak_bytes", "seconds_above_high", "page_seconds_above_high", "stretch", "run_seconds", "stall_ns_total",
            "throttle_ns", "failed", "forced", "oom_kills", "fallbacks", "failcnt", "high_events", "max_events")
@@ -68,7 +69,7 @@ class SweepSpec:
 
     def base(self, trace: Trace) -> Limits:
         """The trace's limits with the swept one at its first value and the other as given."""
-        sizes = {self.swept: self.values[0], "memory_high" if self.swept == "memory_max" else "memory_max": self.fixed}
+        sizes = {self.swept: self.values[0], OTHER_LIMIT[self.swept]: self.fixed}
         return limits_for(trace, sizes["memory_max"], sizes["memory_high"], self.swap, self.closed_loop, self.clock)
 
 
