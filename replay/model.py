@@ -64,9 +64,11 @@ The approximations:
   after it (LRU_OOM_FREED) only pay off what the model's own kill of that task took; a task
   the model has not killed keeps its own, until the model kills it (pages beyond its own, COW
   originals another task charged, are uncharged). A charge the kernel failed without a kill
-  (FAILED_CHARGE: a THP fault's, a dying task's) is replayed the same way. Through either, as
-  much of the model's room as the other CPUs' page stocks could hold unseen is held
-  (drain_all_stock only schedules their drain): up to a batch per CPU. A task the model's OOM
+  (FAILED_CHARGE: a THP fault's, a dying task's) is replayed the same way. Either drains the
+  charging CPU's stock first (the kernel's charge did), and holds as much of the model's room
+  as the other CPUs' page stocks could hold unseen (drain_all_stock only schedules their
+  drain): up to a batch per CPU, until an OOM kill (milliseconds: the drain work has run by
+  its end) or the charge's end. A task the model's OOM
   killer chose stays dying until the trace's end, whatever the trace shows it doing: its
   charges at the limit kill nobody and fail (task_is_dying).
 - Page stocks are per CPU and memcg: a CPU caches stock_memcgs memcgs (1 before 6.16,
@@ -126,7 +128,8 @@ UNMAPPED = DEBT + 8  # anon pages unmapped and still charged (not yet freed)
 # shrunk meanwhile, which wait for the next one. NOW: the time of the operation being replayed; TRACE_NOW:
 # its time in the trace.
 RCU_WAITING, RCU_NEXT, RCU_GP_END, NOW, TRACE_NOW = DEBT + 9, DEBT + 10, DEBT + 11, DEBT + 12, DEBT + 13
-FREED_FOLIOS = DEBT + 14  # memcg[FREED_FOLIOS + order]: freed folios still to leave the file LRU
+UNDRAINED = DEBT + 14  # pages held for the other CPUs' stocks while their drain work has not run
+FREED_FOLIOS = DEBT + 15  # memcg[FREED_FOLIOS + order]: freed folios still to leave the file LRU
 # memcg[OBJCG_BYTES + i]: bytes pre-charged to memcg i's objcg that no object stock holds (nr_charged_bytes)
 OBJCG_BYTES = FREED_FOLIOS + 64
 MAX_MEMCGS = 256  # the target and the memcgs below it, by index (replay.input)
@@ -273,13 +276,27 @@ def drain_stock(memcg, per_cpu, cpu, slot):
 
 
 @njit
+def drain_local_stock(memcg, per_cpu, cpu):
+    """Drain every slot of one CPU's page stock (drain_local_memcg_stock)."""
+    for slot in range(NR_MEMCG_STOCK):
+        drain_stock(memcg, per_cpu, cpu, slot)
+
+
+@njit
 def drain_all_stock(memcg, per_cpu):
     """Drain every CPU's page stock at once, every memcg's: all are the target's or below it
     (the kernel drains the other CPUs asynchronously: charge_the_kernel_could_not_make
     accounts for that)."""
     for cpu in range(per_cpu.shape[0]):
-        for slot in range(NR_MEMCG_STOCK):
-            drain_stock(memcg, per_cpu, cpu, slot)
+        drain_local_stock(memcg, per_cpu, cpu)
+
+
+@njit
+def drain_work_ran(memcg):
+    """The drain work drain_all_stock scheduled on the other CPUs has run: the pages held for
+    their stocks (charge_the_kernel_could_not_make) are uncharged."""
+    page_counter_uncharge(memcg, memcg[UNDRAINED])
+    memcg[UNDRAINED] = 0
 
 
 @njit
@@ -350,8 +367,10 @@ def try_charge_memcg(memcg, stats, knobs, per_cpu, per_task, gfp, nr_pages, cpu,
             return nomem(memcg, stats, knobs, gfp, nr_pages, reclaimed_once)
         if mem_cgroup_oom(memcg, stats, per_task, nr_pages, task) < 0:
             return nomem(memcg, stats, knobs, gfp, nr_pages, reclaimed_once)
+        if not dying:  # a kill: dump_header takes milliseconds, in which the other CPUs ran their drain work
+            drain_work_ran(memcg)
+            oom_killed = True
         passed_oom = True
-        oom_killed = oom_killed or not dying
         retries = knobs[MAX_RECLAIM_RETRIES]
     stats[CHARGES] += 1
     if batch > nr_pages:
@@ -760,19 +779,21 @@ def charge_the_kernel_could_not_make(memcg, stats, knobs, per_cpu, per_task, nr_
     task went on without them (a THP fault falls back to small pages, which the trace
     charges).
 
-    The kernel's margin stayed below nr_pages through its reclaim and drain_all_stock, but
-    the kernel may hold pages there the trace cannot show: drain_all_stock drains only the
-    charging CPU's stock itself and schedules work to drain the others (schedule_work_on),
-    which the charge does not wait for, so up to MEMCG_CHARGE_BATCH pages on each other CPU
-    can still be charged when the OOM killer runs. So much of the model's room as those
-    stocks explain is held through the charge, and uncharged after it, when the drain work
-    has run."""
-    held = min(max(room(memcg, knobs, per_cpu, gfp) - nr_pages + 1, 0), knobs[STOCK_BATCH] * (per_cpu.shape[0] - 1))
-    memcg[USAGE] += held
+    The kernel's charge drained its own CPU's stock (drain_all_stock drains the charging CPU
+    itself): the model drains it too. The kernel's margin stayed below nr_pages through its
+    reclaim, but the kernel may hold pages there the trace cannot show: drain_all_stock only
+    schedules work to drain the other CPUs' stocks (schedule_work_on), which the charge does
+    not wait for, so up to MEMCG_CHARGE_BATCH pages on each other CPU can still be charged
+    while it reclaims. So much of the model's room as those stocks explain is held
+    (UNDRAINED) until that work has run: once the OOM killer has, or after the charge."""
+    drain_local_stock(memcg, per_cpu, cpu)
+    memcg[UNDRAINED] = min(max(room(memcg, knobs, per_cpu, gfp) - nr_pages + 1, 0),
+                           knobs[STOCK_BATCH] * (per_cpu.shape[0] - 1))
+    memcg[USAGE] += memcg[UNDRAINED]
     outcome = try_charge_memcg(memcg, stats, knobs, per_cpu, per_task, gfp, nr_pages, cpu, task, irq, memcg_ix)
     if outcome != FAILED:
         page_counter_uncharge(memcg, nr_pages)
-    page_counter_uncharge(memcg, held)
+    drain_work_ran(memcg)
     return outcome
 
 
@@ -821,9 +842,17 @@ def free_oom_victim_anon(memcg, per_task, nr_pages, task):
     kill of it took are paid off; those it charged itself stay charged until the model kills
     it (the model decides its own kills). Pages beyond both were charged by another task:
     COW originals its parent wrote to after the fork, which the victim mapped last. Its exit
-    frees them whoever killed it, so they are uncharged."""
+    frees them whoever killed it, so they are uncharged. A victim the model killed while it
+    was charging, whose charge then fit (the other CPUs' stocks drained), took nothing with
+    it: its exit frees them all, those it kept included."""
     mm = mm_of(per_task, task)
     unpaid = pay_oom_debt(per_task, nr_pages, mm)
+    if per_task[mm, DYING]:
+        freed = unpaid + per_task[mm, OOM_KEPT]
+        per_task[mm, OOM_KEPT] = 0
+        per_task[mm, ANON] = max(per_task[mm, ANON] - freed, 0)
+        uncharge_folios(memcg, freed, POOL_ANON)
+        return
     kept = min(unpaid, max(per_task[mm, ANON] - per_task[mm, OOM_KEPT], 0))
     per_task[mm, OOM_KEPT] += kept
     uncharge_folios(memcg, unpaid - kept, POOL_ANON)

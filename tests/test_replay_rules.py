@@ -457,6 +457,25 @@ def test_an_oom_charge_kills_when_the_models_room_is_what_other_cpus_stocks_may_
     assert list(r.bucket_last) == [56, 24, 24]
 
 
+def test_an_oom_charge_finds_its_cpus_stock_drained_and_the_kill_lets_the_other_cpus_drain(engine):
+    # max 200, 24 pages held. Task 0 charges 112 anon pages (136), then 1 (a batch of 64: 200,
+    # 63 stocked on CPU 0). The kernel OOM-killed task 0 itself for its next page on CPU 0, so
+    # its CPU's stock was empty there (drain_all_stock drains the charging CPU at once): the
+    # model drains it (137), and its 63 pages of room are what the other CPU's stock could
+    # hold while its drain work waits: held (200). The batch and then 1 page fail before each
+    # of 18 reclaim calls (failcnt 1 + 18); the OOM killer takes task 0 itself (the only anon
+    # pages), whose memory stays while it charges. The kill takes long enough for the drain
+    # work to run (137): the retry fits (138) and is cancelled (137). Task 0's exit then frees
+    # its 113 pages (LRU_OOM_FREED): the model's kill took none of them, so all go: 24. Served
+    # from the stock instead, the page would have killed nobody and the 113 stayed charged.
+    ops = [anon(112, task=0), anon(1, task=0), {"op": OOM_CHARGE, "pages": 1, "pool": POOL_ANON, "task": 0},
+           anon(113, task=0, op=LRU_OOM_FREED)]
+    r = engine(scenario(ops, pools={POOL_OTHER: 24}), MAINLINE, Limits(max_pages=200))
+    assert r.outcome[2] == OUTCOME["oom"] and r.oom_kills == 1
+    assert r.reclaim_calls[TRIGGER["max"]] == 18 and r.failcnt == 19
+    assert list(r.bucket_last) == [136, 200, 137, 24]
+
+
 def test_unmapped_anon_pages_stay_charged_until_freed_but_leave_the_tasks_rss(engine):
     # max 70. Task 0 charges 40 anon pages (a batch of 64: 24 stocked), task 1 24 from the
     # stock: usage 64. Task 0 unmaps 30: zap_pte_range drops its rss to 10, the pages stay
