@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterator, NoReturn, Optional
 
 import typer
+from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer 0.29 has click inside
 from rich.console import Console
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress as ProgressBar, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 app = typer.Typer(
     help="Capture memcg kernel-memory charging, replay it under other charge policies, compare.",
     no_args_is_help=True,
-    add_completion=False,
+    rich_markup_mode=None,  # plain help: an on/off flag shows no value, a choice its values
     pretty_exceptions_enable=False,
 )
 err = Console(stderr=True, soft_wrap=True)  # one-line messages stay one line
@@ -67,8 +68,12 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _error_line(message: str) -> NoReturn:
-    err.print(f"error: {' '.join(message.splitlines())}", markup=False, highlight=False)  # a path may hold newlines
+    _print_error(message)
     raise typer.Exit(EXIT_USER_ERROR)
+
+
+def _print_error(message: str) -> None:
+    err.print(f"error: {' '.join(message.splitlines())}", markup=False, highlight=False)  # a path may hold newlines
 
 
 def _bug() -> NoReturn:
@@ -79,15 +84,22 @@ def _bug() -> NoReturn:
 
 
 def _size(value: Optional[str], option: str) -> Optional[int]:
+    from traces.manifest import MAX_BYTES
+
     if value is None or value == "max":
         return None
     try:
-        return parse_size(value)
+        size = parse_size(value)
     except ValueError as error:
         raise UserError(f"{option}: {error}") from None
+    if size > MAX_BYTES:
+        raise UserError(f"{option} {value}: more than 1P (1 PiB), the largest size a trace records; give a smaller one")
+    return size
 
 
-SIZES = "; K, M, G and T are KiB, MiB, GiB and TiB"
+SIZES = "; K, M, G, T and P are KiB, MiB, GiB, TiB and PiB"
+SIZE = "<size>"
+RANGE = "<size|from:to:step>"
 
 
 def _limit(value: Optional[str], option: str) -> Optional[int]:
@@ -184,18 +196,18 @@ def _print_summary(s: dict[str, Any]) -> None:
 def collect(
     command: Annotated[Optional[list[str]], typer.Argument(help="workload to run in a new limited memcg (after --)")] = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="trace directory to create")] = ...,
-    memory_max: Annotated[Optional[str], typer.Option(help="memcg hard limit for the workload, e.g. 64M" + SIZES)] = None,
-    memory_high: Annotated[Optional[str], typer.Option(help="memcg high limit (cgroup v2 only), e.g. 48M" + SIZES)] = None,
+    memory_max: Annotated[Optional[str], typer.Option(metavar=SIZE, help="memcg hard limit for the workload, e.g. 64M" + SIZES)] = None,
+    memory_high: Annotated[Optional[str], typer.Option(metavar=SIZE, help="memcg high limit (cgroup v2 only), e.g. 48M" + SIZES)] = None,
     duration: Annotated[Optional[float], typer.Option(help="stop after this many seconds")] = None,
     cgroup: Annotated[Optional[str], typer.Option(help="trace an existing cgroup instead of running a command")] = None,
     segment_events: Annotated[int, typer.Option(help="close a segment after this many events")] = 2_000_000,
     segment_seconds: Annotated[float, typer.Option(help="close a segment after this many seconds")] = 30.0,
-    backend: Annotated[str, typer.Option(envvar="CHARGEPLAY_BACKEND", help="tracefs, ebpf, or auto (eBPF when the BPF object loads (libbpf1, kernel BTF), else tracefs; says which)")] = "tracefs",
-    bpf_output: Annotated[str, typer.Option(help="eBPF records through: ringbuf, perf (per-CPU perf buffers), or auto (ringbuf where the kernel has it)")] = "auto",
+    backend: Annotated[str, typer.Option(envvar="CHARGEPLAY_BACKEND", metavar="<tracefs|ebpf|auto>", help="tracefs, ebpf, or auto (eBPF when the BPF object loads (libbpf1, kernel BTF), else tracefs; says which)")] = "tracefs",
+    bpf_output: Annotated[str, typer.Option(metavar="<ringbuf|perf|auto>", help="eBPF records through: ringbuf, perf (per-CPU perf buffers), or auto (ringbuf where the kernel has it)")] = "auto",
     keep_addresses: Annotated[bool, typer.Option(help="also store raw kernel addresses of objects and call sites (addresses/); they reveal the KASLR offset")] = False,
     all_allocations: Annotated[bool, typer.Option(help="record the slab allocations memcg does not charge too; by default only the accounted ones, all replay and analysis use")] = False,
     buffer_kb: Annotated[Optional[int], typer.Option(help=BUFFER_HELP)] = None,
-    max_size: Annotated[Optional[str], typer.Option(help="flight recorder: keep the newest closed segments within this size, e.g. 512M; the oldest are dropped (the manifest says which)")] = None,
+    max_size: Annotated[Optional[str], typer.Option(metavar=SIZE, help="flight recorder: keep the newest closed segments within this size, e.g. 512M; the oldest are dropped (the manifest says which)")] = None,
     stop_on: Annotated[Optional[list[str]], typer.Option(help="end the capture when the target memcg's count rises: oom-kill, high:N (memory.events high, cgroup v2) or max:N (memory.events max; v1: memory.failcnt); repeatable")] = None,
 ) -> None:
     """Capture a workload's kernel-memory events (root): `chargeplay collect -o T --memory-max 64M -- CMD...`."""
@@ -259,8 +271,8 @@ def _capture_display(live: Live) -> Callable[[Progress], None]:
 def validate(
     command: Annotated[list[str], typer.Argument(help="workload to run in a new limited memcg (after --)")],
     output: Annotated[Path, typer.Option("-o", "--output", help="directory to create: trace, result, fidelity.json, report.html")] = ...,
-    memory_max: Annotated[Optional[str], typer.Option(help="memcg hard limit for the workload, e.g. 28M" + SIZES)] = None,
-    memory_high: Annotated[Optional[str], typer.Option(help="memcg high limit (cgroup v2 only), e.g. 24M" + SIZES)] = None,
+    memory_max: Annotated[Optional[str], typer.Option(metavar=SIZE, help="memcg hard limit for the workload, e.g. 28M" + SIZES)] = None,
+    memory_high: Annotated[Optional[str], typer.Option(metavar=SIZE, help="memcg high limit (cgroup v2 only), e.g. 24M" + SIZES)] = None,
     buffer_kb: Annotated[Optional[int], typer.Option(help=BUFFER_HELP + "; a trace that loses events certifies nothing")] = None,
 ) -> None:
     """Capture a workload under a limit (root), replay it under the running kernel's model, compare with what the kernel did."""
@@ -348,14 +360,14 @@ CLOCK_HELP = "closed loop: which tasks wait for a stalled one: none (task, the d
 def replay(
     trace: Annotated[Path, typer.Argument(help="trace directory")],
     output: Annotated[Path, typer.Option("-o", "--output", help="result directory to create")] = ...,
-    policy_names: Annotated[Optional[list[str]], typer.Option("--policy", help=POLICY_HELP)] = None,
+    policy_names: Annotated[Optional[list[str]], typer.Option("--policy", metavar="<name>", help=POLICY_HELP)] = None,
     policies_file: Annotated[Optional[Path], typer.Option("--policies", help=POLICIES_FILE_HELP)] = None,
-    memory_max: Annotated[Optional[str], typer.Option(help="memory.max to replay with, or max for none (default: the trace's)" + SIZES)] = None,
-    memory_high: Annotated[Optional[str], typer.Option(help="memory.high to replay with, or max for none (default: the trace's)" + SIZES)] = None,
+    memory_max: Annotated[Optional[str], typer.Option(metavar=SIZE, help="memory.max to replay with, or max for none (default: the trace's)" + SIZES)] = None,
+    memory_high: Annotated[Optional[str], typer.Option(metavar=SIZE, help="memory.high to replay with, or max for none (default: the trace's)" + SIZES)] = None,
     swap: Annotated[bool, typer.Option("--swap", help="let reclaim take anon pages")] = False,
     open_loop: Annotated[bool, typer.Option("--open-loop", help=OPEN_LOOP_HELP)] = False,
-    clock: Annotated[str, typer.Option(help=CLOCK_HELP)] = "task",
-    engine: Annotated[str, typer.Option(help="fast (numba) or reference (plain Python)")] = "fast",
+    clock: Annotated[str, typer.Option(metavar="<task|process|workload>", help=CLOCK_HELP)] = "task",
+    engine: Annotated[str, typer.Option(metavar="<fast|reference>", help="fast (numba) or reference (plain Python)")] = "fast",
 ) -> None:
     """Replay a trace under charge policies; write summary.json, timeseries.parquet, outcomes.parquet."""
     from replay import result_format, run
@@ -419,16 +431,16 @@ def _limit_range(value: str, option: str) -> list[int]:
 def sweep(
     traces: Annotated[list[Path], typer.Argument(help="trace directories, or directories of them (several: a fleet)")],
     output: Annotated[Path, typer.Option("-o", "--output", help="directory to create: sweep.parquet, sweep.json, sweep.html")] = ...,
-    memory_high: Annotated[Optional[str], typer.Option(help="memory.high: FROM:TO:STEP to sweep (e.g. 4M:32M:2M), or one size (default: the trace's)" + SIZES)] = None,
-    memory_max: Annotated[Optional[str], typer.Option(help="memory.max: FROM:TO:STEP to sweep, or one size (default: the trace's)" + SIZES)] = None,
+    memory_high: Annotated[Optional[str], typer.Option(metavar=RANGE, help="memory.high: FROM:TO:STEP to sweep (e.g. 4M:32M:2M), or one size (default: the trace's)" + SIZES)] = None,
+    memory_max: Annotated[Optional[str], typer.Option(metavar=RANGE, help="memory.max: FROM:TO:STEP to sweep, or one size (default: the trace's)" + SIZES)] = None,
     criterion: Annotated[str, typer.Option(help="what the recommended limit must achieve: conditions on stretch (%), oom, "
                                            "failed, fallbacks (counts), above (s), stall (ms), joined by commas")] = "stretch<=5%,oom=0",
-    policy_names: Annotated[Optional[list[str]], typer.Option("--policy", help=POLICY_HELP)] = None,
+    policy_names: Annotated[Optional[list[str]], typer.Option("--policy", metavar="<name>", help=POLICY_HELP)] = None,
     policies_file: Annotated[Optional[Path], typer.Option("--policies", help=POLICIES_FILE_HELP)] = None,
     swap: Annotated[bool, typer.Option("--swap", help="let reclaim take anon pages")] = False,
     open_loop: Annotated[bool, typer.Option("--open-loop", help=OPEN_LOOP_HELP)] = False,
-    clock: Annotated[str, typer.Option(help=CLOCK_HELP)] = "task",
-    engine: Annotated[str, typer.Option(help="fast (numba) or reference (plain Python)")] = "fast",
+    clock: Annotated[str, typer.Option(metavar="<task|process|workload>", help=CLOCK_HELP)] = "task",
+    engine: Annotated[str, typer.Option(metavar="<fast|reference>", help="fast (numba) or reference (plain Python)")] = "fast",
     executor: Annotated[str, typer.Option(help="where several traces' sweeps run: local (this process), dask (a local cluster "
                                           "of worker processes) or dask=ADDRESS (a scheduler's workers)")] = "local",
 ) -> None:
@@ -600,8 +612,8 @@ def synth(
 def scrub(
     trace: Annotated[Path, typer.Argument(help="trace directory")],
     output: Annotated[Path, typer.Option("-o", "--output", help="trace directory to create")] = ...,
-    comm: Annotated[str, typer.Option(help="task names: hash (keyed, key forgotten), drop, or keep")] = "hash",
-    pid: Annotated[str, typer.Option(help="pids: renumber (1, 2, ... by first appearance) or keep")] = "renumber",
+    comm: Annotated[str, typer.Option(metavar="<hash|drop|keep>", help="task names: hash (keyed, key forgotten), drop, or keep")] = "hash",
+    pid: Annotated[str, typer.Option(metavar="<renumber|keep>", help="pids: renumber (1, 2, ... by first appearance) or keep")] = "renumber",
 ) -> None:
     """Copy a trace for sharing: task names hashed or dropped, pids renumbered, command and cgroup paths removed."""
     from traces import scrub as scrubbing
@@ -630,9 +642,17 @@ def _options(
         raise typer.Exit()
 
 
-def main() -> None:
-    app(prog_name="chargeplay")
+def main() -> NoReturn:
+    try:
+        code = app(prog_name="chargeplay", standalone_mode=False)
+    except NoArgsIsHelpError as no_arguments:
+        no_arguments.show()  # the help
+        code = no_arguments.exit_code
+    except UsageError as error:  # an unknown option, a missing or malformed value: one line, like refused input
+        _print_error(f"{error.format_message()} (see {error.ctx.command_path if error.ctx else 'chargeplay'} --help)")
+        code = EXIT_USER_ERROR
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

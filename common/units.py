@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import re
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
-_MULTIPLIER = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)i?b?\s*$", re.IGNORECASE)
+_MULTIPLIER = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 
 
 def parse_size(text: str) -> int:
     """Bytes in `text` ("64M", "512k", "2G", "4096"); ValueError naming the problem otherwise."""
     match = _SIZE.match(text)
     if not match:
-        raise ValueError(f"size {text!r} is not understood; write a number with an optional K, M, G or T, like 64M")
+        raise ValueError(f"size {text!r} is not understood; write a number with an optional K, M, G, T or P, like 64M")
     return int(float(match.group(1)) * _MULTIPLIER[match.group(2).lower()])
 
 

@@ -3,6 +3,7 @@ error: said to be a bug, with its traceback, exit code 70."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 import typer
 
 from chargeplay.cli import user_errors
+from common.units import parse_size
 from common.version import __version__
 from conftest import CHARGEPLAY, assert_user_error, chargeplay
 from test_report import tiny_trace
@@ -219,3 +221,54 @@ def test_tables_are_whole_when_piped(tmp_path):
     cells = {cell.strip() for line in shown.stdout.splitlines() for cell in re.split("[│┃]", line)}
     assert "…" not in shown.stdout
     assert {"fail-nowait-above-high", "nowait-slab-charge", "failcnt", "OOM kills", "s above high"} <= cells
+
+
+def options_shown(*command: str) -> dict[str, str]:
+    """The options a command's help lists, each with the value placeholder it shows ("" for none)."""
+    shown = chargeplay(*command, "--help", env={**os.environ, "COLUMNS": "200"})
+    assert shown.returncode == 0, shown.stderr
+    return dict(re.findall(r"^\s+(?:-\w, )?(--[\w-]+)(?: (<[^>]*>))?", shown.stdout, re.MULTILINE))
+
+
+def test_help_shows_no_value_for_a_flag_and_the_choices_of_a_choice():
+    from collect.capture import BACKENDS, BPF_OUTPUTS
+    from replay.ops import CLOCK_SHARING
+    from replay.run import ENGINES
+    from traces.scrub import COMM_CHOICES, PID_CHOICES
+
+    choices = lambda placeholder: set(placeholder.strip("<>").split("|"))  # noqa: E731
+    replay = options_shown("replay")
+    assert replay["--swap"] == replay["--open-loop"] == replay["--help"] == ""
+    assert choices(replay["--engine"]) == set(ENGINES) and choices(replay["--clock"]) == set(CLOCK_SHARING)
+    assert replay["--memory-max"] == replay["--memory-high"] == "<size>" and replay["--policy"] == "<name>"
+    collect = options_shown("collect")
+    assert collect["--keep-addresses"] == collect["--all-allocations"] == ""
+    assert choices(collect["--backend"]) == set(BACKENDS) and choices(collect["--bpf-output"]) == set(BPF_OUTPUTS)
+    scrub = options_shown("scrub")
+    assert choices(scrub["--comm"]) == set(COMM_CHOICES) and choices(scrub["--pid"]) == set(PID_CHOICES)
+    assert options_shown("sweep")["--memory-high"] == "<size|from:to:step>"
+    assert "PiB" in chargeplay("replay", "--help").stdout
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["replay", "x"], ["Missing option '-o'", "chargeplay replay --help"]),
+    (["replay", "x", "-o", "y", "--no-such-option"], ["No such option: --no-such-option", "chargeplay replay --help"]),
+    (["no-such-command"], ["No such command 'no-such-command'", "chargeplay --help"]),
+])
+def test_a_command_line_not_understood_is_one_line_too(args, words):
+    assert_user_error(chargeplay(*args), *words)
+
+
+def test_sizes_go_up_to_one_pib(tmp_path):
+    assert parse_size("1P") == 1 << 50 and parse_size("2PiB") == 2 << 50
+    assert_user_error(chargeplay("collect", "-o", str(tmp_path / "t"), "--memory-max", "2P", "--", "true"),
+                      "--memory-max 2P", "1 PiB")
+    assert not (tmp_path / "t").exists()
+
+
+def test_shell_completion_is_offered():
+    script = chargeplay("--show-completion", "bash")
+    assert script.returncode == 0 and "_CHARGEPLAY_COMPLETE=complete_bash" in script.stdout
+    words = chargeplay(env={**os.environ, "_CHARGEPLAY_COMPLETE": "complete_bash", "COMP_WORDS": "chargeplay rep",
+                            "COMP_CWORD": "1"})
+    assert words.stdout.split() == ["replay", "report"]
