@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress as ProgressBar, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from chargeplay import __version__
 from common.units import format_bytes, parse_size
@@ -138,7 +139,7 @@ def info(
     trace: Annotated[Optional[Path], typer.Argument(help=f"trace directory (default: the bundled {DEFAULT_SAMPLE} sample)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ) -> None:
-    """Describe a trace: events by kind, accounted bytes, gfp classes, lost events, status."""
+    """Describe a trace: the memcg's own counters, events by kind, kmem charged by gfp class, cache, call site and order."""
     from traces.reader import Trace
     from traces.summary import summarize
 
@@ -149,6 +150,9 @@ def info(
     _print_summary(summary)
 
 
+KMEM_CAPTION = ("kmem-charged: charged to the memcg as kernel memory (__GFP_ACCOUNT, or a SLAB_ACCOUNT cache); user and "
+                "page-cache pages (GFP_HIGHUSER_MOVABLE...) are charged too, when mapped or cached, not through __GFP_ACCOUNT: "
+                "the memcg's counters above count them")
 PIPED_WIDTH = 200  # columns when stdout is no terminal (rich would take 80 and cut names short)
 
 
@@ -172,10 +176,20 @@ def _print_summary(s: dict[str, Any]) -> None:
         f"kernel {s['kernel']}, backend {s['backend']}, started {s['start']}, {s['duration_s']} s\n"
         f"memcg {target['cgroup_path']} (cgroup v{target['cgroup_version']}), max {format_bytes(target['max'])}, "
         f"high {format_bytes(target['high'])}, command {' '.join(target['command'] or []) or '-'}\n"
-        f"{s['events']:,} events, {format_bytes(s['accounted_bytes'])} accounted, {s['lost_events']:,} lost, "
+        f"{s['events']:,} events, {s['lost_events']:,} lost, "
         f"{s['segments']} segments, {format_bytes(s['bytes_on_disk'])} on disk ({s['bytes_per_event']} bytes/event)",
         markup=False, highlight=False,
     )
+    if s["memcg"]:
+        m = s["memcg"]
+        max_events = "failcnt" if target["cgroup_version"] == 1 else "memory.events max"
+        high = "" if m["high_events"] is None else f", memory.events high {m['high_events']:,}"
+        out.print(f"the memcg's own counters at the end: peak {format_bytes(m['peak'])}, usage {format_bytes(m['usage'])}, "
+                  f"{max_events} {m['max_events'] or 0:,}{high}, OOM kills {m['oom_kills'] or 0:,}; "
+                  f"its tasks' memcg reclaims {m['reclaims']:,}", markup=False, highlight=False)
+    contexts = ", ".join(f"{ctx} {count:,}" for ctx, count in s["contexts"].items())
+    out.print(f"kmem charged: {format_bytes(s['kmem_bytes'])} in all, every charged allocation added up (frees not "
+              f"subtracted); allocations by context: {contexts or '-'}", markup=False, highlight=False)
     if s["dropped"]:
         d = s["dropped"]
         out.print(f"flight recorder: dropped the oldest {d['segments']} segments ({d['events']:,} events, {format_bytes(d['bytes'])}; "
@@ -185,10 +199,23 @@ def _print_summary(s: dict[str, Any]) -> None:
     for kind, count in s["events_by_kind"].items():
         kinds.add_row(kind, f"{count:,}")
     out.print(kinds)
-    classes = _table("gfp class", "allocations", "accounted", "failed", "accounted bytes", title="allocations by gfp class", title_justify="left")
+    classes = _table("gfp class", "allocations", "kmem-charged", "failed", "kmem bytes", title="allocations by gfp class",
+                     title_justify="left", caption=KMEM_CAPTION, caption_justify="left")
     for row in s["gfp_classes"]:
-        classes.add_row(row["gfp_class"], f"{row['allocations']:,}", f"{row['accounted']:,}", f"{row['failed']:,}", format_bytes(row["accounted_bytes"]))
+        classes.add_row(row["gfp_class"], f"{row['allocations']:,}", f"{row['accounted']:,}", f"{row['failed']:,}", format_bytes(row["kmem_bytes"]))
     out.print(classes)
+    for key, title in (("top_caches", "slab caches"), ("top_call_sites", "call sites")):
+        top = _table("cache" if key == "top_caches" else "call site", "allocations", "kmem bytes",
+                     title=f"the {title} that charged the most kmem", title_justify="left")
+        for row in s[key]:
+            name = row.get("cache") or row.get("symbol") or f"id {row['call_site']}"
+            top.add_row(Text(name), f"{row['allocations']:,}",  # Text: a name from the trace is no markup
+                        format_bytes(row["kmem_bytes"]))
+        out.print(top)
+    orders = _table("order", "page allocations", "kmem-charged", title="page allocations by order", title_justify="left")
+    for row in s["page_orders"]:
+        orders.add_row(str(row["order"]), f"{row['allocations']:,}", f"{row['kmem_charged']:,}")
+    out.print(orders)
 
 
 @app.command(context_settings={"allow_interspersed_args": False})

@@ -17,6 +17,7 @@ from traces.manifest import MANIFEST, new_manifest, process_start_ticks
 from traces.reader import Trace
 from traces.schema import EVENT_SCHEMA, SCHEMA_VERSION, SCHEMA_VERSION_KEY, schema_markdown
 from traces.segments import SegmentWriter
+from traces.samples import sample_names, sample_path
 from traces.summary import summarize
 
 GFP = {"GFP_KERNEL_ACCOUNT": 0xCC0 | 1 << 22, "GFP_KERNEL": 0xCC0, "GFP_ATOMIC": 0x820, "GFP_NOWAIT": 0x2800, "__GFP_ACCOUNT": 1 << 22,
@@ -92,11 +93,11 @@ def test_summary_counts_by_hand(tmp_path):
     assert summary["events"] == 7
     assert summary["events_by_kind"] == {"kmalloc": 2, "kmem_cache_alloc": 2, "page_alloc": 1, "kfree": 1, "user_return": 1}
     # 64 + 192 + 8192: the failed NOWAIT allocation and the unaccounted 512 bytes do not count.
-    assert summary["accounted_bytes"] == 8448
+    assert summary["kmem_bytes"] == 8448
     classes = {row["gfp_class"]: row for row in summary["gfp_classes"]}
     assert classes["GFP_KERNEL"]["allocations"] == 2 and classes["GFP_KERNEL"]["accounted"] == 1
-    assert classes["GFP_NOWAIT"]["failed"] == 1 and classes["GFP_NOWAIT"]["accounted_bytes"] == 0
-    assert classes["GFP_ATOMIC"]["accounted_bytes"] == 8192
+    assert classes["GFP_NOWAIT"]["failed"] == 1 and classes["GFP_NOWAIT"]["kmem_bytes"] == 0
+    assert classes["GFP_ATOMIC"]["kmem_bytes"] == 8192
     assert summary["status"] == "complete"
 
 
@@ -111,3 +112,12 @@ def test_a_segment_missing_columns_is_refused(tmp_path):
 
 def test_readme_summarises_the_schema_as_defined():
     assert schema_markdown() in (Path(__file__).parent.parent / "README.md").read_text()
+
+
+@pytest.mark.parametrize("name", sample_names())
+def test_a_bundled_samples_command_names_no_path_of_the_machine_that_recorded_it(name):
+    """record.sh runs the workload from the checkout: its script is a path relative to the
+    repository, which exists wherever the sample is read."""
+    command = Trace.open(sample_path(name)).manifest["target"]["command"]
+    script = Path(__file__).resolve().parent.parent / command[1]
+    assert command[0] == "python3" and not Path(command[1]).is_absolute() and script.is_file(), command

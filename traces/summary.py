@@ -9,6 +9,8 @@ from traces.gfp_columns import gfp_class_expr
 from traces.reader import Trace
 from traces.schema import ALLOC_KINDS
 
+TOP = 10  # rows of each "top" table: the caches and call sites that charged the most
+
 def kinds_from(kinds: dict[str, dict]) -> dict[str, str]:
     """Per kind, in a line, where its events came from on the capturing kernel: the tracepoint,
     and the columns it could not give as such (inferred, null), or why there are none."""
@@ -35,11 +37,16 @@ def summarize(trace: Trace) -> dict[str, Any]:
             pl.len().alias("allocations"),
             pl.col("accounted").sum().alias("accounted"),
             pl.col("failed").sum().alias("failed"),
-            pl.col("bytes_alloc").filter(pl.col("accounted") & ~pl.col("failed")).sum().alias("accounted_bytes"),
+            pl.col("bytes_alloc").filter(pl.col("accounted") & ~pl.col("failed")).sum().alias("kmem_bytes"),
         )
         .sort("allocations", descending=True)
         .collect()
     )
+    charged = events.filter(pl.col("kind").is_in(ALLOC_KINDS) & pl.col("accounted") & ~pl.col("failed"))
+    symbols = trace.side_table("symbols")
+    call_sites = top_charged(charged.filter(pl.col("call_site").is_not_null()), "call_site")
+    if symbols is not None:
+        call_sites = call_sites.join(symbols.rename({"id": "call_site"}), on="call_site", how="left", maintain_order="left")
     span = trace.facts.last_ns
     start, end = manifest.get("start", {}), manifest.get("end", {})
     duration_ns = (end["trace_ns"] - start["trace_ns"]) if end.get("trace_ns") and start.get("trace_ns") else span
@@ -57,11 +64,37 @@ def summarize(trace: Trace) -> dict[str, Any]:
         "events": total,
         "events_by_kind": dict(zip(by_kind["kind"].to_list(), by_kind["events"].to_list())),
         "kinds_from": kinds_from(manifest.get("kinds", {})),
-        "accounted_bytes": int(allocs["accounted_bytes"].sum()) if allocs.height else 0,
+        "kmem_bytes": int(allocs["kmem_bytes"].sum()) if allocs.height else 0,
         "gfp_classes": allocs.to_dicts(),
+        "memcg": memcg_counters(trace, by_kind),
+        "top_caches": top_charged(charged.filter(pl.col("cache").is_not_null()), "cache").collect().to_dicts(),
+        "top_call_sites": call_sites.collect().to_dicts(),
+        "page_orders": events.filter(pl.col("kind") == "page_alloc").group_by("order").agg(
+            pl.len().alias("allocations"), pl.col("accounted").sum().alias("kmem_charged")).sort("order").collect().to_dicts(),
+        "contexts": dict(events.filter(pl.col("kind").is_in(ALLOC_KINDS)).group_by("ctx").agg(pl.len()).sort("ctx")
+                         .collect().iter_rows()),
         "lost_events": manifest.get("lost", {}).get("total", 0),
         "segments": len(trace.segment_paths),
         "bytes_on_disk": disk,
         "bytes_per_event": round(disk / total, 2) if total else None,
         "dropped": manifest.get("dropped"),  # a flight recorder's oldest segments, removed
     }
+
+
+def top_charged(charged: pl.LazyFrame, key: str) -> pl.LazyFrame:
+    """The TOP values of `key` by the kmem bytes their charged allocations add up to."""
+    return (charged.group_by(key).agg(pl.len().alias("allocations"), pl.col("bytes_alloc").sum().alias("kmem_bytes"))
+            .sort("kmem_bytes", key, descending=[True, False]).head(TOP))
+
+
+def memcg_counters(trace: Trace, by_kind: pl.DataFrame) -> dict[str, Any] | None:
+    """The target memcg's own counters at the capture's end (memcg.parquet's last sample) and
+    the memcg reclaims its tasks made (reclaim_begin events); None without counter samples."""
+    samples = trace.side_table("memcg")
+    last = samples.sort("ts_ns").last().collect() if samples is not None else None
+    if last is None or last.height == 0:
+        return None
+    row = last.row(0, named=True)
+    reclaims = dict(zip(by_kind["kind"].to_list(), by_kind["events"].to_list())).get("reclaim_begin", 0)
+    return {"usage": row["usage"], "peak": row["max_usage"], "max_events": row["failcnt"], "high_events": row["events_high"],
+            "oom_kills": row["events_oom_kill"], "reclaims": reclaims}
