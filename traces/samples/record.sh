@@ -8,7 +8,8 @@
 #                                           memory.high under a 28 MiB memory.max
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-checkout=$here/../..
+checkout=$(cd "$here/../.." && pwd)
+workload=traces/samples/workloads.py  # run from the checkout: the manifests name no path of this machine
 
 publish() {  # bundled samples are public; captured traces stay owner-only
   chmod -R a+rX "$1"
@@ -20,17 +21,18 @@ if [ "${1:-}" = --lab ]; then
   # both kernels side by side; inside, the series (6.1, 6.12) names the sample
   (cd "$checkout" && .venv/bin/python -m lab run --kernel all --keep "$here" -- sh -c \
     'chargeplay collect -o "$0/out/file-storm-$(uname -r | cut -d. -f1,2)" --memory-max 28M --memory-high 20M -- python3 "$1" files' \
-    '{run}' "$here/workloads.py")
+    '{run}' "$workload")
   for series in 6.1 6.12; do
     publish "$here/file-storm-$series"
   done
   exit 0
 fi
 
-chargeplay=${1:-$checkout/.venv/bin/chargeplay}
+chargeplay=$(realpath "${1:-$checkout/.venv/bin/chargeplay}")
+cd "$checkout"
 for storm in files sockets forks; do
   out=$here/${storm%s}-storm  # files -> file-storm
   rm -rf "$out"
-  "$chargeplay" collect -o "$out" --memory-max 28M -- python3 "$here/workloads.py" "$storm"
+  "$chargeplay" collect -o "$out" --memory-max 28M -- python3 "$workload" "$storm"
   publish "$out"
 done
