@@ -5,7 +5,8 @@ RESULT/summary.json        what produced the result (chargeplay version, engine,
                            knobs, the limits, the trace's content id and where it lies) and, per
                            policy, charges, stock hits, failures by gfp class, reclaim by trigger,
                            peak usage, time above high, stall...
-RESULT/timeseries.parquet  usage (last and peak in each time bucket), high and max, per policy
+RESULT/timeseries.parquet  per policy and time bucket (t_ns its start, bucket_ns its width): the usage
+                           after its last operation and its peak, high and max
 RESULT/outcomes.parquet    every charge operation: what it charged, with which gfp class, where
                            (call site, cache), for whom (pid, comm), and its outcome under each
                            policy, side by side; analysis needs nothing else of the trace's events
@@ -39,8 +40,8 @@ from traces.reader import SIDE_TABLES, Trace
 SUMMARY, TIMESERIES, OUTCOMES_FILE = "summary.json", "timeseries.parquet", "outcomes.parquet"
 FILES = (SUMMARY, TIMESERIES, OUTCOMES_FILE)
 # 1: outcomes held only the trace row, and summary.json the trace's path as typed; 2: open loop only (no
-# limits.loop, run_seconds, stretch, delay_ns_by_pid)
-RESULT_FORMAT = 3
+# limits.loop, run_seconds, stretch, delay_ns_by_pid); 3: timeseries without bucket_ns
+RESULT_FORMAT = 4
 
 # What a charge operation charged (outcomes.parquet's `kind`): its operation and, for the
 # memcg stat changes replayed as LRU charges, the pool (replay.input says which is which).
@@ -68,7 +69,9 @@ CHARGE_COLUMNS = pa.schema([
 ])
 OUTCOME_TYPE = pa.dictionary(pa.int8(), pa.string())
 
-TIMESERIES_SCHEMA = pa.schema([("policy", pa.string()), ("t_ns", pa.int64()), ("usage_bytes", pa.int64()),
+# Per policy and time bucket: the bucket's start (from the trace's first event) and width, the usage after its last
+# operation, the highest usage within it, and the limits replayed.
+TIMESERIES_SCHEMA = pa.schema([("policy", pa.string()), ("t_ns", pa.int64()), ("bucket_ns", pa.int64()), ("usage_bytes", pa.int64()),
                                ("peak_bytes", pa.int64()), ("high_bytes", pa.int64()), ("max_bytes", pa.int64())])
 
 COUNT = Int(0, 2**63 - 1)

@@ -234,6 +234,7 @@ def timeseries(results: dict[str, EngineResult], limits: Limits) -> pl.DataFrame
             frame.filter(pl.col("last") >= 0).select(
                 pl.lit(name).alias("policy"),
                 (pl.col("bucket") * r.resolution_ns).alias("t_ns"),
+                pl.lit(r.resolution_ns, pl.Int64).alias("bucket_ns"),
                 (pl.col("last") * PAGE_SIZE).alias("usage_bytes"),
                 (pl.col("peak") * PAGE_SIZE).alias("peak_bytes"),
                 pl.lit(_bytes(limits.high_pages), pl.Int64).alias("high_bytes"),

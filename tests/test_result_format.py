@@ -104,3 +104,23 @@ def test_a_result_of_the_old_format_is_one_error_line(replayed, tmp_path):
 
 def test_no_policy_can_shadow_a_column_describing_the_charges():
     assert set(CHARGE_COLUMNS.names) <= RESERVED_NAMES
+
+
+def test_the_timeseries_says_its_bucket_width_and_keeps_each_buckets_last_usage_and_peak(tmp_path):
+    """200 pages held. At 0.1 ms the task maps 10 anon pages (mainline-6.18 charges a batch of
+    64: 264 pages, 54 stocked) and at 0.2 ms unmaps them (anon pages leave the counter, not for
+    the stock: 254); its return to user space 20 s later ends the trace. 10,000 buckets at most
+    over 20 s and a nanosecond: each ceil(20,000,000,001 / 10,000) = 2,000,001 ns wide. The
+    first bucket's usage is its last, 254 pages; its peak 264."""
+    from test_report import write_trace
+
+    anon = {"cpu": 0, "pid": 7, "comm": "worker", "ctx": "task", "kind": "memcg_lruvec_state", "memcg_id": 1, "item": 2}
+    rows = [{**anon, "ts_ns": 100_000, "val": 10}, {**anon, "ts_ns": 200_000, "val": -10},
+            {"ts_ns": 20_000_100_000, "cpu": 0, "pid": 7, "comm": "worker", "ctx": "task", "kind": "user_return"}]
+    write_trace(tmp_path / "trace", rows, {"max": 1000 * 4096, "high": None, "command": ["worker"]}, {"usage": 200 * 4096},
+                "unused+0x1/0x10")
+    assert chargeplay("replay", str(tmp_path / "trace"), "-o", str(tmp_path / "r"), "--policy", "mainline-6.18").returncode == 0
+    series = pq.read_table(tmp_path / "r" / "timeseries.parquet").to_pylist()
+    assert {row["bucket_ns"] for row in series} == {2_000_001}
+    first = series[0]
+    assert (first["t_ns"], first["usage_bytes"], first["peak_bytes"]) == (0, 254 * 4096, 264 * 4096)
