@@ -28,11 +28,11 @@ from replay.model import (
     GFP_RETRY_MAYFAIL, SHRUNK_SLAB_COUNTS,
     HIGH, HIGH_MODE, LAST_TS, LRU_TAIL, MAX, MAX_MEMCGS, MAX_RECLAIM_RETRIES, NOWAIT_HIGH_ORDER, N_KNOBS, N_PER_CPU, N_STATS,
     N_CURSOR, OBJ_STOCK_MEMCG, OBJECT_CHARGING, PAGE_NS_ABOVE_HIGH_CARRIES, POOLS, RCU_GRACE_NS, RECLAIMED_PAGES, RECLAIM_CALLS,
-    RECLAIM_NS_PER_CALL, RECLAIM_NS_PER_PAGE, SLAB_COUNT, SLAB_LISTED, STALL, STAT_FIELDS, STOCK_BATCH, STOCK_MEMCGS, STOCK_SLOTS, SWAP, USAGE, WAITING,
+    RECLAIM_NS_PER_CALL, RECLAIM_NS_PER_PAGE, SLAB_COUNT, SLAB_LISTED, STALL, STAT_FIELDS, STOCK_BATCH, STOCK_MEMCGS, STOCK_SLOTS, SWAP, THP_GFP, USAGE, WAITING,
     WATERMARK_MARGIN, new_per_task,
 )
 from replay.ops import CLOCK_SHARING, LRU_CHARGE, POOL_FILE, RECLAIM_TRIGGERS, GfpBits, Limits
-from replay.policy import HIGH_MODES, Policy
+from replay.policy import HIGH_MODES, THP_CHARGE_GFPS, Policy
 from replay.result import EngineResult
 from traces.errors import UserError
 
@@ -230,4 +230,5 @@ def knobs_array(policy: Policy, limits: Limits, gfp: GfpBits) -> np.ndarray:
     knobs[GFP_FS], knobs[GFP_KERNEL] = gfp.fs, gfp.kernel
     knobs[SHRUNK_SLAB_COUNTS] = policy.shrunk_slab_counts
     knobs[STOCK_MEMCGS] = policy.stock_memcgs
+    knobs[THP_GFP] = THP_CHARGE_GFPS.index(policy.thp_charge_gfp)
     return knobs

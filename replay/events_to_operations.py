@@ -39,7 +39,10 @@ IN_RECLAIM, KILLED, BEGIN_GFP, BEGIN_ORDER, FAULT_OBJ, FAULT_PAGES, FAULT_RECLAI
 PINNED, DENTRIES, LAST_LRU, LAST_LRU_VAL = range(7, 11)
 TASK_MEMCG = 11  # the memcg the task charges (an index as stat_memcg's), across the trace
 BEGIN_TS = 12  # the time of the task's last reclaim_begin
-N_TASK_STATE = 13
+# The task's last page allocation not charged as kmem (a user folio's, charged when mapped): its pages and gfp,
+# which a huge page's charge takes (mem_cgroup_charge with the fault's gfp); others end only FAULT_*.
+FOLIO_PAGES, FOLIO_GFP = 13, 14
+N_TASK_STATE = 15
 # Caches by what their objects pin (CACHE_CLASS values).
 ORDINARY, PINNING_INODE, DENTRY = range(3)
 KMALLOC_MAX_CACHE_SIZE = 2 * PAGE_SIZE  # larger kmallocs come from the page allocator
@@ -84,6 +87,7 @@ def segment_operations(ts, kind, task, in_task, charged, nbytes, cache, obj, ord
             if not charged[i]:  # a user or page cache folio is charged after its allocation, if at all
                 if in_task[i] and obj[i] >= 0 and order[i] >= 0:
                     tasks[t, FAULT_OBJ], tasks[t, FAULT_PAGES], tasks[t, FAULT_RECLAIMS] = obj[i], 1 << order[i], 0
+                    tasks[t, FOLIO_PAGES], tasks[t, FOLIO_GFP] = 1 << order[i], gfp[i]
                 continue
             tasks[t, FAULT_PAGES] = 0
             pages = 1 << order[i] if order[i] >= 0 else 0
@@ -148,9 +152,11 @@ def segment_operations(ts, kind, task, in_task, charged, nbytes, cache, obj, ord
             else:
                 op = LRU_UNCHARGE
             pool = POOL_KMEM_PAGES if stack else POOL_ANON if it == facts[NR_ANON_MAPPED] else POOL_FILE
+            charge_gfp = facts[GFP_KERNEL] if stack else facts[GFP_HIGHUSER_MOVABLE]
+            if op == LRU_CHARGE and pool == POOL_ANON and val[i] > 1 and val[i] == tasks[t, FOLIO_PAGES]:
+                charge_gfp = tasks[t, FOLIO_GFP]  # a huge page: its fault's gfp
             _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool, out_memcg,
-                  n, i, op, facts[GFP_KERNEL] if stack else facts[GFP_HIGHUSER_MOVABLE], abs(val[i]), max(nbytes[i], 0),
-                  -1, -1, pool, stat_memcg[i])
+                  n, i, op, charge_gfp, abs(val[i]), max(nbytes[i], 0), -1, -1, pool, stat_memcg[i])
             tasks[t, LAST_LRU], tasks[t, LAST_LRU_VAL] = n, val[i]
             n += 1
         elif k == MEMCG_STATE:

@@ -71,6 +71,9 @@ The approximations:
   its end) or the charge's end. A task the model's OOM
   killer chose stays dying until the trace's end, whatever the trace shows it doing: its
   charges at the limit kill nobody and fail (task_is_dying).
+- A huge page (an anon LRU charge of more than one page: a THP fault's) is charged with its
+  fault's gfp as the policy has it (thp_charge_gfp); when that fails, its small pages are
+  charged one by one at once, as if the task faulted the whole range in straight away.
 - Page stocks are per CPU and memcg: a CPU caches stock_memcgs memcgs (1 before 6.16,
   NR_MEMCG_STOCK = 7 since), and a memcg that finds its own stock empty charges the counter
   while another's stock holds pages. Memcgs outside the target's subtree are not in the trace:
@@ -101,7 +104,7 @@ from replay.ops import (
     POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, RECLAIM_TIME, RECLAIM_TRIGGERS, SWAP_CLUSTER_MAX, TASK_CLONE_VM, TASK_EXEC, TASK_EXIT,
     TASK_FORK, TRIGGER, USER_RETURN,
 )
-from replay.policy import HIGH_MODES
+from replay.policy import HIGH_MODES, THP_CHARGE_GFPS
 
 # Outcome codes and reclaim triggers, as plain ints the compiled code can use.
 STOCK, NO_CHARGE, CHARGED, RECLAIMED = OUTCOME["stock"], OUTCOME["no_charge"], OUTCOME["charged"], OUTCOME["reclaimed"]
@@ -110,12 +113,13 @@ CHARGED_ABOVE_HIGH, RECLAIMED_FOR_HIGH = OUTCOME["above_high"], OUTCOME["reclaim
 BY_MAX, BY_HIGH_SYNC, BY_USER_RETURN, BY_ASYNC = (TRIGGER[t] for t in ("max", "high_sync", "user_return", "async"))
 SYNC, RETURN_TO_USER, MAINLINE, FAIL_NOWAIT, WATERMARK = (HIGH_MODES.index(mode) for mode in (
     "sync", "return-to-user", "mainline", "fail-nowait", "watermark"))
+THP_NO_RECLAIM, THP_RECLAIM = THP_CHARGE_GFPS.index("no-reclaim"), THP_CHARGE_GFPS.index("reclaim")
 OWN_CLOCKS, SHARED_BY_PROCESS, SHARED_BY_WORKLOAD = (CLOCK_SHARING.index(c) for c in ("task", "process", "workload"))
 
 # knobs: the policy, limits and gfp bits, one int each.
 (OBJECT_CHARGING, NOWAIT_HIGH_ORDER, STOCK_BATCH, HIGH_MODE, MAX_RECLAIM_RETRIES, WATERMARK_MARGIN, SWAP,
- RECLAIM_NS_PER_CALL, RECLAIM_NS_PER_PAGE, RCU_GRACE_NS, CLOSED_LOOP, CLOCKS, SHRUNK_SLAB_COUNTS, STOCK_MEMCGS,
- GFP_DIRECT_RECLAIM, GFP_NORETRY, GFP_RETRY_MAYFAIL, GFP_NOFAIL, GFP_HIGH, GFP_FS, GFP_KERNEL) = range(21)
+ RECLAIM_NS_PER_CALL, RECLAIM_NS_PER_PAGE, RCU_GRACE_NS, CLOSED_LOOP, CLOCKS, SHRUNK_SLAB_COUNTS, STOCK_MEMCGS, THP_GFP,
+ GFP_DIRECT_RECLAIM, GFP_NORETRY, GFP_RETRY_MAYFAIL, GFP_NOFAIL, GFP_HIGH, GFP_FS, GFP_KERNEL) = range(22)
 N_KNOBS = GFP_KERNEL + 1
 
 # memcg: the page counter and what its usage is made of.
@@ -786,6 +790,8 @@ def charge_the_kernel_could_not_make(memcg, stats, knobs, per_cpu, per_task, nr_
     not wait for, so up to MEMCG_CHARGE_BATCH pages on each other CPU can still be charged
     while it reclaims. So much of the model's room as those stocks explain is held
     (UNDRAINED) until that work has run: once the OOM killer has, or after the charge."""
+    if nr_pages > 1 << PAGE_ALLOC_COSTLY_ORDER:  # a THP fault's
+        gfp = thp_charge_gfp(knobs, gfp)
     drain_local_stock(memcg, per_cpu, cpu)
     memcg[UNDRAINED] = min(max(room(memcg, knobs, per_cpu, gfp) - nr_pages + 1, 0),
                            knobs[STOCK_BATCH] * (per_cpu.shape[0] - 1))
@@ -806,6 +812,41 @@ def room(memcg, knobs, per_cpu, gfp):
     if knobs[SWAP]:
         reclaimable += memcg[POOLS + POOL_ANON]
     return margin(memcg) + stocked_pages(per_cpu) + reclaimable
+
+
+# -- transparent huge pages ------------------------------------------------------------------
+
+@njit
+def thp_charge_gfp(knobs, gfp):
+    """The gfp of a huge page's charge under the policy (Policy.thp_charge_gfp): the fault's
+    own (vma_thp_gfp_mask), or without or with __GFP_DIRECT_RECLAIM."""
+    if knobs[THP_GFP] == THP_NO_RECLAIM:
+        return gfp & ~knobs[GFP_DIRECT_RECLAIM]
+    if knobs[THP_GFP] == THP_RECLAIM:
+        return gfp | knobs[GFP_DIRECT_RECLAIM]
+    return gfp
+
+
+@njit
+def charge_huge_page(memcg, stats, knobs, per_cpu, per_task, nr_pages, gfp, cpu, task, irq, memcg_ix):
+    """A THP fault's charge (do_huge_pmd_anonymous_page: mem_cgroup_charge, no OOM kill for so
+    costly an order). When it fails the fault falls back to small pages, which the task then
+    faults in one by one (it wrote the whole range: the trace charged all of it), each charged
+    with GFP_KERNEL: FALLBACK, or OOM if one of them killed, FAILED if one failed."""
+    outcome = charge(memcg, stats, knobs, per_cpu, per_task, nr_pages, thp_charge_gfp(knobs, gfp), cpu, task, irq, POOL_ANON,
+                     memcg_ix)
+    if outcome != FAILED:
+        lru_charged(memcg, per_task, nr_pages, POOL_ANON, task)
+        return outcome
+    outcome = FALLBACK
+    for _ in range(nr_pages):
+        small = charge(memcg, stats, knobs, per_cpu, per_task, 1, knobs[GFP_KERNEL], cpu, task, irq, POOL_ANON, memcg_ix)
+        if small == FAILED:
+            return FAILED
+        lru_charged(memcg, per_task, 1, POOL_ANON, task)
+        if small == OOM:
+            outcome = OOM
+    return outcome
 
 
 # -- uncharging --------------------------------------------------------------------------------
@@ -1170,6 +1211,8 @@ def replay_operation(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, poo
             obj_cgroup_uncharge(memcg, knobs, per_cpu, nbytes[i] + OBJ_EXT_BYTES, c, pool[i], m)
         else:
             slab_free_object(memcg, knobs, per_cpu, slabs, caches, cursor, object_slab, slot)
+    elif o == LRU_CHARGE and pool[i] == POOL_ANON and pages[i] > 1:
+        outcome[i] = charge_huge_page(memcg, stats, knobs, per_cpu, per_task, pages[i], gfp[i], c, t, irq[i], m)
     elif o == PAGE_ALLOC or o == LRU_CHARGE:
         outcome[i] = charge(memcg, stats, knobs, per_cpu, per_task, pages[i], gfp[i], c, t, irq[i], pool[i], m)
         if o == LRU_CHARGE and outcome[i] != FAILED:

@@ -20,6 +20,7 @@ from traces.errors import UserError
 CHARGE_UNITS = ("slab", "object")
 SLAB_GROWTH = ("caller", "nowait-high-order")
 HIGH_MODES = ("sync", "return-to-user", "mainline", "fail-nowait", "watermark")
+THP_CHARGE_GFPS = ("fault", "no-reclaim", "reclaim")
 
 
 @dataclass(frozen=True)
@@ -49,9 +50,16 @@ class Policy:
     # "mm: vmscan: ignore non-LRU-based reclaim in memcg reclaim" (583c27a167c2, 6.5) not.
     shrunk_slab_counts: bool = False
     watermark_margin_pages: int = 0
+    # A huge page's charge in its fault: with the fault's own gfp ("fault": __GFP_DIRECT_RECLAIM
+    # where THP defrag lets the fault compact, as with defrag=madvise for MADV_HUGEPAGE), never
+    # reclaiming ("no-reclaim": the 2015 thread's "THP pages are allocated without GFP_WAIT when
+    # defrag is disabled"), or always ("reclaim": Davydov's "better reclaim 2 MB now than 512
+    # small pages a moment later"). A failed one falls back to small pages.
+    thp_charge_gfp: str = "fault"
 
     def validate(self) -> None:
-        for knob, allowed in (("charge_unit", CHARGE_UNITS), ("slab_growth_gfp", SLAB_GROWTH), ("high_mode", HIGH_MODES)):
+        for knob, allowed in (("charge_unit", CHARGE_UNITS), ("slab_growth_gfp", SLAB_GROWTH), ("high_mode", HIGH_MODES),
+                              ("thp_charge_gfp", THP_CHARGE_GFPS)):
             if getattr(self, knob) not in allowed:
                 raise UserError(f"policy {self.name}: {knob} = {toml_text(getattr(self, knob))}; choose one of {', '.join(allowed)}")
         if not isinstance(self.shrunk_slab_counts, bool):
@@ -98,6 +106,11 @@ BUILTIN = {
                stock_memcgs=1),
         Policy("mainline-6.18", "today's kernel: object charging, caller's gfp, 64-page stocks for up to 7 memcgs per CPU, "
                                 "deferred and throttled memory.high", stock_memcgs=NR_MEMCG_STOCK),
+        Policy("thp-no-reclaim", "today's kernel, but a huge page's charge never reclaims (the thread: as with THP defrag "
+                                 "off); one that fails falls back to small pages", stock_memcgs=NR_MEMCG_STOCK,
+               thp_charge_gfp="no-reclaim"),
+        Policy("thp-reclaim", "today's kernel, but a huge page's charge always may reclaim (Davydov: 2 MB now rather than "
+                              "512 small pages later)", stock_memcgs=NR_MEMCG_STOCK, thp_charge_gfp="reclaim"),
     )
 }
 

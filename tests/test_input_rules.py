@@ -92,6 +92,9 @@ def trace(tmp_path_factory) -> Trace:
         event("reclaim_end", val=0),  # 40 (fifth segment)
         event("user_return"),  # 41: the system call ended: whatever its allocations were
         folio("page_free", 23, 0),  # 42: ... this free is no failed charge
+        folio("page_alloc", 24, 9, thp),  # 43: a THP
+        stat("memcg_state", memcg["MEMCG_SOCK"], 1),  # 44: some other charge of the task in between
+        stat("memcg_lruvec_state", node["NR_ANON_MAPPED"], 512),  # 45: ... and the THP is charged
     ]
     return written(tmp_path_factory.mktemp("trace") / "t", manifest, events)
 
@@ -145,6 +148,8 @@ def test_each_event_makes_the_operation_the_rules_say(trace):
         (34, LRU_CHARGE, 1, POOL_ANON, -1, -1, gfp["GFP_HIGHUSER_MOVABLE"], task, False),
         (40, RECLAIM_TIME, 0, POOL_OTHER, -1, -1, 0, task, False),  # its reclaim_begin came a segment before
         (41, USER_RETURN, 0, POOL_OTHER, -1, -1, 0, task, False),
+        (44, LRU_CHARGE, 1, POOL_KMEM_PAGES, -1, -1, gfp["GFP_KERNEL"], task, False),
+        (45, LRU_CHARGE, 512, POOL_ANON, -1, -1, gfp["GFP_TRANSHUGE"], task, False),  # with its fault's gfp (row 43)
     ]
     got = list(zip(data.row.tolist(), data.op.tolist(), data.pages.tolist(), data.pool.tolist(), data.cache.tolist(),
                    data.obj.tolist(), data.gfp.tolist(), data.task.tolist(), data.irq.tolist()))
@@ -160,7 +165,7 @@ def test_the_segments_carry_what_spans_them(trace):
     # reclaim_begin of row 39
     batches = [batch.row.tolist() for batch in InputStream(trace).batches()]
     assert batches == [[0, 1, 2, 3, 4, 5, 6, 8], [10, 12, 13, 14, 15, 16, 17, 18], [20, 21, 23, 24, 27, 29], [30, 33, 34],
-                       [40, 41]]
+                       [40, 41, 44, 45]]
 
 
 def test_each_operation_charges_the_memcg_below_the_target_its_task_charges_pages_to(tmp_path):

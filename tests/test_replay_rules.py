@@ -718,3 +718,54 @@ def test_validate_models_each_kernel_with_the_policy_of_its_era(release, expecte
 
     chosen, why = for_kernel(release)
     assert chosen.name == expected and release in why
+
+
+# A THP fault's gfp (vma_thp_gfp_mask, 6.18): GFP_TRANSHUGE_LIGHT (no __GFP_DIRECT_RECLAIM: THP defrag off for
+# the VMA) and GFP_TRANSHUGE (defrag=madvise on a MADV_HUGEPAGE range: the fault may reclaim and compact).
+GFP_TRANSHUGE_LIGHT, GFP_TRANSHUGE = 0x152802, 0x152C02
+THP_NO_RECLAIM, THP_RECLAIM = BUILTIN["thp-no-reclaim"], BUILTIN["thp-reclaim"]
+
+
+def huge_page(gfp: int, task: int = 0) -> dict:
+    return {"op": LRU_CHARGE, "pages": 512, "pool": POOL_ANON, "task": task, "gfp": gfp}
+
+
+def test_a_huge_page_charge_that_may_reclaim_evicts_2_mb_at_once_one_that_may_not_falls_back_to_small_pages(engine):
+    # max 900; 24 pages held and 464 file pages (one-page folios): usage 488, room 412 < 512.
+    # Reclaiming (thp-reclaim; mainline with a GFP_TRANSHUGE fault): one reclaim call for
+    # max(512, 32) takes the 464 file pages (24), and the huge page fits: 536.
+    # Not reclaiming (thp-no-reclaim; mainline with a GFP_TRANSHUGE_LIGHT fault): the charge
+    # fails, and the fault falls back to 512 small pages charged with GFP_KERNEL: six batches of
+    # 64 (872), 28 single pages (900), then the other 100 need room. A reclaim call for 32 scans
+    # the file LRU's size >> priority from priority 12 down, and stops after the round that
+    # reaches 32: of 464 pages 1 + 3 + 7 + 14 + 27 = 52 (pages 413-464), of 412 then
+    # 1 + 3 + 6 + 12 + 24 = 46 (465-510), of 366 then 1 + 2 + 5 + 11 + 21 = 40 (the last 2):
+    # 3 calls, 138 pages, 24 + 326 + 512 = 862 at the end.
+    ops = lambda gfp: [huge_page(gfp)]  # noqa: E731
+    pools = {POOL_OTHER: 24, POOL_FILE: 464}
+    for policy, gfp in ((THP_RECLAIM, GFP_TRANSHUGE_LIGHT), (MAINLINE, GFP_TRANSHUGE)):
+        r = engine(scenario(ops(gfp), pools=pools), policy, Limits(max_pages=900))
+        assert r.outcome[0] == OUTCOME["reclaimed"] and r.reclaim_calls[TRIGGER["max"]] == 1, policy.name
+        assert r.reclaimed_pages[TRIGGER["max"]] == 464 and list(r.bucket_last) == [536], policy.name
+    for policy, gfp in ((THP_NO_RECLAIM, GFP_TRANSHUGE), (MAINLINE, GFP_TRANSHUGE_LIGHT)):
+        r = engine(scenario(ops(gfp), pools=pools), policy, Limits(max_pages=900))
+        assert r.outcome[0] == OUTCOME["fallback"] and r.reclaim_calls[TRIGGER["max"]] == 3, policy.name
+        assert r.reclaimed_pages[TRIGGER["max"]] == 138 and list(r.bucket_last) == [862], policy.name
+
+
+def test_a_huge_page_charge_that_may_not_reclaim_overshoots_high_one_that_may_stalls_instead(engine):
+    # The 2015 thread's prediction. memory.high 600, no max; 24 pages held. Two huge pages
+    # (536, then 1048: 448 over high). Mainline adds each charge's batch (512) to the task's
+    # overage; past 64 pages a charge that may block reclaims and throttles itself at once
+    # (reclaimed_for_high: it stalls in the fault), one that may not leaves it for the return
+    # to user space (above_high: no stall in the fault; the usage stays over high meanwhile).
+    ops = [huge_page(GFP_TRANSHUGE_LIGHT), huge_page(GFP_TRANSHUGE_LIGHT)]
+    data = scenario(ops, pools={POOL_OTHER: 24})
+    light = engine(data, THP_NO_RECLAIM, Limits(high_pages=600))
+    assert [light.outcome[0], light.outcome[1]] == [OUTCOME["charged"], OUTCOME["above_high"]]
+    assert light.reclaim_calls[TRIGGER["high_sync"]] == 0 and light.stall_ns.sum() == 0
+    assert list(light.bucket_last) == [536, 1048]
+    reclaiming = engine(data, THP_RECLAIM, Limits(high_pages=600))
+    assert [reclaiming.outcome[0], reclaiming.outcome[1]] == [OUTCOME["charged"], OUTCOME["reclaimed_for_high"]]
+    assert reclaiming.reclaim_calls[TRIGGER["high_sync"]] >= 1 and reclaiming.stall_ns[0] > 0
+    assert engine(data, MAINLINE, Limits(high_pages=600)).outcome[1] == OUTCOME["above_high"]  # the fault's own: light

@@ -32,6 +32,24 @@ def test_nowait_slab_charges_stay_above_high_longer_than_caller_gfp(tmp_path, sa
     assert s["nowait-slab-charge"]["page_seconds_above_high"] > s["caller-gfp"]["page_seconds_above_high"]
 
 
+def test_thp_charges_that_may_not_reclaim_overshoot_high_those_that_may_stall_in_the_fault(tmp_path):
+    # thp-6.12: 16 huge pages (GFP_TRANSHUGE: defrag=madvise on a MADV_HUGEPAGE range) written
+    # past a 24 MiB memory.high. Each one charged over high adds 512 pages to the task's
+    # overage: one that may reclaim reclaims and throttles in the fault (the thread's "reclaim 2
+    # MB now"), one that may not leaves usage over high until the return to user space (the
+    # thread: "memory.high silently exceeded"). The fault's own gfp may reclaim here, so the
+    # kernel's model (mainline-6.12) does as thp-reclaim.
+    policies = ["thp-no-reclaim", "thp-reclaim", "mainline-6.12"]
+    replay(tmp_path, "thp-6.12", *[arg for name in policies for arg in ("--policy", name)])
+    outcomes = pl.read_parquet(next(tmp_path.iterdir()) / "outcomes.parquet")
+    huge = outcomes.filter(pl.col("gfp_class") == "GFP_TRANSHUGE")
+    assert huge.height == 16 and set(huge["kind"]) == {"anon or shmem page"}
+    fared = {name: dict(huge[name].value_counts().iter_rows()) for name in policies}
+    assert fared["thp-no-reclaim"].get("above_high", 0) > 0 and "reclaimed_for_high" not in fared["thp-no-reclaim"]
+    assert fared["thp-reclaim"].get("reclaimed_for_high", 0) == fared["thp-no-reclaim"]["above_high"]
+    assert "above_high" not in fared["thp-reclaim"] and fared["mainline-6.12"] == fared["thp-reclaim"]
+
+
 @pytest.mark.parametrize("sample", ["file-storm", "socket-storm"])
 def test_nowait_slab_charges_fall_back_to_min_order_more_often_than_caller_gfp(tmp_path, sample):
     # At the hard limit a high-order slab charge that may not reclaim fails, and SLUB falls
@@ -48,7 +66,7 @@ def test_result_files_describe_every_policy_and_charge(tmp_path, sample):
     summary = json.loads((out / "summary.json").read_text())
     policies = list(summary["policies"])
     assert policies == ["nowait-slab-charge", "caller-gfp", "return-to-user", "fail-nowait-above-high", "watermark", "mainline-6.1",
-                        "mainline-6.12", "mainline-6.18"]
+                        "mainline-6.12", "mainline-6.18", "thp-no-reclaim", "thp-reclaim"]
     assert summary["limits"]["high_bytes"] == 12 << 20 and summary["limits"]["max_bytes"] == 28 << 20  # from the manifest
     outcomes = pl.read_parquet(out / "outcomes.parquet")
     assert outcomes.columns == [*CHARGE_COLUMNS.names, *policies]
