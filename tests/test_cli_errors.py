@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -267,8 +268,11 @@ def test_sizes_go_up_to_one_pib(tmp_path):
 
 
 def test_shell_completion_is_offered():
-    script = chargeplay("--show-completion", "bash")
-    assert script.returncode == 0 and "_CHARGEPLAY_COMPLETE=complete_bash" in script.stdout
+    # --show-completion prints the script for the shell it runs under (its parent process): bash
+    # here, which runs it as a child (`; true`: not exec'd in bash's place)
+    script = subprocess.run(["bash", "-c", f"{shlex.join(CHARGEPLAY)} --show-completion; true"], capture_output=True,
+                            text=True, timeout=60)
+    assert "_CHARGEPLAY_COMPLETE=complete_bash" in script.stdout, script.stderr
     words = chargeplay(env={**os.environ, "_CHARGEPLAY_COMPLETE": "complete_bash", "COMP_WORDS": "chargeplay rep",
                             "COMP_CWORD": "1"})
     assert words.stdout.split() == ["replay", "report"]

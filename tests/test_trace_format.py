@@ -116,8 +116,9 @@ def test_readme_summarises_the_schema_as_defined():
 
 @pytest.mark.parametrize("name", sample_names())
 def test_a_bundled_samples_command_names_no_path_of_the_machine_that_recorded_it(name):
-    """record.sh runs the workload from the checkout: its script is a path relative to the
-    repository, which exists wherever the sample is read."""
+    """record.sh runs the workload from the checkout: a script or module it names is relative to
+    the repository, which exists wherever the sample is read."""
     command = Trace.open(sample_path(name)).manifest["target"]["command"]
-    script = Path(__file__).resolve().parent.parent / command[1]
-    assert command[0] == "python3" and not Path(command[1]).is_absolute() and script.is_file(), command
+    checkout = Path(__file__).resolve().parent.parent
+    assert command[0] == "python3" and not any(Path(word).is_absolute() for word in command), command
+    assert (checkout / command[1]).is_file() or (command[1] == "-m" and (checkout / command[2]).is_dir()), command

@@ -5,7 +5,8 @@
 #                                           (default: .venv/bin/chargeplay)
 #   traces/samples/record.sh --lab          in the kernel lab (make lab-packages): the file storm on
 #                                           Debian's 6.1 and 6.12 with cgroup v2, over a 20 MiB
-#                                           memory.high under a 28 MiB memory.max
+#                                           memory.high under a 28 MiB memory.max; and THP past a
+#                                           24 MiB memory.high on 6.12 (thp-6.12)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 checkout=$(cd "$here/../.." && pwd)
@@ -25,6 +26,12 @@ if [ "${1:-}" = --lab ]; then
   for series in 6.1 6.12; do
     publish "$here/file-storm-$series"
   done
+  # THP under memory.high (the thread's last case): 32 MiB of MADV_HUGEPAGE memory written past
+  # a 24 MiB memory.high, on 6.12 (THP defrag=madvise: the faults' gfp is GFP_TRANSHUGE)
+  rm -rf "$here"/thp-6.12
+  (cd "$checkout" && .venv/bin/python -m lab run --kernel 6.12 --keep "$here" -- sh -c \
+    'chargeplay collect -o "$0/out/thp-6.12" --memory-max 64M --memory-high 24M -- python3 -m zoo thp' '{run}')
+  publish "$here/thp-6.12"
   exit 0
 fi
 
