@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 # chromium opens the HTML report in the report tests; clang, llvm (llvm-strip) and libbpf-dev
 # build the eBPF backend's object (make bpf), which libbpf1 loads.
 BPF_BUILD_PACKAGES := clang llvm libbpf-dev libbpf1
-DEBIAN_TEST_PACKAGES := chromium $(BPF_BUILD_PACKAGES)
+DEBIAN_TEST_PACKAGES := chromium $(BPF_BUILD_PACKAGES) trace-cmd linux-perf
 # The eBPF backend's CO-RE object: built here once, loaded on any kernel with BTF (no compiler there).
 BPF_OBJECT := collect/kmem.bpf.o
 BPF_ARCH := $(subst x86_64,x86,$(subst aarch64,arm64,$(shell uname -m)))

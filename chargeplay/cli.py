@@ -168,13 +168,17 @@ def _table(*headings: str, **options: Any) -> Table:
     return table
 
 
+def _cgroup_version(version: int | None) -> str:
+    return f"cgroup v{version}" if version else "cgroup version not recorded"  # an imported trace's
+
+
 def _print_summary(s: dict[str, Any]) -> None:
     out = _stdout()
     target = s["target"]
     out.print(f"[bold]{s['path']}[/]  status [bold]{s['status']}[/]" + (f" ({s['stop_reason']})" if s["stop_reason"] else ""), highlight=False)
     out.print(
-        f"kernel {s['kernel']}, backend {s['backend']}, started {s['start']}, {s['duration_s']} s\n"
-        f"memcg {target['cgroup_path']} (cgroup v{target['cgroup_version']}), max {format_bytes(target['max'])}, "
+        f"kernel {s['kernel'] or '-'}, backend {s['backend']}, started {s['start'] or '-'}, {s['duration_s']} s\n"
+        f"memcg {target['cgroup_path'] or '-'} ({_cgroup_version(target['cgroup_version'])}), max {format_bytes(target['max'])}, "
         f"high {format_bytes(target['high'])}, command {' '.join(target['command'] or []) or '-'}\n"
         f"{s['events']:,} events, {s['lost_events']:,} lost, "
         f"{s['segments']} segments, {format_bytes(s['bytes_on_disk'])} on disk ({s['bytes_per_event']} bytes/event)",
@@ -187,7 +191,7 @@ def _print_summary(s: dict[str, Any]) -> None:
         out.print(f"the memcg's own counters at the end: peak {format_bytes(m['peak'])}, usage {format_bytes(m['usage'])}, "
                   f"{max_events} {m['max_events'] or 0:,}{high}, OOM kills {m['oom_kills'] or 0:,}; "
                   f"its tasks' memcg reclaims {m['reclaims']:,}", markup=False, highlight=False)
-    contexts = ", ".join(f"{ctx} {count:,}" for ctx, count in s["contexts"].items())
+    contexts = ", ".join(f"{ctx or 'not recorded'} {count:,}" for ctx, count in s["contexts"].items())
     out.print(f"kmem charged: {format_bytes(s['kmem_bytes'])} in all, every charged allocation added up (frees not "
               f"subtracted); allocations by context: {contexts or '-'}", markup=False, highlight=False)
     if s["dropped"]:
@@ -653,6 +657,33 @@ def scrub(
         copied = scrubbing.scrub(source, output, comm, pid, lambda done, total: bar.update(task, completed=done, total=total))
     done = {"hash": "hashed", "drop": "dropped", "keep": "kept", "renumber": "renumbered"}
     err.print(f"{output}: {copied:,} events, task names {done[comm]}, pids {done[pid]}", markup=False, highlight=False)
+
+
+@app.command("import")
+@user_errors
+def import_(
+    file: Annotated[Path, typer.Argument(help="the text perf script or trace-cmd report printed, or the perf.data or trace.dat "
+                                         "they read (with the tool installed)")],
+    tool: Annotated[str, typer.Option("--from", metavar="<perf-script|trace-cmd>", help="the tool that wrote or reads FILE")] = ...,
+    output: Annotated[Path, typer.Option("-o", "--output", help="trace directory to create")] = ...,
+    memory_max: Annotated[Optional[str], typer.Option(metavar=SIZE, help="the memcg's hard limit to record (the tools record "
+                                                      "none), e.g. 64M" + SIZES)] = None,
+    memory_high: Annotated[Optional[str], typer.Option(metavar=SIZE, help="the memcg's high limit to record, e.g. 48M" + SIZES)] = None,
+    memcg_id: Annotated[Optional[int], typer.Option(help="the workload's memcg (its cgroup directory's inode number): the stat "
+                                                    "events of others are left out (default: the memcg most stat events name)")] = None,
+) -> None:
+    """Make a trace of what perf or trace-cmd recorded: kmem, memcg, vmscan, oom, syscall-exit and task events."""
+    from collect.importer import import_trace
+    from rich.progress import DownloadColumn
+
+    # transient: a refusal found while reading stays the one line on stderr
+    with ProgressBar(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(), console=err,
+                     transient=True) as bar:
+        task = bar.add_task("reading", total=None)
+        manifest = import_trace(file, tool, output, _size(memory_max, "--memory-max"), _size(memory_high, "--memory-high"), memcg_id,
+                                lambda step, done, total: bar.update(task, description=step, completed=done, total=total), _say)
+    lost = manifest["lost"]["total"]
+    err.print(f"{output}: {manifest['events']:,} events, {lost:,} lost (as the tool says)", markup=False, highlight=False)
 
 
 def _check_command(name: str) -> None:
