@@ -15,7 +15,7 @@ from common.jit import njit
 from replay.object_slots import ALLOC_OP, BYTES, CACHE, MEMCG, NEVER_CHARGED, OP, PAGES, POOL, give_back_slot, take_slot
 from replay.ops import (
     ANON_FREED, ANON_UNMAPPED, FAILED_CHARGE, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, OBJ_ALLOC, OOM_CHARGE,
-    PAGE_ALLOC, PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER, POOL_SLAB_UNRECLAIMABLE, RECLAIM_TIME,
+    PAGE_ALLOC, PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER, POOL_SLAB_UNRECLAIMABLE, RECLAIM_TIME, RETRY_FOUND_ROOM,
     TASK_CLONE_VM, TASK_EXEC, TASK_EXIT, TASK_FORK, USER_RETURN,
 )
 from traces.schema import CLONE_FLAGS, KINDS
@@ -208,7 +208,24 @@ def segment_operations(ts, kind, task, in_task, charged, nbytes, cache, obj, ord
     for t in range(tasks.shape[0]):  # a system call cut by the segment's end pairs what it has
         _end_system_call(tasks, t, next_dentry, free_op, out_obj, out_pool, live)
         tasks[t, LAST_LRU] = -1
+    _retries_that_found_room(n, out_src, out_op, out_obj, task, in_task)
     return n
+
+
+@njit
+def _retries_that_found_room(n, out_src, out_op, out_obj, task, in_task) -> None:
+    """An OOM_CHARGE whose task's next operation in the segment (in task context) is a charge,
+    not the time of a reclaim: the kernel's retry after its kill found room (the other CPUs'
+    page stocks were drained meanwhile) and the task went on; its obj says so (RETRY_FOUND_ROOM)."""
+    for j in range(n):
+        if out_op[j] != OOM_CHARGE:
+            continue
+        for later in range(j + 1, n):
+            if task[out_src[later]] != task[out_src[j]] or not in_task[out_src[later]]:
+                continue
+            if out_op[later] == LRU_CHARGE or out_op[later] == OBJ_ALLOC or out_op[later] == PAGE_ALLOC:
+                out_obj[j] = RETRY_FOUND_ROOM
+            break
 
 
 @njit

@@ -35,7 +35,8 @@ target's too):
 - oom:mark_victim: OOM_CHARGE, the charge the invoking task could not make, of the order
   and gfp of that task's last reclaim_begin (the OOM killer runs in the charging task
   after reclaim failed). When the victim is that task, its charge fails and the trace has
-  no other record of it;
+  no other record of it. Its obj is RETRY_FOUND_ROOM where the task's next operation is a
+  charge, not more reclaim: the kernel's retry after the kill went through;
 - a page allocation of a task, not charged, that the task frees before any charge of its
   own, after one or more memcg reclaims: FAILED_CHARGE, the charge the kernel failed
   without an OOM kill, of the allocation's order and the gfp of the last reclaim_begin

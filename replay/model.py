@@ -67,8 +67,8 @@ The approximations:
   (FAILED_CHARGE: a THP fault's, a dying task's) is replayed the same way. Either drains the
   charging CPU's stock first (the kernel's charge did), and holds as much of the model's room
   as the other CPUs' page stocks could hold unseen (drain_all_stock only schedules their
-  drain): up to a batch per CPU, until an OOM kill (milliseconds: the drain work has run by
-  its end) or the charge's end. A task the model's OOM
+  drain): up to a batch per CPU, through the charge, or until its OOM kill where the trace
+  shows the kernel's retry after the kill going through (the drain work ran meanwhile). A task the model's OOM
   killer chose stays dying until the trace's end, whatever the trace shows it doing: its
   charges at the limit kill nobody and fail (task_is_dying).
 - A huge page (an anon LRU charge of more than one page: a THP fault's) is charged with its
@@ -101,7 +101,7 @@ from replay.ops import (
     ANON_FREED, ANON_UNMAPPED, CLOCK_SHARING, FAILED_CHARGE, HZ, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, MEMCG_CHARGE_BATCH_6X, MEMCG_DELAY_PRECISION_SHIFT,
     MEMCG_DELAY_SCALING_SHIFT, MEMCG_MAX_HIGH_DELAY_JIFFIES, NR_MEMCG_STOCK, OBJ_ALLOC, OBJ_EXT_BYTES, OBJ_FREE, OOM_CHARGE, OUTCOME,
     PAGE_ALLOC, PAGE_ALLOC_COSTLY_ORDER, PAGE_FREE, PAGE_SHIFT, PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES,
-    POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, RECLAIM_TIME, RECLAIM_TRIGGERS, SWAP_CLUSTER_MAX, TASK_CLONE_VM, TASK_EXEC, TASK_EXIT,
+    POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, RECLAIM_TIME, RECLAIM_TRIGGERS, RETRY_FOUND_ROOM, SWAP_CLUSTER_MAX, TASK_CLONE_VM, TASK_EXEC, TASK_EXIT,
     TASK_FORK, TRIGGER, USER_RETURN,
 )
 from replay.policy import HIGH_MODES, THP_CHARGE_GFPS
@@ -132,7 +132,7 @@ UNMAPPED = DEBT + 8  # anon pages unmapped and still charged (not yet freed)
 # shrunk meanwhile, which wait for the next one. NOW: the time of the operation being replayed; TRACE_NOW:
 # its time in the trace.
 RCU_WAITING, RCU_NEXT, RCU_GP_END, NOW, TRACE_NOW = DEBT + 9, DEBT + 10, DEBT + 11, DEBT + 12, DEBT + 13
-UNDRAINED = DEBT + 14  # pages held for the other CPUs' stocks while their drain work has not run
+UNDRAINED = DEBT + 14  # pages held for the other CPUs' stocks until the OOM killer has run (their drain work with it)
 FREED_FOLIOS = DEBT + 15  # memcg[FREED_FOLIOS + order]: freed folios still to leave the file LRU
 # memcg[OBJCG_BYTES + i]: bytes pre-charged to memcg i's objcg that no object stock holds (nr_charged_bytes)
 OBJCG_BYTES = FREED_FOLIOS + 64
@@ -776,7 +776,8 @@ def exit_mmap(memcg, per_task, victim):
 
 
 @njit
-def charge_the_kernel_could_not_make(memcg, stats, knobs, per_cpu, per_task, nr_pages, gfp, cpu, task, irq, memcg_ix):
+def charge_the_kernel_could_not_make(memcg, stats, knobs, per_cpu, per_task, nr_pages, gfp, cpu, task, irq, memcg_ix,
+                                     room_after_kill):
     """A charge the capturing kernel OOM-killed for (OOM_CHARGE) or failed (FAILED_CHARGE):
     try it; if the model can make it, cancel it (mem_cgroup_cancel_charge), since where the
     kernel's retry succeeded the trace charges the pages itself, and where it failed the
@@ -788,17 +789,23 @@ def charge_the_kernel_could_not_make(memcg, stats, knobs, per_cpu, per_task, nr_
     reclaim, but the kernel may hold pages there the trace cannot show: drain_all_stock only
     schedules work to drain the other CPUs' stocks (schedule_work_on), which the charge does
     not wait for, so up to MEMCG_CHARGE_BATCH pages on each other CPU can still be charged
-    while it reclaims. So much of the model's room as those stocks explain is held
-    (UNDRAINED) until that work has run: once the OOM killer has, or after the charge."""
+    while it reclaims. So much of the model's room as those stocks explain is held through
+    the charge. Where the trace shows the kernel's retry after its OOM kill going through
+    (`room_after_kill`: the task's next operation is a charge, not more reclaim), the work ran
+    during the kill (dump_header takes milliseconds): the held pages go when the model's OOM
+    killer has run (UNDRAINED). Else the room the model has and the kernel had not (a few pages
+    its accounting misses) stays held until the charge is over."""
     if nr_pages > 1 << PAGE_ALLOC_COSTLY_ORDER:  # a THP fault's
         gfp = thp_charge_gfp(knobs, gfp)
     drain_local_stock(memcg, per_cpu, cpu)
-    memcg[UNDRAINED] = min(max(room(memcg, knobs, per_cpu, gfp) - nr_pages + 1, 0),
-                           knobs[STOCK_BATCH] * (per_cpu.shape[0] - 1))
-    memcg[USAGE] += memcg[UNDRAINED]
+    held = min(max(room(memcg, knobs, per_cpu, gfp) - nr_pages + 1, 0), knobs[STOCK_BATCH] * (per_cpu.shape[0] - 1))
+    memcg[USAGE] += held
+    if room_after_kill:
+        memcg[UNDRAINED], held = held, 0
     outcome = try_charge_memcg(memcg, stats, knobs, per_cpu, per_task, gfp, nr_pages, cpu, task, irq, memcg_ix)
     if outcome != FAILED:
         page_counter_uncharge(memcg, nr_pages)
+    page_counter_uncharge(memcg, held)
     drain_work_ran(memcg)
     return outcome
 
@@ -1231,7 +1238,7 @@ def replay_operation(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, poo
         free_oom_victim_anon(memcg, per_task, pages[i], t)
     elif o == OOM_CHARGE or o == FAILED_CHARGE:
         outcome[i] = charge_the_kernel_could_not_make(memcg, stats, knobs, per_cpu, per_task, pages[i], gfp[i], c, t, irq[i],
-                                                      m)
+                                                      m, o == OOM_CHARGE and obj[i] == RETRY_FOUND_ROOM)
     elif o == USER_RETURN:
         resume_user_mode_work(memcg, stats, knobs, per_task, t)
     elif o == TASK_FORK or o == TASK_CLONE_VM:

@@ -17,6 +17,7 @@ LRU_UNCHARGE = 6
 USER_RETURN = 7  # the task returns to user space (syscall exit)
 LRU_RECLAIMED = 8  # the capturing kernel's own reclaim took file or anon pages (inside its reclaim_begin/end)
 OOM_CHARGE = 9  # the charge the capturing kernel OOM-killed for (oom:mark_victim, sized by the task's last reclaim_begin)
+RETRY_FOUND_ROOM = 1  # an OOM_CHARGE's obj: the kernel's retry after its kill went through (else -1)
 LRU_OOM_FREED = 10  # the capturing kernel's OOM kill freed a victim's anon pages (its frees after its oom:mark_victim)
 ANON_UNMAPPED = 11  # a task unmapped anon pages (NR_ANON_MAPPED): they leave its rss, not yet the memcg
 ANON_FREED = 12  # unmapped anon pages are freed (they leave the anon LRU): uncharged

@@ -10,8 +10,8 @@ import pytest
 from replay.input import InputStream, build
 from replay.ops import (
     ANON_FREED, ANON_UNMAPPED, FAILED_CHARGE, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, OBJ_ALLOC, OBJ_FREE, OOM_CHARGE, POOL_ANON,
-    POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, RECLAIM_TIME, TASK_CLONE_VM, TASK_EXEC,
-    TASK_EXIT, TASK_FORK, USER_RETURN,
+    POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, RECLAIM_TIME, RETRY_FOUND_ROOM, TASK_CLONE_VM,
+    TASK_EXEC, TASK_EXIT, TASK_FORK, USER_RETURN,
 )
 from replay.run import reclaim_cost
 from traces.atomic import write_json
@@ -95,6 +95,10 @@ def trace(tmp_path_factory) -> Trace:
         folio("page_alloc", 24, 9, thp),  # 43: a THP
         stat("memcg_state", memcg["MEMCG_SOCK"], 1),  # 44: some other charge of the task in between
         stat("memcg_lruvec_state", node["NR_ANON_MAPPED"], 512),  # 45: ... and the THP is charged
+        event("reclaim_begin", gfp=user, order=0),  # 46: a page's charge reclaims
+        event("reclaim_end", val=0),  # 47
+        event("oom", val=TASK),  # 48: ... and OOM-kills the task itself
+        stat("memcg_lruvec_state", node["NR_ANON_MAPPED"], 1),  # 49: ... whose retry then charged the page
     ]
     return written(tmp_path_factory.mktemp("trace") / "t", manifest, events)
 
@@ -150,13 +154,16 @@ def test_each_event_makes_the_operation_the_rules_say(trace):
         (41, USER_RETURN, 0, POOL_OTHER, -1, -1, 0, task, False),
         (44, LRU_CHARGE, 1, POOL_KMEM_PAGES, -1, -1, gfp["GFP_KERNEL"], task, False),
         (45, LRU_CHARGE, 512, POOL_ANON, -1, -1, gfp["GFP_TRANSHUGE"], task, False),  # with its fault's gfp (row 43)
+        (47, RECLAIM_TIME, 0, POOL_OTHER, -1, -1, 0, task, False),
+        (48, OOM_CHARGE, 1, POOL_ANON, -1, RETRY_FOUND_ROOM, gfp["GFP_HIGHUSER_MOVABLE"], task, False),  # the task's next operation: a charge
+        (49, LRU_CHARGE, 1, POOL_ANON, -1, -1, gfp["GFP_HIGHUSER_MOVABLE"], task, False),
     ]
     got = list(zip(data.row.tolist(), data.op.tolist(), data.pages.tolist(), data.pool.tolist(), data.cache.tolist(),
                    data.obj.tolist(), data.gfp.tolist(), data.task.tolist(), data.irq.tolist()))
     assert got == expected
     assert data.bytes[data.op == OBJ_FREE].tolist() == [192, 192]  # a free has its allocation's size
     # the capturing kernel's reclaims, each as the ns from its reclaim_begin (events are 1 us apart)
-    assert data.bytes[data.op == RECLAIM_TIME].tolist() == [2000, 1000, 1000, 1000, 1000]
+    assert data.bytes[data.op == RECLAIM_TIME].tolist() == [2000, 1000, 1000, 1000, 1000, 1000]
 
 
 def test_the_segments_carry_what_spans_them(trace):
@@ -165,7 +172,7 @@ def test_the_segments_carry_what_spans_them(trace):
     # reclaim_begin of row 39
     batches = [batch.row.tolist() for batch in InputStream(trace).batches()]
     assert batches == [[0, 1, 2, 3, 4, 5, 6, 8], [10, 12, 13, 14, 15, 16, 17, 18], [20, 21, 23, 24, 27, 29], [30, 33, 34],
-                       [40, 41, 44, 45]]
+                       [40, 41, 44, 45, 47, 48, 49]]
 
 
 def test_each_operation_charges_the_memcg_below_the_target_its_task_charges_pages_to(tmp_path):

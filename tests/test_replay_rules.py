@@ -13,7 +13,8 @@ from replay.input import ARRAYS, ReplayInput
 from replay.model import FILE_LRU, FREED_FOLIOS, HIGH, LRU_HEAD, LRU_TAIL, POOLS, SLAB_COUNT, USAGE
 from replay.ops import (
     ANON_FREED, ANON_UNMAPPED, FAILED_CHARGE, PAGE_FREE, TASK_CLONE_VM, TASK_FORK, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, OBJ_ALLOC, OBJ_FREE, OOM_CHARGE, OUTCOME, PAGE_ALLOC, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER,
-    POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, RECLAIM_TIME, TRIGGER, UNLIMITED, USER_RETURN, GfpBits, Limits,
+    POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, RECLAIM_TIME, RETRY_FOUND_ROOM, TRIGGER, UNLIMITED, USER_RETURN, GfpBits,
+    Limits,
 )
 from replay.policy import BUILTIN
 from replay.run import ENGINES, replay_whole
@@ -457,23 +458,33 @@ def test_an_oom_charge_kills_when_the_models_room_is_what_other_cpus_stocks_may_
     assert list(r.bucket_last) == [56, 24, 24]
 
 
-def test_an_oom_charge_finds_its_cpus_stock_drained_and_the_kill_lets_the_other_cpus_drain(engine):
+def test_an_oom_charge_finds_its_cpus_stock_drained_and_what_the_other_cpus_may_hold_goes_if_the_kernels_retry_went_through(engine):
     # max 200, 24 pages held. Task 0 charges 112 anon pages (136), then 1 (a batch of 64: 200,
     # 63 stocked on CPU 0). The kernel OOM-killed task 0 itself for its next page on CPU 0, so
     # its CPU's stock was empty there (drain_all_stock drains the charging CPU at once): the
     # model drains it (137), and its 63 pages of room are what the other CPU's stock could
     # hold while its drain work waits: held (200). The batch and then 1 page fail before each
     # of 18 reclaim calls (failcnt 1 + 18); the OOM killer takes task 0 itself (the only anon
-    # pages), whose memory stays while it charges. The kill takes long enough for the drain
-    # work to run (137): the retry fits (138) and is cancelled (137). Task 0's exit then frees
-    # its 113 pages (LRU_OOM_FREED): the model's kill took none of them, so all go: 24. Served
-    # from the stock instead, the page would have killed nobody and the 113 stayed charged.
-    ops = [anon(112, task=0), anon(1, task=0), {"op": OOM_CHARGE, "pages": 1, "pool": POOL_ANON, "task": 0},
-           anon(113, task=0, op=LRU_OOM_FREED)]
-    r = engine(scenario(ops, pools={POOL_OTHER: 24}), MAINLINE, Limits(max_pages=200))
-    assert r.outcome[2] == OUTCOME["oom"] and r.oom_kills == 1
-    assert r.reclaim_calls[TRIGGER["max"]] == 18 and r.failcnt == 19
-    assert list(r.bucket_last) == [136, 200, 137, 24]
+    # pages), whose memory stays while it charges.
+    # The trace then shows task 0's page charged (RETRY_FOUND_ROOM): the kernel's retry after
+    # the kill went through, the drain work having run during it. So the held pages go (137),
+    # the retry fits (138) and is cancelled (137). Task 0's exit frees its 113 pages
+    # (LRU_OOM_FREED): the model's kill took none of them, so all go: 24.
+    # Where the trace shows more reclaim instead, the held pages stay: 17 more fruitless calls
+    # (failcnt 17 more), the dying task's charge fails and its 113 pages go, then the held
+    # ones: 24 at once, 35 calls, and its frees pay off what the kill took.
+    # Served from CPU 0's stock, the page would have killed nobody and the 113 stayed charged.
+    def ops(retry: int) -> list[dict]:
+        return [anon(112, task=0), anon(1, task=0), {"op": OOM_CHARGE, "pages": 1, "pool": POOL_ANON, "task": 0, "obj": retry},
+                anon(113, task=0, op=LRU_OOM_FREED)]
+    went_through = engine(scenario(ops(RETRY_FOUND_ROOM), pools={POOL_OTHER: 24}), MAINLINE, Limits(max_pages=200))
+    assert went_through.outcome[2] == OUTCOME["oom"] and went_through.oom_kills == 1
+    assert went_through.reclaim_calls[TRIGGER["max"]] == 18 and went_through.failcnt == 19
+    assert list(went_through.bucket_last) == [136, 200, 137, 24]
+    reclaimed_again = engine(scenario(ops(-1), pools={POOL_OTHER: 24}), MAINLINE, Limits(max_pages=200))
+    assert reclaimed_again.outcome[2] == OUTCOME["failed"] and reclaimed_again.oom_kills == 1
+    assert reclaimed_again.reclaim_calls[TRIGGER["max"]] == 35 and reclaimed_again.failcnt == 36
+    assert list(reclaimed_again.bucket_last) == [136, 200, 24, 24]
 
 
 def test_unmapped_anon_pages_stay_charged_until_freed_but_leave_the_tasks_rss(engine):
