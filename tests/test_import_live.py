@@ -82,6 +82,7 @@ def collect_while(tmp_path: Path, command: list[str]) -> Trace:
     collected = chargeplay("collect", "-o", str(tmp_path / "collected"), "--all-allocations", "--", *command, timeout=TIMEOUT)
     assert collected.returncode == 0, collected.stderr
     trace = Trace.open(tmp_path / "collected")
+    assert trace.manifest["stop_reason"] == "workload exited with status 0", collected.stderr  # perf or the storm failed
     assert trace.manifest["lost"]["total"] == 0
     return trace
 
