@@ -43,10 +43,9 @@ OBSERVED_BY_OBSERVER = {"reclaim invocations": "reclaim_calls", "pages reclaimed
 
 def observed(trace: Trace, observation: Observation) -> dict[str, int | None]:
     """What the kernel did: the observer's figures (None: not measured) and the memcg's last counters."""
-    samples = trace.side_table("memcg")
-    if samples is None or samples.select(pl.len()).collect().item() == 0:
+    last = trace.last_memcg_sample()
+    if last is None:
         raise TraceError(f"{trace.path}: no memcg counter samples (memcg.parquet); re-capture with chargeplay collect")
-    last = samples.sort("ts_ns").collect().row(-1, named=True)
     return {
         **{metric: getattr(observation, figure) for metric, figure in OBSERVED_BY_OBSERVER.items()},
         "peak usage": int(last["max_usage"] or 0),

@@ -111,6 +111,13 @@ class Trace:
         path = self.path / f"{name}.parquet"
         return pl.scan_parquet(path) if path.exists() else None
 
+    def last_memcg_sample(self) -> dict | None:
+        """The target memcg's counters at the capture's end (memcg.parquet's last sample); None
+        without samples."""
+        samples = self.side_table("memcg")
+        last = samples.sort("ts_ns").last().collect() if samples is not None else None
+        return last.row(0, named=True) if last is not None and last.height else None
+
     @property
     def page_size(self) -> int:
         return self.manifest["kernel"]["page_size"]

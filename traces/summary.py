@@ -11,6 +11,7 @@ from traces.schema import ALLOC_KINDS
 
 TOP = 10  # rows of each "top" table: the caches and call sites that charged the most
 
+
 def kinds_from(kinds: dict[str, dict]) -> dict[str, str]:
     """Per kind, in a line, where its events came from on the capturing kernel: the tracepoint,
     and the columns it could not give as such (inferred, null), or why there are none."""
@@ -50,7 +51,8 @@ def summarize(trace: Trace) -> dict[str, Any]:
     span = trace.facts.last_ns
     start, end = manifest.get("start", {}), manifest.get("end", {})
     duration_ns = (end["trace_ns"] - start["trace_ns"]) if end.get("trace_ns") and start.get("trace_ns") else span
-    total = int(by_kind["events"].sum()) if by_kind.height else 0
+    events_by_kind = dict(zip(by_kind["kind"].to_list(), by_kind["events"].to_list()))
+    total = sum(events_by_kind.values())
     disk = sum(path.stat().st_size for path in trace.segment_paths)
     return {
         "path": str(trace.path),
@@ -62,11 +64,11 @@ def summarize(trace: Trace) -> dict[str, Any]:
         "start": start.get("wall"),
         "duration_s": round((duration_ns or 0) / 1e9, 3),
         "events": total,
-        "events_by_kind": dict(zip(by_kind["kind"].to_list(), by_kind["events"].to_list())),
+        "events_by_kind": events_by_kind,
         "kinds_from": kinds_from(manifest.get("kinds", {})),
         "kmem_bytes": int(allocs["kmem_bytes"].sum()) if allocs.height else 0,
         "gfp_classes": allocs.to_dicts(),
-        "memcg": memcg_counters(trace, by_kind),
+        "memcg": memcg_counters(trace, events_by_kind.get("reclaim_begin", 0)),
         "top_caches": top_charged(charged.filter(pl.col("cache").is_not_null()), "cache").collect().to_dicts(),
         "top_call_sites": call_sites.collect().to_dicts(),
         "page_orders": events.filter(pl.col("kind") == "page_alloc").group_by("order").agg(
@@ -87,14 +89,11 @@ def top_charged(charged: pl.LazyFrame, key: str) -> pl.LazyFrame:
             .sort("kmem_bytes", key, descending=[True, False]).head(TOP))
 
 
-def memcg_counters(trace: Trace, by_kind: pl.DataFrame) -> dict[str, Any] | None:
-    """The target memcg's own counters at the capture's end (memcg.parquet's last sample) and
-    the memcg reclaims its tasks made (reclaim_begin events); None without counter samples."""
-    samples = trace.side_table("memcg")
-    last = samples.sort("ts_ns").last().collect() if samples is not None else None
-    if last is None or last.height == 0:
+def memcg_counters(trace: Trace, reclaims: int) -> dict[str, Any] | None:
+    """The target memcg's own counters at the capture's end and the memcg reclaims its tasks
+    made (reclaim_begin events); None without counter samples."""
+    row = trace.last_memcg_sample()
+    if row is None:
         return None
-    row = last.row(0, named=True)
-    reclaims = dict(zip(by_kind["kind"].to_list(), by_kind["events"].to_list())).get("reclaim_begin", 0)
     return {"usage": row["usage"], "peak": row["max_usage"], "max_events": row["failcnt"], "high_events": row["events_high"],
             "oom_kills": row["events_oom_kill"], "reclaims": reclaims}
