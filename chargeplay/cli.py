@@ -208,9 +208,8 @@ def _print_summary(s: dict[str, Any]) -> None:
     for row in s["gfp_classes"]:
         classes.add_row(row["gfp_class"], f"{row['allocations']:,}", f"{row['accounted']:,}", f"{row['failed']:,}", format_bytes(row["kmem_bytes"]))
     out.print(classes)
-    for key, title in (("top_caches", "slab caches"), ("top_call_sites", "call sites")):
-        top = _table("cache" if key == "top_caches" else "call site", "allocations", "kmem bytes",
-                     title=f"the {title} that charged the most kmem", title_justify="left")
+    for key, heading, title in (("top_caches", "cache", "slab caches"), ("top_call_sites", "call site", "call sites")):
+        top = _table(heading, "allocations", "kmem bytes", title=f"the {title} that charged the most kmem", title_justify="left")
         for row in s[key]:
             name = row.get("cache") or row.get("symbol") or f"id {row['call_site']}"
             top.add_row(Text(name), f"{row['allocations']:,}",  # Text: a name from the trace is no markup
@@ -384,6 +383,9 @@ POLICY_HELP = "a policy to run (repeatable; default: all built-in)"
 POLICIES_FILE_HELP = "TOML file of extra policies (all are run unless --policy picks)"
 OPEN_LOOP_HELP = "keep the trace's timeline: a task's stall does not delay its later events (default: closed loop, it does)"
 CLOCK_HELP = "closed loop: which tasks wait for a stalled one: none (task, the default), its threads (process) or all (workload)"
+CLOCK_CHOICES = "<task|process|workload>"  # replay.ops.CLOCK_SHARING
+ENGINE_HELP = "fast (numba) or reference (plain Python)"
+ENGINE_CHOICES = "<fast|reference>"  # replay.run.ENGINES
 
 
 @app.command()
@@ -397,8 +399,8 @@ def replay(
     memory_high: Annotated[Optional[str], typer.Option(metavar=SIZE, help="memory.high to replay with, or max for none (default: the trace's)" + SIZES)] = None,
     swap: Annotated[bool, typer.Option("--swap", help="let reclaim take anon pages")] = False,
     open_loop: Annotated[bool, typer.Option("--open-loop", help=OPEN_LOOP_HELP)] = False,
-    clock: Annotated[str, typer.Option(metavar="<task|process|workload>", help=CLOCK_HELP)] = "task",
-    engine: Annotated[str, typer.Option(metavar="<fast|reference>", help="fast (numba) or reference (plain Python)")] = "fast",
+    clock: Annotated[str, typer.Option(metavar=CLOCK_CHOICES, help=CLOCK_HELP)] = "task",
+    engine: Annotated[str, typer.Option(metavar=ENGINE_CHOICES, help=ENGINE_HELP)] = "fast",
 ) -> None:
     """Replay a trace under charge policies; write summary.json, timeseries.parquet, outcomes.parquet."""
     from replay import result_format, run
@@ -470,8 +472,8 @@ def sweep(
     policies_file: Annotated[Optional[Path], typer.Option("--policies", help=POLICIES_FILE_HELP)] = None,
     swap: Annotated[bool, typer.Option("--swap", help="let reclaim take anon pages")] = False,
     open_loop: Annotated[bool, typer.Option("--open-loop", help=OPEN_LOOP_HELP)] = False,
-    clock: Annotated[str, typer.Option(metavar="<task|process|workload>", help=CLOCK_HELP)] = "task",
-    engine: Annotated[str, typer.Option(metavar="<fast|reference>", help="fast (numba) or reference (plain Python)")] = "fast",
+    clock: Annotated[str, typer.Option(metavar=CLOCK_CHOICES, help=CLOCK_HELP)] = "task",
+    engine: Annotated[str, typer.Option(metavar=ENGINE_CHOICES, help=ENGINE_HELP)] = "fast",
     executor: Annotated[str, typer.Option(help="where several traces' sweeps run: local (this process), dask (a local cluster "
                                           "of worker processes) or dask=ADDRESS (a scheduler's workers)")] = "local",
 ) -> None:
