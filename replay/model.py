@@ -68,12 +68,13 @@ The approximations:
   charging CPU's stock first (the kernel's charge did), and holds as much of the model's room
   as the other CPUs' page stocks could hold unseen (drain_all_stock only schedules their
   drain): up to a batch per CPU, through the charge, or until its OOM kill where the trace
-  shows the kernel's retry after the kill going through (the drain work ran meanwhile). A task the model's OOM
-  killer chose stays dying until the trace's end, whatever the trace shows it doing: its
-  charges at the limit kill nobody and fail (task_is_dying).
+  shows the kernel's retry after the kill going through (the drain work ran meanwhile). A
+  task the model's OOM killer chose stays dying until the trace's end, whatever the trace
+  shows it doing: its charges at the limit kill nobody and fail (task_is_dying).
 - A huge page (an anon LRU charge of more than one page: a THP fault's) is charged with its
-  fault's gfp as the policy has it (thp_charge_gfp); when that fails, its small pages are
-  charged one by one at once, as if the task faulted the whole range in straight away.
+  fault's gfp as the policy has it (thp_charge_gfp), as is a THP fault's charge the kernel
+  failed; when the model's fails, its small pages are charged one by one at once, as if the
+  task faulted the whole range in straight away.
 - Page stocks are per CPU and memcg: a CPU caches stock_memcgs memcgs (1 before 6.16,
   NR_MEMCG_STOCK = 7 since), and a memcg that finds its own stock empty charges the counter
   while another's stock holds pages. Memcgs outside the target's subtree are not in the trace:
@@ -795,8 +796,6 @@ def charge_the_kernel_could_not_make(memcg, stats, knobs, per_cpu, per_task, nr_
     during the kill (dump_header takes milliseconds): the held pages go when the model's OOM
     killer has run (UNDRAINED). Else the room the model has and the kernel had not (a few pages
     its accounting misses) stays held until the charge is over."""
-    if nr_pages > 1 << PAGE_ALLOC_COSTLY_ORDER:  # a THP fault's
-        gfp = thp_charge_gfp(knobs, gfp)
     drain_local_stock(memcg, per_cpu, cpu)
     held = min(max(room(memcg, knobs, per_cpu, gfp) - nr_pages + 1, 0), knobs[STOCK_BATCH] * (per_cpu.shape[0] - 1))
     memcg[USAGE] += held
@@ -1237,7 +1236,8 @@ def replay_operation(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, poo
     elif o == LRU_OOM_FREED:
         free_oom_victim_anon(memcg, per_task, pages[i], t)
     elif o == OOM_CHARGE or o == FAILED_CHARGE:
-        outcome[i] = charge_the_kernel_could_not_make(memcg, stats, knobs, per_cpu, per_task, pages[i], gfp[i], c, t, irq[i],
+        fault_gfp = thp_charge_gfp(knobs, gfp[i]) if pages[i] > 1 << PAGE_ALLOC_COSTLY_ORDER else gfp[i]  # a THP fault's
+        outcome[i] = charge_the_kernel_could_not_make(memcg, stats, knobs, per_cpu, per_task, pages[i], fault_gfp, c, t, irq[i],
                                                       m, o == OOM_CHARGE and obj[i] == RETRY_FOUND_ROOM)
     elif o == USER_RETURN:
         resume_user_mode_work(memcg, stats, knobs, per_task, t)
