@@ -191,6 +191,10 @@ def _print_summary(s: dict[str, Any]) -> None:
         out.print(f"the memcg's own counters at the end: peak {format_bytes(m['peak'])}, usage {format_bytes(m['usage'])}, "
                   f"{max_events} {m['max_events'] or 0:,}{high}, OOM kills {m['oom_kills'] or 0:,}; "
                   f"its tasks' memcg reclaims {m['reclaims']:,}", markup=False, highlight=False)
+    if s["cpu_nodes"] and max(s["cpu_nodes"]) > 0:  # one line where there is more than one node
+        cpus = {node: [cpu for cpu, n in enumerate(s["cpu_nodes"]) if n == node] for node in sorted(set(s["cpu_nodes"]))}
+        out.print("NUMA: " + "; ".join(f"node {node} CPUs {','.join(map(str, c))}, {s['objects_by_node'].get(node, 0):,} charged "
+                                       "slab objects prefer it" for node, c in cpus.items()), markup=False, highlight=False)
     contexts = ", ".join(f"{ctx or 'not recorded'} {count:,}" for ctx, count in s["contexts"].items())
     out.print(f"kmem charged: {format_bytes(s['kmem_bytes'])} in all, every charged allocation added up (frees not "
               f"subtracted); allocations by context: {contexts or '-'}", markup=False, highlight=False)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from collect.native import pointer, walks
+from traces.manifest import cpu_list
 
 _SYSCALLS = {"x86_64": {"bpf": 321, "perf_event_open": 298}, "aarch64": {"bpf": 280, "perf_event_open": 241}}
 _SYS = _SYSCALLS.get(platform.machine(), _SYSCALLS["x86_64"])
@@ -37,11 +38,7 @@ def possible_cpus() -> int:
 
 
 def online_cpus() -> list[int]:
-    cpus: list[int] = []
-    for part in Path("/sys/devices/system/cpu/online").read_text().strip().split(","):
-        first, _, last = part.partition("-")
-        cpus += range(int(first), int(last or first) + 1)
-    return cpus
+    return cpu_list(Path("/sys/devices/system/cpu/online").read_text())
 
 
 class BpfMap:

@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from lab.kernels import Kernel, vng
+from lab.kernels import Kernel, LabError, vng
 
 # KVM fails on these machines (qemu stops at "failed to set MSR 0x10a", or hangs with the
 # MSR masked): the lab runs under TCG, about 10-40x slower than native. Multi-threaded TCG
@@ -23,7 +23,9 @@ from lab.kernels import Kernel, vng
 # it (text_poke_bp): "Oops: int3" in __schedule, a panic, vng's exit code 255, in about half
 # the 6.12 runs while a capture switched its tracepoints on or off. One thread runs both
 # vCPUs in turn, so a patched site is never stale on the other one.
-QEMU_FLAGS = ["--disable-kvm", "--qemu-opts=-accel tcg,thread=single", "--memory", "2G", "--cpus", "2",
+MEMORY_MIB = 2048
+CPUS = 2
+QEMU_FLAGS = ["--disable-kvm", "--qemu-opts=-accel tcg,thread=single", "--memory", f"{MEMORY_MIB}M", "--cpus", str(CPUS),
               "--user", "root",
               # The guest kernel's console, which vng silences by default, at errors and worse
               # (oopses, panics, OOM kills): when a guest dies, its last words are in our output.
@@ -48,6 +50,25 @@ if said != b"done":
     for path in sys.argv[2:]:
         shutil.rmtree(path, ignore_errors=True)
 """
+
+
+def numa_flags(nodes: int) -> list[str]:
+    """vng's flags for a guest of `nodes` NUMA nodes that share its memory and CPUs evenly
+    (qemu wants the nodes' memory to add up to the guest's); none for one node, the guest as
+    it always was."""
+    if not 1 <= nodes <= CPUS:
+        raise LabError(f"--numa {nodes}: the guest has {CPUS} CPUs, so 1 to {CPUS} NUMA nodes")
+    if nodes == 1:
+        return []
+
+    def start(total: int, node: int) -> int:  # where `node`'s share of `total` starts
+        return total * node // nodes
+
+    flags = []
+    for node in range(nodes):
+        memory = start(MEMORY_MIB, node + 1) - start(MEMORY_MIB, node)
+        flags += ["--numa", f"{memory}M,cpus={start(CPUS, node)}-{start(CPUS, node + 1) - 1}"]
+    return flags
 
 
 class Stopped(Exception):
@@ -83,15 +104,16 @@ def _copy(pipe, spoke: threading.Event) -> None:
 
 
 def boot(kernel: Kernel, command: str, rwdirs: list[Path], rodirs: list[Path], timeout: float,
-         scratch: Path | None = None) -> int:
+         scratch: Path | None = None, numa: int = 1) -> int:
     """Run `command` (a shell string) as root inside `kernel`; stream its output to ours.
     `rwdirs` are writable inside, `rodirs` shared on their own (lab/guest.sh caches them);
-    `scratch` is removed by the guardian if this process dies before its caller can.
+    `scratch` is removed by the guardian if this process dies before its caller can; the guest
+    has `numa` NUMA nodes.
 
     Returns the command's exit code (vng passes it through), TIMED_OUT after `timeout` seconds,
     or after SILENT_BOOT if the guest printed nothing by then.
     """
-    argv = [str(vng()), "--run", str(kernel.image), *QEMU_FLAGS]
+    argv = [str(vng()), "--run", str(kernel.image), *QEMU_FLAGS, *numa_flags(numa)]
     for path in rwdirs:
         argv += ["--rwdir", str(path)]
     for path in rodirs:

@@ -65,3 +65,28 @@ def test_info_says_what_the_memcg_counted_and_what_charged_the_kmem(tmp_path):
     assert "kmem charged: 16.7 KiB in all" in text and "frees not subtracted" in text
     assert SYMBOLS[1] in text  # as written, not taken for rich's markup
     assert "softirq 1, task 9" in text and "GFP_HIGHUSER_MOVABLE" in text and "not through __GFP_ACCOUNT" in text
+
+
+def test_info_counts_the_charged_slab_objects_each_numa_node_is_preferred_by(tmp_path):
+    # CPUs 0 and 1 on node 0, CPU 2 on node 1. Node 0: two dentries on CPU 0 and a kmalloc_node
+    # naming node 0 from CPU 2; node 1: a kmalloc on CPU 2. Neither the uncharged kmalloc on
+    # CPU 1 nor the page counts: pages are not slab objects.
+    def on(cpu: int, node: int = -1, **kwargs) -> dict:
+        return {**allocation(**kwargs), "cpu": cpu, "node": node}
+
+    kernel_account = GFP["GFP_KERNEL_ACCOUNT"]
+    rows = [*[on(0, kind="kmem_cache_alloc", call_site=0, nbytes=192, gfp=kernel_account, cache="dentry")] * 2,
+            on(2, 0, kind="kmalloc", call_site=1, nbytes=64, gfp=kernel_account),
+            on(2, kind="kmalloc", call_site=1, nbytes=64, gfp=kernel_account),
+            on(1, kind="kmalloc", call_site=1, nbytes=64, gfp=GFP["GFP_KERNEL"], accounted=False),
+            on(1, kind="page_alloc", call_site=2, nbytes=PAGE, gfp=kernel_account, order=0)]
+    trace = tmp_path / "trace"
+    write_trace(trace, rows, {"max": 400 * PAGE, "high": None, "cgroup_version": 2}, {"usage": 10 * PAGE}, SYMBOLS[0])
+    manifest = json.loads((trace / "manifest.json").read_text())
+    manifest["kernel"].update(cpus=3, cpu_nodes=[0, 0, 1])
+    (trace / "manifest.json").write_text(json.dumps(manifest))
+    s = json.loads(chargeplay("info", str(trace), "--json").stdout)
+    assert s["objects_by_node"] == {"0": 3, "1": 1}
+    text = chargeplay("info", str(trace)).stdout
+    assert ("NUMA: node 0 CPUs 0,1, 3 charged slab objects prefer it; node 1 CPUs 2, 1 charged slab objects prefer it"
+            in text)

@@ -13,7 +13,7 @@ import pytest
 
 from traces.atomic import write_json
 from traces.checks import TraceError
-from traces.manifest import MANIFEST, new_manifest, process_start_ticks
+from traces.manifest import MANIFEST, cpu_list, new_manifest, process_start_ticks
 from traces.reader import Trace
 from traces.schema import EVENT_SCHEMA, SCHEMA_VERSION, SCHEMA_VERSION_KEY, schema_markdown
 from traces.segments import SegmentWriter
@@ -122,3 +122,16 @@ def test_a_bundled_samples_command_names_no_path_of_the_machine_that_recorded_it
     checkout = Path(__file__).resolve().parent.parent
     assert command[0] == "python3" and not any(Path(word).is_absolute() for word in command), command
     assert (checkout / command[1]).is_file() or (command[1] == "-m" and (checkout / command[2]).is_dir()), command
+
+
+def test_cpu_lists_read_as_the_kernel_writes_them():
+    assert cpu_list("0-3,8,10-11\n") == [0, 1, 2, 3, 8, 10, 11]
+    assert cpu_list("5") == [5] and cpu_list("\n") == []  # a node with no CPUs: an empty line
+
+
+def test_the_manifest_maps_each_cpu_to_the_numa_node_sysfs_gives_it():
+    nodes = new_manifest(backend="tracefs", clock="mono", target={"memcg_id": 1}, gfp_flags={}, enums={})["kernel"]["cpu_nodes"]
+    assert len(nodes) >= os.cpu_count()
+    for node_dir in Path("/sys/devices/system/node").glob("node[0-9]*"):
+        for cpu in cpu_list((node_dir / "cpulist").read_text()):
+            assert nodes[cpu] == int(node_dir.name[4:])

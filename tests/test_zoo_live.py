@@ -55,7 +55,7 @@ SCALES = {
     "sockets-unix": 0.25, "sockets-tcp": 0.25, "sockets-udp": 0.25, "pipes": 0.25,
     "epoll": 0.1, "inotify": 0.1, "event-fds": 0.1, "xattrs": 0.1,
     "fork-churn": 0.1, "exec-churn": 0.06, "thread-churn": 0.04,
-    "anon-touch": 0.5, "page-tables": 0.25, "thp": 0.5, "mix": 0.2, "siblings": 0.2,
+    "anon-touch": 0.5, "page-tables": 0.25, "thp": 0.5, "mix": 0.2, "siblings": 0.2, "files-every-cpu": 0.05,
 }
 
 
@@ -307,6 +307,23 @@ def check_files_disk(c: Capture) -> None:
     if fs_type("/var/tmp") != "ext4":
         pytest.skip(f"/var/tmp is {fs_type('/var/tmp')}, not ext4: no ext4 inodes to count")
     assert c.allocs("ext4_alloc_inode", cache="ext4_inode_cache", accounted=True).height >= names
+
+
+def check_files_every_cpu(c: Capture) -> None:
+    # Each CPU's two children, pinned there, built a tree each: a dentry per file, allocated on
+    # that CPU. The second round removed the first round's trees, each on another CPU than the
+    # one that made it: the removed files' inodes (evicted at the unlink, freed by an RCU
+    # callback the remover queued on its own CPU) are freed on another CPU than allocated.
+    cpus, per_tree = n(c, "cpus"), n(c, "files") // n(c, "trees")
+    dentries = c.allocs("__d_alloc", kind="kmem_cache_alloc", cache="dentry", accounted=True)
+    per_cpu = dentries.group_by("cpu").len().filter(pl.col("len") >= 2 * per_tree)
+    assert per_cpu.height == cpus, per_cpu
+    inode_cache = traced_cache("ext4_inode_cache" if fs_type("/var/tmp") == "ext4" else "shmem_inode_cache")
+    inodes = c.events.filter((pl.col("cache") == inode_cache) & pl.col("obj").is_not_null())
+    allocated = inodes.filter(pl.col("kind") == "kmem_cache_alloc").select("obj", made_on="cpu")
+    freed = inodes.filter(pl.col("kind") == "kmem_cache_free").join(allocated, on="obj")
+    elsewhere = freed.filter(pl.col("cpu") != pl.col("made_on")).height
+    assert elsewhere >= n(c, "removed_on_another_cpu") if cpus > 1 else elsewhere == 0, (elsewhere, cpus)
 
 
 def check_files_tmpfs(c: Capture) -> None:
@@ -627,7 +644,7 @@ CHECKS: dict[str, Callable[[Capture], None]] = {
     "pipes": check_pipes, "epoll": check_epoll, "inotify": check_inotify, "event-fds": check_event_fds,
     "xattrs": check_xattrs, "fork-churn": check_fork_churn, "exec-churn": check_exec_churn,
     "thread-churn": check_thread_churn, "anon-touch": check_anon_touch, "page-tables": check_page_tables,
-    "thp": check_thp, "mix": check_mix, "siblings": check_siblings,
+    "thp": check_thp, "mix": check_mix, "siblings": check_siblings, "files-every-cpu": check_files_every_cpu,
 }
 
 

@@ -32,7 +32,10 @@ MANIFEST_SHAPE = {
     "status": str,
     "stop_reason": (None, str),
     "collector": dict,
-    "kernel": {"release": (None, str), "page_size": Int(512, 1 << 20), "cpus": (None, Int(1, 1 << 16))},
+    "kernel": {"release": (None, str), "page_size": Int(512, 1 << 20), "cpus": (None, Int(1, 1 << 16)),
+               # Each CPU's NUMA node, by CPU number; traces from before 2026-12-05 have none, imported ones
+               # null (replay takes them as of one node).
+               "cpu_nodes": Optional((None, [Int(0, 1 << 10)]))},
     "trace_clock": str,
     "start": {"wall": (None, str), "trace_ns": (None, COUNT)},
     "end": {"wall": (None, str), "trace_ns": (None, COUNT)},
@@ -90,6 +93,27 @@ def process_start_ticks(pid: int) -> int | None:
     return int(stat.rsplit(")", 1)[1].split()[19])
 
 
+def cpu_nodes() -> list[int]:
+    """Each possible CPU's NUMA node (/sys/devices/system/node/nodeN/cpulist); 0 for a CPU no
+    node lists, and for all of them on a kernel without NUMA."""
+    nodes = [0] * (os.cpu_count() or 1)
+    for node_dir in Path("/sys/devices/system/node").glob("node[0-9]*"):
+        node = int(node_dir.name[4:])
+        for cpu in cpu_list((node_dir / "cpulist").read_text()):
+            nodes.extend([0] * (cpu + 1 - len(nodes)))
+            nodes[cpu] = node
+    return nodes
+
+
+def cpu_list(text: str) -> list[int]:
+    """The CPUs of a kernel cpulist ("0-3,8,10-11")."""
+    cpus: list[int] = []
+    for part in filter(None, text.strip().split(",")):
+        first, _, last = part.partition("-")
+        cpus.extend(range(int(first), int(last or first) + 1))
+    return cpus
+
+
 def wall_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -106,6 +130,7 @@ def new_manifest(*, backend: str, clock: str, target: dict, gfp_flags: dict[str,
             "release": platform.release(),
             "page_size": os.sysconf("SC_PAGE_SIZE"),
             "cpus": os.cpu_count(),
+            "cpu_nodes": cpu_nodes(),
         },
         "trace_clock": clock,
         "start": {"wall": wall_now(), "trace_ns": None},

@@ -80,7 +80,20 @@ def summarize(trace: Trace) -> dict[str, Any]:
         "bytes_on_disk": disk,
         "bytes_per_event": round(disk / total, 2) if total else None,
         "dropped": manifest.get("dropped"),  # a flight recorder's oldest segments, removed
+        "cpu_nodes": manifest.get("kernel", {}).get("cpu_nodes"),
+        "objects_by_node": objects_by_node(charged, manifest.get("kernel", {}).get("cpu_nodes")),
     }
+
+
+def objects_by_node(charged: pl.LazyFrame, cpu_nodes: list[int] | None) -> dict[int, int]:
+    """Charged slab objects by the NUMA node each prefers: its kmalloc_node's, else its CPU's
+    (as replay.input has it); empty for a trace without a CPU-to-node map."""
+    if not cpu_nodes:
+        return {}
+    cpu_node = pl.col("cpu").replace_strict(list(range(len(cpu_nodes))), cpu_nodes, default=0, return_dtype=pl.Int16)
+    preferred = pl.when(pl.col("node") >= 0).then(pl.col("node")).otherwise(cpu_node).alias("preferred")
+    return dict(charged.filter(pl.col("kind").is_in(["kmalloc", "kmem_cache_alloc"])).group_by(preferred).agg(pl.len())
+                .sort("preferred").collect().iter_rows())
 
 
 def top_charged(charged: pl.LazyFrame, key: str) -> pl.LazyFrame:

@@ -1,9 +1,13 @@
 """File metadata: directory trees of empty files, on a disk-backed file system and on tmpfs."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import traceback
+from collections.abc import Callable
 
-from .support import DISK, PAGE, TMPFS, scaled, scratch, workload
+from .support import DISK, PAGE, TMPFS, reap, scaled, scratch, stop, workload
 
 DIRECTORIES = 40
 FILES = 10_000
@@ -86,3 +90,68 @@ def files_tmpfs(scale: float) -> dict:
     """
     with scratch(TMPFS) as root:
         return _tree(root, scale, TMPFS_ROUNDS, data_every=16)
+
+
+def _pinned(cpus: list[int], work: Callable[[int], dict]) -> list[dict]:
+    """`work(cpu)` in one child process per CPU of `cpus`, each pinned to its CPU, all at once;
+    what each returned (the children report it through a pipe, a line each)."""
+    read, write = os.pipe()
+    pids: list[int] = []
+    with os.fdopen(read) as lines:
+        try:
+            for cpu in cpus:
+                pid = os.fork()
+                if pid == 0:
+                    status = 1
+                    try:
+                        os.sched_setaffinity(0, {cpu})
+                        os.write(write, json.dumps(work(cpu)).encode() + b"\n")  # under PIPE_BUF: whole
+                        status = 0
+                    except Exception:  # noqa: BLE001 - said here, counted by the parent
+                        traceback.print_exc()
+                    finally:  # never back into the parent's code (a SIGTERM unwinds to here too)
+                        os._exit(status)
+                pids.append(pid)
+            os.close(write)
+            write = -1
+            made = [json.loads(line) for line in lines]  # until EOF: every child has exited
+            failed = reap(pids)
+        finally:
+            if write != -1:
+                os.close(write)
+            stop(pids)  # interrupted: the caller's scratch directory goes with what they made
+    if failed:
+        raise RuntimeError(f"{failed} of {len(cpus)} children failed")
+    return made
+
+
+@workload("files-every-cpu")
+def files_every_cpu(scale: float) -> dict:
+    """files-disk's tree on every CPU at once, a child pinned to each; then each removes another CPU's and builds again.
+
+    A child process per CPU this process may run on, pinned there (sched_setaffinity), builds
+    files-disk's tree (10,000 files in 40 directories, half of them replaced twice) in a
+    directory of its own, all at the same time: files-disk's charged objects (`dentry`, the
+    file system's inode cache, the long names' kmalloc, `filp`) allocated on every CPU, so
+    from the slabs of every CPU's NUMA node. Then a second child per CPU removes the tree of
+    the CPU before it (dentries and inodes freed on another CPU than they were allocated on;
+    on a NUMA machine to slabs of another node, which go partial there) and builds a tree
+    again. Of it, reclaim can take back what it takes of files-disk's (dentries and inodes of
+    files not open, on a disk; nothing on tmpfs, which pins them while the files exist, as in
+    a lab guest, whose /var/tmp is tmpfs). What is left is removed at the end.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    with scratch(DISK) as root:
+        def build(name: str) -> dict:
+            os.mkdir(os.path.join(root, name))
+            return _tree(os.path.join(root, name), scale, DISK_ROUNDS)
+
+        def rebuild(cpu: int) -> dict:
+            shutil.rmtree(os.path.join(root, f"first-{cpus[cpus.index(cpu) - 1]}"))
+            return build(f"second-{cpu}")
+
+        first = _pinned(cpus, lambda cpu: build(f"first-{cpu}"))
+        second = _pinned(cpus, rebuild)
+    totals = {key: sum(tree[key] for tree in first + second) for key in ("files", "replaced", "long_names")}
+    return {"cpus": len(cpus), "trees": len(first + second), **totals,
+            "removed_on_another_cpu": sum(tree["files"] for tree in first) if len(cpus) > 1 else 0}

@@ -5,8 +5,9 @@
 #                                           (default: .venv/bin/chargeplay)
 #   traces/samples/record.sh --lab          in the kernel lab (make lab-packages): the file storm on
 #                                           Debian's 6.1 and 6.12 with cgroup v2, over a 20 MiB
-#                                           memory.high under a 28 MiB memory.max; and THP past a
-#                                           24 MiB memory.high on 6.12 (thp-6.12)
+#                                           memory.high under a 28 MiB memory.max; THP past a 24 MiB
+#                                           memory.high on 6.12 (thp-6.12); and slab work on both CPUs
+#                                           of a 6.12 guest of two NUMA nodes (files-numa-6.12)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 checkout=$(cd "$here/../.." && pwd)
@@ -32,6 +33,13 @@ if [ "${1:-}" = --lab ]; then
   (cd "$checkout" && .venv/bin/python -m lab run --kernel 6.12 --keep "$here" -- sh -c \
     'chargeplay collect -o "$0/out/thp-6.12" --memory-max 64M --memory-high 24M -- python3 -m zoo thp' '{run}')
   publish "$here/thp-6.12"
+  # SLAB's node-local charges and their NUMA fallback (issue 17): a guest of two NUMA nodes, a
+  # CPU each, and files-every-cpu's trees built on both CPUs at once, each CPU then removing the
+  # other's (objects freed on the other node's CPU), past the 20 MiB memory.high on 6.12
+  rm -rf "$here"/files-numa-6.12
+  (cd "$checkout" && .venv/bin/python -m lab run --kernel 6.12 --numa 2 --keep "$here" -- sh -c \
+    'chargeplay collect -o "$0/out/files-numa-6.12" --memory-max 28M --memory-high 20M -- python3 -m zoo files-every-cpu --scale 0.5' '{run}')
+  publish "$here/files-numa-6.12"
   exit 0
 fi
 
