@@ -30,6 +30,7 @@ COMPARED: tuple[tuple[str, str, Callable[[float], str]], ...] = (
     ("failed", "failed", lambda v: f"{v:,}"),
     ("oom_kills", "OOM kills", lambda v: f"{v:,}"),
     ("fallbacks", "fallbacks", lambda v: f"{v:,}"),
+    ("other_node", "other node", lambda v: f"{v:,}"),
 )
 
 

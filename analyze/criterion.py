@@ -18,10 +18,11 @@ METRICS = {
     "oom": ("oom_kills", {"": 1}, "OOM kills"),
     "failed": ("failed", {"": 1}, "failed charges"),
     "fallbacks": ("fallbacks", {"": 1}, "high-order slab charges that fell back to the minimum order"),
+    "other_node": ("other_node", {"": 1}, "slab objects taken from another NUMA node after a failed node-local charge"),
     "above": ("seconds_above_high", {"s": 1, "ms": 1e-3}, "time above memory.high"),
     "stall": ("stall_ns_total", {"ms": 1e6, "s": 1e9}, "time tasks spent in reclaim or throttled, all tasks"),
 }
-_CONDITION = re.compile(r"\s*([a-z]+)\s*(<=|<|=)\s*([0-9]*\.?[0-9]+)\s*([a-z%]*)\s*")
+_CONDITION = re.compile(r"\s*([a-z_]+)\s*(<=|<|=)\s*([0-9]*\.?[0-9]+)\s*([a-z%]*)\s*")
 
 
 @dataclass(frozen=True)

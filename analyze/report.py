@@ -54,6 +54,11 @@ def report_figures(result: Result, metrics: dict, baseline: str) -> list[Figure]
         section("Min-order fallbacks", "High-order slab charges that failed and fell back to the cache's minimum order.",
                 lambda: charts.bar(result, "fallbacks", "High-order slab charges that fell back", "fallbacks", count=True),
                 "No high-order slab charge fell back to the minimum order." if none_of("fallbacks") else None),
+        section("Objects from another NUMA node", "Slab objects placed on another node than the one they were allocated for: "
+                "the new slab's charge on their own node was made without reclaim (4.2 SLAB) and failed, and another "
+                "node's slab had a free slot.",
+                lambda: charts.bar(result, "other_node", "Objects from another node's slab", "objects", count=True),
+                "No object went to another NUMA node than its own." if none_of("other_node") else None),
         section("Divergence by call site", f"For the call sites whose charges fare differently most often, how many charges each "
                 f"policy treats differently from {baseline}: one gets its memory without trouble, the other leaves usage above "
                 "memory.high, reclaims or sleeps for it, must reclaim at max, falls back to a smaller slab, is forced over the "
@@ -115,6 +120,7 @@ SUMMARY_COLUMNS = (
     ("stretch", lambda s: f"{s['stretch']:+.1%}"),
     ("OOM kills", lambda s: f"{s['oom_kills']:,}"),
     ("fallbacks", lambda s: f"{s['fallbacks']:,}"),
+    ("other node", lambda s: f"{s['other_node']:,}"),
 )
 
 

@@ -54,7 +54,9 @@ def _cost(name: str, figures: dict, loop: str) -> str:
         run = f"{stall} (open loop: the run keeps the trace's time)"
     classes = ", ".join(f"{cls} {n:,}" for cls, n in sorted(figures["failed_by_gfp_class"].items(), key=lambda kv: -kv[1]))
     return (f"{name} {run}; fails {_count(figures['failed'], 'charge')}" + (f" ({classes})" if classes else "")
-            + f"; {_count(figures['fallbacks'], 'min-order fallback')}; {_count(figures['oom_kills'], 'OOM kill')}.")
+            + f"; {_count(figures['fallbacks'], 'min-order fallback')}"
+            + (f"; places {_count(figures['other_node'], 'object')} on another NUMA node" if figures["other_node"] else "")
+            + f"; {_count(figures['oom_kills'], 'OOM kill')}.")
 
 
 def _count(n: int, thing: str) -> str:

@@ -432,12 +432,12 @@ def replay(
 
         summary = run.replay(source, output, chosen, limits, run.ENGINES[engine], step)
         bar.update(task, completed=len(chosen), description="written")
-    rows = _table("policy", "peak", "s above high", "failed", "forced", "reclaims", "stall ms", "run s", "fallbacks", "failcnt",
-                  "OOM kills", title=f"{result_format.loop_description(summary['limits'])} loop")
+    rows = _table("policy", "peak", "s above high", "failed", "forced", "reclaims", "stall ms", "run s", "fallbacks",
+                  "other node", "failcnt", "OOM kills", title=f"{result_format.loop_description(summary['limits'])} loop")
     for name, s in summary["policies"].items():
         rows.add_row(name, format_bytes(s["peak_bytes"]), f"{s['seconds_above_high']:.3f}", f"{s['failed']:,}", f"{s['forced']:,}",
                      f"{sum(s['reclaim_calls'].values()):,}", f"{s['stall_ns_total'] / 1e6:.1f}", f"{s['run_seconds']:.3f}",
-                     f"{s['fallbacks']:,}", f"{s['failcnt']:,}", f"{s['oom_kills']:,}")
+                     f"{s['fallbacks']:,}", f"{s['other_node']:,}", f"{s['failcnt']:,}", f"{s['oom_kills']:,}")
     _stdout().print(rows)
     if (lost := losses(source.manifest)) is not None:
         err.print(f"warning: {lost} (summary.json: trace.lost)", markup=False, highlight=False)

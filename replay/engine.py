@@ -26,7 +26,7 @@ from replay.input import ARRAY_DTYPES, ReplayInput
 from replay.model import (
     CARRY, CLOCKS, CLOSED_LOOP, FAILCNT, FILE_LRU, FREE_SLAB, GFP_DIRECT_RECLAIM, GFP_FS, GFP_HIGH, GFP_KERNEL, GFP_NOFAIL, GFP_NORETRY,
     GFP_RETRY_MAYFAIL, SHRUNK_SLAB_COUNTS,
-    HIGH, HIGH_MODE, LAST_TS, LRU_TAIL, MAX, MAX_MEMCGS, MAX_RECLAIM_RETRIES, NOWAIT_HIGH_ORDER, N_KNOBS, N_PER_CPU, N_STATS,
+    HIGH, HIGH_MODE, LAST_TS, LRU_TAIL, MAX, MAX_MEMCGS, MAX_RECLAIM_RETRIES, NODE_LOCAL_NOWAIT, NODES, NOWAIT_HIGH_ORDER, N_KNOBS, N_PER_CPU, N_STATS,
     N_CURSOR, OBJ_STOCK_MEMCG, OBJECT_CHARGING, PAGE_NS_ABOVE_HIGH_CARRIES, POOLS, RCU_GRACE_NS, RECLAIMED_PAGES, RECLAIM_CALLS,
     RECLAIM_NS_PER_CALL, RECLAIM_NS_PER_PAGE, SLAB_COUNT, SLAB_LISTED, STALL, STAT_FIELDS, STOCK_BATCH, STOCK_MEMCGS, STOCK_SLOTS, SWAP, THP_GFP, USAGE, WAITING,
     WATERMARK_MARGIN, new_per_task,
@@ -39,7 +39,9 @@ from traces.errors import UserError
 BATCH_SIZE = 1 << 21  # operations per call of replay_batch: bounds the per-batch dtype conversions
 # Each input array's dtype in replay_batch (ReplayInput's own, so that a trace's batches need
 # no conversion and the loop is compiled once); the trace row is the result's, not the model's.
-INPUT_DTYPES = tuple((name, dtype) for name, dtype in ARRAY_DTYPES.items() if name != "row")
+# The node an object prefers is folded into its cache's id, as the row of caches for that
+# cache and node (cache_node).
+INPUT_DTYPES = tuple((name, dtype) for name, dtype in ARRAY_DTYPES.items() if name not in ("row", "node"))
 SLAB_ROWS = 1024  # the slab table's first size
 MAX_SLABS = np.iinfo(np.int32).max  # object_slab holds slab ids as int32: half the memory per object
 
@@ -66,7 +68,8 @@ class Replay:
 
     def __init__(self, start: ReplayInput, policy: Policy, limits: Limits, gfp: GfpBits, resolution_ns: int,
                  batch_size: int = BATCH_SIZE) -> None:
-        self.knobs = knobs_array(policy, limits, gfp)
+        self.knobs = knobs_array(policy, limits, gfp, start.nodes)
+        self.nodes = start.nodes
         self.resolution_ns, self.t_first, self.batch_size = resolution_ns, start.t_first, batch_size
         self.result = EngineResult.empty(0, start.tasks, start.n_buckets(resolution_ns), resolution_ns)
         self.memcg = np.zeros(FILE_LRU, np.int64)
@@ -89,12 +92,13 @@ class Replay:
         self.object_slab = np.full(1, -1, np.int32)  # likewise, when slabs are charged
         self.slabs = np.zeros((0, SLAB_LISTED + 1), np.int64)  # grows as feed() needs
         geometry = (start.cache_order, start.cache_min_order, start.cache_objects, start.cache_objects_min)
-        self.geometry = np.stack(geometry, axis=1).astype(np.int64).reshape(-1, 4)
+        # a row per cache and node (kmem_cache_node), each with its cache's geometry
+        self.geometry = np.repeat(np.stack(geometry, axis=1).astype(np.int64).reshape(-1, 4), start.nodes, axis=0)
         self.caches = np.full((len(self.geometry), 2), -1, np.int64)
         self.cursor = np.zeros(N_CURSOR, np.int64)
         self.cursor[LAST_TS], self.cursor[FREE_SLAB] = start.t_first, -1
         self.bounds = {"cpu": (0, start.cpus), "task": (0, start.tasks), "obj": (-1, 0),
-                       "cache": (-1, len(self.geometry)), "memcg": (0, MAX_MEMCGS)}
+                       "cache": (-1, len(self.geometry) // start.nodes), "node": (0, start.nodes), "memcg": (0, MAX_MEMCGS)}
 
     def feed(self, batch: ReplayInput) -> np.ndarray:
         """Replay the next operations (batches of one trace, in order); their outcomes."""
@@ -105,6 +109,7 @@ class Replay:
         for start in range(0, len(batch), self.batch_size):
             stop = min(start + self.batch_size, len(batch))
             part = {name: np.ascontiguousarray(getattr(batch, name)[start:stop], dtype) for name, dtype in INPUT_DTYPES}
+            part["cache"] = cache_node(part["cache"], batch.node[start:stop], self.nodes)
             self._room_for_folios(int(np.count_nonzero((part["op"] == LRU_CHARGE) & (part["pool"] == POOL_FILE))))
             queued = np.empty((stop - start, 2), np.int64)  # the closed loop's queues of waiting operations
             # its heap: each task's first waiting operation, and frees that wait on no clock
@@ -210,8 +215,13 @@ class Interpreted(Replay):
     model = interpreted(model)
 
 
-def knobs_array(policy: Policy, limits: Limits, gfp: GfpBits) -> np.ndarray:
-    """The policy, limits and gfp bits as the model reads them."""
+def cache_node(cache: np.ndarray, node: np.ndarray, nodes: int) -> np.ndarray:
+    """Each object operation's row of caches: its cache's on the node it prefers; else -1."""
+    return np.where(cache >= 0, cache * nodes + node, -1).astype(cache.dtype)
+
+
+def knobs_array(policy: Policy, limits: Limits, gfp: GfpBits, nodes: int = 1) -> np.ndarray:
+    """The policy, limits and gfp bits, and the trace's NUMA node count, as the model reads them."""
     policy.validate()
     knobs = np.zeros(N_KNOBS, np.int64)
     knobs[OBJECT_CHARGING] = policy.charge_unit == "object"
@@ -231,4 +241,6 @@ def knobs_array(policy: Policy, limits: Limits, gfp: GfpBits) -> np.ndarray:
     knobs[SHRUNK_SLAB_COUNTS] = policy.shrunk_slab_counts
     knobs[STOCK_MEMCGS] = policy.stock_memcgs
     knobs[THP_GFP] = THP_CHARGE_GFPS.index(policy.thp_charge_gfp)
+    knobs[NODE_LOCAL_NOWAIT] = policy.node_local_charge == "nowait"
+    knobs[NODES] = nodes
     return knobs

@@ -72,14 +72,14 @@ import pyarrow.parquet as pq
 from replay import events_to_operations as passes
 from replay.events_to_operations import KMALLOC_MAX_CACHE_SIZE
 from replay.object_slots import ObjectSlots
-from replay.ops import PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_OTHER, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE
+from replay.ops import OBJ_ALLOC, PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_OTHER, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE
 from traces.reader import Trace
 from traces.schema import KINDS
 # Each operation array of ReplayInput and its dtype: the engines' replay_batch takes them as
 # they are (replay.engine), so a trace's batches need no conversion.
 ARRAY_DTYPES = {"ts": np.int64, "cpu": np.int32, "task": np.int32, "irq": np.bool_, "op": np.int8, "gfp": np.int64,
                 "pages": np.int64, "bytes": np.int64, "cache": np.int32, "obj": np.int64, "pool": np.int8, "memcg": np.int16,
-                "row": np.int64}
+                "row": np.int64, "node": np.int16}
 ARRAYS = tuple(ARRAY_DTYPES)
 
 
@@ -98,6 +98,7 @@ class ReplayInput:
     pool: np.ndarray  # int8 pool the memory belongs to
     memcg: np.ndarray  # int16 the memcg charged: 0 the target, i its (i-1)th descendant (manifest target.descendants)
     row: np.ndarray  # int64 the event's row in the trace
+    node: np.ndarray  # int16 the NUMA node an object allocation prefers (its kmalloc_node's, else its CPU's), else 0
     cache_order: np.ndarray  # per cache: preferred slab order
     cache_min_order: np.ndarray  # per cache: minimum order
     cache_objects: np.ndarray  # per cache: objects per slab of the preferred order
@@ -106,6 +107,7 @@ class ReplayInput:
     task_pids: np.ndarray
     initial_pools: np.ndarray  # pages per pool when the trace starts
     cpus: int
+    nodes: int  # NUMA nodes with CPUs (manifest kernel.cpu_nodes; 1 for traces from before it)
     t_first: int  # the whole trace's first and last event times: batches share one clock
     t_last: int
 
@@ -135,6 +137,9 @@ class InputStream:
         facts = trace.facts  # measured when the trace was opened and checked
         self.t_first, self.t_last = facts.first_ns, facts.last_ns
         self.cpus = max(trace.manifest["kernel"]["cpus"] or 0, facts.max_cpu + 1)  # a CPU brought online during capture
+        known = trace.manifest["kernel"].get("cpu_nodes") or [0]
+        self.cpu_nodes = np.array(known + [0] * (self.cpus - len(known)), np.int16)  # a CPU no node lists: node 0
+        self.nodes = int(self.cpu_nodes.max()) + 1
         pids, sizes = pl.collect_all([
             events.select(pl.col("pid").unique().sort()),
             _object_allocations(events).group_by("cache").agg(pl.col("bytes_alloc").max()).sort("cache"),
@@ -187,7 +192,7 @@ class InputStream:
         in_task, charged = (flags.to_series(n).to_numpy() for n in range(2))
         nbytes = _numbers(table, "bytes_alloc", -1)
         with_change = pc.and_(pc.is_valid(table.column("item")), pc.is_valid(table.column("val"))).to_numpy(zero_copy_only=False)
-        val = _numbers(table, "val", 0)
+        val, cpu = _numbers(table, "val", 0), _numbers(table, "cpu", 0)
         return dict(
             kind=kind, task=np.searchsorted(self.task_pids, _numbers(table, "pid", 0)).astype(np.int32), in_task=in_task,
             charged=charged, nbytes=nbytes,
@@ -195,7 +200,8 @@ class InputStream:
                            _codes(table.column("cache"), lambda name: self.cache_ids.get(name, -1), np.int32)),
             obj=_numbers(table, "obj", -1), order=_numbers(table, "order", -1), gfp=_numbers(table, "gfp", 0),
             item=_numbers(table, "item", 0), val=val, stat_memcg=self._memcg_indexes(_numbers(table, "memcg_id", 0), with_change),
-            named_task=self._named_tasks(kind, val), ts=_numbers(table, "ts_ns", 0), cpu=_numbers(table, "cpu", 0),
+            named_task=self._named_tasks(kind, val), ts=_numbers(table, "ts_ns", 0), cpu=cpu,
+            node=self._preferred_nodes(_numbers(table, "node", -1), cpu),
             about=table.select(["call_site", "comm"]),
         )
 
@@ -215,11 +221,16 @@ class InputStream:
         batch = replace(
             self.empty(), ts=events["ts"][src], cpu=events["cpu"][src].astype(np.int32), task=events["task"][src],
             irq=~events["in_task"][src], op=op, gfp=gfp, pages=pages, bytes=nbytes, cache=cache, obj=obj, pool=pool,
-            memcg=memcg, row=src + carried.rows,
+            memcg=memcg, row=src + carried.rows, node=np.where(op == OBJ_ALLOC, events["node"][src], 0).astype(np.int16),
         )
         carried.rows += n
         carried.operations += count
         return batch, events["about"].take(src)
+
+    def _preferred_nodes(self, asked: np.ndarray, cpu: np.ndarray) -> np.ndarray:
+        """The node each allocation prefers: the one its kmalloc_node asked for, else (-1, or a
+        node without CPUs, which the model does not hold) its CPU's (numa_mem_id())."""
+        return np.where((asked >= 0) & (asked < self.nodes), asked, self.cpu_nodes[np.clip(cpu, 0, self.cpus - 1)])
 
     def _memcg_indexes(self, memcg_id: np.ndarray, with_change: np.ndarray) -> np.ndarray:
         """Each stat change's memcg as an index into target_memcgs; -1: another memcg's, or no change."""
@@ -242,7 +253,7 @@ class InputStream:
         return ReplayInput(
             **{name: np.zeros(0, dtype) for name, dtype in ARRAY_DTYPES.items()}, **self.geometry,
             cache_names=self.cache_names, task_pids=self.task_pids, initial_pools=self.initial_pools,
-            cpus=self.cpus, t_first=self.t_first, t_last=self.t_last,
+            cpus=self.cpus, nodes=self.nodes, t_first=self.t_first, t_last=self.t_last,
         )
 
 
@@ -261,7 +272,7 @@ class Carried:
 PASS_COLUMNS = ("ts", "kind", "task", "in_task", "charged", "nbytes", "cache", "obj", "order", "gfp", "item", "val", "stat_memcg",
                 "named_task")  # replay.events_to_operations.segment_operations's event arguments
 READ_COLUMNS = ["ts_ns", "cpu", "pid", "comm", "ctx", "kind", "memcg_id", "call_site", "cache", "obj", "bytes_alloc",
-                "order", "gfp", "accounted", "item", "val", "failed"]
+                "order", "gfp", "accounted", "item", "val", "failed", "node"]
 
 
 def _codes(column: pa.ChunkedArray, code_of: Callable[[str | None], int], dtype: type) -> np.ndarray:

@@ -24,8 +24,10 @@ native speed; each function takes the arrays it needs:
 - objects by slot (replay.object_slots: reused once freed; -1, no object, gets the last
   one): whether the replay holds an object or pages there or failed their charge, which
   task allocated them (the closed loop's), and (slab charging) which slab holds them;
-- slabs: rows of a table. Each cache's partial list is a stack threaded through the rows (a
-  head per cache, a next per slab); it may hold discarded slabs, which take_partial skips. A
+- slabs: rows of a table. Each cache has a current slab and a partial list per NUMA node (a
+  caches row per kmem_cache_node; an object operation's cache_node names the row of its cache
+  and the node it prefers). A partial list is a stack threaded through the slab rows (a head
+  per row of caches, a next per slab); it may hold discarded slabs, which take_partial skips. A
   discarded slab's row is reused (a free list threaded the same way) once no list holds it.
 
 The approximations:
@@ -75,6 +77,11 @@ The approximations:
   fault's gfp as the policy has it (thp_charge_gfp), as is a THP fault's charge the kernel
   failed; when the model's fails, its small pages are charged one by one at once, as if the
   task faulted the whole range in straight away.
+- Slab charging keeps SLUB's slab geometry (the orders /sys/kernel/slab gives) for every policy,
+  4.2 SLAB's node-local attempt (NODE_LOCAL_NOWAIT) included, and a single current slab per
+  cache and node rather than per CPU. An object prefers the node its kmalloc_node named, else its
+  CPU's; where the page allocator would have taken another node's pages (the node being full)
+  is not modelled: only the fallbacks a failed charge causes.
 - Page stocks are per CPU and memcg: a CPU caches stock_memcgs memcgs (1 before 6.16,
   NR_MEMCG_STOCK = 7 since), and a memcg that finds its own stock empty charges the counter
   while another's stock holds pages. Memcgs outside the target's subtree are not in the trace:
@@ -109,7 +116,8 @@ from replay.policy import HIGH_MODES, THP_CHARGE_GFPS
 
 # Outcome codes and reclaim triggers, as plain ints the compiled code can use.
 STOCK, NO_CHARGE, CHARGED, RECLAIMED = OUTCOME["stock"], OUTCOME["no_charge"], OUTCOME["charged"], OUTCOME["reclaimed"]
-FALLBACK, FORCED, OOM, FAILED = OUTCOME["fallback"], OUTCOME["forced"], OUTCOME["oom"], OUTCOME["failed"]
+FALLBACK, OTHER_NODE = OUTCOME["fallback"], OUTCOME["other_node"]
+FORCED, OOM, FAILED = OUTCOME["forced"], OUTCOME["oom"], OUTCOME["failed"]
 CHARGED_ABOVE_HIGH, RECLAIMED_FOR_HIGH = OUTCOME["above_high"], OUTCOME["reclaimed_for_high"]
 BY_MAX, BY_HIGH_SYNC, BY_USER_RETURN, BY_ASYNC = (TRIGGER[t] for t in ("max", "high_sync", "user_return", "async"))
 SYNC, RETURN_TO_USER, MAINLINE, FAIL_NOWAIT, WATERMARK = (HIGH_MODES.index(mode) for mode in (
@@ -117,10 +125,10 @@ SYNC, RETURN_TO_USER, MAINLINE, FAIL_NOWAIT, WATERMARK = (HIGH_MODES.index(mode)
 THP_NO_RECLAIM, THP_RECLAIM = THP_CHARGE_GFPS.index("no-reclaim"), THP_CHARGE_GFPS.index("reclaim")
 OWN_CLOCKS, SHARED_BY_PROCESS, SHARED_BY_WORKLOAD = (CLOCK_SHARING.index(c) for c in ("task", "process", "workload"))
 
-# knobs: the policy, limits and gfp bits, one int each.
+# knobs: the policy, limits and gfp bits, and the trace's NUMA nodes (NODES), one int each.
 (OBJECT_CHARGING, NOWAIT_HIGH_ORDER, STOCK_BATCH, HIGH_MODE, MAX_RECLAIM_RETRIES, WATERMARK_MARGIN, SWAP,
  RECLAIM_NS_PER_CALL, RECLAIM_NS_PER_PAGE, RCU_GRACE_NS, CLOSED_LOOP, CLOCKS, SHRUNK_SLAB_COUNTS, STOCK_MEMCGS, THP_GFP,
- GFP_DIRECT_RECLAIM, GFP_NORETRY, GFP_RETRY_MAYFAIL, GFP_NOFAIL, GFP_HIGH, GFP_FS, GFP_KERNEL) = range(22)
+ NODE_LOCAL_NOWAIT, NODES, GFP_DIRECT_RECLAIM, GFP_NORETRY, GFP_RETRY_MAYFAIL, GFP_NOFAIL, GFP_HIGH, GFP_FS, GFP_KERNEL) = range(24)
 N_KNOBS = GFP_KERNEL + 1
 
 # memcg: the page counter and what its usage is made of.
@@ -142,8 +150,8 @@ FILE_LRU = OBJCG_BYTES + MAX_MEMCGS
 
 # stats: the result's counters, in the order of STAT_FIELDS; then reclaim calls and pages per trigger.
 STAT_FIELDS = ("charges", "stock_hits", "forced", "max_events", "high_events", "oom_kills", "high_order_attempts",
-               "fallbacks", "ns_above_high", "page_ns_above_high", "throttle_ns", "peak_pages")
-(CHARGES, STOCK_HITS, FORCED_CHARGES, MAX_EVENTS, HIGH_EVENTS, OOM_KILLS, HIGH_ORDER_ATTEMPTS, FALLBACKS,
+               "fallbacks", "other_node", "ns_above_high", "page_ns_above_high", "throttle_ns", "peak_pages")
+(CHARGES, STOCK_HITS, FORCED_CHARGES, MAX_EVENTS, HIGH_EVENTS, OOM_KILLS, HIGH_ORDER_ATTEMPTS, FALLBACKS, OTHER_NODE_OBJECTS,
  NS_ABOVE_HIGH, PAGE_NS_ABOVE_HIGH, THROTTLE_NS, PEAK_PAGES) = range(len(STAT_FIELDS))
 PAGE_NS_ABOVE_HIGH_CARRIES = len(STAT_FIELDS)  # page_ns_above_high = carries * CARRY + stats[PAGE_NS_ABOVE_HIGH]
 RECLAIM_CALLS = PAGE_NS_ABOVE_HIGH_CARRIES + 1  # stats[RECLAIM_CALLS + trigger]
@@ -1015,52 +1023,87 @@ def uncharge_obj_pages(memcg, knobs, per_cpu, nr_pages, cpu, pool, memcg_ix):
                             memcg_ix)
 
 
-# -- slab charging (4.x per-memcg caches): slabs of each cache, charged whole --------------------
+# -- slab charging (4.x per-memcg caches): slabs of each cache and NUMA node, charged whole ---------
 
 @njit
 def slab_alloc_object(memcg, stats, knobs, per_cpu, per_task, slabs, caches, geometry, cursor, object_slab,
-                      slot, cache, gfp, cpu, task, irq, pool, memcg_ix):
+                      slot, cache_node, gfp, cpu, task, irq, pool, memcg_ix):
+    """An object from a slab of the node the allocation prefers (caches row `cache_node`: the
+    cache's kmem_cache_node there), or from a new slab charged for it. Charging that slab
+    without reclaim (4.2 SLAB's gfp_exact_node) may fail where reclaim would have made room:
+    then fallback_alloc looks on the other nodes first."""
     outcome = NO_CHARGE
-    slab = caches[cache, CURRENT_SLAB]
-    if slab < 0 or slabs[slab, SLAB_USED] == slabs[slab, SLAB_CAPACITY]:
-        slab = take_partial(slabs, caches, cursor, cache)
-    if slab < 0:
-        slab, outcome = allocate_slab(memcg, stats, knobs, per_cpu, per_task, slabs, geometry, cursor,
-                                      cache, gfp, cpu, task, irq, pool, memcg_ix)
+    slab = node_slab(slabs, caches, cursor, cache_node)
+    if slab < 0 and knobs[NODE_LOCAL_NOWAIT]:
+        slab, outcome = allocate_slab(memcg, stats, knobs, per_cpu, per_task, slabs, geometry, cursor, cache_node,
+                                      gfp & ~knobs[GFP_DIRECT_RECLAIM], cpu, task, irq, pool, memcg_ix)
         if slab < 0:
-            return outcome
-    caches[cache, CURRENT_SLAB] = slab
+            slab, outcome = fallback_alloc(memcg, stats, knobs, per_cpu, per_task, slabs, caches, geometry, cursor,
+                                           cache_node, gfp, cpu, task, irq, pool, memcg_ix)
+    elif slab < 0:
+        slab, outcome = allocate_slab(memcg, stats, knobs, per_cpu, per_task, slabs, geometry, cursor,
+                                      cache_node, gfp, cpu, task, irq, pool, memcg_ix)
+    if slab < 0:
+        return outcome
+    caches[slabs[slab, SLAB_CACHE], CURRENT_SLAB] = slab  # its own node's: another node's, after a fallback
     slabs[slab, SLAB_USED] += 1
     object_slab[slot] = slab
     return outcome
 
 
 @njit
-def take_partial(slabs, caches, cursor, cache):
-    """Pop the cache's partial slabs until one still has objects and free slots; -1: none.
+def node_slab(slabs, caches, cursor, cache_node):
+    """The node's slab with a free slot: its current one, else one from its partial list; -1: none."""
+    slab = caches[cache_node, CURRENT_SLAB]
+    if slab < 0 or slabs[slab, SLAB_USED] == slabs[slab, SLAB_CAPACITY]:
+        slab = take_partial(slabs, caches, cursor, cache_node)
+    return slab
+
+
+@njit
+def fallback_alloc(memcg, stats, knobs, per_cpu, per_task, slabs, caches, geometry, cursor, cache_node, gfp, cpu, task,
+                   irq, pool, memcg_ix):
+    """SLAB fallback_alloc: a free object on another node (in node order after the preferred one),
+    which needs no charge; else a new slab charged with the caller's gfp, which may reclaim, on
+    the preferred node (numa_mem_id(): the CPU's node, which a kmalloc_node naming another node
+    is taken to be too). The slab (-1 if none) and the outcome."""
+    nodes = knobs[NODES]
+    cache, node = cache_node // nodes, cache_node % nodes
+    for step in range(1, nodes):
+        slab = node_slab(slabs, caches, cursor, cache * nodes + (node + step) % nodes)
+        if slab >= 0:
+            stats[OTHER_NODE_OBJECTS] += 1
+            return slab, OTHER_NODE
+    return allocate_slab(memcg, stats, knobs, per_cpu, per_task, slabs, geometry, cursor, cache_node, gfp, cpu, task, irq,
+                         pool, memcg_ix)
+
+
+@njit
+def take_partial(slabs, caches, cursor, cache_node):
+    """Pop the node's partial slabs of the cache until one still has objects and free slots; -1: none.
 
     A slab is pushed when it stops being full while not current, and popped before it can
-    become current (and full) again, so it is on its cache's stack at most once.
+    become current (and full) again, so it is on its list at most once.
     """
-    slab = caches[cache, PARTIAL_HEAD]
+    slab = caches[cache_node, PARTIAL_HEAD]
     while slab >= 0:
-        caches[cache, PARTIAL_HEAD] = slabs[slab, SLAB_NEXT_PARTIAL]
+        caches[cache_node, PARTIAL_HEAD] = slabs[slab, SLAB_NEXT_PARTIAL]
         slabs[slab, SLAB_LISTED] = 0
         if 0 < slabs[slab, SLAB_USED] < slabs[slab, SLAB_CAPACITY]:
             return slab
         if slabs[slab, SLAB_USED] == 0:
             free_slab_row(slabs, cursor, slab)  # discarded while on the list
-        slab = caches[cache, PARTIAL_HEAD]
+        slab = caches[cache_node, PARTIAL_HEAD]
     return -1
 
 
 @njit
-def allocate_slab(memcg, stats, knobs, per_cpu, per_task, slabs, geometry, cursor, cache, gfp, cpu, task, irq, pool,
-                  memcg_ix):
+def allocate_slab(memcg, stats, knobs, per_cpu, per_task, slabs, geometry, cursor, cache_node, gfp, cpu, task, irq,
+                  pool, memcg_ix):
     """SLUB allocate_slab: try the cache's order with a no-retry gfp (and, in 4.3, without
     direct reclaim above the minimum order), then fall back to the minimum order with the
     caller's gfp. The new slab (-1 if none) and the outcome."""
-    order, min_order = geometry[cache, ORDER], geometry[cache, MIN_ORDER]
+    order, min_order = geometry[cache_node, ORDER], geometry[cache_node, MIN_ORDER]
     first_gfp = (gfp | knobs[GFP_NORETRY]) & ~knobs[GFP_NOFAIL]
     if order > min_order:
         stats[HIGH_ORDER_ATTEMPTS] += 1
@@ -1068,26 +1111,26 @@ def allocate_slab(memcg, stats, knobs, per_cpu, per_task, slabs, geometry, curso
             first_gfp &= ~knobs[GFP_DIRECT_RECLAIM]
     outcome = charge(memcg, stats, knobs, per_cpu, per_task, 1 << order, first_gfp, cpu, task, irq, pool, memcg_ix)
     if outcome != FAILED:
-        return new_slab(slabs, cursor, cache, geometry[cache, OBJECTS], 1 << order, pool), outcome
+        return new_slab(slabs, cursor, cache_node, geometry[cache_node, OBJECTS], 1 << order, pool), outcome
     outcome = charge(memcg, stats, knobs, per_cpu, per_task, 1 << min_order, gfp, cpu, task, irq, pool, memcg_ix)
     if outcome == FAILED:
         return -1, outcome
     if order > min_order:
         stats[FALLBACKS] += 1
         outcome = FALLBACK
-    return new_slab(slabs, cursor, cache, geometry[cache, OBJECTS_MIN], 1 << min_order, pool), outcome
+    return new_slab(slabs, cursor, cache_node, geometry[cache_node, OBJECTS_MIN], 1 << min_order, pool), outcome
 
 
 @njit
-def new_slab(slabs, cursor, cache, capacity, pages, pool):
-    """A free row of the slab table, or the next one: an empty slab of the cache."""
+def new_slab(slabs, cursor, cache_node, capacity, pages, pool):
+    """A free row of the slab table, or the next one: an empty slab of the cache on the node."""
     slab = cursor[FREE_SLAB]
     if slab >= 0:
         cursor[FREE_SLAB] = slabs[slab, SLAB_NEXT_PARTIAL]
     else:
         slab = cursor[SLAB_COUNT]
         cursor[SLAB_COUNT] += 1
-    slabs[slab, SLAB_CACHE] = cache
+    slabs[slab, SLAB_CACHE] = cache_node
     slabs[slab, SLAB_CAPACITY] = capacity
     slabs[slab, SLAB_PAGES] = pages
     slabs[slab, SLAB_POOL] = pool
@@ -1110,22 +1153,22 @@ def slab_free_object(memcg, knobs, per_cpu, slabs, caches, cursor, object_slab, 
         raise ValueError("an object is freed that no slab holds")
     object_slab[slot] = -1  # the object leaves its slab
     slabs[slab, SLAB_USED] -= 1
-    cache = slabs[slab, SLAB_CACHE]
-    current = caches[cache, CURRENT_SLAB] == slab
+    cache_node = slabs[slab, SLAB_CACHE]
+    current = caches[cache_node, CURRENT_SLAB] == slab
     if slabs[slab, SLAB_USED] == 0 and not current:
         uncharge_kmem_pages(memcg, knobs, per_cpu, slabs[slab, SLAB_PAGES], 0, slabs[slab, SLAB_POOL], 0)  # discard_slab
         if not slabs[slab, SLAB_LISTED]:
             free_slab_row(slabs, cursor, slab)
     elif slabs[slab, SLAB_USED] == slabs[slab, SLAB_CAPACITY] - 1 and not current:
-        slabs[slab, SLAB_NEXT_PARTIAL] = caches[cache, PARTIAL_HEAD]  # a full slab became partial
+        slabs[slab, SLAB_NEXT_PARTIAL] = caches[cache_node, PARTIAL_HEAD]  # a full slab became partial
         slabs[slab, SLAB_LISTED] = 1
-        caches[cache, PARTIAL_HEAD] = slab
+        caches[cache_node, PARTIAL_HEAD] = slab
 
 
 # -- the loop ----------------------------------------------------------------------------------
 
 @njit
-def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, memcg_of, outcome, queued, first,
+def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache_node, obj, pool, memcg_of, outcome, queued, first,
                  t_first, resolution_ns, memcg, stats, knobs, per_cpu, per_task, object_state, object_slab, object_task,
                  object_delay, object_born, slabs, caches, geometry, cursor, waiting, bucket_last, bucket_peak):
     """Replay a batch's operations from `first` on, each at its time on its task's clock (the
@@ -1141,7 +1184,7 @@ def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, m
     slabs, caches, geometry, cursor, waiting = borrowed(slabs), borrowed(caches), borrowed(geometry), borrowed(cursor), borrowed(waiting)
     bucket_last, bucket_peak, queued = borrowed(bucket_last), borrowed(bucket_peak), borrowed(queued)
     ts, cpu, task, irq, op, gfp = borrowed(ts), borrowed(cpu), borrowed(task), borrowed(irq), borrowed(op), borrowed(gfp)
-    pages, nbytes, cache, obj, pool = borrowed(pages), borrowed(nbytes), borrowed(cache), borrowed(obj), borrowed(pool)
+    pages, nbytes, obj, pool, cache_node = borrowed(pages), borrowed(nbytes), borrowed(obj), borrowed(pool), borrowed(cache_node)
     memcg_of, outcome = borrowed(memcg_of), borrowed(outcome)
     n = ts.shape[0]
     for i in range(first, n + 1):
@@ -1152,7 +1195,7 @@ def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, m
                 return i
             clock = dequeue(waiting, cursor, per_task, queued, j)
             ran_late(op, obj, object_delay, j, now - ts[j])
-            replay_operation(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, memcg_of, outcome, j, now,
+            replay_operation(ts, cpu, task, irq, op, gfp, pages, nbytes, cache_node, obj, pool, memcg_of, outcome, j, now,
                              t_first, resolution_ns, memcg, stats, knobs, per_cpu, per_task, object_state, object_slab,
                              slabs, caches, geometry, cursor, bucket_last, bucket_peak)
             task_went_on(ts, op, obj, nbytes, waiting, cursor, knobs, per_task, queued, j, clock, True)
@@ -1174,7 +1217,7 @@ def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, m
             heap_push(waiting, cursor, ts[i] + late, i)
         elif clock < 0 or on_time(knobs, per_task, clock):
             ran_late(op, obj, object_delay, i, 0)
-            replay_operation(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, memcg_of, outcome, i, ts[i],
+            replay_operation(ts, cpu, task, irq, op, gfp, pages, nbytes, cache_node, obj, pool, memcg_of, outcome, i, ts[i],
                              t_first, resolution_ns, memcg, stats, knobs, per_cpu, per_task, object_state, object_slab,
                              slabs, caches, geometry, cursor, bucket_last, bucket_peak)
             task_went_on(ts, op, obj, nbytes, waiting, cursor, knobs, per_task, queued, i, clock, False)
@@ -1193,7 +1236,7 @@ def room_for(o, now, t_first, resolution_ns, knobs, slabs, cursor, bucket_last):
 
 
 @njit(inline="always")
-def replay_operation(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, pool, memcg_of, outcome, i, now,
+def replay_operation(ts, cpu, task, irq, op, gfp, pages, nbytes, cache_node, obj, pool, memcg_of, outcome, i, now,
                      t_first, resolution_ns, memcg, stats, knobs, per_cpu, per_task, object_state, object_slab,
                      slabs, caches, geometry, cursor, bucket_last, bucket_peak):
     """Operation i, at `now` (ns, the trace's clock shifted by its task's delay)."""
@@ -1211,7 +1254,7 @@ def replay_operation(ts, cpu, task, irq, op, gfp, pages, nbytes, cache, obj, poo
                                            gfp[i], c, t, irq[i], pool[i], m)
         else:
             outcome[i] = slab_alloc_object(memcg, stats, knobs, per_cpu, per_task, slabs, caches, geometry, cursor,
-                                           object_slab, slot, cache[i], gfp[i], c, t, irq[i], pool[i], m)
+                                           object_slab, slot, cache_node[i], gfp[i], c, t, irq[i], pool[i], m)
     elif o == OBJ_FREE:  # slab_free_hook
         if knobs[OBJECT_CHARGING]:
             obj_cgroup_uncharge(memcg, knobs, per_cpu, nbytes[i] + OBJ_EXT_BYTES, c, pool[i], m)

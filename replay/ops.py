@@ -43,6 +43,7 @@ OUTCOMES = (
     "reclaimed_for_high",  # charged, then the task reclaimed or was throttled for memory.high before it returned
     "reclaimed",  # charged after memcg reclaim (at memory.max)
     "fallback",  # a high-order slab charge failed; the minimum order was charged instead
+    "other_node",  # a node-local slab charge failed; a free object was taken from another NUMA node's slab
     "forced",  # charged past memory.max (__GFP_HIGH or __GFP_NOFAIL)
     "oom",  # charged after a memcg OOM kill
     "failed",  # the charge failed: the allocation returns NULL

@@ -19,6 +19,7 @@ from traces.errors import UserError
 
 CHARGE_UNITS = ("slab", "object")
 SLAB_GROWTH = ("caller", "nowait-high-order")
+NODE_LOCAL_CHARGES = ("caller", "nowait")
 HIGH_MODES = ("sync", "return-to-user", "mainline", "fail-nowait", "watermark")
 THP_CHARGE_GFPS = ("fault", "no-reclaim", "reclaim")
 
@@ -33,6 +34,11 @@ class Policy:
     # gfp of the charge for a new slab: the caller's, or (4.3, 6af3142bed1f) without
     # __GFP_DIRECT_RECLAIM when SLUB tries an order above the cache's minimum.
     slab_growth_gfp: str = "caller"
+    # gfp of the charge for a new slab on the NUMA node an allocation prefers: as slab_growth_gfp
+    # says ("caller"), or (4.2 SLAB, gfp_exact_node) without __GFP_DIRECT_RECLAIM ("nowait"); when
+    # that charge fails, SLAB's fallback_alloc takes a free object from another node's slabs, and
+    # only then charges a new slab with the caller's gfp.
+    node_local_charge: str = "caller"
     stock_batch: int = 64  # MEMCG_CHARGE_BATCH: 32 up to ~5.15, 64 from ~6.1
     # How many memcgs a CPU's page stock caches: 1 before 6.16 (memcgs charging on one CPU
     # drain each other's stock), NR_MEMCG_STOCK = 7 since (f735eebe55f8). It matters where the
@@ -59,7 +65,7 @@ class Policy:
 
     def validate(self) -> None:
         for knob, allowed in (("charge_unit", CHARGE_UNITS), ("slab_growth_gfp", SLAB_GROWTH), ("high_mode", HIGH_MODES),
-                              ("thp_charge_gfp", THP_CHARGE_GFPS)):
+                              ("thp_charge_gfp", THP_CHARGE_GFPS), ("node_local_charge", NODE_LOCAL_CHARGES)):
             if getattr(self, knob) not in allowed:
                 raise UserError(f"policy {self.name}: {knob} = {toml_text(getattr(self, knob))}; choose one of {', '.join(allowed)}")
         if not isinstance(self.shrunk_slab_counts, bool):
@@ -94,6 +100,9 @@ BUILTIN = {
                high_mode="sync", **KERNEL_4X),
         Policy("caller-gfp", "Davydov's fix: slab charges take the caller's gfp, so memcg reclaim runs for high-order slabs too",
                high_mode="sync", **{**KERNEL_4X, "slab_growth_gfp": "caller"}),
+        Policy("nowait-node-charge", "4.2 SLAB: a new slab on the preferred NUMA node is charged without reclaim; when "
+                                     "that fails, a free object is taken from another node (the seed thread's first case)",
+               high_mode="sync", node_local_charge="nowait", **{**KERNEL_4X, "slab_growth_gfp": "caller"}),
         Policy("return-to-user", "Tejun's 4.4 change: memory.high overage is reclaimed when the task returns to user space",
                high_mode="return-to-user", **KERNEL_4X),
         Policy("fail-nowait-above-high", "Hocko's alternative: non-blocking charges fail while usage is above memory.high",

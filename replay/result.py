@@ -28,6 +28,7 @@ class EngineResult:
     oom_kills: int = 0
     high_order_attempts: int = 0  # slab charges above the cache's minimum order
     fallbacks: int = 0  # of which fell back to the minimum order
+    other_node: int = 0  # objects taken from another NUMA node's slab after a failed node-local charge
     ns_above_high: int = 0
     page_ns_above_high: int = 0  # integral of (usage - high) over time, in page-nanoseconds
     throttle_ns: int = 0  # memory.high penalty sleeps (part of stall_ns)

@@ -40,8 +40,8 @@ from traces.reader import SIDE_TABLES, Trace
 SUMMARY, TIMESERIES, OUTCOMES_FILE = "summary.json", "timeseries.parquet", "outcomes.parquet"
 FILES = (SUMMARY, TIMESERIES, OUTCOMES_FILE)
 # 1: outcomes held only the trace row, and summary.json the trace's path as typed; 2: open loop only (no
-# limits.loop, run_seconds, stretch, delay_ns_by_pid); 3: timeseries without bucket_ns
-RESULT_FORMAT = 4
+# limits.loop, run_seconds, stretch, delay_ns_by_pid); 3: timeseries without bucket_ns; 4: no other_node
+RESULT_FORMAT = 5
 
 # What a charge operation charged (outcomes.parquet's `kind`): its operation and, for the
 # memcg stat changes replayed as LRU charges, the pool (replay.input says which is which).
@@ -79,7 +79,8 @@ LIMIT = (None, Int(0, MAX_BYTES))
 POLICY_SHAPE = {
     "description": str,
     "knobs": MapOf((str, int, bool)),
-    **{name: COUNT for name in ("peak_bytes", "failed", "forced", "stall_ns_total", "oom_kills", "fallbacks")},
+    **{name: COUNT for name in ("peak_bytes", "failed", "forced", "stall_ns_total", "oom_kills", "fallbacks",
+                                          "other_node")},
     **{name: float for name in ("seconds_above_high", "page_seconds_above_high", "run_seconds", "stretch")},
     **{name: {trigger: COUNT for trigger in RECLAIM_TRIGGERS} for name in ("reclaim_calls", "reclaimed_pages")},
     "failed_by_gfp_class": MapOf(COUNT),

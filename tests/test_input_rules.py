@@ -10,7 +10,7 @@ import pytest
 from replay.input import InputStream, build
 from replay.ops import (
     ANON_FREED, ANON_UNMAPPED, FAILED_CHARGE, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, OBJ_ALLOC, OBJ_FREE, OOM_CHARGE, POOL_ANON,
-    POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, RECLAIM_TIME, RETRY_FOUND_ROOM, TASK_CLONE_VM,
+    PAGE_ALLOC, POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, RECLAIM_TIME, RETRY_FOUND_ROOM, TASK_CLONE_VM,
     TASK_EXEC, TASK_EXIT, TASK_FORK, USER_RETURN,
 )
 from replay.run import reclaim_cost
@@ -210,6 +210,28 @@ def test_each_operation_charges_the_memcg_below_the_target_its_task_charges_page
         (0, OBJ_ALLOC, 0), (1, LRU_CHARGE, 1), (2, OBJ_ALLOC, 1), (3, LRU_CHARGE, 2), (4, OBJ_FREE, 1), (5, OBJ_FREE, 0),
         (7, OBJ_ALLOC, 2), (8, LRU_CHARGE, 1), (9, OBJ_ALLOC, 2),
     ]
+
+
+def test_an_object_prefers_the_node_its_kmalloc_node_named_else_its_cpus(tmp_path):
+    """kernel.cpu_nodes maps CPUs 0-1 to node 0 and CPUs 2-3 to node 1: a kmalloc without a node
+    (-1) prefers its CPU's, a kmalloc_node the node it names, one naming a node without CPUs
+    (which the model holds no slabs for) its CPU's again; a free and a page need no node."""
+    manifest = json.loads((sample_path(LIKE) / MANIFEST).read_text())
+    manifest["kernel"].update(cpus=4, cpu_nodes=[0, 0, 1, 1])
+    gfp = manifest["gfp_flags"]["GFP_KERNEL_ACCOUNT"]
+
+    def alloc(obj: int, cpu: int, node: int) -> dict:
+        return dict(kind="kmalloc", pid=TASK, ctx="task", cpu=cpu, obj=obj, bytes_req=64, bytes_alloc=64, gfp=gfp, node=node,
+                    accounted=True, failed=False, call_site=7)
+
+    events = [alloc(1, 0, -1), alloc(2, 3, -1), alloc(3, 0, 1), alloc(4, 3, 0), alloc(5, 1, 7),
+              dict(kind="kfree", pid=TASK, ctx="task", cpu=3, obj=1),
+              dict(kind="page_alloc", pid=TASK, ctx="task", cpu=2, obj=6, order=0, bytes_alloc=4096, gfp=gfp, accounted=True,
+                   failed=False)]
+    data = build(written(tmp_path / "t", manifest, [{**e, "comm": "t"} for e in events]))
+    assert data.nodes == 2
+    assert list(zip(data.op.tolist(), data.node.tolist())) == [
+        (OBJ_ALLOC, 0), (OBJ_ALLOC, 1), (OBJ_ALLOC, 1), (OBJ_ALLOC, 0), (OBJ_ALLOC, 0), (OBJ_FREE, 0), (PAGE_ALLOC, 0)]
 
 
 def test_the_task_tree_makes_task_operations_but_the_kernels_oom_victim_lives_on(tmp_path):

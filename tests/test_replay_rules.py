@@ -31,8 +31,8 @@ MS = 1_000_000
 
 
 def scenario(ops: list[dict], pools: dict[int, int] | None = None, cache: tuple[int, int, int, int] = (0, 0, 1, 1),
-             tasks: int = 2) -> ReplayInput:
-    """A ReplayInput from operations given as dicts (op, gfp, pages, bytes, obj, task, cpu, irq, pool, memcg)."""
+             tasks: int = 2, nodes: int = 1) -> ReplayInput:
+    """A ReplayInput from operations given as dicts (op, gfp, pages, bytes, obj, task, cpu, irq, pool, memcg, node)."""
     n = len(ops)
     col = lambda key, default, dtype: np.array([o.get(key, default) for o in ops], dtype=dtype)  # noqa: E731
     initial = np.zeros(6, np.int64)
@@ -44,10 +44,10 @@ def scenario(ops: list[dict], pools: dict[int, int] | None = None, cache: tuple[
         irq=col("irq", False, bool), op=col("op", 0, np.int8), gfp=col("gfp", GFP_KERNEL, np.int64),
         pages=col("pages", 0, np.int64), bytes=col("bytes", 0, np.int64), cache=col("cache", 0, np.int32),
         obj=col("obj", -1, np.int64), pool=col("pool", POOL_KMEM_PAGES, np.int8), memcg=col("memcg", 0, np.int16),
-        row=np.arange(n, dtype=np.int64),
+        row=np.arange(n, dtype=np.int64), node=col("node", 0, np.int16),
         cache_order=np.array([order]), cache_min_order=np.array([min_order]), cache_objects=np.array([objects]),
         cache_objects_min=np.array([objects_min]), cache_names=["test-cache"], task_pids=np.arange(tasks, dtype=np.int32),
-        initial_pools=initial, cpus=2, t_first=0, t_last=max(n - 1, 0) * MS,
+        initial_pools=initial, cpus=2, nodes=nodes, t_first=0, t_last=max(n - 1, 0) * MS,
     )
 
 
@@ -267,6 +267,37 @@ def test_a_high_order_slab_falls_back_to_the_minimum_order_without_reclaim(engin
     assert nowait.outcome[0] == OUTCOME["fallback"] and nowait.fallbacks == 1 and nowait.peak_pages == 61
     assert caller.outcome[0] == OUTCOME["reclaimed"] and caller.fallbacks == 0
     assert caller.reclaimed_pages[TRIGGER["max"]] == 41
+
+
+def test_a_failed_node_local_charge_takes_an_object_from_another_node_in_4_2_slab(engine):
+    # Two nodes, CPU n on node n; 1-page slabs of 2 objects; usage 19 of max 20 (10 file pages
+    # reclaimable), one page per charge (stock_batch 1). Object a on node 1 charges node 1's
+    # first slab: usage 20, max reached, one free slot left there. Object b on node 0 needs a
+    # slab of node 0. Davydov's caller-gfp charges it with GFP_KERNEL: it reclaims, and b stays
+    # on node 0 (1 failed try: failcnt 1). 4.2 SLAB charges it without reclaim: that fails
+    # twice (the model's slab growth is SLUB's, which tries again at the minimum order, here
+    # the same: failcnt 2), and fallback_alloc takes node 1's free slot. Object c on node 0:
+    # caller-gfp has node 0's free slot (no charge); SLAB's no-wait charge fails twice more (4),
+    # node 1's slab is full, so it charges with the caller's gfp: fails (5), reclaims, and gets
+    # node 0's slab.
+    # One node, a slab per object: no other node to fall back to, so b is charged after reclaim as
+    # with caller-gfp (which reclaims room for c and d too), after two failed no-wait tries.
+    obj = lambda n, node: {"op": OBJ_ALLOC, "obj": n, "bytes": 2048, "cpu": node, "node": node,  # noqa: E731
+                           "pool": POOL_SLAB_UNRECLAIMABLE}
+    pools, limits = {POOL_OTHER: 9, POOL_FILE: 10}, Limits(max_pages=20)
+    two_nodes = scenario([obj(0, 1), obj(1, 0), obj(2, 0)], pools, cache=(0, 0, 2, 2), nodes=2)
+    caller = engine(two_nodes, replace(BUILTIN["caller-gfp"], stock_batch=1), limits)
+    slab = engine(two_nodes, replace(BUILTIN["nowait-node-charge"], stock_batch=1), limits)
+    charged, reclaimed = OUTCOME["charged"], OUTCOME["reclaimed"]
+    assert list(caller.outcome) == [charged, reclaimed, OUTCOME["no_charge"]]
+    assert caller.other_node == 0 and caller.failcnt == 1 and caller.reclaim_calls[TRIGGER["max"]] == 1
+    assert list(slab.outcome) == [charged, OUTCOME["other_node"], reclaimed]
+    assert slab.other_node == 1 and slab.failcnt == 5 and slab.reclaim_calls[TRIGGER["max"]] == 1
+    one_node = scenario([obj(0, 0), obj(1, 0), obj(2, 0), obj(3, 0)], pools, cache=(0, 0, 1, 1))
+    caller = engine(one_node, replace(BUILTIN["caller-gfp"], stock_batch=1), limits)
+    slab = engine(one_node, replace(BUILTIN["nowait-node-charge"], stock_batch=1), limits)
+    assert list(slab.outcome) == list(caller.outcome) == [charged, reclaimed, charged, charged]
+    assert list(slab.bucket_last) == list(caller.bucket_last) and slab.failcnt == caller.failcnt + 2
 
 
 def test_object_stock_serves_the_rest_of_a_charged_page(engine):

@@ -50,6 +50,22 @@ def test_thp_charges_that_may_not_reclaim_overshoot_high_those_that_may_stall_in
     assert "above_high" not in fared["thp-reclaim"] and fared["mainline-6.12"] == fared["thp-reclaim"]
 
 
+def test_4_2_slab_takes_objects_from_the_other_node_where_caller_gfp_reclaims(tmp_path):
+    # files-numa-6.12: a two-node guest (CPU 0 on node 0, CPU 1 on node 1), a file tree built
+    # on each CPU, then removed on the other (partial slabs on both nodes). With memory.max
+    # replayed at 21M, below the kernel's 22 MiB peak, slab growth meets the limit: 4.2 SLAB's
+    # no-wait node-local charge fails and fallback_alloc takes the other node's free objects
+    # ("although there is no reason for that", Davydov); caller-gfp reclaims instead and keeps
+    # every object on its node, and so does mainline, which charges objects, not slabs.
+    s = replay(tmp_path, "files-numa-6.12", "--memory-max", "21M", "--policy", "nowait-node-charge", "--policy", "caller-gfp",
+               "--policy", "mainline-6.12")
+    assert s["nowait-node-charge"]["other_node"] > 0 == s["caller-gfp"]["other_node"] == s["mainline-6.12"]["other_node"]
+    assert s["nowait-node-charge"]["outcomes"]["other_node"] == s["nowait-node-charge"]["other_node"]
+    # Every failed no-wait charge is one more failcnt, and a fallback object one reclaim fewer.
+    assert s["nowait-node-charge"]["failcnt"] > s["caller-gfp"]["failcnt"]
+    assert sum(s["nowait-node-charge"]["reclaim_calls"].values()) < sum(s["caller-gfp"]["reclaim_calls"].values())
+
+
 @pytest.mark.parametrize("sample", ["file-storm", "socket-storm"])
 def test_nowait_slab_charges_fall_back_to_min_order_more_often_than_caller_gfp(tmp_path, sample):
     # At the hard limit a high-order slab charge that may not reclaim fails, and SLUB falls
@@ -65,7 +81,7 @@ def test_result_files_describe_every_policy_and_charge(tmp_path, sample):
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "summary.json").read_text())
     policies = list(summary["policies"])
-    assert policies == ["nowait-slab-charge", "caller-gfp", "return-to-user", "fail-nowait-above-high", "watermark", "mainline-6.1",
+    assert policies == ["nowait-slab-charge", "caller-gfp", "nowait-node-charge", "return-to-user", "fail-nowait-above-high", "watermark", "mainline-6.1",
                         "mainline-6.12", "mainline-6.18", "thp-no-reclaim", "thp-reclaim"]
     assert summary["limits"]["high_bytes"] == 12 << 20 and summary["limits"]["max_bytes"] == 28 << 20  # from the manifest
     outcomes = pl.read_parquet(out / "outcomes.parquet")

@@ -7,11 +7,11 @@ MIB = 1 << 20
 
 
 def figures(page_s: float, above_s: float, peak_mib: int, run_s: float = 2.0, stretch: float = 0.0, failed: dict | None = None,
-            fallbacks: int = 0, oom_kills: int = 0, stall_ms: float = 0.0, knobs: dict | None = None) -> dict:
+            fallbacks: int = 0, oom_kills: int = 0, stall_ms: float = 0.0, knobs: dict | None = None, other_node: int = 0) -> dict:
     failed = failed or {}
     return {"page_seconds_above_high": page_s, "seconds_above_high": above_s, "peak_bytes": peak_mib * MIB,
             "run_seconds": run_s, "stretch": stretch, "failed": sum(failed.values()), "failed_by_gfp_class": failed,
-            "fallbacks": fallbacks, "oom_kills": oom_kills, "stall_ns_total": int(stall_ms * 1e6),
+            "fallbacks": fallbacks, "other_node": other_node, "oom_kills": oom_kills, "stall_ns_total": int(stall_ms * 1e6),
             "knobs": {"stock_batch": 64, "high_mode": "mainline", **(knobs or {})}}
 
 
@@ -26,7 +26,7 @@ def test_ranks_on_page_seconds_then_time_above_high_and_prices_each_policy():
         "nowait": figures(90.0, 1.8, 8, failed={"GFP_NOWAIT": 3, "GFP_ATOMIC": 1}, fallbacks=250,
                           knobs={"stock_batch": 32, "high_mode": "sync"}),
         "throttle": figures(10.0, 1.0, 5, run_s=4.0, stretch=1.0, stall_ms=2000.0),
-        "sync": figures(10.0, 1.5, 6, stall_ms=30.5, oom_kills=1, knobs={"high_mode": "sync"}),
+        "sync": figures(10.0, 1.5, 6, stall_ms=30.5, oom_kills=1, knobs={"high_mode": "sync"}, other_node=1),
     })
     assert verdict(s, "throttle") == [
         "Best at keeping memory.high (4.0 MiB): throttle, 1.000 s above it (25% of its run), 10.0 page-seconds, "
@@ -36,7 +36,7 @@ def test_ranks_on_page_seconds_then_time_above_high_and_prices_each_policy():
         "throttle runs 4.000 s (+100.0% over the trace), stalls its tasks 2,000.0 ms; fails 0 charges; "
         "0 min-order fallbacks; 0 OOM kills.",
         "sync runs 2.000 s (+0.0% over the trace), stalls its tasks 30.5 ms; fails 0 charges; 0 min-order fallbacks; "
-        "1 OOM kill.",
+        "places 1 object on another NUMA node; 1 OOM kill.",
         "nowait runs 2.000 s (+0.0% over the trace), stalls its tasks 0.0 ms; fails 4 charges (GFP_NOWAIT 3, GFP_ATOMIC 1); "
         "250 min-order fallbacks; 0 OOM kills.",
         "sync differs from throttle in high_mode = sync.",
