@@ -7,7 +7,10 @@ object slot, replay.object_slots), and per task whether it is inside a memcg rec
 whether it was OOM-killed, its last reclaim_begin, and within the current system call its
 pinning inode and its dentries, and its last page allocation not (yet) charged with the memcg
 reclaims since; and the target memcg's anon pages unmapped and not yet freed.
-One event makes at most one operation, so operations come out in trace order.
+One event makes at most one operation of its own; before it, a task's first event soon after a
+task it made exited makes a TASK_JOIN, and one long after a reclaim of its return to user space
+a RECLAIM_TIME (the kernel's throttle sleep). So operations come out in trace order, and a
+segment makes at most one more per exit and per reclaim_end than it has events.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from common.jit import njit
 from replay.object_slots import ALLOC_OP, BYTES, CACHE, MEMCG, NEVER_CHARGED, OP, PAGES, POOL, give_back_slot, take_slot
 from replay.ops import (
     ANON_FREED, ANON_UNMAPPED, FAILED_CHARGE, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, OBJ_ALLOC, OOM_CHARGE,
-    PAGE_ALLOC, PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER, POOL_SLAB_UNRECLAIMABLE, RECLAIM_TIME, RETRY_FOUND_ROOM,
+    PAGE_ALLOC, PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER, POOL_SLAB_UNRECLAIMABLE, RECLAIM_TIME, RETRY_FOUND_ROOM, TASK_JOIN,
     TASK_CLONE_VM, TASK_EXEC, TASK_EXIT, TASK_FORK, USER_RETURN,
 )
 from traces.schema import CLONE_FLAGS, KINDS
@@ -42,7 +45,18 @@ BEGIN_TS = 12  # the time of the task's last reclaim_begin
 # The task's last page allocation not charged as kmem (a user folio's, charged when mapped): its pages and gfp,
 # which a huge page's charge takes (mem_cgroup_charge with the fault's gfp); others end only FAULT_*.
 FOLIO_PAGES, FOLIO_GFP = 13, 14
-N_TASK_STATE = 15
+# The task that made this one (-1: not in the trace), and the last task this one made that exited, with when
+# (JOINABLE -1: none since this task's last event).
+PARENT, JOINABLE, JOINABLE_EXIT_TS = 15, 16, 17
+# Whether the task's last event was its return to user space (its reclaims since are memory.high's, in
+# mem_cgroup_handle_over_high), and the end of the last such reclaim (-1: none since the task went on).
+RETURNING, HIGH_RECLAIM_END = 18, 19
+N_TASK_STATE = 20
+# mem_cgroup_handle_over_high sleeps only for a penalty above HZ / 100 jiffies: 10 ms, whatever HZ is.
+# A task's gap this long after such a reclaim is taken for that sleep (user-space time is in it too).
+MIN_THROTTLE_NS = 10_000_000
+# A task whose first event comes this soon after a task it made exited was waiting for it (woken by the exit).
+JOIN_WINDOW_NS = 5_000_000
 # Caches by what their objects pin (CACHE_CLASS values).
 ORDINARY, PINNING_INODE, DENTRY = range(3)
 KMALLOC_MAX_CACHE_SIZE = 2 * PAGE_SIZE  # larger kmallocs come from the page allocator
@@ -64,6 +78,20 @@ def segment_operations(ts, kind, task, in_task, charged, nbytes, cache, obj, ord
     n = 0
     for i in range(kind.shape[0]):
         k, t = kind[i], task[i]
+        if in_task[i] and k != RECLAIM_BEGIN and k != RECLAIM_END:
+            if tasks[t, HIGH_RECLAIM_END] >= 0 and ts[i] - tasks[t, HIGH_RECLAIM_END] >= MIN_THROTTLE_NS:
+                # the capturing kernel's throttle sleep, a stall the closed loop replaces with the policy's
+                _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool, out_memcg,
+                      n, i, RECLAIM_TIME, 0, 0, ts[i] - tasks[t, HIGH_RECLAIM_END], -1, -1, POOL_OTHER, tasks[t, TASK_MEMCG])
+                n += 1
+            tasks[t, HIGH_RECLAIM_END] = -1
+            tasks[t, RETURNING] = k == USER_RETURN_EVENT
+        if in_task[i] and tasks[t, JOINABLE] >= 0:
+            if ts[i] - tasks[t, JOINABLE_EXIT_TS] <= JOIN_WINDOW_NS:
+                _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool, out_memcg,
+                      n, i, TASK_JOIN, 0, 0, 0, -1, tasks[t, JOINABLE], POOL_OTHER, tasks[t, TASK_MEMCG])
+                n += 1
+            tasks[t, JOINABLE] = -1
         if k == KMALLOC or k == KMEM_CACHE_ALLOC:
             if charged[i]:
                 tasks[t, FAULT_PAGES] = 0
@@ -178,6 +206,8 @@ def segment_operations(ts, kind, task, in_task, charged, nbytes, cache, obj, ord
                       n, i, RECLAIM_TIME, 0, 0, ts[i] - tasks[t, BEGIN_TS], -1, -1, POOL_OTHER, tasks[t, TASK_MEMCG])
                 n += 1
             tasks[t, IN_RECLAIM] = 0
+            if tasks[t, RETURNING]:
+                tasks[t, HIGH_RECLAIM_END] = ts[i]
         elif k == OOM:
             tasks[t, FAULT_PAGES] = 0  # OOM_CHARGE replays that charge
             if named_task[i] >= 0:
@@ -192,10 +222,13 @@ def segment_operations(ts, kind, task, in_task, charged, nbytes, cache, obj, ord
                 if named_task[i] < 0:
                     continue
                 op = TASK_CLONE_VM if item[i] & CLONE_VM else TASK_FORK
+                tasks[named_task[i], PARENT] = t
             elif k == TASK_EXIT_EVENT and tasks[t, KILLED]:
                 continue  # the kernel's OOM victim lives on in the model, holding its memory, until the model kills it
             else:
                 op = TASK_EXEC if k == TASK_EXEC_EVENT else TASK_EXIT
+                if op == TASK_EXIT and tasks[t, PARENT] >= 0:  # its parent may be waiting for it
+                    tasks[tasks[t, PARENT], JOINABLE], tasks[tasks[t, PARENT], JOINABLE_EXIT_TS] = t, ts[i]
             _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool, out_memcg,
                   n, i, op, 0, 0, 0, -1, named_task[i], POOL_OTHER, tasks[t, TASK_MEMCG])
             n += 1

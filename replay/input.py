@@ -46,14 +46,20 @@ target's too):
   before it has exited, which makes 35 (out_of_memory picks the dying task itself, and its
   charge then fails: passed_oom && task_is_dying);
 - the capturing kernel's memcg reclaims, each as the time it held its task (reclaim_begin to
-  reclaim_end): RECLAIM_TIME. Closed-loop replay replaces that stall with the policy's;
+  reclaim_end): RECLAIM_TIME; and its memory.high throttle sleeps, a gap of 10 ms or more
+  (MIN_THROTTLE_NS) from the end of the reclaims of a task's return to user space to its next
+  event: RECLAIM_TIME too, before that event's operation. Closed-loop replay replaces that
+  stall with the policy's;
 - returns to user space: USER_RETURN;
 - the task tree: a task_new whose new task shares its parent's mm (CLONE_VM: a thread, a
   vfork child) is TASK_CLONE_VM, one with a copy-on-write copy TASK_FORK (obj: the new task);
   task_exec and task_exit are TASK_EXEC and TASK_EXIT, but for the exit of the kernel's OOM
   victim: the model decides its own kills, and keeps that process alive, holding its memory,
   until it kills it. The model's OOM killer reads them: a kill takes a whole process, and
-  frees only the pages no other process still maps.
+  frees only the pages no other process still maps. A task whose first event comes within 5 ms
+  (JOIN_WINDOW_NS) after a task it made exited was waiting for it (wait4, pthread_join: the exit
+  woke it): TASK_JOIN (obj: that task), before that event's own operation; the closed loop
+  keeps it from going on before the task it waited for ended.
 """
 from __future__ import annotations
 
@@ -208,13 +214,16 @@ class InputStream:
     def _segment_operations(self, events: dict, carried: "Carried") -> tuple[ReplayInput, pa.Table]:
         """One segment's operations, and each one's call site and task name."""
         n = len(events["kind"])
-        out = (np.empty(n, np.int64), np.empty(n, np.int8), np.empty(n, np.int64), np.empty(n, np.int64),
-               np.empty(n, np.int64), np.empty(n, np.int32), np.empty(n, np.int64), np.empty(n, np.int8), np.empty(n, np.int16))
+        # an exit adds its parent's join at most, a reclaim's end the throttle sleep after it
+        room = n + int(np.count_nonzero((events["kind"] == passes.TASK_EXIT_EVENT) | (events["kind"] == passes.RECLAIM_END)))
+        out = (np.empty(room, np.int64), np.empty(room, np.int8), np.empty(room, np.int64), np.empty(room, np.int64),
+               np.empty(room, np.int64), np.empty(room, np.int32), np.empty(room, np.int64), np.empty(room, np.int8),
+               np.empty(room, np.int16))
         slots = carried.slots
         slots.new_segment()
         slots.make_room(int(np.count_nonzero(events["charged"])))  # only charged allocations take a slot
         count = passes.segment_operations(
-            *(events[name] for name in PASS_COLUMNS), *out, np.empty(n, np.int64), np.empty(n, np.int64), carried.tasks,
+            *(events[name] for name in PASS_COLUMNS), *out, np.empty(room, np.int64), np.empty(room, np.int64), carried.tasks,
             slots.slot_of, slots.free, slots.counts, slots.live, self.cache_pool, self.cache_class, self.kernel_facts,
             carried.unmapped, carried.operations)
         src, op, gfp, pages, nbytes, cache, obj, pool, memcg = (column[:count] for column in out)
@@ -262,7 +271,7 @@ class Carried:
 
     def __init__(self, tasks: int) -> None:
         self.tasks = np.zeros((tasks, passes.N_TASK_STATE), np.int64)
-        self.tasks[:, [passes.BEGIN_ORDER, passes.DENTRIES, passes.LAST_LRU]] = -1
+        self.tasks[:, [passes.BEGIN_ORDER, passes.DENTRIES, passes.LAST_LRU, passes.PARENT, passes.JOINABLE, passes.HIGH_RECLAIM_END]] = -1
         self.unmapped = np.zeros(1, np.int64)  # the target's anon pages unmapped and not yet freed
         self.slots = ObjectSlots()
         self.rows = 0  # events in the segments before

@@ -39,7 +39,9 @@ The approximations:
 - Closed loop (the default; "the closed loop" below): reclaim and throttling are stall time of
   the task, which delays its later operations. Open loop (CLOSED_LOOP off) keeps the trace's
   timeline: the stall is only added up. Async reclaim (high_work, watermarks) is instantaneous
-  and stalls nobody.
+  and stalls nobody. A task that waited for a task it made to exit (TASK_JOIN) goes on no
+  earlier than that one ended, as far behind as it (wait_for_child). Other waits on another
+  task (a pipe, a lock) are not in the trace: there each task goes on at its own pace.
 - Reclaim takes file pages, then reclaimable slab (for a charge with __GFP_FS), then anon
   pages if swap is on, at `reclaim_ns_per_page` each. Which slab objects a shrinker could
   free (an unused dentry) and which not (an open file's) the trace does not say: the model
@@ -110,7 +112,7 @@ from replay.ops import (
     MEMCG_DELAY_SCALING_SHIFT, MEMCG_MAX_HIGH_DELAY_JIFFIES, NR_MEMCG_STOCK, OBJ_ALLOC, OBJ_EXT_BYTES, OBJ_FREE, OOM_CHARGE, OUTCOME,
     PAGE_ALLOC, PAGE_ALLOC_COSTLY_ORDER, PAGE_FREE, PAGE_SHIFT, PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES,
     POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, RECLAIM_TIME, RECLAIM_TRIGGERS, RETRY_FOUND_ROOM, SWAP_CLUSTER_MAX, TASK_CLONE_VM, TASK_EXEC, TASK_EXIT,
-    TASK_FORK, TRIGGER, USER_RETURN,
+    TASK_FORK, TASK_JOIN, TRIGGER, USER_RETURN,
 )
 from replay.policy import HIGH_MODES, THP_CHARGE_GFPS
 
@@ -170,15 +172,18 @@ N_PER_CPU = STOCK_SLOTS + 2 * NR_MEMCG_STOCK
 # model holds until it kills it, whether the model's OOM killer chose it (it is dying: tsk_is_oom_victim).
 # Then the task's mm (the row holding it), and on an mm's row: the tasks using it (0: gone), the anon pages it
 # maps copy-on-write from the mm it was forked from, and that mm's row (-1: none). ANON, OOM_DEBT, OOM_KEPT and
-# DYING are kept on the mm's row. Then the closed loop's (below): the capturing kernel's reclaim time of the
-# task, the delay it started with, its waiting operations (first and last; -1: none), whether its fork waits,
-# the task whose clock it runs on, the stall of all tasks on its clock, the interrupts' frees waiting for the
-# delay at their set-off (first and last; -1: none), and the trace time of the last operation that changed
-# the clock's delay and the delay before it (these ten on the clock's row).
+# DYING are kept on the mm's row. Then the closed loop's (below): the capturing kernel's reclaim and throttle
+# time of the task, the delay it started with, its waiting operations (first and last; -1: none), whether they wait for
+# another task's (HELD: its fork, or the exit of a task it waited for), the task whose clock it runs on, the
+# stall of all tasks on its clock, the interrupts' frees waiting for the delay at their set-off (first and
+# last; -1: none), and the trace time of the last operation that changed the clock's delay and the delay
+# before it (these ten on the clock's row); then whether the task's exit is still to be replayed or was
+# (EXIT_QUEUED, EXITED) and the clock held until it is (-1: none).
 OVER_HIGH, STALL, ANON, OOM_DEBT, OOM_KEPT, DYING, MM, USERS, INHERITED, COW_FROM = range(10)
-KERNEL_STALL, STARTED_LATE, QUEUE_HEAD, QUEUE_TAIL, UNBORN, RUNS_ON, CLOCK_STALL = range(10, 17)
-DEFERRED_HEAD, DEFERRED_TAIL, STALLED_AT, DELAY_BEFORE_STALL = range(17, 21)
-N_TASK_COLUMNS = 21
+KERNEL_STALL, STARTED_LATE, QUEUE_HEAD, QUEUE_TAIL, HELD, RUNS_ON, CLOCK_STALL = range(10, 17)
+DEFERRED_HEAD, DEFERRED_TAIL, STALLED_AT, DELAY_BEFORE_STALL, EXIT_STATE, JOINER = range(17, 23)
+N_TASK_COLUMNS = 23
+RUNNING, EXIT_QUEUED, EXITED = range(3)  # EXIT_STATE values
 # slabs columns; SLAB_NEXT_PARTIAL threads a partial list (SLAB_LISTED: the slab is on one) or the free rows
 SLAB_CACHE, SLAB_CAPACITY, SLAB_PAGES, SLAB_POOL, SLAB_USED, SLAB_NEXT_PARTIAL, SLAB_LISTED = range(7)
 CURRENT_SLAB, PARTIAL_HEAD = range(2)  # caches columns; -1: none
@@ -538,7 +543,7 @@ def new_per_task(tasks: int, clocks: int) -> np.ndarray:
     per_task[:, USERS] = 1
     per_task[:, COW_FROM] = -1
     per_task[:, QUEUE_HEAD] = per_task[:, QUEUE_TAIL] = -1
-    per_task[:, DEFERRED_HEAD] = per_task[:, DEFERRED_TAIL] = -1
+    per_task[:, DEFERRED_HEAD] = per_task[:, DEFERRED_TAIL] = per_task[:, JOINER] = -1
     per_task[:, STALLED_AT] = np.iinfo(np.int64).min  # never stalled
     per_task[:, RUNS_ON] = 0 if clocks == SHARED_BY_WORKLOAD else np.arange(tasks)
     return per_task
@@ -1198,7 +1203,7 @@ def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache_node, obj, po
             replay_operation(ts, cpu, task, irq, op, gfp, pages, nbytes, cache_node, obj, pool, memcg_of, outcome, j, now,
                              t_first, resolution_ns, memcg, stats, knobs, per_cpu, per_task, object_state, object_slab,
                              slabs, caches, geometry, cursor, bucket_last, bucket_peak)
-            task_went_on(ts, op, obj, nbytes, waiting, cursor, knobs, per_task, queued, j, clock, True)
+            task_went_on(ts, task, op, obj, nbytes, waiting, cursor, knobs, per_task, queued, j, clock, True)
         if i == n:
             break
         if not room_for(op[i], ts[i], t_first, resolution_ns, knobs, slabs, cursor, bucket_last):
@@ -1208,6 +1213,9 @@ def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache_node, obj, po
             object_born[obj[i]] = ts[i]
         if op[i] == TASK_FORK or op[i] == TASK_CLONE_VM:
             per_task[obj[i], RUNS_ON] = clock_at_birth(knobs, per_task, task[i], obj[i], op[i] == TASK_CLONE_VM)
+            per_task[obj[i], EXIT_STATE] = RUNNING
+        if op[i] == TASK_EXIT:
+            per_task[task[i], EXIT_STATE] = EXIT_QUEUED
         clock = clock_of(per_task, task, irq, op, obj, object_task, object_state, i)
         late = op_delay(op, obj, object_delay, i) if clock < 0 else 0
         if clock >= 0 and deferred_free(irq, op, obj, object_state, i):
@@ -1220,7 +1228,7 @@ def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache_node, obj, po
             replay_operation(ts, cpu, task, irq, op, gfp, pages, nbytes, cache_node, obj, pool, memcg_of, outcome, i, ts[i],
                              t_first, resolution_ns, memcg, stats, knobs, per_cpu, per_task, object_state, object_slab,
                              slabs, caches, geometry, cursor, bucket_last, bucket_peak)
-            task_went_on(ts, op, obj, nbytes, waiting, cursor, knobs, per_task, queued, i, clock, False)
+            task_went_on(ts, task, op, obj, nbytes, waiting, cursor, knobs, per_task, queued, i, clock, False)
         else:
             enqueue(ts, op, obj, nbytes, waiting, cursor, knobs, per_task, queued, i, clock)
     return n
@@ -1290,6 +1298,8 @@ def replay_operation(ts, cpu, task, irq, op, gfp, pages, nbytes, cache_node, obj
         begin_new_exec(per_task, t)
     elif o == TASK_EXIT:
         exit_mm(per_task, t)
+    elif o == TASK_JOIN:
+        wait_for_child(memcg, knobs, per_task, t, obj[i])
     elif o == RECLAIM_TIME:
         delay_changes(memcg, knobs, per_task, per_task[t, RUNS_ON])
         per_task[per_task[t, RUNS_ON], KERNEL_STALL] += nbytes[i]
@@ -1332,9 +1342,11 @@ def freed_as_charged(object_state, slot, o):
 # (queued[i, NEXT]: the next one on the same clock, -1 none; queued[i, CLOCK]: that task;
 # QUEUE_HEAD and QUEUE_TAIL per task) while it runs late; the first one of each such queue waits
 # in `waiting`, a binary heap of (time due, operation) with the earliest first (cursor[WAITING]:
-# its size). A task made by a fork that still waits waits too (UNBORN), until its fork is
-# replayed. So a task has an entry in the heap when it has waiting operations and is not
-# UNBORN: at most one per task. A free on no clock that comes late waits in the heap on its
+# its size). A task made by a fork that still waits waits too (HELD), until its fork is
+# replayed, and so does a task that waited for a task it made to exit (TASK_JOIN), until that
+# exit is replayed (when the trace has it queued already: else it goes on as far behind as that
+# task is by then). So a task has an entry in the heap when it has waiting operations and is not
+# HELD: at most one per task. A free on no clock that comes late waits in the heap on its
 # own (queued[i, CLOCK] -1): at most one entry per operation of the batch besides. So does an
 # interrupt's free, once its task's delay at the set-off is known: while operations of the task
 # from before the set-off still wait, it waits on the task's list of deferred frees
@@ -1388,6 +1400,28 @@ def delay_changes(memcg, knobs, per_task, clock):
 
 
 @njit(inline="always")
+def wait_for_child(memcg, knobs, per_task, task, child):
+    """The task waited for `child` to exit (wait4, pthread_join): it goes on no earlier than the
+    child ended. Until the child's exit, queued already, is replayed, the task's clock is held
+    (task_went_on lets it go); a child whose exit is not queued it follows as far as it is behind."""
+    clock = per_task[task, RUNS_ON]
+    if clock == per_task[child, RUNS_ON]:
+        return
+    delay_changes(memcg, knobs, per_task, clock)  # here, at the wait, whenever the child ends
+    if per_task[child, EXIT_STATE] == EXIT_QUEUED:
+        per_task[child, JOINER] = clock
+        per_task[clock, HELD] = 1
+    else:
+        fall_behind(knobs, per_task, clock, child)
+
+
+@njit(inline="always")
+def fall_behind(knobs, per_task, clock, task):
+    """The clock falls as far behind its trace as `task` is, if it is not already."""
+    per_task[clock, STARTED_LATE] += max(task_delay(knobs, per_task, task) - task_delay(knobs, per_task, clock), 0)
+
+
+@njit(inline="always")
 def clock_at_birth(knobs, per_task, parent, child, clone_vm):
     """The clock a task made by `parent` runs on: its own, or its creator's (knob CLOCKS)."""
     if knobs[CLOCKS] == SHARED_BY_WORKLOAD or (knobs[CLOCKS] == SHARED_BY_PROCESS and clone_vm):
@@ -1427,7 +1461,7 @@ def op_delay(op, obj, object_delay, i):
 @njit(inline="always")
 def on_time(knobs, per_task, task):
     """Whether the task's next operation is replayed at its trace time: nothing of it waits."""
-    return per_task[task, QUEUE_HEAD] < 0 and not per_task[task, UNBORN] and task_delay(knobs, per_task, task) == 0
+    return per_task[task, QUEUE_HEAD] < 0 and not per_task[task, HELD] and task_delay(knobs, per_task, task) == 0
 
 
 @njit
@@ -1444,11 +1478,11 @@ def enqueue(ts, op, obj, nbytes, waiting, cursor, knobs, per_task, queued, i, cl
     """Operation i waits behind the operations on its clock; the first one waits for its time."""
     if ((op[i] == TASK_FORK or op[i] == TASK_CLONE_VM) and born_on_own_clock(per_task, obj[i], clock)
             and per_task[obj[i], QUEUE_HEAD] < 0):
-        per_task[obj[i], UNBORN] = 1  # its operations wait for this one
+        per_task[obj[i], HELD] = 1  # its operations wait for this one
     queued[i, NEXT], queued[i, CLOCK] = -1, clock
     if per_task[clock, QUEUE_HEAD] < 0:
         per_task[clock, QUEUE_HEAD] = i
-        if not per_task[clock, UNBORN]:
+        if not per_task[clock, HELD]:
             heap_push(waiting, cursor, due(ts, op, nbytes, knobs, per_task, clock, i), i)
     else:
         queued[per_task[clock, QUEUE_TAIL], NEXT] = i
@@ -1469,19 +1503,29 @@ def dequeue(waiting, cursor, per_task, queued, i):
 
 
 @njit(inline="always")
-def task_went_on(ts, op, obj, nbytes, waiting, cursor, knobs, per_task, queued, i, clock, was_waiting):
-    """After operation i: a forked task starts on its parent's clock; when i waited, the next
-    operation on its clock waits for its own time; deferred frees whose set-off i passed wait
-    for theirs."""
+def task_went_on(ts, task, op, obj, nbytes, waiting, cursor, knobs, per_task, queued, i, clock, was_waiting):
+    """After operation i: a forked task starts on its parent's clock; a task that waited for the
+    one that exited goes on, as far behind; when i waited, the next operation on its clock waits
+    for its own time; deferred frees whose set-off i passed wait for theirs."""
     if (op[i] == TASK_FORK or op[i] == TASK_CLONE_VM) and born_on_own_clock(per_task, obj[i], clock):
         child = obj[i]
         per_task[child, STARTED_LATE] = task_delay(knobs, per_task, clock)
-        if per_task[child, UNBORN]:
-            per_task[child, UNBORN] = 0
+        if per_task[child, HELD]:
+            per_task[child, HELD] = 0
             first = per_task[child, QUEUE_HEAD]
             if first >= 0:
                 heap_push(waiting, cursor, due(ts, op, nbytes, knobs, per_task, child, first), first)
-    if was_waiting and clock >= 0 and per_task[clock, QUEUE_HEAD] >= 0:
+    if op[i] == TASK_EXIT:
+        per_task[task[i], EXIT_STATE] = EXITED
+        joiner = per_task[task[i], JOINER]
+        if joiner >= 0:
+            per_task[task[i], JOINER] = -1
+            fall_behind(knobs, per_task, joiner, task[i])
+            per_task[joiner, HELD] = 0
+            first = per_task[joiner, QUEUE_HEAD]
+            if first >= 0:
+                heap_push(waiting, cursor, due(ts, op, nbytes, knobs, per_task, joiner, first), first)
+    if was_waiting and clock >= 0 and per_task[clock, QUEUE_HEAD] >= 0 and not per_task[clock, HELD]:
         first = per_task[clock, QUEUE_HEAD]
         heap_push(waiting, cursor, due(ts, op, nbytes, knobs, per_task, clock, first), first)
     if clock >= 0 and per_task[clock, DEFERRED_HEAD] >= 0:

@@ -27,7 +27,8 @@ TASK_FORK = 14  # a task is made with a copy-on-write copy of its parent's mm (t
 TASK_CLONE_VM = 15  # a task is made sharing its parent's mm (a thread, a vfork child); obj: the new task
 TASK_EXEC = 16  # the task executes a file: a new mm
 TASK_EXIT = 17  # the task exits: it leaves its mm
-RECLAIM_TIME = 18  # the capturing kernel held the task in memcg reclaim for `bytes` ns (reclaim_begin to reclaim_end)
+RECLAIM_TIME = 18  # the capturing kernel held the task `bytes` ns in memcg reclaim (reclaim_begin to end) or asleep for memory.high
+TASK_JOIN = 19  # the task waited for a task it made to exit (wait4, pthread_join); obj: that task
 
 # Pools the memcg's usage is split into; reclaim takes from some of them.
 POOL_FILE, POOL_ANON, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, POOL_KMEM_PAGES, POOL_OTHER = range(6)

@@ -11,7 +11,7 @@ from replay.input import InputStream, build
 from replay.ops import (
     ANON_FREED, ANON_UNMAPPED, FAILED_CHARGE, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, OBJ_ALLOC, OBJ_FREE, OOM_CHARGE, POOL_ANON,
     PAGE_ALLOC, POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER, POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, RECLAIM_TIME, RETRY_FOUND_ROOM, TASK_CLONE_VM,
-    TASK_EXEC, TASK_EXIT, TASK_FORK, USER_RETURN,
+    TASK_EXEC, TASK_EXIT, TASK_FORK, TASK_JOIN, USER_RETURN,
 )
 from replay.run import reclaim_cost
 from traces.atomic import write_json
@@ -252,7 +252,7 @@ def test_the_task_tree_makes_task_operations_but_the_kernels_oom_victim_lives_on
         task("task_exit", child),  # 4
         task("task_new", TASK, val=999, item=0),  # 5: a task with no event of its own: none to name
         task("oom", TASK, val=VICTIM),  # 6: the kernel kills VICTIM (the task made no reclaim_begin: no charge to replay)
-        task("task_exit", VICTIM),  # 7: its exit: not replayed
+        task("task_exit", VICTIM),  # 7: its exit: not replayed; its first event after its vfork child's exit: it waited
         task("task_exit", thread),  # 8
     ]
     data = build(written(tmp_path / "t", manifest, events))
@@ -260,7 +260,7 @@ def test_the_task_tree_makes_task_operations_but_the_kernels_oom_victim_lives_on
     assert list(zip(data.row.tolist(), data.op.tolist(), data.task.tolist(), data.obj.tolist())) == [
         (0, TASK_FORK, ids[TASK], ids[VICTIM]), (1, TASK_CLONE_VM, ids[TASK], ids[thread]),
         (2, TASK_CLONE_VM, ids[VICTIM], ids[child]), (3, TASK_EXEC, ids[child], -1), (4, TASK_EXIT, ids[child], -1),
-        (8, TASK_EXIT, ids[thread], -1),
+        (7, TASK_JOIN, ids[VICTIM], ids[child]), (8, TASK_EXIT, ids[thread], -1),
     ]
 
 
@@ -276,3 +276,47 @@ def test_reclaim_costs_a_call_and_a_time_per_page_measured_by_medians(tmp_path):
                    dict(kind="reclaim_end", pid=TASK, ctx="task", cpu=0, ts_ns=t + 1 + took, val=pages)]
         t += 10_000_000
     assert reclaim_cost(written(tmp_path / "t", manifest, events)) == {"reclaim_ns_per_call": 70_000, "reclaim_ns_per_page": 500}
+
+
+def test_waits_for_a_child_and_the_kernels_throttle_sleeps_become_operations(tmp_path):
+    """A task's first event within 5 ms after a task it made exited: it waited for it (TASK_JOIN,
+    obj: the child, before the event's own operation); later than that, or another task's: no.
+    A gap of 10 ms or more after a reclaim the task made on its return to user space (memory.high's,
+    mem_cgroup_handle_over_high): the kernel's throttle sleep, a RECLAIM_TIME of the gap; after a
+    reclaim elsewhere (a charge's, in a system call) the gap is the task's own: nothing."""
+    manifest = json.loads((sample_path(LIKE) / MANIFEST).read_text())
+    account = manifest["gfp_flags"]["GFP_KERNEL_ACCOUNT"]
+    child, late_child = 201, 301
+
+    def event(kind: str, pid: int, ts_ns: int, **columns) -> dict:
+        return dict(kind=kind, pid=pid, ctx="task", cpu=0, comm="t", ts_ns=ts_ns, **columns)
+
+    def kmalloc(pid: int, ts_ns: int, obj: int) -> dict:
+        return event("kmalloc", pid, ts_ns, obj=obj, bytes_req=64, bytes_alloc=64, gfp=account, accounted=True, failed=False)
+
+    ms = 1_000_000
+    events = [
+        event("task_new", TASK, 1 * ms, val=child, item=0),  # 0
+        event("user_return", child, 2 * ms),  # 1
+        event("reclaim_begin", child, 3 * ms, gfp=account, order=0),  # 2: at its return to user space
+        event("reclaim_end", child, 4 * ms, val=0),  # 3: 1 ms of reclaim
+        kmalloc(child, 24 * ms, 1),  # 4: 20 ms later: the kernel's throttle sleep, then the allocation
+        event("task_exit", child, 25 * ms),  # 5
+        event("user_return", TASK, 29 * ms),  # 6: 4 ms after its child's exit: it waited for it
+        kmalloc(TASK, 30 * ms, 2),  # 7
+        event("reclaim_begin", TASK, 31 * ms, gfp=account, order=0),  # 8: a charge's reclaim, in the system call
+        event("reclaim_end", TASK, 32 * ms, val=0),  # 9
+        kmalloc(TASK, 52 * ms, 3),  # 10: 20 ms later, but not after a return to user space: no sleep
+        event("task_new", TASK, 53 * ms, val=late_child, item=0),  # 11
+        event("task_exit", late_child, 54 * ms),  # 12
+        event("user_return", TASK, 60 * ms),  # 13: 6 ms after: not a wait
+    ]
+    data = build(written(tmp_path / "t", manifest, events))
+    ids = {pid: list(data.task_pids).index(pid) for pid in (TASK, child, late_child)}  # objects: slots 1, 2, 3
+    assert list(zip(data.row.tolist(), data.op.tolist(), data.task.tolist(), data.obj.tolist(), data.bytes.tolist())) == [
+        (0, TASK_FORK, ids[TASK], ids[child], 0), (1, USER_RETURN, ids[child], -1, 0),
+        (3, RECLAIM_TIME, ids[child], -1, 1 * ms), (4, RECLAIM_TIME, ids[child], -1, 20 * ms), (4, OBJ_ALLOC, ids[child], 1, 64),
+        (5, TASK_EXIT, ids[child], -1, 0), (6, TASK_JOIN, ids[TASK], ids[child], 0), (6, USER_RETURN, ids[TASK], -1, 0),
+        (7, OBJ_ALLOC, ids[TASK], 2, 64), (9, RECLAIM_TIME, ids[TASK], -1, 1 * ms), (10, OBJ_ALLOC, ids[TASK], 3, 64),
+        (11, TASK_FORK, ids[TASK], ids[late_child], 0), (12, TASK_EXIT, ids[late_child], -1, 0), (13, USER_RETURN, ids[TASK], -1, 0),
+    ]

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from replay.input import ARRAYS, ReplayInput
 from replay.model import FILE_LRU, FREED_FOLIOS, HIGH, LRU_HEAD, LRU_TAIL, POOLS, SLAB_COUNT, USAGE
 from replay.ops import (
-    ANON_FREED, ANON_UNMAPPED, FAILED_CHARGE, PAGE_FREE, TASK_CLONE_VM, TASK_FORK, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, OBJ_ALLOC, OBJ_FREE, OOM_CHARGE, OUTCOME, PAGE_ALLOC, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER,
-    POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, RECLAIM_TIME, RETRY_FOUND_ROOM, TRIGGER, UNLIMITED, USER_RETURN, GfpBits,
+    ANON_FREED, ANON_UNMAPPED, FAILED_CHARGE, PAGE_FREE, TASK_CLONE_VM, TASK_EXIT, TASK_FORK, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, OBJ_ALLOC, OBJ_FREE, OOM_CHARGE, OUTCOME, PAGE_ALLOC, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, POOL_OTHER,
+    POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, RECLAIM_TIME, RETRY_FOUND_ROOM, TASK_JOIN, TRIGGER, UNLIMITED, USER_RETURN, GfpBits,
     Limits,
 )
 from replay.policy import BUILTIN
@@ -605,6 +605,23 @@ def test_a_forked_task_starts_on_its_parents_clock_less_the_capturing_kernels_re
     r = engine(scenario(ops, OVER_HIGH), MAINLINE, Limits(high_pages=25600))
     assert list(r.delay_ns) == [62 * MS, 62 * MS] and r.end_ns == 66 * MS
     assert {t: int(u) for t, u in enumerate(r.bucket_last) if u >= 0} == {0: 26624, 1: 26624, 64: 26624, 65: 26624, 66: 26688}
+
+
+def test_a_task_that_waited_for_its_child_goes_on_as_late_as_the_child_ended(engine):
+    # Task 0 forks task 1 at 0 ms; task 1 charges 64 anon pages at 1 ms and is throttled 102
+    # ms on its return to user space at 2 ms (as above), so its exit at 3 ms comes at 105 ms.
+    # Task 0's first event after it, at 4 ms, is a wait for it (TASK_JOIN, replayed then): task
+    # 0 is held until task 1's exit is replayed, and goes on 102 ms late: its 64 file pages at 5 ms come
+    # at 107 ms (usage 26688). Without the wait (the operations a millisecond apart, so the file
+    # pages at 4 ms) they come at their time.
+    ops = [{"op": TASK_FORK, "obj": 1, "pool": POOL_OTHER}, *[{**op, "task": 1} for op in THROTTLED],
+           {"op": TASK_EXIT, "task": 1, "pool": POOL_OTHER}, {"op": TASK_JOIN, "obj": 1, "pool": POOL_OTHER},
+           {"op": LRU_CHARGE, "pages": 64, "pool": POOL_FILE}]
+    r = engine(scenario(ops, OVER_HIGH), MAINLINE, Limits(high_pages=25600))
+    assert list(r.delay_ns) == [102 * MS, 102 * MS] and r.end_ns == 107 * MS
+    assert {t: int(u) for t, u in enumerate(r.bucket_last) if u >= 0} == {0: 26560, 1: 26624, 2: 26624, 4: 26624, 105: 26624, 107: 26688}
+    unwaited = engine(scenario([op for op in ops if op["op"] != TASK_JOIN], OVER_HIGH), MAINLINE, Limits(high_pages=25600))
+    assert list(unwaited.delay_ns) == [0, 102 * MS] and unwaited.bucket_last[4] == 26688
 
 
 def test_an_interrupt_keeps_its_time_but_its_free_follows_the_task_that_allocated(engine):
