@@ -10,7 +10,8 @@ reclaims since; and the target memcg's anon pages unmapped and not yet freed.
 One event makes at most one operation of its own; before it, a task's first event soon after a
 task it made exited makes a TASK_JOIN, and one long after a reclaim of its return to user space
 a RECLAIM_TIME (the kernel's throttle sleep). So operations come out in trace order, and a
-segment makes at most one more per exit and per reclaim_end than it has events.
+segment makes at most one more than it has events per exit and per reclaim_end, its own or
+those whose join or sleep the segment before left pending (JOINABLE, HIGH_RECLAIM_END).
 """
 from __future__ import annotations
 

@@ -214,8 +214,11 @@ class InputStream:
     def _segment_operations(self, events: dict, carried: "Carried") -> tuple[ReplayInput, pa.Table]:
         """One segment's operations, and each one's call site and task name."""
         n = len(events["kind"])
-        # an exit adds its parent's join at most, a reclaim's end the throttle sleep after it
-        room = n + int(np.count_nonzero((events["kind"] == passes.TASK_EXIT_EVENT) | (events["kind"] == passes.RECLAIM_END)))
+        # An exit adds its parent's join at most, a reclaim's end the throttle sleep after it, in this
+        # segment or, carried (JOINABLE, HIGH_RECLAIM_END), in the next.
+        kind, pending = events["kind"], carried.tasks[:, [passes.JOINABLE, passes.HIGH_RECLAIM_END]]
+        adding = np.count_nonzero((kind == passes.TASK_EXIT_EVENT) | (kind == passes.RECLAIM_END)) + np.count_nonzero(pending >= 0)
+        room = n + int(adding)
         out = (np.empty(room, np.int64), np.empty(room, np.int8), np.empty(room, np.int64), np.empty(room, np.int64),
                np.empty(room, np.int64), np.empty(room, np.int32), np.empty(room, np.int64), np.empty(room, np.int8),
                np.empty(room, np.int16))

@@ -320,3 +320,25 @@ def test_waits_for_a_child_and_the_kernels_throttle_sleeps_become_operations(tmp
         (7, OBJ_ALLOC, ids[TASK], 2, 64), (9, RECLAIM_TIME, ids[TASK], -1, 1 * ms), (10, OBJ_ALLOC, ids[TASK], 3, 64),
         (11, TASK_FORK, ids[TASK], ids[late_child], 0), (12, TASK_EXIT, ids[late_child], -1, 0), (13, USER_RETURN, ids[TASK], -1, 0),
     ]
+
+
+def test_a_wait_and_a_throttle_sleep_carried_into_the_next_segment_fit_in_its_operations(tmp_path):
+    """Segments of ten events. The first ends with a reclaim at the child's return to user space;
+    the second holds the child's next return 20 ms later (its throttle sleep: a RECLAIM_TIME
+    before it), the child's exit and eight returns of the parent, the first of them its wait for
+    the child (a TASK_JOIN before it). Twelve operations from ten events, one of them carried
+    from the segment before: the segment must have room for it."""
+    manifest = json.loads((sample_path(LIKE) / MANIFEST).read_text())
+    child, ms = 201, 1_000_000
+
+    def event(kind: str, pid: int, ts_ns: int, **columns) -> dict:
+        return dict(kind=kind, pid=pid, ctx="task", cpu=0, comm="t", ts_ns=ts_ns, **columns)
+
+    first = [event("task_new", TASK, 1 * ms, val=child, item=0), *[event("user_return", TASK, (2 + k) * ms) for k in range(6)],
+             event("user_return", child, 8 * ms), event("reclaim_begin", child, 9 * ms, gfp=0, order=0),
+             event("reclaim_end", child, 10 * ms, val=0)]
+    second = [event("user_return", child, 30 * ms), event("task_exit", child, 31 * ms),
+              *[event("user_return", TASK, (32 + k) * ms) for k in range(8)]]
+    data = build(written(tmp_path / "t", manifest, first + second))
+    assert list(zip(data.row.tolist(), data.op.tolist()))[-12:] == [
+        (10, RECLAIM_TIME), (10, USER_RETURN), (11, TASK_EXIT), (12, TASK_JOIN), *[(row, USER_RETURN) for row in range(12, 20)]]
