@@ -1039,17 +1039,15 @@ def slab_alloc_object(memcg, stats, knobs, per_cpu, per_task, slabs, caches, geo
     then fallback_alloc looks on the other nodes first."""
     outcome = NO_CHARGE
     slab = node_slab(slabs, caches, cursor, cache_node)
-    if slab < 0 and knobs[NODE_LOCAL_NOWAIT]:
-        slab, outcome = allocate_slab(memcg, stats, knobs, per_cpu, per_task, slabs, geometry, cursor, cache_node,
-                                      gfp & ~knobs[GFP_DIRECT_RECLAIM], cpu, task, irq, pool, memcg_ix)
-        if slab < 0:
+    if slab < 0:
+        node_gfp = gfp & ~knobs[GFP_DIRECT_RECLAIM] if knobs[NODE_LOCAL_NOWAIT] else gfp
+        slab, outcome = allocate_slab(memcg, stats, knobs, per_cpu, per_task, slabs, geometry, cursor, cache_node, node_gfp,
+                                      cpu, task, irq, pool, memcg_ix)
+        if slab < 0 and knobs[NODE_LOCAL_NOWAIT]:
             slab, outcome = fallback_alloc(memcg, stats, knobs, per_cpu, per_task, slabs, caches, geometry, cursor,
                                            cache_node, gfp, cpu, task, irq, pool, memcg_ix)
-    elif slab < 0:
-        slab, outcome = allocate_slab(memcg, stats, knobs, per_cpu, per_task, slabs, geometry, cursor,
-                                      cache_node, gfp, cpu, task, irq, pool, memcg_ix)
-    if slab < 0:
-        return outcome
+        if slab < 0:
+            return outcome
     caches[slabs[slab, SLAB_CACHE], CURRENT_SLAB] = slab  # its own node's: another node's, after a fallback
     slabs[slab, SLAB_USED] += 1
     object_slab[slot] = slab

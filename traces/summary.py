@@ -54,6 +54,7 @@ def summarize(trace: Trace) -> dict[str, Any]:
     events_by_kind = dict(zip(by_kind["kind"].to_list(), by_kind["events"].to_list()))
     total = sum(events_by_kind.values())
     disk = sum(path.stat().st_size for path in trace.segment_paths)
+    cpu_nodes = manifest.get("kernel", {}).get("cpu_nodes")
     return {
         "path": str(trace.path),
         "status": trace.status,
@@ -80,14 +81,15 @@ def summarize(trace: Trace) -> dict[str, Any]:
         "bytes_on_disk": disk,
         "bytes_per_event": round(disk / total, 2) if total else None,
         "dropped": manifest.get("dropped"),  # a flight recorder's oldest segments, removed
-        "cpu_nodes": manifest.get("kernel", {}).get("cpu_nodes"),
-        "objects_by_node": objects_by_node(charged, manifest.get("kernel", {}).get("cpu_nodes")),
+        "cpu_nodes": cpu_nodes,
+        "objects_by_node": objects_by_node(charged, cpu_nodes),
     }
 
 
 def objects_by_node(charged: pl.LazyFrame, cpu_nodes: list[int] | None) -> dict[int, int]:
     """Charged slab objects by the NUMA node each prefers: its kmalloc_node's, else its CPU's
-    (as replay.input has it); empty for a trace without a CPU-to-node map."""
+    (replay.input's rule, but for a node without CPUs, which replay takes for the CPU's); empty
+    for a trace without a CPU-to-node map."""
     if not cpu_nodes:
         return {}
     cpu_node = pl.col("cpu").replace_strict(list(range(len(cpu_nodes))), cpu_nodes, default=0, return_dtype=pl.Int16)
