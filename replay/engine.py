@@ -87,7 +87,6 @@ class Replay:
         self.per_task = new_per_task(start.tasks, self.knobs[CLOCKS])
         self.object_state = np.zeros(1, np.int8)  # by object slot, then -1's slot; grows as feed() needs
         self.object_task = np.full(1, -1, np.int32)  # likewise: the task that allocated it (the closed loop's)
-        self.object_delay = np.zeros(1, np.int64)  # likewise: how late its allocation was replayed (ditto)
         self.object_born = np.zeros(1, np.int64)  # likewise: its allocation's trace time (ditto)
         self.object_slab = np.full(1, -1, np.int32)  # likewise, when slabs are charged
         self.slabs = np.zeros((0, SLAB_LISTED + 1), np.int64)  # grows as feed() needs
@@ -127,7 +126,7 @@ class Replay:
                 first: int) -> int:
         return self.model.replay_batch(
             *part.values(), outcome, queued, first, self.t_first, self.resolution_ns, self.memcg, self.stats, self.knobs,
-            self.per_cpu, self.per_task, self.object_state, self.object_slab, self.object_task, self.object_delay,
+            self.per_cpu, self.per_task, self.object_state, self.object_slab, self.object_task,
             self.object_born, self.slabs, self.caches, self.geometry, self.cursor, waiting, self.result.bucket_last, self.result.bucket_peak)
 
     def finish(self) -> EngineResult:
@@ -170,7 +169,6 @@ class Replay:
             size = max(objects, 2 * (len(self.object_state) - 1)) + 1
             self.object_state = _grown(self.object_state, size, 0)
             self.object_task = _grown(self.object_task, size, -1)
-            self.object_delay = _grown(self.object_delay, size, 0)
             self.object_born = _grown(self.object_born, size, 0)
             if not self.knobs[OBJECT_CHARGING]:
                 self.object_slab = _grown(self.object_slab, size, -1)

@@ -1173,7 +1173,7 @@ def slab_free_object(memcg, knobs, per_cpu, slabs, caches, cursor, object_slab, 
 @njit
 def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache_node, obj, pool, memcg_of, outcome, queued, first,
                  t_first, resolution_ns, memcg, stats, knobs, per_cpu, per_task, object_state, object_slab, object_task,
-                 object_delay, object_born, slabs, caches, geometry, cursor, waiting, bucket_last, bucket_peak):
+                 object_born, slabs, caches, geometry, cursor, waiting, bucket_last, bucket_peak):
     """Replay a batch's operations from `first` on, each at its time on its task's clock (the
     closed loop below); outcome is the batch's slice of the result's. The state arrays carry
     everything from one batch to the next; every operation of a batch is replayed by its end.
@@ -1183,7 +1183,7 @@ def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache_node, obj, po
     memcg, stats, knobs, per_cpu, per_task = (borrowed(memcg), borrowed(stats), borrowed(knobs), borrowed(per_cpu),
                                               borrowed(per_task))
     object_state, object_slab, object_task = borrowed(object_state), borrowed(object_slab), borrowed(object_task)
-    object_delay, object_born = borrowed(object_delay), borrowed(object_born)
+    object_born = borrowed(object_born)
     slabs, caches, geometry, cursor, waiting = borrowed(slabs), borrowed(caches), borrowed(geometry), borrowed(cursor), borrowed(waiting)
     bucket_last, bucket_peak, queued = borrowed(bucket_last), borrowed(bucket_peak), borrowed(queued)
     ts, cpu, task, irq, op, gfp = borrowed(ts), borrowed(cpu), borrowed(task), borrowed(irq), borrowed(op), borrowed(gfp)
@@ -1197,7 +1197,6 @@ def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache_node, obj, po
             if not room_for(op[j], now, t_first, resolution_ns, knobs, slabs, cursor, bucket_last):
                 return i
             clock = dequeue(waiting, cursor, per_task, queued, j)
-            ran_late(op, obj, object_delay, j, now - ts[j])
             replay_operation(ts, cpu, task, irq, op, gfp, pages, nbytes, cache_node, obj, pool, memcg_of, outcome, j, now,
                              t_first, resolution_ns, memcg, stats, knobs, per_cpu, per_task, object_state, object_slab,
                              slabs, caches, geometry, cursor, bucket_last, bucket_peak)
@@ -1215,14 +1214,9 @@ def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache_node, obj, po
         if op[i] == TASK_EXIT:
             per_task[task[i], EXIT_STATE] = EXIT_QUEUED
         clock = clock_of(per_task, task, irq, op, obj, object_task, object_state, i)
-        late = op_delay(op, obj, object_delay, i) if clock < 0 else 0
         if clock >= 0 and deferred_free(irq, op, obj, object_state, i):
             wait_for_set_off(ts, knobs, per_task, queued, waiting, cursor, i, clock, object_born[obj[i]])
-        elif late > 0:
-            queued[i, CLOCK] = -1  # on no clock: it waits for its own time
-            heap_push(waiting, cursor, ts[i] + late, i)
         elif clock < 0 or on_time(knobs, per_task, clock):
-            ran_late(op, obj, object_delay, i, 0)
             replay_operation(ts, cpu, task, irq, op, gfp, pages, nbytes, cache_node, obj, pool, memcg_of, outcome, i, ts[i],
                              t_first, resolution_ns, memcg, stats, knobs, per_cpu, per_task, object_state, object_slab,
                              slabs, caches, geometry, cursor, bucket_last, bucket_peak)
@@ -1325,16 +1319,17 @@ def freed_as_charged(object_state, slot, o):
 # never below 0, plus the delay its parent had when it forked it: a task cannot start before
 # its fork. Each of its operations happens at its trace time plus its delay at that moment.
 # Operations in interrupt context keep their trace time: they are the outside world's (a
-# packet), no task's. A free by a task on another clock than the allocation's (a reader's, a
-# child's exit freeing what its parent's fork made) comes as late as the allocation came: the
-# object lives as long as in the trace, and a throttled writer's data is still read and freed
-# while it sleeps. A free in interrupt context (an RCU callback, a softirq) is deferred work
+# packet), no task's. A free is its task's operation like any other, on its clock, also when
+# another task allocated the object (a reader's, an unlink of a file another task made): a
+# throttled writer's data is still read and freed while it sleeps, and an object made late
+# lives no longer for it. A free in interrupt context (an RCU callback, a softirq) is deferred work
 # most often set off by the task that allocated the object (its close, its unlink), which the
 # trace does not show: taken to be set off one RCU grace period (knob RCU_GRACE_NS) before it
 # ran, or at the allocation if that is later, it comes as long after its set-off as in the
 # trace, at its trace time plus the allocating task's delay at the set-off. So a close and the
 # callback it queues move together, and a sleep after the close does not hold the callback. A
-# free whose allocation has not been replayed yet waits behind it on that task's clock.
+# free whose allocation has not been replayed yet waits behind it on that task's clock (a
+# reader that waited for the data), at its trace time plus that clock's delay.
 #
 # The replay takes operations in the order of those times. A task's operations wait in a queue
 # (queued[i, NEXT]: the next one on the same clock, -1 none; queued[i, CLOCK]: that task;
@@ -1344,11 +1339,11 @@ def freed_as_charged(object_state, slot, o):
 # replayed, and so does a task that waited for a task it made to exit (TASK_JOIN), until that
 # exit is replayed (when the trace has it queued already: else it goes on as far behind as that
 # task is by then). So a task has an entry in the heap when it has waiting operations and is not
-# HELD: at most one per task. A free on no clock that comes late waits in the heap on its
-# own (queued[i, CLOCK] -1): at most one entry per operation of the batch besides. So does an
-# interrupt's free, once its task's delay at the set-off is known: while operations of the task
-# from before the set-off still wait, it waits on the task's list of deferred frees
-# (DEFERRED_HEAD and DEFERRED_TAIL, threaded by queued[i, NEXT], its set-off in queued[i, CLOCK]).
+# HELD: at most one per task. An interrupt's free waits in the heap on its own (queued[i,
+# CLOCK] -1), once its task's delay at the set-off is known: at most one entry per operation
+# of the batch besides. While operations of the task from before the set-off still wait, it
+# waits on the task's list of deferred frees (DEFERRED_HEAD and DEFERRED_TAIL, threaded by
+# queued[i, NEXT], its set-off in queued[i, CLOCK]).
 # For a set-off already past, the clock keeps one step of history: the trace time of its last
 # operation that changed its delay, and the delay before (STALLED_AT, DELAY_BEFORE_STALL).
 #
@@ -1429,31 +1424,11 @@ def clock_at_birth(knobs, per_task, parent, child, clone_vm):
 
 @njit(inline="always")
 def clock_of(per_task, task, irq, op, obj, object_task, object_state, i):
-    """The task on whose clock operation i runs; -1: none (op_delay says when it runs)."""
+    """The task on whose clock operation i runs; -1: none (an interrupt's, at its trace time)."""
     if (op[i] == OBJ_FREE or op[i] == PAGE_FREE) and obj[i] >= 0 and object_task[obj[i]] >= 0:
-        allocator = per_task[object_task[obj[i]], RUNS_ON]
         if object_state[obj[i]] == IDLE or irq[i]:  # its allocation waits on that clock, or a deferred free
-            return allocator
-        if per_task[task[i], RUNS_ON] != allocator:
-            return -1
+            return per_task[object_task[obj[i]], RUNS_ON]
     return -1 if irq[i] else per_task[task[i], RUNS_ON]
-
-
-@njit(inline="always")
-def ran_late(op, obj, object_delay, i, late):
-    """Operation i runs `late` ns after its trace time: a free of what it allocates on another
-    clock comes as late."""
-    if (op[i] == OBJ_ALLOC or op[i] == PAGE_ALLOC) and obj[i] >= 0:
-        object_delay[obj[i]] = late
-
-
-@njit(inline="always")
-def op_delay(op, obj, object_delay, i):
-    """How late an operation on no clock runs: a free of an object another clock allocated, as
-    late as its allocation ran; anything else (an interrupt's) at its trace time."""
-    if (op[i] == OBJ_FREE or op[i] == PAGE_FREE) and obj[i] >= 0:
-        return object_delay[obj[i]]
-    return 0
 
 
 @njit(inline="always")

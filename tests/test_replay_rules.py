@@ -667,6 +667,25 @@ def test_another_tasks_free_follows_the_task_that_allocated(engine):
     assert r.end_ns == 105 * MS
 
 
+def test_a_free_of_what_another_task_made_comes_when_its_own_task_gets_there(engine):
+    # The allocation was replayed already, so the free is its own task's operation. Task 0 is
+    # throttled 102 ms (as above) and allocates 64 pages at 2 ms: at 104 ms (no stock: a batch
+    # of 64 charged, 26688). Task 1, on time, frees them at 200 ms: at 200 ms, not 102 ms later
+    # (back to the stock: the counter keeps them).
+    made_late = scenario([*THROTTLED, page(pages=64, obj=5), page(pages=64, obj=5, op=PAGE_FREE, task=1)], OVER_HIGH)
+    made_late = replace(made_late, ts=np.array([0, 1, 2, 200]) * MS, t_last=200 * MS)
+    r = engine(made_late, MAINLINE, Limits(high_pages=25600))
+    assert {t: int(u) for t, u in enumerate(r.bucket_last) if u >= 0} == {0: 26624, 1: 26624, 104: 26688, 200: 26688}
+    assert r.end_ns == 200 * MS
+    # Task 1 is the throttled one (its 64 anon pages at 0 ms, its return to user space at 1 ms)
+    # and frees at 3 ms the 64 pages task 0 allocates on time at 2 ms (26688): at 105 ms.
+    freed_late = [*[{**op, "task": 1} for op in THROTTLED], page(pages=64, obj=5),
+                  page(pages=64, obj=5, op=PAGE_FREE, task=1)]
+    r = engine(scenario(freed_late, OVER_HIGH), MAINLINE, Limits(high_pages=25600))
+    assert list(r.delay_ns) == [0, 102 * MS] and r.end_ns == 105 * MS
+    assert {t: int(u) for t, u in enumerate(r.bucket_last) if u >= 0} == {0: 26624, 1: 26624, 2: 26688, 105: 26688}
+
+
 def test_a_reader_frees_what_a_throttled_writer_sent_on_time_an_interrupt_after_the_sleep(engine):
     # Task 0 allocates 128 pages at 0 ms: a batch of 128, usage 26496 + 128 = 26624 over high
     # 25600, and 128 pages over high is more than a batch: it is throttled at once, 102 jiffies
