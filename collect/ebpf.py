@@ -116,7 +116,7 @@ class EbpfCollector(Collector):
     def _admit_done(self) -> None:
         pass
 
-    def _read_parts(self) -> tuple[list[RawEvents], int | None]:
+    def _read_parts(self, pending: RawEvents | None) -> tuple[list[RawEvents], int | None]:
         """Records first, then named records: a slab record's T_CACHE was written before
         the record, so it is among the named records read after it (which are never left
         unread: they are few)."""
@@ -131,7 +131,7 @@ class EbpfCollector(Collector):
                 unread_after = earliest(unread_after, int(part.ts.max()))
             if size == NAMED_RECORD_SIZE:
                 self.decoder.slab_caches.update(slab_caches(part, self.loader.slab_account))
-        return parts, unread_after
+        return parts + ([pending] if pending is not None else []), unread_after
 
     def _sources_open(self) -> bool:
         return bool(self.outputs)

@@ -104,14 +104,29 @@ def concat(parts: list[RawEvents]) -> RawEvents:
     """One RawEvents holding all events of `parts`, in order, over their concatenated bytes."""
     if not parts:
         return parse_pages(b"", cpu=0)
+    if len(parts) == 1:
+        return parts[0]
     offsets = np.cumsum([0] + [len(part.data) for part in parts[:-1]], dtype=np.int64)
+    return _over(np.concatenate([part.data for part in parts]), parts, offsets)
+
+
+def joined_in(buffer: np.ndarray, parts: list[RawEvents]) -> RawEvents:
+    """concat for parts whose bytes are all views into `buffer`: over it, without a copy."""
+    offsets = [part.data.ctypes.data - buffer.ctypes.data for part in parts]
+    if any(offset < 0 or offset + len(part.data) > len(buffer) for offset, part in zip(offsets, parts)):
+        raise ValueError("a part's bytes are not in the buffer")
+    return _over(buffer, parts, offsets)
+
+
+def _over(data: np.ndarray, parts: list[RawEvents], offsets) -> RawEvents:
+    """The events of `parts`, in order, over `data`, where each part's bytes start at its offset."""
     return RawEvents(
         ts=np.concatenate([part.ts for part in parts]),
         cpu=np.concatenate([part.cpu for part in parts]),
         type_id=np.concatenate([part.type_id for part in parts]),
         start=np.concatenate([part.start + offset for part, offset in zip(parts, offsets)]),
         length=np.concatenate([part.length for part in parts]),
-        data=np.concatenate([part.data for part in parts]),
+        data=data,
         missed=sum(part.missed for part in parts),
     )
 
@@ -200,22 +215,27 @@ class CpuReader:
         self.page_size = page_size or _subbuf_size(instance)
         self._fd = os.open(instance / "per_cpu" / f"cpu{cpu}" / "trace_pipe_raw", os.O_RDONLY | os.O_NONBLOCK)
 
-    def read_available(self, max_pages: int | None = None) -> bytearray:
-        """The whole pages readable now, at most max_pages (empty when the buffer is)."""
-        pages = bytearray()
-        while max_pages is None or len(pages) < max_pages * self.page_size:
-            try:
-                page = os.read(self._fd, self.page_size)
-            except OSError as err:
-                if err.errno == errno.EAGAIN:
-                    break
-                raise
-            if not page:
-                break
-            if len(page) != self.page_size:
-                raise OSError(f"trace_pipe_raw of cpu{self.cpu} returned {len(page)} bytes, not a {self.page_size}-byte page")
-            pages += page
-        return pages  # not copied into bytes: under a storm that is megabytes a drain
+    def read_into(self, buffer: np.ndarray) -> int:
+        """Read the whole pages readable now into `buffer` (uint8), as many as it holds, in one
+        system call (readv: trace_pipe_raw hands out a page a read); the bytes read."""
+        view = memoryview(buffer)
+        pages = [view[at:at + self.page_size] for at in range(0, len(buffer) - self.page_size + 1, self.page_size)]
+        try:
+            n = os.readv(self._fd, pages)
+        except OSError as err:
+            if err.errno == errno.EAGAIN:
+                return 0
+            raise
+        if n % self.page_size:
+            raise OSError(f"trace_pipe_raw of cpu{self.cpu} returned {n} bytes, not whole {self.page_size}-byte pages")
+        return n
+
+    def read_available(self) -> bytearray:
+        """Every whole page readable now (empty when the buffer is)."""
+        pages, chunk = bytearray(), np.empty(64 * self.page_size, np.uint8)
+        while n := self.read_into(chunk):
+            pages += chunk[:n].tobytes()
+        return pages
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from collect import ringbuf
 from collect.event_format import EventFormat, Field, parse_event_format, read_event_format
-from collect.ringbuf import CpuReader, RawEvents, compact, concat, field_values, parse_pages, string_values
+from collect.ringbuf import CpuReader, RawEvents, compact, concat, field_values, joined_in, parse_pages, string_values
 
 KMEM_EVENTS = ("kmalloc", "kmem_cache_alloc", "kfree")
 PAGE = 4096
@@ -177,6 +177,21 @@ def test_concat_keeps_offsets_into_the_joined_bytes() -> None:
     assert both.cpu.tolist() == [0, 1]
     assert field_values(both, np.array([0, 1]), Field("v", 8, 8, True, False)).tolist() == [111, 222]
 
+
+
+def test_parts_read_into_one_buffer_are_joined_over_it_without_a_copy() -> None:
+    # Two CPUs' pages read into one buffer, the second at 8192 (a page left empty between):
+    # the join's offsets point into the buffer itself. A part from elsewhere is refused.
+    buffer = np.zeros(3 * 4096, np.uint8)
+    buffer[:4096] = np.frombuffer(page(10, data_event(1, record(1, struct.pack("<q", 111)))), np.uint8)
+    buffer[8192:] = np.frombuffer(page(20, data_event(2, record(2, struct.pack("<q", 222)))), np.uint8)
+    first, second = parse_pages(buffer[:4096], cpu=0), parse_pages(buffer[8192:], cpu=1)
+    both = joined_in(buffer, [second, first])
+    assert both.data is buffer and both.ts.tolist() == [22, 11] and both.cpu.tolist() == [1, 0]
+    assert field_values(both, np.array([0, 1]), Field("v", 8, 8, True, False)).tolist() == [222, 111]
+    elsewhere = parse_pages(page(30, data_event(3, record(3, struct.pack("<q", 333)))), cpu=0)
+    with pytest.raises(ValueError):
+        joined_in(buffer, [first, elsewhere])
 
 
 def test_compact_keeps_only_the_chosen_events_bytes() -> None:
