@@ -20,7 +20,7 @@ no difference beyond noise, so the ratio is the tracing). Runs are interleaved: 
    of the same kmem events (each round runs all three, interleaved), and the ratios to alone
    (target <= 1.35 for the collector); beside them each one's whole-process time (from the
    command's start to its exit) and peak RSS (the collector's from its manifest, perf record's
-   from wait4: the larger of perf and the workload it runs);
+   through child_peak's small Python in between: the larger of perf and the workload it runs);
 2. bytes per event on disk: the size of events/*.parquet over the events in them
    (target <= 12; perf.data is about 127);
 3. lost events, from the manifest via `chargeplay info --json` (target 0);
@@ -64,6 +64,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+import child_peak
 from collect.cleanup import OWNED_NAME, collector_alive
 
 # Argument 1: number of files; argument 2: directory to create them in. Prints one JSON
@@ -274,16 +275,17 @@ def run_perf(index: int, files: int, shm: Path, data: Path) -> PerfRun:
     """The workload under `perf record` of PERF_EVENTS, writing perf.data to `data`."""
     started = time.monotonic()
     with CaptureWatch() as watch:
-        process = subprocess.Popen(["perf", "record", "-q", *(f"-e{e}" for e in PERF_EVENTS), "-o", str(data), "--",
-                                    *workload_command(files, shm)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        stdout = process.stdout.read()
-        _, status, usage = os.wait4(process.pid, 0)  # its own rusage: perf's and the workload's peak RSS
-        process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise RuntimeError(f"perf record failed ({process.returncode})")
-    w = parse_workload(stdout)
+        # through child_peak's small Python: the larger of perf's and the workload's peak RSS, not
+        # this benchmark's (a child's max RSS counts the process that forked it)
+        done = subprocess.run(child_peak.between(["perf", "record", "-q", *(f"-e{e}" for e in PERF_EVENTS), "-o", str(data),
+                                                  "--", *workload_command(files, shm)], keep_stdout=True),
+                              capture_output=True, text=True)
+    _, peak_bytes, code = child_peak.peak_of(done.stderr)
+    if code != 0:
+        raise RuntimeError(f"perf record failed ({code})")
+    w = parse_workload(done.stdout)
     return PerfRun(index, (w["end_ns"] - w["start_ns"]) / 1e9, w["user_s"], w["sys_s"], watch.pids,
-                   wall_s=time.monotonic() - started, max_rss_bytes=usage.ru_maxrss * 1024, bytes_on_disk=data.stat().st_size)
+                   wall_s=time.monotonic() - started, max_rss_bytes=peak_bytes, bytes_on_disk=data.stat().st_size)
 
 
 def _memcg_parents() -> list[Path]:

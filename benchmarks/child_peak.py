@@ -11,9 +11,11 @@ import sys
 import time
 from dataclasses import dataclass
 
-# Runs argv[1:] with stdout discarded, then prints the child's peak RSS (KiB) and exit code.
-_BETWEEN = ("import resource, subprocess, sys; code = subprocess.call(sys.argv[1:], stdout=subprocess.DEVNULL); "
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, code)")
+# Runs argv[2:] (its stdout discarded if argv[1] is "quiet"), then prints the child's peak RSS
+# (KiB) and exit code as the last line of stderr.
+_BETWEEN = ("import resource, subprocess, sys; "
+            "code = subprocess.call(sys.argv[2:], stdout=subprocess.DEVNULL if sys.argv[1] == 'quiet' else None); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, code, file=sys.stderr)")
 
 
 @dataclass
@@ -26,7 +28,19 @@ class Measured:
 
 def run(command: list[str]) -> Measured:
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", _BETWEEN, *command], capture_output=True, text=True)
+    done = subprocess.run(between(command, keep_stdout=False), capture_output=True, text=True)
     seconds = time.perf_counter() - start
-    peak_kib, code = done.stdout.split()[-2:]
-    return Measured(seconds, int(peak_kib) * 1024, int(code), done.stderr.strip())
+    stderr, peak_bytes, code = peak_of(done.stderr)
+    return Measured(seconds, peak_bytes, code, stderr)
+
+
+def between(command: list[str], keep_stdout: bool) -> list[str]:
+    """`command` run through the small Python that measures it (its stderr ends with the figures)."""
+    return [sys.executable, "-c", _BETWEEN, "keep" if keep_stdout else "quiet", *command]
+
+
+def peak_of(stderr: str) -> tuple[str, int, int]:
+    """The command's own stderr, its peak RSS in bytes and its exit code, from `between`'s stderr."""
+    *rest, last = stderr.rstrip("\n").split("\n")
+    peak_kib, code = last.split()
+    return "\n".join(rest).strip(), int(peak_kib) * 1024, int(code)
