@@ -234,7 +234,7 @@ class CpuReader:
         """Every whole page readable now (empty when the buffer is)."""
         pages, chunk = bytearray(), np.empty(64 * self.page_size, np.uint8)
         while n := self.read_into(chunk):
-            pages += chunk[:n].tobytes()
+            pages += memoryview(chunk)[:n]
         return pages
 
     def close(self) -> None:

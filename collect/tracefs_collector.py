@@ -190,9 +190,11 @@ class TracefsCollector(Collector):
         return [joined_in(buffer, parts)], unread_after
 
     def _drain_buffer(self, held: int) -> np.ndarray:
-        """Room for the held-back events' bytes and a drain of every buffer."""
+        """Room for the held-back events' bytes and a drain of every buffer; made anew when it
+        is too small, or twice the size needed (once many held-back events have gone, their room
+        would stay in RSS)."""
         size = _aligned(held) + sum(DRAIN_PAGES * reader.page_size for reader in self.readers)
-        if self.buffer is None or len(self.buffer) < size:
+        if self.buffer is None or not size <= len(self.buffer) <= 2 * size:
             self.buffer = np.empty(size, np.uint8)
         return self.buffer
 
