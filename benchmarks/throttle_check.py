@@ -17,7 +17,11 @@ Observed stretch: T1 / T0 - 1. Predicted: the added time over T0. The targets (c
 issue): stretch within 15%, memory.events high within 10%. It prints every figure and the
 targets met, writes them with --json FILE, and asserts nothing.
 
-    .venv/bin/python benchmarks/throttle_check.py [--workload NAME ...] [--scale S] [--runs N] [--json FILE] [--keep DIR]
+    .venv/bin/python benchmarks/throttle_check.py [--workload NAME ...] [--scale S] [--runs N] [--cpu N] [--json FILE] [--keep DIR]
+
+With --cpu the workload runs on one CPU, in the capture and in every timed run (the collector and
+the sampler do not): on two CPUs, which one a throttled task wakes on after its sleep decides
+whether its per-CPU page stock is still there, and the kernel's own runs spread with it.
 
 Inside a lab kernel: python -m lab run --kernel 6.12 --keep DIR -- .venv/bin/python
 benchmarks/throttle_check.py --scale 0.25 --json {run}/out/throttle.json
@@ -46,16 +50,18 @@ DEFAULT_WORKLOADS = ["sockets-unix", "pipes", "epoll", "files-tmpfs"]
 TARGETS = {"stretch": 0.15, "high events": 0.10}
 
 
-def capture(workload: str, scale: float, trace: Path) -> None:
+def capture(workload: list[str], trace: Path) -> None:
     subprocess.run([sys.executable, "-m", "chargeplay.cli", "collect", "-o", str(trace), "--memory-max", str(ROOMY), "--",
-                    *zoo_command(workload, scale)], check=True, stdout=subprocess.DEVNULL)
+                    *workload], check=True, stdout=subprocess.DEVNULL)
 
 
-def zoo_command(workload: str, scale: float) -> list[str]:
-    return [sys.executable, "-m", "zoo", workload, "--scale", str(scale)]
+def zoo_command(workload: str, scale: float, cpu: int | None) -> list[str]:
+    """The zoo workload's command line; on one CPU with `cpu` (its page stock then stays on it)."""
+    pinned = ["taskset", "--cpu-list", str(cpu)] if cpu is not None else []
+    return [*pinned, sys.executable, "-m", "zoo", workload, "--scale", str(scale)]
 
 
-def run_alone(workload: str, scale: float, high: int | None) -> dict:
+def run_alone(workload: list[str], high: int | None) -> dict:
     """The workload in a fresh memcg (memory.max ROOMY, memory.high `high`): its wall time, its
     memory.events high and how long memory.current stayed above `high`."""
     memcg, root = create_child(f"chargeplay-throttle-{os.getpid()}")
@@ -64,7 +70,7 @@ def run_alone(workload: str, scale: float, high: int | None) -> dict:
         sampler = in_cgroup(root, [sys.executable, "-c", SAMPLER, str(memcg.path / "memory.current"), str(high or ROOMY)],
                             stdout=subprocess.PIPE, text=True)
         start = time.monotonic()
-        child = in_cgroup(memcg.path, zoo_command(workload, scale), stdout=subprocess.DEVNULL)
+        child = in_cgroup(memcg.path, workload, stdout=subprocess.DEVNULL)
         child.wait()
         seconds = time.monotonic() - start
         sampler.send_signal(signal.SIGINT)
@@ -110,14 +116,14 @@ def predict(trace: Trace, high: int, result: Path, clock: str) -> dict:
             "seconds_above_high": figures["seconds_above_high"], "trace_seconds": trace_seconds}
 
 
-def check(workload: str, scale: float, runs: int, fraction: float, scratch: Path) -> dict:
+def check(workload: str, command: list[str], runs: int, fraction: float, scratch: Path) -> dict:
     trace_dir = scratch / workload / "trace"
-    capture(workload, scale, trace_dir)
+    capture(command, trace_dir)
     trace = Trace.open(trace_dir)
     peak = trace.side_table("memcg").select(pl.max_horizontal("usage", "max_usage").max()).collect().item()
     high = int(peak * fraction)
-    alone = min((run_alone(workload, scale, None) for _ in range(runs)), key=lambda r: r["seconds"])
-    limited = [run_alone(workload, scale, high) for _ in range(runs)]
+    alone = min((run_alone(command, None) for _ in range(runs)), key=lambda r: r["seconds"])
+    limited = [run_alone(command, high) for _ in range(runs)]
     median = sorted(limited, key=lambda r: r["seconds"])[len(limited) // 2]
     # The prediction is the default clock's; the other two bound it (tasks that wait for their
     # process's threads, for every task).
@@ -175,6 +181,8 @@ def main() -> int:
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--high-fraction", type=float, default=0.5, help="memory.high as a share of the workload's peak")
+    parser.add_argument("--cpu", type=int, help="run each workload on this CPU only (captured and timed alike): the kernel's "
+                        "runs then repeat themselves; on two CPUs which one a throttled task wakes on decides its page stock")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path, help="write the fidelity matrix's cells (each limited run judged) here")
     parser.add_argument("--keep", type=Path, help="keep each workload's trace and replay result under this directory")
@@ -185,11 +193,12 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="chargeplay-throttle-") as scratch:
         for workload in args.workload or DEFAULT_WORKLOADS:
-            rows.append(check(workload, args.scale, args.runs, args.high_fraction, args.keep or Path(scratch)))
+            command = zoo_command(workload, args.scale, args.cpu)
+            rows.append(check(workload, command, args.runs, args.high_fraction, args.keep or Path(scratch)))
             print(describe(rows[-1]), flush=True)
             if args.json:
                 args.json.parent.mkdir(parents=True, exist_ok=True)
-                args.json.write_text(json.dumps({"kernel": os.uname().release, "rows": rows}, indent=1))
+                args.json.write_text(json.dumps({"kernel": os.uname().release, "cpu": args.cpu, "rows": rows}, indent=1))
             if args.markdown:
                 args.markdown.parent.mkdir(parents=True, exist_ok=True)
                 args.markdown.write_text(markdown(rows, args.high_fraction))
