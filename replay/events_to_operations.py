@@ -188,6 +188,14 @@ def segment_operations(ts, kind, task, in_task, charged, nbytes, cache, obj, ord
                   n, i, op, charge_gfp, abs(val[i]), max(nbytes[i], 0), -1, -1, pool, stat_memcg[i])
             tasks[t, LAST_LRU], tasks[t, LAST_LRU_VAL] = n, val[i]
             n += 1
+            if op == LRU_CHARGE and pool == POOL_ANON and in_task[i]:
+                # A new anon folio is mapped at the end of a page fault (do_anonymous_page,
+                # wp_page_copy, a THP's), and a fault from user space returns to it, where
+                # resume_user_mode_work may reclaim and throttle: the trace records returns from
+                # system calls only (raw_syscalls:sys_exit).
+                _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool, out_memcg,
+                      n, i, USER_RETURN, 0, 0, 0, -1, -1, POOL_OTHER, tasks[t, TASK_MEMCG])
+                n += 1
         elif k == MEMCG_STATE:
             if stat_memcg[i] < 0 or val[i] == 0 or item[i] != facts[MEMCG_SOCK]:
                 continue

@@ -50,7 +50,11 @@ target's too):
   (MIN_THROTTLE_NS) from the end of the reclaims of a task's return to user space to its next
   event: RECLAIM_TIME too, before that event's operation. Closed-loop replay replaces that
   stall with the policy's;
-- returns to user space: USER_RETURN;
+- returns to user space: USER_RETURN, at each system call's exit (the trace's user_return) and
+  after each anon folio a task charges (NR_ANON_MAPPED up in task context: the end of a page
+  fault, which returns to user space too; since 2026-12-05). A fault the kernel takes inside a
+  system call (copy_to_user into a fresh buffer) returns only at the call's exit: there the
+  model reclaims and throttles a little early;
 - the task tree: a task_new whose new task shares its parent's mm (CLONE_VM: a thread, a
   vfork child) is TASK_CLONE_VM, one with a copy-on-write copy TASK_FORK (obj: the new task);
   task_exec and task_exit are TASK_EXEC and TASK_EXIT, but for the exit of the kernel's OOM
@@ -215,9 +219,11 @@ class InputStream:
         """One segment's operations, and each one's call site and task name."""
         n = len(events["kind"])
         # An exit adds its parent's join at most, a reclaim's end the throttle sleep after it, in this
-        # segment or, carried (JOINABLE, HIGH_RECLAIM_END), in the next.
+        # segment or, carried (JOINABLE, HIGH_RECLAIM_END), in the next; an anon fault's charge the
+        # return to user space after it.
         kind, pending = events["kind"], carried.tasks[:, [passes.JOINABLE, passes.HIGH_RECLAIM_END]]
-        adding = np.count_nonzero((kind == passes.TASK_EXIT_EVENT) | (kind == passes.RECLAIM_END)) + np.count_nonzero(pending >= 0)
+        adding = (np.count_nonzero((kind == passes.TASK_EXIT_EVENT) | (kind == passes.RECLAIM_END)
+                                   | (kind == passes.MEMCG_LRUVEC_STATE)) + np.count_nonzero(pending >= 0))
         room = n + int(adding)
         out = (np.empty(room, np.int64), np.empty(room, np.int8), np.empty(room, np.int64), np.empty(room, np.int64),
                np.empty(room, np.int64), np.empty(room, np.int32), np.empty(room, np.int64), np.empty(room, np.int8),

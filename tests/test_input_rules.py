@@ -141,6 +141,7 @@ def test_each_event_makes_the_operation_the_rules_say(trace):
         (16, LRU_CHARGE, 3, POOL_KMEM_PAGES, -1, -1, gfp["GFP_ATOMIC"], task, True),
         (17, OBJ_FREE, 0, POOL_SLAB_RECLAIMABLE, dentry, 3, 0, task, False),
         (18, LRU_CHARGE, 6, POOL_ANON, -1, -1, gfp["GFP_HIGHUSER_MOVABLE"], task, False),
+        (18, USER_RETURN, 0, POOL_OTHER, -1, -1, 0, task, False),  # a fault mapped them: it returns to user space
         (20, ANON_UNMAPPED, 6, POOL_ANON, -1, -1, gfp["GFP_HIGHUSER_MOVABLE"], task, False),
         (21, ANON_FREED, 2, POOL_ANON, -1, -1, gfp["GFP_HIGHUSER_MOVABLE"], victim, False),
         (23, ANON_FREED, 3, POOL_ANON, -1, -1, gfp["GFP_HIGHUSER_MOVABLE"], task, False),
@@ -150,13 +151,16 @@ def test_each_event_makes_the_operation_the_rules_say(trace):
         (30, FAILED_CHARGE, 512, POOL_ANON, -1, -1, gfp["GFP_TRANSHUGE"], task, False),  # order of row 25, gfp of 28
         (33, RECLAIM_TIME, 0, POOL_OTHER, -1, -1, 0, task, False),
         (34, LRU_CHARGE, 1, POOL_ANON, -1, -1, gfp["GFP_HIGHUSER_MOVABLE"], task, False),
+        (34, USER_RETURN, 0, POOL_OTHER, -1, -1, 0, task, False),
         (40, RECLAIM_TIME, 0, POOL_OTHER, -1, -1, 0, task, False),  # its reclaim_begin came a segment before
         (41, USER_RETURN, 0, POOL_OTHER, -1, -1, 0, task, False),
         (44, LRU_CHARGE, 1, POOL_KMEM_PAGES, -1, -1, gfp["GFP_KERNEL"], task, False),
         (45, LRU_CHARGE, 512, POOL_ANON, -1, -1, gfp["GFP_TRANSHUGE"], task, False),  # with its fault's gfp (row 43)
+        (45, USER_RETURN, 0, POOL_OTHER, -1, -1, 0, task, False),
         (47, RECLAIM_TIME, 0, POOL_OTHER, -1, -1, 0, task, False),
         (48, OOM_CHARGE, 1, POOL_ANON, -1, RETRY_FOUND_ROOM, gfp["GFP_HIGHUSER_MOVABLE"], task, False),  # the task's next operation: a charge
         (49, LRU_CHARGE, 1, POOL_ANON, -1, -1, gfp["GFP_HIGHUSER_MOVABLE"], task, False),
+        (49, USER_RETURN, 0, POOL_OTHER, -1, -1, 0, task, False),
     ]
     got = list(zip(data.row.tolist(), data.op.tolist(), data.pages.tolist(), data.pool.tolist(), data.cache.tolist(),
                    data.obj.tolist(), data.gfp.tolist(), data.task.tolist(), data.irq.tolist()))
@@ -171,8 +175,8 @@ def test_the_segments_carry_what_spans_them(trace):
     # row 5, rows 20-24 the unmapped pages of the segment before, row 30 the THP of row 25, and row 40 the
     # reclaim_begin of row 39
     batches = [batch.row.tolist() for batch in InputStream(trace).batches()]
-    assert batches == [[0, 1, 2, 3, 4, 5, 6, 8], [10, 12, 13, 14, 15, 16, 17, 18], [20, 21, 23, 24, 27, 29], [30, 33, 34],
-                       [40, 41, 44, 45, 47, 48, 49]]
+    assert batches == [[0, 1, 2, 3, 4, 5, 6, 8], [10, 12, 13, 14, 15, 16, 17, 18, 18], [20, 21, 23, 24, 27, 29], [30, 33, 34, 34],
+                       [40, 41, 44, 45, 45, 47, 48, 49, 49]]  # an anon charge's row twice: its fault returns to user space
 
 
 def test_each_operation_charges_the_memcg_below_the_target_its_task_charges_pages_to(tmp_path):
@@ -207,7 +211,7 @@ def test_each_operation_charges_the_memcg_below_the_target_its_task_charges_page
     ]
     data = build(written(tmp_path / "t", manifest, [{**e, "cpu": 0, "comm": "t"} for e in events]))
     assert list(zip(data.row.tolist(), data.op.tolist(), data.memcg.tolist())) == [
-        (0, OBJ_ALLOC, 0), (1, LRU_CHARGE, 1), (2, OBJ_ALLOC, 1), (3, LRU_CHARGE, 2), (4, OBJ_FREE, 1), (5, OBJ_FREE, 0),
+        (0, OBJ_ALLOC, 0), (1, LRU_CHARGE, 1), (1, USER_RETURN, 1), (2, OBJ_ALLOC, 1), (3, LRU_CHARGE, 2), (4, OBJ_FREE, 1), (5, OBJ_FREE, 0),
         (7, OBJ_ALLOC, 2), (8, LRU_CHARGE, 1), (9, OBJ_ALLOC, 2),
     ]
 
