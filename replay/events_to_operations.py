@@ -27,7 +27,8 @@ from traces.schema import CLONE_FLAGS, KINDS
 KIND = {name: code for code, name in enumerate(KINDS)}
 KMALLOC, KMEM_CACHE_ALLOC, PAGE_ALLOC_EVENT = KIND["kmalloc"], KIND["kmem_cache_alloc"], KIND["page_alloc"]
 KFREE, KMEM_CACHE_FREE, PAGE_FREE_EVENT = KIND["kfree"], KIND["kmem_cache_free"], KIND["page_free"]
-MEMCG_STATE, MEMCG_LRUVEC_STATE = KIND["memcg_state"], KIND["memcg_lruvec_state"]
+MEMCG_STATE, MEMCG_LRUVEC_STATE, MEMCG_EVENT, CHARGE = (KIND["memcg_state"], KIND["memcg_lruvec_state"], KIND["memcg_event"],
+                                                     KIND["charge"])
 RECLAIM_BEGIN, RECLAIM_END, USER_RETURN_EVENT, OOM = KIND["reclaim_begin"], KIND["reclaim_end"], KIND["user_return"], KIND["oom"]
 TASK_NEW, TASK_EXEC_EVENT, TASK_EXIT_EVENT = KIND["task_new"], KIND["task_exec"], KIND["task_exit"]
 CLONE_VM = CLONE_FLAGS["CLONE_VM"]
@@ -49,8 +50,9 @@ FOLIO_PAGES, FOLIO_GFP = 13, 14
 # The task that made this one (-1: not in the trace), and the last task this one made that exited, with when
 # (JOINABLE -1: none since this task's last event).
 PARENT, JOINABLE, JOINABLE_EXIT_TS = 15, 16, 17
-# Whether the task's last event was its return to user space (its reclaims since are memory.high's, in
-# mem_cgroup_handle_over_high), and the end of the last such reclaim (-1: none since the task went on).
+# Whether the task's last event returned it to user space, from a system call or from the fault that
+# mapped an anon page (its reclaims since are memory.high's, in mem_cgroup_handle_over_high), and the end
+# of the last such reclaim (-1: none since the task went on).
 RETURNING, HIGH_RECLAIM_END = 18, 19
 N_TASK_STATE = 20
 # mem_cgroup_handle_over_high sleeps only for a penalty above HZ / 100 jiffies: 10 ms, whatever HZ is.
@@ -79,7 +81,7 @@ def segment_operations(ts, kind, task, in_task, charged, nbytes, cache, obj, ord
     n = 0
     for i in range(kind.shape[0]):
         k, t = kind[i], task[i]
-        if in_task[i] and k != RECLAIM_BEGIN and k != RECLAIM_END:
+        if in_task[i] and not tasks[t, IN_RECLAIM] and _goes_on(k, item[i], val[i], facts):
             if tasks[t, HIGH_RECLAIM_END] >= 0 and ts[i] - tasks[t, HIGH_RECLAIM_END] >= MIN_THROTTLE_NS:
                 # the capturing kernel's throttle sleep, a stall the closed loop replaces with the policy's
                 _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool, out_memcg,
@@ -196,6 +198,7 @@ def segment_operations(ts, kind, task, in_task, charged, nbytes, cache, obj, ord
                 _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool, out_memcg,
                       n, i, USER_RETURN, 0, 0, 0, -1, -1, POOL_OTHER, tasks[t, TASK_MEMCG])
                 n += 1
+                tasks[t, RETURNING] = 1
         elif k == MEMCG_STATE:
             if stat_memcg[i] < 0 or val[i] == 0 or item[i] != facts[MEMCG_SOCK]:
                 continue
@@ -252,6 +255,21 @@ def segment_operations(ts, kind, task, in_task, charged, nbytes, cache, obj, ord
         tasks[t, LAST_LRU] = -1
     _retries_that_found_room(n, out_src, out_op, out_obj, task, in_task)
     return n
+
+
+@njit
+def _goes_on(k, it, v, facts) -> bool:
+    """Whether a task's event (outside a memcg reclaim, whose own frees and stat changes are
+    not the task's) is the task going on after its last, not the kernel's bookkeeping of it: a
+    count, a call observed, or a stat change that charges nothing (a THP's NR_ANON_THPS and its
+    LRU's, after the NR_ANON_MAPPED that charged it). A return to user space lasts until one."""
+    if k == MEMCG_EVENT or k == CHARGE or k == RECLAIM_BEGIN or k == RECLAIM_END:
+        return False
+    if k == MEMCG_LRUVEC_STATE:
+        return v > 0 and (it == facts[NR_FILE_PAGES] or it == facts[NR_ANON_MAPPED] or it == facts[NR_KERNEL_STACK_KB])
+    if k == MEMCG_STATE:
+        return v > 0 and it == facts[MEMCG_SOCK]
+    return True
 
 
 @njit

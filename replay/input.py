@@ -47,7 +47,8 @@ target's too):
   charge then fails: passed_oom && task_is_dying);
 - the capturing kernel's memcg reclaims, each as the time it held its task (reclaim_begin to
   reclaim_end): RECLAIM_TIME; and its memory.high throttle sleeps, a gap of 10 ms or more
-  (MIN_THROTTLE_NS) from the end of the reclaims of a task's return to user space to its next
+  (MIN_THROTTLE_NS) from the end of the reclaims of a task's return to user space (from a
+  system call, or from a fault that mapped an anon folio: the returns below) to its next
   event: RECLAIM_TIME too, before that event's operation. Closed-loop replay replaces that
   stall with the policy's;
 - returns to user space: USER_RETURN, at each system call's exit (the trace's user_return) and

@@ -286,10 +286,14 @@ def test_waits_for_a_child_and_the_kernels_throttle_sleeps_become_operations(tmp
     """A task's first event within 5 ms after a task it made exited: it waited for it (TASK_JOIN,
     obj: the child, before the event's own operation); later than that, or another task's: no.
     A gap of 10 ms or more after a reclaim the task made on its return to user space (memory.high's,
-    mem_cgroup_handle_over_high): the kernel's throttle sleep, a RECLAIM_TIME of the gap; after a
-    reclaim elsewhere (a charge's, in a system call) the gap is the task's own: nothing."""
+    mem_cgroup_handle_over_high), from a system call or from the page fault that mapped an anon
+    folio (the fault's stat changes that charge nothing, and the reclaim's own frees, do not end
+    that return): the kernel's throttle sleep, a RECLAIM_TIME of the gap; after a reclaim
+    elsewhere (a charge's, in a system call) the gap is the task's own: nothing."""
     manifest = json.loads((sample_path(LIKE) / MANIFEST).read_text())
     account = manifest["gfp_flags"]["GFP_KERNEL_ACCOUNT"]
+    node, target = manifest["enums"]["node_stat_item"], manifest["target"]["memcg_id"]
+    thp_fault = manifest["enums"]["vm_event_item"]["THP_FAULT_ALLOC"]
     child, late_child = 201, 301
 
     def event(kind: str, pid: int, ts_ns: int, **columns) -> dict:
@@ -314,6 +318,13 @@ def test_waits_for_a_child_and_the_kernels_throttle_sleeps_become_operations(tmp
         event("task_new", TASK, 53 * ms, val=late_child, item=0),  # 11
         event("task_exit", late_child, 54 * ms),  # 12
         event("user_return", TASK, 60 * ms),  # 13: 6 ms after: not a wait
+        event("memcg_lruvec_state", TASK, 61 * ms, memcg_id=target, item=node["NR_ANON_MAPPED"], val=512),  # 14: a THP fault
+        event("memcg_lruvec_state", TASK, 61 * ms + 1, memcg_id=target, item=node["NR_ANON_THPS"], val=512),  # 15
+        event("memcg_event", TASK, 61 * ms + 2, memcg_id=target, item=thp_fault, val=1),  # 16
+        event("reclaim_begin", TASK, 62 * ms, gfp=account, order=0),  # 17: at the fault's return to user space
+        event("kfree", TASK, 62 * ms + 500, obj=7),  # 18: a shrinker's free in that reclaim
+        event("reclaim_end", TASK, 63 * ms, val=0),  # 19
+        kmalloc(TASK, 83 * ms, 4),  # 20: 20 ms later: the kernel's throttle sleep
     ]
     data = build(written(tmp_path / "t", manifest, events))
     ids = {pid: list(data.task_pids).index(pid) for pid in (TASK, child, late_child)}  # objects: slots 1, 2, 3
@@ -323,6 +334,8 @@ def test_waits_for_a_child_and_the_kernels_throttle_sleeps_become_operations(tmp
         (5, TASK_EXIT, ids[child], -1, 0), (6, TASK_JOIN, ids[TASK], ids[child], 0), (6, USER_RETURN, ids[TASK], -1, 0),
         (7, OBJ_ALLOC, ids[TASK], 2, 64), (9, RECLAIM_TIME, ids[TASK], -1, 1 * ms), (10, OBJ_ALLOC, ids[TASK], 3, 64),
         (11, TASK_FORK, ids[TASK], ids[late_child], 0), (12, TASK_EXIT, ids[late_child], -1, 0), (13, USER_RETURN, ids[TASK], -1, 0),
+        (14, LRU_CHARGE, ids[TASK], -1, 0), (14, USER_RETURN, ids[TASK], -1, 0), (19, RECLAIM_TIME, ids[TASK], -1, 1 * ms),
+        (20, RECLAIM_TIME, ids[TASK], -1, 20 * ms), (20, OBJ_ALLOC, ids[TASK], 4, 64),
     ]
 
 
