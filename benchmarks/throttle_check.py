@@ -63,7 +63,7 @@ def zoo_command(workload: str, scale: float, cpu: int | None) -> list[str]:
 
 def run_alone(workload: list[str], high: int | None) -> dict:
     """The workload in a fresh memcg (memory.max ROOMY, memory.high `high`): its wall time, its
-    memory.events high and how long memory.current stayed above `high`."""
+    memory.events high, how long memory.current stayed above `high`, and memory.peak."""
     memcg, root = create_child(f"chargeplay-throttle-{os.getpid()}")
     try:
         memcg.set_limits(ROOMY, high)
@@ -76,7 +76,8 @@ def run_alone(workload: list[str], high: int | None) -> dict:
         sampler.send_signal(signal.SIGINT)
         above = float(sampler.communicate()[0])
         return {"seconds": seconds, "high_events": read_keyed(memcg.path / "memory.events").get("high", 0),
-                "seconds_above_high": above, "exit": child.returncode}
+                "seconds_above_high": above, "peak_bytes": int((memcg.path / "memory.peak").read_text()),
+                "exit": child.returncode}
     finally:
         memcg.remove()
 
@@ -113,7 +114,8 @@ def predict(trace: Trace, high: int, result: Path, clock: str) -> dict:
     figures = summary["policies"][chosen.name]
     trace_seconds = figures["run_seconds"] / (1 + figures["stretch"])
     return {"model": model, "added_seconds": figures["run_seconds"] - trace_seconds, "high_events": figures["high_events"],
-            "seconds_above_high": figures["seconds_above_high"], "trace_seconds": trace_seconds}
+            "seconds_above_high": figures["seconds_above_high"], "peak_bytes": figures["peak_bytes"],
+            "trace_seconds": trace_seconds}
 
 
 def check(workload: str, command: list[str], runs: int, fraction: float, scratch: Path) -> dict:
@@ -170,6 +172,7 @@ def describe(row: dict) -> str:
             f"stretch {p['stretch']:+.1%} predicted / {o['stretch']:+.1%} observed ({row['alone_seconds']:.2f} s alone, "
             f"{o['seconds']:.2f} s limited); high events {p['high_events']:,}/{o['high_events']:,}; "
             f"s above high {p['seconds_above_high']:.2f}/{o['seconds_above_high']:.2f}; "
+            f"peak {p['peak_bytes'] / (1 << 20):.2f}M/{o['peak_bytes'] / (1 << 20):.2f}M; "
             f"stretch on shared clocks: " + ", ".join(f"{clock} {figures['stretch']:+.1%}" for clock, figures in
                                                       row["by_clock"].items() if clock != "task") + "; "
             + ", ".join(f"{name} {'met' if met else 'MISSED'}" for name, met in row["met"].items()))
