@@ -555,6 +555,16 @@ def mm_of(per_task, task):
 
 
 @njit
+def dup_task_struct(per_task, parent, child):
+    """The child's task_struct starts as a copy of its parent's (arch_dup_task_struct), made in
+    the clone after the parent charged it and the child's kernel stack: the pages the parent
+    charged above memory.high and has not yet answered for (memcg_nr_pages_over_high), and the
+    TIF_NOTIFY_RESUME that calls for it, are the child's too, answered on its first return to
+    user space as on the parent's."""
+    per_task[child, OVER_HIGH] = per_task[parent, OVER_HIGH]
+
+
+@njit
 def copy_mm(per_task, parent, child, clone_vm):
     """copy_process: the child uses its parent's mm (CLONE_VM: a thread, a vfork child) or a
     copy of it (dup_mmap: the parent's anon pages, mapped copy-on-write)."""
@@ -1285,6 +1295,7 @@ def replay_operation(ts, cpu, task, irq, op, gfp, pages, nbytes, cache_node, obj
     elif o == USER_RETURN:
         resume_user_mode_work(memcg, stats, knobs, per_task, t)
     elif o == TASK_FORK or o == TASK_CLONE_VM:
+        dup_task_struct(per_task, t, obj[i])
         copy_mm(per_task, t, obj[i], o == TASK_CLONE_VM)
     elif o == TASK_EXEC:
         begin_new_exec(per_task, t)

@@ -162,6 +162,20 @@ def test_a_large_overage_is_slept_off_on_return_to_user(engine):
     assert r.reclaim_calls[TRIGGER["user_return"]] == 17
 
 
+def test_a_child_answers_for_the_pages_its_parent_charged_above_high_before_the_clone(engine):
+    # As above, task 0's charge leaves 64 pages over high; it then clones task 1, whose
+    # task_struct is a copy of task 0's (memcg_nr_pages_over_high included). Each return to
+    # user space, the parent's from clone() and the child's first, reclaims 17 times and
+    # sleeps 102 ms; a child born before the charge would answer for nothing.
+    clone = {"op": TASK_CLONE_VM, "obj": 1, "pool": POOL_OTHER}
+    data = scenario([page(obj=0), clone, {"op": USER_RETURN}, {"op": USER_RETURN, "task": 1}], pools={POOL_OTHER: 26624 - 64})
+    r = engine(data, MAINLINE, Limits(high_pages=25600))
+    assert list(r.stall_ns) == [102 * MS, 102 * MS] and r.throttle_ns == 204 * MS
+    assert r.reclaim_calls[TRIGGER["user_return"]] == 34
+    earlier = scenario([clone, page(obj=0), {"op": USER_RETURN}, {"op": USER_RETURN, "task": 1}], pools={POOL_OTHER: 26624 - 64})
+    assert list(engine(earlier, MAINLINE, Limits(high_pages=25600)).stall_ns) == [102 * MS, 0]
+
+
 def test_only_a_charge_with_gfp_fs_shrinks_reclaimable_slab(engine):
     # usage 128 = max: 100 pages of reclaimable slab (dentries, inodes), nothing else to take;
     # shrunk slab leaves at once here (rcu_grace_ns 0; the next test has the grace period).
