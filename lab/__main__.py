@@ -39,7 +39,8 @@ RUNS = CACHE.parent / "chargeplay-lab-runs"
 # and the kprobes that stand in for the memcg tracepoints these kernels lack, checked against
 # the memcg's memory.stat (one capture: 72 s inside 6.1 on a quiet machine), memcgs a workload
 # makes below the target (their stat events kept, their OOM kills counted), and the zoo's
-# sibling memcgs under a shared limit, and the flight recorder's triggers on v2's memory.events.
+# sibling memcgs under a shared limit, and the flight recorder's triggers on v2's memory.events;
+# and a kernel rule of memory.high the model mirrors (a thread answers for its clone's charge).
 # Every capture in the guest goes through the delegated parent guest.sh names.
 LIVE_TESTS = [
     "tests/test_collect_live.py::test_file_creation_is_recorded_as_accounted_dentries_of_the_workload_only",
@@ -58,6 +59,7 @@ LIVE_TESTS = [
     "tests/test_collect_live.py::test_the_task_tree_is_recorded_forks_threads_execs_and_exits",
     "tests/test_collect_live.py::test_only_slab_allocations_memcg_charges_are_recorded_unless_all_are_asked_for",
     "tests/test_zoo_live.py::test_the_workload_charges_what_its_docstring_says[siblings]",
+    "tests/test_kernel_rules_live.py::test_a_thread_answers_for_the_pages_its_parent_charged_above_high_in_the_clone",
     "tests/test_flight_recorder_live.py::test_a_count_of_memory_events_rising_ends_the_capture[high:5]",
     "tests/test_flight_recorder_live.py::test_an_oom_kill_ends_the_capture_with_the_lead_up_kept",
 ]
