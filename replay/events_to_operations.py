@@ -167,7 +167,7 @@ def segment_operations(ts, kind, task, in_task, charged, nbytes, cache, obj, ord
                           n, i, ANON_FREED, facts[GFP_HIGHUSER_MOVABLE], pages, 0, -1, -1, POOL_ANON, stat_memcg[i])
                     n += 1
                 continue
-            if it != facts[NR_FILE_PAGES] and it != facts[NR_ANON_MAPPED] and it != facts[NR_KERNEL_STACK_KB]:
+            if not _paged_item(it, facts):
                 continue
             stack = it == facts[NR_KERNEL_STACK_KB]
             if val[i] > 0:
@@ -266,10 +266,17 @@ def _goes_on(k, it, v, facts) -> bool:
     if k == MEMCG_EVENT or k == CHARGE or k == RECLAIM_BEGIN or k == RECLAIM_END:
         return False
     if k == MEMCG_LRUVEC_STATE:
-        return v > 0 and (it == facts[NR_FILE_PAGES] or it == facts[NR_ANON_MAPPED] or it == facts[NR_KERNEL_STACK_KB])
+        return v > 0 and _paged_item(it, facts)
     if k == MEMCG_STATE:
         return v > 0 and it == facts[MEMCG_SOCK]
     return True
+
+
+@njit
+def _paged_item(it, facts) -> bool:
+    """Whether a node stat item counts pages the memcg is charged for, which the pass replays as
+    charges and uncharges: file pages, mapped anon pages, kernel stacks."""
+    return it == facts[NR_FILE_PAGES] or it == facts[NR_ANON_MAPPED] or it == facts[NR_KERNEL_STACK_KB]
 
 
 @njit
