@@ -1,8 +1,8 @@
 """Sustained capture rate: a kmalloc storm recorded to disk, per backend.
 
-The workload is two processes (one per core of the development VMs) that create, open
-and unlink files in /dev/shm as fast as they can for --seconds: every iteration
-allocates and frees names, dentries, inodes and files. The capture's rate is the events
+The workload (benchmarks/open_unlink_storm.py) is two processes that create, open and
+unlink files in /dev/shm as fast as they can for --seconds: every iteration allocates and
+frees names, dentries, inodes and files. The capture's rate is the events
 written to the trace over the span they cover (first to last event: the storm, not the
 interpreter's start-up before it); drops are the events the buffers refused; the collector's
 peak RSS comes from its manifest. Targets (issue: a production collector): at least 3 million
@@ -24,22 +24,7 @@ import polars as pl
 
 from traces.reader import Trace
 
-STORM = r"""
-import os, sys, time
-directory, seconds = sys.argv[1], float(sys.argv[2])
-def storm(tag):
-    path = os.path.join(directory, tag)
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        for _ in range(1000):
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
-            os.unlink(path)
-if os.fork() == 0:
-    storm("child")
-    os._exit(0)
-storm("parent")
-os.wait()
-"""
+STORM = Path(__file__).with_name("open_unlink_storm.py")
 TARGET_RATE = 3_000_000
 TARGET_RSS_MIB = {"tracefs": 150, "ebpf": 250}
 
@@ -62,7 +47,7 @@ def main() -> None:
             trace = Path(scratch) / "t"
             options = ["--bpf-output", output] if backend == "ebpf" else []
             done = chargeplay("collect", "--backend", backend, *options, "-o", str(trace), "--",
-                              sys.executable, "-c", STORM, shm, str(args.seconds))
+                              sys.executable, str(STORM), shm, str(args.seconds))
             if done.returncode != 0:
                 print(f"{backend:8} {output:8} failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
                 continue

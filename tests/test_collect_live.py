@@ -315,20 +315,7 @@ def test_the_capture_maps_nothing_of_the_replay_compiler_or_the_analysis(tracefs
     assert [name for name in mapped if any(part in name for part in NOT_FOR_CAPTURE)] == []
 
 
-# Two processes (one per core here) create, open and unlink a file in DIR as fast as they can
-# for SECONDS: about a million charged allocations and frees a second to record.
-STORM = """
-import os, sys, time
-directory, seconds = sys.argv[1], float(sys.argv[2])
-tag = str(os.fork() != 0)
-deadline = time.monotonic() + seconds
-while time.monotonic() < deadline:
-    for _ in range(1000):
-        os.close(os.open(os.path.join(directory, tag), os.O_CREAT | os.O_WRONLY, 0o600))
-        os.unlink(os.path.join(directory, tag))
-if tag == "True":
-    os.wait()
-"""
+STORM = Path(__file__).parents[1] / "benchmarks" / "open_unlink_storm.py"  # about a million events a second
 # What a storm may add to the collector's peak RSS at rest: its drains' working set. (The
 # issue's bounds are on the whole peak, 150 MiB tracefs and 250 eBPF: benchmarks/capture_storm.py
 # prints them. The whole depends on how much of its libraries the page cache holds, which
@@ -349,7 +336,7 @@ def test_a_storm_adds_a_bounded_working_set_to_the_collectors_memory(tracefs, tm
     shm = Path(tempfile.mkdtemp(dir="/dev/shm"))
     try:
         result = chargeplay("collect", "-o", str(tmp_path / "storm"), "--backend", backend, "--",
-                            sys.executable, "-c", STORM, str(shm), "5")
+                            sys.executable, str(STORM), str(shm), "5")
     finally:
         shutil.rmtree(shm)
     assert result.returncode == 0, result.stderr
