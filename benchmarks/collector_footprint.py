@@ -5,8 +5,10 @@ workload's, its peak RSS on a workload that does nothing, and its RSS over an id
    prints the wall clock as it starts, against the wall clock just before the command began
    (median and worst of the runs);
 2. peak RSS of those captures (the manifest's collector.max_rss_bytes);
-3. an idle capture (`-- sleep S`, tracefs): the collector's RSS every 10 s, and its growth per hour
-   after the first minute (by then the first segment and sample table have been written).
+3. an idle capture (`-- sleep S`, tracefs): the collector's RSS every 10 s, with its anonymous
+   part (the rest is pages of files mapped, libraries mostly: shared, clean, dropped under
+   pressure), and the growth of each per hour after the first minute (by then the first segment
+   and sample table have been written).
 
 Targets (issue: a production collector): start-up at most 1 s for tracefs; peak RSS at most
 150 MiB for tracefs and 250 MiB for eBPF; RSS flat over an idle capture. It prints figures; it
@@ -41,8 +43,8 @@ def start_up(backend: str, scratch: Path) -> tuple[float, int]:
     return float(done.stdout.split()[0]) - began, manifest["collector"]["max_rss_bytes"]
 
 
-def idle_rss(seconds: float, scratch: Path) -> list[tuple[float, int]]:
-    """The collector's RSS every 10 s of an idle capture (tracefs)."""
+def idle_rss(seconds: float, scratch: Path) -> list[tuple[float, int, int]]:
+    """The collector's RSS and its anonymous part every 10 s of an idle capture (tracefs)."""
     collector = subprocess.Popen([*CHARGEPLAY, "collect", "-o", str(scratch / "idle"), "--", "sleep", str(seconds)],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     began, samples = time.monotonic(), []
@@ -52,10 +54,10 @@ def idle_rss(seconds: float, scratch: Path) -> list[tuple[float, int]]:
             status = Path(f"/proc/{collector.pid}/status").read_text()
         except FileNotFoundError:
             break
-        rss_kb = [int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")]
-        if not rss_kb:  # it has exited (a zombie has no memory)
+        kb = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith(("VmRSS:", "RssAnon:"))}
+        if "VmRSS" not in kb:  # it has exited (a zombie has no memory)
             break
-        samples.append((time.monotonic() - began, rss_kb[0] * 1024))
+        samples.append((time.monotonic() - began, kb["VmRSS"], kb["RssAnon"]))
     collector.wait()
     return samples
 
@@ -79,11 +81,14 @@ def main() -> None:
             print(f"{backend:8} peak RSS median {statistics.median(peaks):.0f} MiB, worst {max(peaks):.0f} MiB  "
                   f"{verdict('peak RSS MiB', backend, statistics.median(peaks))}")
         samples = idle_rss(args.idle_seconds, Path(scratch))
-    print("idle capture (tracefs), RSS: " + ", ".join(f"{t:.0f} s {rss / MiB:.1f} MiB" for t, rss in samples))
-    settled = [(t, rss) for t, rss in samples if t >= WARM_UP_S]  # after the first segments and samples are written
+    print("idle capture (tracefs), RSS (anonymous): "
+          + ", ".join(f"{t:.0f} s {rss / MiB:.1f} MiB ({anon / MiB:.1f})" for t, rss, anon in samples))
+    settled = [sample for sample in samples if sample[0] >= WARM_UP_S]  # after the first segments and samples are written
     if len(settled) >= 2:
-        (t0, first), (t1, last) = settled[0], settled[-1]
-        print(f"growth after the first {WARM_UP_S} s: {(last - first) / MiB / (t1 - t0) * 3600:.1f} MiB per hour (flat: about 0)")
+        (t0, rss0, anon0), (t1, rss1, anon1) = settled[0], settled[-1]
+        per_hour = 3600 / (t1 - t0) / MiB
+        print(f"growth after the first {WARM_UP_S} s: RSS {(rss1 - rss0) * per_hour:.1f} MiB per hour, anonymous "
+              f"{(anon1 - anon0) * per_hour:.1f} (flat: about 0)")
 
 
 if __name__ == "__main__":
