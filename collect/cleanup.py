@@ -4,12 +4,13 @@ The collector removes its tracefs instances, kprobe events and child memcg itsel
 killed (SIGKILL, OOM), its guardian, a small process watching a pipe from the collector,
 does it instead. If both are killed, the next `chargeplay collect` finds the leftovers
 by name (chargeplay-PID..., kprobe group chargeplay_PID) and removes those whose PID is no
-longer a chargeplay process.
+longer a capture (collector_alive).
 
 Run as `python -m collect.cleanup INSTANCE_DIR... [--memcg DIR] [--kprobes GROUP]` it is the guardian.
 """
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -24,15 +25,35 @@ OWNED_NAME = re.compile(r"^chargeplay-(\d+)(-memcg|-others|-irq|-observer)?$")  
 
 
 def collector_alive(pid: int) -> bool:
-    """Whether `pid` is a chargeplay command that captures. Its arguments are checked one by one:
-    pids come back soon (pid_max is often 32768), and a guardian, which is no collector, names
-    the chargeplay-PID instances it watches in its own arguments."""
+    """Whether `pid` is a capture still running: a chargeplay command that captures, or any
+    process holding its own chargeplay-PID tracefs instance or BPF objects open (a capture run
+    from another program). The arguments are checked one by one: pids come back soon (pid_max is
+    often 32768), and a guardian, which is no collector, names the chargeplay-PID instances it
+    watches in its own arguments. A live capture taken for a dead one's would lose its workload
+    (a stale memcg's tasks are killed)."""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
     is_chargeplay = any(arg.endswith(b"/chargeplay") or arg in (b"chargeplay", b"chargeplay.cli") for arg in argv)
-    return is_chargeplay and any(arg in (b"collect", b"validate") for arg in argv)
+    return (is_chargeplay and any(arg in (b"collect", b"validate") for arg in argv)) or _holds_a_capture_open(pid)
+
+
+def _holds_a_capture_open(pid: int) -> bool:
+    """Whether the process has files of its own chargeplay-PID instances or BPF objects open."""
+    own = re.compile(rf"/instances/chargeplay-{pid}(-[a-z]+)?/")
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed meanwhile
+            continue
+        if own.search(target) or target.startswith("anon_inode:bpf"):
+            return True
+    return False
 
 
 def _stale(path: Path) -> bool:

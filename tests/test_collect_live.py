@@ -17,6 +17,7 @@ import pytest
 from collect import cgroup
 from collect.cleanup import OWNED_NAME, collector_alive
 from collect.memcg_probes import owned_groups
+from collect.tracefs import remove_instance
 from conftest import BUSY_NEIGHBOUR, CHARGEPLAY, SLOWDOWN, assert_user_error, chargeplay, wait_until
 from traces.reader import Trace
 
@@ -447,6 +448,28 @@ def test_only_a_capturing_chargeplay_is_a_live_collector(args, alive):
         process.kill()
         process.wait()
     assert not collector_alive(process.pid)
+
+
+def test_a_capture_run_from_another_program_is_a_live_collector(tracefs):
+    """Whatever its arguments, a process that holds its own chargeplay-PID instance open is
+    capturing: the next collector must not remove its instance and memcg as a dead one's (that
+    failed the next capture, EBUSY, and would have killed the workload in the memcg)."""
+    holder = subprocess.Popen([sys.executable, "-c", "f = open(input()); input()"], stdin=subprocess.PIPE, text=True)
+    instance = tracefs / "instances" / f"chargeplay-{holder.pid}"
+    instance.mkdir()
+    try:
+        assert not collector_alive(holder.pid)  # nothing of a capture open yet, and no chargeplay arguments
+        holder.stdin.write(f"{instance / 'trace'}\n")
+        holder.stdin.flush()
+        assert wait_until(lambda: collector_alive(holder.pid))
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        holder.wait(timeout=10)
+        assert not collector_alive(holder.pid)
+    finally:
+        holder.kill()
+        holder.wait()
+        remove_instance(instance)
 
 
 def test_memory_limit_is_applied_and_sampled(tracefs, tmp_path):
