@@ -298,6 +298,20 @@ def test_only_slab_allocations_memcg_charges_are_recorded_unless_all_are_asked_f
             assert counts.get(False, 0) == 0
 
 
+def test_arrow_allocates_with_the_c_librarys_malloc_and_the_workload_is_not_told(tracefs, tmp_path):
+    """Arrow picks its allocator as it loads: chargeplay tells it before pyarrow loads (the
+    Parquet writer's buffers stayed with mimalloc when only pyarrow's default pool was set) and
+    leaves the environment its workloads inherit as it found it."""
+    chosen = subprocess.run([sys.executable, "-c", "import chargeplay, os, pyarrow; "
+                             "print(pyarrow.default_memory_pool().backend_name, 'ARROW_DEFAULT_MEMORY_POOL' in os.environ)"],
+                            capture_output=True, text=True, check=True)
+    assert chosen.stdout.split() == ["system", "False"]
+    environment = tmp_path / "environment"
+    result = chargeplay("collect", "-o", str(tmp_path / "t"), "--", "sh", "-c", f"env > {environment}")
+    assert result.returncode == 0, result.stderr
+    assert "HOME=" in environment.read_text() and "ARROW_" not in environment.read_text()
+
+
 # What a capture must not map: the replay's compiler (numba, llvmlite's LLVM) and the analysis
 # libraries. The workload is the collector's child: it reads its parent's memory maps.
 NOT_FOR_CAPTURE = ("llvmlite", "numba", "polars", "altair", "vl_convert")
