@@ -54,10 +54,10 @@ def idle_rss(seconds: float, scratch: Path) -> list[tuple[float, int, int]]:
             status = Path(f"/proc/{collector.pid}/status").read_text()
         except FileNotFoundError:
             break
-        kb = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith(("VmRSS:", "RssAnon:"))}
-        if "VmRSS" not in kb:  # it has exited (a zombie has no memory)
+        size = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith(("VmRSS:", "RssAnon:"))}
+        if "VmRSS" not in size:  # it has exited (a zombie has no memory)
             break
-        samples.append((time.monotonic() - began, kb["VmRSS"], kb["RssAnon"]))
+        samples.append((time.monotonic() - began, size["VmRSS"], size["RssAnon"]))
     collector.wait()
     return samples
 

@@ -41,7 +41,6 @@ def collector_alive(pid: int) -> bool:
 
 def _holds_a_capture_open(pid: int) -> bool:
     """Whether the process has files of its own chargeplay-PID instances or BPF objects open."""
-    own = re.compile(rf"/instances/chargeplay-{pid}(-[a-z]+)?/")
     try:
         fds = list(Path(f"/proc/{pid}/fd").iterdir())
     except OSError:
@@ -51,7 +50,10 @@ def _holds_a_capture_open(pid: int) -> bool:
             target = os.readlink(fd)
         except OSError:  # closed meanwhile
             continue
-        if own.search(target) or target.startswith("anon_inode:bpf"):
+        if target.startswith("anon_inode:bpf"):
+            return True
+        instance = target.partition("/instances/")[2].split("/")[0]
+        if (match := OWNED_NAME.match(instance)) and int(match.group(1)) == pid:
             return True
     return False
 
