@@ -22,7 +22,7 @@
 // name: slab caches, forks, execs, renames). A record that finds its output full is counted
 // in counters[LOST] (per CPU).
 //
-// A slab cache is named once: the first event of a cache (per slot of the direct-mapped
+// A slab cache is named once: the first event of a cache (while it holds a slot of
 // `caches`) sends a T_CACHE named record with the cache's name, sizes and flags, keyed by its
 // address; slab records carry that key, which collect/ebpf.py turns into the cache name in
 // memory (it is never stored).
@@ -33,8 +33,15 @@
 //   - slab allocations: only those memcg charges (the tracepoints' `accounted`: __GFP_ACCOUNT,
 //     or a SLAB_ACCOUNT cache), unless `settings.all_allocations`: under a storm most slab
 //     allocations are not accounted, and replay and analysis need only the accounted ones;
-//   - frees: by a tracked task, or of an object a tracked task allocated (`objects`),
-//     whoever frees it (RCU callbacks free the workload's objects from softirq);
+//   - frees: of an object a tracked task allocated (`objects`), whoever frees it (RCU
+//     callbacks free the workload's objects from softirq), or by a tracked task; but a tracked
+//     task's slab free is left out when its object is not in `objects` and its cache can hold
+//     no object the trace charged (neither SLAB_ACCOUNT nor a recorded allocation from it in
+//     `caches`): that object's allocation is not in the trace (unaccounted, or from before
+//     the capture), so replay and analysis have no use for its free (an open() frees a
+//     names_cache and an lsm_file_cache object, never accounted: a fifth of the events of
+//     benchmarks/capture_overhead.py). With `settings.all_allocations` a tracked task's
+//     frees are all kept;
 //   - memcg stat events: the target memcg and memcgs made after it (`config[0]`, its cgroup
 //     id, set by the collector; cgroup ids only grow, so the memcgs its workload makes below
 //     it pass, and user space keeps the target's subtree; 0 while the capture is off: then
@@ -251,12 +258,35 @@ static __always_inline int wanted_free(u64 key) {
     return forget(key) || is_tracked(current_tid());
 }
 
-// Sends the cache's T_CACHE record unless its slot in `caches` says it was sent.
+// `caches` is 2-way set-associative, as `objects` is: a cache's key (its address, 8-byte
+// aligned) picks a pair of slots. A slot holds the key of a cache whose T_CACHE record was
+// sent, with CHARGED_FROM set once a recorded allocation came from it.
+#define CHARGED_FROM 1ULL
+static __always_inline u32 cache_set(u64 key) {
+    return ((key * 0x9E3779B97F4A7C15ULL) >> 54) & ~1U;  // 10 bits: CACHE_SLOTS
+}
+
+// The slot that holds this cache, or NULL; `*room`: whether its pair still has an empty slot
+// (slots are never emptied, so a cache whose pair has room has never had one).
+static __always_inline u64 *find_cache(u64 key, int *room) {
+    u32 index = cache_set(key), other = index + 1;
+    u64 *first = bpf_map_lookup_elem(&caches, &index), *second = bpf_map_lookup_elem(&caches, &other);
+    *room = 0;
+    if (!first || !second)
+        return 0;
+    if ((*first & ~CHARGED_FROM) == key)
+        return first;
+    if ((*second & ~CHARGED_FROM) == key)
+        return second;
+    *room = *first == 0 || *second == 0;
+    return 0;
+}
+
+// Sends the cache's T_CACHE record unless a slot in `caches` says it was sent.
 static __always_inline void name_cache(void *ctx, struct kmem_cache *cache) {
     u64 key = (u64)cache;
-    u32 index = (key * 0x9E3779B97F4A7C15ULL) >> 54;  // 10 bits: CACHE_SLOTS
-    u64 *slot = bpf_map_lookup_elem(&caches, &index);
-    if (!slot || *slot == key)
+    int room;
+    if (find_cache(key, &room))
         return;
     struct named_record n = {};
     stamp(&n.r, T_CACHE);
@@ -266,7 +296,28 @@ static __always_inline void name_cache(void *ctx, struct kmem_cache *cache) {
     n.r.gfp = BPF_CORE_READ(cache, flags);
     bpf_probe_read_kernel_str(n.name, NAME_LEN, BPF_CORE_READ(cache, name));
     emit_named(ctx, &n);
-    *slot = key;  // after the record: a record that finds the slot set comes later
+    // After the record: a record that finds the slot set comes later.
+    u32 index = cache_set(key), other = index + 1;
+    u64 *first = bpf_map_lookup_elem(&caches, &index), *second = bpf_map_lookup_elem(&caches, &other);
+    if (!first || !second)
+        return;
+    if (*first == 0) {
+        *first = key;
+    } else if (*second == 0) {
+        *second = key;
+    } else {  // the older goes; the newcomer may have had a slot here before: charged, to be safe
+        *second = *first;
+        *first = key | CHARGED_FROM;
+    }
+}
+
+// Whether a recorded allocation may have come from this cache: one did, or it has no slot
+// in a full pair (it may have had one). No slot in a pair with room: no event of this cache
+// yet, so no recorded allocation either (an allocation names its cache first).
+static __always_inline int charged_from(u64 key) {
+    int room;
+    u64 *slot = find_cache(key, &room);
+    return slot ? (*slot & CHARGED_FROM) != 0 : !room;
 }
 
 // Whether a slab allocation is recorded: as the tracepoints' own `accounted` field says
@@ -308,6 +359,10 @@ int cp_kmem_cache_alloc(struct bpf_raw_tracepoint_args *ctx) {
     r.gfp = ctx->args[3];
     r.s = ctx->args[4];
     name_cache(ctx, (struct kmem_cache *)r.k);
+    int room;
+    u64 *slot = find_cache(r.k, &room);
+    if (slot)
+        *slot |= CHARGED_FROM;
     remember(r.p);
     emit(ctx, &r);
     return 0;
@@ -327,11 +382,19 @@ int cp_kfree(struct bpf_raw_tracepoint_args *ctx) {
     return 0;
 }
 
+// Whether a tracked task's slab free of an object not in `objects` is kept (above).
+static __always_inline int may_be_charged(struct kmem_cache *cache) {
+    return settings.all_allocations || (BPF_CORE_READ(cache, flags) & settings.slab_account) || charged_from((u64)cache);
+}
+
 // kmem_cache_free(call_site, ptr, const struct kmem_cache *s)
 SEC("raw_tp/kmem_cache_free")
 int cp_kmem_cache_free(struct bpf_raw_tracepoint_args *ctx) {
     u64 ptr = ctx->args[1];
-    if (!wanted_free(ptr))
+    struct kmem_cache *cache = (struct kmem_cache *)ctx->args[2];
+    if (target_memcg() == 0)
+        return 0;
+    if (!forget(ptr) && !(is_tracked(current_tid()) && may_be_charged(cache)))
         return 0;
     struct record r = {};
     stamp(&r, T_KMEM_CACHE_FREE);

@@ -50,6 +50,7 @@ LIVE_TESTS = [
     "tests/test_ebpf_live.py::test_auto_says_which_backend_it_chose_and_whether_charge_probes_attached",
     "tests/test_ebpf_live.py::test_charge_probes_agree_with_the_memcgs_own_events",
     "tests/test_ebpf_live.py::test_records_that_go_round_a_small_ring_buffer_many_times_arrive_whole",
+    "tests/test_ebpf_live.py::test_frees_of_objects_whose_allocations_the_trace_leaves_out_are_left_out_too",
     "tests/test_ebpf_live.py::test_memcg_stat_events_the_kernel_cannot_give_are_said_in_the_manifest_and_by_replay",
     "tests/test_validate_live.py::test_validate_on_cgroup_v2_observes_the_memcgs_own_events_and_peak",
     "tests/test_validate_live.py::test_a_cell_of_the_fidelity_matrix_meets_its_targets_in_most_runs",

@@ -109,6 +109,24 @@ def test_both_backends_and_both_bpf_outputs_record_the_same_workload_alike(ebpf,
     assert leftovers(ebpf) == []
 
 
+def test_frees_of_objects_whose_allocations_the_trace_leaves_out_are_left_out_too(ebpf, tmp_path):
+    """Every open() takes a names_cache object for the path (getname) and frees it again
+    before it returns, uncharged: GFP_KERNEL, from a cache without SLAB_ACCOUNT. The default
+    capture records neither that allocation nor, now, its free (it recorded the frees before,
+    a fifth of a file workload's events); --all-allocations records both. The frees of what
+    the trace does charge stay: each of the loop's files frees its filp at close."""
+    files = 500
+    frees = {}
+    for name, options in {"default": (), "all": ("--all-allocations",)}.items():
+        pid, _ = _capture_files(tmp_path, "ebpf", files, name, *options)
+        events = Trace.open(tmp_path / name).events().collect()
+        by_workload = events.filter((pl.col("kind") == "kmem_cache_free") & (pl.col("pid") == pid))
+        frees[name] = dict(by_workload.group_by("cache").len().iter_rows())
+    assert frees["default"].get("names_cache", 0) == 0, frees["default"]
+    assert frees["all"]["names_cache"] >= files, frees["all"]
+    assert frees["default"]["filp"] >= files
+
+
 def test_records_that_go_round_a_small_ring_buffer_many_times_arrive_whole(ebpf, tmp_path):
     """A shell that forks and execs 3 programs per round, slowly enough that each 0.1 s drain
     finds the ring (--buffer-kb 512: 1 MiB on 2 CPUs) far from full, writes many times the
