@@ -184,6 +184,8 @@ def _print_summary(s: dict[str, Any]) -> None:
         f"{s['segments']} segments, {format_bytes(s['bytes_on_disk'])} on disk ({s['bytes_per_event']} bytes/event)",
         markup=False, highlight=False,
     )
+    if s["losses"]:
+        out.print(s["losses"], markup=False, highlight=False)
     if s["memcg"]:
         m = s["memcg"]
         max_events = "failcnt" if target["cgroup_version"] == 1 else "memory.events max"
@@ -267,6 +269,8 @@ def collect(
         manifest = capture(options, _capture_display(live), _say)
     lost = manifest["lost"]["total"]
     err.print(f"{output}: {manifest['events']:,} events, {lost:,} lost, {manifest['stop_reason']}", markup=False, highlight=False)
+    if (said := losses(manifest)) is not None:
+        err.print(said, markup=False, highlight=False)
 
 
 @contextmanager

@@ -26,6 +26,7 @@ from collect.bpf_loader import Unavailable, check_available
 from collect.bpf_outputs import BpfMap, PerfReader, RingReader
 from collect.collector import DRAIN_RECORDS, CaptureOptions, Collector, Progress, earliest
 from collect.ebpf_records import NAMED_RECORD_SIZE, RECORD_SIZE, raw_events, record_formats, slab_caches
+from collect.lost_spans import add_lost
 from collect.ringbuf import RawEvents
 
 __all__ = ["Loader", "EbpfCollector", "Unavailable", "check_available"]
@@ -78,6 +79,8 @@ class EbpfCollector(Collector):
         super().__init__(options, report, say)
         self.loader = loader
         self.outputs: list[RingReader | PerfReader] = []  # records, then named records
+        self.missed: dict[str, int] = {}  # per program, the calls the kernel skipped so far
+        self.missed_spans: list[dict] = []  # collect.lost_spans, of those calls
 
     def _owned_paths(self, root: Path) -> list[Path]:
         return []  # the BPF programs detach when this process closes the loader or dies
@@ -136,6 +139,19 @@ class EbpfCollector(Collector):
     def _sources_open(self) -> bool:
         return bool(self.outputs)
 
+    def _drain(self, final: bool) -> bool:
+        """The core's drain, and the calls the kernel skipped since the last one: it runs no BPF
+        program while one runs on that CPU (libbpf.BpfObject.recursion_misses), so an interrupt
+        that frees or uncharges during one goes unrecorded. An upper bound on the workload's
+        events lost so (a skipped call may have been another task's, filtered out anyway)."""
+        since = self.last_drain_ns
+        backlog = super()._drain(final)
+        missed = self.loader.bpf.recursion_misses()
+        if (more := sum(missed.values()) - sum(self.missed.values())) > 0:
+            add_lost(self.missed_spans, since, self.last_drain_ns, more)
+        self.missed = missed
+        return backlog
+
     def _counter(self, slot: int) -> list[int]:
         return self.counters.per_cpu(slot)
 
@@ -149,7 +165,10 @@ class EbpfCollector(Collector):
                                      "record_bytes": RECORD_SIZE, "ctx": "not recorded (null)",
                                      "buffer_bytes": [page_count * mmap.PAGESIZE for page_count in loader.pages],
                                      "btf_seconds": round(loader.facts_seconds, 4), "load_seconds": round(loader.load_seconds, 4), "tracepoints_absent": loader.absent,
-                                     "charge_probes": loader.charge_functions}
+                                     "charge_probes": loader.charge_functions,
+                                     "skipped": {"total": sum(self.missed.values()),
+                                                 "per_program": {name: n for name, n in self.missed.items() if n},
+                                                 "spans": self.missed_spans}}
         super()._write_manifest()
 
     def _close_sources(self) -> None:

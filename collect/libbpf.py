@@ -48,7 +48,12 @@ _SIGNATURES: dict[str, tuple[type | None, list[type]]] = {
     "bpf_map__set_max_entries": (ct.c_int, [ct.c_void_p, ct.c_uint32]),
     "bpf_map__set_initial_value": (ct.c_int, [ct.c_void_p, ct.c_void_p, ct.c_size_t]),
     "bpf_map__fd": (ct.c_int, [ct.c_void_p]),
+    "bpf_program__fd": (ct.c_int, [ct.c_void_p]),
+    "bpf_obj_get_info_by_fd": (ct.c_int, [ct.c_int, ct.c_void_p, ct.POINTER(ct.c_uint32)]),
 }
+# struct bpf_prog_info (uapi; members are only ever appended): its size up to and including
+# recursion_misses (Linux 5.12+), and that member's offset.
+PROG_INFO_BYTES, RECURSION_MISSES_AT = 216, 208
 _lib: ct.CDLL | None = None
 
 
@@ -148,6 +153,18 @@ class BpfObject:
         """Detach the last `count` attached programs."""
         for _ in range(count):
             self.lib.bpf_link__destroy(self.links.pop())
+
+    def recursion_misses(self) -> dict[str, int]:
+        """Per loaded program, how often the kernel did not run it: it was called while a BPF
+        program ran on that CPU already (itself, for a raw_tp program; any kprobe or
+        tracepoint program, for one of those), as when an interrupt comes during one."""
+        misses = {}
+        for program in self._programs():
+            fd = self.lib.bpf_program__fd(program)
+            info, size = ct.create_string_buffer(PROG_INFO_BYTES), ct.c_uint32(PROG_INFO_BYTES)
+            if fd >= 0 and self.lib.bpf_obj_get_info_by_fd(fd, info, ct.byref(size)) == 0 and size.value >= PROG_INFO_BYTES:
+                misses[self.lib.bpf_program__name(program).decode()] = int.from_bytes(info.raw[RECURSION_MISSES_AT:PROG_INFO_BYTES], "little")
+        return misses
 
     def map_fd(self, name: str) -> int:
         """A file descriptor of the map's own, for the caller to close."""

@@ -10,6 +10,7 @@ import ctypes.util
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import polars as pl
@@ -31,25 +32,26 @@ KINDS_COMPARED = ["kmalloc", "kmem_cache_alloc", "page_alloc", "user_return"]
 SLAB_INTERNAL = "^(alloc_slab_obj_exts|alloc_empty_sheaf)\\+"
 
 
-def _bpf_program_names() -> list[str]:
-    """Names of the BPF programs loaded in the kernel (libbpf: next id, fd by id, info by fd)."""
+def _bpf_programs() -> list[tuple[str, int]]:
+    """(name, recursion misses) of each BPF program loaded in the kernel (libbpf: next id, fd by
+    id, info by fd; struct bpf_prog_info: char name[16] at offset 64, u64 recursion_misses at 208)."""
     libbpf = ctypes.CDLL(ctypes.util.find_library("bpf") or "libbpf.so.1", use_errno=True)
-    names, prog_id = [], ctypes.c_uint32(0)
+    programs, prog_id = [], ctypes.c_uint32(0)
     while libbpf.bpf_prog_get_next_id(prog_id, ctypes.byref(prog_id)) == 0:
         fd = libbpf.bpf_prog_get_fd_by_id(prog_id)
         if fd < 0:
             continue
-        info = (ctypes.c_uint8 * 256)()  # struct bpf_prog_info: char name[16] at offset 64
+        info = (ctypes.c_uint8 * 256)()
         size = ctypes.c_uint32(256)
         if libbpf.bpf_obj_get_info_by_fd(fd, info, ctypes.byref(size)) == 0:
-            names.append(bytes(info[64:80]).split(b"\0", 1)[0].decode())
+            programs.append((bytes(info[64:80]).split(b"\0", 1)[0].decode(), int.from_bytes(bytes(info[208:216]), "little")))
         ctypes.CDLL(None).close(fd)
-    return names
+    return programs
 
 
 def our_bpf_programs() -> int:
     """kmem.bpf.c's programs, loaded in the kernel."""
-    return sum(name.startswith(PROGRAM_PREFIX) for name in _bpf_program_names())
+    return sum(name.startswith(PROGRAM_PREFIX) for name, _ in _bpf_programs())
 
 
 def _capture_files(tmp_path: Path, backend: str, files: int, name: str, *options: str) -> tuple[int, Path]:
@@ -125,6 +127,52 @@ def test_frees_of_objects_whose_allocations_the_trace_leaves_out_are_left_out_to
     assert frees["default"].get("names_cache", 0) == 0, frees["default"]
     assert frees["all"]["names_cache"] >= files, frees["all"]
     assert frees["default"]["filp"] >= files
+
+
+FILE_CHURN = """
+import os, sys
+directory, n = sys.argv[1], int(sys.argv[2])
+names = [os.path.join(directory, f"f{i}") for i in range(n)]
+for name in names:
+    os.close(os.open(name, os.O_CREAT | os.O_WRONLY, 0o600))
+for name in names:
+    os.unlink(name)
+"""
+
+
+def test_calls_the_kernel_skipped_are_in_the_trace_and_said_where_its_figures_are(ebpf, tmp_path):
+    """The kernel runs no BPF program while one runs on that CPU, and counts each call it
+    skips per program: an interrupt that frees during one (the unlinks' RCU callbacks, their
+    uncharges) goes unrecorded. Read from outside while the capture runs (most captures of
+    this churn skip some; the kernel's count only grows): every reading taken before the
+    drain that ended the trace's last span is at most the trace's count, every one taken
+    after the trace ended at least; its spans hold every call, and `chargeplay info` says so."""
+    workdir = tmp_path / "files"
+    workdir.mkdir()
+    for attempt in range(3):
+        out = tmp_path / f"t{attempt}"
+        collector = subprocess.Popen([*CHARGEPLAY, "collect", "-o", str(out), "--backend", "ebpf", "--",
+                                      sys.executable, "-c", FILE_CHURN, str(workdir), "20000"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        readings = []  # (monotonic ns before, after, the kernel's count, programs loaded)
+        while collector.poll() is None:
+            before = time.monotonic_ns()
+            ours = [misses for name, misses in _bpf_programs() if name.startswith(PROGRAM_PREFIX)]
+            readings.append((before, time.monotonic_ns(), sum(ours), len(ours)))
+            time.sleep(0.005)
+        assert collector.returncode == 0, collector.stderr.read()
+        manifest = Trace.open(out).manifest
+        skipped = manifest["ebpf"]["skipped"]
+        if skipped["total"]:
+            break
+    assert skipped["total"], "no capture of the churn had a call skipped: nothing to check"
+    assert sum(span["events"] for span in skipped["spans"]) == sum(skipped["per_program"].values()) == skipped["total"]
+    loaded = [reading for reading in readings if reading[3] == max(r[3] for r in readings)]  # not while (un)loading
+    last_span_drain = manifest["start"]["trace_ns"] + skipped["spans"][-1]["to_ns"]
+    assert all(count <= skipped["total"] for _, after, count, _ in loaded if after <= last_span_drain)
+    assert all(count >= skipped["total"] for before, _, count, _ in loaded if before >= manifest["end"]["trace_ns"])
+    info = chargeplay("info", str(out))
+    assert f"the kernel skipped its BPF programs {skipped['total']:,} times" in info.stdout
 
 
 def test_records_that_go_round_a_small_ring_buffer_many_times_arrive_whole(ebpf, tmp_path):
@@ -204,7 +252,7 @@ def test_charge_probe_programs_pass_the_kernel_verifier(ebpf):
     they would run are loaded with the others everywhere: the kernel's verifier accepted them."""
     loader = Loader("ringbuf", (16, 16))
     try:
-        loaded = set(_bpf_program_names())
+        loaded = {name for name, _ in _bpf_programs()}
     finally:
         loader.close()
     assert {name[:15] for name in KPROBE_PROGRAMS} <= loaded  # the kernel keeps 15 characters of a name

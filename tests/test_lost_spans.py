@@ -26,6 +26,12 @@ def test_what_a_trace_that_lost_events_says():
         "the trace lost 13 events in 2 spans of 0.3 s (0.0-0.2 s, 0.5-0.6 s into the capture): figures from it under-count there")
     assert losses({"lost": {"total": 13}}).startswith("the trace lost 13 events, when is not recorded")
     assert losses({"lost": {"total": 0, "spans": []}}) is None
+    # The eBPF backend's programs, skipped by the kernel (an interrupt while one ran), besides.
+    skipped = {"total": 40, "per_program": {"cp_page_free": 40}, "spans": spans[1:]}
+    assert losses({"lost": {"total": 0, "spans": []}, "ebpf": {"skipped": skipped}}) == (
+        "the kernel skipped its BPF programs 40 times in 1 span of 0.1 s (0.5-0.6 s into the capture), each when an "
+        "interrupt came while one ran: up to as many events are missing there")
+    assert losses({"lost": {"total": 13, "spans": spans}, "ebpf": {"skipped": skipped}}).count("; the kernel skipped") == 1
 
 
 def test_a_storm_into_a_small_buffer_loses_events_and_replay_says_where(tracefs, tmp_path):

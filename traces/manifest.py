@@ -67,17 +67,34 @@ MANIFEST_SHAPE = {
 
 
 def losses(manifest: Manifest) -> str | None:
-    """What a trace that lost events must say wherever its figures are shown (None: it lost none)."""
-    lost = manifest["lost"]
+    """What a trace that lost events must say wherever its figures are shown (None: it lost none):
+    records the buffers dropped, and calls of the eBPF backend's programs the kernel skipped."""
+    said = [_dropped(manifest["lost"]), _skipped(manifest.get("ebpf", {}).get("skipped"))]
+    return "; ".join(part for part in said if part) or None
+
+
+def _dropped(lost: dict) -> str | None:
     if not lost["total"]:
         return None
     spans = lost.get("spans")
     if spans is None:
         return f"the trace lost {lost['total']:,} events, when is not recorded (a trace from before 2026-12-05): figures from it under-count"
+    return f"the trace lost {lost['total']:,} events in {_spans(spans)}: figures from it under-count there"
+
+
+def _skipped(skipped: dict | None) -> str | None:
+    """The eBPF backend's skipped calls (collect.ebpf: an interrupt while a program ran); traces
+    from before 2026-12-06 do not count them."""
+    if not skipped or not skipped["total"]:
+        return None
+    return (f"the kernel skipped its BPF programs {skipped['total']:,} times in {_spans(skipped['spans'])}, each when an "
+            f"interrupt came while one ran: up to as many events are missing there")
+
+
+def _spans(spans: list[dict]) -> str:
     covered = sum(span["to_ns"] - span["from_ns"] for span in spans) / 1e9
     where = ", ".join(f"{span['from_ns'] / 1e9:.1f}-{span['to_ns'] / 1e9:.1f} s" for span in spans[:3]) + (", ..." if len(spans) > 3 else "")
-    return (f"the trace lost {lost['total']:,} events in {len(spans)} span{'s' if len(spans) != 1 else ''} of {covered:.1f} s "
-            f"({where} into the capture): figures from it under-count there")
+    return f"{len(spans)} span{'s' if len(spans) != 1 else ''} of {covered:.1f} s ({where} into the capture)"
 
 
 def boot_id() -> str:

@@ -6,6 +6,7 @@ from typing import Any
 import polars as pl
 
 from traces.gfp_columns import gfp_class_expr
+from traces.manifest import losses
 from traces.reader import Trace
 from traces.schema import ALLOC_KINDS
 
@@ -77,6 +78,7 @@ def summarize(trace: Trace) -> dict[str, Any]:
         "contexts": dict(events.filter(pl.col("kind").is_in(ALLOC_KINDS)).group_by("ctx").agg(pl.len()).sort("ctx")
                          .collect().iter_rows()),
         "lost_events": manifest.get("lost", {}).get("total", 0),
+        "losses": losses(manifest),  # when and what, if the capture missed events
         "segments": len(trace.segment_paths),
         "bytes_on_disk": disk,
         "bytes_per_event": round(disk / total, 2) if total else None,
