@@ -10,6 +10,7 @@ import ctypes.util
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -142,24 +143,24 @@ for name in names:
 
 def test_calls_the_kernel_skipped_are_in_the_trace_and_said_where_its_figures_are(ebpf, tmp_path):
     """The kernel runs no BPF program while one runs on that CPU, and counts each call it
-    skips per program: an interrupt that frees during one (the unlinks' RCU callbacks, their
-    uncharges) goes unrecorded. Read from outside while the capture runs (most captures of
-    this churn skip some; the kernel's count only grows): every reading taken before the
-    drain that ended the trace's last span is at most the trace's count, every one taken
-    after the trace ended at least; its spans hold every call, and `chargeplay info` says so."""
-    workdir = tmp_path / "files"
-    workdir.mkdir()
-    for attempt in range(3):
+    skips per program: an interrupt that frees or uncharges during one (the unlinks' RCU
+    callbacks: in tmpfs an unlink frees the dentry) goes unrecorded. Read from outside while
+    the capture runs (most captures of this churn skip some; the kernel's count only grows):
+    every reading taken before the drain that ended the trace's last span is at most the
+    trace's count, every one taken after the trace ended at least; its spans hold every call,
+    and `chargeplay info` says so."""
+    for attempt in range(5):
         out = tmp_path / f"t{attempt}"
-        collector = subprocess.Popen([*CHARGEPLAY, "collect", "-o", str(out), "--backend", "ebpf", "--",
-                                      sys.executable, "-c", FILE_CHURN, str(workdir), "20000"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        readings = []  # (monotonic ns before, after, the kernel's count, programs loaded)
-        while collector.poll() is None:
-            before = time.monotonic_ns()
-            ours = [misses for name, misses in _bpf_programs() if name.startswith(PROGRAM_PREFIX)]
-            readings.append((before, time.monotonic_ns(), sum(ours), len(ours)))
-            time.sleep(0.005)
+        with tempfile.TemporaryDirectory(dir="/dev/shm") as workdir:
+            collector = subprocess.Popen([*CHARGEPLAY, "collect", "-o", str(out), "--backend", "ebpf", "--",
+                                          sys.executable, "-c", FILE_CHURN, workdir, "20000"],
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            readings = []  # (monotonic ns before, after, the kernel's count, programs loaded)
+            while collector.poll() is None:
+                before = time.monotonic_ns()
+                ours = [misses for name, misses in _bpf_programs() if name.startswith(PROGRAM_PREFIX)]
+                readings.append((before, time.monotonic_ns(), sum(ours), len(ours)))
+                time.sleep(0.005)
         assert collector.returncode == 0, collector.stderr.read()
         manifest = Trace.open(out).manifest
         skipped = manifest["ebpf"]["skipped"]
