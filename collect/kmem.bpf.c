@@ -111,8 +111,10 @@ struct mm_struct;
 struct task_struct { int pid; int tgid; struct mm_struct *mm; char comm[TASK_COMM_LEN]; } KERNEL_STRUCT;
 struct trace_event_raw_mm_page_alloc { unsigned long pfn; unsigned int order; unsigned long gfp_flags; } KERNEL_STRUCT;
 struct trace_event_raw_mm_page_free { unsigned long pfn; unsigned int order; } KERNEL_STRUCT;
-struct trace_event_raw_memcg_rstat_stats { u64 id; int item; int val; } KERNEL_STRUCT;     // since 6.14
-struct trace_event_raw_memcg_rstat_events { u64 id; int item; unsigned long val; } KERNEL_STRUCT;
+struct kernfs_node { u64 id; } KERNEL_STRUCT;
+struct cgroup { struct kernfs_node *kn; } KERNEL_STRUCT;
+struct cgroup_subsys_state { struct cgroup *cgroup; } KERNEL_STRUCT;
+struct mem_cgroup { struct cgroup_subsys_state css; } KERNEL_STRUCT;
 struct trace_event_raw_mm_vmscan_direct_reclaim_begin_template { int order; unsigned long gfp_flags; } KERNEL_STRUCT;
 struct trace_event_raw_mm_vmscan_direct_reclaim_end_template { unsigned long nr_reclaimed; } KERNEL_STRUCT;
 struct trace_event_raw_sys_exit { long id; } KERNEL_STRUCT;
@@ -434,24 +436,31 @@ int cp_page_free(struct trace_event_raw_mm_page_free *args) {
 }
 
 // The memcg stat tracepoints (Linux 6.14+): the loader loads these only where they exist.
-#define MEMCG_PROBE(event, record_struct, type)  \
-SEC("tracepoint/memcg/" #event)                  \
-int cp_##event(struct record_struct *args) {     \
-    u64 target = target_memcg();                 \
-    if (target == 0 || args->id < target)        \
-        return 0;                                \
-    struct record r = {};                        \
-    stamp(&r, type);                             \
-    r.a = args->id;                              \
-    r.gfp = args->item;                          \
-    r.b = args->val;                             \
-    emit(args, &r);                              \
-    return 0;                                    \
+// (memcg, item, val): raw tracepoints, as the kernel skips a raw tracepoint's program only
+// within itself, a tracepoint's within any kprobe or tracepoint program (an uncharge in an
+// interrupt while cp_sys_exit ran went unrecorded). The id is the tracepoints' own,
+// cgroup_id(memcg->css.cgroup).
+#define MEMCG_PROBE(event, type)                                                      \
+SEC("raw_tp/" #event)                                                                 \
+int cp_##event(struct bpf_raw_tracepoint_args *ctx) {                                 \
+    u64 target = target_memcg();                                                      \
+    if (target == 0)                                                                  \
+        return 0;                                                                     \
+    u64 id = BPF_CORE_READ((struct mem_cgroup *)ctx->args[0], css.cgroup, kn, id);    \
+    if (id < target)                                                                  \
+        return 0;                                                                     \
+    struct record r = {};                                                             \
+    stamp(&r, type);                                                                  \
+    r.a = id;                                                                         \
+    r.gfp = ctx->args[1];                                                             \
+    r.b = ctx->args[2];                                                               \
+    emit(ctx, &r);                                                                    \
+    return 0;                                                                         \
 }
 
-MEMCG_PROBE(mod_memcg_state, trace_event_raw_memcg_rstat_stats, T_MEMCG_STATE)
-MEMCG_PROBE(mod_memcg_lruvec_state, trace_event_raw_memcg_rstat_stats, T_MEMCG_LRUVEC_STATE)
-MEMCG_PROBE(count_memcg_events, trace_event_raw_memcg_rstat_events, T_MEMCG_EVENT)
+MEMCG_PROBE(mod_memcg_state, T_MEMCG_STATE)
+MEMCG_PROBE(mod_memcg_lruvec_state, T_MEMCG_LRUVEC_STATE)
+MEMCG_PROBE(count_memcg_events, T_MEMCG_EVENT)
 
 SEC("tracepoint/vmscan/mm_vmscan_memcg_reclaim_begin")
 int cp_reclaim_begin(struct trace_event_raw_mm_vmscan_direct_reclaim_begin_template *args) {
