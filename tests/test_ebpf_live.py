@@ -117,17 +117,21 @@ def test_frees_of_objects_whose_allocations_the_trace_leaves_out_are_left_out_to
     before it returns, uncharged: GFP_KERNEL, from a cache without SLAB_ACCOUNT. The default
     capture records neither that allocation nor, now, its free (it recorded the frees before,
     a fifth of a file workload's events); --all-allocations records both. The frees of what
-    the trace does charge stay: each of the loop's files frees its filp at close."""
+    the trace does charge stay: each of the loop's files frees its filp at close (before 6.12
+    in an RCU callback, whichever task is current; a few may be among the calls the kernel
+    skipped, test_calls_the_kernel_skipped_...)."""
     files = 500
-    frees = {}
+    names_frees, filps = {}, {}
     for name, options in {"default": (), "all": ("--all-allocations",)}.items():
         pid, _ = _capture_files(tmp_path, "ebpf", files, name, *options)
         events = Trace.open(tmp_path / name).events().collect()
-        by_workload = events.filter((pl.col("kind") == "kmem_cache_free") & (pl.col("pid") == pid))
-        frees[name] = dict(by_workload.group_by("cache").len().iter_rows())
-    assert frees["default"].get("names_cache", 0) == 0, frees["default"]
-    assert frees["all"]["names_cache"] >= files, frees["all"]
-    assert frees["default"]["filp"] >= files
+        frees = events.filter(pl.col("kind") == "kmem_cache_free")
+        names_frees[name] = frees.filter((pl.col("cache") == "names_cache") & (pl.col("pid") == pid)).height
+        allocated = events.filter((pl.col("kind") == "kmem_cache_alloc") & (pl.col("cache") == "filp") & (pl.col("pid") == pid))
+        filps[name] = allocated.join(frees, on="obj", how="semi").height
+    assert names_frees["default"] == 0
+    assert names_frees["all"] >= files
+    assert filps["default"] >= 0.95 * files
 
 
 FILE_CHURN = """
