@@ -266,8 +266,7 @@ def run_traced(index: int, files: int, shm: Path, trace: Path) -> TracedRun:
         index=index, seconds=(w["end_ns"] - w["start_ns"]) / 1e9, user_s=w["user_s"], sys_s=w["sys_s"],
         disturbed_by=watch.pids - {collector.pid},
         events=int(summary["events"]), window_events=int(window), bytes_on_disk=on_disk,
-        lost=int(summary["lost_events"]) + manifest.get("ebpf", {}).get("skipped", {}).get("total", 0),  # eBPF: calls skipped too
-        refreed=int(refreed), status=str(summary["status"]),
+        lost=int(summary["lost_events"]) + int(summary["skipped_calls"]), refreed=int(refreed), status=str(summary["status"]),
         collect_wall_s=collect_wall, collector_cpu_s=children_cpu - w["total_cpu_s"],
         max_rss_bytes=int(manifest["collector"]["max_rss_bytes"]),
     )

@@ -254,11 +254,6 @@ static __always_inline int forget(u64 key) {
 }
 
 // A free is kept if a tracked task frees or the object is the workload's.
-static __always_inline int wanted_free(u64 key) {
-    if (target_memcg() == 0)
-        return 0;
-    return forget(key) || is_tracked(current_tid());
-}
 
 // `caches` is 2-way set-associative, as `objects` is: a cache's key (its address, 8-byte
 // aligned) picks a pair of slots. A slot holds the key of a cache whose T_CACHE record was
@@ -284,12 +279,14 @@ static __always_inline u64 *find_cache(u64 key, int *room) {
     return 0;
 }
 
-// Sends the cache's T_CACHE record unless a slot in `caches` says it was sent.
-static __always_inline void name_cache(void *ctx, struct kmem_cache *cache) {
+// Sends the cache's T_CACHE record unless a slot in `caches` says it was sent; the slot that
+// holds the cache then (NULL if the map gave none).
+static __always_inline u64 *name_cache(void *ctx, struct kmem_cache *cache) {
     u64 key = (u64)cache;
     int room;
-    if (find_cache(key, &room))
-        return;
+    u64 *held = find_cache(key, &room);
+    if (held)
+        return held;
     struct named_record n = {};
     stamp(&n.r, T_CACHE);
     n.r.a = key;
@@ -302,15 +299,19 @@ static __always_inline void name_cache(void *ctx, struct kmem_cache *cache) {
     u32 index = cache_set(key), other = index + 1;
     u64 *first = bpf_map_lookup_elem(&caches, &index), *second = bpf_map_lookup_elem(&caches, &other);
     if (!first || !second)
-        return;
+        return 0;
     if (*first == 0) {
         *first = key;
-    } else if (*second == 0) {
-        *second = key;
-    } else {  // the older goes; the newcomer may have had a slot here before: charged, to be safe
-        *second = *first;
-        *first = key | CHARGED_FROM;
+        return first;
     }
+    if (*second == 0) {
+        *second = key;
+        return second;
+    }
+    // The older goes; the newcomer may have had a slot here before: charged, to be safe.
+    *second = *first;
+    *first = key | CHARGED_FROM;
+    return first;
 }
 
 // Whether a recorded allocation may have come from this cache: one did, or it has no slot
@@ -360,26 +361,10 @@ int cp_kmem_cache_alloc(struct bpf_raw_tracepoint_args *ctx) {
     r.k = ctx->args[2];
     r.gfp = ctx->args[3];
     r.s = ctx->args[4];
-    name_cache(ctx, (struct kmem_cache *)r.k);
-    int room;
-    u64 *slot = find_cache(r.k, &room);
+    u64 *slot = name_cache(ctx, (struct kmem_cache *)r.k);
     if (slot)
         *slot |= CHARGED_FROM;
     remember(r.p);
-    emit(ctx, &r);
-    return 0;
-}
-
-// kfree(call_site, ptr)
-SEC("raw_tp/kfree")
-int cp_kfree(struct bpf_raw_tracepoint_args *ctx) {
-    u64 ptr = ctx->args[1];
-    if (ptr <= 16 || !wanted_free(ptr))  // kfree(NULL), kfree(ZERO_SIZE_PTR) free nothing
-        return 0;
-    struct record r = {};
-    stamp(&r, T_KFREE);
-    r.a = ctx->args[0];
-    r.p = ptr;
     emit(ctx, &r);
     return 0;
 }
@@ -389,14 +374,33 @@ static __always_inline int may_be_charged(struct kmem_cache *cache) {
     return settings.all_allocations || (BPF_CORE_READ(cache, flags) & settings.slab_account) || charged_from((u64)cache);
 }
 
+// A free is kept if the object is the workload's, or a tracked task frees it (from `cache`, a
+// slab free, only if the cache may hold what the trace charged; NULL: any free).
+static __always_inline int wanted_free(u64 key, struct kmem_cache *cache) {
+    if (target_memcg() == 0)
+        return 0;
+    return forget(key) || (is_tracked(current_tid()) && (!cache || may_be_charged(cache)));
+}
+
+// kfree(call_site, ptr)
+SEC("raw_tp/kfree")
+int cp_kfree(struct bpf_raw_tracepoint_args *ctx) {
+    u64 ptr = ctx->args[1];
+    if (ptr <= 16 || !wanted_free(ptr, 0))  // kfree(NULL), kfree(ZERO_SIZE_PTR) free nothing
+        return 0;
+    struct record r = {};
+    stamp(&r, T_KFREE);
+    r.a = ctx->args[0];
+    r.p = ptr;
+    emit(ctx, &r);
+    return 0;
+}
+
 // kmem_cache_free(call_site, ptr, const struct kmem_cache *s)
 SEC("raw_tp/kmem_cache_free")
 int cp_kmem_cache_free(struct bpf_raw_tracepoint_args *ctx) {
     u64 ptr = ctx->args[1];
-    struct kmem_cache *cache = (struct kmem_cache *)ctx->args[2];
-    if (target_memcg() == 0)
-        return 0;
-    if (!forget(ptr) && !(is_tracked(current_tid()) && may_be_charged(cache)))
+    if (!wanted_free(ptr, (struct kmem_cache *)ctx->args[2]))
         return 0;
     struct record r = {};
     stamp(&r, T_KMEM_CACHE_FREE);
@@ -425,7 +429,7 @@ int cp_page_alloc(struct trace_event_raw_mm_page_alloc *args) {
 
 SEC("tracepoint/kmem/mm_page_free")
 int cp_page_free(struct trace_event_raw_mm_page_free *args) {
-    if (!wanted_free(args->pfn | PAGE_TAG))
+    if (!wanted_free(args->pfn | PAGE_TAG, 0))
         return 0;
     struct record r = {};
     stamp(&r, T_PAGE_FREE);

@@ -78,6 +78,7 @@ def summarize(trace: Trace) -> dict[str, Any]:
         "contexts": dict(events.filter(pl.col("kind").is_in(ALLOC_KINDS)).group_by("ctx").agg(pl.len()).sort("ctx")
                          .collect().iter_rows()),
         "lost_events": manifest.get("lost", {}).get("total", 0),
+        "skipped_calls": manifest.get("ebpf", {}).get("skipped", {}).get("total", 0),  # eBPF: calls the kernel skipped
         "losses": losses(manifest),  # when and what, if the capture missed events
         "segments": len(trace.segment_paths),
         "bytes_on_disk": disk,
