@@ -173,6 +173,7 @@ class Loader:
             bpf.set_max_entries(name, n * mmap.PAGESIZE)
         bpf.set_max_entries("tracked", int(Path("/proc/sys/kernel/pid_max").read_text()))
         bpf.set_max_entries("objects", 1 << OBJECT_SLOTS_LOG2)
+        bpf.set_max_entries("evicted", 1 << (OBJECT_SLOTS_LOG2 - 1))  # a mark per pair of slots
         bpf.set_rodata(bytes(self.settings))
         for program, event in OPTIONAL_TRACEPOINTS.items():
             bpf.set_autoload(program, event not in self.absent)

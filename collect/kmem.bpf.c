@@ -161,6 +161,7 @@ struct { __uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY); __type(key, u32); __type(v
 struct { __uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY); __type(key, u32); __type(value, u32); } named_perf SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 1); __type(key, u32); __type(value, u8); } tracked SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 1); __type(key, u32); __type(value, u64); } objects SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 1); __type(key, u32); __type(value, u8); } evicted SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, CACHE_SLOTS); __type(key, u32); __type(value, u64); } caches SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); __uint(max_entries, 2); __type(key, u32); __type(value, u64); } counters SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 1); __type(key, u32); __type(value, u64); } config SEC(".maps");
@@ -233,9 +234,21 @@ static __always_inline void remember(u64 key) {
         *second = key;
     } else {
         count(OBJECTS_EVICTED);
+        u32 pair = index / 2;
+        u8 *mark = bpf_map_lookup_elem(&evicted, &pair);
+        if (mark)
+            *mark = 1;
         *second = *first;  // the older one goes: the pair keeps the newest two
         *first = key;
     }
+}
+
+// Whether an object of this address may have been the workload's and been forgotten: its pair
+// of slots has lost an object to a newer one since the capture began.
+static __always_inline int may_be_evicted(u64 key) {
+    u32 pair = object_set(key) / 2;
+    u8 *mark = bpf_map_lookup_elem(&evicted, &pair);
+    return mark && *mark;
 }
 
 // Whether the workload allocated this object (and it is not freed yet); forgets it.
@@ -252,8 +265,6 @@ static __always_inline int forget(u64 key) {
     }
     return 0;
 }
-
-// A free is kept if a tracked task frees or the object is the workload's.
 
 // `caches` is 2-way set-associative, as `objects` is: a cache's key (its address, 8-byte
 // aligned) picks a pair of slots. A slot holds the key of a cache whose T_CACHE record was
@@ -374,12 +385,14 @@ static __always_inline int may_be_charged(struct kmem_cache *cache) {
     return settings.all_allocations || (BPF_CORE_READ(cache, flags) & settings.slab_account) || charged_from((u64)cache);
 }
 
-// A free is kept if the object is the workload's, or a tracked task frees it (from `cache`, a
-// slab free, only if the cache may hold what the trace charged; NULL: any free).
+// A free is kept if the object is the workload's (in `objects`), or a tracked task frees an
+// object that may have been the workload's all the same: its pair of slots has lost one, and
+// (from `cache`, a slab free; NULL: any free) the cache may hold what the trace charged. Any
+// other object was never recorded: replay has no use for its free.
 static __always_inline int wanted_free(u64 key, struct kmem_cache *cache) {
     if (target_memcg() == 0)
         return 0;
-    return forget(key) || (is_tracked(current_tid()) && (!cache || may_be_charged(cache)));
+    return forget(key) || (is_tracked(current_tid()) && may_be_evicted(key) && (!cache || may_be_charged(cache)));
 }
 
 // kfree(call_site, ptr)

@@ -24,7 +24,7 @@ from collect.bpf_loader import CHARGE_PROBES, KPROBE_PROGRAMS, PROGRAM_PREFIX, L
 from collect.ebpf_records import RECORD_SIZE
 from traces.gfp import gfp_bit
 from traces.reader import Trace
-from traces.schema import CHARGE_FUNCTIONS
+from traces.schema import CHARGE_FUNCTIONS, FREE_KINDS
 
 KINDS_COMPARED = ["kmalloc", "kmem_cache_alloc", "page_alloc", "user_return"]
 # What the slab allocator allocates for itself (a new slab's pages, its obj_exts vector, an
@@ -116,22 +116,32 @@ def test_frees_of_objects_whose_allocations_the_trace_leaves_out_are_left_out_to
     """Every open() takes a names_cache object for the path (getname) and frees it again
     before it returns, uncharged: GFP_KERNEL, from a cache without SLAB_ACCOUNT. The default
     capture records neither that allocation nor, now, its free (it recorded the frees before,
-    a fifth of a file workload's events); --all-allocations records both. The frees of what
-    the trace does charge stay: each of the loop's files frees its filp at close (before 6.12
-    in an RCU callback, whichever task is current; a few may be among the calls the kernel
+    a fifth of a file workload's events); --all-allocations records both. Nor does it record
+    the workload's kfrees of what it allocated uncharged (a kfree names no cache; the file
+    system's own kmallocs): no free of the workload's in the default trace frees an object the
+    trace did not allocate, its object table having forgotten none. The frees of what the
+    trace does charge stay: each of the loop's files frees its filp at close (before 6.12 in
+    an RCU callback, whichever task is current; a few may be among the calls the kernel
     skipped, test_calls_the_kernel_skipped_...)."""
     files = 500
-    names_frees, filps = {}, {}
+    names_frees, filps, kfrees, unallocated, evicted = {}, {}, {}, {}, {}
     for name, options in {"default": (), "all": ("--all-allocations",)}.items():
         pid, _ = _capture_files(tmp_path, "ebpf", files, name, *options)
-        events = Trace.open(tmp_path / name).events().collect()
+        trace = Trace.open(tmp_path / name)
+        events = trace.events().collect()
         frees = events.filter(pl.col("kind") == "kmem_cache_free")
         names_frees[name] = frees.filter((pl.col("cache") == "names_cache") & (pl.col("pid") == pid)).height
         allocated = events.filter((pl.col("kind") == "kmem_cache_alloc") & (pl.col("cache") == "filp") & (pl.col("pid") == pid))
         filps[name] = allocated.join(frees, on="obj", how="semi").height
+        by_workload = events.filter(pl.col("kind").is_in(FREE_KINDS) & (pl.col("pid") == pid))
+        kfrees[name] = by_workload.filter(pl.col("kind") == "kfree").height
+        unallocated[name] = by_workload.filter(pl.col("obj").is_null()).height
+        evicted[name] = trace.manifest["ebpf"]["objects_evicted"]
     assert names_frees["default"] == 0
     assert names_frees["all"] >= files
     assert filps["default"] >= 0.95 * files
+    assert evicted["default"] == 0 and unallocated["default"] == 0
+    assert kfrees["all"] > kfrees["default"]  # there were uncharged kfrees to leave out
 
 
 FILE_CHURN = """
