@@ -47,9 +47,9 @@ HOLD_BACK_NS = 5_000_000
 # an output): what is left waits for the next drain, which follows at once. This bounds
 # the collector's memory and keeps each drain short however fast events come. Measured on
 # the storm benchmark (tracefs, 5 s, three runs each, a buffer per CPU and instance): drains of
-# 512 pages peaked 10 MiB higher than 256 (144-153 MiB against 138-139) at the same rate (1.43-1.45
-# against 1.42-1.47 M events/s; with --all-allocations, two runs: 6.6-6.7 M events written against 6.8 M);
-# 128 pages wrote 9% fewer.
+# 512 pages peaked 10-16 MiB higher than 256 (144-160 MiB against 135-144) at about the same rate
+# (1.33-1.45 against 1.31-1.47 M events/s, alternated: 2% fewer at most; with --all-allocations, two
+# runs: 6.6-6.7 M events written against 6.8 M); 128 pages wrote 9% fewer.
 DRAIN_PAGES = 256
 DRAIN_RECORDS = 64 * 1024
 DECODE_EVENTS = 32 * 1024  # decoded and written at a time: decoding takes about 400 bytes an event
