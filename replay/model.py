@@ -130,8 +130,9 @@ OWN_CLOCKS, SHARED_BY_PROCESS, SHARED_BY_WORKLOAD = (CLOCK_SHARING.index(c) for 
 # knobs: the policy, limits and gfp bits, and the trace's NUMA nodes (NODES), one int each.
 (OBJECT_CHARGING, NOWAIT_HIGH_ORDER, STOCK_BATCH, HIGH_MODE, MAX_RECLAIM_RETRIES, WATERMARK_MARGIN, SWAP,
  RECLAIM_NS_PER_CALL, RECLAIM_NS_PER_PAGE, RCU_GRACE_NS, CLOSED_LOOP, CLOCKS, SHRUNK_SLAB_COUNTS, STOCK_MEMCGS, THP_GFP,
- NODE_LOCAL_NOWAIT, NODES, GFP_DIRECT_RECLAIM, GFP_NORETRY, GFP_RETRY_MAYFAIL, GFP_NOFAIL, GFP_HIGH, GFP_FS, GFP_KERNEL) = range(24)
-N_KNOBS = GFP_KERNEL + 1
+ NODE_LOCAL_NOWAIT, NODES, GFP_DIRECT_RECLAIM, GFP_NORETRY, GFP_RETRY_MAYFAIL, GFP_NOFAIL, GFP_HIGH, GFP_FS, GFP_KERNEL,
+ STOCK_PHASE) = range(25)
+N_KNOBS = STOCK_PHASE + 1
 
 # memcg: the page counter and what its usage is made of.
 USAGE, MAX, HIGH, FAILCNT = range(4)
@@ -162,10 +163,11 @@ N_STATS = RECLAIMED_PAGES + len(RECLAIM_TRIGGERS)
 CARRY = 1 << 62
 
 # per_cpu columns: the object stock (pre-charged bytes, and the memcg of the objcg they are for; -1: none),
-# the page stock's next slot to evict, then per slot (STOCK_MEMCGS of them, up to NR_MEMCG_STOCK) the memcg
-# it caches (-1: free) and its pre-charged pages.
-OBJ_STOCK, OBJ_STOCK_MEMCG, STOCK_EVICT = range(3)
-STOCK_SLOTS = 3  # per_cpu[cpu, cached_column(slot)]: the slot's memcg; per_cpu[cpu, pages_column(slot)]: its pages
+# the page stock's next slot to evict, whether the CPU has had an operation (its stock took the STOCK_PHASE
+# then), then per slot (STOCK_MEMCGS of them, up to NR_MEMCG_STOCK) the memcg it caches (-1: free) and its
+# pre-charged pages.
+OBJ_STOCK, OBJ_STOCK_MEMCG, STOCK_EVICT, CPU_SEEN = range(4)
+STOCK_SLOTS = 4  # per_cpu[cpu, cached_column(slot)]: the slot's memcg; per_cpu[cpu, pages_column(slot)]: its pages
 N_PER_CPU = STOCK_SLOTS + 2 * NR_MEMCG_STOCK
 # per_task columns: current->memcg_nr_pages_over_high, stall ns, anon pages held (what killing the task frees),
 # anon pages an OOM kill took that the trace has yet to free, anon pages the kernel's OOM victim freed that the
@@ -283,6 +285,16 @@ def refill_stock(memcg, knobs, per_cpu, nr_pages, cpu, memcg_ix):
     per_cpu[cpu, pages_column(slot)] += nr_pages
     if per_cpu[cpu, pages_column(slot)] > knobs[STOCK_BATCH]:
         drain_stock(memcg, per_cpu, cpu, slot)
+
+
+@njit
+def stocked_before_the_trace(memcg, knobs, per_cpu, cpu, memcg_ix):
+    """At the CPU's first operation: its page stock holds STOCK_PHASE pages of the operation's
+    memcg, charged before the trace began (Limits.stock_phase; 0: a new memcg's empty stock)."""
+    per_cpu[cpu, CPU_SEEN] = 1
+    if knobs[STOCK_PHASE]:
+        per_cpu[cpu, cached_column(0)], per_cpu[cpu, pages_column(0)] = memcg_ix, knobs[STOCK_PHASE]
+        memcg[USAGE] += knobs[STOCK_PHASE]
 
 
 @njit
@@ -1251,6 +1263,8 @@ def replay_operation(ts, cpu, task, irq, op, gfp, pages, nbytes, cache_node, obj
                      slabs, caches, geometry, cursor, bucket_last, bucket_peak):
     """Operation i, at `now` (ns, the trace's clock shifted by its task's delay)."""
     t, c, o, m = task[i], cpu[i], op[i], memcg_of[i]
+    if not per_cpu[c, CPU_SEEN]:
+        stocked_before_the_trace(memcg, knobs, per_cpu, c, m)
     account_time(memcg, stats, cursor[LAST_TS], now)
     cursor[LAST_TS] = max(cursor[LAST_TS], now)  # behind it only after a batch whose end ran late operations
     rcu_do_batch(memcg, knobs, now)

@@ -219,7 +219,7 @@ def limits_document(limits: Limits) -> dict:
     return {"max_bytes": _bytes(limits.max_pages), "high_bytes": _bytes(limits.high_pages),
             "swap": limits.swap, "reclaim_ns_per_call": limits.reclaim_ns_per_call,
             "reclaim_ns_per_page": limits.reclaim_ns_per_page, "rcu_grace_ns": limits.rcu_grace_ns,
-            "loop": "closed" if limits.closed_loop else "open", "clock": limits.clock}
+            "loop": "closed" if limits.closed_loop else "open", "clock": limits.clock, "stock_phase": limits.stock_phase}
 
 
 def _bytes(pages: int) -> int | None:

@@ -93,6 +93,40 @@ def test_memcgs_on_one_cpu_keep_page_stocks_of_their_own_since_6_16_and_evict_ea
         assert list(r.bucket_last) == [64, 64, 64] and list(r.outcome) == [charged, stock, stock]
 
 
+def test_a_stock_phase_charges_ahead_the_stock_of_each_cpu_the_trace_uses(engine):
+    # Limits.stock_phase 10: a CPU's stock holds 10 pages of the target, charged, from its first
+    # operation on. One-page charges on CPUs 0, 0 and 1 all come from those stocks (usage 10,
+    # then 20 at CPU 1's first); on CPU 0 alone, 10 (CPU 1's stock stays empty). Phase 0: a
+    # batch on each CPU (64, then 128 at CPU 1's first charge).
+    stock, charged = OUTCOME["stock"], OUTCOME["charged"]
+    both = scenario([page(obj=0), page(obj=1), page(obj=2, cpu=1)])
+    r = engine(both, MAINLINE, Limits(max_pages=1000, stock_phase=10))
+    assert list(r.bucket_last) == [10, 10, 20] and list(r.outcome) == [stock, stock, stock]
+    r = engine(scenario([page(obj=0), page(obj=1), page(obj=2)]), MAINLINE, Limits(max_pages=1000, stock_phase=10))
+    assert list(r.bucket_last) == [10, 10, 10]
+    r = engine(both, MAINLINE, Limits(max_pages=1000))
+    assert list(r.bucket_last) == [64, 64, 128] and list(r.outcome) == [charged, stock, charged]
+
+
+def test_the_stock_phase_decides_which_charge_crosses_memory_high(engine):
+    # Five 16-page charges on one CPU, memory.high 90 pages. Phase 0: the first takes a batch of
+    # 64 (48 stocked), three more come from the stock, the fifth takes a batch to 128, over
+    # high. Phase 40: two come from the 40 stocked (8 left), the third takes a batch to 104,
+    # over high, and the last two come from its 56 stocked.
+    stock, charged, above = OUTCOME["stock"], OUTCOME["charged"], OUTCOME["above_high"]
+    data = scenario([page(pages=16, obj=i) for i in range(5)])
+    r = engine(data, MAINLINE, Limits(high_pages=90))
+    assert list(r.bucket_last) == [64, 64, 64, 64, 128] and list(r.outcome) == [charged, stock, stock, stock, above]
+    r = engine(data, MAINLINE, Limits(high_pages=90, stock_phase=40))
+    assert list(r.bucket_last) == [40, 40, 104, 104, 104] and list(r.outcome) == [stock, stock, above, stock, stock]
+
+
+@pytest.mark.parametrize("phase", [-1, 64])
+def test_a_stock_phase_outside_a_batch_is_refused(phase):
+    with pytest.raises(ValueError, match=f"stock phase {phase}: give 0 to 63 pages"):
+        Limits(stock_phase=phase)
+
+
 def test_an_object_takes_the_object_stocks_bytes_only_while_they_are_its_memcgs(engine):
     # 100-byte objects on CPU 0 by memcgs 1, 2, 1 (6.18). The first charges a page (a batch:
     # 64, 63 stocked for memcg 1) and leaves the page's rest in the object stock. Memcg 2's
