@@ -35,8 +35,8 @@ CLONE_VM = CLONE_FLAGS["CLONE_VM"]
 
 # The capturing kernel's enum values and gfp masks the pass needs (FACTS columns; -1: not in its tables).
 (NR_FILE_PAGES, NR_ANON_MAPPED, NR_KERNEL_STACK_KB, NR_SHMEM, MEMCG_SOCK, GFP_KERNEL, GFP_HIGHUSER_MOVABLE, GFP_ATOMIC,
- NR_INACTIVE_ANON, NR_ACTIVE_ANON) = range(10)
-N_FACTS = 10
+ NR_INACTIVE_ANON, NR_ACTIVE_ANON, NR_PAGETABLE) = range(11)
+N_FACTS = 11
 # Per task (TASK columns): across the trace, then within the current segment's system call. FAULT_*: the
 # task's last page allocation not charged (FAULT_PAGES 0: none) and its memcg reclaims since; any charge
 # of the task, its oom event or its return to user space ends it.
@@ -54,7 +54,10 @@ PARENT, JOINABLE, JOINABLE_EXIT_TS = 15, 16, 17
 # mapped an anon page (its reclaims since are memory.high's, in mem_cgroup_handle_over_high), and the end
 # of the last such reclaim (-1: none since the task went on).
 RETURNING, HIGH_RECLAIM_END = 18, 19
-N_TASK_STATE = 20
+# Whether the task's last kmem page came straight after a return to user space: a fault's (a page table's),
+# not a system call's (fork copies page tables after the task_struct and the vmas it allocates).
+PAGE_FROM_USER = 20
+N_TASK_STATE = 21
 # mem_cgroup_handle_over_high sleeps only for a penalty above HZ / 100 jiffies: 10 ms, whatever HZ is.
 # A task's gap this long after such a reclaim is taken for that sleep (user-space time is in it too).
 MIN_THROTTLE_NS = 10_000_000
@@ -81,6 +84,7 @@ def segment_operations(ts, kind, task, in_task, charged, nbytes, cache, obj, ord
     n = 0
     for i in range(kind.shape[0]):
         k, t = kind[i], task[i]
+        from_user = tasks[t, RETURNING]
         if in_task[i] and not tasks[t, IN_RECLAIM] and _goes_on(k, item[i], val[i], facts):
             if tasks[t, HIGH_RECLAIM_END] >= 0 and ts[i] - tasks[t, HIGH_RECLAIM_END] >= MIN_THROTTLE_NS:
                 # the capturing kernel's throttle sleep, a stall the closed loop replaces with the policy's
@@ -121,6 +125,7 @@ def segment_operations(ts, kind, task, in_task, charged, nbytes, cache, obj, ord
                     tasks[t, FOLIO_PAGES], tasks[t, FOLIO_GFP] = 1 << order[i], gfp[i]
                 continue
             tasks[t, FAULT_PAGES] = 0
+            tasks[t, PAGE_FROM_USER] = from_user
             pages = 1 << order[i] if order[i] >= 0 else 0
             slot = take_slot(slot_of, free_slots, slot_counts, obj[i]) if obj[i] >= 0 else -1
             _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool, out_memcg,
@@ -167,6 +172,13 @@ def segment_operations(ts, kind, task, in_task, charged, nbytes, cache, obj, ord
                           n, i, ANON_FREED, facts[GFP_HIGHUSER_MOVABLE], pages, 0, -1, -1, POOL_ANON, stat_memcg[i])
                     n += 1
                 continue
+            if it == facts[NR_PAGETABLE] and val[i] > 0 and in_task[i] and tasks[t, PAGE_FROM_USER]:
+                # A page-table page (charged as kmem, by its page allocation's operation) comes in
+                # the fault that first touches its 2 MiB, a read fault too, which maps the shared
+                # zero page and charges nothing else.
+                n = _fault_returned(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool, out_memcg,
+                                    n, i, tasks, t)
+                continue
             if not _paged_item(it, facts):
                 continue
             stack = it == facts[NR_KERNEL_STACK_KB]
@@ -192,13 +204,9 @@ def segment_operations(ts, kind, task, in_task, charged, nbytes, cache, obj, ord
             n += 1
             if op == LRU_CHARGE and pool == POOL_ANON and in_task[i]:
                 # A new anon folio is mapped at the end of a page fault (do_anonymous_page,
-                # wp_page_copy, a THP's), and a fault from user space returns to it, where
-                # resume_user_mode_work may reclaim and throttle: the trace records returns from
-                # system calls only (raw_syscalls:sys_exit).
-                _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool, out_memcg,
-                      n, i, USER_RETURN, 0, 0, 0, -1, -1, POOL_OTHER, tasks[t, TASK_MEMCG])
-                n += 1
-                tasks[t, RETURNING] = 1
+                # wp_page_copy, a THP's).
+                n = _fault_returned(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool, out_memcg,
+                                    n, i, tasks, t)
         elif k == MEMCG_STATE:
             if stat_memcg[i] < 0 or val[i] == 0 or item[i] != facts[MEMCG_SOCK]:
                 continue
@@ -255,6 +263,18 @@ def segment_operations(ts, kind, task, in_task, charged, nbytes, cache, obj, ord
         tasks[t, LAST_LRU] = -1
     _retries_that_found_room(n, out_src, out_op, out_obj, task, in_task)
     return n
+
+
+@njit
+def _fault_returned(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool, out_memcg, n, i, tasks,
+                    t) -> int:
+    """The page fault that made event i's charge returns to user space, where
+    resume_user_mode_work may reclaim and throttle: the trace records returns from system calls
+    only (raw_syscalls:sys_exit). A fault inside a system call returns at its exit, later."""
+    _emit(out_src, out_op, out_gfp, out_pages, out_bytes, out_cache, out_obj, out_pool, out_memcg,
+          n, i, USER_RETURN, 0, 0, 0, -1, -1, POOL_OTHER, tasks[t, TASK_MEMCG])
+    tasks[t, RETURNING] = 1
+    return n + 1
 
 
 @njit

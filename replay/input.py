@@ -330,6 +330,7 @@ def _kernel_facts(trace: Trace) -> np.ndarray:
     facts[passes.GFP_ATOMIC] = gfp.get("GFP_ATOMIC", 0)
     facts[passes.NR_INACTIVE_ANON] = node.get("NR_INACTIVE_ANON", -1)
     facts[passes.NR_ACTIVE_ANON] = node.get("NR_ACTIVE_ANON", -1)
+    facts[passes.NR_PAGETABLE] = node.get("NR_PAGETABLE", -1)
     return facts
 
 

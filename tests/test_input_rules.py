@@ -339,6 +339,43 @@ def test_waits_for_a_child_and_the_kernels_throttle_sleeps_become_operations(tmp
     ]
 
 
+def test_a_fault_that_charges_a_page_table_returns_to_user_space(tmp_path):
+    """A read fault on untouched memory maps the shared zero page and charges only the page-table
+    page it needs (a kmem page allocation straight after a return to user space, then
+    NR_PAGETABLE): it returns to user space after it, as a fault that maps an anon folio does. A
+    page table allocated after other work of a system call (fork copies them after the vmas it
+    allocates), freed, or counted in an interrupt is no fault of the task's."""
+    manifest = json.loads((sample_path(LIKE) / MANIFEST).read_text())
+    gfp = manifest["gfp_flags"]
+    pgtable = gfp["GFP_KERNEL_ACCOUNT"] | gfp["__GFP_ZERO"]
+    node, target = manifest["enums"]["node_stat_item"], manifest["target"]["memcg_id"]
+
+    def event(kind: str, ctx: str = "task", **columns) -> dict:
+        return dict(kind=kind, pid=TASK, ctx=ctx, cpu=0, comm="t", **columns)
+
+    def table_page(obj: int) -> dict:
+        return event("page_alloc", obj=obj, order=0, bytes_alloc=4096, gfp=pgtable, accounted=True, failed=False)
+
+    def tables(val: int, ctx: str = "task") -> dict:
+        return event("memcg_lruvec_state", ctx, memcg_id=target, item=node["NR_PAGETABLE"], val=val)
+
+    events = [
+        event("user_return"),  # 0
+        table_page(1),  # 1: a fault's page table
+        tables(1),  # 2: ... counted: the fault returns to user space
+        tables(-1),  # 3: a table freed (an unmap): no
+        tables(1, ctx="softirq"),  # 4: not the task's fault
+        event("kmalloc", obj=2, cache="kmalloc-cg-64", bytes_req=64, bytes_alloc=64, gfp=gfp["GFP_KERNEL_ACCOUNT"],
+              accounted=True, failed=False, call_site=7),  # 5: a system call's allocation
+        table_page(3),  # 6: ... then a page table in that system call
+        tables(1),  # 7: no return here
+        event("user_return"),  # 8: but at the system call's end
+    ]
+    data = build(written(tmp_path / "t", manifest, events))
+    assert list(zip(data.row.tolist(), data.op.tolist())) == [
+        (0, USER_RETURN), (1, PAGE_ALLOC), (2, USER_RETURN), (5, OBJ_ALLOC), (6, PAGE_ALLOC), (8, USER_RETURN)]
+
+
 def test_a_wait_and_a_throttle_sleep_carried_into_the_next_segment_fit_in_its_operations(tmp_path):
     """Segments of ten events. The first ends with a reclaim at the child's return to user space;
     the second holds the child's next return 20 ms later (its throttle sleep: a RECLAIM_TIME
