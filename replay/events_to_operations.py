@@ -50,9 +50,9 @@ FOLIO_PAGES, FOLIO_GFP = 13, 14
 # The task that made this one (-1: not in the trace), and the last task this one made that exited, with when
 # (JOINABLE -1: none since this task's last event).
 PARENT, JOINABLE, JOINABLE_EXIT_TS = 15, 16, 17
-# Whether the task's last event returned it to user space, from a system call or from the fault that
-# mapped an anon page (its reclaims since are memory.high's, in mem_cgroup_handle_over_high), and the end
-# of the last such reclaim (-1: none since the task went on).
+# Whether the task's last event returned it to user space, from a system call or from a fault that mapped
+# an anon page or charged a page table (its reclaims since are memory.high's, in mem_cgroup_handle_over_high),
+# and the end of the last such reclaim (-1: none since the task went on).
 RETURNING, HIGH_RECLAIM_END = 18, 19
 # Whether the task's last kmem page came straight after a return to user space: a fault's (a page table's),
 # not a system call's (fork copies page tables after the task_struct and the vmas it allocates).
