@@ -110,9 +110,10 @@ def processes_in_group(group: int) -> list[int]:
 @pytest.mark.parametrize("name", ["files-disk", "files-tmpfs", "sockets-unix", "mix"])
 def test_sigterm_mid_run_removes_what_it_made_and_leaves_no_process(name):
     """chargeplay collect stops a workload with SIGTERM: its scratch directories go and its
-    children too, even in the middle of the work."""
-    process = subprocess.Popen([PYTHON3, "-m", "zoo", name], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
+    children too, even in the middle of the work (at scale 4, seconds of it: at scale 1 files-disk
+    took 1.2 s here, and on a loaded machine it had ended before the signal came)."""
+    process = subprocess.Popen([PYTHON3, "-m", "zoo", name, "--scale", "4"], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert wait_until(lambda: scratch_of(process.pid) or name == "sockets-unix", timeout=10)
         time.sleep(0.3)  # well into the work, or the hold
