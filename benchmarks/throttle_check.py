@@ -120,10 +120,11 @@ def predict(trace: Trace, high: int, result: Path, clock: str, phases: range = S
     """The closed-loop replay's figures under memory.high `high` at the trace's own stock phase,
     and the range of high events and added seconds over `phases`."""
     chosen, model = policy.for_kernel(trace.manifest["kernel"]["release"])
+    limits = run.limits_for(trace, ROOMY, high, swap=False, clock=clock)  # reads the trace's reclaims: once
     runs = []
     for phase in phases:
-        limits = replace(run.limits_for(trace, ROOMY, high, swap=False, clock=clock), stock_phase=phase)
-        figures = run.replay(trace, result / clock / f"phase-{phase}", [chosen], limits, run.ENGINES["fast"])["policies"][chosen.name]
+        figures = run.replay(trace, result / clock / f"phase-{phase}", [chosen], replace(limits, stock_phase=phase),
+                             run.ENGINES["fast"])["policies"][chosen.name]
         trace_seconds = figures["run_seconds"] / (1 + figures["stretch"])
         runs.append({"model": model, "added_seconds": figures["run_seconds"] - trace_seconds, "high_events": figures["high_events"],
                      "seconds_above_high": figures["seconds_above_high"], "peak_bytes": figures["peak_bytes"],

@@ -107,8 +107,8 @@ class Limits:
     # the trace's timeline and only adds the stall up.
     closed_loop: bool = True
     clock: str = "task"  # which tasks share a clock in closed loop: one of CLOCK_SHARING
-    # Pages charged ahead in the page stock of the trace's first operation's CPU and memcg when the replay
-    # starts: where in a batch the replay's charging begins (0: a new memcg's empty stock). Which batch crosses
+    # Pages charged ahead in each CPU's page stock, for the memcg of the CPU's first operation, from that
+    # operation on: where in a batch the replay's charging begins (0: a new memcg's empty stock). Which batch crosses
     # memory.high, and so how many throttles a run takes, turns on it, and a few dozen pages charged or not
     # (a file read the first time, a stock another memcg evicted) move it from one run to the next.
     stock_phase: int = 0
