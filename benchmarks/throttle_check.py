@@ -63,9 +63,16 @@ def zoo_command(workload: str, scale: float, cpu: int | None) -> list[str]:
     return [*pinned, sys.executable, "-m", "zoo", workload, "--scale", str(scale)]
 
 
+# What a limited run may charge that its unlimited capture did not: file pages its reclaim took and
+# it read again (workingset_refault_file), and what reclaim scanned and took.
+RUN_STATS = ("file", "file_mapped", "shmem", "anon", "kernel", "slab", "sock", "workingset_refault_file",
+             "workingset_refault_anon", "pgscan", "pgsteal", "pgfault", "thp_fault_alloc", "thp_collapse_alloc")
+
+
 def run_alone(workload: list[str], high: int | None) -> dict:
     """The workload in a fresh memcg (memory.max ROOMY, memory.high `high`): its wall time, its
-    memory.events high, how long memory.current stayed above `high`, and memory.peak."""
+    memory.events high, how long memory.current stayed above `high`, memory.peak, and the
+    memory.stat items that say what it charged beyond its trace (RUN_STATS)."""
     memcg, root = create_child(f"chargeplay-throttle-{os.getpid()}")
     try:
         memcg.set_limits(ROOMY, high)
@@ -79,6 +86,7 @@ def run_alone(workload: list[str], high: int | None) -> dict:
         above = float(sampler.communicate()[0])
         return {"seconds": seconds, "high_events": read_keyed(memcg.path / "memory.events").get("high", 0),
                 "seconds_above_high": above, "peak_bytes": int((memcg.path / "memory.peak").read_text()),
+                "stat": {k: v for k, v in read_keyed(memcg.path / "memory.stat").items() if k in RUN_STATS},
                 "exit": child.returncode}
     finally:
         memcg.remove()
