@@ -1236,7 +1236,7 @@ def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache_node, obj, po
         if op[i] == TASK_EXIT:
             per_task[task[i], EXIT_STATE] = EXIT_QUEUED
         clock = clock_of(per_task, task, irq, op, obj, object_task, object_state, i)
-        if clock >= 0 and deferred_free(irq, op, obj, object_state, i):
+        if clock >= 0 and deferred_free(irq, op, obj, object_task, i):
             wait_for_set_off(ts, knobs, per_task, queued, waiting, cursor, i, clock, object_born[obj[i]])
         elif clock < 0 or on_time(knobs, per_task, clock):
             replay_operation(ts, cpu, task, irq, op, gfp, pages, nbytes, cache_node, obj, pool, memcg_of, outcome, i, ts[i],
@@ -1352,9 +1352,11 @@ def freed_as_charged(object_state, slot, o):
 # trace does not show: taken to be set off one RCU grace period (knob RCU_GRACE_NS) before it
 # ran, or at the allocation if that is later, it comes as long after its set-off as in the
 # trace, at its trace time plus the allocating task's delay at the set-off. So a close and the
-# callback it queues move together, and a sleep after the close does not hold the callback. A
-# free whose allocation has not been replayed yet waits behind it on that task's clock (a
-# reader that waited for the data), at its trace time plus that clock's delay.
+# callback it queues move together, and a sleep after the close does not hold the callback,
+# also when the allocation itself still waits on its late task's clock (the callback then waits
+# for the task to pass the set-off, which comes no earlier than the allocation). A task's free
+# whose allocation has not been replayed yet waits behind it on that task's clock (a reader
+# that waited for the data), at its trace time plus that clock's delay.
 #
 # The replay takes operations in the order of those times. A task's operations wait in a queue
 # (queued[i, NEXT]: the next one on the same clock, -1 none; queued[i, CLOCK]: that task;
@@ -1531,9 +1533,10 @@ def task_went_on(ts, task, op, obj, nbytes, waiting, cursor, knobs, per_task, qu
 
 
 @njit(inline="always")
-def deferred_free(irq, op, obj, object_state, i):
-    """Whether operation i is an interrupt's free of an object whose allocation was replayed."""
-    return irq[i] and (op[i] == OBJ_FREE or op[i] == PAGE_FREE) and obj[i] >= 0 and object_state[obj[i]] != IDLE
+def deferred_free(irq, op, obj, object_task, i):
+    """Whether operation i is an interrupt's free of an object the trace allocated (replayed, or
+    still waiting on its task's clock)."""
+    return irq[i] and (op[i] == OBJ_FREE or op[i] == PAGE_FREE) and obj[i] >= 0 and object_task[obj[i]] >= 0
 
 
 @njit(inline="always")

@@ -703,6 +703,25 @@ def test_an_interrupts_free_comes_as_late_as_its_task_ran_when_it_set_it_off(eng
     assert (during.end_ns, after.end_ns) == (104 * MS, 105 * MS)
 
 
+def test_an_interrupts_free_of_what_a_late_task_made_comes_during_the_sleep_after_its_set_off(engine):
+    # Task 0 is throttled 102 ms (as above), so it allocates 64 pages at 2 ms at 104 ms (no
+    # stock: a batch of 64, 26688, over high again) and sleeps again on its return to user
+    # space at 3 ms (105 ms): overage (1088 << 20) // 25600 = 44564, 44564^2 * 1000 >> 34 =
+    # 115 jiffies. An RCU callback frees the 64 pages at 5 ms, set off at the allocation (2
+    # ms: grace 3 ms): when the loop reaches 5 ms, the allocation still waits on task 0's
+    # clock, and the free waits for task 0 to get past its set-off, then comes as late as task 0
+    # ran then: at 107 ms, during the second sleep (back to the stock: 64, kept). Task 0's
+    # anon page at 4 ms comes at 4 + 102 + 115 = 221 ms and takes one of them: usage stays
+    # 26688. (Behind the 4 ms step instead, the free would come at 222 ms, after a new batch
+    # for the anon page: 26752, then 63 + 64 stocked, drained: 26625.)
+    ops = [*THROTTLED, page(pages=64, obj=5), {"op": USER_RETURN}, {"op": LRU_CHARGE, "pages": 1, "pool": POOL_ANON},
+           page(pages=64, obj=5, op=PAGE_FREE, irq=True, task=1)]
+    r = engine(scenario(ops, OVER_HIGH), MAINLINE, Limits(high_pages=25600, rcu_grace_ns=3 * MS))
+    assert r.throttle_ns == (102 + 115) * MS and r.end_ns == 221 * MS
+    assert {t: int(u) for t, u in enumerate(r.bucket_last) if u >= 0} == {0: 26624, 1: 26624, 104: 26688, 105: 26688,
+                                                                        107: 26688, 221: 26688}
+
+
 def test_another_tasks_free_follows_the_task_that_allocated(engine):
     # Task 1 frees at 3 ms the page task 0 allocates at 2 ms, which comes at 104 ms (a batch of
     # 64 charged, 63 stocked): the free comes at 105 ms, as long after the allocation as in the
