@@ -70,6 +70,7 @@ def parse(text: str) -> list[Call]:
 
 
 def describe(name: str, run: dict, calls: list[Call]) -> str:
+    """One run's figures: its batches by charging function, then each drain of its stock."""
     batches = [c for c in calls if c.event == "batch"]
     if not batches:
         return f"{name}: no batch charged"
@@ -87,6 +88,7 @@ def describe(name: str, run: dict, calls: list[Call]) -> str:
 
 
 def probed_run(instance: Instance, group: str, workload: list[str], high: int | None) -> tuple[dict, list[Call]]:
+    """run_alone with the probes' events and stack traces on, and the calls they recorded."""
     write_setting(instance.path / "trace", "")
     for event in PROBES:
         instance.write(f"events/{group}/{event}/trigger", "stacktrace")
