@@ -92,7 +92,7 @@ def probed_run(instance: Instance, group: str, workload: list[str], high: int | 
     write_setting(instance.path / "trace", "")
     for event in PROBES:
         instance.write(f"events/{group}/{event}/trigger", "stacktrace")
-        instance.write(f"events/{group}/{event}/enable", "1")
+        instance.enable(group, event)
     instance.write("tracing_on", "1")
     try:
         run = run_alone(workload, high)

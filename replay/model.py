@@ -1236,7 +1236,7 @@ def replay_batch(ts, cpu, task, irq, op, gfp, pages, nbytes, cache_node, obj, po
         if op[i] == TASK_EXIT:
             per_task[task[i], EXIT_STATE] = EXIT_QUEUED
         clock = clock_of(per_task, task, irq, op, obj, object_task, object_state, i)
-        if clock >= 0 and deferred_free(irq, op, obj, object_task, i):
+        if clock >= 0 and irq[i]:  # an interrupt's free of what a task allocated (clock_of): deferred
             wait_for_set_off(ts, knobs, per_task, queued, waiting, cursor, i, clock, object_born[obj[i]])
         elif clock < 0 or on_time(knobs, per_task, clock):
             replay_operation(ts, cpu, task, irq, op, gfp, pages, nbytes, cache_node, obj, pool, memcg_of, outcome, i, ts[i],
@@ -1530,13 +1530,6 @@ def task_went_on(ts, task, op, obj, nbytes, waiting, cursor, knobs, per_task, qu
         heap_push(waiting, cursor, due(ts, op, nbytes, knobs, per_task, clock, first), first)
     if clock >= 0 and per_task[clock, DEFERRED_HEAD] >= 0:
         release_deferred_frees(ts, knobs, per_task, queued, waiting, cursor, clock)
-
-
-@njit(inline="always")
-def deferred_free(irq, op, obj, object_task, i):
-    """Whether operation i is an interrupt's free of an object the trace allocated (replayed, or
-    still waiting on its task's clock)."""
-    return irq[i] and (op[i] == OBJ_FREE or op[i] == PAGE_FREE) and obj[i] >= 0 and object_task[obj[i]] >= 0
 
 
 @njit(inline="always")
