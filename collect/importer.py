@@ -426,7 +426,8 @@ class _Import:
                   "high_requested": None, "ancestors": [], "command": None, "descendants": []}
         manifest = new_manifest(backend=f"import:{self.tool}", clock=f"{self.tool}'s, the text does not say which", target=target,
                                 gfp_flags=self.gfp.table, enums=self.enums, kinds=kinds)
-        manifest["kernel"].update(release=None, cpus=self.scan.cpus, cpu_nodes=None)  # the text names no NUMA node of a CPU
+        # the text names neither a CPU's NUMA node nor the kernel's HZ
+        manifest["kernel"].update(release=None, cpus=self.scan.cpus, cpu_nodes=None, hz=None)
         manifest["start"] = {"wall": None, "trace_ns": self.scan.first_ns}
         manifest["end"] = {"wall": None, "trace_ns": self.scan.last_ns}
         manifest["addresses_kept"] = False

@@ -58,7 +58,8 @@ RETURNING, HIGH_RECLAIM_END = 18, 19
 # not a system call's (fork copies page tables after the task_struct and the vmas it allocates).
 PAGE_FROM_USER = 20
 N_TASK_STATE = 21
-# mem_cgroup_handle_over_high sleeps only for a penalty above HZ / 100 jiffies: 10 ms, whatever HZ is.
+# mem_cgroup_handle_over_high sleeps only for a penalty above HZ / 100 jiffies: over 10 ms at any HZ
+# (11 ms at HZ 1000, 12 at 250, 20 at 100).
 # A task's gap this long after such a reclaim is taken for that sleep (user-space time is in it too).
 MIN_THROTTLE_NS = 10_000_000
 # A task whose first event comes this soon after a task it made exited was waiting for it (woken by the exit).

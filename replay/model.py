@@ -108,8 +108,8 @@ from common.jit import njit  # before numba: it sets numba's cache directory
 from numba import config as numba_config  # isort: skip
 from numba.extending import intrinsic  # isort: skip
 from replay.ops import (
-    ANON_FREED, ANON_UNMAPPED, CLOCK_SHARING, FAILED_CHARGE, HZ, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, MEMCG_CHARGE_BATCH_6X, MEMCG_DELAY_PRECISION_SHIFT,
-    MEMCG_DELAY_SCALING_SHIFT, MEMCG_MAX_HIGH_DELAY_JIFFIES, NR_MEMCG_STOCK, OBJ_ALLOC, OBJ_EXT_BYTES, OBJ_FREE, OOM_CHARGE, OUTCOME,
+    ANON_FREED, ANON_UNMAPPED, CLOCK_SHARING, FAILED_CHARGE, LRU_CHARGE, LRU_OOM_FREED, LRU_RECLAIMED, LRU_UNCHARGE, MEMCG_CHARGE_BATCH_6X, MEMCG_DELAY_PRECISION_SHIFT,
+    MEMCG_DELAY_SCALING_SHIFT, NR_MEMCG_STOCK, OBJ_ALLOC, OBJ_EXT_BYTES, OBJ_FREE, OOM_CHARGE, OUTCOME,
     PAGE_ALLOC, PAGE_ALLOC_COSTLY_ORDER, PAGE_FREE, PAGE_SHIFT, PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES,
     POOL_SLAB_RECLAIMABLE, POOL_SLAB_UNRECLAIMABLE, RECLAIM_TIME, RECLAIM_TRIGGERS, RETRY_FOUND_ROOM, SWAP_CLUSTER_MAX, TASK_CLONE_VM, TASK_EXEC, TASK_EXIT,
     TASK_FORK, TASK_JOIN, TRIGGER, USER_RETURN,
@@ -131,8 +131,8 @@ OWN_CLOCKS, SHARED_BY_PROCESS, SHARED_BY_WORKLOAD = (CLOCK_SHARING.index(c) for 
 (OBJECT_CHARGING, NOWAIT_HIGH_ORDER, STOCK_BATCH, HIGH_MODE, MAX_RECLAIM_RETRIES, WATERMARK_MARGIN, SWAP,
  RECLAIM_NS_PER_CALL, RECLAIM_NS_PER_PAGE, RCU_GRACE_NS, CLOSED_LOOP, CLOCKS, SHRUNK_SLAB_COUNTS, STOCK_MEMCGS, THP_GFP,
  NODE_LOCAL_NOWAIT, NODES, GFP_DIRECT_RECLAIM, GFP_NORETRY, GFP_RETRY_MAYFAIL, GFP_NOFAIL, GFP_HIGH, GFP_FS, GFP_KERNEL,
- STOCK_PHASE) = range(25)
-N_KNOBS = STOCK_PHASE + 1
+ STOCK_PHASE, HZ) = range(26)
+N_KNOBS = HZ + 1
 
 # memcg: the page counter and what its usage is made of.
 USAGE, MAX, HIGH, FAILCNT = range(4)
@@ -202,7 +202,9 @@ IDLE, HOLDS_OBJECT, HOLDS_PAGES, FAILED_ALLOCATION = range(4)
 
 SATURATED = 1 << 62  # a throttle penalty past any clamp
 DEF_PRIORITY = 12  # reclaim's first, lightest scan: the LRU's size >> 12
-MAX_EXACT_OVERAGE = math.isqrt(((1 << 63) - 1) // HZ)  # overage**2 * HZ fits in int64 up to here
+# overage**2 * HZ fits in int64 up to here for any HZ up to MAX_HZ (the manifest's bound)
+MAX_HZ = 10_000
+MAX_EXACT_OVERAGE = math.isqrt(((1 << 63) - 1) // MAX_HZ)
 
 
 # -- page_counter.c --------------------------------------------------------------------------
@@ -494,21 +496,22 @@ def mem_cgroup_handle_over_high(memcg, stats, knobs, per_task, task, trigger):
     while True:
         target = SWAP_CLUSTER_MAX if in_retry else nr_pages
         reclaimed = reclaim_high(memcg, stats, knobs, per_task, task, target, trigger)
-        penalty = min(calculate_high_delay(memcg, nr_pages), MEMCG_MAX_HIGH_DELAY_JIFFIES)
-        if penalty <= HZ // 100:
+        penalty = min(calculate_high_delay(memcg, knobs, nr_pages), 2 * knobs[HZ])  # MEMCG_MAX_HIGH_DELAY_JIFFIES
+        if penalty <= knobs[HZ] // 100:
             return
         if reclaimed != 0 or retries > 0:
             if reclaimed == 0:
                 retries -= 1
             in_retry = True
             continue
-        stall(memcg, knobs, per_task, task, penalty * (1_000_000_000 // HZ))
-        stats[THROTTLE_NS] += penalty * (1_000_000_000 // HZ)
+        sleep_ns = penalty * (1_000_000_000 // knobs[HZ])  # schedule_timeout_killable(penalty_jiffies)
+        stall(memcg, knobs, per_task, task, sleep_ns)
+        stats[THROTTLE_NS] += sleep_ns
         return
 
 
 @njit
-def calculate_high_delay(memcg, nr_pages):
+def calculate_high_delay(memcg, knobs, nr_pages):
     """Penalty jiffies: about HZ * r^2 * nr / 64 with r = (usage - high) / high; SATURATED
     where int64 would overflow (the caller clamps it to 2 * HZ anyway)."""
     usage, high = memcg[USAGE], memcg[HIGH]
@@ -517,9 +520,9 @@ def calculate_high_delay(memcg, nr_pages):
     high = max(high, 1)  # calculate_overage: a threshold of 1 page when high is 0
     overage = ((usage - high) << 20) // high
     if overage > MAX_EXACT_OVERAGE:
-        penalty = SATURATED  # the exact one is over 5e8 jiffies: past the clamp whatever nr_pages
+        penalty = SATURATED  # the exact one is over 53,000 * HZ jiffies: past the clamp whatever nr_pages
     else:
-        penalty = (overage * overage * HZ) >> MEMCG_DELAY_PRECISION_SHIFT >> MEMCG_DELAY_SCALING_SHIFT
+        penalty = (overage * overage * knobs[HZ]) >> MEMCG_DELAY_PRECISION_SHIFT >> MEMCG_DELAY_SCALING_SHIFT
     if nr_pages > 0 and penalty > SATURATED // nr_pages:
         return SATURATED
     return penalty * nr_pages // MEMCG_CHARGE_BATCH_6X

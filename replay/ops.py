@@ -66,8 +66,7 @@ MEMCG_CHARGE_BATCH_6X = 64  # threshold for synchronous over-high handling in 6.
 NR_MEMCG_STOCK = 7  # memcgs a CPU's page stock caches since 6.16 (f735eebe55f8); 1 before
 MEMCG_DELAY_PRECISION_SHIFT = 20
 MEMCG_DELAY_SCALING_SHIFT = 14
-HZ = 1000
-MEMCG_MAX_HIGH_DELAY_JIFFIES = 2 * HZ
+DEFAULT_HZ = 1000  # the kernel's CONFIG_HZ where a trace does not record it (manifest kernel.hz)
 UNLIMITED = 1 << 62  # pages
 
 
@@ -103,6 +102,8 @@ class Limits:
     # How long slab that reclaim shrank stays charged: an RCU grace period. 20 ms is what the development VM's
     # traces show from a memcg reclaim to the softirq frees of the dentries and inodes it pruned (14 to 40 ms).
     rcu_grace_ns: int = 20_000_000
+    # The capturing kernel's CONFIG_HZ (manifest kernel.hz): the memory.high penalty is counted in its jiffies.
+    hz: int = DEFAULT_HZ
     # Closed loop: a task's stall delays its later operations (replay.model, "the closed loop"); open loop keeps
     # the trace's timeline and only adds the stall up.
     closed_loop: bool = True

@@ -12,7 +12,7 @@ import polars as pl
 
 from replay.input import InputStream, ReplayInput
 from replay import result_format
-from replay.ops import OUTCOME, OUTCOMES, PAGE_SIZE, RECLAIM_TRIGGERS, SWAP_CLUSTER_MAX, UNLIMITED, GfpBits, Limits
+from replay.ops import DEFAULT_HZ, OUTCOME, OUTCOMES, PAGE_SIZE, RECLAIM_TRIGGERS, SWAP_CLUSTER_MAX, UNLIMITED, GfpBits, Limits
 from replay.policy import Policy
 from replay.engine import Compiled, Interpreted
 from replay.result import EngineResult
@@ -64,6 +64,7 @@ def limits_for(trace: Trace, memory_max: int | None, memory_high: int | None, sw
         high_pages=high_bytes // PAGE_SIZE if high_bytes else UNLIMITED,
         swap=swap,
         **reclaim_cost(trace),
+        hz=trace.manifest["kernel"].get("hz") or DEFAULT_HZ,
         closed_loop=closed_loop,
         clock=clock,
     )
@@ -219,7 +220,7 @@ def limits_document(limits: Limits) -> dict:
     return {"max_bytes": _bytes(limits.max_pages), "high_bytes": _bytes(limits.high_pages),
             "swap": limits.swap, "reclaim_ns_per_call": limits.reclaim_ns_per_call,
             "reclaim_ns_per_page": limits.reclaim_ns_per_page, "rcu_grace_ns": limits.rcu_grace_ns,
-            "loop": "closed" if limits.closed_loop else "open", "clock": limits.clock, "stock_phase": limits.stock_phase}
+            "hz": limits.hz, "loop": "closed" if limits.closed_loop else "open", "clock": limits.clock, "stock_phase": limits.stock_phase}
 
 
 def _bytes(pages: int) -> int | None:

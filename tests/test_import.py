@@ -100,6 +100,7 @@ def test_perf_script_records_become_the_rows_a_capture_makes(tracefs, tmp_path):
     assert manifest["start"]["trace_ns"] == 43080062939412 and manifest["end"]["trace_ns"] == 43080071751605
     assert manifest["kinds"]["memcg_event"] == {"tracepoint": "memcg:count_memcg_events", "unavailable": "not in the perf script text"}
     assert manifest["lost"]["total"] == 0 and manifest["kernel"]["release"] is None and manifest["kernel"]["cpu_nodes"] is None
+    assert manifest["kernel"]["hz"] is None  # the text does not say
     described = chargeplay("info", str(trace.path))  # says what the tool did not record, not "None"
     assert described.returncode == 0 and "kernel -," in described.stdout and "cgroup version not recorded" in described.stdout
     assert "None" not in described.stdout

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from replay.engine import knobs_array
 from replay.input import ARRAYS, ReplayInput
 from replay.model import FILE_LRU, FREED_FOLIOS, HIGH, LRU_HEAD, LRU_TAIL, POOLS, SLAB_COUNT, USAGE
 from replay.ops import (
@@ -183,7 +184,8 @@ def test_the_high_penalty_for_101m_over_100m_with_64_pages_is_6_ms(name):
     # overage = (256 pages << 20) / 25600 = 10485; 10485^2 * 1000 >> 20 >> 14 = 6 jiffies at HZ 1000.
     memcg = np.zeros(FILE_LRU, np.int64)
     memcg[USAGE], memcg[HIGH] = 25856, 25600
-    assert ENGINES[name].model.calculate_high_delay(memcg, 64) == 6
+    knobs = knobs_array(MAINLINE, Limits(hz=1000), GFP)
+    assert ENGINES[name].model.calculate_high_delay(memcg, knobs, 64) == 6
 
 
 def test_a_large_overage_is_slept_off_on_return_to_user(engine):
@@ -194,6 +196,18 @@ def test_a_large_overage_is_slept_off_on_return_to_user(engine):
     r = engine(data, MAINLINE, Limits(high_pages=25600))
     assert r.throttle_ns == 102 * MS and r.stall_ns[0] == 102 * MS
     assert r.reclaim_calls[TRIGGER["user_return"]] == 17
+
+
+def test_the_penalty_is_counted_in_the_capturing_kernels_jiffies(engine):
+    # As above at HZ 250 (Debian's): 41943^2 * 250 >> 20 >> 14 = 25 jiffies of 4 ms, a 100-ms sleep.
+    data = scenario([page(obj=0), {"op": USER_RETURN}], pools={POOL_OTHER: 26624 - 64})
+    assert engine(data, MAINLINE, Limits(high_pages=25600, hz=250)).throttle_ns == 100 * MS
+    # Usage 25940 (340 pages over): overage = (340 << 20) // 25600 = 13926; 13926^2 * 1000 >> 34 = 11
+    # jiffies at HZ 1000, more than HZ/100 (10): an 11-ms sleep. At HZ 250, 13926^2 * 250 >> 34 = 2
+    # jiffies, not more than HZ/100 (2): no sleep.
+    data = scenario([page(obj=0), {"op": USER_RETURN}], pools={POOL_OTHER: 25940 - 64})
+    assert engine(data, MAINLINE, Limits(high_pages=25600, hz=1000)).throttle_ns == 11 * MS
+    assert engine(data, MAINLINE, Limits(high_pages=25600, hz=250)).throttle_ns == 0
 
 
 def test_a_child_answers_for_the_pages_its_parent_charged_above_high_before_the_clone(engine):

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import polars as pl
@@ -135,3 +137,22 @@ def test_the_manifest_maps_each_cpu_to_the_numa_node_sysfs_gives_it():
     for node_dir in Path("/sys/devices/system/node").glob("node[0-9]*"):
         for cpu in cpu_list((node_dir / "cpulist").read_text()):
             assert nodes[cpu] == int(node_dir.name[4:])
+
+
+def jiffies_and_now() -> tuple[int, int]:
+    """The first CPU's jiffies and the clock's ns at one read of /proc/timer_list."""
+    text = Path("/proc/timer_list").read_text()
+    now = int(re.search(r"^now at (\d+) nsecs$", text, re.MULTILINE).group(1))
+    return int(re.search(r"^jiffies: (\d+)$", text, re.MULTILINE).group(1)), now
+
+
+def test_the_manifest_records_the_tick_rate_the_running_kernel_keeps():
+    """kernel.hz (read from the kernel's config) against the jiffies the kernel counts over half
+    a second of its own clock: within 2 jiffies (the reads' own timing)."""
+    if not os.access("/proc/timer_list", os.R_OK):
+        pytest.skip("/proc/timer_list is unreadable (needs root): no tick rate to measure")
+    hz = new_manifest(backend="tracefs", clock="mono", target={"memcg_id": 1}, gfp_flags={}, enums={})["kernel"]["hz"]
+    first_jiffies, first_ns = jiffies_and_now()
+    time.sleep(0.5)
+    last_jiffies, last_ns = jiffies_and_now()
+    assert hz is not None and abs(last_jiffies - first_jiffies - hz * (last_ns - first_ns) / 1e9) <= 2

@@ -6,8 +6,10 @@ readers report it as "interrupted" (see `effective_status`).
 """
 from __future__ import annotations
 
+import gzip
 import os
 import platform
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,10 @@ MANIFEST_SHAPE = {
     "kernel": {"release": (None, str), "page_size": Int(512, 1 << 20), "cpus": (None, Int(1, 1 << 16)),
                # Each CPU's NUMA node, by CPU number; traces from before 2026-12-05 have none, imported ones
                # null (replay takes them as of one node).
-               "cpu_nodes": Optional((None, [Int(0, 1 << 10)]))},
+               "cpu_nodes": Optional((None, [Int(0, 1 << 10)])),
+               # CONFIG_HZ, which the memory.high penalty is counted in; null where the kernel's config
+               # was not found (and in imported traces), absent before 2026-12-06 (replay takes 1000).
+               "hz": Optional((None, Int(1, 10_000)))},
     "trace_clock": str,
     "start": {"wall": (None, str), "trace_ns": (None, COUNT)},
     "end": {"wall": (None, str), "trace_ns": (None, COUNT)},
@@ -122,6 +127,21 @@ def cpu_nodes() -> list[int]:
     return nodes
 
 
+def kernel_hz() -> int | None:
+    """The running kernel's CONFIG_HZ, from its config (/proc/config.gz, else
+    /boot/config-RELEASE); None where neither is found."""
+    for path, read in ((Path("/proc/config.gz"), lambda p: gzip.decompress(p.read_bytes()).decode()),
+                       (Path(f"/boot/config-{platform.release()}"), Path.read_text)):
+        try:
+            text = read(path)
+        except OSError:
+            continue
+        match = re.search(r"^CONFIG_HZ=(\d+)$", text, re.MULTILINE)
+        if match:
+            return int(match.group(1))
+    return None
+
+
 def cpu_list(text: str) -> list[int]:
     """The CPUs of a kernel cpulist ("0-3,8,10-11")."""
     cpus: list[int] = []
@@ -148,6 +168,7 @@ def new_manifest(*, backend: str, clock: str, target: dict, gfp_flags: dict[str,
             "page_size": os.sysconf("SC_PAGE_SIZE"),
             "cpus": os.cpu_count(),
             "cpu_nodes": cpu_nodes(),
+            "hz": kernel_hz(),
         },
         "trace_clock": clock,
         "start": {"wall": wall_now(), "trace_ns": None},
