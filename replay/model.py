@@ -204,6 +204,7 @@ SATURATED = 1 << 62  # a throttle penalty past any clamp
 DEF_PRIORITY = 12  # reclaim's first, lightest scan: the LRU's size >> 12
 # overage**2 * HZ fits in int64 up to here for any HZ up to MAX_HZ (the manifest's bound)
 MAX_HZ = 10_000
+LVL_CLK_SHIFT, LVL_SIZE = 3, 64  # the timer wheel's: each level 8 times coarser, 64 buckets a level
 MAX_EXACT_OVERAGE = math.isqrt(((1 << 63) - 1) // MAX_HZ)
 
 
@@ -504,10 +505,26 @@ def mem_cgroup_handle_over_high(memcg, stats, knobs, per_task, task, trigger):
                 retries -= 1
             in_retry = True
             continue
-        sleep_ns = penalty * (1_000_000_000 // knobs[HZ])  # schedule_timeout_killable(penalty_jiffies)
+        sleep_ns = schedule_timeout(knobs, memcg[NOW], penalty)
         stall(memcg, knobs, per_task, task, sleep_ns)
         stats[THROTTLE_NS] += sleep_ns
         return
+
+
+@njit
+def schedule_timeout(knobs, now, timeout):
+    """How long schedule_timeout(timeout jiffies) sleeps from `now` (ns): until the tick that runs
+    its timer's bucket. calc_wheel_index puts the timer on the wheel's level for its distance
+    (level n holds distances below 63 << 3n jiffies) and calc_index rounds its expiry up past
+    the next multiple of that level's granularity (8 ** level jiffies), so it never fires early.
+    The jiffy it starts in is `now`'s: the reclaim before the sleep is not counted in it."""
+    tick_ns = 1_000_000_000 // knobs[HZ]
+    expires = now // tick_ns + timeout
+    level = 0
+    while timeout >= (LVL_SIZE - 1) << (LVL_CLK_SHIFT * level):  # LVL_START(level + 1)
+        level += 1
+    bucket_expiry = ((expires >> (LVL_CLK_SHIFT * level)) + 1) << (LVL_CLK_SHIFT * level)
+    return bucket_expiry * tick_ns - now
 
 
 @njit

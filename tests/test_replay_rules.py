@@ -188,40 +188,59 @@ def test_the_high_penalty_for_101m_over_100m_with_64_pages_is_6_ms(name):
     assert ENGINES[name].model.calculate_high_delay(memcg, knobs, 64) == 6
 
 
+@pytest.mark.parametrize("name", sorted(ENGINES))
+@pytest.mark.parametrize(("hz", "now_ms", "timeout", "sleep_ms"), [
+    (1000, 1, 19, 20),  # level 0 (below 63 jiffies): expires at jiffy 20, its bucket a jiffy later
+    (1000, 1, 102, 103),  # level 1 (63 to 503): expires at 103, rounded up past a multiple of 8: 104
+    (1000, 0, 2000, 2048),  # the 2-s clamp, level 2 (504 to 4031): 2000 rounded up past a multiple of 64
+    (250, 0, 500, 2016),  # the 2-s clamp at HZ 250, level 1: jiffy 504, of 4 ms
+    (250, 3, 25, 101),  # 3 ms is within jiffy 0 (0 to 4 ms): jiffy 26 is at 104 ms
+])
+def test_a_sleep_ends_at_the_tick_of_its_timer_wheel_bucket(name, hz, now_ms, timeout, sleep_ms):
+    knobs = knobs_array(MAINLINE, Limits(hz=hz), GFP)
+    assert ENGINES[name].model.schedule_timeout(knobs, now_ms * MS, timeout) == sleep_ms * MS
+
+
 def test_a_large_overage_is_slept_off_on_return_to_user(engine):
     # usage 104M over high 100M: overage = (1024 << 20) / 25600 = 41943;
     # 41943^2 * 1000 >> 20 >> 14 = 102 jiffies (> HZ/100, under the 2 s clamp). Nothing is
-    # reclaimable, so after 16 fruitless retries the task sleeps 102 ms.
+    # reclaimable, so after 16 fruitless retries the task sleeps: schedule_timeout(102) at 1 ms
+    # (jiffy 1) expires at jiffy 103, on the timer wheel's level for 63 to 503 jiffies, whose
+    # 8-jiffy buckets round it up to 104: it wakes at 104 ms, 103 ms later.
     data = scenario([page(obj=0), {"op": USER_RETURN}], pools={POOL_OTHER: 26624 - 64})
     r = engine(data, MAINLINE, Limits(high_pages=25600))
-    assert r.throttle_ns == 102 * MS and r.stall_ns[0] == 102 * MS
+    assert r.throttle_ns == 103 * MS and r.stall_ns[0] == 103 * MS
     assert r.reclaim_calls[TRIGGER["user_return"]] == 17
 
 
 def test_the_penalty_is_counted_in_the_capturing_kernels_jiffies(engine):
-    # As above at HZ 250 (Debian's): 41943^2 * 250 >> 20 >> 14 = 25 jiffies of 4 ms, a 100-ms sleep.
+    # As above at HZ 250 (Debian's): 41943^2 * 250 >> 20 >> 14 = 25 jiffies of 4 ms, from jiffy 0
+    # (1 ms): level 0 of the wheel (below 63 jiffies) wakes it a jiffy after, at jiffy 26 (104 ms).
     data = scenario([page(obj=0), {"op": USER_RETURN}], pools={POOL_OTHER: 26624 - 64})
-    assert engine(data, MAINLINE, Limits(high_pages=25600, hz=250)).throttle_ns == 100 * MS
+    assert engine(data, MAINLINE, Limits(high_pages=25600, hz=250)).throttle_ns == 103 * MS
     # Usage 25940 (340 pages over): overage = (340 << 20) // 25600 = 13926; 13926^2 * 1000 >> 34 = 11
-    # jiffies at HZ 1000, more than HZ/100 (10): an 11-ms sleep. At HZ 250, 13926^2 * 250 >> 34 = 2
+    # jiffies at HZ 1000, more than HZ/100 (10): a sleep to jiffy 1 + 11 + 1, 12 ms. At HZ 250,
+    # 13926^2 * 250 >> 34 = 2
     # jiffies, not more than HZ/100 (2): no sleep.
     data = scenario([page(obj=0), {"op": USER_RETURN}], pools={POOL_OTHER: 25940 - 64})
-    assert engine(data, MAINLINE, Limits(high_pages=25600, hz=1000)).throttle_ns == 11 * MS
+    assert engine(data, MAINLINE, Limits(high_pages=25600, hz=1000)).throttle_ns == 12 * MS
     assert engine(data, MAINLINE, Limits(high_pages=25600, hz=250)).throttle_ns == 0
 
 
 def test_a_child_answers_for_the_pages_its_parent_charged_above_high_before_the_clone(engine):
     # As above, task 0's charge leaves 64 pages over high; it then clones task 1, whose
     # task_struct is a copy of task 0's (memcg_nr_pages_over_high included). Each return to
-    # user space, the parent's from clone() and the child's first, reclaims 17 times and
-    # sleeps 102 ms; a child born before the charge would answer for nothing.
+    # user space, the parent's from clone() at 2 ms and the child's first at 3 ms, reclaims 17
+    # times and sleeps 102 jiffies: both timers expire in the wheel's bucket of jiffy 112
+    # (104 and 105 rounded up past a multiple of 8), 110 and 109 ms; a child born before the
+    # charge would answer for nothing.
     clone = {"op": TASK_CLONE_VM, "obj": 1, "pool": POOL_OTHER}
     data = scenario([page(obj=0), clone, {"op": USER_RETURN}, {"op": USER_RETURN, "task": 1}], pools={POOL_OTHER: 26624 - 64})
     r = engine(data, MAINLINE, Limits(high_pages=25600))
-    assert list(r.stall_ns) == [102 * MS, 102 * MS] and r.throttle_ns == 204 * MS
+    assert list(r.stall_ns) == [110 * MS, 109 * MS] and r.throttle_ns == 219 * MS
     assert r.reclaim_calls[TRIGGER["user_return"]] == 34
     earlier = scenario([clone, page(obj=0), {"op": USER_RETURN}, {"op": USER_RETURN, "task": 1}], pools={POOL_OTHER: 26624 - 64})
-    assert list(engine(earlier, MAINLINE, Limits(high_pages=25600)).stall_ns) == [102 * MS, 0]
+    assert list(engine(earlier, MAINLINE, Limits(high_pages=25600)).stall_ns) == [110 * MS, 0]
 
 
 def test_only_a_charge_with_gfp_fs_shrinks_reclaimable_slab(engine):
@@ -269,7 +288,7 @@ def test_shrunk_slab_is_reclaim_progress_up_to_6_4_and_not_since_6_5(engine):
     # 6.1 counts the slab as progress, so no retry is used up and it reclaims until the
     # penalty is at most HZ/100: 20 calls later (usage 25920, 9 jiffies), no sleep. 6.5+
     # counts nothing: 16 retries, then it sleeps off the overage left at usage 26048
-    # (o = 18350, 19 jiffies).
+    # (o = 18350, 19 jiffies: from jiffy 1 to 21, the wheel's level 0 waking it a jiffy after).
     ops = [page(obj=0), {"op": USER_RETURN}]
     pools = {POOL_OTHER: 26624 - 64 - 1000, POOL_SLAB_RECLAIMABLE: 1000}
     counted = engine(scenario(ops, pools), BUILTIN["mainline-6.1"], Limits(high_pages=25600, rcu_grace_ns=0))
@@ -277,7 +296,7 @@ def test_shrunk_slab_is_reclaim_progress_up_to_6_4_and_not_since_6_5(engine):
     assert counted.throttle_ns == 0
     uncounted = engine(scenario(ops, pools), MAINLINE, Limits(high_pages=25600, rcu_grace_ns=0))
     assert uncounted.reclaim_calls[TRIGGER["user_return"]] == 17 and uncounted.reclaimed_pages[TRIGGER["user_return"]] == 576
-    assert uncounted.throttle_ns == 19 * MS
+    assert uncounted.throttle_ns == 20 * MS
 
 
 def test_the_second_charge_over_high_reclaims_synchronously_in_mainline_only(engine):
@@ -637,160 +656,162 @@ def test_watermark_reclaims_asynchronously_below_the_margin(engine):
 # Closed loop: a task's stall delays its later operations. In each scenario below, task 0
 # charges 64 anon pages at 0 ms over memory.high 100M (usage 104M: 26560 pages held by
 # nobody, nothing reclaimable) and returns to user space at 1 ms: 17 fruitless reclaim
-# calls, then it sleeps off the overage, 102 ms as in the test above (102 jiffies at HZ 1000).
+# calls, then it sleeps off the overage, 103 ms as in the test above (102 jiffies at HZ 1000,
+# to the wheel's bucket of 104 ms).
 THROTTLED = [{"op": LRU_CHARGE, "pages": 64, "pool": POOL_ANON}, {"op": USER_RETURN}]
 OVER_HIGH = {POOL_OTHER: 26624 - 64}
 
 
-def test_a_throttled_task_runs_102_ms_late_and_only_it(engine):
-    # At 2 ms task 0 frees its 64 pages: in closed loop at 104 ms. Task 1's charge of 64 file
+def test_a_throttled_task_runs_103_ms_late_and_only_it(engine):
+    # At 2 ms task 0 frees its 64 pages: in closed loop at 105 ms. Task 1's charge of 64 file
     # pages at 3 ms keeps its time (26688 pages; its over_high, 64, is not over a batch). So
-    # the series has 26624 at 0 and 1 ms, nothing at 2 ms, 26688 at 3 ms and 26624 at 104 ms.
+    # the series has 26624 at 0 and 1 ms, nothing at 2 ms, 26688 at 3 ms and 26624 at 105 ms.
     ops = [*THROTTLED, {"op": LRU_UNCHARGE, "pages": 64, "pool": POOL_ANON},
            {"op": LRU_CHARGE, "pages": 64, "pool": POOL_FILE, "task": 1}]
     closed = engine(scenario(ops, OVER_HIGH), MAINLINE, Limits(high_pages=25600))
-    assert closed.throttle_ns == 102 * MS and list(closed.stall_ns) == [102 * MS, 0]
-    assert list(closed.delay_ns) == [102 * MS, 0] and closed.end_ns == 104 * MS
-    assert {t: int(u) for t, u in enumerate(closed.bucket_last) if u >= 0} == {0: 26624, 1: 26624, 3: 26688, 104: 26624}
+    assert closed.throttle_ns == 103 * MS and list(closed.stall_ns) == [103 * MS, 0]
+    assert list(closed.delay_ns) == [103 * MS, 0] and closed.end_ns == 105 * MS
+    assert {t: int(u) for t, u in enumerate(closed.bucket_last) if u >= 0} == {0: 26624, 1: 26624, 3: 26688, 105: 26624}
     # Open loop: the same stall, added up; every operation at its trace time.
     opened = engine(scenario(ops, OVER_HIGH), MAINLINE, Limits(high_pages=25600, closed_loop=False))
-    assert opened.throttle_ns == 102 * MS and list(opened.delay_ns) == [0, 0] and opened.end_ns == 3 * MS
+    assert opened.throttle_ns == 103 * MS and list(opened.delay_ns) == [0, 0] and opened.end_ns == 3 * MS
     assert list(opened.bucket_last) == [26624, 26624, 26560, 26624]
 
 
 def test_a_forked_task_starts_on_its_parents_clock_less_the_capturing_kernels_reclaim(engine):
     # At 2 ms the trace shows task 0 spent 40 ms in the capturing kernel's reclaim: that stall
-    # is in the trace's timeline already, so task 0 runs 102 - 40 = 62 ms late. At 3 ms it
-    # forks task 1 (at 65 ms), which charges 64 file pages at 4 ms: at 66 ms.
+    # is in the trace's timeline already, so task 0 runs 103 - 40 = 63 ms late. At 3 ms it
+    # forks task 1 (at 66 ms), which charges 64 file pages at 4 ms: at 67 ms.
     ops = [*THROTTLED, {"op": RECLAIM_TIME, "bytes": 40 * MS}, {"op": TASK_FORK, "obj": 1, "pool": POOL_OTHER},
            {"op": LRU_CHARGE, "pages": 64, "pool": POOL_FILE, "task": 1}]
     r = engine(scenario(ops, OVER_HIGH), MAINLINE, Limits(high_pages=25600))
-    assert list(r.delay_ns) == [62 * MS, 62 * MS] and r.end_ns == 66 * MS
-    assert {t: int(u) for t, u in enumerate(r.bucket_last) if u >= 0} == {0: 26624, 1: 26624, 64: 26624, 65: 26624, 66: 26688}
+    assert list(r.delay_ns) == [63 * MS, 63 * MS] and r.end_ns == 67 * MS
+    assert {t: int(u) for t, u in enumerate(r.bucket_last) if u >= 0} == {0: 26624, 1: 26624, 65: 26624, 66: 26624, 67: 26688}
 
 
 def test_a_task_that_waited_for_its_child_goes_on_as_late_as_the_child_ended(engine):
     # Task 0 forks task 1 at 0 ms; task 1 charges 64 anon pages at 1 ms and is throttled 102
-    # ms on its return to user space at 2 ms (as above), so its exit at 3 ms comes at 105 ms.
+    # jiffies on its return to user space at 2 ms (as above; to the wheel's bucket of 112 ms: 110
+    # ms), so its exit at 3 ms comes at 113 ms.
     # Task 0's first event after it, at 4 ms, is a wait for it (TASK_JOIN, replayed then): task
-    # 0 is held until task 1's exit is replayed, and goes on 102 ms late: its 64 file pages at 5 ms come
-    # at 107 ms (usage 26688). Without the wait (the operations a millisecond apart, so the file
+    # 0 is held until task 1's exit is replayed, and goes on 110 ms late: its 64 file pages at 5 ms come
+    # at 115 ms (usage 26688). Without the wait (the operations a millisecond apart, so the file
     # pages at 4 ms) they come at their time.
     ops = [{"op": TASK_FORK, "obj": 1, "pool": POOL_OTHER}, *[{**op, "task": 1} for op in THROTTLED],
            {"op": TASK_EXIT, "task": 1, "pool": POOL_OTHER}, {"op": TASK_JOIN, "obj": 1, "pool": POOL_OTHER},
            {"op": LRU_CHARGE, "pages": 64, "pool": POOL_FILE}]
     r = engine(scenario(ops, OVER_HIGH), MAINLINE, Limits(high_pages=25600))
-    assert list(r.delay_ns) == [102 * MS, 102 * MS] and r.end_ns == 107 * MS
-    assert {t: int(u) for t, u in enumerate(r.bucket_last) if u >= 0} == {0: 26560, 1: 26624, 2: 26624, 4: 26624, 105: 26624, 107: 26688}
+    assert list(r.delay_ns) == [110 * MS, 110 * MS] and r.end_ns == 115 * MS
+    assert {t: int(u) for t, u in enumerate(r.bucket_last) if u >= 0} == {0: 26560, 1: 26624, 2: 26624, 4: 26624, 113: 26624, 115: 26688}
     unwaited = engine(scenario([op for op in ops if op["op"] != TASK_JOIN], OVER_HIGH), MAINLINE, Limits(high_pages=25600))
-    assert list(unwaited.delay_ns) == [0, 102 * MS] and unwaited.bucket_last[4] == 26688
+    assert list(unwaited.delay_ns) == [0, 110 * MS] and unwaited.bucket_last[4] == 26688
 
 
 def test_an_interrupt_keeps_its_time_but_its_free_follows_the_task_that_allocated(engine):
-    # Task 0 allocates a page at 2 ms: at 104 ms (no stock: a batch of 64, 63 stocked). A
+    # Task 0 allocates a page at 2 ms: at 105 ms (no stock: a batch of 64, 63 stocked). A
     # softirq charges 64 socket pages at 3 ms and keeps that time (GFP_ATOMIC; over high in
     # interrupt context: high_work's reclaim, which finds nothing). An RCU callback frees task
-    # 0's page at 4 ms: on task 0's clock, at 106 ms (it goes back to the stock: the counter
-    # keeps it). So: 26624 until 1 ms, 26688 at 3 ms, 26752 at 104 and 106 ms.
+    # 0's page at 4 ms: on task 0's clock, at 107 ms (it goes back to the stock: the counter
+    # keeps it). So: 26624 until 1 ms, 26688 at 3 ms, 26752 at 105 and 107 ms.
     ops = [*THROTTLED, page(obj=5), {"op": LRU_CHARGE, "pages": 64, "gfp": GFP_ATOMIC, "irq": True, "task": 1},
            page(obj=5, op=PAGE_FREE, irq=True, task=1)]
     r = engine(scenario(ops, OVER_HIGH), MAINLINE, Limits(high_pages=25600))
-    assert {t: int(u) for t, u in enumerate(r.bucket_last) if u >= 0} == {0: 26624, 1: 26624, 3: 26688, 104: 26752, 106: 26752}
-    assert r.reclaim_calls[TRIGGER["async"]] == 1 and r.end_ns == 106 * MS
+    assert {t: int(u) for t, u in enumerate(r.bucket_last) if u >= 0} == {0: 26624, 1: 26624, 3: 26688, 105: 26752, 107: 26752}
+    assert r.reclaim_calls[TRIGGER["async"]] == 1 and r.end_ns == 107 * MS
 
 
 def test_an_interrupts_free_comes_as_late_as_its_task_ran_when_it_set_it_off(engine):
     # Task 0 allocates 64 pages at 0 ms (a batch of 64: no stock; usage 26624), returns to
-    # user space at 1 ms (throttled 102 ms, as above) and charges 1 anon page at 2 ms (its
+    # user space at 1 ms (throttled 103 ms, as above) and charges 1 anon page at 2 ms (its
     # close, say). An RCU callback frees the 64 pages at 3 ms, taken to be set off a grace
     # period earlier. Grace 3 ms: set off at the allocation (0 ms), before the sleep, so it
     # runs during it, at 3 ms (back to the stock: 64, not more than a batch, stays); the
-    # anon page at 104 ms takes 1 of them. Grace 1 ms: set off at 2 ms, after the sleep, so it
-    # waits for task 0's 2 ms step (104 ms: no stock, a batch of 64, 26688, 63 stocked) and
-    # comes at 3 + 102 = 105 ms (63 + 64 stocked is more than a batch: drained, 26561).
+    # anon page at 105 ms takes 1 of them. Grace 1 ms: set off at 2 ms, after the sleep, so it
+    # waits for task 0's 2 ms step (105 ms: no stock, a batch of 64, 26688, 63 stocked) and
+    # comes at 3 + 103 = 106 ms (63 + 64 stocked is more than a batch: drained, 26561).
     ops = [page(pages=64, obj=5), {"op": USER_RETURN}, {"op": LRU_CHARGE, "pages": 1, "pool": POOL_ANON},
            page(pages=64, obj=5, op=PAGE_FREE, irq=True, task=1)]
     during = engine(scenario(ops, {POOL_OTHER: 26560}), MAINLINE, Limits(high_pages=25600, rcu_grace_ns=3 * MS))
-    assert {t: int(u) for t, u in enumerate(during.bucket_last) if u >= 0} == {0: 26624, 1: 26624, 3: 26624, 104: 26624}
+    assert {t: int(u) for t, u in enumerate(during.bucket_last) if u >= 0} == {0: 26624, 1: 26624, 3: 26624, 105: 26624}
     after = engine(scenario(ops, {POOL_OTHER: 26560}), MAINLINE, Limits(high_pages=25600, rcu_grace_ns=1 * MS))
-    assert {t: int(u) for t, u in enumerate(after.bucket_last) if u >= 0} == {0: 26624, 1: 26624, 104: 26688, 105: 26561}
-    assert (during.end_ns, after.end_ns) == (104 * MS, 105 * MS)
+    assert {t: int(u) for t, u in enumerate(after.bucket_last) if u >= 0} == {0: 26624, 1: 26624, 105: 26688, 106: 26561}
+    assert (during.end_ns, after.end_ns) == (105 * MS, 106 * MS)
 
 
 def test_an_interrupts_free_of_what_a_late_task_made_comes_during_the_sleep_after_its_set_off(engine):
-    # Task 0 is throttled 102 ms (as above), so it allocates 64 pages at 2 ms at 104 ms (no
+    # Task 0 is throttled 103 ms (as above), so it allocates 64 pages at 2 ms at 105 ms (no
     # stock: a batch of 64, 26688, over high again) and sleeps again on its return to user
-    # space at 3 ms (105 ms): overage (1088 << 20) // 25600 = 44564, 44564^2 * 1000 >> 34 =
-    # 115 jiffies. An RCU callback frees the 64 pages at 5 ms, set off at the allocation (2
+    # space at 3 ms (106 ms): overage (1088 << 20) // 25600 = 44564, 44564^2 * 1000 >> 34 =
+    # 115 jiffies, from jiffy 106 to the wheel's bucket of 224 (221 rounded up): 118 ms. An RCU callback frees the 64 pages at 5 ms, set off at the allocation (2
     # ms: grace 3 ms): when the loop reaches 5 ms, the allocation still waits on task 0's
     # clock, and the free waits for task 0 to get past its set-off, then comes as late as task 0
-    # ran then: at 107 ms, during the second sleep (back to the stock: 64, kept). Task 0's
-    # anon page at 4 ms comes at 4 + 102 + 115 = 221 ms and takes one of them: usage stays
-    # 26688. (Behind the 4 ms step instead, the free would come at 222 ms, after a new batch
+    # ran then: at 108 ms, during the second sleep (back to the stock: 64, kept). Task 0's
+    # anon page at 4 ms comes at 4 + 103 + 118 = 225 ms and takes one of them: usage stays
+    # 26688. (Behind the 4 ms step instead, the free would come at 226 ms, after a new batch
     # for the anon page: 26752, then 63 + 64 stocked, drained: 26625.)
     ops = [*THROTTLED, page(pages=64, obj=5), {"op": USER_RETURN}, {"op": LRU_CHARGE, "pages": 1, "pool": POOL_ANON},
            page(pages=64, obj=5, op=PAGE_FREE, irq=True, task=1)]
     r = engine(scenario(ops, OVER_HIGH), MAINLINE, Limits(high_pages=25600, rcu_grace_ns=3 * MS))
-    assert r.throttle_ns == (102 + 115) * MS and r.end_ns == 221 * MS
-    assert {t: int(u) for t, u in enumerate(r.bucket_last) if u >= 0} == {0: 26624, 1: 26624, 104: 26688, 105: 26688,
-                                                                        107: 26688, 221: 26688}
+    assert r.throttle_ns == (103 + 118) * MS and r.end_ns == 225 * MS
+    assert {t: int(u) for t, u in enumerate(r.bucket_last) if u >= 0} == {0: 26624, 1: 26624, 105: 26688, 106: 26688,
+                                                                        108: 26688, 225: 26688}
 
 
 def test_another_tasks_free_follows_the_task_that_allocated(engine):
-    # Task 1 frees at 3 ms the page task 0 allocates at 2 ms, which comes at 104 ms (a batch of
-    # 64 charged, 63 stocked): the free comes at 105 ms, as long after the allocation as in the
+    # Task 1 frees at 3 ms the page task 0 allocates at 2 ms, which comes at 105 ms (a batch of
+    # 64 charged, 63 stocked): the free comes at 106 ms, as long after the allocation as in the
     # trace (back to the stock: the counter keeps it). Both charges leave usage above high, 64
     # pages over at most: no more than a batch, so the throttling waits for the return to user.
     ops = [*THROTTLED, page(obj=5), page(obj=5, op=PAGE_FREE, task=1)]
     r = engine(scenario(ops, OVER_HIGH), MAINLINE, Limits(high_pages=25600))
     assert list(r.outcome) == [OUTCOME["above_high"], OUTCOME["none"], OUTCOME["above_high"], OUTCOME["none"]]
-    assert {t: int(u) for t, u in enumerate(r.bucket_last) if u >= 0} == {0: 26624, 1: 26624, 104: 26688, 105: 26688}
-    assert r.end_ns == 105 * MS
+    assert {t: int(u) for t, u in enumerate(r.bucket_last) if u >= 0} == {0: 26624, 1: 26624, 105: 26688, 106: 26688}
+    assert r.end_ns == 106 * MS
 
 
 def test_a_free_of_what_another_task_made_comes_when_its_own_task_gets_there(engine):
     # The allocation was replayed already, so the free is its own task's operation. Task 0 is
-    # throttled 102 ms (as above) and allocates 64 pages at 2 ms: at 104 ms (no stock: a batch
-    # of 64 charged, 26688). Task 1, on time, frees them at 200 ms: at 200 ms, not 102 ms later
+    # throttled 103 ms (as above) and allocates 64 pages at 2 ms: at 105 ms (no stock: a batch
+    # of 64 charged, 26688). Task 1, on time, frees them at 200 ms: at 200 ms, not 103 ms later
     # (back to the stock: the counter keeps them).
     made_late = scenario([*THROTTLED, page(pages=64, obj=5), page(pages=64, obj=5, op=PAGE_FREE, task=1)], OVER_HIGH)
     made_late = replace(made_late, ts=np.array([0, 1, 2, 200]) * MS, t_last=200 * MS)
     r = engine(made_late, MAINLINE, Limits(high_pages=25600))
-    assert {t: int(u) for t, u in enumerate(r.bucket_last) if u >= 0} == {0: 26624, 1: 26624, 104: 26688, 200: 26688}
+    assert {t: int(u) for t, u in enumerate(r.bucket_last) if u >= 0} == {0: 26624, 1: 26624, 105: 26688, 200: 26688}
     assert r.end_ns == 200 * MS
     # Task 1 is the throttled one (its 64 anon pages at 0 ms, its return to user space at 1 ms)
-    # and frees at 3 ms the 64 pages task 0 allocates on time at 2 ms (26688): at 105 ms.
+    # and frees at 3 ms the 64 pages task 0 allocates on time at 2 ms (26688): at 106 ms.
     freed_late = [*[{**op, "task": 1} for op in THROTTLED], page(pages=64, obj=5),
                   page(pages=64, obj=5, op=PAGE_FREE, task=1)]
     r = engine(scenario(freed_late, OVER_HIGH), MAINLINE, Limits(high_pages=25600))
-    assert list(r.delay_ns) == [0, 102 * MS] and r.end_ns == 105 * MS
-    assert {t: int(u) for t, u in enumerate(r.bucket_last) if u >= 0} == {0: 26624, 1: 26624, 2: 26688, 105: 26688}
+    assert list(r.delay_ns) == [0, 103 * MS] and r.end_ns == 106 * MS
+    assert {t: int(u) for t, u in enumerate(r.bucket_last) if u >= 0} == {0: 26624, 1: 26624, 2: 26688, 106: 26688}
 
 
 def test_a_reader_frees_what_a_throttled_writer_sent_on_time_an_interrupt_after_the_sleep(engine):
     # Task 0 allocates 128 pages at 0 ms: a batch of 128, usage 26496 + 128 = 26624 over high
     # 25600, and 128 pages over high is more than a batch: it is throttled at once, 102 jiffies
-    # (as above) * 128 / 64 = 204 ms. Task 1 frees them at 1 ms: the allocation ran on time,
+    # (as above) * 128 / 64 = 204, from jiffy 0 to the wheel's bucket of 208: 208 ms. Task 1 frees them at 1 ms: the allocation ran on time,
     # so the free does too, though its allocator sleeps (128 pages back to the stock are
     # more than a batch: drained to the counter, 26496). Task 0's own next step, at 2 ms,
-    # comes at 206 ms. Freed in interrupt context instead (deferred work of task 0's, set off
+    # comes at 210 ms. Freed in interrupt context instead (deferred work of task 0's, set off
     # no earlier than the allocation, after which task 0 slept), the free comes as late as task
-    # 0 ran then: at 205 ms.
+    # 0 ran then: at 209 ms.
     reader = [page(pages=128, obj=5), page(pages=128, obj=5, op=PAGE_FREE, task=1), {"op": USER_RETURN}]
     r = engine(scenario(reader, {POOL_OTHER: 26496}), MAINLINE, Limits(high_pages=25600))
-    assert r.throttle_ns == 204 * MS and list(r.delay_ns) == [204 * MS, 0]
+    assert r.throttle_ns == 208 * MS and list(r.delay_ns) == [208 * MS, 0]
     assert r.outcome[0] == OUTCOME["reclaimed_for_high"]  # throttled in the charge, before the allocation returned
-    assert {t: int(u) for t, u in enumerate(r.bucket_last) if u >= 0} == {0: 26624, 1: 26496, 206: 26496}
+    assert {t: int(u) for t, u in enumerate(r.bucket_last) if u >= 0} == {0: 26624, 1: 26496, 210: 26496}
     interrupt = [reader[0], {**reader[1], "irq": True}, reader[2]]
     r = engine(scenario(interrupt, {POOL_OTHER: 26496}), MAINLINE, Limits(high_pages=25600))
-    assert {t: int(u) for t, u in enumerate(r.bucket_last) if u >= 0} == {0: 26624, 205: 26496, 206: 26496}
+    assert {t: int(u) for t, u in enumerate(r.bucket_last) if u >= 0} == {0: 26624, 209: 26496, 210: 26496}
 
 
 def test_a_delay_across_batches_is_not_counted_twice():
-    # Batch 1: task 0 is throttled 102 ms (at 1 ms) and uncharges at 2 ms: at 104 ms, replayed
+    # Batch 1: task 0 is throttled 103 ms (at 1 ms) and uncharges at 2 ms: at 105 ms, replayed
     # by the batch's end. Batch 2: task 1, on time, charges at 3 ms and uncharges at 4 ms,
-    # earlier than what batch 1 ran last. Usage is above high all along: 104 ms above it, and
-    # the run ends at 104 ms, not at 4 ms nor 105 ms.
+    # earlier than what batch 1 ran last. Usage is above high all along: 105 ms above it, and
+    # the run ends at 105 ms, not at 4 ms nor 106 ms.
     ops = [*THROTTLED, {"op": LRU_UNCHARGE, "pages": 64, "pool": POOL_ANON},
            {"op": LRU_CHARGE, "pages": 64, "pool": POOL_FILE, "task": 1},
            {"op": LRU_UNCHARGE, "pages": 64, "pool": POOL_FILE, "task": 1}]
@@ -800,14 +821,14 @@ def test_a_delay_across_batches_is_not_counted_twice():
         for lo, hi in ((0, 3), (3, 5)):
             session.feed(replace(data, **{k: getattr(data, k)[lo:hi] for k in ARRAYS}))
         r = session.finish()
-        assert (r.ns_above_high, r.end_ns) == (104 * MS, 104 * MS), name
+        assert (r.ns_above_high, r.end_ns) == (105 * MS, 105 * MS), name
 
 
 def test_which_tasks_wait_with_a_throttled_one_is_the_clock_knob(engine):
-    # Task 0 makes task 1 at 0 ms and is throttled 102 ms (its charge at 1 ms, its return to
-    # user space at 2 ms); task 1 charges 64 file pages at 3 ms (26624 + 64 pages). On clocks
+    # Task 0 makes task 1 at 0 ms and is throttled 110 ms (its charge at 1 ms, its return to
+    # user space at 2 ms: 102 jiffies, to the wheel's bucket of 112 ms); task 1 charges 64 file pages at 3 ms (26624 + 64 pages). On clocks
     # of their own (the default) task 1 keeps its time; on a process's clock a thread (made
-    # with CLONE_VM) waits with its creator, at 105 ms, and a forked process does not; on the
+    # with CLONE_VM) waits with its creator, at 113 ms, and a forked process does not; on the
     # workload's clock every task waits. The stall stays the throttled task's own.
     def run(make: int, clock: str) -> tuple:
         ops = [{"op": make, "obj": 1, "pool": POOL_OTHER}, *THROTTLED,
@@ -816,8 +837,8 @@ def test_which_tasks_wait_with_a_throttled_one_is_the_clock_knob(engine):
         charged = [t for t, u in enumerate(r.bucket_last) if u == 26688]
         return list(r.stall_ns), list(r.delay_ns), charged, r.end_ns
 
-    on_time = ([102 * MS, 0], [102 * MS, 0], [3], 3 * MS)
-    waited = ([102 * MS, 0], [102 * MS, 102 * MS], [105], 105 * MS)
+    on_time = ([110 * MS, 0], [110 * MS, 0], [3], 3 * MS)
+    waited = ([110 * MS, 0], [110 * MS, 110 * MS], [113], 113 * MS)
     assert run(TASK_CLONE_VM, "task") == on_time
     assert run(TASK_CLONE_VM, "process") == waited
     assert run(TASK_FORK, "process") == on_time
@@ -825,13 +846,13 @@ def test_which_tasks_wait_with_a_throttled_one_is_the_clock_knob(engine):
 
 
 def test_on_the_workloads_clock_any_tasks_stall_delays_all(engine):
-    # No fork in the trace: task 1 is throttled (102 ms), task 0 charges 64 file pages at 3 ms.
+    # No fork in the trace: task 1 is throttled (103 ms), task 0 charges 64 file pages at 3 ms.
     ops = [{**op, "task": 1} for op in THROTTLED] + [{"op": LRU_CHARGE, "pages": 64, "pool": POOL_FILE}]
     alone = engine(scenario(ops, OVER_HIGH), MAINLINE, Limits(high_pages=25600))
     shared = engine(scenario(ops, OVER_HIGH), MAINLINE, Limits(high_pages=25600, clock="workload"))
-    assert list(alone.delay_ns) == [0, 102 * MS] and alone.end_ns == 2 * MS
-    assert list(shared.delay_ns) == [102 * MS, 102 * MS] and shared.end_ns == 104 * MS
-    assert list(shared.stall_ns) == [0, 102 * MS]
+    assert list(alone.delay_ns) == [0, 103 * MS] and alone.end_ns == 2 * MS
+    assert list(shared.delay_ns) == [103 * MS, 103 * MS] and shared.end_ns == 105 * MS
+    assert list(shared.stall_ns) == [0, 103 * MS]
 
 
 def test_a_clock_the_model_does_not_know_is_refused():
