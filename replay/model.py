@@ -204,8 +204,8 @@ SATURATED = 1 << 62  # a throttle penalty past any clamp
 DEF_PRIORITY = 12  # reclaim's first, lightest scan: the LRU's size >> 12
 # overage**2 * HZ fits in int64 up to here for any HZ up to MAX_HZ (the manifest's bound)
 MAX_HZ = 10_000
-LVL_CLK_SHIFT, LVL_SIZE = 3, 64  # the timer wheel's: each level 8 times coarser, 64 buckets a level
 MAX_EXACT_OVERAGE = math.isqrt(((1 << 63) - 1) // MAX_HZ)
+LVL_CLK_SHIFT, LVL_SIZE = 3, 64  # the timer wheel's: each level 8 times coarser, 64 buckets a level
 
 
 # -- page_counter.c --------------------------------------------------------------------------
