@@ -89,7 +89,7 @@ def describe(name: str, run: dict, calls: list[Call]) -> str:
 
 def probed_run(instance: Instance, group: str, workload: list[str], high: int | None) -> tuple[dict, list[Call]]:
     """run_alone with the probes' events and stack traces on, and the calls they recorded."""
-    write_setting(instance.path / "trace", "")
+    instance.write("trace", "")  # the last run's events cleared
     for event in PROBES:
         instance.write(f"events/{group}/{event}/trigger", "stacktrace")
         instance.enable(group, event)
