@@ -141,8 +141,8 @@ DEBT = POOLS + 6  # memcg[DEBT + pool]: pages reclaimed that the trace has yet t
 LRU_HEAD, LRU_TAIL = DEBT + 6, DEBT + 7  # memcg[FILE_LRU + LRU_HEAD .. FILE_LRU + LRU_TAIL): file folios, oldest first
 UNMAPPED = DEBT + 8  # anon pages unmapped and still charged (not yet freed)
 # Shrunk slab pages waiting for RCU: those of the grace period under way (it ends at RCU_GP_END), and those
-# shrunk meanwhile, which wait for the next one. NOW: the time of the operation being replayed; TRACE_NOW:
-# its time in the trace.
+# shrunk meanwhile, which wait for the next one. NOW: the time in the operation being replayed (its start,
+# plus what its task has stalled in it so far); TRACE_NOW: its time in the trace.
 RCU_WAITING, RCU_NEXT, RCU_GP_END, NOW, TRACE_NOW = DEBT + 9, DEBT + 10, DEBT + 11, DEBT + 12, DEBT + 13
 UNDRAINED = DEBT + 14  # pages held for the other CPUs' stocks until the OOM killer has run (their drain work with it)
 FREED_FOLIOS = DEBT + 15  # memcg[FREED_FOLIOS + order]: freed folios still to leave the file LRU
@@ -516,8 +516,7 @@ def schedule_timeout(knobs, now, timeout):
     """How long schedule_timeout(timeout jiffies) sleeps from `now` (ns): until the tick that runs
     its timer's bucket. calc_wheel_index puts the timer on the wheel's level for its distance
     (level n holds distances below 63 << 3n jiffies) and calc_index rounds its expiry up past
-    the next multiple of that level's granularity (8 ** level jiffies), so it never fires early.
-    The jiffy it starts in is `now`'s: the reclaim before the sleep is not counted in it."""
+    the next multiple of that level's granularity (8 ** level jiffies), so it never fires early."""
     tick_ns = 1_000_000_000 // knobs[HZ]
     expires = now // tick_ns + timeout
     level = 0
@@ -1426,8 +1425,10 @@ def delay_beyond(knobs, per_task, clock, kernel_stall):
 
 @njit(inline="always")
 def stall(memcg, knobs, per_task, task, ns):
-    """The policy holds the task `ns` in reclaim or asleep: its clock falls behind as much."""
+    """The policy holds the task `ns` in reclaim or asleep: its clock falls behind as much, and
+    what it does next in this operation (a sleep after reclaim: its jiffy) comes that much later."""
     delay_changes(memcg, knobs, per_task, per_task[task, RUNS_ON])
+    memcg[NOW] += ns
     per_task[task, STALL] += ns
     per_task[per_task[task, RUNS_ON], CLOCK_STALL] += ns
 

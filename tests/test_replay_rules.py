@@ -213,6 +213,15 @@ def test_a_large_overage_is_slept_off_on_return_to_user(engine):
     assert r.reclaim_calls[TRIGGER["user_return"]] == 17
 
 
+def test_the_sleep_starts_in_the_jiffy_its_reclaim_ended_in(engine):
+    # As above with each reclaim call taking 1 ms: the 17 calls hold the task from 1 ms to 18 ms
+    # (jiffy 18), so schedule_timeout(102) expires at jiffy 120, which the 8-jiffy buckets round up
+    # to 128: it sleeps 110 ms, not the 103 it would from jiffy 1. Its stall: 17 + 110 ms.
+    data = scenario([page(obj=0), {"op": USER_RETURN}], pools={POOL_OTHER: 26624 - 64})
+    r = engine(data, MAINLINE, Limits(high_pages=25600, reclaim_ns_per_call=MS))
+    assert r.throttle_ns == 110 * MS and r.stall_ns[0] == 127 * MS
+
+
 def test_the_penalty_is_counted_in_the_capturing_kernels_jiffies(engine):
     # As above at HZ 250 (Debian's): 41943^2 * 250 >> 20 >> 14 = 25 jiffies of 4 ms, from jiffy 0
     # (1 ms): level 0 of the wheel (below 63 jiffies) wakes it a jiffy after, at jiffy 26 (104 ms).
@@ -288,7 +297,8 @@ def test_shrunk_slab_is_reclaim_progress_up_to_6_4_and_not_since_6_5(engine):
     # 6.1 counts the slab as progress, so no retry is used up and it reclaims until the
     # penalty is at most HZ/100: 20 calls later (usage 25920, 9 jiffies), no sleep. 6.5+
     # counts nothing: 16 retries, then it sleeps off the overage left at usage 26048
-    # (o = 18350, 19 jiffies: from jiffy 1 to 21, the wheel's level 0 waking it a jiffy after).
+    # (o = 18350, 19 jiffies: from jiffy 1 to 21, the wheel's level 0 waking it a jiffy after),
+    # having reclaimed from 1 ms for 576 us (576 pages at the default 1 us): 21 - 1.576 ms.
     ops = [page(obj=0), {"op": USER_RETURN}]
     pools = {POOL_OTHER: 26624 - 64 - 1000, POOL_SLAB_RECLAIMABLE: 1000}
     counted = engine(scenario(ops, pools), BUILTIN["mainline-6.1"], Limits(high_pages=25600, rcu_grace_ns=0))
@@ -296,7 +306,7 @@ def test_shrunk_slab_is_reclaim_progress_up_to_6_4_and_not_since_6_5(engine):
     assert counted.throttle_ns == 0
     uncounted = engine(scenario(ops, pools), MAINLINE, Limits(high_pages=25600, rcu_grace_ns=0))
     assert uncounted.reclaim_calls[TRIGGER["user_return"]] == 17 and uncounted.reclaimed_pages[TRIGGER["user_return"]] == 576
-    assert uncounted.throttle_ns == 20 * MS
+    assert uncounted.throttle_ns == 21 * MS - 1_576_000
 
 
 def test_the_second_charge_over_high_reclaims_synchronously_in_mainline_only(engine):
