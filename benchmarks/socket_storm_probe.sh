@@ -1,11 +1,12 @@
 #!/bin/sh
 # The bundled socket-storm workload (traces/samples/workloads.py sockets) under memory.max 8M and
-# memory.high 4M in a lab kernel, watched every EVERY seconds (default 2) for at most 600 s: its progress (OUT/progress.txt),
-# the memcg's usage, memory.events, memory.stat, PSI, and where each of its tasks sleeps
-# (OUT/samples.txt); at the end its wall time and memcg files (OUT/result.txt). The sampler runs in
-# the root memcg: its reads charge no per-CPU stock of the workload's. With a second argument (a
-# size, e.g. 64M) the guest first gets a zram swap device that big, so reclaim can take anon pages
-# too (zram keeps them compressed in memory no memcg is charged for). Inside a lab kernel:
+# memory.high 4M in a lab kernel, watched every EVERY seconds (default 2) for at most 600 s: its
+# progress (OUT/progress.txt), the memcg's usage, memory.events, memory.stat, PSI, and where each
+# of its tasks sleeps (OUT/samples.txt); at the end its wall time and memcg files (OUT/result.txt).
+# The sampler runs in the root memcg: its reads charge no per-CPU stock of the workload's. With a
+# second argument (a size, e.g. 64M) the guest first gets a zram swap device that big, so reclaim
+# can take anon pages too (zram keeps them compressed in memory no memcg is charged for). Inside a
+# lab kernel:
 #   python -m lab run --kernel 6.12 --timeout 1200 --keep DIR -- sh benchmarks/socket_storm_probe.sh {run}/out [64M]
 out=$1; swap=$2; mkdir -p $out
 echo $$ > /sys/fs/cgroup/cgroup.procs
