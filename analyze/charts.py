@@ -89,6 +89,23 @@ def bar(result: Result, field: str, title: str, axis: str, count: bool = False) 
     ).properties(width=WIDTH, height=22 * len(result.policies), title=title)
 
 
+def over_stock_phases(result: Result) -> alt.HConcatChart:
+    """A tick per stock phase of `replay --spread` and policy: page-seconds above memory.high and run time."""
+    spread = result.summary["spread"]
+    data = pl.DataFrame([{"policy": p, "stock phase": phase, "page-seconds above high": figures["page_seconds_above_high"][n],
+                          "run seconds": figures["run_seconds"][n]}
+                         for p, figures in spread["policies"].items() for n, phase in enumerate(spread["stock_phases"])])
+    ticks = alt.Chart(data).mark_tick(thickness=2).encode(
+        y=alt.Y("policy:N", sort=result.policies, title=None), color=policy_colour(result.policies, legend=False),
+        tooltip=["policy:N", "stock phase:Q", alt.Tooltip("page-seconds above high:Q", format=",.1f"),
+                 alt.Tooltip("run seconds:Q", format=".3f")])
+    size = {"width": WIDTH // 2 - 60, "height": 22 * len(result.policies)}
+    return alt.hconcat(
+        ticks.encode(x=alt.X("page-seconds above high:Q")).properties(**size),
+        ticks.encode(x=alt.X("run seconds:Q", scale=alt.Scale(zero=False))).properties(**size),  # run times near each other
+    ).properties(title=f"Each policy at the page stocks' {len(spread['stock_phases'])} states when the trace began")
+
+
 def failures_by_gfp_class(result: Result) -> alt.Chart:
     rows = [{"policy": p, "gfp class": cls, "failed": n}
             for p in result.policies for cls, n in result.summary["policies"][p]["failed_by_gfp_class"].items()]

@@ -44,6 +44,12 @@ def report_figures(result: Result, metrics: dict, baseline: str) -> list[Figure]
         section("Above memory.high", "Page-seconds above memory.high: how far and how long usage stayed over the high limit.",
                 lambda: charts.bar(result, "page_seconds_above_high", "Page-seconds above memory.high", "page-seconds"),
                 "No policy's usage went above memory.high." if none_of("page_seconds_above_high") else None),
+        section("Over the page stocks' state", "The trace cannot show how many pages each CPU's page stock held when it "
+                "began; which charge crosses memory.high, and so which task is throttled, moves with it. Each tick is a "
+                "replay with the stocks that full (0 to 56 pages): where a policy's ticks spread wide, one replay's figure "
+                "is one draw of several.", lambda: charts.over_stock_phases(result),
+                None if "spread" in result.summary else "Replayed at one state of the page stocks: chargeplay replay "
+                "--spread replays every policy at 8 and shows how far each figure moves with it."),
         section("Failed charges", "Charges each policy refused, by the gfp class of the allocation: these allocations return NULL.",
                 lambda: charts.failures_by_gfp_class(result), "No policy failed a charge." if none_of("failed") else None),
         section("Reclaim", "How often each policy reclaimed, and why: at memory.max, synchronously over memory.high, on return "

@@ -11,7 +11,7 @@ For each zoo workload, on a cgroup v2 kernel (the lab's), as root from the proje
 4. replay the trace in closed loop under the model of the running kernel with memory.high H:
    the time the policy adds (its run on its own clock less the trace's), high events, and
    seconds above high, and the range of the first two over eight phases of the page stock's
-   batch at the start (STOCK_PHASES); with each task on its own clock (the prediction) and, as
+   batch at the start (`replay --spread`); with each task on its own clock (the prediction) and, as
    bounds, with the threads of a process and then all tasks on one (`--clock`).
 
 Observed stretch: T1 / T0 - 1. Predicted: the added time over T0. The targets (closed-loop
@@ -37,7 +37,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import polars as pl
@@ -117,28 +116,22 @@ except KeyboardInterrupt:
 """
 
 
-# The stock phases (Limits.stock_phase) the prediction is replayed at besides the trace's own (0):
-# which batch crosses memory.high decides whether a run takes one or two more throttles, each up to
-# a 2-s sleep, and a few dozen pages charged or not move it from run to run. Their range is how
-# wide the prediction is (one capture of pipes: 171 to 205 high events; the kernel's runs 187 to 205).
-STOCK_PHASES = range(0, 64, 8)
-
-
-def predict(trace: Trace, high: int, result: Path, clock: str, phases: range = STOCK_PHASES) -> dict:
-    """The closed-loop replay's figures under memory.high `high` at the trace's own stock phase,
-    and the range of high events and added seconds over `phases`."""
+def predict(trace: Trace, high: int, result: Path, clock: str, spread: bool) -> dict:
+    """The closed-loop replay's figures under memory.high `high` at the trace's own stock phase
+    and, with `spread`, the range of high events and added seconds over run.STOCK_PHASES: which
+    batch crosses memory.high decides whether a run takes one or two more throttles, each up to a
+    2-s sleep (one capture of pipes: 171 to 205 high events; the kernel's runs 187 to 205)."""
     chosen, model = policy.for_kernel(trace.manifest["kernel"]["release"])
-    limits = run.limits_for(trace, ROOMY, high, swap=False, clock=clock)  # reads the trace's reclaims: once
-    runs = []
-    for phase in phases:
-        figures = run.replay(trace, result / clock / f"phase-{phase}", [chosen], replace(limits, stock_phase=phase),
-                             run.ENGINES["fast"])["policies"][chosen.name]
-        trace_seconds = figures["run_seconds"] / (1 + figures["stretch"])
-        runs.append({"model": model, "added_seconds": figures["run_seconds"] - trace_seconds, "high_events": figures["high_events"],
-                     "seconds_above_high": figures["seconds_above_high"], "peak_bytes": figures["peak_bytes"],
-                     "trace_seconds": trace_seconds})
-    return {**runs[0], **{f"{name}_range": [min(r[name] for r in runs), max(r[name] for r in runs)]
-                          for name in ("high_events", "added_seconds")}}
+    limits = run.limits_for(trace, ROOMY, high, swap=False, clock=clock)
+    summary = run.replay(trace, result / clock, [chosen], limits, run.ENGINES["fast"], spread=spread)
+    figures = summary["policies"][chosen.name]
+    trace_seconds = figures["run_seconds"] / (1 + figures["stretch"])
+    at_phases = summary["spread"]["policies"][chosen.name] if spread else {name: [figures[name]] for name in run.SPREAD_FIGURES}
+    added = [seconds - trace_seconds for seconds in at_phases["run_seconds"]]
+    return {"model": model, "added_seconds": added[0], "high_events": figures["high_events"],
+            "seconds_above_high": figures["seconds_above_high"], "peak_bytes": figures["peak_bytes"], "trace_seconds": trace_seconds,
+            "high_events_range": [min(at_phases["high_events"]), max(at_phases["high_events"])],
+            "added_seconds_range": [min(added), max(added)]}
 
 
 def check(workload: str, command: list[str], runs: int, fraction: float, scratch: Path) -> dict:
@@ -152,7 +145,7 @@ def check(workload: str, command: list[str], runs: int, fraction: float, scratch
     median = sorted(limited, key=lambda r: r["seconds"])[len(limited) // 2]
     # The prediction is the default clock's; the other two bound it (tasks that wait for their
     # process's threads, for every task), at the trace's own stock phase.
-    by_clock = {clock: predict(trace, high, scratch / workload / "result", clock, STOCK_PHASES if clock == "task" else range(1))
+    by_clock = {clock: predict(trace, high, scratch / workload / "result", clock, spread=clock == "task")
                 for clock in CLOCK_SHARING}
     for figures in by_clock.values():
         figures["stretch"] = figures["added_seconds"] / alone["seconds"]

@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from chargeplay import __version__
-from common.units import format_bytes, parse_size
+from common.units import format_bytes, format_span, parse_size
 from replay import policy
 from traces.errors import UserError
 from traces.manifest import losses
@@ -392,6 +392,8 @@ POLICIES_FILE_HELP = "TOML file of extra policies (all are run unless --policy p
 OPEN_LOOP_HELP = "keep the trace's timeline: a task's stall does not delay its later events (default: closed loop, it does)"
 CLOCK_HELP = "closed loop: which tasks wait for a stalled one: none (task, the default), its threads (process) or all (workload)"
 CLOCK_CHOICES = "<task|process|workload>"  # replay.ops.CLOCK_SHARING
+SPREAD_HELP = ("also replay every policy at 8 states of the per-CPU page stocks when the trace began, which it cannot show "
+               "(8 times the work); summary.json, the table and the report give each figure's range over them")
 ENGINE_HELP = "fast (numba) or reference (plain Python)"
 ENGINE_CHOICES = "<fast|reference>"  # replay.run.ENGINES
 
@@ -408,6 +410,7 @@ def replay(
     swap: Annotated[bool, typer.Option("--swap", help="let reclaim take anon pages")] = False,
     open_loop: Annotated[bool, typer.Option("--open-loop", help=OPEN_LOOP_HELP)] = False,
     clock: Annotated[str, typer.Option(metavar=CLOCK_CHOICES, help=CLOCK_HELP)] = "task",
+    spread: Annotated[bool, typer.Option("--spread", help=SPREAD_HELP)] = False,
     engine: Annotated[str, typer.Option(metavar=ENGINE_CHOICES, help=ENGINE_HELP)] = "fast",
 ) -> None:
     """Replay a trace under charge policies; write summary.json, timeseries.parquet, outcomes.parquet."""
@@ -429,13 +432,14 @@ def replay(
         _say(f"warning: memory.high {format_bytes(limits.high_pages * PAGE_SIZE)} is above memory.max "
              f"{format_bytes(limits.max_pages * PAGE_SIZE)}: usage never reaches it, so it never acts (as in the kernel)")
     with _steps_bar() as bar:
-        task = bar.add_task("reading the trace", total=len(chosen))
+        steps = run.progress_steps(source, chosen, limits, spread)
+        task = bar.add_task("reading the trace", total=steps)
 
         def step(name: str, done: int) -> None:
             bar.update(task, description=f"replaying {name}", completed=done)
 
-        summary = run.replay(source, output, chosen, limits, run.ENGINES[engine], step)
-        bar.update(task, completed=len(chosen), description="written")
+        summary = run.replay(source, output, chosen, limits, run.ENGINES[engine], step, spread)
+        bar.update(task, completed=steps, description="written")
     rows = _table("policy", "peak", "s above high", "failed", "forced", "reclaims", "stall ms", "run s", "fallbacks",
                   "other node", "failcnt", "OOM kills", title=f"{result_format.loop_description(summary['limits'])} loop")
     for name, s in summary["policies"].items():
@@ -443,9 +447,24 @@ def replay(
                      f"{sum(s['reclaim_calls'].values()):,}", f"{s['stall_ns_total'] / 1e6:.1f}", f"{s['run_seconds']:.3f}",
                      f"{s['fallbacks']:,}", f"{s['other_node']:,}", f"{s['failcnt']:,}", f"{s['oom_kills']:,}")
     _stdout().print(rows)
+    if spread:
+        _stdout().print(_spread_table(summary["spread"]))
     if (lost := losses(source.manifest)) is not None:
         err.print(f"warning: {lost} (summary.json: trace.lost)", markup=False, highlight=False)
     err.print(f"{output}: summary.json, timeseries.parquet, outcomes.parquet", markup=False, highlight=False)
+
+
+def _spread_table(spread: dict) -> Table:
+    """Each policy's figures over the stock phases: lowest to highest."""
+    phases = spread["stock_phases"]
+    rows = _table("policy", "run s", "stall ms", "high events", "s above high", "OOM kills",
+                  title=f"over {len(phases)} stock phases ({min(phases)} to {max(phases)} pages): lowest to highest")
+    for name, f in spread["policies"].items():
+        rows.add_row(name, format_span(f["run_seconds"], "{:.3f}"), format_span([ns / 1e6 for ns in f["stall_ns_total"]], "{:,.1f}"),
+                     format_span(f["high_events"], "{:,}"), format_span(f["seconds_above_high"], "{:.3f}"),
+                     format_span(f["oom_kills"], "{:,}"))
+    return rows
+
 
 
 MAX_SWEEP_LIMITS = 200
@@ -607,7 +626,7 @@ DEMO_LIMITS = {"memory_max": 16 << 20, "memory_high": 15 << 20}  # tight enough 
 def demo(
     output: Annotated[Path, typer.Option("-o", "--output", help="directory for the replay result and the report")] = Path("chargeplay-demo"),
 ) -> None:
-    """Replay the bundled file-storm trace under every built-in policy and write the report."""
+    """Replay the bundled file-storm trace under every built-in policy (with --spread) and write the report."""
     from analyze.report import write_report
     from analyze.results import Result
     from replay import run
@@ -620,7 +639,7 @@ def demo(
     source = Trace.open(sample_path(DEFAULT_SAMPLE))
     limits = run.limits_for(source, DEMO_LIMITS["memory_max"], DEMO_LIMITS["memory_high"], swap=False)
     with err.status(f"replaying {DEFAULT_SAMPLE} under {len(policy.BUILTIN)} policies"):
-        run.replay(source, result_dir, list(policy.BUILTIN.values()), limits, run.ENGINES["fast"])
+        run.replay(source, result_dir, list(policy.BUILTIN.values()), limits, run.ENGINES["fast"], spread=True)
     with err.status("writing the report"):
         write_report(Result.open(result_dir), page)
     print(f"report: {page.resolve()}")

@@ -1,4 +1,5 @@
-"""Sizes as people write them: 64M, 1.5G, 4096 (bytes), with binary multiples like cgroups."""
+"""Sizes as people write them: 64M, 1.5G, 4096 (bytes), with binary multiples like cgroups; and
+ranges of figures."""
 from __future__ import annotations
 
 import re
@@ -24,3 +25,9 @@ def format_bytes(value: float | None) -> str:
         value /= 1024
         step += 1
     return f"{value:.0f} B" if step == 0 else f"{value:.1f} {units[step]}"
+
+
+def format_span(values: list[float], form: str) -> str:
+    """The lowest to the highest of `values` in `form` (e.g. "{:.3f}"), one figure where they print alike."""
+    low, high = form.format(min(values)), form.format(max(values))
+    return low if low == high else f"{low} to {high}"

@@ -32,7 +32,7 @@ from replay.input import ReplayInput
 from replay.ops import FAILED_CHARGE, LRU_CHARGE, OBJ_ALLOC, OOM_CHARGE, OUTCOMES, PAGE_ALLOC, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, RECLAIM_TRIGGERS
 from replay.policy import RESERVED_NAMES, Policy
 from traces.atomic import atomic_file, write_json, write_parquet
-from traces.checks import Int, MapOf, TraceError, check_shape, one_line, parquet_schema, read_json, show
+from traces.checks import Int, MapOf, Optional, TraceError, check_shape, one_line, parquet_schema, read_json, show
 from traces.gfp import gfp_class
 from traces.manifest import MANIFEST, MAX_BYTES
 from traces.reader import SIDE_TABLES, Trace
@@ -95,6 +95,8 @@ SUMMARY_SHAPE = {
     "limits": {"max_bytes": LIMIT, "high_bytes": LIMIT, "swap": bool, "reclaim_ns_per_call": COUNT, "reclaim_ns_per_page": COUNT,
                "loop": str},
     "policies": MapOf(POLICY_SHAPE),
+    # replay --spread: each policy's figures at each stock phase (replay.run.SPREAD_FIGURES), in the phases' order
+    "spread": Optional({"stock_phases": [Int(0, 63)], "policies": MapOf(MapOf([float]))}),
 }
 
 
@@ -213,10 +215,22 @@ def read_summary(result: Path) -> dict:
     check_shape(summary, SUMMARY_SHAPE, str(path))
     if not summary["policies"]:
         raise TraceError(f"{path}: no policies in it; re-run chargeplay replay")
+    if "spread" in summary:
+        check_spread(summary, path)
     reserved = [name for name in summary["policies"] if name in RESERVED_NAMES]
     if reserved:
         raise TraceError(f"{path}: {show(reserved[0])} cannot name a policy; not a summary chargeplay wrote")
     return summary
+
+
+def check_spread(summary: dict, path: Path) -> None:
+    """A spread has every policy of the summary, each figure once per stock phase."""
+    spread = summary["spread"]
+    phases = len(spread["stock_phases"])
+    if set(spread["policies"]) != set(summary["policies"]) or any(
+            len(values) != phases for figures in spread["policies"].values() for values in figures.values()):
+        raise TraceError(f"{path}: its spread does not give every policy's figures at each of its {phases} stock phases; "
+                         "re-run chargeplay replay --spread")
 
 
 def read_timeseries(result: Path) -> pl.DataFrame:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -12,7 +13,9 @@ import polars as pl
 
 from replay.input import InputStream, ReplayInput
 from replay import result_format
-from replay.ops import DEFAULT_HZ, OUTCOME, OUTCOMES, PAGE_SIZE, RECLAIM_TRIGGERS, SWAP_CLUSTER_MAX, UNLIMITED, GfpBits, Limits
+from replay.ops import (
+    DEFAULT_HZ, MEMCG_CHARGE_BATCH_6X, OUTCOME, OUTCOMES, PAGE_SIZE, RECLAIM_TRIGGERS, SWAP_CLUSTER_MAX, UNLIMITED, GfpBits, Limits,
+)
 from replay.policy import Policy
 from replay.engine import Compiled, Interpreted
 from replay.result import EngineResult
@@ -26,6 +29,15 @@ from traces.reader import Trace
 DEFAULT_RECLAIM_NS_PER_CALL = 50_000
 DEFAULT_RECLAIM_NS_PER_PAGE = 1000
 MAX_BUCKETS = 10_000
+
+# What the trace cannot show: how many pages of the target each CPU's stock held when it began
+# (Limits.stock_phase). Which batch crosses memory.high moves with it, and with that whether a task
+# takes one throttle more (up to a 2-s sleep each): the socket-storm sample's closed-loop run under
+# 8M/4M takes 167 to 245 s over these phases. A spread replays every policy at each.
+STOCK_PHASES = range(0, MEMCG_CHARGE_BATCH_6X, 8)
+SPREAD_FIGURES = ("run_seconds", "stall_ns_total", "high_events", "seconds_above_high", "page_seconds_above_high",
+                  "peak_bytes", "failed", "oom_kills")
+
 
 class Engine(Protocol):
     """One policy's replay, fed the trace's operations batch by batch."""
@@ -173,29 +185,50 @@ class PolicyRuns:
 
 def replay(
     trace: Trace, output: Path, policies: list[Policy], limits: Limits, engine: type[Engine],
-    progress: Callable[[str, int], None] = lambda step, done: None,
+    progress: Callable[[str, int], None] = lambda step, done: None, spread: bool = False,
 ) -> dict:
-    """Replay every policy in one pass over the trace's segments; write the result files."""
+    """Replay every policy in one pass over the trace's segments; write the result files. With
+    `spread`, every policy is replayed at each of STOCK_PHASES as well, in the same pass, and
+    summary.json's `spread` holds its SPREAD_FIGURES at each (outcomes and time series: the
+    limits' own phase)."""
     check_new_output(output)
     stream = InputStream(trace)
-    runs = PolicyRuns(trace, stream, policies, limits, engine)
+    phases = stock_phases(limits, spread)
+    runs = [PolicyRuns(trace, stream, policies, replace(limits, stock_phase=phase), engine) for phase in phases]
     make_private_dir(output)
     done = 0
-    with result_format.OutcomeWriter(output, list(runs.engines), trace.gfp_flags) as outcomes:
+    with result_format.OutcomeWriter(output, list(runs[0].engines), trace.gfp_flags) as outcomes:
         for index, (batch, about) in enumerate(stream.described_batches()):
+            for phase, policy_runs in zip(phases, runs):
 
-            def before_each(name: str) -> None:
-                nonlocal done
-                progress(f"segment {index + 1}/{stream.segments}: {name}", done)
-                done += 1
+                def before_each(name: str) -> None:
+                    nonlocal done
+                    progress(f"segment {index + 1}/{stream.segments}: {name}" + (f", stock phase {phase}" if spread else ""), done)
+                    done += 1
 
-            outcomes.write(batch, about, runs.feed(batch, before_each))
-    results = runs.finish()
+                outcome = policy_runs.feed(batch, before_each)
+                if policy_runs is runs[0]:
+                    outcomes.write(batch, about, outcome)
+    results = runs[0].finish()
     engine_name = next(name for name, known in ENGINES.items() if known is engine)
-    summary = result_format.summary_document(trace, output, engine_name, policies, limits_document(limits), runs.figures(results))
+    summary = result_format.summary_document(trace, output, engine_name, policies, limits_document(limits), runs[0].figures(results))
+    if spread:
+        at_phase = [summary["policies"], *(r.figures(r.finish()) for r in runs[1:])]
+        summary["spread"] = {"stock_phases": phases, "policies": {
+            p.name: {name: [figures[p.name][name] for figures in at_phase] for name in SPREAD_FIGURES} for p in policies}}
     result_format.write_summary(output, summary)
     result_format.write_timeseries(output, timeseries(results, limits))
     return summary
+
+
+def stock_phases(limits: Limits, spread: bool) -> list[int]:
+    """The stock phases a replay runs at: the limits' own first, then (spread) the others of STOCK_PHASES."""
+    return [limits.stock_phase, *(phase for phase in STOCK_PHASES if spread and phase != limits.stock_phase)]
+
+
+def progress_steps(trace: Trace, policies: list[Policy], limits: Limits, spread: bool) -> int:
+    """How many steps replay() reports: one per segment, policy and stock phase."""
+    return len(trace.segment_paths) * len(policies) * len(stock_phases(limits, spread))
 
 
 class TaskSpans:

@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import polars as pl
 import pyarrow as pa
 import pytest
 
 from conftest import chargeplay
+from replay import run
 from replay.policy import BUILTIN
 from replay.result_format import CHARGE_COLUMNS
 from test_cli_errors import assert_user_error
+from traces.reader import Trace
 from traces.samples import sample_path
 
 
@@ -228,3 +231,28 @@ def test_dentries_and_inodes_of_sockets_pipes_and_tmpfs_files_are_unreclaimable_
     data = build(Trace.open(tmp_path))
     pools = [int(pool) for op, pool in zip(data.op, data.pool) if op == OBJ_ALLOC]
     assert pools == [POOL_SLAB_UNRECLAIMABLE] * 4 + [POOL_SLAB_RECLAIMABLE] * 2
+
+
+def test_a_spread_gives_each_policys_figures_at_each_stock_phase_as_its_own_replay_would(tmp_path):
+    # The socket-storm sample under 8M/4M: mainline-6.18 throttles, and where its batches cross
+    # memory.high moves with the stock's state at the start. A 32-page stock (return-to-user, 4.4)
+    # holds at most 31 pages, so phases 32 to 56 act as 0 to 24 for it.
+    out = tmp_path / "spread"
+    names = ["mainline-6.18", "return-to-user"]
+    done = chargeplay("replay", str(sample_path("socket-storm")), "-o", str(out), "--memory-max", "8M", "--memory-high", "4M",
+                      *(arg for name in names for arg in ("--policy", name)), "--spread")
+    assert done.returncode == 0, done.stderr
+    assert "over 8 stock phases (0 to 56 pages)" in done.stdout
+    spread = json.loads((out / "summary.json").read_text())["spread"]
+    assert spread["stock_phases"] == [0, 8, 16, 24, 32, 40, 48, 56]
+    trace = Trace.open(sample_path("socket-storm"))
+    limits = run.limits_for(trace, 8 << 20, 4 << 20, swap=False)
+    for n, phase in enumerate(spread["stock_phases"]):
+        alone = run.replay(trace, tmp_path / f"phase-{phase}", [BUILTIN[name] for name in names], replace(limits, stock_phase=phase),
+                           run.ENGINES["fast"])["policies"]
+        for name in names:
+            assert {figure: values[n] for figure, values in spread["policies"][name].items()} == {
+                figure: alone[name][figure] for figure in run.SPREAD_FIGURES}
+    assert len(set(spread["policies"]["mainline-6.18"]["run_seconds"])) > 1
+    for figure, values in spread["policies"]["return-to-user"].items():
+        assert values[4:] == values[:4], figure

@@ -292,10 +292,10 @@ def test_the_report_draws_every_chart_offline_without_console_messages(tmp_path)
     policies, limits = summary["policies"], summary["limits"]
     names = list(policies)
     drawn = DrawnCharts(dom)
-    # Nothing failed in the demo: that section is one sentence, no chart; the other six draw.
+    # Nothing failed in the demo: that section is one sentence, no chart; the other seven draw.
     assert not any(policies[p]["failed"] for p in names)
     assert "<h2>Failed charges</h2>\n<p class=\"what\">No policy failed a charge.</p>\n<h2>" in dom
-    assert sorted(drawn.charts) == list(range(6))
+    assert sorted(drawn.charts) == list(range(7))
 
     # The verdict opens the page, before the summary table: the best at keeping memory.high is
     # the policy with the fewest page-seconds above it (then seconds above it, then peak).
@@ -320,32 +320,47 @@ def test_the_report_draws_every_chart_offline_without_console_messages(tmp_path)
         "memory.high": 15, "memory.max": 16}
     assert drawn.charts[0]["legend"] == [*names, "memory.high", "memory.max"]
 
-    # 1 and 4: page-seconds above memory.high and min-order fallbacks, a bar per policy.
+    # 1 and 5: page-seconds above memory.high and min-order fallbacks, a bar per policy.
     assert_bars_show(drawn, 1, {p: policies[p]["page_seconds_above_high"] for p in names})
-    assert_bars_show(drawn, 4, {p: policies[p]["fallbacks"] for p in names})
-    assert drawn.charts[1]["legend"] == drawn.charts[4]["legend"] == []
+    assert_bars_show(drawn, 5, {p: policies[p]["fallbacks"] for p in names})
+    assert drawn.charts[1]["legend"] == drawn.charts[5]["legend"] == []
 
-    # 2, reclaim: a bar per policy and trigger, with the summary's calls; triggers in the
+    # 2, the demo's spread: a tick per policy and stock phase in each of two panels (page-seconds
+    # above high, run seconds) at the summary's figures; in the first, placed in proportion.
+    spread = summary["spread"]
+    ticks = [(f["policy"], int(f["stock phase"]), float(f["page-seconds above high"]), float(f["run seconds"]), path)
+             for f, path in drawn.marks(2, "rect")]
+    expected = [(p, phase, spread["policies"][p]["page_seconds_above_high"][n], spread["policies"][p]["run_seconds"][n])
+                for p in names for n, phase in enumerate(spread["stock_phases"])]
+    assert [tick[:2] for tick in ticks] == [row[:2] for row in expected + expected]
+    half = len(expected)  # each panel's own figure in full (the other's rounded, as its tooltip shows it)
+    assert [tick[2] for tick in ticks[:half]] == pytest.approx([row[2] for row in expected], rel=1e-6)
+    assert [tick[3] for tick in ticks[half:]] == pytest.approx([row[3] for row in expected], rel=1e-6)
+    first = [(value, float(re.match(r"M([-\d.e]+),", path).group(1))) for _, _, value, _, path in ticks[:half]]
+    (v0, x0), (v1, x1) = min(first), max(first)
+    assert v1 > v0 and all(x == pytest.approx(x0 + (x1 - x0) * (v - v0) / (v1 - v0), abs=0.5) for v, x in first)
+
+    # 3, reclaim: a bar per policy and trigger, with the summary's calls; triggers in the
     # legend in the summary's order.
     triggers = list(policies[names[0]]["reclaim_calls"])
-    assert {(f["policy"], f["trigger"]): int(f["calls"]) for f, _ in drawn.marks(2, "rect")} == {
+    assert {(f["policy"], f["trigger"]): int(f["calls"]) for f, _ in drawn.marks(3, "rect")} == {
         (p, t): policies[p]["reclaim_calls"][t] for p in names for t in triggers}
-    assert drawn.charts[2]["legend"] == triggers == ["max", "high_sync", "user_return", "async"]
+    assert drawn.charts[3]["legend"] == triggers == ["max", "high_sync", "user_return", "async"]
 
-    # 3, stall: a bar per policy and task (the demo's one stalled task), in milliseconds (the
+    # 4, stall: a bar per policy and task (the demo's one stalled task), in milliseconds (the
     # axis field's value; the tooltip's is rounded).
     stalls = {(f["policy"], int(re.search(r"\((\d+)\)$", f["task"]).group(1))): float(f["stall, ms (reclaim and throttling)"])
-              for f, _ in drawn.marks(3, "rect")}
+              for f, _ in drawn.marks(4, "rect")}
     assert stalls == pytest.approx({(p, int(pid)): ns / 1e6 for p in names for pid, ns in policies[p]["stall_ns_by_pid"].items()})
-    assert drawn.charts[3]["legend"] == names
+    assert drawn.charts[4]["legend"] == names
 
-    # 5, divergence heat map: a cell per call site the metrics rank and policy but the
+    # 6, divergence heat map: a cell per call site the metrics rank and policy but the
     # baseline, and a gradient legend (no entries).
     baseline = "mainline-6.18"
     sites = [row["symbol"] for row in divergence(result)["call_sites"][:25]]
-    cells = [(f["symbol"], f["policy"]) for f, _ in drawn.marks(5, "rect")]
+    cells = [(f["symbol"], f["policy"]) for f, _ in drawn.marks(6, "rect")]
     assert sorted(cells) == sorted((s, p) for s in sites for p in names if p != baseline) and sites
-    assert "role-legend-gradient" in dom.split('<div id="chart5"')[1]
+    assert "role-legend-gradient" in dom.split('<div id="chart6"')[1]
 
 
 @pytest.mark.skipif(BROWSER is None, reason="needs Chromium (Debian package chromium) to open the report")

@@ -124,3 +124,20 @@ def test_the_timeseries_says_its_bucket_width_and_keeps_each_buckets_last_usage_
     assert {row["bucket_ns"] for row in series} == {2_000_001}
     first = series[0]
     assert (first["t_ns"], first["usage_bytes"], first["peak_bytes"]) == (0, 254 * 4096, 264 * 4096)
+
+
+def test_a_spread_missing_a_policy_or_a_phase_is_one_error_line(tmp_path):
+    trace, result = tmp_path / "trace", tmp_path / "result"
+    shutil.copytree(TINY, trace)
+    done = chargeplay("replay", str(trace), "-o", str(result), "--policy", "caller-gfp", "--policy", "mainline-6.18", "--spread")
+    assert done.returncode == 0, done.stderr
+    good = json.loads((result / "summary.json").read_text())
+    assert chargeplay("report", str(result), "-o", str(tmp_path / "good.html")).returncode == 0
+    short = json.loads(json.dumps(good))
+    short["spread"]["policies"]["caller-gfp"]["run_seconds"].pop()
+    lacking = json.loads(json.dumps(good))
+    del lacking["spread"]["policies"]["mainline-6.18"]
+    for n, broken in enumerate((short, lacking)):
+        (result / "summary.json").write_text(json.dumps(broken))
+        assert_user_error(chargeplay("report", str(result), "-o", str(tmp_path / f"r{n}.html")),
+                          "its spread does not give every policy's figures at each of its 8 stock phases", "re-run chargeplay replay --spread")

@@ -59,3 +59,25 @@ def test_ties_a_huge_stretch_open_loop_and_no_high():
         "0 OOM kills."]
     assert verdict(summary({"a": figures(0.0, 0.0, 5)}, high_mib=None), "a")[0] == (
         "This replay has no memory.high: the policies are compared on what memory.max cost them.")
+
+
+def spread(phases: list[int], **runs: list[tuple[float, float]]) -> dict:
+    """A spread whose policies have (page-seconds, run seconds) at each phase; 1 s above high, 5 MiB peak."""
+    return {"stock_phases": phases, "policies": {
+        name: {"page_seconds_above_high": [p for p, _ in at], "seconds_above_high": [1.0] * len(at),
+               "peak_bytes": [5 * MIB] * len(at), "run_seconds": [r for _, r in at]} for name, at in runs.items()}}
+
+
+def test_a_spread_says_how_often_each_policy_is_best_and_worst_and_each_run_time_range():
+    # Phase 0 (the summary's figures): a 10 page-seconds, b 20: a best, b worst. At phase 8 a
+    # has 30: b best, a worst. At phase 16 both have 20, a tie: both best and both worst.
+    s = summary({"a": figures(10.0, 1.0, 5, run_s=4.0, stretch=1.0), "b": figures(20.0, 1.0, 5)})
+    s["spread"] = spread([0, 8, 16], a=[(10.0, 4.0), (30.0, 6.5), (20.0, 3.0)], b=[(20.0, 2.0), (20.0, 2.0), (20.0, 2.0)])
+    lines = verdict(s, "a")
+    assert lines[3] == ("Over 3 states of the page stocks when the trace began (replay --spread), the best is a at 2, b at 2; "
+                        "the worst b at 2, a at 2.")  # in the order first met, from phase 0 on
+    assert lines[4].startswith("a runs 4.000 s (+100.0% over the trace; 3.000 to 6.500 s over the stock phases), stalls")
+    assert lines[5].startswith("b runs 2.000 s (+0.0% over the trace; 2.000 s over the stock phases), stalls")
+    s["spread"] = spread([0, 8], a=[(10.0, 4.0), (15.0, 4.0)], b=[(20.0, 2.0), (20.0, 2.0)])
+    assert verdict(s, "a")[3] == ("Over 2 states of the page stocks when the trace began (replay --spread), the best is a at "
+                                  "every one; the worst b at every one.")
