@@ -68,27 +68,43 @@ RUN_STATS = ("file", "file_mapped", "shmem", "anon", "kernel", "slab", "sock", "
              "workingset_refault_anon", "pgscan", "pgsteal", "pgfault", "thp_fault_alloc", "thp_collapse_alloc")
 
 
-def run_alone(workload: list[str], high: int | None) -> dict:
-    """The workload in a fresh memcg (memory.max ROOMY, memory.high `high`): its wall time, its
-    memory.events high, how long memory.current stayed above `high`, memory.peak, and the
-    memory.stat items that say what it charged beyond its trace (RUN_STATS)."""
+def run_alone(workload: list[str], high: int | None, memory_max: int = ROOMY) -> dict:
+    """The workload in a fresh memcg (memory.max `memory_max`, memory.high `high`): its wall
+    time, its memory.events high, how long memory.current stayed above `high` and its usage
+    percentiles over time (USAGE_PERCENTILES, MiB), memory.peak, and the memory.stat items that
+    say what it charged beyond its trace (RUN_STATS)."""
     memcg, root = create_child(f"chargeplay-throttle-{os.getpid()}")
     try:
-        memcg.set_limits(ROOMY, high)
-        sampler = in_cgroup(root, [sys.executable, "-c", SAMPLER, str(memcg.path / "memory.current"), str(high or ROOMY)],
-                            stdout=subprocess.PIPE, text=True)
+        memcg.set_limits(memory_max, high)
+        sampler = in_cgroup(root, [sys.executable, "-c", SAMPLER, str(memcg.path / "memory.current")], stdout=subprocess.PIPE, text=True)
         start = time.monotonic()
         child = in_cgroup(memcg.path, workload, stdout=subprocess.DEVNULL)
         child.wait()
         seconds = time.monotonic() - start
         sampler.send_signal(signal.SIGINT)
-        above = float(sampler.communicate()[0])
+        held = json.loads(sampler.communicate()[0])  # [usage, seconds at it]
         return {"seconds": seconds, "high_events": read_keyed(memcg.path / "memory.events").get("high", 0),
-                "seconds_above_high": above, "peak_bytes": int((memcg.path / "memory.peak").read_text()),
+                "seconds_above_high": sum(at for usage, at in held if usage > (high or memory_max)),
+                "usage_mib": usage_percentiles([usage for usage, _ in held], [at for _, at in held]),
+                "peak_bytes": int((memcg.path / "memory.peak").read_text()),
                 "stat": {k: v for k, v in read_keyed(memcg.path / "memory.stat").items() if k in RUN_STATS},
                 "exit": child.returncode}
     finally:
         memcg.remove()
+
+
+USAGE_PERCENTILES = (50, 75, 95)
+
+
+def usage_percentiles(usage: list[int], seconds: list[float]) -> list[float]:
+    """USAGE_PERCENTILES of usage in bytes, each value weighted by how long it held; in MiB."""
+    order = sorted(range(len(usage)), key=usage.__getitem__)
+    total, at, found = sum(seconds), 0.0, []
+    for n in order:
+        at += seconds[n]
+        while len(found) < len(USAGE_PERCENTILES) and at >= total * USAGE_PERCENTILES[len(found)] / 100:
+            found.append(usage[n] / (1 << 20))
+    return found
 
 
 def in_cgroup(cgroup: Path, command: list[str], **popen) -> subprocess.Popen:
@@ -101,18 +117,19 @@ def in_cgroup(cgroup: Path, command: list[str], **popen) -> subprocess.Popen:
 # page stock (one memcg per CPU before 6.16), which costs it a new batch over memory.high.
 # Sampled from the runner's memcg every 5 ms, that doubled the workload's memory.events high.
 SAMPLER = """
-import sys, time
-current, high = sys.argv[1], int(sys.argv[2])
-above, last = 0.0, time.monotonic()
+import json, sys, time
+current = sys.argv[1]
+held, last = {}, time.monotonic()
 try:
     while True:
         time.sleep(0.005)
         now = time.monotonic()
         with open(current) as f:
-            above += now - last if int(f.read()) > high else 0.0
+            usage = int(f.read())
+        held[usage] = held.get(usage, 0.0) + now - last
         last = now
 except KeyboardInterrupt:
-    print(above)
+    print(json.dumps(sorted(held.items())))
 """
 
 

@@ -1,0 +1,113 @@
+"""The closed-loop issue's own case against a lab kernel, like for like: the bundled socket storm
+(traces/samples/workloads.py sockets) under memory.max 8M and memory.high 4M.
+
+In a cgroup v2 kernel (the lab's), as root from the project directory:
+
+1. set up a zram swap device of --swap SIZE (without swap the storm's interpreter alone does not
+   fit under the 4M memory.high and the limited run never ends: README, "Closed loop"); it is
+   removed at the end, also on SIGTERM;
+2. capture the storm under a roomy memory.max and no memory.high (`chargeplay collect`);
+3. run it alone without limits (wall time T0, the best of --runs) and under 8M/4M (--runs):
+   wall time, memory.events high, usage every 5 ms (benchmarks/throttle_check.py's sampler);
+4. replay the capture in closed loop under the model of the running kernel with the same
+   limits and swap, with `--spread`: its run time, high events, and usage
+   percentiles on its own timeline (each bucket's last usage held until the next bucket).
+
+Usage percentiles are time-weighted: the median, 75th and 95th percentile of memory.current
+over the run. It prints both sides, writes them with --json FILE, and asserts nothing.
+
+    python -m lab run --kernel 6.12 --keep DIR -- .venv/bin/python benchmarks/socket_storm_check.py --swap 64M \\
+        --json {run}/out/storm.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import polars as pl
+
+from benchmarks.throttle_check import capture, run_alone, usage_percentiles
+from collect.cgroup import memory_hierarchy
+from replay import policy, run
+from traces.reader import Trace
+
+MAX, HIGH = 8 << 20, 4 << 20
+STORM = [sys.executable, "traces/samples/workloads.py", "sockets"]
+ZRAM = Path("/sys/block/zram0")
+
+
+class ZramSwap:
+    """A zram swap device of `size` (e.g. "64M") while the block runs; swapped off and reset after."""
+
+    def __init__(self, size: str) -> None:
+        self.size = size
+
+    def __enter__(self) -> "ZramSwap":
+        subprocess.run(["modprobe", "zram", "num_devices=1"], check=True)
+        (ZRAM / "disksize").write_text(self.size)
+        subprocess.run(["mkswap", "/dev/zram0"], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["swapon", "/dev/zram0"], check=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        subprocess.run(["swapoff", "/dev/zram0"], check=False)
+        (ZRAM / "reset").write_text("1")
+
+
+def predict(trace: Trace, result: Path) -> dict:
+    """The closed-loop replay under 8M/4M by the running kernel's model, at every stock phase."""
+    chosen, model = policy.for_kernel(trace.manifest["kernel"]["release"])
+    limits = run.limits_for(trace, MAX, HIGH, swap=True)
+    summary = run.replay(trace, result, [chosen], limits, run.ENGINES["fast"], spread=True)
+    figures, spread = summary["policies"][chosen.name], summary["spread"]["policies"][chosen.name]
+    series = pl.read_parquet(result / "timeseries.parquet").filter(pl.col("policy") == chosen.name).sort("t_ns")
+    held = series["t_ns"].diff().shift(-1).fill_null(series["bucket_ns"][-1])  # each bucket's usage until the next's
+    return {"model": model, "seconds": figures["run_seconds"], "high_events": figures["high_events"],
+            "seconds_range": [min(spread["run_seconds"]), max(spread["run_seconds"])],
+            "high_events_range": [min(spread["high_events"]), max(spread["high_events"])],
+            "usage_mib": usage_percentiles(series["usage_bytes"].to_list(), held.to_list())}
+
+
+def describe(side: str, figures: dict) -> str:
+    usage = " / ".join(f"{mib:.2f}" for mib in figures["usage_mib"])
+    return f"{side:9} {figures['seconds']:8.2f} s, {figures['high_events']:6,} high events, usage {usage} MiB (median / p75 / p95)"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--swap", required=True, help="a zram swap device of this size (e.g. 64M) for the whole check")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--keep", type=Path, help="keep the trace and the replay result under this directory")
+    args = parser.parse_args()
+    if memory_hierarchy()[0] != 2:
+        print("socket_storm_check needs cgroup v2, where memory.high lives: run it in the kernel lab", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds: the swap device goes too
+    with tempfile.TemporaryDirectory(prefix="chargeplay-storm-") as scratch, ZramSwap(args.swap):
+        work = args.keep or Path(scratch)
+        capture(STORM, work / "trace")
+        alone = min((run_alone(STORM, None) for _ in range(args.runs)), key=lambda r: r["seconds"])
+        limited = [run_alone(STORM, HIGH, MAX) for _ in range(args.runs)]
+        predicted = predict(Trace.open(work / "trace"), work / "result")
+    out = {"kernel": os.uname().release, "swap": args.swap, "alone_seconds": alone["seconds"], "limited": limited,
+           "predicted": predicted}
+    print(f"{out['kernel']}, swap {args.swap}, alone {alone['seconds']:.2f} s; model {predicted['model']}")
+    for n, r in enumerate(limited):
+        print(describe(f"kernel {n + 1}", r))
+    print(describe("predicted", predicted) + f" (stock phases: {predicted['seconds_range'][0]:.2f} to "
+          f"{predicted['seconds_range'][1]:.2f} s, {predicted['high_events_range'][0]:,} to {predicted['high_events_range'][1]:,})")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
