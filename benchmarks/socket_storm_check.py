@@ -8,11 +8,13 @@ In a cgroup v2 kernel (the lab's), as root from the project directory:
    removed at the end, also on SIGTERM;
 2. capture the storm under a roomy memory.max and no memory.high (`chargeplay collect`);
 3. run it alone without limits (wall time T0, the best of --runs) and under 8M/4M (--runs):
-   wall time, memory.events high, usage every 5 ms (benchmarks/throttle_check.py's sampler);
+   wall time T1, memory.events high, usage every 5 ms (benchmarks/throttle_check.py's sampler),
+   and the anon pages refaulted from swap (workingset_refault_anon);
 4. replay the capture in closed loop under the model of the running kernel with the same
-   limits and swap, with `--spread`: its run time, high events, and usage
-   percentiles on its own timeline (each bucket's last usage held until the next bucket).
+   limits and swap, with `--spread`: the time it adds to the trace's run, high events, and
+   usage percentiles on its own timeline (each bucket's last usage held until the next bucket).
 
+Stretch: T1 / T0 - 1 observed, the added time over T0 predicted (as in throttle_check).
 Usage percentiles are time-weighted: the median, 75th and 95th percentile of memory.current
 over the run. It prints both sides, writes them with --json FILE, and asserts nothing.
 
@@ -66,17 +68,19 @@ def predict(trace: Trace, result: Path) -> dict:
     limits = run.limits_for(trace, MAX, HIGH, swap=True)
     summary = run.replay(trace, result, [chosen], limits, run.ENGINES["fast"], spread=True)
     figures, spread = summary["policies"][chosen.name], summary["spread"]["policies"][chosen.name]
+    trace_seconds = figures["run_seconds"] / (1 + figures["stretch"])
     series = pl.read_parquet(result / "timeseries.parquet").filter(pl.col("policy") == chosen.name).sort("t_ns")
     held = series["t_ns"].diff().shift(-1).fill_null(series["bucket_ns"][-1])  # each bucket's usage until the next's
-    return {"model": model, "seconds": figures["run_seconds"], "high_events": figures["high_events"],
-            "seconds_range": [min(spread["run_seconds"]), max(spread["run_seconds"])],
+    return {"model": model, "seconds": figures["run_seconds"], "added_seconds": figures["run_seconds"] - trace_seconds,
+            "high_events": figures["high_events"], "seconds_range": [min(spread["run_seconds"]), max(spread["run_seconds"])],
             "high_events_range": [min(spread["high_events"]), max(spread["high_events"])],
             "usage_mib": usage_percentiles(series["usage_bytes"].to_list(), held.to_list())}
 
 
 def describe(side: str, figures: dict) -> str:
     usage = " / ".join(f"{mib:.2f}" for mib in figures["usage_mib"])
-    return f"{side:9} {figures['seconds']:8.2f} s, {figures['high_events']:6,} high events, usage {usage} MiB (median / p75 / p95)"
+    return (f"{side:9} stretch {figures['stretch']:+7.1%}, {figures['high_events']:6,} high events, usage {usage} MiB "
+            "(median / p75 / p95)")
 
 
 def main() -> int:
@@ -96,13 +100,17 @@ def main() -> int:
         alone = min((run_alone(STORM, None) for _ in range(args.runs)), key=lambda r: r["seconds"])
         limited = [run_alone(STORM, HIGH, MAX) for _ in range(args.runs)]
         predicted = predict(Trace.open(work / "trace"), work / "result")
+    for r in limited:
+        r["stretch"] = r["seconds"] / alone["seconds"] - 1
+    predicted["stretch"] = predicted["added_seconds"] / alone["seconds"]
     out = {"kernel": os.uname().release, "swap": args.swap, "alone_seconds": alone["seconds"], "limited": limited,
            "predicted": predicted}
     print(f"{out['kernel']}, swap {args.swap}, alone {alone['seconds']:.2f} s; model {predicted['model']}")
     for n, r in enumerate(limited):
-        print(describe(f"kernel {n + 1}", r))
-    print(describe("predicted", predicted) + f" (stock phases: {predicted['seconds_range'][0]:.2f} to "
-          f"{predicted['seconds_range'][1]:.2f} s, {predicted['high_events_range'][0]:,} to {predicted['high_events_range'][1]:,})")
+        # what the model cannot see: anon pages reclaimed to swap and touched again, charged anew
+        print(describe(f"kernel {n + 1}", r) + f"; {r['stat'].get('workingset_refault_anon', 0):,} anon pages refaulted")
+    print(describe("predicted", predicted) + f" (stock phases: run {predicted['seconds_range'][0]:.2f} to "
+          f"{predicted['seconds_range'][1]:.2f} s, {predicted['high_events_range'][0]:,} to {predicted['high_events_range'][1]:,} high events)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=1))
