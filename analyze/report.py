@@ -46,7 +46,7 @@ def report_figures(result: Result, metrics: dict, baseline: str) -> list[Figure]
                 "No policy's usage went above memory.high." if none_of("page_seconds_above_high") else None),
         section("Over the page stocks' state", "The trace cannot show how many pages each CPU's page stock held when it "
                 "began; which charge crosses memory.high, and so which task is throttled, moves with it. Each tick is a "
-                "replay with the stocks that full (0 to 56 pages): where a policy's ticks spread wide, one replay's figure "
+                "replay with the stocks that full: where a policy's ticks spread wide, one replay's figure "
                 "is one draw of several.", lambda: charts.over_stock_phases(result),
                 None if "spread" in result.summary else "Replayed at one state of the page stocks: chargeplay replay "
                 "--spread replays every policy at 8 and shows how far each figure moves with it."),

@@ -42,7 +42,7 @@ from pathlib import Path
 import polars as pl
 
 from collect.cgroup import create_child, memory_hierarchy, read_keyed
-from replay import policy, run
+from replay import policy, result_format, run
 from replay.ops import CLOCK_SHARING
 from traces.reader import Trace
 
@@ -143,7 +143,7 @@ def predict(trace: Trace, high: int, result: Path, clock: str, spread: bool) -> 
     summary = run.replay(trace, result / clock, [chosen], limits, run.ENGINES["fast"], spread=spread)
     figures = summary["policies"][chosen.name]
     trace_seconds = figures["run_seconds"] / (1 + figures["stretch"])
-    at_phases = summary["spread"]["policies"][chosen.name] if spread else {name: [figures[name]] for name in run.SPREAD_FIGURES}
+    at_phases = summary["spread"]["policies"][chosen.name] if spread else {name: [figures[name]] for name in result_format.SPREAD_FIGURES}
     added = [seconds - trace_seconds for seconds in at_phases["run_seconds"]]
     return {"model": model, "added_seconds": added[0], "high_events": figures["high_events"],
             "seconds_above_high": figures["seconds_above_high"], "peak_bytes": figures["peak_bytes"], "trace_seconds": trace_seconds,

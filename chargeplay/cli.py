@@ -466,7 +466,6 @@ def _spread_table(spread: dict) -> Table:
     return rows
 
 
-
 MAX_SWEEP_LIMITS = 200
 
 

@@ -87,6 +87,9 @@ POLICY_SHAPE = {
     "stall_ns_by_pid": MapOf(COUNT, integer_keys=True),
     "delay_ns_by_pid": MapOf(COUNT, integer_keys=True),
 }
+# replay --spread: these figures of each policy at each stock phase (replay.run.STOCK_PHASES).
+SPREAD_FIGURES = ("run_seconds", "stall_ns_total", "high_events", "seconds_above_high", "page_seconds_above_high",
+                  "peak_bytes", "failed", "oom_kills")
 # What readers rely on in summary.json (other keys are free).
 SUMMARY_SHAPE = {
     "chargeplay_version": str,
@@ -95,8 +98,7 @@ SUMMARY_SHAPE = {
     "limits": {"max_bytes": LIMIT, "high_bytes": LIMIT, "swap": bool, "reclaim_ns_per_call": COUNT, "reclaim_ns_per_page": COUNT,
                "loop": str},
     "policies": MapOf(POLICY_SHAPE),
-    # replay --spread: each policy's figures at each stock phase (replay.run.SPREAD_FIGURES), in the phases' order
-    "spread": Optional({"stock_phases": [Int(0, 63)], "policies": MapOf(MapOf([float]))}),
+    "spread": Optional({"stock_phases": [Int(0, 63)], "policies": MapOf({name: [float] for name in SPREAD_FIGURES})}),
 }
 
 
@@ -227,7 +229,7 @@ def check_spread(summary: dict, path: Path) -> None:
     """A spread has every policy of the summary, each figure once per stock phase."""
     spread = summary["spread"]
     phases = len(spread["stock_phases"])
-    if set(spread["policies"]) != set(summary["policies"]) or any(
+    if not phases or set(spread["policies"]) != set(summary["policies"]) or any(
             len(values) != phases for figures in spread["policies"].values() for values in figures.values()):
         raise TraceError(f"{path}: its spread does not give every policy's figures at each of its {phases} stock phases; "
                          "re-run chargeplay replay --spread")

@@ -35,8 +35,6 @@ MAX_BUCKETS = 10_000
 # takes one throttle more (up to a 2-s sleep each): the socket-storm sample's closed-loop run under
 # 8M/4M takes 167 to 245 s over these phases. A spread replays every policy at each.
 STOCK_PHASES = range(0, MEMCG_CHARGE_BATCH_6X, 8)
-SPREAD_FIGURES = ("run_seconds", "stall_ns_total", "high_events", "seconds_above_high", "page_seconds_above_high",
-                  "peak_bytes", "failed", "oom_kills")
 
 
 class Engine(Protocol):
@@ -189,8 +187,8 @@ def replay(
 ) -> dict:
     """Replay every policy in one pass over the trace's segments; write the result files. With
     `spread`, every policy is replayed at each of STOCK_PHASES as well, in the same pass, and
-    summary.json's `spread` holds its SPREAD_FIGURES at each (outcomes and time series: the
-    limits' own phase)."""
+    summary.json's `spread` holds its result_format.SPREAD_FIGURES at each (outcomes and time
+    series: at the limits' own phase)."""
     check_new_output(output)
     stream = InputStream(trace)
     phases = stock_phases(limits, spread)
@@ -215,7 +213,8 @@ def replay(
     if spread:
         at_phase = [summary["policies"], *(r.figures(r.finish()) for r in runs[1:])]
         summary["spread"] = {"stock_phases": phases, "policies": {
-            p.name: {name: [figures[p.name][name] for figures in at_phase] for name in SPREAD_FIGURES} for p in policies}}
+            p.name: {name: [figures[p.name][name] for figures in at_phase] for name in result_format.SPREAD_FIGURES}
+            for p in policies}}
     result_format.write_summary(output, summary)
     result_format.write_timeseries(output, timeseries(results, limits))
     return summary

@@ -12,7 +12,7 @@ import pytest
 from conftest import chargeplay
 from replay import run
 from replay.policy import BUILTIN
-from replay.result_format import CHARGE_COLUMNS
+from replay.result_format import CHARGE_COLUMNS, SPREAD_FIGURES
 from test_cli_errors import assert_user_error
 from traces.reader import Trace
 from traces.samples import sample_path
@@ -252,7 +252,7 @@ def test_a_spread_gives_each_policys_figures_at_each_stock_phase_as_its_own_repl
                            run.ENGINES["fast"])["policies"]
         for name in names:
             assert {figure: values[n] for figure, values in spread["policies"][name].items()} == {
-                figure: alone[name][figure] for figure in run.SPREAD_FIGURES}
+                figure: alone[name][figure] for figure in SPREAD_FIGURES}
     assert len(set(spread["policies"]["mainline-6.18"]["run_seconds"])) > 1
     for figure, values in spread["policies"]["return-to-user"].items():
         assert values[4:] == values[:4], figure

@@ -141,3 +141,6 @@ def test_a_spread_missing_a_policy_or_a_phase_is_one_error_line(tmp_path):
         (result / "summary.json").write_text(json.dumps(broken))
         assert_user_error(chargeplay("report", str(result), "-o", str(tmp_path / f"r{n}.html")),
                           "its spread does not give every policy's figures at each of its 8 stock phases", "re-run chargeplay replay --spread")
+    del good["spread"]["policies"]["caller-gfp"]["run_seconds"]
+    (result / "summary.json").write_text(json.dumps(good))
+    assert_user_error(chargeplay("report", str(result), "-o", str(tmp_path / "r.html")), "spread.policies.caller-gfp.run_seconds")
