@@ -34,9 +34,9 @@ from pathlib import Path
 
 import polars as pl
 
-from benchmarks.throttle_check import capture, run_alone, usage_percentiles
+from benchmarks import throttle_check
+from benchmarks.throttle_check import capture, run_alone
 from collect.cgroup import memory_hierarchy
-from replay import policy, run
 from traces.reader import Trace
 
 MAX, HIGH = 8 << 20, 4 << 20
@@ -63,18 +63,12 @@ class ZramSwap:
 
 
 def predict(trace: Trace, result: Path) -> dict:
-    """The closed-loop replay under 8M/4M by the running kernel's model, at every stock phase."""
-    chosen, model = policy.for_kernel(trace.manifest["kernel"]["release"])
-    limits = run.limits_for(trace, MAX, HIGH, swap=True)
-    summary = run.replay(trace, result, [chosen], limits, run.ENGINES["fast"], spread=True)
-    figures, spread = summary["policies"][chosen.name], summary["spread"]["policies"][chosen.name]
-    trace_seconds = figures["run_seconds"] / (1 + figures["stretch"])
-    series = pl.read_parquet(result / "timeseries.parquet").filter(pl.col("policy") == chosen.name).sort("t_ns")
+    """throttle_check's prediction under 8M/4M with swap, at every stock phase, and the usage
+    percentiles on the replay's own timeline."""
+    predicted = throttle_check.predict(trace, HIGH, result, "task", spread=True, memory_max=MAX, swap=True)
+    series = pl.read_parquet(result / "task" / "timeseries.parquet").filter(pl.col("policy") == predicted["policy"]).sort("t_ns")
     held = series["t_ns"].diff().shift(-1).fill_null(series["bucket_ns"][-1])  # each bucket's usage until the next's
-    return {"model": model, "seconds": figures["run_seconds"], "added_seconds": figures["run_seconds"] - trace_seconds,
-            "high_events": figures["high_events"], "seconds_range": [min(spread["run_seconds"]), max(spread["run_seconds"])],
-            "high_events_range": [min(spread["high_events"]), max(spread["high_events"])],
-            "usage_mib": usage_percentiles(series["usage_bytes"].to_list(), held.to_list())}
+    return {**predicted, "usage_mib": throttle_check.usage_percentiles(series["usage_bytes"].to_list(), held.to_list())}
 
 
 def describe(side: str, figures: dict) -> str:
@@ -103,14 +97,15 @@ def main() -> int:
     for r in limited:
         r["stretch"] = r["seconds"] / alone["seconds"] - 1
     predicted["stretch"] = predicted["added_seconds"] / alone["seconds"]
+    predicted["stretch_range"] = [added / alone["seconds"] for added in predicted["added_seconds_range"]]
     out = {"kernel": os.uname().release, "swap": args.swap, "alone_seconds": alone["seconds"], "limited": limited,
            "predicted": predicted}
     print(f"{out['kernel']}, swap {args.swap}, alone {alone['seconds']:.2f} s; model {predicted['model']}")
     for n, r in enumerate(limited):
         # what the model cannot see: anon pages reclaimed to swap and touched again, charged anew
         print(describe(f"kernel {n + 1}", r) + f"; {r['stat'].get('workingset_refault_anon', 0):,} anon pages refaulted")
-    print(describe("predicted", predicted) + f" (stock phases: run {predicted['seconds_range'][0]:.2f} to "
-          f"{predicted['seconds_range'][1]:.2f} s, {predicted['high_events_range'][0]:,} to {predicted['high_events_range'][1]:,} high events)")
+    print(describe("predicted", predicted) + f" (stock phases: stretch {predicted['stretch_range'][0]:+.1%} to "
+          f"{predicted['stretch_range'][1]:+.1%}, {predicted['high_events_range'][0]:,} to {predicted['high_events_range'][1]:,} high events)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=1))

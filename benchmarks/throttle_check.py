@@ -133,19 +133,20 @@ except KeyboardInterrupt:
 """
 
 
-def predict(trace: Trace, high: int, result: Path, clock: str, spread: bool) -> dict:
-    """The closed-loop replay's figures under memory.high `high` at the trace's own stock phase
-    and, with `spread`, the range of high events and added seconds over run.STOCK_PHASES: which
-    batch crosses memory.high decides whether a run takes one or two more throttles, each up to a
-    2-s sleep (one capture of pipes: 171 to 205 high events; the kernel's runs 187 to 205)."""
+def predict(trace: Trace, high: int, result: Path, clock: str, spread: bool, memory_max: int = ROOMY, swap: bool = False) -> dict:
+    """The closed-loop replay's figures under memory.high `high` (and `memory_max`, `swap`) at the
+    trace's own stock phase, its result in RESULT/CLOCK, and, with `spread`, the range of high
+    events and added seconds over run.STOCK_PHASES: which batch crosses memory.high decides
+    whether a run takes one or two more throttles, each up to a 2-s sleep (one capture of pipes:
+    171 to 205 high events; the kernel's runs 187 to 205)."""
     chosen, model = policy.for_kernel(trace.manifest["kernel"]["release"])
-    limits = run.limits_for(trace, ROOMY, high, swap=False, clock=clock)
+    limits = run.limits_for(trace, memory_max, high, swap=swap, clock=clock)
     summary = run.replay(trace, result / clock, [chosen], limits, run.ENGINES["fast"], spread=spread)
     figures = summary["policies"][chosen.name]
     trace_seconds = figures["run_seconds"] / (1 + figures["stretch"])
     at_phases = summary["spread"]["policies"][chosen.name] if spread else {name: [figures[name]] for name in result_format.SPREAD_FIGURES}
     added = [seconds - trace_seconds for seconds in at_phases["run_seconds"]]
-    return {"model": model, "added_seconds": added[0], "high_events": figures["high_events"],
+    return {"model": model, "policy": chosen.name, "added_seconds": added[0], "high_events": figures["high_events"],
             "seconds_above_high": figures["seconds_above_high"], "peak_bytes": figures["peak_bytes"], "trace_seconds": trace_seconds,
             "high_events_range": [min(at_phases["high_events"]), max(at_phases["high_events"])],
             "added_seconds_range": [min(added), max(added)]}
