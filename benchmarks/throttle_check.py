@@ -12,13 +12,17 @@ For each zoo workload, on a cgroup v2 kernel (the lab's), as root from the proje
    the time the policy adds (its run on its own clock less the trace's), high events, and
    seconds above high, and the range of the first two over eight phases of the page stock's
    batch at the start (`replay --spread`); with each task on its own clock (the prediction) and, as
-   bounds, with the threads of a process and then all tasks on one (`--clock`).
+   bounds, with the threads of a process and then all tasks on one (`--clock`);
+5. with --reclaim-capture, capture it once more under memory.high H: the kernel's own reclaim
+   calls there (how many, their pages and time) and the cost a call and a page they give (the
+   replay's calibration, run.reclaim_cost), against the defaults step 4 replays with (its
+   capture holds no reclaim), and the prediction again at the kernel's cost.
 
 Observed stretch: T1 / T0 - 1. Predicted: the added time over T0. The targets (closed-loop
 issue): stretch within 15%, memory.events high within 10%. It prints every figure and the
 targets met, writes them with --json FILE, and asserts nothing.
 
-    .venv/bin/python benchmarks/throttle_check.py [--workload NAME ...] [--scale S] [--runs N] [--cpu N] [--json FILE] [--keep DIR]
+    .venv/bin/python benchmarks/throttle_check.py [--workload NAME ...] [--scale S] [--runs N] [--cpu N] [--reclaim-capture] [--json FILE] [--keep DIR]
 
 With --cpu the workload runs on one CPU, in the capture and in every timed run (the collector and
 the sampler do not): on two CPUs, which one a throttled task wakes on after its sleep decides
@@ -37,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import polars as pl
@@ -51,9 +56,10 @@ DEFAULT_WORKLOADS = ["sockets-unix", "pipes", "epoll", "files-tmpfs"]
 TARGETS = {"stretch": 0.15, "high events": 0.10}
 
 
-def capture(workload: list[str], trace: Path) -> None:
-    subprocess.run([sys.executable, "-m", "chargeplay.cli", "collect", "-o", str(trace), "--memory-max", str(ROOMY), "--",
-                    *workload], check=True, stdout=subprocess.DEVNULL)
+def capture(workload: list[str], trace: Path, high: int | None = None) -> None:
+    limits = ["--memory-max", str(ROOMY)] + (["--memory-high", str(high)] if high else [])
+    subprocess.run([sys.executable, "-m", "chargeplay.cli", "collect", "-o", str(trace), *limits, "--", *workload], check=True,
+                   stdout=subprocess.DEVNULL)
 
 
 def zoo_command(workload: str, scale: float, cpu: int | None) -> list[str]:
@@ -133,14 +139,16 @@ except KeyboardInterrupt:
 """
 
 
-def predict(trace: Trace, high: int, result: Path, clock: str, spread: bool, memory_max: int = ROOMY, swap: bool = False) -> dict:
+def predict(trace: Trace, high: int, result: Path, clock: str, spread: bool, memory_max: int = ROOMY, swap: bool = False,
+            reclaim_cost: dict[str, int] | None = None) -> dict:
     """The closed-loop replay's figures under memory.high `high` (and `memory_max`, `swap`) at the
     trace's own stock phase, its result in RESULT/CLOCK, and, with `spread`, the range of high
     events and added seconds over run.STOCK_PHASES: which batch crosses memory.high decides
     whether a run takes one or two more throttles, each up to a 2-s sleep (one capture of pipes:
-    171 to 205 high events; the kernel's runs 187 to 205)."""
+    171 to 205 high events; the kernel's runs 187 to 205). The reclaim cost is the trace's own
+    (run.reclaim_cost) unless given."""
     chosen, model = policy.for_kernel(trace.manifest["kernel"]["release"])
-    limits = run.limits_for(trace, memory_max, high, swap=swap, clock=clock)
+    limits = replace(run.limits_for(trace, memory_max, high, swap=swap, clock=clock), **(reclaim_cost or {}))
     summary = run.replay(trace, result / clock, [chosen], limits, run.ENGINES["fast"], spread=spread)
     figures = summary["policies"][chosen.name]
     trace_seconds = figures["run_seconds"] / (1 + figures["stretch"])
@@ -148,11 +156,13 @@ def predict(trace: Trace, high: int, result: Path, clock: str, spread: bool, mem
     added = [seconds - trace_seconds for seconds in at_phases["run_seconds"]]
     return {"model": model, "policy": chosen.name, "added_seconds": added[0], "high_events": figures["high_events"],
             "seconds_above_high": figures["seconds_above_high"], "peak_bytes": figures["peak_bytes"], "trace_seconds": trace_seconds,
+            "reclaim_seconds": (figures["stall_ns_total"] - figures["throttle_ns"]) / 1e9,
+            "reclaim_ns_per_call": limits.reclaim_ns_per_call, "reclaim_ns_per_page": limits.reclaim_ns_per_page,
             "high_events_range": [min(at_phases["high_events"]), max(at_phases["high_events"])],
             "added_seconds_range": [min(added), max(added)]}
 
 
-def check(workload: str, command: list[str], runs: int, fraction: float, scratch: Path) -> dict:
+def check(workload: str, command: list[str], runs: int, fraction: float, scratch: Path, reclaim_capture: bool) -> dict:
     trace_dir = scratch / workload / "trace"
     capture(command, trace_dir)
     trace = Trace.open(trace_dir)
@@ -172,10 +182,28 @@ def check(workload: str, command: list[str], runs: int, fraction: float, scratch
     for r in limited:
         r["stretch"] = r["seconds"] / alone["seconds"] - 1
         r["met"] = judge(predicted, r)
-    return {
+    row = {
         "workload": workload, "peak": peak, "high": high, "alone_seconds": alone["seconds"],
         "limited": limited, "observed": median, "predicted": predicted, "by_clock": by_clock, "met": judge(predicted, median),
     }
+    if reclaim_capture:
+        row["reclaim"] = kernel_reclaim(command, high, trace, scratch / workload, alone["seconds"])
+        row["reclaim"]["met"] = judge(row["reclaim"]["predicted"], median)
+    return row
+
+
+def kernel_reclaim(command: list[str], high: int, trace: Trace, scratch: Path, alone_seconds: float) -> dict:
+    """The reclaim-time model against the running kernel. The unlimited capture has no reclaim,
+    so its replay costs a reclaim call and a page at run.reclaim_cost's defaults; one more capture,
+    under memory.high, holds the kernel's own reclaim calls: their count, pages and time, and the
+    cost they give (as a trace captured under its limits gives its own replay); the unlimited
+    capture is replayed with that cost as well."""
+    capture(command, scratch / "limited-trace", high)
+    limited = Trace.open(scratch / "limited-trace")
+    took, pages = run.reclaim_calls(limited)
+    predicted = predict(trace, high, scratch / "result-kernel-cost", "task", spread=False, reclaim_cost=run.reclaim_cost(limited))
+    predicted["stretch"] = predicted["added_seconds"] / alone_seconds
+    return {"calls": len(took), "pages": int(pages.sum()), "seconds": int(took.sum()) / 1e9, "predicted": predicted}
 
 
 def judge(predicted: dict, observed: dict) -> dict[str, bool]:
@@ -212,7 +240,17 @@ def describe(row: dict) -> str:
             f"peak {p['peak_bytes'] / (1 << 20):.2f}M/{o['peak_bytes'] / (1 << 20):.2f}M; "
             f"stretch on shared clocks: " + ", ".join(f"{clock} {figures['stretch']:+.1%}" for clock, figures in
                                                       row["by_clock"].items() if clock != "task") + "; "
-            + ", ".join(f"{name} {'met' if met else 'MISSED'}" for name, met in row["met"].items()))
+            + ", ".join(f"{name} {'met' if met else 'MISSED'}" for name, met in row["met"].items())
+            + (describe_reclaim(row) if "reclaim" in row else ""))
+
+
+def describe_reclaim(row: dict) -> str:
+    k, p, default = row["reclaim"], row["reclaim"]["predicted"], row["predicted"]
+    return (f"\n{'':14} reclaim under memory.high: kernel {k['calls']:,} calls, {k['pages']:,} pages, {k['seconds']:.3f} s "
+            f"(a call {p['reclaim_ns_per_call'] / 1000:.0f} us, a page {p['reclaim_ns_per_page'] / 1000:.1f} us); model "
+            f"{default['reclaim_seconds']:.3f} s at the defaults ({default['reclaim_ns_per_call'] / 1000:.0f} us, "
+            f"{default['reclaim_ns_per_page'] / 1000:.1f} us), {p['reclaim_seconds']:.3f} s at the kernel's: stretch {p['stretch']:+.1%}, "
+            f"high events {p['high_events']:,}; " + ", ".join(f"{name} {'met' if met else 'MISSED'}" for name, met in k["met"].items()))
 
 
 def main() -> int:
@@ -226,6 +264,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path, help="write the fidelity matrix's cells (each limited run judged) here")
     parser.add_argument("--keep", type=Path, help="keep each workload's trace and replay result under this directory")
+    parser.add_argument("--reclaim-capture", action="store_true", help="capture each workload once more under memory.high "
+                        "and replay it with the reclaim cost the kernel showed there as well (the defaults' check)")
     args = parser.parse_args()
     if memory_hierarchy()[0] != 2:
         print("throttle_check needs cgroup v2, where memory.high lives: run it in the kernel lab", file=sys.stderr)
@@ -234,7 +274,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="chargeplay-throttle-") as scratch:
         for workload in args.workload or DEFAULT_WORKLOADS:
             command = zoo_command(workload, args.scale, args.cpu)
-            rows.append(check(workload, command, args.runs, args.high_fraction, args.keep or Path(scratch)))
+            rows.append(check(workload, command, args.runs, args.high_fraction, args.keep or Path(scratch), args.reclaim_capture))
             print(describe(rows[-1]), flush=True)
             if args.json:
                 args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -96,21 +96,26 @@ def unseen_charges(trace: Trace) -> str | None:
             "which records them through kprobes)")
 
 
-def reclaim_cost(trace: Trace) -> dict[str, int]:
-    """What a memcg reclaim costs the task that makes it, from the trace's own reclaim begin/end
-    pairs (per task): ns per call, the median duration of the calls that reclaimed nothing, and
-    ns per page, the median of what each call that reclaimed a batch (SWAP_CLUSTER_MAX) or more
-    took beyond that, per page. Medians: a call the scheduler preempted takes milliseconds. Most
-    calls near an OOM kill reclaim nothing, so a cost per page alone (their time over the few
-    pages some call got) came out at milliseconds a page."""
+def reclaim_calls(trace: Trace) -> tuple[np.ndarray, np.ndarray]:
+    """The trace's memcg reclaim calls, its reclaim begin/end pairs (per task): the ns each took
+    and the pages it reclaimed."""
     pairs = (
         trace.events().filter(pl.col("kind").is_in(["reclaim_begin", "reclaim_end"]))
         .select("pid", "kind", "ts_ns", "val").collect()
         .with_columns(pl.col("ts_ns").shift(1).over("pid").alias("began"), pl.col("kind").shift(1).over("pid").alias("before"))
         .filter((pl.col("kind") == "reclaim_end") & (pl.col("before") == "reclaim_begin"))
     )
-    took = (pairs["ts_ns"] - pairs["began"]).to_numpy()
-    pages = pairs["val"].fill_null(0).to_numpy()
+    return (pairs["ts_ns"] - pairs["began"]).to_numpy(), pairs["val"].fill_null(0).to_numpy()
+
+
+def reclaim_cost(trace: Trace) -> dict[str, int]:
+    """What a memcg reclaim costs the task that makes it, from the trace's own reclaim calls:
+    ns per call, the median duration of the calls that reclaimed nothing, and ns per page, the
+    median of what each call that reclaimed a batch (SWAP_CLUSTER_MAX) or more took beyond
+    that, per page. Medians: a call the scheduler preempted takes milliseconds. Most calls near
+    an OOM kill reclaim nothing, so a cost per page alone (their time over the few pages some
+    call got) came out at milliseconds a page."""
+    took, pages = reclaim_calls(trace)
     if (pages == 0).any():
         per_call = int(np.median(took[pages == 0]))
     else:  # every call reclaimed (or none was made): the default, but no more than the quickest took
