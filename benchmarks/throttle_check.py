@@ -240,8 +240,11 @@ def describe(row: dict) -> str:
             f"peak {p['peak_bytes'] / (1 << 20):.2f}M/{o['peak_bytes'] / (1 << 20):.2f}M; "
             f"stretch on shared clocks: " + ", ".join(f"{clock} {figures['stretch']:+.1%}" for clock, figures in
                                                       row["by_clock"].items() if clock != "task") + "; "
-            + ", ".join(f"{name} {'met' if met else 'MISSED'}" for name, met in row["met"].items())
-            + (describe_reclaim(row) if "reclaim" in row else ""))
+            + verdicts(row["met"]) + (describe_reclaim(row) if "reclaim" in row else ""))
+
+
+def verdicts(met: dict[str, bool]) -> str:
+    return ", ".join(f"{name} {'met' if hit else 'MISSED'}" for name, hit in met.items())
 
 
 def describe_reclaim(row: dict) -> str:
@@ -250,7 +253,7 @@ def describe_reclaim(row: dict) -> str:
             f"(a call {p['reclaim_ns_per_call'] / 1000:.0f} us, a page {p['reclaim_ns_per_page'] / 1000:.1f} us); model "
             f"{default['reclaim_seconds']:.3f} s at the defaults ({default['reclaim_ns_per_call'] / 1000:.0f} us, "
             f"{default['reclaim_ns_per_page'] / 1000:.1f} us), {p['reclaim_seconds']:.3f} s at the kernel's: stretch {p['stretch']:+.1%}, "
-            f"high events {p['high_events']:,}; " + ", ".join(f"{name} {'met' if met else 'MISSED'}" for name, met in k["met"].items()))
+            f"high events {p['high_events']:,}; " + verdicts(k["met"]))
 
 
 def main() -> int:
