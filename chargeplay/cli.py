@@ -126,6 +126,22 @@ def _buffer(kb: int | None) -> int | None:
     return kb
 
 
+def _cpus(value: Optional[str]) -> Optional[set[int]]:
+    """A CPU list as taskset takes it: 1, 0,2 or 2-3."""
+    if value is None:
+        return None
+    cpus: set[int] = set()
+    try:
+        for part in value.split(","):
+            first, _, last = part.partition("-")
+            cpus.update(range(int(first), int(last or first) + 1))
+    except ValueError:
+        cpus = set()
+    if not cpus or min(cpus) < 0:
+        raise UserError(f"--collector-cpus {value}: give CPU numbers and ranges, like 1 or 0,2-3")
+    return cpus
+
+
 def _budget(value: Optional[str]) -> Optional[int]:
     budget = _size(value, "--max-size")
     if budget == 0:
@@ -245,6 +261,7 @@ def collect(
     buffer_kb: Annotated[Optional[int], typer.Option(help=BUFFER_HELP)] = None,
     max_size: Annotated[Optional[str], typer.Option(metavar=SIZE, help="flight recorder: keep the newest closed segments within this size, e.g. 512M; the oldest are dropped (the manifest says which)")] = None,
     stop_on: Annotated[Optional[list[str]], typer.Option(help="end the capture when the target memcg's count rises: oom-kill, high:N (memory.events high, cgroup v2) or max:N (memory.events max; v1: memory.failcnt); repeatable")] = None,
+    collector_cpus: Annotated[Optional[str], typer.Option(metavar="LIST", help="run the collector on these CPUs only, e.g. 1 or 2-3; the workload keeps the CPUs it was given. Before Linux 6.16 the collector's own charges on the workload's CPUs take its page stock, and a capture under memory.high throttles more than the workload alone")] = None,
 ) -> None:
     """Capture a workload's kernel-memory events (root): `chargeplay collect -o T --memory-max 64M -- CMD...`."""
     from collect.capture import capture
@@ -261,7 +278,7 @@ def collect(
         duration=duration, segment_events=segment_events, segment_seconds=segment_seconds, backend=backend,
         bpf_output=bpf_output, keep_addresses=keep_addresses, all_allocations=all_allocations, max_size=_budget(max_size),
         buffer_kb=_buffer(buffer_kb),
-        stop_on=[parse_trigger(text) for text in stop_on or []],
+        stop_on=[parse_trigger(text) for text in stop_on or []], collector_cpus=_cpus(collector_cpus),
     )
     if command:
         _check_command(command[0])

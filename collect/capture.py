@@ -34,6 +34,9 @@ def capture(options: CaptureOptions, report: Callable[[Progress], None], say: Ca
         raise CaptureError(f"--backend {options.backend}: choose one of {', '.join(BACKENDS)}")
     if options.bpf_output not in BPF_OUTPUTS:
         raise CaptureError(f"--bpf-output {options.bpf_output}: choose one of {', '.join(BPF_OUTPUTS)}")
+    if options.collector_cpus and not options.collector_cpus <= (ours := os.sched_getaffinity(0)):
+        raise CaptureError(f"--collector-cpus: CPU {min(options.collector_cpus - ours)} is not one this process may run on "
+                           f"({', '.join(map(str, sorted(ours)))}); give some of those")
     _fix_the_mmap_threshold()
     if options.backend != "tracefs":
         from collect import ebpf  # libbpf and its record layouts: not on the tracefs backend's way to its workload

@@ -650,3 +650,34 @@ def test_memory_high_on_cgroup_v2_is_set_and_enforced(tracefs, tmp_path):
     pid = int(result.stdout.split()[0])
     reclaims = trace.events().filter((pl.col("kind") == "reclaim_begin") & (pl.col("pid") == pid)).collect()
     assert reclaims.height > 0
+
+
+# Writes to OUT the CPUs it may run on and, per thread of its parent (the collector), the CPUs that thread may.
+AFFINITY = """
+import json, os, sys
+collector = os.getppid()
+threads = [sorted(os.sched_getaffinity(int(t))) for t in os.listdir(f"/proc/{collector}/task")]
+open(sys.argv[1], "w").write(json.dumps({"workload": sorted(os.sched_getaffinity(0)), "collector": threads}))
+"""
+
+
+@pytest.mark.parametrize("pinned", [True, False])
+def test_collector_cpus_keep_every_collector_thread_there_and_the_workload_on_ours(tracefs, tmp_path, pinned):
+    ours = sorted(os.sched_getaffinity(0))
+    if len(ours) < 2:
+        pytest.skip(f"needs two CPUs to keep the collector on one of them; this process may use {ours} only")
+    out = tmp_path / "affinity.json"
+    option = ["--collector-cpus", str(ours[-1])] if pinned else []
+    result = chargeplay("collect", "-o", str(tmp_path / "t"), *option, "--", sys.executable, "-c", AFFINITY, str(out))
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(out.read_text())
+    assert seen["workload"] == ours
+    assert seen["collector"] and all(cpus == ([ours[-1]] if pinned else ours) for cpus in seen["collector"])
+
+
+@pytest.mark.parametrize("cpus, words", [("x", ["--collector-cpus x", "like 1 or 0,2-3"]), ("3-1", ["--collector-cpus 3-1"]),
+                                          ("4096", ["--collector-cpus", "CPU 4096", "give some of those"])])
+def test_collector_cpus_it_cannot_run_on_are_one_line(tracefs, tmp_path, cpus, words):
+    result = chargeplay("collect", "-o", str(tmp_path / "t"), "--collector-cpus", cpus, "--", "true")
+    assert_user_error(result, *words)
+    assert not (tmp_path / "t").exists()
