@@ -46,6 +46,7 @@ LIVE_TESTS = [
     "tests/test_collect_live.py::test_file_creation_is_recorded_as_accounted_dentries_of_the_workload_only",
     "tests/test_collect_live.py::test_memory_high_on_cgroup_v2_is_set_and_enforced",
     "tests/test_collect_live.py::test_attach_to_an_existing_cgroup",
+    "tests/test_collect_live.py::test_collector_cpus_keep_every_collector_thread_there_and_the_workload_on_ours[True]",
     "tests/test_crash_safety_live.py::test_sigkill_of_collector_and_guardian_at_any_point[4.0]",
     "tests/test_ebpf_live.py::test_auto_says_which_backend_it_chose_and_whether_charge_probes_attached",
     "tests/test_ebpf_live.py::test_charge_probes_agree_with_the_memcgs_own_events",
