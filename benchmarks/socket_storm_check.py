@@ -34,8 +34,7 @@ from pathlib import Path
 
 import polars as pl
 
-from benchmarks import throttle_check
-from benchmarks.throttle_check import capture, run_alone
+from benchmarks.throttle_check import add_stretch, capture, predict as predict_throttling, run_alone, usage_percentiles
 from collect.cgroup import memory_hierarchy
 from traces.reader import Trace
 
@@ -65,10 +64,10 @@ class ZramSwap:
 def predict(trace: Trace, result: Path) -> dict:
     """throttle_check's prediction under 8M/4M with swap, at every stock phase, and the usage
     percentiles on the replay's own timeline."""
-    predicted = throttle_check.predict(trace, HIGH, result, "task", spread=True, memory_max=MAX, swap=True)
+    predicted = predict_throttling(trace, HIGH, result, "task", spread=True, memory_max=MAX, swap=True)
     series = pl.read_parquet(result / "task" / "timeseries.parquet").filter(pl.col("policy") == predicted["policy"]).sort("t_ns")
     held = series["t_ns"].diff().shift(-1).fill_null(series["bucket_ns"][-1])  # each bucket's usage until the next's
-    return {**predicted, "usage_mib": throttle_check.usage_percentiles(series["usage_bytes"].to_list(), held.to_list())}
+    return {**predicted, "usage_mib": usage_percentiles(series["usage_bytes"].to_list(), held.to_list())}
 
 
 def describe(side: str, figures: dict) -> str:
@@ -96,8 +95,7 @@ def main() -> int:
         predicted = predict(Trace.open(work / "trace"), work / "result")
     for r in limited:
         r["stretch"] = r["seconds"] / alone["seconds"] - 1
-    predicted["stretch"] = predicted["added_seconds"] / alone["seconds"]
-    predicted["stretch_range"] = [added / alone["seconds"] for added in predicted["added_seconds_range"]]
+    add_stretch(predicted, alone["seconds"])
     out = {"kernel": os.uname().release, "swap": args.swap, "alone_seconds": alone["seconds"], "limited": limited,
            "predicted": predicted}
     print(f"{out['kernel']}, swap {args.swap}, alone {alone['seconds']:.2f} s; model {predicted['model']}")

@@ -162,6 +162,13 @@ def predict(trace: Trace, high: int, result: Path, clock: str, spread: bool, mem
             "added_seconds_range": [min(added), max(added)]}
 
 
+def add_stretch(predicted: dict, alone_seconds: float) -> dict:
+    """A prediction's stretch, and its range over the stock phases: the time it adds over the run alone."""
+    predicted["stretch"] = predicted["added_seconds"] / alone_seconds
+    predicted["stretch_range"] = [added / alone_seconds for added in predicted["added_seconds_range"]]
+    return predicted
+
+
 def check(workload: str, command: list[str], runs: int, fraction: float, scratch: Path, reclaim_capture: bool) -> dict:
     trace_dir = scratch / workload / "trace"
     capture(command, trace_dir)
@@ -176,8 +183,7 @@ def check(workload: str, command: list[str], runs: int, fraction: float, scratch
     by_clock = {clock: predict(trace, high, scratch / workload / "result", clock, spread=clock == "task")
                 for clock in CLOCK_SHARING}
     for figures in by_clock.values():
-        figures["stretch"] = figures["added_seconds"] / alone["seconds"]
-        figures["stretch_range"] = [added / alone["seconds"] for added in figures["added_seconds_range"]]
+        add_stretch(figures, alone["seconds"])
     predicted = by_clock["task"]
     for r in limited:
         r["stretch"] = r["seconds"] / alone["seconds"] - 1
@@ -201,8 +207,8 @@ def kernel_reclaim(command: list[str], high: int, trace: Trace, scratch: Path, a
     capture(command, scratch / "limited-trace", high)
     limited = Trace.open(scratch / "limited-trace")
     took, pages = run.reclaim_calls(limited)
-    predicted = predict(trace, high, scratch / "result-kernel-cost", "task", spread=False, reclaim_cost=run.reclaim_cost(limited))
-    predicted["stretch"] = predicted["added_seconds"] / alone_seconds
+    predicted = add_stretch(predict(trace, high, scratch / "result-kernel-cost", "task", spread=False,
+                                    reclaim_cost=run.reclaim_cost(limited)), alone_seconds)
     return {"calls": len(took), "pages": int(pages.sum()), "seconds": int(took.sum()) / 1e9, "predicted": predicted}
 
 
