@@ -24,9 +24,10 @@ targets met, writes them with --json FILE, and asserts nothing.
 
     .venv/bin/python benchmarks/throttle_check.py [--workload NAME ...] [--scale S] [--runs N] [--cpu N] [--reclaim-capture] [--json FILE] [--keep DIR]
 
-With --cpu the workload runs on one CPU, in the capture and in every timed run (the collector and
-the sampler do not): on two CPUs, which one a throttled task wakes on after its sleep decides
-whether its per-CPU page stock is still there, and the kernel's own runs spread with it.
+With --cpu the workload runs on one CPU, in the capture and in every timed run, and the collector
+on the others (`collect --collector-cpus`), so the capture's own charges leave the workload's
+per-CPU page stock alone: on two CPUs, which one a throttled task wakes on after its sleep decides
+whether its stock is still there, and the kernel's own runs spread with it.
 
 Inside a lab kernel: python -m lab run --kernel 6.12 --keep DIR -- .venv/bin/python
 benchmarks/throttle_check.py --scale 0.25 --json {run}/out/throttle.json
@@ -56,10 +57,13 @@ DEFAULT_WORKLOADS = ["sockets-unix", "pipes", "epoll", "files-tmpfs"]
 TARGETS = {"stretch": 0.15, "high events": 0.10}
 
 
-def capture(workload: list[str], trace: Path, high: int | None = None) -> None:
+def capture(workload: list[str], trace: Path, high: int | None = None, cpu: int | None = None) -> None:
+    """Capture WORKLOAD (on `cpu` if given: the collector then keeps to the other CPUs)."""
     limits = ["--memory-max", str(ROOMY)] + (["--memory-high", str(high)] if high else [])
-    subprocess.run([sys.executable, "-m", "chargeplay.cli", "collect", "-o", str(trace), *limits, "--", *workload], check=True,
-                   stdout=subprocess.DEVNULL)
+    others = sorted(os.sched_getaffinity(0) - {cpu}) if cpu is not None else []
+    pinned = ["--collector-cpus", ",".join(map(str, others))] if others else []
+    subprocess.run([sys.executable, "-m", "chargeplay.cli", "collect", "-o", str(trace), *limits, *pinned, "--", *workload],
+                   check=True, stdout=subprocess.DEVNULL)
 
 
 def zoo_command(workload: str, scale: float, cpu: int | None) -> list[str]:
@@ -169,9 +173,10 @@ def add_stretch(predicted: dict, alone_seconds: float) -> dict:
     return predicted
 
 
-def check(workload: str, command: list[str], runs: int, fraction: float, scratch: Path, reclaim_capture: bool) -> dict:
+def check(workload: str, command: list[str], cpu: int | None, runs: int, fraction: float, scratch: Path,
+          reclaim_capture: bool) -> dict:
     trace_dir = scratch / workload / "trace"
-    capture(command, trace_dir)
+    capture(command, trace_dir, cpu=cpu)
     trace = Trace.open(trace_dir)
     peak = trace.side_table("memcg").select(pl.max_horizontal("usage", "max_usage").max()).collect().item()
     high = int(peak * fraction)
@@ -193,18 +198,18 @@ def check(workload: str, command: list[str], runs: int, fraction: float, scratch
         "limited": limited, "observed": median, "predicted": predicted, "by_clock": by_clock, "met": judge(predicted, median),
     }
     if reclaim_capture:
-        row["reclaim"] = kernel_reclaim(command, high, trace, scratch / workload, alone["seconds"])
+        row["reclaim"] = kernel_reclaim(command, cpu, high, trace, scratch / workload, alone["seconds"])
         row["reclaim"]["met"] = judge(row["reclaim"]["predicted"], median)
     return row
 
 
-def kernel_reclaim(command: list[str], high: int, trace: Trace, scratch: Path, alone_seconds: float) -> dict:
+def kernel_reclaim(command: list[str], cpu: int | None, high: int, trace: Trace, scratch: Path, alone_seconds: float) -> dict:
     """The reclaim-time model against the running kernel. The unlimited capture has no reclaim,
     so its replay costs a reclaim call and a page at run.reclaim_cost's defaults; one more capture,
     under memory.high, holds the kernel's own reclaim calls: their count, pages and time, and the
     cost they give (as a trace captured under its limits gives its own replay); the unlimited
     capture is replayed with that cost as well."""
-    capture(command, scratch / "limited-trace", high)
+    capture(command, scratch / "limited-trace", high, cpu)
     limited = Trace.open(scratch / "limited-trace")
     took, pages = run.reclaim_calls(limited)
     predicted = add_stretch(predict(trace, high, scratch / "result-kernel-cost", "task", spread=False,
@@ -283,7 +288,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="chargeplay-throttle-") as scratch:
         for workload in args.workload or DEFAULT_WORKLOADS:
             command = zoo_command(workload, args.scale, args.cpu)
-            rows.append(check(workload, command, args.runs, args.high_fraction, args.keep or Path(scratch), args.reclaim_capture))
+            rows.append(check(workload, command, args.cpu, args.runs, args.high_fraction, args.keep or Path(scratch),
+                              args.reclaim_capture))
             print(describe(rows[-1]), flush=True)
             if args.json:
                 args.json.parent.mkdir(parents=True, exist_ok=True)
