@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import ctypes
 import os
 import shlex
@@ -130,6 +131,11 @@ def run_kernel(series: str, command: list[str], timeout: float, keep: Path | Non
     return code
 
 
+# A failed kernel's last lines, printed again when all have ended: pytest's short summary of the
+# failures, or how a boot failed, would otherwise be lost among the other kernel's lines.
+TAIL_LINES = 30
+
+
 def in_parallel(args: argparse.Namespace, command: list[str], series: list[str]) -> int:
     """The same action for each kernel at once, each in its own runner (`python -m lab`), their
     lines prefixed with the kernel; the first failure's code (0 if none). A TCG guest keeps about
@@ -142,7 +148,8 @@ def in_parallel(args: argparse.Namespace, command: list[str], series: list[str])
                                       cwd=CHECKOUT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                       preexec_fn=_terminate_with_parent)
                for name in series}
-    relays = [threading.Thread(target=_relay, args=(name, runner.stdout)) for name, runner in runners.items()]
+    tails = {name: collections.deque(maxlen=TAIL_LINES) for name in series}
+    relays = [threading.Thread(target=_relay, args=(name, runner.stdout, tails[name])) for name, runner in runners.items()]
     for relay in relays:
         relay.start()
     try:
@@ -155,8 +162,9 @@ def in_parallel(args: argparse.Namespace, command: list[str], series: list[str])
         for relay in relays:
             relay.join()
     failed = [(name, code) for name, code in codes.items() if code != 0]
-    for name, code in failed:
-        print(f"lab: FAILED on {name} (exit code {code})", file=sys.stderr)
+    for name, code in failed:  # again at the end, where a log's tail shows it: which tests failed
+        print(f"lab: FAILED on {name} (exit code {code}); its last lines:", file=sys.stderr)
+        sys.stderr.writelines(tails[name])
     return failed[0][1] if failed else 0
 
 
@@ -165,10 +173,11 @@ def _terminate_with_parent() -> None:
     ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _relay(name: str, lines) -> None:
+def _relay(name: str, lines, tail: collections.deque) -> None:
     for line in lines:
         sys.stdout.write(f"[{name}] {line}")
         sys.stdout.flush()
+        tail.append(f"[{name}] {line}")
 
 
 def main(argv: list[str] | None = None) -> int:
