@@ -27,7 +27,8 @@ targets met, writes them with --json FILE, and asserts nothing.
 With --cpu the workload runs on one CPU, in the capture and in every timed run, and the collector
 on the others (`collect --collector-cpus`), so the capture's own charges leave the workload's
 per-CPU page stock alone: on two CPUs, which one a throttled task wakes on after its sleep decides
-whether its stock is still there, and the kernel's own runs spread with it.
+whether its stock is still there, and the kernel's own runs spread with it. The usage sampler of
+step 3 is not pinned (it runs in the root memcg: its reads charge nothing to the workload).
 
 Inside a lab kernel: python -m lab run --kernel 6.12 --keep DIR -- .venv/bin/python
 benchmarks/throttle_check.py --scale 0.25 --json {run}/out/throttle.json

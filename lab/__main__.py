@@ -175,9 +175,10 @@ def _terminate_with_parent() -> None:
 
 def _relay(name: str, lines, tail: collections.deque) -> None:
     for line in lines:
-        sys.stdout.write(f"[{name}] {line}")
+        prefixed = f"[{name}] {line}"
+        sys.stdout.write(prefixed)
         sys.stdout.flush()
-        tail.append(f"[{name}] {line}")
+        tail.append(prefixed)
 
 
 def main(argv: list[str] | None = None) -> int:
