@@ -218,8 +218,8 @@ def kernel_reclaim(command: list[str], cpu: int | None, high: int, trace: Trace,
     predicted = add_stretch(predict(trace, high, scratch / "result-kernel-cost", "task", spread=False,
                                     reclaim_cost=run.reclaim_cost(limited)), alone_seconds)
     # The limited capture replayed under its own memory.high: the model's rules on the kernel's
-    # own timeline, where the unlimited capture's slower one cannot blur them.
-    # The stock phases bound it: the trace cannot show which batch the stocks were at when it began.
+    # own timeline, which the unlimited capture's slower one cannot blur; over the stock phases,
+    # as the trace cannot show which batch the stocks were at when it began.
     own = predict(limited, high, scratch / "result-own-limit", "task", spread=True)
     kernel_high = limited.side_table("memcg").select(pl.col("events_high").max()).collect().item()
     return {"calls": len(took), "pages": int(pages.sum()), "seconds": int(took.sum()) / 1e9, "predicted": predicted,
