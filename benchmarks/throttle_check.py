@@ -221,10 +221,9 @@ def kernel_reclaim(command: list[str], cpu: int | None, high: int, trace: Trace,
     # own timeline, which the unlimited capture's slower one cannot blur; over the stock phases,
     # as the trace cannot show which batch the stocks were at when it began.
     own = predict(limited, high, scratch / "result-own-limit", "task", spread=True)
-    kernel_high = limited.side_table("memcg").select(pl.col("events_high").max()).collect().item()
     return {"calls": len(took), "pages": int(pages.sum()), "seconds": int(took.sum()) / 1e9, "predicted": predicted,
             "own_timeline": {"high_events": own["high_events"], "high_events_range": own["high_events_range"],
-                             "kernel_high_events": kernel_high}}
+                             "kernel_high_events": limited.last_memcg_sample()["events_high"]}}
 
 
 def judge(predicted: dict, observed: dict) -> dict[str, bool]:
