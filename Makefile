@@ -58,7 +58,7 @@ bench: setup
 # virtme-ng over this machine's own root file system, with cgroup v2. The image packages also
 # pull initramfs-tools, which writes /boot/initrd.img-*; this machine boots through neither
 # grub nor /boot, so nothing about its own boot changes (there is no update-grub to run).
-LAB_DEBIAN_PACKAGES := qemu-system-x86 busybox-static linux-image-amd64 linux-image-6.12-amd64 $(BPF_BUILD_PACKAGES)
+LAB_DEBIAN_PACKAGES := qemu-system-x86 busybox-static e2fsprogs linux-image-amd64 linux-image-6.12-amd64 $(BPF_BUILD_PACKAGES)
 
 # Inside the guests polars's default runtime (built for AVX2 and friends, which qemu emulates)
 # crashed with SIGSEGV scanning a 260,000-event trace, on 6.1 and 6.12 alike; its compat runtime,

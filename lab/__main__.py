@@ -1,10 +1,11 @@
 """python -m lab: boot the lab kernels and run commands inside them.
 
   python -m lab kernels                               the matrix and the installed images
-  python -m lab run [--kernel 6.1|6.12|all] [--keep DIR] [--numa N] -- CMD
+  python -m lab run [--kernel 6.1|6.12|all] [--keep DIR] [--numa N] [--disk MIB] -- CMD
                                                       CMD inside each kernel ({run}: a directory it may write;
                                                       --keep: copy {run}/out to DIR; --numa: a guest of N NUMA
-                                                      nodes); exit code: the first failure's
+                                                      nodes; --disk: an ext4 disk of MIB at /var/tmp); exit
+                                                      code: the first failure's
   python -m lab facts [--kernel ...] [--out DIR]      dump each kernel's tracepoint formats and facts
   python -m lab live [--kernel ...] [PYTEST ARGS]     the live tests (LIVE_TESTS, or those PYTEST ARGS name) inside each kernel
 """
@@ -85,9 +86,10 @@ PR_SET_PDEATHSIG = 1  # prctl(2)
 TIMEOUT = 30 * 60  # per kernel; the kernels run side by side
 
 
-def run_in(kernel: kernels.Kernel, command: list[str], timeout: float, run_dir: Path, numa: int = 1) -> int:
-    """`command` inside `kernel` (with `numa` NUMA nodes), from the checkout, after lab/guest.sh
-    set the guest up."""
+def run_in(kernel: kernels.Kernel, command: list[str], timeout: float, run_dir: Path, numa: int = 1,
+           disk_mib: int | None = None) -> int:
+    """`command` inside `kernel` (with `numa` NUMA nodes, and an ext4 disk of `disk_mib` at
+    /var/tmp), from the checkout, after lab/guest.sh set the guest up."""
     if not (Path(sys.prefix) / "polars-compat").is_dir():  # lab/guest.sh uses it
         raise LabError(f"{sys.prefix}/polars-compat is missing (polars's runtime for the guests): run make lab-packages")
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -100,7 +102,8 @@ def run_in(kernel: kernels.Kernel, command: list[str], timeout: float, run_dir: 
     os.chdir(CHECKOUT)
     started = time.monotonic()
     print(f"lab: booting {kernel.release} under TCG, run dir {run_dir}", file=sys.stderr, flush=True)
-    code = vm.boot(kernel, shlex.join(inner), [run_dir, CACHE], python_trees, timeout, scratch=run_dir, numa=numa)
+    disk = vm.make_disk(run_dir / vm.DISK_IMAGE, disk_mib) if disk_mib else None
+    code = vm.boot(kernel, shlex.join(inner), [run_dir, CACHE], python_trees, timeout, scratch=run_dir, numa=numa, disk=disk)
     print(f"lab: {kernel.release}: exit code {code} after {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
     return code
 
@@ -113,8 +116,10 @@ def warm_numba_cache() -> None:
     subprocess.run([sys.executable, "-c", WARM_UP], env=env, cwd=CHECKOUT, check=True)
 
 
-def run_kernel(series: str, command: list[str], timeout: float, keep: Path | None = None, numa: int = 1) -> int:
-    """`command` inside the kernel of `series`, booted with `numa` NUMA nodes; its exit code.
+def run_kernel(series: str, command: list[str], timeout: float, keep: Path | None = None, numa: int = 1,
+               disk_mib: int | None = None) -> int:
+    """`command` inside the kernel of `series`, booted with `numa` NUMA nodes (and an ext4 disk
+    of `disk_mib` at /var/tmp); its exit code.
 
     "{run}" in `command` is the guest-writable run directory; with `keep`, what the command
     left in {run}/out is copied there afterwards.
@@ -123,7 +128,7 @@ def run_kernel(series: str, command: list[str], timeout: float, keep: Path | Non
     RUNS.mkdir(parents=True, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix=f"{kernel.series}-", dir=RUNS))
     try:
-        code = run_in(kernel, [a.replace("{run}", str(run_dir)) for a in command], timeout, run_dir, numa)
+        code = run_in(kernel, [a.replace("{run}", str(run_dir)) for a in command], timeout, run_dir, numa, disk_mib)
         if keep is not None and (run_dir / "out").is_dir():
             shutil.copytree(run_dir / "out", keep, dirs_exist_ok=True)
     finally:
@@ -141,7 +146,7 @@ def in_parallel(args: argparse.Namespace, command: list[str], series: list[str])
     lines prefixed with the kernel; the first failure's code (0 if none). A TCG guest keeps about
     one of this machine's cores busy, so two side by side take about the time of one."""
     options = ["--timeout", str(args.timeout)]
-    for name in ("out", "keep", "numa"):  # facts --out, run --keep and --numa
+    for name in ("out", "keep", "numa", "disk"):  # facts --out, run --keep, --numa and --disk
         if getattr(args, name, None) is not None:
             options += [f"--{name}", str(getattr(args, name))]
     runners = {name: subprocess.Popen([sys.executable, "-m", "lab", args.action, "--kernel", name, *options, "--", *command],
@@ -196,13 +201,18 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--keep", type=Path, help="copy what CMD wrote in {run}/out into this directory")
             p.add_argument("--numa", type=int, default=1, metavar="N",
                            help="boot the guest with N NUMA nodes that share its memory and CPUs evenly (default 1)")
+            p.add_argument("--disk", type=int, metavar="MIB",
+                           help="mount an ext4 disk of MIB at /var/tmp (else tmpfs there): page cache, dentries and "
+                                "inodes that reclaim can take back, as on a host's disk")
         p.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = getattr(args, "command", [])
     command = command[1:] if command[:1] == ["--"] else command
     try:
         if args.action == "run":
-            vm.numa_flags(args.numa)  # a bad --numa fails here, not once in each kernel's runner
+            vm.numa_flags(args.numa)  # a bad --numa or --disk fails here, not once in each kernel's runner
+            if args.disk is not None:
+                vm.check_disk(args.disk)
         if args.action == "kernels":
             for series, package in kernels.MATRIX.items():
                 try:
@@ -220,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.action == "run":
             if not command:
                 raise LabError("give a command: python -m lab run -- COMMAND")
-            return run_kernel(args.kernel, command, args.timeout, keep=args.keep, numa=args.numa)
+            return run_kernel(args.kernel, command, args.timeout, keep=args.keep, numa=args.numa, disk_mib=args.disk)
         if args.action == "facts":
             # the system python: the facts need the standard library and collect.cgroup only, and it starts fast under TCG
             return run_kernel(args.kernel, ["/usr/bin/python3", "-m", "lab.facts", "{run}/out", "--memory-high-test"],

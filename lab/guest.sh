@@ -13,6 +13,14 @@ for tree in "$venv" "$stdlib"; do
   umount "$tree"
   mount -t 9p -o ro,trans=virtio,version=9p2000.L,access=any,msize=524288,cache=loose "$tag" "$tree"
 done
+# lab run --disk: the image lab/vm.py attached as /dev/vda, ext4, at /var/tmp (the zoo's disk)
+# in place of tmpfs, so that what the workloads keep there (page cache, dentries, inodes) is
+# reclaimable as on a host's disk.
+if [ -e "$run/var-tmp.img" ]; then
+  modprobe virtio_blk && modprobe ext4
+  for _ in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; sleep 0.5; done
+  mount -t ext4 /dev/vda /var/tmp
+fi
 mkdir -p "$run/home" "$cache/numba" /tmp/lab
 # Everything a test writes goes where the guest may write: HOME, numba's cache (kept between
 # runs; NUMBA_CPU_NAME: the generic code lab/__main__.py compiled into it before booting),

@@ -8,6 +8,7 @@ group. A guardian process kills the group too if this process dies without clean
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -71,6 +72,28 @@ def numa_flags(nodes: int) -> list[str]:
     return flags
 
 
+# The --disk image, in the run directory, where lab/guest.sh finds it and mounts it at /var/tmp.
+DISK_IMAGE = "var-tmp.img"
+DISK_MIB_MIN = 64  # ext4's journal and metadata take a few MiB of it
+
+
+def check_disk(mib: int) -> None:
+    if mib < DISK_MIB_MIN:
+        raise LabError(f"--disk {mib}: give at least {DISK_MIB_MIN} MiB")
+
+
+def make_disk(image: Path, mib: int) -> Path:
+    """A sparse ext4 image of `mib` MiB at `image` (removed with the run directory)."""
+    check_disk(mib)
+    mkfs = shutil.which("mkfs.ext4") or "/sbin/mkfs.ext4"
+    if not Path(mkfs).exists():
+        raise LabError("--disk needs mkfs.ext4: install e2fsprogs")
+    with open(image, "wb") as file:
+        file.truncate(mib << 20)
+    subprocess.run([mkfs, "-q", "-F", "-L", "var-tmp", str(image)], check=True)
+    return image
+
+
 class Stopped(Exception):
     """A signal asked the runner to stop."""
 
@@ -104,11 +127,11 @@ def _copy(pipe, spoke: threading.Event) -> None:
 
 
 def boot(kernel: Kernel, command: str, rwdirs: list[Path], rodirs: list[Path], timeout: float,
-         scratch: Path | None = None, numa: int = 1) -> int:
+         scratch: Path | None = None, numa: int = 1, disk: Path | None = None) -> int:
     """Run `command` (a shell string) as root inside `kernel`; stream its output to ours.
     `rwdirs` are writable inside, `rodirs` shared on their own (lab/guest.sh caches them);
     `scratch` is removed by the guardian if this process dies before its caller can; the guest
-    has `numa` NUMA nodes.
+    has `numa` NUMA nodes, and `disk` (an image) as its first virtio-blk disk, /dev/vda.
 
     Returns the command's exit code (vng passes it through), TIMED_OUT after `timeout` seconds,
     or after SILENT_BOOT if the guest printed nothing by then.
@@ -118,6 +141,8 @@ def boot(kernel: Kernel, command: str, rwdirs: list[Path], rodirs: list[Path], t
         argv += ["--rwdir", str(path)]
     for path in rodirs:
         argv += ["--rodir", str(path)]
+    if disk is not None:
+        argv += ["--disk", str(disk)]  # vng attaches it over virtio-blk (virtme-run --blk-disk)
     argv += ["--", command]
     # vng finds virtme-run on PATH, beside itself in the venv.
     env = {**os.environ, "PATH": f"{Path(argv[0]).parent}:{os.environ.get('PATH', '')}"}
