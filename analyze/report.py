@@ -18,7 +18,7 @@ from analyze.html import Figure, facts_table, page, write_page
 from analyze.results import Result
 from analyze.verdict import verdict
 from replay import policy
-from replay.result_format import loop_description
+from replay.result_format import loop_description, page_cache_reclaimed
 from common.units import format_bytes
 from common.version import __version__
 from traces.errors import UserError
@@ -121,6 +121,7 @@ SUMMARY_COLUMNS = (
     ("forced", lambda s: f"{s['forced']:,}"),
     ("reclaims", lambda s: f"{sum(s['reclaim_calls'].values()):,}"),
     ("pages reclaimed", lambda s: f"{sum(s['reclaimed_pages'].values()):,}"),
+    ("of them page cache", lambda s: f"{s['reclaimed_file_pages']:,}" if "reclaimed_file_pages" in s else "-"),
     ("stall ms", lambda s: f"{s['stall_ns_total'] / 1e6:.1f}"),
     ("run s", lambda s: f"{s['run_seconds']:.3f}"),
     ("stretch", lambda s: f"{s['stretch']:+.1%}"),
@@ -132,7 +133,8 @@ SUMMARY_COLUMNS = (
 
 def _verdict(result: Result, baseline: str) -> str:
     lost = losses(result.trace.manifest)
-    sentences = ([f"Careful: {lost}."] if lost else []) + verdict(result.summary, baseline)
+    careful = [said for said in (lost, page_cache_reclaimed(result.summary)) if said]
+    sentences = [f"Careful: {said}." for said in careful] + verdict(result.summary, baseline)
     items = "".join(f"<li>{escape(sentence)}</li>" for sentence in sentences)
     return f'<h2>Verdict</h2>\n<ul class="verdict">{items}</ul>'
 

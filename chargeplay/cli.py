@@ -466,6 +466,8 @@ def replay(
     _stdout().print(rows)
     if spread:
         _stdout().print(_spread_table(summary["spread"]))
+    if refaults := result_format.page_cache_reclaimed(summary):
+        _say(f"note: {refaults}")
     if (lost := losses(source.manifest)) is not None:
         err.print(f"warning: {lost} (summary.json: trace.lost)", markup=False, highlight=False)
     err.print(f"{output}: summary.json, timeseries.parquet, outcomes.parquet", markup=False, highlight=False)

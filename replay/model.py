@@ -54,7 +54,9 @@ The approximations:
   of those pages or objects itself, and such frees first pay off the debt instead of
   uncharging twice. The capturing kernel's own reclaim (LRU pages gone inside its
   reclaim_begin/end) is not replayed: it cancels the model's debt, and where the model has not
-  reclaimed as much it leaves a credit.
+  reclaimed as much it leaves a credit. No refaults: a trace records a page-cache charge once
+  and no reads, so file pages reclaim took stay gone, where the kernel charges them again when
+  the workload reads them (the result's reclaimed_file_pages says how much page cache went).
 - An OOM kill picks the process whose mm maps the most anon pages (oom_badness: only anon
   rss; its own and those it maps copy-on-write from its parent; file rss, which the trace
   cannot show, is left out) and frees the pages its mm maps alone ("tasks and their mm"
@@ -153,9 +155,10 @@ FILE_LRU = OBJCG_BYTES + MAX_MEMCGS
 
 # stats: the result's counters, in the order of STAT_FIELDS; then reclaim calls and pages per trigger.
 STAT_FIELDS = ("charges", "stock_hits", "forced", "max_events", "high_events", "oom_kills", "high_order_attempts",
-               "fallbacks", "other_node", "ns_above_high", "page_ns_above_high", "throttle_ns", "peak_pages")
+               "fallbacks", "other_node", "ns_above_high", "page_ns_above_high", "throttle_ns", "peak_pages",
+               "reclaimed_file_pages")
 (CHARGES, STOCK_HITS, FORCED_CHARGES, MAX_EVENTS, HIGH_EVENTS, OOM_KILLS, HIGH_ORDER_ATTEMPTS, FALLBACKS, OTHER_NODE_OBJECTS,
- NS_ABOVE_HIGH, PAGE_NS_ABOVE_HIGH, THROTTLE_NS, PEAK_PAGES) = range(len(STAT_FIELDS))
+ NS_ABOVE_HIGH, PAGE_NS_ABOVE_HIGH, THROTTLE_NS, PEAK_PAGES, RECLAIMED_FILE_PAGES) = range(len(STAT_FIELDS))
 PAGE_NS_ABOVE_HIGH_CARRIES = len(STAT_FIELDS)  # page_ns_above_high = carries * CARRY + stats[PAGE_NS_ABOVE_HIGH]
 RECLAIM_CALLS = PAGE_NS_ABOVE_HIGH_CARRIES + 1  # stats[RECLAIM_CALLS + trigger]
 RECLAIMED_PAGES = RECLAIM_CALLS + len(RECLAIM_TRIGGERS)
@@ -677,6 +680,7 @@ def try_to_free_mem_cgroup_pages(memcg, stats, knobs, per_task, task, nr_pages, 
     what the shrinkers free: the usage drops, the returned progress does not grow."""
     want = nr_pages if exact else max(nr_pages, SWAP_CLUSTER_MAX)
     lru = shrink_file_lru(memcg, want)
+    stats[RECLAIMED_FILE_PAGES] += lru  # page cache the workload may read again: the kernel charges it again then
     slab = 0
     if gfp & knobs[GFP_FS]:
         slab = reclaim_pages(memcg, POOL_SLAB_RECLAIMABLE, min(max(want - lru, 0), memcg[POOLS + POOL_SLAB_RECLAIMABLE]), 0)

@@ -33,6 +33,7 @@ class EngineResult:
     page_ns_above_high: int = 0  # integral of (usage - high) over time, in page-nanoseconds
     throttle_ns: int = 0  # memory.high penalty sleeps (part of stall_ns)
     peak_pages: int = 0
+    reclaimed_file_pages: int = 0  # of reclaimed_pages, page cache (refaults, which no trace shows, would charge it again)
     end_ns: int = 0  # the last operation's time on the replay's clock, from the trace's start
 
     @classmethod

@@ -27,9 +27,10 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from common.units import format_bytes
 from common.version import __version__
 from replay.input import ReplayInput
-from replay.ops import FAILED_CHARGE, LRU_CHARGE, OBJ_ALLOC, OOM_CHARGE, OUTCOMES, PAGE_ALLOC, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, RECLAIM_TRIGGERS
+from replay.ops import FAILED_CHARGE, LRU_CHARGE, OBJ_ALLOC, OOM_CHARGE, OUTCOMES, PAGE_ALLOC, PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, RECLAIM_TRIGGERS
 from replay.policy import RESERVED_NAMES, Policy
 from traces.atomic import atomic_file, write_json, write_parquet
 from traces.checks import Int, MapOf, Optional, TraceError, check_shape, one_line, parquet_schema, read_json, show
@@ -106,6 +107,20 @@ def loop_description(limits: dict) -> str:
     """summary.json's loop: open, or closed with which tasks share a clock (`clock`, which
     results from before the knob lack: each task had its own)."""
     return "open" if limits["loop"] == "open" else f"closed ({limits.get('clock', 'task')} clocks)"
+
+
+def page_cache_reclaimed(summary: dict) -> str | None:
+    """Why the replay may under-count (its reclaim took page cache, which the workload may read
+    again: no trace shows those refaults), or None. Said whatever the amount: how much of it the
+    workload reads again, which decides the miss, is what the trace cannot tell. Results from
+    before the figure say nothing."""
+    taken = {name: figures.get("reclaimed_file_pages", 0) for name, figures in summary["policies"].items()}
+    most = max(taken, key=taken.get, default=None)
+    if most is None or not taken[most]:
+        return None
+    return (f"reclaim took page cache (up to {format_bytes(taken[most] * PAGE_SIZE)}, in {most}): a workload that "
+            "reads it again is charged for it again (a refault), which no trace shows, so where page cache is the "
+            "working set reclaim, high events and stall are under-counted (summary.json: reclaimed_file_pages)")
 
 
 # -- writing -----------------------------------------------------------------------------------

@@ -307,6 +307,7 @@ def test_shrunk_slab_is_reclaim_progress_up_to_6_4_and_not_since_6_5(engine):
     uncounted = engine(scenario(ops, pools), MAINLINE, Limits(high_pages=25600, rcu_grace_ns=0))
     assert uncounted.reclaim_calls[TRIGGER["user_return"]] == 17 and uncounted.reclaimed_pages[TRIGGER["user_return"]] == 576
     assert uncounted.throttle_ns == 21 * MS - 1_576_000
+    assert counted.reclaimed_file_pages == uncounted.reclaimed_file_pages == 0  # slab only: no page cache to refault
 
 
 def test_the_second_charge_over_high_reclaims_synchronously_in_mainline_only(engine):
@@ -325,6 +326,7 @@ def test_the_second_charge_over_high_reclaims_synchronously_in_mainline_only(eng
     assert deferred.reclaim_calls[TRIGGER["high_sync"]] == 0
     assert deferred.reclaim_calls[TRIGGER["user_return"]] == 1
     assert deferred.reclaimed_pages[TRIGGER["user_return"]] == 115  # asked for the overage: 32 + 64 pages
+    assert deferred.reclaimed_file_pages == 115  # all of it page cache
 
 
 def test_gfp_nowait_escapes_memory_high_in_4_2_while_gfp_kernel_does_not(engine):

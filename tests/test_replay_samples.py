@@ -98,6 +98,22 @@ def test_result_files_describe_every_policy_and_charge(tmp_path, sample):
     assert {p: b for p, b in peaks.iter_rows()} == {p: s["peak_bytes"] for p, s in summary["policies"].items()}
 
 
+def test_a_replay_whose_reclaim_took_page_cache_says_so_and_one_without_reclaim_does_not(tmp_path):
+    # file-storm under 16M / 15M: reclaim takes the page cache of its files, which a workload that
+    # read them again would be charged for again (refaults), and no trace shows that.
+    out = tmp_path / "limited"
+    result = chargeplay("replay", str(sample_path("file-storm")), "-o", str(out), "--memory-max", "16M", "--memory-high", "15M")
+    assert result.returncode == 0, result.stderr
+    taken = {name: p["reclaimed_file_pages"] for name, p in json.loads((out / "summary.json").read_text())["policies"].items()}
+    most = max(taken, key=taken.get)
+    assert taken[most] > 0
+    note = next(line for line in result.stderr.splitlines() if line.startswith("note: reclaim took page cache"))
+    assert f"in {most})" in note and "refault" in note
+    unlimited = chargeplay("replay", str(sample_path("file-storm")), "-o", str(tmp_path / "unlimited"),
+                           "--memory-max", "max", "--memory-high", "max")
+    assert unlimited.returncode == 0 and "page cache" not in unlimited.stderr
+
+
 def test_replay_errors_are_one_line(tmp_path):
     copy = tmp_path / "trace"
     shutil.copytree(sample_path("fork-storm"), copy)

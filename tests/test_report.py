@@ -189,6 +189,20 @@ def test_a_trace_that_lost_events_opens_the_verdict_with_where(tmp_path):
                               "figures from it under-count there.</li>")
 
 
+def test_a_replay_whose_reclaim_took_page_cache_says_in_the_verdict_that_refaults_are_not_counted(tmp_path):
+    replayed = chargeplay("replay", str(sample_path("file-storm")), "-o", str(tmp_path / "result"),
+                          "--memory-max", "16M", "--memory-high", "15M", "--policy", "mainline-6.18")
+    assert replayed.returncode == 0, replayed.stderr
+    taken = json.loads((tmp_path / "result" / "summary.json").read_text())["policies"]["mainline-6.18"]["reclaimed_file_pages"]
+    assert taken > 0
+    reported = chargeplay("report", str(tmp_path / "result"), "-o", str(tmp_path / "r.html"))
+    assert reported.returncode == 0, reported.stderr
+    page = (tmp_path / "r.html").read_text()
+    verdict = page.split('<ul class="verdict"><li>', 1)[1]
+    assert verdict.startswith("Careful: reclaim took page cache (up to ") and "in mainline-6.18): " in verdict.split("</li>")[0]
+    assert f"<td>{taken:,}</td>" in page.split("<h2>Summary</h2>", 1)[1].split("</table>")[0]
+
+
 def test_report_errors_are_one_line(tmp_path):
     assert_user_error(chargeplay("report", str(tmp_path), "-o", str(tmp_path / "r.html")), "summary.json")
 
