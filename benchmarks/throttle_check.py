@@ -164,6 +164,7 @@ def predict(trace: Trace, high: int, result: Path, clock: str, spread: bool, mem
     return {"model": model, "policy": chosen.name, "added_seconds": added[0], "high_events": figures["high_events"],
             "seconds_above_high": figures["seconds_above_high"], "peak_bytes": figures["peak_bytes"], "trace_seconds": trace_seconds,
             "reclaim_seconds": (figures["stall_ns_total"] - figures["throttle_ns"]) / 1e9,
+            "reclaim_calls": sum(figures["reclaim_calls"].values()), "reclaimed_pages": sum(figures["reclaimed_pages"].values()),
             "reclaim_ns_per_call": limits.reclaim_ns_per_call, "reclaim_ns_per_page": limits.reclaim_ns_per_page,
             "high_events_range": [min(at_phases["high_events"]), max(at_phases["high_events"])],
             "added_seconds_range": [min(added), max(added)]}
@@ -220,10 +221,12 @@ def kernel_reclaim(command: list[str], cpu: int | None, high: int, trace: Trace,
     # The limited capture replayed under its own memory.high: the model's rules on the kernel's
     # own timeline, which the unlimited capture's slower one cannot blur; over the stock phases,
     # as the trace cannot show which batch the stocks were at when it began.
+    # Its reclaim at the cost it gives (run.reclaim_cost) checks that cost against the kernel's time.
     own = predict(limited, high, scratch / "result-own-limit", "task", spread=True)
     return {"calls": len(took), "pages": int(pages.sum()), "seconds": int(took.sum()) / 1e9, "predicted": predicted,
             "own_timeline": {"high_events": own["high_events"], "high_events_range": own["high_events_range"],
-                             "kernel_high_events": limited.last_memcg_sample()["events_high"]}}
+                             "kernel_high_events": limited.last_memcg_sample()["events_high"],
+                             **{name: own[name] for name in ("reclaim_calls", "reclaimed_pages", "reclaim_seconds")}}}
 
 
 def judge(predicted: dict, observed: dict) -> dict[str, bool]:
@@ -275,7 +278,8 @@ def describe_reclaim(row: dict) -> str:
             f"{default['reclaim_ns_per_page'] / 1000:.1f} us), {p['reclaim_seconds']:.3f} s at the kernel's: stretch {p['stretch']:+.1%}, "
             f"high events {p['high_events']:,}; " + verdicts(k["met"])
             + "; that capture replayed under its own memory.high: {high_events:,} high events ({high_events_range[0]:,} to "
-            "{high_events_range[1]:,} over the stock phases), the kernel {kernel_high_events:,}".format(**k["own_timeline"]))
+            "{high_events_range[1]:,} over the stock phases), the kernel {kernel_high_events:,}; reclaim {reclaim_calls:,} calls, "
+            "{reclaimed_pages:,} pages, {reclaim_seconds:.3f} s".format(**k["own_timeline"]))
 
 
 def main() -> int:
