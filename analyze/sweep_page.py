@@ -12,6 +12,7 @@ from analyze.charts import COUNT_AXIS, MIB, WIDTH, policy_colour, value_scale
 from analyze.criterion import METRICS, Condition
 from analyze.html import Figure, facts_table, page, write_page
 from common.units import format_bytes
+from replay.ops import PAGE_SIZE
 from traces.atomic import atomic_file, make_private_dir
 
 LIMIT_NAMES = {"memory_high": "memory.high", "memory_max": "memory.max"}
@@ -74,11 +75,12 @@ def at_recommended(table: pl.DataFrame, recommended: dict[str, int | None]) -> d
     for policy, limit in recommended.items():
         row = at.get((policy, limit))
         shown[policy] = [format_bytes(limit), f"{row['stretch']:+.1%}", f"{row['seconds_above_high']:.3f}",
-                         f"{row['oom_kills']:,}", f"{row['failed']:,}"] if row else ["none in the range", *["-"] * 4]
+                         f"{row['oom_kills']:,}", f"{row['failed']:,}",
+                         format_bytes(row["reclaimed_file_pages"] * PAGE_SIZE)] if row else ["none in the range", *["-"] * 5]
     return shown
 
 
-AT_RECOMMENDED = ("stretch", "s above high", "OOM kills", "failed")  # at_recommended's figures
+AT_RECOMMENDED = ("stretch", "s above high", "OOM kills", "failed", "page cache reclaimed")  # at_recommended's figures
 
 
 def _recommendations(table: pl.DataFrame, document: dict, limit_name: str) -> str:
@@ -88,7 +90,9 @@ def _recommendations(table: pl.DataFrame, document: dict, limit_name: str) -> st
     return (f"<h2>Recommended {escape(limit_name)}</h2>\n<p class=\"what\">Per policy, the smallest {escape(limit_name)} swept "
             f"at which {escape(document['criterion'])} holds, and keeps holding at every larger one swept, with the "
             "policy's figures there. A policy that does not act on memory.high costs nothing at any limit: its time above "
-            "high says how little the limit holds.</p>\n"
+            "high says how little the limit holds. Page cache reclaimed is page cache the workload may read again, which "
+            "the kernel charges again (a refault) and no trace shows: where the workload reads it again, the kernel "
+            "reclaims and throttles more at that limit than these figures say.</p>\n"
             f"<table class=\"recommended\"><tr><th>policy</th>{head}</tr>{rows}</table>")
 
 

@@ -19,7 +19,8 @@ from traces.reader import Trace
 OTHER_LIMIT = {"memory_high": "memory_max", "memory_max": "memory_high"}  # the one a sweep keeps, by the one it varies
 # Each policy's figures at each limit (summary.json's names), and the reclaim calls summed.
 FIGURES = ("peak_bytes", "seconds_above_high", "page_seconds_above_high", "stretch", "run_seconds", "stall_ns_total",
-           "throttle_ns", "failed", "forced", "oom_kills", "fallbacks", "other_node", "failcnt", "high_events", "max_events")
+           "throttle_ns", "failed", "forced", "oom_kills", "fallbacks", "other_node", "failcnt", "high_events", "max_events",
+           "reclaimed_file_pages")
 
 
 def limits_at(base: Limits, swept: str, value_bytes: int) -> Limits:

@@ -70,7 +70,8 @@ def test_each_limit_of_a_sweep_is_what_replay_gives_at_that_limit(swept, tmp_pat
         for policy, figures in summary["policies"].items():
             row = table.filter((pl.col("policy") == policy) & (pl.col("limit_bytes") == high * MIB)).to_dicts()[0]
             assert row["high_bytes"] == high * MIB
-            for name in ("peak_bytes", "seconds_above_high", "stretch", "stall_ns_total", "failed", "oom_kills", "fallbacks"):
+            for name in ("peak_bytes", "seconds_above_high", "stretch", "stall_ns_total", "failed", "oom_kills", "fallbacks",
+                         "reclaimed_file_pages"):
                 assert row[name] == figures[name], (policy, high, name)
             assert row["reclaim_calls"] == sum(figures["reclaim_calls"].values())
 
