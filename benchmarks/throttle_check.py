@@ -165,6 +165,7 @@ def predict(trace: Trace, high: int, result: Path, clock: str, spread: bool, mem
             "seconds_above_high": figures["seconds_above_high"], "peak_bytes": figures["peak_bytes"], "trace_seconds": trace_seconds,
             "reclaim_seconds": (figures["stall_ns_total"] - figures["throttle_ns"]) / 1e9,
             "reclaim_calls": sum(figures["reclaim_calls"].values()), "reclaimed_pages": sum(figures["reclaimed_pages"].values()),
+            "reclaimed_file_pages": figures["reclaimed_file_pages"],
             "reclaim_ns_per_call": limits.reclaim_ns_per_call, "reclaim_ns_per_page": limits.reclaim_ns_per_page,
             "high_events_range": [min(at_phases["high_events"]), max(at_phases["high_events"])],
             "added_seconds_range": [min(added), max(added)]}
@@ -261,6 +262,8 @@ def describe(row: dict) -> str:
             f"{p['high_events']:,} ({p['high_events_range'][0]:,} to {p['high_events_range'][1]:,})/{o['high_events']:,}; "
             f"s above high {p['seconds_above_high']:.2f}/{o['seconds_above_high']:.2f}; "
             f"peak {p['peak_bytes'] / (1 << 20):.2f}M/{o['peak_bytes'] / (1 << 20):.2f}M; "
+            f"page cache reclaimed {p['reclaimed_file_pages']:,} pages predicted / refaulted {o['stat'].get('workingset_refault_file', 0):,} "
+            "observed (no trace shows a refault); "
             f"stretch on shared clocks: " + ", ".join(f"{clock} {figures['stretch']:+.1%}" for clock, figures in
                                                       row["by_clock"].items() if clock != "task") + "; "
             + verdicts(row["met"]) + (describe_reclaim(row) if "reclaim" in row else ""))
