@@ -97,12 +97,13 @@ def run_in(kernel: kernels.Kernel, command: list[str], timeout: float, run_dir: 
     # The command reaches the guest in a file: on the kernel command line (where vng puts it)
     # a long one would be cut at 2048 bytes, and the guest would never start it.
     (run_dir / "command").write_text(shlex.join(command))
+    disk = vm.make_disk(run_dir / vm.DISK_IMAGE, disk_mib) if disk_mib else None
     inner = [str(CHECKOUT / "lab" / "guest.sh"), str(run_dir), str(CACHE), *map(str, python_trees)]
+    inner += [str(disk)] if disk else []
     # vng starts the command in the current directory when the guest can see it.
     os.chdir(CHECKOUT)
     started = time.monotonic()
     print(f"lab: booting {kernel.release} under TCG, run dir {run_dir}", file=sys.stderr, flush=True)
-    disk = vm.make_disk(run_dir / vm.DISK_IMAGE, disk_mib) if disk_mib else None
     code = vm.boot(kernel, shlex.join(inner), [run_dir, CACHE], python_trees, timeout, scratch=run_dir, numa=numa, disk=disk)
     print(f"lab: {kernel.release}: exit code {code} after {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
     return code

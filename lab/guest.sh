@@ -1,9 +1,10 @@
 #!/bin/sh
 # Runs inside a lab VM, as root, before the command: the root file system is this machine's,
 # read-only, except the --rwdir paths; /tmp is an in-memory overlay; there is no network.
-# usage: guest.sh RUN_DIR CACHE_DIR VENV STDLIB; runs the command in RUN_DIR/command (shell-quoted)
+# usage: guest.sh RUN_DIR CACHE_DIR VENV STDLIB [DISK]; runs the command in RUN_DIR/command
+# (shell-quoted); DISK, the image lab/vm.py attached as /dev/vda, is mounted at /var/tmp.
 set -eu
-run=$1 cache=$2 venv=$3 stdlib=$4
+run=$1 cache=$2 venv=$3 stdlib=$4 disk=${5:-}
 # vng mounts what it shares over 9p without caching: every Python process would read its
 # packages from the host again (a minute for numba alone under TCG). The venv and the standard
 # library, shared on their own (lab/vm.py), are mounted again with the page cache on; they are
@@ -13,10 +14,9 @@ for tree in "$venv" "$stdlib"; do
   umount "$tree"
   mount -t 9p -o ro,trans=virtio,version=9p2000.L,access=any,msize=524288,cache=loose "$tag" "$tree"
 done
-# lab run --disk: the image lab/vm.py attached as /dev/vda, ext4, at /var/tmp (the zoo's disk)
-# in place of tmpfs, so that what the workloads keep there (page cache, dentries, inodes) is
-# reclaimable as on a host's disk.
-if [ -e "$run/var-tmp.img" ]; then
+# lab run --disk: the image, ext4, at /var/tmp (the zoo's disk) in place of tmpfs, so that what
+# the workloads keep there (page cache, dentries, inodes) is reclaimable as on a host's disk.
+if [ -n "$disk" ]; then
   modprobe virtio_blk && modprobe ext4
   for _ in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; sleep 0.5; done
   mount -t ext4 /dev/vda /var/tmp

@@ -72,7 +72,7 @@ def numa_flags(nodes: int) -> list[str]:
     return flags
 
 
-# The --disk image, in the run directory, where lab/guest.sh finds it and mounts it at /var/tmp.
+# The --disk image, in the run directory; lab/guest.sh mounts it at /var/tmp.
 DISK_IMAGE = "var-tmp.img"
 DISK_MIB_MIN = 64  # ext4's journal and metadata take a few MiB of it
 
