@@ -24,7 +24,7 @@ Observed stretch: T1 / T0 - 1. Predicted: the added time over T0. The targets (c
 issue): stretch within 15%, memory.events high within 10%. It prints every figure and the
 targets met, writes them with --json FILE, and asserts nothing.
 
-    .venv/bin/python benchmarks/throttle_check.py [--workload NAME ...] [--scale S] [--runs N] [--cpu N] [--reclaim-capture] [--json FILE] [--keep DIR]
+    .venv/bin/python benchmarks/throttle_check.py [--workload NAME ...] [--scale S] [--runs N] [--cpu N] [--reclaim-capture] [--buffer-kb KB] [--json FILE] [--keep DIR]
 
 With --cpu the workload runs on one CPU, in the capture and in every timed run, and the collector
 on the others (`collect --collector-cpus`), so the capture's own charges leave the workload's
@@ -45,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -60,12 +61,17 @@ DEFAULT_WORKLOADS = ["sockets-unix", "pipes", "epoll", "files-tmpfs"]
 TARGETS = {"stretch": 0.15, "high events": 0.10}
 
 
-def capture(workload: list[str], trace: Path, high: int | None = None, cpu: int | None = None) -> None:
-    """Capture WORKLOAD (on `cpu` if given: the collector then keeps to the other CPUs)."""
-    limits = ["--memory-max", str(ROOMY)] + (["--memory-high", str(high)] if high else [])
+def collector_flags(cpu: int | None, buffer_kb: int | None) -> list[str]:
+    """`collect`'s flags: the collector off the workload's `cpu` (if given), with `buffer_kb`."""
     others = sorted(os.sched_getaffinity(0) - {cpu}) if cpu is not None else []
     pinned = ["--collector-cpus", ",".join(map(str, others))] if others else []
-    subprocess.run([sys.executable, "-m", "chargeplay.cli", "collect", "-o", str(trace), *limits, *pinned, "--", *workload],
+    return pinned + (["--buffer-kb", str(buffer_kb)] if buffer_kb else [])
+
+
+def capture(workload: list[str], trace: Path, high: int | None = None, collector: Sequence[str] = ()) -> None:
+    """Capture WORKLOAD with `collect`'s `collector` flags."""
+    limits = ["--memory-max", str(ROOMY)] + (["--memory-high", str(high)] if high else [])
+    subprocess.run([sys.executable, "-m", "chargeplay.cli", "collect", "-o", str(trace), *limits, *collector, "--", *workload],
                    check=True, stdout=subprocess.DEVNULL)
 
 
@@ -178,10 +184,10 @@ def add_stretch(predicted: dict, alone_seconds: float) -> dict:
     return predicted
 
 
-def check(workload: str, command: list[str], cpu: int | None, runs: int, fraction: float, scratch: Path,
+def check(workload: str, command: list[str], collector: list[str], runs: int, fraction: float, scratch: Path,
           reclaim_capture: bool) -> dict:
     trace_dir = scratch / workload / "trace"
-    capture(command, trace_dir, cpu=cpu)
+    capture(command, trace_dir, collector=collector)
     trace = Trace.open(trace_dir)
     peak = trace.side_table("memcg").select(pl.max_horizontal("usage", "max_usage").max()).collect().item()
     high = int(peak * fraction)
@@ -203,18 +209,18 @@ def check(workload: str, command: list[str], cpu: int | None, runs: int, fractio
         "limited": limited, "observed": median, "predicted": predicted, "by_clock": by_clock, "met": judge(predicted, median),
     }
     if reclaim_capture:
-        row["reclaim"] = kernel_reclaim(command, cpu, high, trace, scratch / workload, alone["seconds"])
+        row["reclaim"] = kernel_reclaim(command, collector, high, trace, scratch / workload, alone["seconds"])
         row["reclaim"]["met"] = judge(row["reclaim"]["predicted"], median)
     return row
 
 
-def kernel_reclaim(command: list[str], cpu: int | None, high: int, trace: Trace, scratch: Path, alone_seconds: float) -> dict:
+def kernel_reclaim(command: list[str], collector: list[str], high: int, trace: Trace, scratch: Path, alone_seconds: float) -> dict:
     """The reclaim-time model against the running kernel. The unlimited capture has no reclaim,
     so its replay costs a reclaim call and a page at run.reclaim_cost's defaults; one more capture,
     under memory.high, holds the kernel's own reclaim calls: their count, pages and time, and the
     cost they give (as a trace captured under its limits gives its own replay); the unlimited
     capture is replayed with that cost as well."""
-    capture(command, scratch / "limited-trace", high, cpu)
+    capture(command, scratch / "limited-trace", high, collector)
     limited = Trace.open(scratch / "limited-trace")
     took, pages = run.reclaim_calls(limited)
     predicted = add_stretch(predict(trace, high, scratch / "result-kernel-cost", "task", spread=False,
@@ -293,6 +299,8 @@ def main() -> int:
     parser.add_argument("--high-fraction", type=float, default=0.5, help="memory.high as a share of the workload's peak")
     parser.add_argument("--cpu", type=int, help="run each workload on this CPU only (captured and timed alike): the kernel's "
                         "runs then repeat themselves; on two CPUs which one a throttled task wakes on decides its page stock")
+    parser.add_argument("--buffer-kb", type=int, help="the captures' trace buffer per CPU, KiB (collect --buffer-kb): "
+                        "a capture that loses events undercounts the kernel's reclaim")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path, help="write the fidelity matrix's cells (each limited run judged) here")
     parser.add_argument("--keep", type=Path, help="keep each workload's trace and replay result under this directory")
@@ -306,7 +314,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="chargeplay-throttle-") as scratch:
         for workload in args.workload or DEFAULT_WORKLOADS:
             command = zoo_command(workload, args.scale, args.cpu)
-            rows.append(check(workload, command, args.cpu, args.runs, args.high_fraction, args.keep or Path(scratch),
+            rows.append(check(workload, command, collector_flags(args.cpu, args.buffer_kb), args.runs, args.high_fraction, args.keep or Path(scratch),
                               args.reclaim_capture))
             print(describe(rows[-1]), flush=True)
             if args.json:
