@@ -64,7 +64,8 @@ FAILCNT = "charge failures (failcnt)"
 # after 18 reclaim calls, then a 4 KiB charge OOM-kills after 35 more. It met every target in its
 # first 7 runs (5 on 6.18, 2 on 6.1 and 6.12); then on 6.18 (2026-12-04) a CI run missed reclaim
 # calls, failcnt and kills (18 calls predicted for the kernel's 36: under load the other CPU's
-# stock drain ran late, which the model now follows, rule 5 of the README's), and 3 of 6 runs missed
+# stock drain ran late, which the model now follows: the README's "Where the model reads the
+# kernel's own outcome", place 5), and 3 of 6 runs missed
 # failcnt alone (115 or 116 predicted for 54 to 57, from traces alike in every count: the
 # per-CPU stocks' content at the limit, README item 1 of the misses). The kernel varies from run
 # to run, and each run is judged against itself. So a majority of runs must meet every target
