@@ -4,7 +4,8 @@ For each zoo workload, on a cgroup v2 kernel (the lab's), as root from the proje
 
 1. capture it under a roomy memory.max and no memory.high (`chargeplay collect`): the trace,
    and its peak P from the memcg's own counter;
-2. run it alone (no capture) in a memcg with that memory.max: wall time T0 (the best of --runs);
+2. run it alone (no capture) in a memcg with that memory.max: wall time T0 (the best of --runs;
+   how far they spread is printed too: an observed stretch within it is the machine's noise);
 3. run it alone with memory.high H = --high-fraction x P as well: wall time T1 (the median of
    --runs; of two, the slower), memory.events high, and the time memory.current spent above H
    (sampled every 5 ms, from the root memcg);
@@ -191,7 +192,8 @@ def check(workload: str, command: list[str], collector: list[str], runs: int, fr
     trace = Trace.open(trace_dir)
     peak = trace.side_table("memcg").select(pl.max_horizontal("usage", "max_usage").max()).collect().item()
     high = int(peak * fraction)
-    alone = min((run_alone(command, None) for _ in range(runs)), key=lambda r: r["seconds"])
+    alone_runs = sorted((run_alone(command, None) for _ in range(runs)), key=lambda r: r["seconds"])
+    alone = alone_runs[0]
     limited = [run_alone(command, high) for _ in range(runs)]
     median = sorted(limited, key=lambda r: r["seconds"])[len(limited) // 2]
     # The prediction is the default clock's; the other two bound it (tasks that wait for their
@@ -206,6 +208,8 @@ def check(workload: str, command: list[str], collector: list[str], runs: int, fr
         r["met"] = judge(predicted, r)
     row = {
         "workload": workload, "peak": peak, "high": high, "alone_seconds": alone["seconds"],
+        # How far the runs alone spread: an observed stretch within it is the machine's noise.
+        "alone_seconds_runs": [r["seconds"] for r in alone_runs],
         "limited": limited, "observed": median, "predicted": predicted, "by_clock": by_clock, "met": judge(predicted, median),
     }
     if reclaim_capture:
@@ -264,7 +268,8 @@ def describe(row: dict) -> str:
     o, p = row["observed"], row["predicted"]
     return (f"{row['workload']:14} high {row['high'] / (1 << 20):.1f}M (peak {row['peak'] / (1 << 20):.1f}M): "
             f"stretch {p['stretch']:+.1%} (stock phases {p['stretch_range'][0]:+.0%} to {p['stretch_range'][1]:+.0%}) predicted / "
-            f"{o['stretch']:+.1%} observed ({row['alone_seconds']:.2f} s alone, {o['seconds']:.2f} s limited); high events "
+            f"{o['stretch']:+.1%} observed ({row['alone_seconds']:.2f} s alone, its runs spreading {alone_spread(row):+.1%}; "
+            f"{o['seconds']:.2f} s limited); high events "
             f"{p['high_events']:,} ({p['high_events_range'][0]:,} to {p['high_events_range'][1]:,})/{o['high_events']:,}; "
             f"s above high {p['seconds_above_high']:.2f}/{o['seconds_above_high']:.2f}; "
             f"peak {p['peak_bytes'] / (1 << 20):.2f}M/{o['peak_bytes'] / (1 << 20):.2f}M; "
@@ -273,6 +278,12 @@ def describe(row: dict) -> str:
             f"stretch on shared clocks: " + ", ".join(f"{clock} {figures['stretch']:+.1%}" for clock, figures in
                                                       row["by_clock"].items() if clock != "task") + "; "
             + verdicts(row["met"]) + (describe_reclaim(row) if "reclaim" in row else ""))
+
+
+def alone_spread(row: dict) -> float:
+    """How much longer the slowest run alone took than the fastest."""
+    seconds = row["alone_seconds_runs"]
+    return seconds[-1] / seconds[0] - 1
 
 
 def verdicts(met: dict[str, bool]) -> str:
