@@ -127,7 +127,8 @@ def reclaim_cost(trace: Trace) -> dict[str, int]:
     if not busy.any():
         return {"reclaim_ns_per_call": per_call, "reclaim_ns_per_page": DEFAULT_RECLAIM_NS_PER_PAGE}
     beyond, batch = np.maximum(took[busy] - per_call, 0), pages[busy]
-    kept = beyond / batch <= np.percentile(beyond / batch, 95)
+    per_page = beyond / batch
+    kept = per_page <= np.percentile(per_page, 95)
     return {"reclaim_ns_per_call": per_call, "reclaim_ns_per_page": int(beyond[kept].sum() / batch[kept].sum())}
 
 
