@@ -19,13 +19,16 @@ For each zoo workload, on a cgroup v2 kernel (the lab's), as root from the proje
    replay's calibration, run.reclaim_cost), against the defaults step 4 replays with (its
    capture holds no reclaim), and the prediction again at the kernel's cost; and that capture
    replayed under its own memory.high, its high events against the kernel's in it: the model's
-   rules checked on the kernel's own timeline.
+   rules checked on the kernel's own timeline. With --reclaim-capture N (2 or more), N such
+   captures, each replayed on its own timeline at its own cost and at the next one's: whether the
+   cost one run gives holds for another run (the first check is in-sample: the cost comes from
+   the very calls it is checked against).
 
 Observed stretch: T1 / T0 - 1. Predicted: the added time over T0. The targets (closed-loop
 issue): stretch within 15%, memory.events high within 10%. It prints every figure and the
 targets met, writes them with --json FILE, and asserts nothing.
 
-    .venv/bin/python benchmarks/throttle_check.py [--workload NAME ...] [--scale S] [--runs N] [--cpu N] [--reclaim-capture] [--buffer-kb KB] [--json FILE] [--keep DIR]
+    .venv/bin/python benchmarks/throttle_check.py [--workload NAME ...] [--scale S] [--runs N] [--cpu N] [--reclaim-capture [N]] [--buffer-kb KB] [--json FILE] [--keep DIR]
 
 With --cpu the workload runs on one CPU, in the capture and in every timed run, and the collector
 on the others (`collect --collector-cpus`), so the capture's own charges leave the workload's
@@ -186,7 +189,7 @@ def add_stretch(predicted: dict, alone_seconds: float) -> dict:
 
 
 def check(workload: str, command: list[str], collector: list[str], runs: int, fraction: float, scratch: Path,
-          reclaim_capture: bool) -> dict:
+          reclaim_captures: int) -> dict:
     trace_dir = scratch / workload / "trace"
     capture(command, trace_dir, collector=collector)
     trace = Trace.open(trace_dir)
@@ -212,20 +215,24 @@ def check(workload: str, command: list[str], collector: list[str], runs: int, fr
         "alone_seconds_runs": [r["seconds"] for r in alone_runs],
         "limited": limited, "observed": median, "predicted": predicted, "by_clock": by_clock, "met": judge(predicted, median),
     }
-    if reclaim_capture:
-        row["reclaim"] = kernel_reclaim(command, collector, high, trace, scratch / workload, alone["seconds"])
+    if reclaim_captures:
+        row["reclaim"] = kernel_reclaim(command, collector, high, trace, scratch / workload, alone["seconds"], reclaim_captures)
         row["reclaim"]["met"] = judge(row["reclaim"]["predicted"], median)
     return row
 
 
-def kernel_reclaim(command: list[str], collector: list[str], high: int, trace: Trace, scratch: Path, alone_seconds: float) -> dict:
+def kernel_reclaim(command: list[str], collector: list[str], high: int, trace: Trace, scratch: Path, alone_seconds: float,
+                   captures: int) -> dict:
     """The reclaim-time model against the running kernel. The unlimited capture has no reclaim,
-    so its replay costs a reclaim call and a page at run.reclaim_cost's defaults; one more capture,
-    under memory.high, holds the kernel's own reclaim calls: their count, pages and time, and the
-    cost they give (as a trace captured under its limits gives its own replay); the unlimited
-    capture is replayed with that cost as well."""
-    capture(command, scratch / "limited-trace", high, collector)
-    limited = Trace.open(scratch / "limited-trace")
+    so its replay costs a reclaim call and a page at run.reclaim_cost's defaults; `captures` more,
+    under memory.high, hold the kernel's own reclaim calls: the first one's count, pages and time,
+    and the cost they give (as a trace captured under its limits gives its own replay); the
+    unlimited capture is replayed with that cost as well. With two or more, how each one's cost
+    carries to the next (cost_transfer)."""
+    for n in range(1, captures + 1):
+        capture(command, scratch / f"limited-trace-{n}", high, collector)
+    limited_runs = [Trace.open(scratch / f"limited-trace-{n}") for n in range(1, captures + 1)]
+    limited = limited_runs[0]
     took, pages = run.reclaim_calls(limited)
     predicted = add_stretch(predict(trace, high, scratch / "result-kernel-cost", "task", spread=False,
                                     reclaim_cost=run.reclaim_cost(limited)), alone_seconds)
@@ -237,7 +244,26 @@ def kernel_reclaim(command: list[str], collector: list[str], high: int, trace: T
     return {"calls": len(took), "pages": int(pages.sum()), "seconds": int(took.sum()) / 1e9, "predicted": predicted,
             "own_timeline": {"high_events": own["high_events"], "high_events_range": own["high_events_range"],
                              "kernel_high_events": limited.last_memcg_sample()["events_high"],
-                             **{name: own[name] for name in ("reclaim_calls", "reclaimed_pages", "reclaim_seconds")}}}
+                             **{name: own[name] for name in ("reclaim_calls", "reclaimed_pages", "reclaim_seconds")}},
+            "transfer": cost_transfer(limited_runs, high, scratch) if captures > 1 else []}
+
+
+def cost_transfer(limited_runs: list[Trace], high: int, scratch: Path) -> list[dict]:
+    """Whether the reclaim cost one run gives holds for another: each capture under memory.high
+    replayed on its own timeline at its own cost and at the next capture's, against the kernel's
+    reclaim time in it."""
+    costs = [run.reclaim_cost(limited) for limited in limited_runs]
+    rows = []
+    for n, limited in enumerate(limited_runs):
+        other = (n + 1) % len(limited_runs)
+        took, pages = run.reclaim_calls(limited)
+        at = {name: predict(limited, high, scratch / f"result-transfer-{n + 1}-{name}", "task", spread=False,
+                            reclaim_cost=costs[k])["reclaim_seconds"] for name, k in (("own", n), ("other", other))}
+        rows.append({"capture": n + 1, "calls": len(took), "pages": int(pages.sum()), "kernel_seconds": int(took.sum()) / 1e9,
+                     "ns_per_page": costs[n]["reclaim_ns_per_page"], "own_cost_seconds": at["own"],
+                     "other_capture": other + 1, "other_ns_per_page": costs[other]["reclaim_ns_per_page"],
+                     "other_cost_seconds": at["other"]})
+    return rows
 
 
 def judge(predicted: dict, observed: dict) -> dict[str, bool]:
@@ -299,7 +325,17 @@ def describe_reclaim(row: dict) -> str:
             f"high events {p['high_events']:,}; " + verdicts(k["met"])
             + "; that capture replayed under its own memory.high: {high_events:,} high events ({high_events_range[0]:,} to "
             "{high_events_range[1]:,} over the stock phases), the kernel {kernel_high_events:,}; reclaim {reclaim_calls:,} calls, "
-            "{reclaimed_pages:,} pages, {reclaim_seconds:.3f} s".format(**k["own_timeline"]))
+            "{reclaimed_pages:,} pages, {reclaim_seconds:.3f} s".format(**k["own_timeline"])
+            + "".join(describe_transfer(t) for t in k["transfer"]))
+
+
+def describe_transfer(t: dict) -> str:
+    def against_kernel(seconds: float) -> str:
+        return f"{seconds:.3f} s ({seconds / t['kernel_seconds'] - 1:+.0%})" if t["kernel_seconds"] else f"{seconds:.3f} s"
+    return (f"\n{'':14} capture {t['capture']} under memory.high: kernel {t['calls']:,} calls, {t['pages']:,} pages, "
+            f"{t['kernel_seconds']:.3f} s; model on its timeline at its own cost ({t['ns_per_page'] / 1000:.1f} us a page) "
+            f"{against_kernel(t['own_cost_seconds'])}, at capture {t['other_capture']}'s ({t['other_ns_per_page'] / 1000:.1f} us) "
+            f"{against_kernel(t['other_cost_seconds'])}")
 
 
 def main() -> int:
@@ -315,8 +351,10 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path, help="write the fidelity matrix's cells (each limited run judged) here")
     parser.add_argument("--keep", type=Path, help="keep each workload's trace and replay result under this directory")
-    parser.add_argument("--reclaim-capture", action="store_true", help="capture each workload once more under memory.high "
-                        "and replay it with the reclaim cost the kernel showed there as well (the defaults' check)")
+    parser.add_argument("--reclaim-capture", type=int, nargs="?", const=1, default=0, metavar="N",
+                        help="capture each workload once more (N times) under memory.high and replay it with the reclaim "
+                        "cost the kernel showed there as well (the defaults' check); with N >= 2, each capture's "
+                        "reclaim at the next one's cost too (does the cost carry from run to run?)")
     args = parser.parse_args()
     if memory_hierarchy()[0] != 2:
         print("throttle_check needs cgroup v2, where memory.high lives: run it in the kernel lab", file=sys.stderr)
