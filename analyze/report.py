@@ -18,7 +18,7 @@ from analyze.html import Figure, facts_table, page, write_page
 from analyze.results import Result
 from analyze.verdict import verdict
 from replay import policy
-from replay.result_format import loop_description, page_cache_reclaimed
+from replay.result_format import loop_description, page_cache_reclaimed, reclaim_cost_description, reclaim_cost_guessed
 from common.units import format_bytes
 from common.version import __version__
 from traces.errors import UserError
@@ -105,8 +105,7 @@ def _header(result: Result) -> str:
         ("workload", " ".join(target.get("command") or []) or str(target.get("cgroup_path"))),
         ("replayed by", f"chargeplay {result.summary['chargeplay_version']}, {result.summary['engine']} engine"),
         ("replayed with", f"memory.max {format_bytes(limits['max_bytes'])}, memory.high {format_bytes(limits['high_bytes'])}, "
-                          f"swap {'on' if limits['swap'] else 'off'}, reclaim {limits['reclaim_ns_per_call']:,} ns/call "
-                          f"+ {limits['reclaim_ns_per_page']:,} ns/page, "
+                          f"swap {'on' if limits['swap'] else 'off'}, {reclaim_cost_description(limits)}, "
                           f"{loop_description(limits)} loop"),
     ]
     return (f"<h1>chargeplay: how the memcg charge policies part ways</h1>\n"
@@ -133,7 +132,7 @@ SUMMARY_COLUMNS = (
 
 def _verdict(result: Result, baseline: str) -> str:
     lost = losses(result.trace.manifest)
-    careful = [said for said in (lost, page_cache_reclaimed(result.summary)) if said]
+    careful = [said for said in (lost, page_cache_reclaimed(result.summary), reclaim_cost_guessed(result.summary)) if said]
     sentences = [f"Careful: {said}." for said in careful] + verdict(result.summary, baseline)
     items = "".join(f"<li>{escape(sentence)}</li>" for sentence in sentences)
     return f'<h2>Verdict</h2>\n<ul class="verdict">{items}</ul>'

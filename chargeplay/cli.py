@@ -411,6 +411,9 @@ CLOCK_HELP = "closed loop: which tasks wait for a stalled one: none (task, the d
 CLOCK_CHOICES = "<task|process|workload>"  # replay.ops.CLOCK_SHARING
 SPREAD_HELP = ("also replay every policy at 8 states of the per-CPU page stocks when the trace began, which it cannot show "
                "(8 times the work); summary.json, the table and the report give each figure's range over them")
+RECLAIM_COST_HELP = ("take the reclaim cost (a call, a page) from this trace's memcg reclaim instead of the replayed trace's: "
+                     "a capture of the same workload on the same host under a limit that made it reclaim, for a trace "
+                     "that reclaims nothing itself (default: the trace's own, else 1 us a page)")
 ENGINE_HELP = "fast (numba) or reference (plain Python)"
 ENGINE_CHOICES = "<fast|reference>"  # replay.run.ENGINES
 
@@ -428,6 +431,7 @@ def replay(
     open_loop: Annotated[bool, typer.Option("--open-loop", help=OPEN_LOOP_HELP)] = False,
     clock: Annotated[str, typer.Option(metavar=CLOCK_CHOICES, help=CLOCK_HELP)] = "task",
     spread: Annotated[bool, typer.Option("--spread", help=SPREAD_HELP)] = False,
+    reclaim_cost_from: Annotated[Optional[Path], typer.Option(metavar="TRACE", help=RECLAIM_COST_HELP)] = None,
     engine: Annotated[str, typer.Option(metavar=ENGINE_CHOICES, help=ENGINE_HELP)] = "fast",
 ) -> None:
     """Replay a trace under charge policies; write summary.json, timeseries.parquet, outcomes.parquet."""
@@ -444,7 +448,7 @@ def replay(
     if unseen:
         _say(f"warning: {unseen}")
     limits = run.limits_for(source, _limit(memory_max, "--memory-max"), _limit(memory_high, "--memory-high"), swap,
-                            closed_loop=not open_loop, clock=clock)
+                            closed_loop=not open_loop, clock=clock, cost=run.cost_from(reclaim_cost_from) if reclaim_cost_from else None)
     if limits.max_pages < limits.high_pages < UNLIMITED:
         _say(f"warning: memory.high {format_bytes(limits.high_pages * PAGE_SIZE)} is above memory.max "
              f"{format_bytes(limits.max_pages * PAGE_SIZE)}: usage never reaches it, so it never acts (as in the kernel)")
@@ -466,8 +470,9 @@ def replay(
     _stdout().print(rows)
     if spread:
         _stdout().print(_spread_table(summary["spread"]))
-    if refaults := result_format.page_cache_reclaimed(summary):
-        _say(f"note: {refaults}")
+    for note in (result_format.page_cache_reclaimed(summary), result_format.reclaim_cost_guessed(summary)):
+        if note:
+            _say(f"note: {note}")
     if (lost := losses(source.manifest)) is not None:
         err.print(f"warning: {lost} (summary.json: trace.lost)", markup=False, highlight=False)
     err.print(f"{output}: summary.json, timeseries.parquet, outcomes.parquet", markup=False, highlight=False)
@@ -518,6 +523,7 @@ def sweep(
     swap: Annotated[bool, typer.Option("--swap", help="let reclaim take anon pages")] = False,
     open_loop: Annotated[bool, typer.Option("--open-loop", help=OPEN_LOOP_HELP)] = False,
     clock: Annotated[str, typer.Option(metavar=CLOCK_CHOICES, help=CLOCK_HELP)] = "task",
+    reclaim_cost_from: Annotated[Optional[Path], typer.Option(metavar="TRACE", help=RECLAIM_COST_HELP)] = None,
     engine: Annotated[str, typer.Option(metavar=ENGINE_CHOICES, help=ENGINE_HELP)] = "fast",
     executor: Annotated[str, typer.Option(help="where several traces' sweeps run: local (this process), dask (a local cluster "
                                           "of worker processes) or dask=ADDRESS (a scheduler's workers)")] = "local",
@@ -529,8 +535,8 @@ def sweep(
     from analyze.fleet_page import build_fleet_page, fleet_recommendations, fleet_summary
     from analyze.sweep_page import AT_RECOMMENDED, LIMIT_NAMES, at_recommended, build_sweep_page, describe, write_sweep
     from chargeplay import fleet
-    from replay.result_format import loop_description
-    from replay.run import limits_document
+    from replay.result_format import loop_description, reclaim_cost_description
+    from replay.run import cost_from, limits_document
     from replay.sweep import OTHER_LIMIT, SweepSpec, sweep_path
     from traces.atomic import check_new_output
     from traces.reader import Trace
@@ -549,7 +555,7 @@ def sweep(
     check_new_output(output)
     paths = fleet.trace_paths(traces)
     sources = {str(path): Trace.open(path) for path in paths}  # each refused here, in one line, if it is no whole trace
-    spec = SweepSpec(chosen, swept, values, fixed, swap, not open_loop, clock, engine)
+    spec = SweepSpec(chosen, swept, values, fixed, swap, not open_loop, clock, engine, cost_from(reclaim_cost_from) if reclaim_cost_from else None)
     first = limits_document(spec.base(next(iter(sources.values()))))
     fixed_bytes = first["max_bytes" if fixed_name == "memory_max" else "high_bytes"]
     if fixed is not None or len(paths) == 1:
@@ -559,7 +565,8 @@ def sweep(
     lost = {path: said for path, source in sources.items() if (said := losses(source.manifest))}
     document = {
         "chargeplay_version": __version__, "swept": {"limit": swept, "values": values}, "fixed": f"{LIMIT_NAMES[fixed_name]} {fixed_text}",
-        "replayed_with": f"{loop_description(first)} loop, swap {'on' if swap else 'off'}, {engine} engine",
+        "replayed_with": f"{loop_description(first)} loop, swap {'on' if swap else 'off'}, {engine} engine, "
+                         + (reclaim_cost_description(first) if reclaim_cost_from or len(paths) == 1 else "each trace's own reclaim cost"),
         "criterion": describe(conditions), "criterion_text": criterion,
     }
     if len(paths) == 1:

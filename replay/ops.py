@@ -99,6 +99,9 @@ class Limits:
     # The cost of a memcg reclaim call, charged to the reclaiming task as stall (replay.run.reclaim_cost)
     reclaim_ns_per_call: int = 0
     reclaim_ns_per_page: int = 1000
+    # Where the cost came from: "trace" (its own reclaim), "default" (it has no batch reclaimed to measure a
+    # page by), or the path of another trace (replay --reclaim-cost-from)
+    reclaim_cost_from: str = "default"
     # How long slab that reclaim shrank stays charged: an RCU grace period. 20 ms is what the development VM's
     # traces show from a memcg reclaim to the softirq frees of the dentries and inodes it pruned (14 to 40 ms).
     rcu_grace_ns: int = 20_000_000

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from common.units import format_bytes
 from common.version import __version__
 from replay.input import ReplayInput
-from replay.ops import FAILED_CHARGE, LRU_CHARGE, OBJ_ALLOC, OOM_CHARGE, OUTCOMES, PAGE_ALLOC, PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, RECLAIM_TRIGGERS
+from replay.ops import FAILED_CHARGE, LRU_CHARGE, OBJ_ALLOC, OOM_CHARGE, OUTCOMES, PAGE_ALLOC, PAGE_SIZE, POOL_ANON, POOL_FILE, POOL_KMEM_PAGES, RECLAIM_TRIGGERS, SWAP_CLUSTER_MAX
 from replay.policy import RESERVED_NAMES, Policy
 from traces.atomic import atomic_file, write_json, write_parquet
 from traces.checks import Int, MapOf, Optional, TraceError, check_shape, one_line, parquet_schema, read_json, show
@@ -121,6 +121,27 @@ def page_cache_reclaimed(summary: dict) -> str | None:
     return (f"reclaim took page cache (up to {format_bytes(taken[most] * PAGE_SIZE)}, in {most}): a workload that "
             "reads it again is charged for it again (a refault), which no trace shows, so where page cache is the "
             "working set reclaim, high events and stall are under-counted (summary.json: reclaimed_file_pages)")
+
+
+def reclaim_cost_guessed(summary: dict) -> str | None:
+    """Why the replay's stall may be far off (its reclaim took pages at the default cost a page: the
+    trace has no reclaim to measure one by), or None. Results from before the figure say nothing."""
+    limits = summary["limits"]
+    reclaimed = any(sum(figures["reclaimed_pages"].values()) for figures in summary["policies"].values())
+    if limits.get("reclaim_cost_from") != "default" or not reclaimed:
+        return None
+    return (f"reclaim took pages, each at the default cost of {limits['reclaim_ns_per_page'] / 1000:g} us: the trace has no "
+            f"memcg reclaim of a batch ({SWAP_CLUSTER_MAX} pages) to measure its host's by (the emulated lab kernels took "
+            "25 to 55 us a page), so stall and stretch are only as right as that guess; replay with --reclaim-cost-from "
+            "a capture of the workload under a limit that makes it reclaim")
+
+
+def reclaim_cost_description(limits: dict) -> str:
+    """The reclaim cost the replay charged, and where it came from (results from before it say nothing)."""
+    source = limits.get("reclaim_cost_from")
+    said = {"trace": "measured in the trace", "default": "a page at the default: the trace reclaims no batch to measure it by"}
+    cost = f"reclaim {limits['reclaim_ns_per_call']:,} ns/call + {limits['reclaim_ns_per_page']:,} ns/page"
+    return f"{cost} ({said.get(source, f'measured in {source}')})" if source else cost
 
 
 # -- writing -----------------------------------------------------------------------------------

@@ -59,8 +59,9 @@ def replay_whole(engine: type[Engine], data: ReplayInput, policy: Policy, limits
 
 
 def limits_for(trace: Trace, memory_max: int | None, memory_high: int | None, swap: bool, closed_loop: bool = True,
-               clock: str = "task") -> Limits:
-    """The target's limits (the tightest along its ancestors), unless given; in pages."""
+               clock: str = "task", cost: dict | None = None) -> Limits:
+    """The target's limits (the tightest along its ancestors), unless given; in pages. The reclaim
+    cost is the trace's own (reclaim_cost) unless `cost` gives another's (cost_from)."""
     target = trace.manifest.get("target", {})
     chain = [target, *target.get("ancestors", [])]
     recorded_max = min((c["max"] for c in chain if c.get("max")), default=None)
@@ -73,7 +74,7 @@ def limits_for(trace: Trace, memory_max: int | None, memory_high: int | None, sw
         max_pages=max_bytes // PAGE_SIZE if max_bytes else UNLIMITED,
         high_pages=high_bytes // PAGE_SIZE if high_bytes else UNLIMITED,
         swap=swap,
-        **reclaim_cost(trace),
+        **(cost or reclaim_cost(trace)),
         hz=trace.manifest["kernel"].get("hz") or DEFAULT_HZ,
         closed_loop=closed_loop,
         clock=clock,
@@ -108,7 +109,7 @@ def reclaim_calls(trace: Trace) -> tuple[np.ndarray, np.ndarray]:
     return (pairs["ts_ns"] - pairs["began"]).to_numpy(), pairs["val"].fill_null(0).to_numpy()
 
 
-def reclaim_cost(trace: Trace) -> dict[str, int]:
+def reclaim_cost(trace: Trace) -> dict:
     """What a memcg reclaim costs the task that makes it, from the trace's own reclaim calls:
     ns per call, the median duration of the calls that reclaimed nothing, and ns per page, the
     time the calls that reclaimed a batch (SWAP_CLUSTER_MAX) or more took beyond that, over
@@ -117,7 +118,8 @@ def reclaim_cost(trace: Trace) -> dict[str, int]:
     scheduler preempted takes milliseconds: the median per call, and per page the calls slower
     a page than the 95th percentile are left out. Per page a total, not a median: on 6.12 a
     page takes either about 8 us or about 40 us (the lab), and the median, in the faster mode,
-    halved the kernel's reclaim time."""
+    halved the kernel's reclaim time. Without a batch reclaimed, a page costs the default
+    (reclaim_cost_from "default")."""
     took, pages = reclaim_calls(trace)
     if (pages == 0).any():
         per_call = int(np.median(took[pages == 0]))
@@ -125,11 +127,24 @@ def reclaim_cost(trace: Trace) -> dict[str, int]:
         per_call = int(took.min(initial=DEFAULT_RECLAIM_NS_PER_CALL))
     busy = pages >= SWAP_CLUSTER_MAX  # a few pages cannot be told from a call's own cost
     if not busy.any():
-        return {"reclaim_ns_per_call": per_call, "reclaim_ns_per_page": DEFAULT_RECLAIM_NS_PER_PAGE}
+        return {"reclaim_ns_per_call": per_call, "reclaim_ns_per_page": DEFAULT_RECLAIM_NS_PER_PAGE, "reclaim_cost_from": "default"}
     beyond, batch = np.maximum(took[busy] - per_call, 0), pages[busy]
     per_page = beyond / batch
     kept = per_page <= np.percentile(per_page, 95)
-    return {"reclaim_ns_per_call": per_call, "reclaim_ns_per_page": int(beyond[kept].sum() / batch[kept].sum())}
+    return {"reclaim_ns_per_call": per_call, "reclaim_ns_per_page": int(beyond[kept].sum() / batch[kept].sum()),
+            "reclaim_cost_from": "trace"}
+
+
+def cost_from(path: Path) -> dict:
+    """The reclaim cost of another trace (replay --reclaim-cost-from): a capture of the same workload
+    on the same host under a limit that made it reclaim, for a trace that has no reclaim of its own
+    (a page's cost measured so carried to another run of the workload within about a third in the
+    lab; a call's did not)."""
+    cost = reclaim_cost(Trace.open(path))
+    if cost["reclaim_cost_from"] == "default":
+        raise TraceError(f"{path}: no memcg reclaim of {SWAP_CLUSTER_MAX} pages or more to take a reclaim cost from; "
+                         "give a capture of the workload under a memory limit low enough to make it reclaim")
+    return {**cost, "reclaim_cost_from": str(path)}
 
 
 def resolution_for(stream: InputStream) -> int:
@@ -263,7 +278,8 @@ def limits_document(limits: Limits) -> dict:
     """The limits as summary.json says them: bytes (None: unlimited) and the reclaim and loop settings."""
     return {"max_bytes": _bytes(limits.max_pages), "high_bytes": _bytes(limits.high_pages),
             "swap": limits.swap, "reclaim_ns_per_call": limits.reclaim_ns_per_call,
-            "reclaim_ns_per_page": limits.reclaim_ns_per_page, "rcu_grace_ns": limits.rcu_grace_ns,
+            "reclaim_ns_per_page": limits.reclaim_ns_per_page, "reclaim_cost_from": limits.reclaim_cost_from,
+            "rcu_grace_ns": limits.rcu_grace_ns,
             "hz": limits.hz, "loop": "closed" if limits.closed_loop else "open", "clock": limits.clock, "stock_phase": limits.stock_phase}
 
 

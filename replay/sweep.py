@@ -67,11 +67,12 @@ class SweepSpec:
     closed_loop: bool = True
     clock: str = "task"
     engine: str = "fast"
+    cost: dict | None = None  # the reclaim cost of another trace (replay.run.cost_from), else each trace's own
 
     def base(self, trace: Trace) -> Limits:
         """The trace's limits with the swept one at its first value and the other as given."""
         sizes = {self.swept: self.values[0], OTHER_LIMIT[self.swept]: self.fixed}
-        return limits_for(trace, sizes["memory_max"], sizes["memory_high"], self.swap, self.closed_loop, self.clock)
+        return limits_for(trace, sizes["memory_max"], sizes["memory_high"], self.swap, self.closed_loop, self.clock, self.cost)
 
 
 def sweep_path(path: str, spec: SweepSpec, progress: Callable[[int], None] = lambda done: None) -> pl.DataFrame:

@@ -283,7 +283,8 @@ def test_reclaim_costs_a_call_and_a_time_per_page_the_slowest_left_out(tmp_path)
         events += [dict(kind="reclaim_begin", pid=TASK, ctx="task", cpu=0, ts_ns=t + 1, gfp=0, order=0),
                    dict(kind="reclaim_end", pid=TASK, ctx="task", cpu=0, ts_ns=t + 1 + took, val=pages)]
         t += 10_000_000
-    assert reclaim_cost(written(tmp_path / "t", manifest, events)) == {"reclaim_ns_per_call": 70_000, "reclaim_ns_per_page": 1_100}
+    assert reclaim_cost(written(tmp_path / "t", manifest, events)) == {"reclaim_ns_per_call": 70_000, "reclaim_ns_per_page": 1_100,
+                                                                       "reclaim_cost_from": "trace"}
 
 
 def test_waits_for_a_child_and_the_kernels_throttle_sleeps_become_operations(tmp_path):

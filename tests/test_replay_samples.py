@@ -114,6 +114,41 @@ def test_a_replay_whose_reclaim_took_page_cache_says_so_and_one_without_reclaim_
     assert unlimited.returncode == 0 and "page cache" not in unlimited.stderr
 
 
+
+def test_a_reclaim_cost_from_another_trace_prices_the_same_reclaim_and_one_to_be_had_nowhere_is_said(tmp_path):
+    # file-storm-6.12 reclaims no batch (28 pages in 376 calls): a page costs the default, and the
+    # replay says so. file-storm has batches: its own replay's cost is what --reclaim-cost-from it
+    # gives another trace. In open loop under memory.max alone (no throttling) a policy reclaims the
+    # same whatever the cost, and its stall is its calls at the cost of a call plus its pages at the
+    # cost of a page (KERNEL-MODEL: what reclaim costs the task).
+    limited = ("--memory-max", "16M", "--memory-high", "max", "--open-loop", "--policy", "mainline-6.12", "--policy", "caller-gfp")
+
+    def replay_with(name: str, *args: str) -> tuple[dict, str]:
+        result = chargeplay("replay", str(sample_path("file-storm-6.12")), "-o", str(tmp_path / name), *limited, *args)
+        assert result.returncode == 0, result.stderr
+        return json.loads((tmp_path / name / "summary.json").read_text()), result.stderr
+
+    own, said = replay_with("own")
+    assert own["limits"]["reclaim_cost_from"] == "default" and own["limits"]["reclaim_ns_per_page"] == run.DEFAULT_RECLAIM_NS_PER_PAGE
+    assert "note: reclaim took pages, each at the default cost of 1 us" in said and "--reclaim-cost-from" in said
+    donor = sample_path("file-storm")
+    assert chargeplay("replay", str(donor), "-o", str(tmp_path / "donor"), "--memory-max", "16M").returncode == 0
+    donor_limits = json.loads((tmp_path / "donor" / "summary.json").read_text())["limits"]
+    assert donor_limits["reclaim_cost_from"] == "trace"
+    given, said = replay_with("given", "--reclaim-cost-from", str(donor))
+    cost = ("reclaim_ns_per_call", "reclaim_ns_per_page")
+    assert [given["limits"][k] for k in cost] == [donor_limits[k] for k in cost] != [own["limits"][k] for k in cost]
+    assert given["limits"]["reclaim_cost_from"] == str(donor) and "default cost" not in said
+    for summary in (own, given):
+        per_call, per_page = (summary["limits"][k] for k in cost)
+        for name, figures in summary["policies"].items():
+            calls, pages = sum(figures["reclaim_calls"].values()), sum(figures["reclaimed_pages"].values())
+            assert (calls, pages) == (sum(own["policies"][name]["reclaim_calls"].values()), sum(own["policies"][name]["reclaimed_pages"].values()))
+            assert pages > 0 and figures["stall_ns_total"] == calls * per_call + pages * per_page
+    assert_user_error(chargeplay("replay", str(sample_path("file-storm-6.12")), "-o", str(tmp_path / "none"), *limited,
+                                 "--reclaim-cost-from", str(sample_path("file-storm-6.1"))), "no memcg reclaim of 32 pages or more")
+    assert not (tmp_path / "none").exists()
+
 def test_replay_errors_are_one_line(tmp_path):
     copy = tmp_path / "trace"
     shutil.copytree(sample_path("fork-storm"), copy)

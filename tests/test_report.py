@@ -203,6 +203,26 @@ def test_a_replay_whose_reclaim_took_page_cache_says_in_the_verdict_that_refault
     assert f"<td>{taken:,}</td>" in page.split("<h2>Summary</h2>", 1)[1].split("</table>")[0]
 
 
+
+def test_a_report_says_where_its_reclaim_cost_came_from_and_when_a_page_was_a_guess(tmp_path):
+    # file-storm-6.12 reclaims no batch of its own (its cost a page is the default); file-storm does.
+    def report_of(name: str, *args: str) -> tuple[str, dict]:
+        replayed = chargeplay("replay", str(sample_path("file-storm-6.12")), "-o", str(tmp_path / name),
+                              "--memory-max", "16M", "--policy", "mainline-6.12", *args)
+        assert replayed.returncode == 0, replayed.stderr
+        assert chargeplay("report", str(tmp_path / name), "-o", str(tmp_path / f"{name}.html")).returncode == 0
+        return (tmp_path / f"{name}.html").read_text(), json.loads((tmp_path / name / "summary.json").read_text())["limits"]
+
+    page, limits = report_of("guessed")
+    assert (f"reclaim {limits['reclaim_ns_per_call']:,} ns/call + 1,000 ns/page (a page at the default: the trace reclaims "
+            "no batch to measure it by)") in page
+    verdict = page.split('<ul class="verdict">', 1)[1].split("</ul>")[0]
+    assert "<li>Careful: reclaim took pages, each at the default cost of 1 us: " in verdict
+    donor = tmp_path / "a &lt;donor&gt;"  # a path that HTML would misread unless escaped
+    shutil.copytree(sample_path("file-storm"), donor)
+    page, limits = report_of("measured", "--reclaim-cost-from", str(donor))
+    assert f"ns/page (measured in {str(donor).replace('&', '&amp;')})" in page and "default cost" not in page
+
 def test_report_errors_are_one_line(tmp_path):
     assert_user_error(chargeplay("report", str(tmp_path), "-o", str(tmp_path / "r.html")), "summary.json")
 

@@ -76,6 +76,24 @@ def test_each_limit_of_a_sweep_is_what_replay_gives_at_that_limit(swept, tmp_pat
             assert row["reclaim_calls"] == sum(figures["reclaim_calls"].values())
 
 
+
+def test_a_sweep_prices_reclaim_at_the_cost_it_is_given_as_replay_does(tmp_path):
+    # file-storm-6.12 has no reclaim batch of its own; file-storm's cost, given to both, makes the
+    # same stall in the sweep's row as in replay at that limit, and the sweep says where it came from.
+    donor, options = str(sample_path("file-storm")), ("--policy", "mainline-6.12", "--reclaim-cost-from", str(sample_path("file-storm")))
+    result = chargeplay("sweep", str(sample_path("file-storm-6.12")), "-o", str(tmp_path / "s"), "--memory-max", "12M:20M:8M", *options)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "s" / "sweep.json").read_text())["replayed_with"].endswith(f"ns/page (measured in {donor})")
+    table = pl.read_parquet(tmp_path / "s" / "sweep.parquet")
+    for limit in (12, 20):
+        stall = {}
+        for name, given in (("given", options), ("own", ("--policy", "mainline-6.12"))):
+            out = tmp_path / f"{name}{limit}"
+            assert chargeplay("replay", str(sample_path("file-storm-6.12")), "-o", str(out), "--memory-max", f"{limit}M", *given).returncode == 0
+            stall[name] = json.loads((out / "summary.json").read_text())["policies"]["mainline-6.12"]["stall_ns_total"]
+        row = table.filter(pl.col("limit_bytes") == limit * MIB).to_dicts()[0]
+        assert row["stall_ns_total"] == stall["given"] != stall["own"]
+
 def test_a_limit_above_a_policys_peak_is_never_exceeded_nor_throttled_for(swept):
     """Kernel rule: memory.high is only acted on when usage goes above it. Where a policy's peak
     stayed at or under the limit, no time is spent above high and nothing is throttled."""
@@ -104,6 +122,7 @@ def test_the_sweep_names_what_it_recommends_and_why(swept):
     (["--memory-high", "4M:8M:1M", "--memory-max", "8M:16M:1M"], ["sweep one limit"]),
     (["--memory-high", "4M"], ["sweep one limit"]),
     (["--memory-high", "4M:8M:1M", "--criterion", "stretch<=5"], ["--criterion", "'%'"]),
+    (["--memory-high", "4M:8M:1M", "--reclaim-cost-from", str(sample_path("file-storm-6.1"))], ["no memcg reclaim of 32 pages"]),
 ])
 def test_a_sweep_it_cannot_run_is_one_line_and_creates_nothing(tmp_path, options, words):
     assert_user_error(chargeplay("sweep", str(sample_path("file-storm")), "-o", str(tmp_path / "s"), *options), *words)
