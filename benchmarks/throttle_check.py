@@ -232,10 +232,11 @@ def kernel_reclaim(command: list[str], collector: list[str], high: int, trace: T
     for n in range(1, captures + 1):
         capture(command, scratch / f"limited-trace-{n}", high, collector)
     limited_runs = [Trace.open(scratch / f"limited-trace-{n}") for n in range(1, captures + 1)]
+    costs = [run.reclaim_cost(each) for each in limited_runs]
     limited = limited_runs[0]
     took, pages = run.reclaim_calls(limited)
     predicted = add_stretch(predict(trace, high, scratch / "result-kernel-cost", "task", spread=False,
-                                    reclaim_cost=run.reclaim_cost(limited)), alone_seconds)
+                                    reclaim_cost=costs[0]), alone_seconds)
     # The limited capture replayed under its own memory.high: the model's rules on the kernel's
     # own timeline, which the unlimited capture's slower one cannot blur; over the stock phases,
     # as the trace cannot show which batch the stocks were at when it began.
@@ -245,14 +246,13 @@ def kernel_reclaim(command: list[str], collector: list[str], high: int, trace: T
             "own_timeline": {"high_events": own["high_events"], "high_events_range": own["high_events_range"],
                              "kernel_high_events": limited.last_memcg_sample()["events_high"],
                              **{name: own[name] for name in ("reclaim_calls", "reclaimed_pages", "reclaim_seconds")}},
-            "transfer": cost_transfer(limited_runs, high, scratch) if captures > 1 else []}
+            "transfer": cost_transfer(limited_runs, costs, high, scratch) if captures > 1 else []}
 
 
-def cost_transfer(limited_runs: list[Trace], high: int, scratch: Path) -> list[dict]:
+def cost_transfer(limited_runs: list[Trace], costs: list[dict], high: int, scratch: Path) -> list[dict]:
     """Whether the reclaim cost one run gives holds for another: each capture under memory.high
-    replayed on its own timeline at its own cost and at the next capture's, against the kernel's
-    reclaim time in it."""
-    costs = [run.reclaim_cost(limited) for limited in limited_runs]
+    replayed on its own timeline at its own cost (`costs`, run.reclaim_cost) and at the next
+    capture's, against the kernel's reclaim time in it."""
     rows = []
     for n, limited in enumerate(limited_runs):
         other = (n + 1) % len(limited_runs)

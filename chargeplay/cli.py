@@ -448,7 +448,7 @@ def replay(
     if unseen:
         _say(f"warning: {unseen}")
     limits = run.limits_for(source, _limit(memory_max, "--memory-max"), _limit(memory_high, "--memory-high"), swap,
-                            closed_loop=not open_loop, clock=clock, cost=run.cost_from(reclaim_cost_from) if reclaim_cost_from else None)
+                            closed_loop=not open_loop, clock=clock, cost=run.cost_from(reclaim_cost_from))
     if limits.max_pages < limits.high_pages < UNLIMITED:
         _say(f"warning: memory.high {format_bytes(limits.high_pages * PAGE_SIZE)} is above memory.max "
              f"{format_bytes(limits.max_pages * PAGE_SIZE)}: usage never reaches it, so it never acts (as in the kernel)")
@@ -555,7 +555,7 @@ def sweep(
     check_new_output(output)
     paths = fleet.trace_paths(traces)
     sources = {str(path): Trace.open(path) for path in paths}  # each refused here, in one line, if it is no whole trace
-    spec = SweepSpec(chosen, swept, values, fixed, swap, not open_loop, clock, engine, cost_from(reclaim_cost_from) if reclaim_cost_from else None)
+    spec = SweepSpec(chosen, swept, values, fixed, swap, not open_loop, clock, engine, cost_from(reclaim_cost_from))
     first = limits_document(spec.base(next(iter(sources.values()))))
     fixed_bytes = first["max_bytes" if fixed_name == "memory_max" else "high_bytes"]
     if fixed is not None or len(paths) == 1:

@@ -135,11 +135,13 @@ def reclaim_cost(trace: Trace) -> dict:
             "reclaim_cost_from": "trace"}
 
 
-def cost_from(path: Path) -> dict:
-    """The reclaim cost of another trace (replay --reclaim-cost-from): a capture of the same workload
-    on the same host under a limit that made it reclaim, for a trace that has no reclaim of its own
-    (a page's cost measured so carried to another run of the workload within about a third in the
-    lab; a call's did not)."""
+def cost_from(path: Path | None) -> dict | None:
+    """The reclaim cost of another trace (replay --reclaim-cost-from), None without one: a capture of
+    the same workload on the same host under a limit that made it reclaim, for a trace that has no
+    reclaim of its own (a page's cost measured so carried to another run of the workload within
+    about a third in the lab; a call's did not)."""
+    if path is None:
+        return None
     cost = reclaim_cost(Trace.open(path))
     if cost["reclaim_cost_from"] == "default":
         raise TraceError(f"{path}: no memcg reclaim of {SWAP_CLUSTER_MAX} pages or more to take a reclaim cost from; "

@@ -114,7 +114,6 @@ def test_a_replay_whose_reclaim_took_page_cache_says_so_and_one_without_reclaim_
     assert unlimited.returncode == 0 and "page cache" not in unlimited.stderr
 
 
-
 def test_a_reclaim_cost_from_another_trace_prices_the_same_reclaim_and_one_to_be_had_nowhere_is_said(tmp_path):
     # file-storm-6.12 reclaims no batch (28 pages in 376 calls): a page costs the default, and the
     # replay says so. file-storm has batches: its own replay's cost is what --reclaim-cost-from it
@@ -148,6 +147,7 @@ def test_a_reclaim_cost_from_another_trace_prices_the_same_reclaim_and_one_to_be
     assert_user_error(chargeplay("replay", str(sample_path("file-storm-6.12")), "-o", str(tmp_path / "none"), *limited,
                                  "--reclaim-cost-from", str(sample_path("file-storm-6.1"))), "no memcg reclaim of 32 pages or more")
     assert not (tmp_path / "none").exists()
+
 
 def test_replay_errors_are_one_line(tmp_path):
     copy = tmp_path / "trace"

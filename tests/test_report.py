@@ -203,7 +203,6 @@ def test_a_replay_whose_reclaim_took_page_cache_says_in_the_verdict_that_refault
     assert f"<td>{taken:,}</td>" in page.split("<h2>Summary</h2>", 1)[1].split("</table>")[0]
 
 
-
 def test_a_report_says_where_its_reclaim_cost_came_from_and_when_a_page_was_a_guess(tmp_path):
     # file-storm-6.12 reclaims no batch of its own (its cost a page is the default); file-storm does.
     def report_of(name: str, *args: str) -> tuple[str, dict]:
@@ -222,6 +221,7 @@ def test_a_report_says_where_its_reclaim_cost_came_from_and_when_a_page_was_a_gu
     shutil.copytree(sample_path("file-storm"), donor)
     page, limits = report_of("measured", "--reclaim-cost-from", str(donor))
     assert f"ns/page (measured in {str(donor).replace('&', '&amp;')})" in page and "default cost" not in page
+
 
 def test_report_errors_are_one_line(tmp_path):
     assert_user_error(chargeplay("report", str(tmp_path), "-o", str(tmp_path / "r.html")), "summary.json")

@@ -76,7 +76,6 @@ def test_each_limit_of_a_sweep_is_what_replay_gives_at_that_limit(swept, tmp_pat
             assert row["reclaim_calls"] == sum(figures["reclaim_calls"].values())
 
 
-
 def test_a_sweep_prices_reclaim_at_the_cost_it_is_given_as_replay_does(tmp_path):
     # file-storm-6.12 has no reclaim batch of its own; file-storm's cost, given to both, makes the
     # same stall in the sweep's row as in replay at that limit, and the sweep says where it came from.
@@ -93,6 +92,7 @@ def test_a_sweep_prices_reclaim_at_the_cost_it_is_given_as_replay_does(tmp_path)
             stall[name] = json.loads((out / "summary.json").read_text())["policies"]["mainline-6.12"]["stall_ns_total"]
         row = table.filter(pl.col("limit_bytes") == limit * MIB).to_dicts()[0]
         assert row["stall_ns_total"] == stall["given"] != stall["own"]
+
 
 def test_a_limit_above_a_policys_peak_is_never_exceeded_nor_throttled_for(swept):
     """Kernel rule: memory.high is only acted on when usage goes above it. Where a policy's peak
