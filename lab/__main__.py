@@ -83,7 +83,7 @@ with tempfile.TemporaryDirectory() as scratch:
         sys.exit(done.stderr)
 """
 PR_SET_PDEATHSIG = 1  # prctl(2)
-TIMEOUT = 30 * 60  # per kernel; the kernels run side by side
+TIMEOUT = 40 * 60  # per kernel, the kernels side by side (the live tests take about 28 minutes)
 
 
 def run_in(kernel: kernels.Kernel, command: list[str], timeout: float, run_dir: Path, numa: int = 1,
@@ -137,8 +137,10 @@ def run_kernel(series: str, command: list[str], timeout: float, keep: Path | Non
     return code
 
 
-# A failed kernel's last lines, printed again when all have ended: pytest's short summary of the
-# failures, or how a boot failed, would otherwise be lost among the other kernel's lines.
+# A failed kernel's last lines, printed again when all have ended: the end of pytest's failure
+# report and its short summary (which drops the assertion's message when a test's name is long;
+# the live tests list only their 5 slowest so that the report's end fits), or how a boot failed,
+# would otherwise be lost among the other kernel's lines.
 TAIL_LINES = 30
 
 
@@ -236,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             # the system python: the facts need the standard library and collect.cgroup only, and it starts fast under TCG
             return run_kernel(args.kernel, ["/usr/bin/python3", "-m", "lab.facts", "{run}/out", "--memory-high-test"],
                               args.timeout, keep=args.out)
-        pytest = [f"{sys.prefix}/bin/python", "-m", "pytest", "-v", "--durations=0", *(command or LIVE_TESTS)]
+        pytest = [f"{sys.prefix}/bin/python", "-m", "pytest", "-v", "--durations=5", *(command or LIVE_TESTS)]
         code = run_kernel(args.kernel, pytest, args.timeout)
         if code == vm.GUEST_DIED:  # pytest itself exits 0 to 5
             print("lab: the guest died without an exit code (its kernel's last words are above; multi-threaded TCG "
