@@ -140,7 +140,10 @@ def test_frees_of_objects_whose_allocations_the_trace_leaves_out_are_left_out_to
     assert names_frees["default"] == 0
     assert names_frees["all"] >= files
     assert filps["default"] >= 0.95 * files
-    assert evicted["default"] == 0 and unallocated["default"] == 0
+    # An allocation whose pair of `objects` slots holds two other live objects evicts the older
+    # (collect/kmem.bpf.c; none in most runs here, 0.4% of allocations on the overhead
+    # benchmark), and a free in such a pair comes through, its allocation in the trace or not.
+    assert unallocated["default"] == 0 or evicted["default"] > 0, (unallocated, evicted)
     assert kfrees["all"] > kfrees["default"]  # there were uncharged kfrees to leave out
 
 
